@@ -1,0 +1,79 @@
+//! weft's data path: the `Backend` trait, the backends (host-gw today), the pure plan of kernel
+//! operations, the reconciler that applies it, and `nl`, the one module that builds netlink
+//! messages.
+//!
+//! Flow: leases → [`Backend::desired`] (pure) → [`plan::diff`] against the last known kernel state
+//! (pure) → [`reconcile::Reconciler`] applies the operations through [`nl`].
+
+pub mod error;
+pub mod hostgw;
+pub mod nl;
+pub mod plan;
+pub mod reconcile;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use net_conf::{LeaseAttrs, SubnetKey};
+
+pub use error::BackendError;
+pub use plan::{KernelOp, KernelState, Route};
+
+/// Route protocol number that marks weft's routes (`ip route … proto 87`), so weft can find its
+/// own routes, purge stale ones at start, and never touch anyone else's.
+pub const RTPROT_WEFT: u8 = 87;
+
+/// The interface that carries the overlay, as chosen at start (spec §1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    pub name: String,
+    pub index: u32,
+    /// The interface's own IPv4 address.
+    pub iface_addr: Ipv4Addr,
+    /// The address published in the lease (`--public-ip` or `iface_addr`).
+    pub ext_addr: Ipv4Addr,
+    pub mtu: u32,
+    /// The IPv4 prefixes configured on the interface (its directly connected subnets).
+    pub prefixes: Vec<Ipv4Net>,
+}
+
+/// One other node's lease, as the backends see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub key: SubnetKey,
+    pub attrs: LeaseAttrs,
+}
+
+/// What a backend wants in the kernel for a set of peers, plus the peers it could not serve.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub state: KernelState,
+    /// Peers left out, with the reason (wrong backend type, not directly connected, ...).
+    pub skipped: Vec<(SubnetKey, String)>,
+}
+
+/// A data-path backend. Static dispatch: the daemon matches `Backend.Type` once.
+pub trait Backend {
+    /// `host-gw`, `vxlan`, `ipip`: the lease's `BackendType`.
+    fn type_name(&self) -> &'static str;
+
+    /// Creates or verifies the backend's devices and checks its preconditions; returns the lease
+    /// attributes to publish. Runs before the lease is acquired.
+    fn prepare(
+        &mut self,
+        nl: &nl::Netlink,
+        ext: &ExternalInterface,
+    ) -> impl Future<Output = Result<LeaseAttrs, BackendError>>;
+
+    /// Configures the devices for the node's own subnet; returns the MTU for subnet.env.
+    fn configure(
+        &mut self,
+        nl: &nl::Netlink,
+        ext: &ExternalInterface,
+        own: Ipv4Net,
+    ) -> impl Future<Output = Result<u32, BackendError>>;
+
+    /// Pure: the kernel objects these peers require.
+    fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired;
+}

@@ -1,0 +1,1 @@
+//! Subnet allocation policy (spec §3.4), pure.

@@ -1,0 +1,16 @@
+//! Pure types of weft: the network configuration (net-conf.json / etcd `<prefix>/config`),
+//! lease values and subnet keys as flannel writes them to etcd, the subnet.env text, and the
+//! subnet allocation policy. No async, no I/O: everything here is a function of its inputs.
+
+pub mod alloc;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod subnet_env;
+pub mod subnet_key;
+
+pub use config::{BackendConf, IpIpConf, NetConf, Parsed, VxlanConf};
+pub use error::{ConfError, LeaseError};
+pub use lease::{LeaseAttrs, VxlanData};
+pub use subnet_env::SubnetEnv;
+pub use subnet_key::SubnetKey;

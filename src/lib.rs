@@ -1,0 +1,2 @@
+//! weft, the daemon: command line, etcd subnet manager, lease loop, kernel reconciliation,
+//! health endpoints, and the local lab that the README and the end-to-end tests use.
