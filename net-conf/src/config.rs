@@ -133,45 +133,65 @@ impl NetConf {
     /// Parses and validates a config text exactly as flannel accepts it.
     ///
     /// Errors come in flannel's order: JSON syntax and types, then `Backend.Type`, then the
-    /// network checks (`CheckNetworkConfig`), then the backend's options. The first is returned.
+    /// network checks (`CheckNetworkConfig`), then the backend's options. The first is returned;
+    /// [`NetConf::parse_all`] returns all of them.
     pub fn parse(text: &str) -> Result<Parsed, ConfError> {
-        let json = Json::parse(text).map_err(|e| syntax("config", e.to_string()))?;
+        Self::parse_all(text).map_err(|errors| {
+            errors
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| syntax("config", "invalid network config"))
+        })
+    }
+
+    /// Like [`NetConf::parse`], but reports every independent problem at once (in the same
+    /// order; never an empty list). Checks that depend on a field that already failed are
+    /// skipped, so one mistake gives one error.
+    pub fn parse_all(text: &str) -> Result<Parsed, Vec<ConfError>> {
+        let json = Json::parse(text).map_err(|e| vec![syntax("config", e.to_string())])?;
         let Json::Object(entries) = &json else {
-            return Err(syntax(
+            return Err(vec![syntax(
                 "config",
                 format!("expected a JSON object, found {}", json.describe()),
-            ));
+            )]);
         };
         let mut warnings = Vec::new();
+        let mut errors = Errors::default();
         let fields = Fields::collect(entries, TOP_FIELDS);
         warn_keys(&fields, "config", &mut warnings);
 
-        // Step 1: JSON types of every field (Go's Unmarshal fails on any of them).
-        let enable_ipv4 = get_bool(&fields, "EnableIPv4", "EnableIPv4")?.unwrap_or(true);
-        let enable_ipv6 = get_bool(&fields, "EnableIPv6", "EnableIPv6")?.unwrap_or(false);
-        let enable_nftables =
-            get_bool(&fields, "EnableNFTables", "EnableNFTables")?.unwrap_or(false);
-        let network = get_str(&fields, "Network", "Network", false)?
-            .map(|s| parse_v4_cidr("Network", s))
-            .transpose()?;
-        let ipv6_network = get_str(&fields, "IPv6Network", "IPv6Network", false)?
-            .map(|s| parse_v6_cidr("IPv6Network", s))
-            .transpose()?;
-        let subnet_len = get_uint(&fields, "SubnetLen", "SubnetLen")?.unwrap_or(0);
-        let ipv6_subnet_len = get_uint(&fields, "IPv6SubnetLen", "IPv6SubnetLen")?.unwrap_or(0);
-        let subnet_min = get_str(&fields, "SubnetMin", "SubnetMin", false)?
-            .map(|s| parse_v4_addr("SubnetMin", s))
-            .transpose()?;
-        let subnet_max = get_str(&fields, "SubnetMax", "SubnetMax", false)?
-            .map(|s| parse_v4_addr("SubnetMax", s))
-            .transpose()?;
+        // Step 1: JSON types of every field (Go's Unmarshal fails on any of them). `None` =
+        // the field failed and was reported.
+        let enable_ipv4 = errors.take(get_bool(&fields, "EnableIPv4", "EnableIPv4"));
+        let enable_ipv6 = errors.take(get_bool(&fields, "EnableIPv6", "EnableIPv6"));
+        let enable_nftables = errors.take(get_bool(&fields, "EnableNFTables", "EnableNFTables"));
+        let network = errors.take(
+            get_str(&fields, "Network", "Network", false)
+                .and_then(|s| s.map(|s| parse_v4_cidr("Network", s)).transpose()),
+        );
+        let ipv6_network = errors.take(
+            get_str(&fields, "IPv6Network", "IPv6Network", false)
+                .and_then(|s| s.map(|s| parse_v6_cidr("IPv6Network", s)).transpose()),
+        );
+        let subnet_len = errors.take(get_uint(&fields, "SubnetLen", "SubnetLen"));
+        let ipv6_subnet_len = errors.take(get_uint(&fields, "IPv6SubnetLen", "IPv6SubnetLen"));
+        let subnet_min = errors.take(
+            get_str(&fields, "SubnetMin", "SubnetMin", false)
+                .and_then(|s| s.map(|s| parse_v4_addr("SubnetMin", s)).transpose()),
+        );
+        let subnet_max = errors.take(
+            get_str(&fields, "SubnetMax", "SubnetMax", false)
+                .and_then(|s| s.map(|s| parse_v4_addr("SubnetMax", s)).transpose()),
+        );
         // Pointers in flannel's struct: `null` leaves them unset.
-        let ipv6_subnet_min = get_str(&fields, "IPv6SubnetMin", "IPv6SubnetMin", true)?
-            .map(|s| parse_v6_addr("IPv6SubnetMin", s))
-            .transpose()?;
-        let ipv6_subnet_max = get_str(&fields, "IPv6SubnetMax", "IPv6SubnetMax", true)?
-            .map(|s| parse_v6_addr("IPv6SubnetMax", s))
-            .transpose()?;
+        let ipv6_subnet_min = errors.take(
+            get_str(&fields, "IPv6SubnetMin", "IPv6SubnetMin", true)
+                .and_then(|s| s.map(|s| parse_v6_addr("IPv6SubnetMin", s)).transpose()),
+        );
+        let ipv6_subnet_max = errors.take(
+            get_str(&fields, "IPv6SubnetMax", "IPv6SubnetMax", true)
+                .and_then(|s| s.map(|s| parse_v6_addr("IPv6SubnetMax", s)).transpose()),
+        );
 
         // Step 2: the backend type.
         let backend_json = fields.get("Backend");
@@ -185,21 +205,14 @@ impl NetConf {
                 );
                 None
             }
-            Some(b) => Some(backend_type(b)?),
+            Some(b) => errors.take(backend_type(b)),
         };
 
         // Step 3: the network (flannel's CheckNetworkConfig).
-        if !enable_ipv4 && !enable_ipv6 {
-            return Err(invalid(
-                "EnableIPv4",
-                "false",
-                "at least one of EnableIPv4 and EnableIPv6 must be true",
-            ));
-        }
         let mut conf = NetConf {
-            enable_ipv4,
-            enable_ipv6,
-            enable_nftables,
+            enable_ipv4: enable_ipv4.flatten().unwrap_or(true),
+            enable_ipv6: enable_ipv6.flatten().unwrap_or(false),
+            enable_nftables: enable_nftables.flatten().unwrap_or(false),
             network: None,
             subnet_len: 0,
             subnet_min: Ipv4Addr::UNSPECIFIED,
@@ -210,32 +223,55 @@ impl NetConf {
             ipv6_subnet_max: None,
             backend: BackendConf::Vxlan(VxlanConf::default()),
         };
-        if enable_ipv4 {
-            let v4 = check_v4(network, subnet_len, subnet_min, subnet_max, &mut warnings)?;
-            conf.network = Some(v4.network);
-            conf.subnet_len = v4.subnet_len;
-            conf.subnet_min = v4.min;
-            conf.subnet_max = v4.max;
+        if enable_ipv4.is_some() && enable_ipv6.is_some() && !conf.enable_ipv4 && !conf.enable_ipv6
+        {
+            errors.push(invalid(
+                "EnableIPv4",
+                "false",
+                "at least one of EnableIPv4 and EnableIPv6 must be true",
+            ));
         }
-        if enable_ipv6 {
-            let v6 = check_v6(
+        if conf.enable_ipv4 && enable_ipv4.is_some() {
+            if let (Some(network), Some(len), Some(min), Some(max)) =
+                (network, subnet_len, subnet_min, subnet_max)
+            {
+                let checked = check_v4(network, len.unwrap_or(0), min, max, &mut warnings);
+                if let Some(v4) = errors.take_all(checked) {
+                    conf.network = Some(v4.network);
+                    conf.subnet_len = v4.subnet_len;
+                    conf.subnet_min = v4.min;
+                    conf.subnet_max = v4.max;
+                }
+            }
+        }
+        if conf.enable_ipv6 && enable_ipv6.is_some() {
+            if let (Some(network), Some(len), Some(min), Some(max)) = (
                 ipv6_network,
                 ipv6_subnet_len,
                 ipv6_subnet_min,
                 ipv6_subnet_max,
-                &mut warnings,
-            )?;
-            conf.ipv6_network = Some(v6.network);
-            conf.ipv6_subnet_len = v6.subnet_len;
-            conf.ipv6_subnet_min = Some(v6.min);
-            conf.ipv6_subnet_max = Some(v6.max);
+            ) {
+                let checked = check_v6(network, len.unwrap_or(0), min, max, &mut warnings);
+                if let Some(v6) = errors.take_all(checked) {
+                    conf.ipv6_network = Some(v6.network);
+                    conf.ipv6_subnet_len = v6.subnet_len;
+                    conf.ipv6_subnet_min = Some(v6.min);
+                    conf.ipv6_subnet_max = Some(v6.max);
+                }
+            }
         }
 
         // Step 4: the backend's options.
         if let (Some(b), Some(t)) = (backend_json, backend_type) {
-            conf.backend = backend_options(b, t, &mut warnings)?;
+            if let Some(backend) = errors.take_all(backend_options(b, t, &mut warnings)) {
+                conf.backend = backend;
+            }
         }
-        Ok(Parsed { conf, warnings })
+        if errors.0.is_empty() {
+            Ok(Parsed { conf, warnings })
+        } else {
+            Err(errors.0)
+        }
     }
 
     /// The number of IPv4 subnets between SubnetMin and SubnetMax (inclusive); 0 if IPv4 is
@@ -323,7 +359,7 @@ fn backend_options(
     backend: &Json,
     t: BackendType,
     warnings: &mut Vec<String>,
-) -> Result<BackendConf, ConfError> {
+) -> Result<BackendConf, Vec<ConfError>> {
     let entries = match backend {
         Json::Object(entries) => entries.as_slice(),
         _ => &[],
@@ -337,62 +373,90 @@ fn backend_options(
         BackendType::IpIp => {
             let fields = Fields::collect(entries, IPIP_FIELDS);
             warn_keys(&fields, "Backend", warnings);
-            let direct_routing =
-                get_bool(&fields, "DirectRouting", "Backend.DirectRouting")?.unwrap_or(false);
+            let direct_routing = get_bool(&fields, "DirectRouting", "Backend.DirectRouting")
+                .map_err(|e| vec![e])?
+                .unwrap_or(false);
             Ok(BackendConf::IpIp(IpIpConf { direct_routing }))
         }
         BackendType::Vxlan => {
             let fields = Fields::collect(entries, VXLAN_FIELDS);
             warn_keys(&fields, "Backend", warnings);
-            let vni = get_int(&fields, "VNI", "Backend.VNI")?;
-            let port = get_int(&fields, "Port", "Backend.Port")?;
-            let gbp = get_bool(&fields, "GBP", "Backend.GBP")?.unwrap_or(false);
-            let learning = get_bool(&fields, "Learning", "Backend.Learning")?.unwrap_or(false);
-            let mtu = get_int(&fields, "MTU", "Backend.MTU")?;
+            let mut errors = Errors::default();
+            let vni = errors.take(get_int(&fields, "VNI", "Backend.VNI"));
+            let port = errors.take(get_int(&fields, "Port", "Backend.Port"));
+            let gbp = errors.take(get_bool(&fields, "GBP", "Backend.GBP"));
+            let learning = errors.take(get_bool(&fields, "Learning", "Backend.Learning"));
+            let mtu = errors.take(get_int(&fields, "MTU", "Backend.MTU"));
             let direct_routing =
-                get_bool(&fields, "DirectRouting", "Backend.DirectRouting")?.unwrap_or(false);
+                errors.take(get_bool(&fields, "DirectRouting", "Backend.DirectRouting"));
 
-            let vni = match vni {
+            let vni = match vni.flatten() {
                 None => 1,
                 Some(v) if (1..(1 << 24)).contains(&v) => v as u32,
                 Some(v) => {
-                    return Err(invalid(
+                    errors.push(invalid(
                         "Backend.VNI",
                         v.to_string(),
                         "VNI must be between 1 and 16777215",
                     ));
+                    1
                 }
             };
-            let port = match port {
+            let port = match port.flatten() {
                 None => 0,
-                Some(p) => u16::try_from(p).map_err(|_| {
-                    invalid(
-                        "Backend.Port",
-                        p.to_string(),
-                        "Port must be between 0 and 65535 (0 = the kernel default, 8472)",
-                    )
-                })?,
+                Some(p) => errors
+                    .take(u16::try_from(p).map_err(|_| {
+                        invalid(
+                            "Backend.Port",
+                            p.to_string(),
+                            "Port must be between 0 and 65535 (0 = the kernel default, 8472)",
+                        )
+                    }))
+                    .unwrap_or(0),
             };
-            let mtu = match mtu {
+            let mtu = match mtu.flatten() {
                 None | Some(0) => None,
                 Some(m) if (68..=65535).contains(&m) => Some(m as u32),
                 Some(m) => {
-                    return Err(invalid(
+                    errors.push(invalid(
                         "Backend.MTU",
                         m.to_string(),
                         "MTU must be between 68 and 65535 (or 0 for the interface's MTU)",
                     ));
+                    None
                 }
             };
+            if !errors.0.is_empty() {
+                return Err(errors.0);
+            }
             Ok(BackendConf::Vxlan(VxlanConf {
                 vni,
                 port,
-                gbp,
-                learning,
+                gbp: gbp.flatten().unwrap_or(false),
+                learning: learning.flatten().unwrap_or(false),
                 mtu,
-                direct_routing,
+                direct_routing: direct_routing.flatten().unwrap_or(false),
             }))
         }
+    }
+}
+
+/// Errors collected while going on with independent checks.
+#[derive(Default)]
+struct Errors(Vec<ConfError>);
+
+impl Errors {
+    fn push(&mut self, e: ConfError) {
+        self.0.push(e);
+    }
+
+    /// The value, or None after recording the error.
+    fn take<T>(&mut self, r: Result<T, ConfError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+
+    fn take_all<T>(&mut self, r: Result<T, Vec<ConfError>>) -> Option<T> {
+        r.map_err(|e| self.0.extend(e)).ok()
     }
 }
 
@@ -409,14 +473,14 @@ fn check_v4(
     min: Option<Ipv4Addr>,
     max: Option<Ipv4Addr>,
     warnings: &mut Vec<String>,
-) -> Result<V4, ConfError> {
+) -> Result<V4, Vec<ConfError>> {
     let given = network.unwrap_or_default();
     if given.addr().is_unspecified() && given.prefix_len() == 0 {
-        return Err(invalid(
+        return Err(vec![invalid(
             "Network",
             network.map(|n| n.to_string()).unwrap_or_default(),
             "please define a correct Network parameter in the flannel config",
-        ));
+        )]);
     }
     let net = given.trunc();
     if net != given {
@@ -427,26 +491,26 @@ fn check_v4(
     let prefix = u64::from(net.prefix_len());
     let len = if subnet_len > 0 {
         if subnet_len > 30 {
-            return Err(invalid(
+            return Err(vec![invalid(
                 "SubnetLen",
                 subnet_len.to_string(),
                 "SubnetLen must be less than /31",
-            ));
+            )]);
         }
         if subnet_len < prefix + 2 {
-            return Err(invalid(
+            return Err(vec![invalid(
                 "SubnetLen",
                 subnet_len.to_string(),
                 "network must be able to accommodate at least four subnets",
-            ));
+            )]);
         }
         subnet_len
     } else if prefix > 28 {
-        return Err(invalid(
+        return Err(vec![invalid(
             "Network",
             net.to_string(),
             "network is too small. Minimum useful network prefix is /28",
-        ));
+        )]);
     } else if prefix <= 22 {
         24
     } else {
@@ -459,26 +523,28 @@ fn check_v4(
 
     let min = match min {
         Some(m) if !m.is_unspecified() => {
-            check_in_range_v4("SubnetMin", m, &net, sub_host)?;
-            m
+            check_in_range_v4("SubnetMin", m, &net, sub_host).map(|()| m)
         }
-        _ => Ipv4Addr::from(base + sub_host + 1),
+        _ => Ok(Ipv4Addr::from(base + sub_host + 1)),
     };
     let max = match max {
         Some(m) if !m.is_unspecified() => {
-            check_in_range_v4("SubnetMax", m, &net, sub_host)?;
-            m
+            check_in_range_v4("SubnetMax", m, &net, sub_host).map(|()| m)
         }
-        _ => Ipv4Addr::from((base | net_host) & !sub_host),
+        _ => Ok(Ipv4Addr::from((base | net_host) & !sub_host)),
+    };
+    let (min, max) = match (min, max) {
+        (Ok(min), Ok(max)) => (min, max),
+        (min, max) => return Err([min.err(), max.err()].into_iter().flatten().collect()),
     };
     if min > max {
         // Not checked by flannel (it fails later with "out of subnets"); no lease could ever
         // be valid, so weft refuses the config up front.
-        return Err(invalid(
+        return Err(vec![invalid(
             "SubnetMin",
             min.to_string(),
             format!("SubnetMin is greater than SubnetMax ({max})"),
-        ));
+        )]);
     }
     Ok(V4 {
         network: net,
@@ -524,14 +590,14 @@ fn check_v6(
     min: Option<Ipv6Addr>,
     max: Option<Ipv6Addr>,
     warnings: &mut Vec<String>,
-) -> Result<V6, ConfError> {
+) -> Result<V6, Vec<ConfError>> {
     let given = network.unwrap_or_default();
     if given.addr().is_unspecified() && given.prefix_len() == 0 {
-        return Err(invalid(
+        return Err(vec![invalid(
             "IPv6Network",
             network.map(|n| n.to_string()).unwrap_or_default(),
             "please define a correct IPv6Network parameter in the flannel config",
-        ));
+        )]);
     }
     let net = given.trunc();
     if net != given {
@@ -542,26 +608,26 @@ fn check_v6(
     let prefix = u64::from(net.prefix_len());
     let len = if subnet_len > 0 {
         if subnet_len > 126 {
-            return Err(invalid(
+            return Err(vec![invalid(
                 "IPv6SubnetLen",
                 subnet_len.to_string(),
                 "SubnetLen must be less than /127",
-            ));
+            )]);
         }
         if subnet_len < prefix + 2 {
-            return Err(invalid(
+            return Err(vec![invalid(
                 "IPv6SubnetLen",
                 subnet_len.to_string(),
                 "IPv6Network must be able to accommodate at least four subnets",
-            ));
+            )]);
         }
         subnet_len
     } else if prefix > 124 {
-        return Err(invalid(
+        return Err(vec![invalid(
             "IPv6Network",
             net.to_string(),
             "IPv6Network is too small. Minimum useful network prefix is /124",
-        ));
+        )]);
     } else if prefix <= 62 {
         64
     } else {
@@ -572,25 +638,23 @@ fn check_v6(
     let base = u128::from(net.network());
 
     let min = match min {
-        Some(m) => {
-            check_in_range_v6("IPv6SubnetMin", m, &net, sub_host)?;
-            m
-        }
-        None => Ipv6Addr::from(base + sub_host + 1),
+        Some(m) => check_in_range_v6("IPv6SubnetMin", m, &net, sub_host).map(|()| m),
+        None => Ok(Ipv6Addr::from(base + sub_host + 1)),
     };
     let max = match max {
-        Some(m) => {
-            check_in_range_v6("IPv6SubnetMax", m, &net, sub_host)?;
-            m
-        }
-        None => Ipv6Addr::from((base | net_host) & !sub_host),
+        Some(m) => check_in_range_v6("IPv6SubnetMax", m, &net, sub_host).map(|()| m),
+        None => Ok(Ipv6Addr::from((base | net_host) & !sub_host)),
+    };
+    let (min, max) = match (min, max) {
+        (Ok(min), Ok(max)) => (min, max),
+        (min, max) => return Err([min.err(), max.err()].into_iter().flatten().collect()),
     };
     if min > max {
-        return Err(invalid(
+        return Err(vec![invalid(
             "IPv6SubnetMin",
             min.to_string(),
             format!("IPv6SubnetMin is greater than IPv6SubnetMax ({max})"),
-        ));
+        )]);
     }
     Ok(V6 {
         network: net,

@@ -896,3 +896,62 @@ fn syntax_errors_come_before_network_checks() {
     let (field, _, _) = invalid(r#"{"Backend":{"Type":"vxlan","VNI":0}}"#);
     assert_eq!(field, "Network");
 }
+
+#[test]
+fn parse_all_reports_every_independent_error() {
+    let text = r#"{"Network":"10.3.0.0/16","SubnetMin":"10.3.1.5","SubnetMax":"10.9.0.0",
+        "EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":127,
+        "Backend":{"Type":"vxlan","VNI":0,"Port":"x","MTU":20}}"#;
+    let errors = NetConf::parse_all(text).expect_err("invalid");
+    let got: Vec<(String, String)> = errors
+        .iter()
+        .map(|e| match e {
+            ConfError::Syntax { field, reason } => (field.clone(), reason.clone()),
+            ConfError::Invalid { field, message, .. } => (field.clone(), message.clone()),
+        })
+        .collect();
+    let expected = [
+        (
+            "SubnetMin",
+            "SubnetMin is not on a SubnetLen boundary: 10.3.1.5",
+        ),
+        ("SubnetMax", "SubnetMax is not in the range of the Network"),
+        ("IPv6SubnetLen", "SubnetLen must be less than /127"),
+        ("Backend.Port", r#"expected an integer, found string "x""#),
+        ("Backend.VNI", "VNI must be between 1 and 16777215"),
+        (
+            "Backend.MTU",
+            "MTU must be between 68 and 65535 (or 0 for the interface's MTU)",
+        ),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(f, m)| (f.to_string(), m.to_string()))
+        .collect();
+    assert_eq!(got, expected);
+    // parse() gives the first of them.
+    assert_eq!(NetConf::parse(text), Err(errors[0].clone()));
+}
+
+#[test]
+fn parse_all_does_not_cascade() {
+    // A Network that does not decode is one error, not also "please define a correct Network".
+    let errors = NetConf::parse_all(r#"{"Network":5,"SubnetMin":"10.0.0.0"}"#).expect_err("bad");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    // Several type errors are all reported.
+    let errors =
+        NetConf::parse_all(r#"{"Network":5,"SubnetLen":"x","EnableIPv6":1}"#).expect_err("bad");
+    let fields: Vec<&str> = errors
+        .iter()
+        .map(|e| match e {
+            ConfError::Syntax { field, .. } | ConfError::Invalid { field, .. } => field.as_str(),
+        })
+        .collect();
+    assert_eq!(fields, ["EnableIPv6", "Network", "SubnetLen"]);
+    // A valid config parses the same either way.
+    let text = fixture("dual-stack.json");
+    assert_eq!(
+        NetConf::parse_all(&text),
+        NetConf::parse(&text).map_err(|e| vec![e])
+    );
+}
