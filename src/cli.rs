@@ -959,7 +959,12 @@ pub fn usage() -> String {
         out.push_str(s.help);
         let hide_default = s.default.is_empty() || (s.kind == Kind::Bool && s.default == "false");
         if !hide_default {
-            out.push_str(&format!(" (default {:?})", s.default));
+            // Go quotes string defaults only.
+            if matches!(s.ty, "int" | "level" | "") {
+                out.push_str(&format!(" (default {})", s.default));
+            } else {
+                out.push_str(&format!(" (default {:?})", s.default));
+            }
         }
         if s.kind == Kind::Repeat {
             out.push_str(" (repeatable; the environment variable gives one value)");
@@ -1465,6 +1470,56 @@ mod tests {
         assert!(!u.contains("FLANNELD_VERSION"));
         assert!(u.contains(r#"(default "/run/flannel/subnet.env")"#));
         assert!(u.contains(r#"(default "127.0.0.1")"#));
+    }
+
+    #[test]
+    fn random_arguments_never_panic() {
+        // Arguments built from flag names, odd prefixes and odd values: parse must answer Ok
+        // or a one-line error, never panic.
+        let pieces = [
+            "-",
+            "--",
+            "---",
+            "=",
+            "-=",
+            "--=",
+            "h",
+            "help",
+            "lab",
+            "x",
+            "",
+            "é",
+            "0x",
+            "-1",
+            "1_",
+            "true",
+            "=false",
+            "9999999999999999999999",
+            "::1",
+            "[",
+            ",",
+            " ",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..5000 {
+            let n = rng.usize(0..5);
+            let a: Vec<String> = (0..n)
+                .map(|_| {
+                    let mut s = String::new();
+                    for _ in 0..rng.usize(1..4) {
+                        if rng.bool() {
+                            s.push_str(pieces[rng.usize(..pieces.len())]);
+                        } else {
+                            s.push_str(FLAGS[rng.usize(..FLAGS.len())].name);
+                        }
+                    }
+                    s
+                })
+                .collect();
+            if let Err(e) = parse(&a, &no_env) {
+                assert!(!e.to_string().contains('\n'), "{a:?}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -57,6 +57,19 @@ pub struct Selection {
     pub prefixes: Vec<Ipv4Net>,
 }
 
+impl From<Selection> for backends::ExternalInterface {
+    fn from(s: Selection) -> Self {
+        backends::ExternalInterface {
+            name: s.name,
+            index: s.index,
+            iface_addr: s.iface_addr,
+            ext_addr: s.ext_addr,
+            mtu: s.mtu,
+            prefixes: s.prefixes,
+        }
+    }
+}
+
 /// What the flags ask for.
 #[derive(Debug, Clone, Copy)]
 pub struct IfaceRequest<'a> {
@@ -656,6 +669,24 @@ mod tests {
             .map(|p| p.parse().unwrap())
             .collect();
         assert_eq!(sel.prefixes, want);
+    }
+
+    #[test]
+    fn converts_to_backend_external_interface() {
+        let r = IfaceRequest {
+            public_ip: Some(ip("198.18.1.10")),
+            ..req(&[], &[])
+        };
+        let ext: backends::ExternalInterface = select(&host(), &r).unwrap().into();
+        assert_eq!(ext.name, "eth1");
+        assert_eq!(ext.index, 3);
+        assert_eq!(ext.iface_addr, ip("198.18.1.10"));
+        assert_eq!(ext.ext_addr, ip("198.18.1.10"));
+        assert_eq!(ext.mtu, 1500);
+        assert_eq!(
+            ext.prefixes,
+            vec!["198.18.1.0/24".parse::<Ipv4Net>().unwrap()]
+        );
     }
 
     #[test]
