@@ -323,13 +323,34 @@ async fn handle(mut stream: TcpStream, health: &Health, limits: Limits) -> io::R
         stream.shutdown().await
     };
     match tokio::time::timeout(limits.write_timeout, write).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "timed out writing the response",
-        )),
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out writing the response",
+            ));
+        }
     }
+    // Lingering close: closing with unread input makes the kernel send a reset, which can
+    // destroy the response before the client reads it (e.g. after a 431). Read and discard
+    // what the client still sends, bounded in bytes and time.
+    let mut sink = [0u8; 1024];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    Ok(())
 }
+
+/// Bounds of the lingering close.
+const LINGER_BYTES: usize = 64 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
