@@ -1,2 +1,4 @@
 //! weft, the daemon: command line, etcd subnet manager, lease loop, kernel reconciliation,
 //! health endpoints, and the local lab that the README and the end-to-end tests use.
+
+pub mod etcd_server;
