@@ -2,3 +2,6 @@
 //! health endpoints, and the local lab that the README and the end-to-end tests use.
 
 pub mod etcd_server;
+pub mod lease_table;
+pub mod registry;
+pub mod subnet;
