@@ -2,3 +2,4 @@
 //! health endpoints, and the local lab that the README and the end-to-end tests use.
 
 pub mod etcd_server;
+pub mod lab;
