@@ -141,9 +141,12 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
         lab.keep();
     }
     let result = exercise(&mut lab);
+    let interrupted = INTERRUPTED.load(Ordering::SeqCst);
     if let Err(e) = &result {
-        eprintln!("weft lab: {e:#}");
-        lab.dump_logs();
+        if !interrupted {
+            eprintln!("weft lab: {e:#}");
+            lab.dump_logs();
+        }
     }
     if args.keep {
         print_keep_help(&lab)?;
@@ -151,6 +154,9 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
         let name = lab.name().to_owned();
         lab.teardown()?;
         eprintln!("weft lab: lab {name} torn down");
+    }
+    if interrupted {
+        return Ok(130);
     }
     let all_ok = result?;
     Ok(if all_ok { 0 } else { 1 })
