@@ -826,8 +826,13 @@ impl Lab {
                 Err(e) => eprintln!("----- node {k}: ip route: {e:#}"),
             }
         }
-        if let Some(etcd) = &self.etcd {
-            eprintln!("----- etcd log -----\n{}", etcd.log_tail(30));
+        // On a panic EtcdServer's own Drop prints its log tail.
+        if let Some(etcd) = self.etcd.as_ref().filter(|_| !std::thread::panicking()) {
+            eprintln!(
+                "----- etcd log ({}) -----\n{}",
+                etcd.log_path().display(),
+                etcd.log_tail(30)
+            );
         }
     }
 
