@@ -10,7 +10,11 @@ pub enum ConfError {
     Syntax { field: String, reason: String },
     /// A field has a value flannel would refuse; `message` is flannel's text.
     #[error("{message} (field {field}, value {value:?})")]
-    Invalid { field: String, value: String, message: String },
+    Invalid {
+        field: String,
+        value: String,
+        message: String,
+    },
 }
 
 /// A lease value or subnet key that cannot be parsed.

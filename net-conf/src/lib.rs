@@ -5,12 +5,14 @@
 pub mod alloc;
 pub mod config;
 pub mod error;
+mod json;
 pub mod lease;
 pub mod subnet_env;
 pub mod subnet_key;
 
+pub use alloc::{AllocError, Choice, ExistingLease};
 pub use config::{BackendConf, IpIpConf, NetConf, Parsed, VxlanConf};
 pub use error::{ConfError, LeaseError};
 pub use lease::{LeaseAttrs, VxlanData};
-pub use subnet_env::SubnetEnv;
+pub use subnet_env::{SubnetEnv, SubnetEnvError, previous_subnet};
 pub use subnet_key::SubnetKey;

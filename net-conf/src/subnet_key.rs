@@ -1,5 +1,10 @@
 //! Subnet keys: `10.244.1.0-24`, dual-stack `10.244.1.0-24&fd00:10:244:1::-64` (spec §3.2).
+//!
+//! Parsing is strict (the whole segment must be a key; flannel's own regex is anchored only at
+//! the end): bad prefix lengths, non-numbers, trailing junk and host bits are refused, so a
+//! listing can skip such keys with a warning.
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -12,17 +17,136 @@ pub struct SubnetKey {
     pub v6: Option<Ipv6Net>,
 }
 
+impl SubnetKey {
+    /// An IPv4-only key.
+    pub fn new(v4: Ipv4Net) -> Self {
+        SubnetKey { v4, v6: None }
+    }
+
+    /// Parses a full etcd key `<prefix>/subnets/<key>`; `prefix` is the etcd prefix
+    /// (`/coreos.com/network`, a trailing `/` is allowed).
+    pub fn from_etcd_key(key: &str, prefix: &str) -> Result<SubnetKey, LeaseError> {
+        let dir = Self::etcd_dir(prefix);
+        match key.strip_prefix(&dir) {
+            Some(segment) => segment.parse().map_err(|e| match e {
+                LeaseError::Key { reason, .. } => LeaseError::Key {
+                    key: key.to_string(),
+                    reason,
+                },
+                other => other,
+            }),
+            None => Err(LeaseError::Key {
+                key: key.to_string(),
+                reason: format!("not under {dir}"),
+            }),
+        }
+    }
+
+    /// The directory of all lease keys, `<prefix>/subnets/` (with the trailing `/`, so a list
+    /// or watch with it as prefix cannot pick up a sibling such as `<prefix>/subnets-old`).
+    pub fn etcd_dir(prefix: &str) -> String {
+        format!("{}/subnets/", prefix.trim_end_matches('/'))
+    }
+
+    /// The full etcd key `<prefix>/subnets/<key>`.
+    pub fn etcd_key(&self, prefix: &str) -> String {
+        format!("{}{self}", Self::etcd_dir(prefix))
+    }
+}
+
+impl From<Ipv4Net> for SubnetKey {
+    fn from(v4: Ipv4Net) -> Self {
+        SubnetKey::new(v4)
+    }
+}
+
+fn key_error(key: &str, reason: impl Into<String>) -> LeaseError {
+    LeaseError::Key {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Splits `addr-len` at the last `-` and parses the decimal length (digits only, ≤ `max`).
+fn split_len<'a>(key: &str, part: &'a str, max: u8) -> Result<(&'a str, u8), LeaseError> {
+    let (addr, len) = part
+        .rsplit_once('-')
+        .ok_or_else(|| key_error(key, format!("{part:?} has no -<prefix length>")))?;
+    if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(key_error(
+            key,
+            format!("prefix length {len:?} is not a number"),
+        ));
+    }
+    let n: u16 = len
+        .parse()
+        .map_err(|_| key_error(key, format!("prefix length {len:?} is not a number")))?;
+    if n > u16::from(max) {
+        return Err(key_error(
+            key,
+            format!("prefix length {n} is greater than {max}"),
+        ));
+    }
+    Ok((addr, n as u8))
+}
+
 impl FromStr for SubnetKey {
     type Err = LeaseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let _ = s;
-        unimplemented!("net-conf: SubnetKey::from_str")
+        let (v4_part, v6_part) = match s.split_once('&') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let (addr, len) = split_len(s, v4_part, 32)?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| key_error(s, format!("{addr:?} is not an IPv4 address")))?;
+        let v4 = Ipv4Net::new(addr, len).map_err(|e| key_error(s, e.to_string()))?;
+        if v4.trunc() != v4 {
+            return Err(key_error(
+                s,
+                format!("{v4} has host bits set (the subnet is {})", v4.trunc()),
+            ));
+        }
+        let v6 = match v6_part {
+            None => None,
+            Some(part) => {
+                let (addr, len) = split_len(s, part, 128)?;
+                // flannel writes (and its parser accepts) only lower-case hex and colons.
+                if addr.is_empty()
+                    || !addr
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b':')
+                {
+                    return Err(key_error(
+                        s,
+                        format!("{addr:?} is not a lower-case IPv6 address"),
+                    ));
+                }
+                let addr: Ipv6Addr = addr
+                    .parse()
+                    .map_err(|_| key_error(s, format!("{addr:?} is not an IPv6 address")))?;
+                let v6 = Ipv6Net::new(addr, len).map_err(|e| key_error(s, e.to_string()))?;
+                if v6.trunc() != v6 {
+                    return Err(key_error(
+                        s,
+                        format!("{v6} has host bits set (the subnet is {})", v6.trunc()),
+                    ));
+                }
+                Some(v6)
+            }
+        };
+        Ok(SubnetKey { v4, v6 })
     }
 }
 
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let _ = f;
-        unimplemented!("net-conf: SubnetKey::fmt")
+        write!(f, "{}-{}", self.v4.addr(), self.v4.prefix_len())?;
+        if let Some(v6) = self.v6 {
+            // Rust prints IPv6 in RFC 5952 form (compressed, lower case), as Go does.
+            write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
+        }
+        Ok(())
     }
 }
