@@ -3,9 +3,11 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::{RouteWatch, hostgw_routes_ok, wait_until};
+use ipnet::Ipv4Net;
 use weft::lab::{Lab, LabSpec, Signal};
 
 /// Agents are debug builds on a shared 2-core machine: generous, still bounded.
@@ -56,36 +58,35 @@ fn three_nodes_started_together_get_host_gw_routes_and_pods_ping() {
     }
     let mut lab = converged_lab(3);
 
-    // Three distinct /24s inside the network, each written the way flannel writes subnet.env.
+    // Three distinct /24s inside the network (never its first /24, flannel's SubnetMin
+    // default), each subnet.env byte for byte what flanneld writes for host-gw.
+    let network: Ipv4Net = "10.244.0.0/16".parse().expect("net");
     let mut subnets = BTreeSet::new();
     for k in 1..=3 {
-        let env = lab.subnet_env(k).expect("subnet.env");
-        assert_eq!(env.get("FLANNEL_NETWORK"), Some("10.244.0.0/16"), "{env:?}");
-        assert_eq!(env.get("FLANNEL_IPMASQ"), Some("false"), "{env:?}");
-        assert_eq!(
-            env.mtu().expect("FLANNEL_MTU"),
-            1500,
-            "host-gw keeps eth0's MTU"
+        let net = lab.subnet(k).expect("subnet");
+        assert_eq!(net.prefix_len(), 24, "node {k}: {net}");
+        assert!(network.contains(&net), "node {k}: {net} outside {network}");
+        assert_ne!(
+            net.network(),
+            network.network(),
+            "node {k} got the first subnet"
         );
-        let subnet = env.subnet().expect("FLANNEL_SUBNET");
-        assert_eq!(subnet.prefix_len(), 24);
+        let first = Ipv4Addr::from(u32::from(net.network()) + 1);
         assert_eq!(
-            subnet.addr().octets()[3],
-            1,
-            "FLANNEL_SUBNET is the .1 address"
+            lab.subnet_env_text(k).expect("subnet.env"),
+            format!(
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first}/24\n\
+                 FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
+            ),
+            "node {k}: host-gw keeps eth0's MTU (1500)"
         );
-        assert!(env.network().expect("network").contains(&subnet.addr()));
-        subnets.insert(env.lease_network().expect("lease network"));
+        subnets.insert(net);
     }
     assert_eq!(subnets.len(), 3, "subnets must differ: {subnets:?}");
 
     // The leases in etcd are flannel's: key <prefix>/subnets/10.244.X.0-24, host-gw attrs.
     for k in 1..=3 {
-        let net = lab
-            .subnet_env(k)
-            .expect("env")
-            .lease_network()
-            .expect("net");
+        let net = lab.subnet(k).expect("subnet");
         let key = format!(
             "/coreos.com/network/subnets/{}-{}",
             net.addr(),
@@ -113,11 +114,7 @@ fn restart_keeps_the_subnet_and_peers_never_lose_the_route() {
     }
     let mut lab = converged_lab(3);
     lab.add_pods().expect("pods");
-    let before = lab
-        .subnet_env(2)
-        .expect("env")
-        .lease_network()
-        .expect("net");
+    let before = lab.subnet(2).expect("subnet");
     let written = lab.subnet_env_mtime(2).expect("mtime");
 
     let peers = vec![
@@ -147,8 +144,8 @@ fn restart_keeps_the_subnet_and_peers_never_lose_the_route() {
     let after = lab
         .wait_subnet_env_since(2, written, READY)
         .expect("subnet.env rewritten after restart")
-        .lease_network()
-        .expect("net");
+        .subnet
+        .expect("FLANNEL_SUBNET");
     assert_eq!(after, before, "a restarted node keeps its subnet");
     for k in 1..=3 {
         wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("routes after restart");

@@ -187,8 +187,7 @@ fn exercise(lab: &mut Lab) -> Result<bool> {
 
     for k in 1..=lab.nodes() {
         let path = lab.subnet_file(k)?;
-        let env = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let env = lab.subnet_env_text(k)?;
         println!(
             "== node {k}: namespace {}, eth0 {}, pod {} in {}",
             lab.node_ns(k)?,

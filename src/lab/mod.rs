@@ -36,11 +36,10 @@ use nix::unistd::Pid;
 use crate::etcd_server::{EtcdServer, EtcdServerOpts};
 
 mod cli;
-mod env;
 mod sys;
 
 pub use cli::run_cli;
-pub use env::SubnetEnv;
+pub use net_conf::SubnetEnv;
 
 /// The underlay bridge's address (`br0` in the underlay namespace); etcd listens here and it
 /// is every node's default gateway.
@@ -604,12 +603,28 @@ impl Lab {
 
     // ===== subnet.env =====
 
-    /// Node k's subnet.env, if the agent wrote one.
-    pub fn subnet_env(&self, k: usize) -> Result<SubnetEnv> {
+    /// Node k's subnet.env as written (text).
+    pub fn subnet_env_text(&self, k: usize) -> Result<String> {
         let path = self.subnet_file(k)?;
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        SubnetEnv::parse(&text).with_context(|| format!("parsing {}", path.display()))
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// Node k's subnet.env, parsed (as the flannel CNI plugin reads it).
+    pub fn subnet_env(&self, k: usize) -> Result<SubnetEnv> {
+        let text = self.subnet_env_text(k)?;
+        SubnetEnv::parse(&text).with_context(|| {
+            format!(
+                "parsing {}",
+                self.subnet_file(k).unwrap_or_default().display()
+            )
+        })
+    }
+
+    /// Node k's leased IPv4 subnet (`10.244.5.0/24`) from its subnet.env.
+    pub fn subnet(&self, k: usize) -> Result<Ipv4Net> {
+        self.subnet_env(k)?
+            .subnet
+            .ok_or_else(|| anyhow!("node {k}'s subnet.env has no FLANNEL_SUBNET"))
     }
 
     /// Waits up to `deadline` for node k's subnet.env (with a parseable FLANNEL_SUBNET). Fails
@@ -636,7 +651,7 @@ impl Lab {
             };
             if fresh {
                 if let Ok(env) = self.subnet_env(k) {
-                    if env.subnet().is_ok() {
+                    if env.subnet.is_some() {
                         return Ok(env);
                     }
                 }
@@ -679,13 +694,11 @@ impl Lab {
             bail!("node {k} already has a pod");
         }
         let env = self.subnet_env(k)?;
-        let (gw, pod) = env
-            .pod_addresses()
-            .with_context(|| format!("node {k}'s subnet.env"))?;
-        let mtu = env
-            .mtu()
-            .with_context(|| format!("node {k}'s subnet.env"))?
-            .to_string();
+        let subnet = env
+            .subnet
+            .ok_or_else(|| anyhow!("node {k}'s subnet.env has no FLANNEL_SUBNET"))?;
+        let (gw, pod) = pod_addresses(subnet)?;
+        let mtu = env.mtu.to_string();
         let n = self.node(k)?.ns.clone();
         let p = format!("{}-p{k}", self.name);
         if !sys::netns_add(&p)? {
@@ -817,8 +830,8 @@ impl Lab {
         for k in 1..=self.nodes.len() {
             eprintln!("----- node {k}: weft.log -----");
             eprintln!("{}", self.log_tail(k, 200));
-            match self.subnet_env(k) {
-                Ok(env) => eprintln!("----- node {k}: subnet.env -----\n{:?}", env.vars),
+            match self.subnet_env_text(k) {
+                Ok(env) => eprintln!("----- node {k}: subnet.env -----\n{env}"),
                 Err(e) => eprintln!("----- node {k}: subnet.env: {e:#}"),
             }
             match self.routes_text(k) {
@@ -983,6 +996,18 @@ fn node_ip(k: usize) -> Result<Ipv4Addr> {
     }
 }
 
+/// The addresses of a pod behind `cni0` in `subnet`: (`cni0` = .1, pod = .2), both with the
+/// subnet's prefix length, as the bridge CNI plugin with host-local IPAM hands them out.
+fn pod_addresses(subnet: Ipv4Net) -> Result<(Ipv4Net, Ipv4Net)> {
+    let net = subnet.trunc();
+    let first = u32::from(net.network());
+    if net.prefix_len() > 29 {
+        bail!("subnet {net} is too small for a bridge and a pod address");
+    }
+    let mk = |n: u32| Ipv4Net::new(Ipv4Addr::from(first + n), net.prefix_len());
+    Ok((mk(1)?, mk(2)?))
+}
+
 /// `sysctl net.ipv4.ip_forward=1` inside `ns` (procfs shows the writer's namespace).
 fn set_ip_forward(ns: &str) -> Result<()> {
     sys::run(&mut sys::netns_exec(
@@ -1004,6 +1029,16 @@ mod tests {
         assert_ne!(lab_name(1234, 1), lab_name(123, 41));
         // Longest pod namespace name stays short enough for any tool.
         assert!(format!("{}-p253", lab_name(9999, 99_999)).len() <= 20);
+    }
+
+    #[test]
+    fn pod_addresses_are_dot1_and_dot2() {
+        let (gw, pod) = pod_addresses("10.244.5.0/24".parse().unwrap()).unwrap();
+        assert_eq!(gw.to_string(), "10.244.5.1/24");
+        assert_eq!(pod.to_string(), "10.244.5.2/24");
+        let (gw, _) = pod_addresses("10.244.5.1/24".parse().unwrap()).unwrap();
+        assert_eq!(gw.to_string(), "10.244.5.1/24");
+        assert!(pod_addresses("10.244.5.0/30".parse().unwrap()).is_err());
     }
 
     #[test]

@@ -77,8 +77,7 @@ pub fn hostgw_routes_ok(lab: &weft::lab::Lab, k: usize) -> Result<(), String> {
     let routes = routes_in(ns)?;
     let mut expected = Vec::new();
     for j in (1..=lab.nodes()).filter(|&j| j != k) {
-        let env = lab.subnet_env(j).map_err(|e| format!("{e:#}"))?;
-        let net = env.lease_network().map_err(|e| format!("{e:#}"))?;
+        let net = lab.subnet(j).map_err(|e| format!("{e:#}"))?;
         let via = lab.node_ip(j).map_err(|e| e.to_string())?;
         expected.push((net.to_string(), via.to_string()));
     }
