@@ -6,6 +6,7 @@ pub mod cli;
 pub mod etcd_server;
 pub mod health;
 pub mod iface;
+pub mod lab;
 pub mod lease_table;
 pub mod registry;
 pub mod subnet;

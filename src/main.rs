@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Sub { name, args } => match name.as_str() {
-            "lab" => match lab_stub(&args) {
+            "lab" => match weft::lab::run_cli(&args) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
                 Err(e) => {
                     eprintln!("weft lab: {e:#}");
@@ -86,8 +86,4 @@ fn init_logging(level: tracing::Level) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.as_str().to_ascii_lowercase()));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-fn lab_stub(_args: &[String]) -> anyhow::Result<i32> {
-    anyhow::bail!("weft lab is being integrated")
 }

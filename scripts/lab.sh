@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The README's first command: `sudo scripts/lab.sh [--nodes N] [--backend host-gw|vxlan|ipip] [--keep]`
+# Installs what is missing (Debian packages; Rust via rustup if there is none), builds weft in
+# release mode and runs `weft lab`: a local cluster in network namespaces, torn down on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+require_root
+ensure_packages
+find_cargo
+log "building weft (cargo build --release)"
+"${CARGO[@]}" build --release --locked
+exec target/release/weft lab "$@"

@@ -1,0 +1,381 @@
+//! `weft lab`: build a local cluster, show what weft did, ping across it, tear it down.
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::{DEFAULT_NETWORK, INTERRUPTED, Lab, LabSpec, MAX_NODES, check_interrupted, cleanup};
+
+const USAGE: &str = "\
+usage: weft lab [--nodes N] [--backend host-gw|vxlan|ipip] [--network CIDR] [--keep] [--weft PATH]
+       weft lab --cleanup NAME
+
+Builds a local weft cluster out of network namespaces (root only): etcd in an underlay
+namespace, N nodes (default 3) on bridge br0 (198.18.0.0/24), each running weft with flanneld's
+flags and one pod behind cni0. Prints each node's subnet.env and routes and a pod-to-pod ping
+matrix, then tears everything down (also on Ctrl-C).
+
+  --nodes N        number of nodes, 1..=253 (default 3)
+  --backend TYPE   Backend.Type written to <prefix>/config (default host-gw)
+  --network CIDR   Network written to <prefix>/config (default 10.244.0.0/16)
+  --keep           leave the lab running and print how to use and remove it
+  --weft PATH      the weft binary the nodes run (default: this binary)
+  --cleanup NAME   remove a lab left running by --keep
+";
+
+/// How long the agents get to write subnet.env.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long pods get to reach each other (peers appear a moment after the last lease).
+const PING_DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CliArgs {
+    nodes: usize,
+    backend: String,
+    network: String,
+    keep: bool,
+    weft: Option<PathBuf>,
+    cleanup: Option<String>,
+    help: bool,
+}
+
+impl Default for CliArgs {
+    fn default() -> Self {
+        CliArgs {
+            nodes: 3,
+            backend: "host-gw".to_owned(),
+            network: DEFAULT_NETWORK.to_owned(),
+            keep: false,
+            weft: None,
+            cleanup: None,
+            help: false,
+        }
+    }
+}
+
+/// Parses the arguments after `lab`; `--flag value` and `--flag=value` both work.
+fn parse_args(args: &[String]) -> Result<CliArgs> {
+    let mut out = CliArgs::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| anyhow!("{name} needs a value")),
+            }
+        };
+        match flag {
+            "--nodes" => {
+                let v = value("--nodes")?;
+                out.nodes = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_NODES).contains(n))
+                    .ok_or_else(|| anyhow!("--nodes={v}: expected a number in 1..={MAX_NODES}"))?;
+            }
+            "--backend" => out.backend = value("--backend")?,
+            "--network" => out.network = value("--network")?,
+            "--weft" => out.weft = Some(PathBuf::from(value("--weft")?)),
+            "--cleanup" => out.cleanup = Some(value("--cleanup")?),
+            "--keep" if inline.is_none() => out.keep = true,
+            "-h" | "--help" if inline.is_none() => out.help = true,
+            _ => bail!("unknown argument {arg:?} for `weft lab` (see `weft lab --help`)"),
+        }
+    }
+    Ok(out)
+}
+
+/// `weft lab [args]`: `args` are the arguments after `lab`. Returns the process exit code:
+/// 0 when every pod reached every other pod, 1 otherwise. Blocks; call it from `main` before
+/// (or instead of) building a tokio runtime.
+pub fn run_cli(args: &[String]) -> Result<i32> {
+    let args = parse_args(args)?;
+    if args.help {
+        print!("{USAGE}");
+        return Ok(0);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "weft lab creates network namespaces and must run as root (try: sudo scripts/lab.sh)"
+        );
+    }
+    if let Some(name) = &args.cleanup {
+        let removed = cleanup(name)?;
+        println!(
+            "lab {name}: removed {} namespace(s){}{}",
+            removed.len(),
+            if removed.is_empty() { "" } else { ": " },
+            removed.join(" ")
+        );
+        return Ok(0);
+    }
+    let weft = match &args.weft {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("finding the weft binary (pass --weft PATH)")?,
+    };
+    install_signal_handler()?;
+
+    let mut spec = LabSpec::new(args.nodes, weft);
+    spec.backend = args.backend.clone();
+    spec.network = args.network.clone();
+    eprintln!(
+        "weft lab: building {} node(s), backend {}, network {}",
+        spec.nodes, spec.backend, spec.network
+    );
+    let mut lab = Lab::build(spec)?;
+    eprintln!(
+        "weft lab: lab {} is up (files in {}); starting weft on every node",
+        lab.name(),
+        lab.dir().display()
+    );
+    if args.keep {
+        lab.keep();
+    }
+    let result = exercise(&mut lab);
+    let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+    if let Err(e) = &result {
+        if !interrupted {
+            eprintln!("weft lab: {e:#}");
+            lab.dump_logs();
+        }
+    }
+    if args.keep {
+        print_keep_help(&lab)?;
+    } else {
+        let name = lab.name().to_owned();
+        lab.teardown()?;
+        eprintln!("weft lab: lab {name} torn down");
+    }
+    if interrupted {
+        return Ok(130);
+    }
+    let all_ok = result?;
+    Ok(if all_ok { 0 } else { 1 })
+}
+
+/// Starts the agents, adds pods, prints subnet.env, routes and the ping matrix. Returns
+/// whether every pair of pods replied.
+fn exercise(lab: &mut Lab) -> Result<bool> {
+    let started = Instant::now();
+    lab.start_all()?;
+    for k in 1..=lab.nodes() {
+        lab.wait_subnet_env(k, READY_DEADLINE)?;
+    }
+    eprintln!(
+        "weft lab: every node wrote subnet.env after {:.2}s; adding pods",
+        started.elapsed().as_secs_f64()
+    );
+    lab.add_pods()?;
+
+    let until = Instant::now() + PING_DEADLINE;
+    let matrix = loop {
+        let matrix = lab.ping_matrix()?;
+        if matrix.iter().all(|&(_, _, ok)| ok) || Instant::now() > until {
+            break matrix;
+        }
+        check_interrupted()?;
+    };
+
+    for k in 1..=lab.nodes() {
+        let path = lab.subnet_file(k)?;
+        let env = lab.subnet_env_text(k)?;
+        println!(
+            "== node {k}: namespace {}, eth0 {}, pod {} in {}",
+            lab.node_ns(k)?,
+            lab.node_ip(k)?,
+            lab.pod_ip(k)?,
+            lab.pod_ns(k)?
+        );
+        println!("-- {}", path.display());
+        print!("{env}");
+        println!("-- ip route");
+        print!("{}", lab.routes_text(k)?);
+        println!();
+    }
+    print!("{}", format_matrix(lab.nodes(), &matrix));
+    let failed = matrix.iter().filter(|&&(_, _, ok)| !ok).count();
+    if failed == 0 {
+        println!("all {} pod pairs reply", matrix.len());
+    } else {
+        println!("{failed} of {} pod pairs do NOT reply", matrix.len());
+    }
+    Ok(failed == 0)
+}
+
+/// The ping matrix as a table: rows are the pinging pod, columns the pinged one.
+fn format_matrix(nodes: usize, matrix: &[(usize, usize, bool)]) -> String {
+    let mut s = String::from("ping matrix (row pings column):\n      ");
+    for j in 1..=nodes {
+        let _ = write!(s, "{:>6}", format!("p{j}"));
+    }
+    s.push('\n');
+    for i in 1..=nodes {
+        let _ = write!(s, "{:>6}", format!("p{i}"));
+        for j in 1..=nodes {
+            let cell = if i == j {
+                "-"
+            } else {
+                match matrix.iter().find(|&&(a, b, _)| a == i && b == j) {
+                    Some((_, _, true)) => "ok",
+                    Some((_, _, false)) => "FAIL",
+                    None => "?",
+                }
+            };
+            let _ = write!(s, "{cell:>6}");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn print_keep_help(lab: &Lab) -> Result<()> {
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "weft".to_owned());
+    println!();
+    println!("lab {} is still running (--keep).", lab.name());
+    println!("Enter a node or a pod:");
+    for k in 1..=lab.nodes() {
+        let pod = lab.pod_ns(k).unwrap_or("(no pod)");
+        println!(
+            "  ip netns exec {} bash    # node {k}; its pod: ip netns exec {pod} bash",
+            lab.node_ns(k)?
+        );
+    }
+    println!("etcd:");
+    println!(
+        "  ip netns exec {} env ETCDCTL_API=3 etcdctl --endpoints={} get --prefix {}",
+        lab.underlay_ns(),
+        lab.etcd_endpoint()?,
+        lab.spec().etcd_prefix
+    );
+    println!("Logs: {}/n<k>/weft.log", lab.dir().display());
+    println!("Remove it: {me} lab --cleanup {}", lab.name());
+    Ok(())
+}
+
+/// SIGINT/SIGTERM set [`INTERRUPTED`] (the lab's waits then stop and the lab is torn down);
+/// a second signal exits at once.
+fn install_signal_handler() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the signal runtime")?;
+    // Registered here, before the lab exists, so no signal is missed.
+    let (mut int, mut term) = rt
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .context("installing SIGINT/SIGTERM handlers")?;
+    std::thread::Builder::new()
+        .name("lab-signals".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                INTERRUPTED.store(true, Ordering::SeqCst);
+                eprintln!("\nweft lab: interrupted, tearing down (signal again to exit at once)");
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                eprintln!(
+                    "weft lab: exiting without cleanup; remove it with `weft lab --cleanup <name>`"
+                );
+                std::process::exit(130);
+            })
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(parse_args(&[]).unwrap(), CliArgs::default());
+        assert_eq!(CliArgs::default().nodes, 3);
+        assert_eq!(CliArgs::default().backend, "host-gw");
+    }
+
+    #[test]
+    fn both_flag_spellings() {
+        let a = parse_args(&args(&[
+            "--nodes",
+            "5",
+            "--backend=vxlan",
+            "--keep",
+            "--weft",
+            "/x/weft",
+            "--network=10.1.0.0/16",
+        ]))
+        .unwrap();
+        assert_eq!(a.nodes, 5);
+        assert_eq!(a.backend, "vxlan");
+        assert!(a.keep);
+        assert_eq!(a.weft, Some(PathBuf::from("/x/weft")));
+        assert_eq!(a.network, "10.1.0.0/16");
+        assert_eq!(
+            parse_args(&args(&["--cleanup", "wl1x0"]))
+                .unwrap()
+                .cleanup
+                .as_deref(),
+            Some("wl1x0")
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_named() {
+        let e = parse_args(&args(&["--nodes", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--nodes=0"), "{e}");
+        let e = parse_args(&args(&["--nodes=abc"])).unwrap_err().to_string();
+        assert!(e.contains("--nodes=abc"), "{e}");
+        let e = parse_args(&args(&["--backend"])).unwrap_err().to_string();
+        assert!(e.contains("--backend needs a value"), "{e}");
+        let e = parse_args(&args(&["--frobnicate"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--frobnicate"), "{e}");
+        assert!(parse_args(&args(&["--keep=yes"])).is_err());
+    }
+
+    #[test]
+    fn matrix_table() {
+        let m = [(1, 2, true), (2, 1, false)];
+        let t = format_matrix(2, &m);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows[1].split_whitespace().collect::<Vec<_>>(), ["p1", "p2"]);
+        assert_eq!(
+            rows[2].split_whitespace().collect::<Vec<_>>(),
+            ["p1", "-", "ok"]
+        );
+        assert_eq!(
+            rows[3].split_whitespace().collect::<Vec<_>>(),
+            ["p2", "FAIL", "-"]
+        );
+    }
+}
