@@ -97,8 +97,9 @@ impl Reconciler {
         let mut state = KernelState::default();
         for r in routes {
             if let Some(first) = state.routes.get(&r.dst) {
-                // Only someone else can make a second weft-protocol route to one destination (a
-                // different metric or table is filtered out before); keep the first.
+                // Only someone else can make a second weft-protocol route to one destination in
+                // table main (with another metric); keep the first, the next refresh sees the
+                // other once the first is gone.
                 warn!(route = %r, kept = %first, "second route with weft's protocol to one destination");
                 continue;
             }
