@@ -1,4 +1,4 @@
-//! weft's data path: the `Backend` trait, the backends (host-gw today), the pure plan of kernel
+//! weft's data path: the `Backend` trait, the backends (host-gw, vxlan), the pure plan of kernel
 //! operations, the reconciler that applies it, and `nl`, the one module that builds netlink
 //! messages.
 //!
@@ -10,6 +10,7 @@ pub mod hostgw;
 pub mod nl;
 pub mod plan;
 pub mod reconcile;
+pub mod vxlan;
 
 use std::future::Future;
 use std::net::Ipv4Addr;

@@ -12,18 +12,27 @@ use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressScope,
 };
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as LinkInfoAttr, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, MulticastGroup, RouteMessageBuilder,
+};
 
-use crate::{BackendError, RTPROT_WEFT, Route};
+use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
+use crate::{BackendError, KernelOp, RTPROT_WEFT, Route};
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
+const EADDRNOTAVAIL: i32 = 99;
 
 /// A handle on one rtnetlink connection. Cheap to clone; all clones share the connection.
 #[derive(Clone, Debug)]
@@ -100,8 +109,8 @@ impl RouteEvent {
     }
 }
 
-/// Kernel notifications (multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR)
-/// turned into events; see [`subscribe`].
+/// Kernel notifications (multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR,
+/// RTNLGRP_NEIGH) turned into events; see [`subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     /// RTM_NEWROUTE: an IPv4 unicast route was added or replaced (any table, any protocol).
@@ -119,6 +128,14 @@ pub enum KernelEvent {
         addr: Ipv4Addr,
         prefix_len: u8,
     },
+    /// RTM_NEWNEIGH of an IPv4 neighbour (`permanent` = NUD_PERMANENT).
+    NeighAdded { neigh: Neigh, permanent: bool },
+    /// RTM_DELNEIGH of an IPv4 neighbour.
+    NeighDeleted(Neigh),
+    /// RTM_NEWNEIGH of an FDB entry with a `dst` (`owned_kind` = `self permanent`).
+    FdbAdded { entry: Fdb, owned_kind: bool },
+    /// RTM_DELNEIGH of an FDB entry with a `dst`.
+    FdbDeleted(Fdb),
     /// The notification socket overflowed (ENOBUFS): events were lost, re-read the kernel.
     Overrun,
 }
@@ -472,6 +489,8 @@ fn kernel_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelEvent>
                 index: m.header.index,
                 name: link_name(&m),
             }),
+            RouteNetlinkMessage::NewNeighbour(m) => neigh_event(&m, true),
+            RouteNetlinkMessage::DelNeighbour(m) => neigh_event(&m, false),
             RouteNetlinkMessage::DelAddress(m) => match addr_info(&m)?.addr {
                 IpAddr::V4(addr) => Some(KernelEvent::AddressDeleted {
                     index: m.header.index,
@@ -487,7 +506,72 @@ fn kernel_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelEvent>
     }
 }
 
-/// `ip monitor route link address` (IPv4): a separate multicast connection in the calling
+/// NUD_PERMANENT is a bit: `bridge fdb ... permanent` reports PERMANENT|NOARP (0xc0), which the
+/// packet crate can only show as `Other(192)`.
+fn is_permanent(state: NeighbourState) -> bool {
+    u16::from(state) & NUD_PERMANENT != 0
+}
+
+const NUD_PERMANENT: u16 = 0x80;
+
+/// NDA_DST as IPv4. In AF_BRIDGE messages the packet crate cannot tell the address family from
+/// the header and yields the raw bytes (`Other`), so 4 raw bytes count too.
+fn neigh_dst(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+            <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+        }
+        _ => None,
+    })
+}
+
+fn neigh_mac(m: &NeighbourMessage) -> Option<Mac> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(l) => Mac::try_from(l.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+fn neigh_event(m: &NeighbourMessage, added: bool) -> Option<KernelEvent> {
+    let ifindex = m.header.ifindex;
+    let ip = neigh_dst(m)?;
+    let mac = neigh_mac(m);
+    let permanent = is_permanent(m.header.state);
+    match m.header.family {
+        AddressFamily::Inet => {
+            // A deleted or unresolved entry may come without a link-layer address.
+            let neigh = Neigh {
+                ifindex,
+                ip,
+                mac: mac.unwrap_or_default(),
+            };
+            Some(if added {
+                KernelEvent::NeighAdded { neigh, permanent }
+            } else {
+                KernelEvent::NeighDeleted(neigh)
+            })
+        }
+        AddressFamily::Bridge => {
+            let entry = Fdb {
+                ifindex,
+                mac: mac?,
+                dst: ip,
+            };
+            Some(if added {
+                KernelEvent::FdbAdded {
+                    entry,
+                    owned_kind: permanent && m.header.flags.contains(NeighbourFlags::Own),
+                }
+            } else {
+                KernelEvent::FdbDeleted(entry)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `ip monitor route link address neigh` (IPv4): a separate multicast connection in the calling
 /// thread's network namespace, spawned on the current runtime. The stream ends if the socket
 /// fails; subscribe again and `refresh` then.
 pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, BackendError> {
@@ -495,9 +579,10 @@ pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, Bac
         MulticastGroup::Link,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Neigh,
     ])
     .map_err(|e| BackendError::Netlink {
-        op: "ip monitor route link address".into(),
+        op: "ip monitor route link address neigh".into(),
         errno: e.raw_os_error(),
         message: e.to_string(),
     })?;
@@ -507,4 +592,339 @@ pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, Bac
         let _keep = &handle;
         future::ready(kernel_event(msg))
     }))
+}
+
+// ===== neighbours, FDB, vxlan devices, addresses =====
+
+/// A vxlan device as the kernel reports it (`ip -d link show <name>`). Fields the kernel did not
+/// report are None.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub index: u32,
+    pub name: String,
+    /// The link kind (`vxlan`, `veth`, ...); None when the kernel reports no kind.
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    pub mac: Option<Mac>,
+    pub vni: Option<u32>,
+    /// `dev`: the underlay interface index.
+    pub link: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub group: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+    pub learning: Option<bool>,
+    pub gbp: bool,
+    pub l2miss: Option<bool>,
+    pub l3miss: Option<bool>,
+}
+
+/// What [`Netlink::vxlan_add`] creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    pub link: u32,
+    pub local: Ipv4Addr,
+    /// 0 = the kernel's default (8472).
+    pub port: u16,
+    pub learning: bool,
+    pub gbp: bool,
+    pub mtu: u32,
+    pub mac: Mac,
+}
+
+impl std::fmt::Display for VxlanSpec {
+    /// `flannel.1 type vxlan id 1 dev 2 local 198.18.0.1 dstport 8472 nolearning mtu 1450 address ..`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} type vxlan id {} dev {} local {}",
+            self.name, self.vni, self.link, self.local
+        )?;
+        if self.port != 0 {
+            write!(f, " dstport {}", self.port)?;
+        }
+        f.write_str(if self.learning {
+            " learning"
+        } else {
+            " nolearning"
+        })?;
+        if self.gbp {
+            f.write_str(" gbp")?;
+        }
+        write!(f, " mtu {} address {}", self.mtu, fmt_mac(&self.mac))
+    }
+}
+
+impl Netlink {
+    /// `ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`.
+    pub async fn neigh_replace(&self, n: &Neigh) -> Result<(), BackendError> {
+        self.handle
+            .neighbours()
+            .add(n.ifindex, IpAddr::V4(n.ip))
+            .link_layer_address(&n.mac)
+            .state(NeighbourState::Permanent)
+            .kind(RouteType::Unicast)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(KernelOp::NeighReplace(n.clone()).to_string(), e))
+    }
+
+    /// `ip neigh del <ip> dev <dev>`; "already gone" is success.
+    pub async fn neigh_del(&self, n: &Neigh) -> Result<(), BackendError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = n.ifindex;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                n.ip,
+            )));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH | ENODEV)) => Ok(()),
+            Err(e) => Err(nl_err(KernelOp::NeighDel(n.clone()).to_string(), e)),
+        }
+    }
+
+    /// `ip neigh show dev <dev> nud permanent` (IPv4): the ARP entries weft owns on its device.
+    pub async fn dump_permanent_neighs(&self, ifindex: u32) -> Result<Vec<Neigh>, BackendError> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(format!("ip neigh show dev {ifindex} nud permanent"), e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.ifindex == ifindex && is_permanent(m.header.state))
+            .filter_map(|m| {
+                let ip = neigh_dst(m)?;
+                let mac = neigh_mac(m)?;
+                Some(Neigh { ifindex, ip, mac })
+            })
+            .collect())
+    }
+
+    /// `bridge fdb replace <mac> dev <dev> dst <ip> self permanent`.
+    pub async fn fdb_replace(&self, e: &Fdb) -> Result<(), BackendError> {
+        self.handle
+            .neighbours()
+            .add_bridge(e.ifindex, &e.mac)
+            .destination(IpAddr::V4(e.dst))
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|err| nl_err(KernelOp::FdbReplace(e.clone()).to_string(), err))
+    }
+
+    /// `bridge fdb del <mac> dev <dev> dst <ip> self`: only the entry to that `dst` goes;
+    /// "already gone" is success.
+    pub async fn fdb_del(&self, e: &Fdb) -> Result<(), BackendError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = e.ifindex;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                e.dst,
+            )));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(err) if matches!(errno_of(&err), Some(ENOENT | ESRCH | ENODEV)) => Ok(()),
+            Err(err) => Err(nl_err(KernelOp::FdbDel(e.clone()).to_string(), err)),
+        }
+    }
+
+    /// `bridge fdb show dev <dev>`, keeping the `self permanent` entries with a `dst` (the
+    /// per-VTEP entries weft writes; the device's own multicast/unicast addresses have no dst).
+    pub async fn dump_fdb(&self, ifindex: u32) -> Result<Vec<Fdb>, BackendError> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(format!("bridge fdb show dev {ifindex}"), e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                m.header.ifindex == ifindex
+                    && is_permanent(m.header.state)
+                    && m.header.flags.contains(NeighbourFlags::Own)
+            })
+            .filter_map(|m| {
+                let dst = neigh_dst(m)?;
+                let mac = neigh_mac(m)?;
+                Some(Fdb { ifindex, mac, dst })
+            })
+            .collect())
+    }
+
+    /// `ip -d link show <name>`, read as a vxlan device; `None` when there is no such link.
+    pub async fn vxlan_by_name(&self, name: &str) -> Result<Option<VxlanLink>, BackendError> {
+        let msg = match self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+        {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(e) if errno_of(&e) == Some(ENODEV) => return Ok(None),
+            Err(e) => return Err(nl_err(format!("ip -d link show {name}"), e)),
+        };
+        let base = link_info(&msg);
+        let mut out = VxlanLink {
+            index: base.index,
+            name: base.name,
+            kind: None,
+            mtu: base.mtu,
+            up: base.up,
+            mac: None,
+            vni: None,
+            link: None,
+            local: None,
+            group: None,
+            port: None,
+            learning: None,
+            gbp: false,
+            l2miss: None,
+            l3miss: None,
+        };
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::Address(mac) => out.mac = Mac::try_from(mac.as_slice()).ok(),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfoAttr::Kind(kind) => out.kind = Some(kind.to_string()),
+                            LinkInfoAttr::Data(InfoData::Vxlan(attrs)) => {
+                                for v in attrs {
+                                    match v {
+                                        InfoVxlan::Id(id) => out.vni = Some(*id),
+                                        InfoVxlan::Link(l) => out.link = Some(*l),
+                                        InfoVxlan::Local(ip) => out.local = Some(*ip),
+                                        InfoVxlan::Group(ip) => out.group = Some(*ip),
+                                        InfoVxlan::Port(p) => out.port = Some(*p),
+                                        InfoVxlan::Learning(b) => out.learning = Some(*b),
+                                        InfoVxlan::Gbp => out.gbp = true,
+                                        InfoVxlan::L2Miss(b) => out.l2miss = Some(*b),
+                                        InfoVxlan::L3Miss(b) => out.l3miss = Some(*b),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// `ip link add <name> type vxlan id <vni> dev <link> local <ip> [dstport <port>]
+    /// [no]learning [gbp] mtu <mtu> address <mac>` (created down). EEXIST when the name is taken.
+    pub async fn vxlan_add(&self, spec: &VxlanSpec) -> Result<(), BackendError> {
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.link)
+            .local(spec.local)
+            .learning(spec.learning)
+            .mtu(spec.mtu)
+            .address(spec.mac.to_vec());
+        if spec.port != 0 {
+            b = b.port(spec.port);
+        }
+        if spec.gbp {
+            b = b.gbp();
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("ip link add {spec}"), e))
+    }
+
+    /// `ip link del <index>`; "already gone" is success.
+    pub async fn link_del(&self, index: u32) -> Result<(), BackendError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(()),
+            Err(e) => Err(nl_err(format!("ip link del {index}"), e)),
+        }
+    }
+
+    /// `ip link set <index> up`.
+    pub async fn link_set_up(&self, index: u32) -> Result<(), BackendError> {
+        self.handle
+            .link()
+            .change(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("ip link set {index} up"), e))
+    }
+
+    /// `ip link set <index> mtu <mtu>`.
+    pub async fn link_set_mtu(&self, index: u32, mtu: u32) -> Result<(), BackendError> {
+        self.handle
+            .link()
+            .change(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("ip link set {index} mtu {mtu}"), e))
+    }
+
+    /// `ip addr replace <ip>/<prefix_len> dev <index>`.
+    pub async fn addr_replace(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), BackendError> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix_len)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("ip addr replace {ip}/{prefix_len} dev {index}"), e))
+    }
+
+    /// `ip addr del <ip>/<prefix_len> dev <index>`; "already gone" is success.
+    pub async fn addr_del(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), BackendError> {
+        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(ip, prefix_len)
+            .build();
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(EADDRNOTAVAIL | ENODEV)) => Ok(()),
+            Err(e) => Err(nl_err(
+                format!("ip addr del {ip}/{prefix_len} dev {index}"),
+                e,
+            )),
+        }
+    }
 }

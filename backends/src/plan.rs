@@ -64,11 +64,67 @@ impl fmt::Display for Route {
     }
 }
 
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A permanent IPv4 neighbour (ARP) entry on a weft device:
+/// `10.244.2.0 lladdr 02:00:00:00:00:02 dev flannel.1 nud permanent`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Neigh {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+impl fmt::Display for Neigh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} lladdr {} dev {}",
+            self.ip,
+            fmt_mac(&self.mac),
+            self.ifindex
+        )
+    }
+}
+
+/// A permanent forwarding entry of a vxlan device, one per remote VTEP MAC:
+/// `02:00:00:00:00:02 dev flannel.1 dst 198.18.0.2 self permanent`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fdb {
+    pub ifindex: u32,
+    pub mac: Mac,
+    pub dst: Ipv4Addr,
+}
+
+impl fmt::Display for Fdb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} dev {} dst {}",
+            fmt_mac(&self.mac),
+            self.ifindex,
+            self.dst
+        )
+    }
+}
+
 /// The kernel objects weft owns (or wants to own), keyed so that two objects with one key cannot
-/// coexist in the kernel: routes by destination (table main, metric 0).
+/// coexist in the kernel: routes by destination (table main, metric 0), neighbours by device and
+/// IP, FDB entries by device and MAC.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
     pub routes: BTreeMap<Ipv4Net, Route>,
+    pub neighs: BTreeMap<(u32, Ipv4Addr), Neigh>,
+    pub fdb: BTreeMap<(u32, Mac), Fdb>,
 }
 
 impl KernelState {
@@ -76,11 +132,42 @@ impl KernelState {
     pub fn from_routes(routes: impl IntoIterator<Item = Route>) -> Self {
         KernelState {
             routes: routes.into_iter().map(|r| (r.dst, r)).collect(),
+            ..KernelState::default()
         }
     }
 
+    pub fn add_route(&mut self, r: Route) {
+        self.routes.insert(r.dst, r);
+    }
+
+    pub fn add_neigh(&mut self, n: Neigh) {
+        self.neighs.insert((n.ifindex, n.ip), n);
+    }
+
+    pub fn add_fdb(&mut self, e: Fdb) {
+        self.fdb.insert((e.ifindex, e.mac), e);
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.routes.is_empty() && self.neighs.is_empty() && self.fdb.is_empty()
+    }
+
+    /// Records the effect of a successful operation.
+    pub fn record(&mut self, op: &KernelOp) {
+        match op {
+            KernelOp::RouteReplace(r) => self.add_route(r.clone()),
+            KernelOp::RouteDel(r) => {
+                self.routes.remove(&r.dst);
+            }
+            KernelOp::NeighReplace(n) => self.add_neigh(n.clone()),
+            KernelOp::NeighDel(n) => {
+                self.neighs.remove(&(n.ifindex, n.ip));
+            }
+            KernelOp::FdbReplace(e) => self.add_fdb(e.clone()),
+            KernelOp::FdbDel(e) => {
+                self.fdb.remove(&(e.ifindex, e.mac));
+            }
+        }
     }
 }
 
@@ -93,20 +180,53 @@ pub enum KernelOp {
     /// `ip route del <route> proto 87`: only a route with exactly these attributes and weft's
     /// protocol is removed; "already gone" counts as success.
     RouteDel(Route),
+    /// `ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`.
+    NeighReplace(Neigh),
+    /// `ip neigh del <ip> dev <dev>` ("already gone" is success).
+    NeighDel(Neigh),
+    /// `bridge fdb replace <mac> dev <dev> dst <ip> self permanent`.
+    FdbReplace(Fdb),
+    /// `bridge fdb del <mac> dev <dev> dst <ip> self` ("already gone" is success).
+    FdbDel(Fdb),
 }
 
 impl KernelOp {
     /// The `ip` command equal to this operation, with device names when `name_of` knows them.
     pub fn command(&self, name_of: impl Fn(u32) -> Option<String>) -> String {
-        let (verb, r) = match self {
-            KernelOp::RouteReplace(r) => ("replace", r),
-            KernelOp::RouteDel(r) => ("del", r),
-        };
-        let name = name_of(r.oif);
-        format!(
-            "ip route {verb} {} proto {RTPROT_WEFT}",
-            r.display_with(name.as_deref())
-        )
+        let dev = |i: u32| name_of(i).unwrap_or_else(|| i.to_string());
+        match self {
+            KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) => {
+                let verb = if matches!(self, KernelOp::RouteDel(_)) {
+                    "del"
+                } else {
+                    "replace"
+                };
+                let name = name_of(r.oif);
+                format!(
+                    "ip route {verb} {} proto {RTPROT_WEFT}",
+                    r.display_with(name.as_deref())
+                )
+            }
+            KernelOp::NeighReplace(n) => format!(
+                "ip neigh replace {} lladdr {} dev {} nud permanent",
+                n.ip,
+                fmt_mac(&n.mac),
+                dev(n.ifindex)
+            ),
+            KernelOp::NeighDel(n) => format!("ip neigh del {} dev {}", n.ip, dev(n.ifindex)),
+            KernelOp::FdbReplace(e) => format!(
+                "bridge fdb replace {} dev {} dst {} self permanent",
+                fmt_mac(&e.mac),
+                dev(e.ifindex),
+                e.dst
+            ),
+            KernelOp::FdbDel(e) => format!(
+                "bridge fdb del {} dev {} dst {} self",
+                fmt_mac(&e.mac),
+                dev(e.ifindex),
+                e.dst
+            ),
+        }
     }
 }
 
@@ -121,24 +241,46 @@ impl fmt::Display for KernelOp {
 ///
 /// - An object in `current` that `desired` does not have is deleted.
 /// - An object in `desired` that `current` lacks, or has with other attributes, is replaced
-///   (a replace overwrites the old route in one step, so no delete precedes it).
+///   (a replace overwrites the old object in one step, so no delete precedes it).
 /// - Equal states give no operations.
 ///
-/// Order: all deletes first, then all replaces; within each group by destination (ascending).
-/// Deletes first so that stale state is gone before new state is added and the log reads
-/// naturally; the order is deterministic so tests and `weft status` output are stable.
+/// Order: all deletes first (routes, then FDB, then neighbours), then all replaces (neighbours,
+/// then FDB, then routes); within each kind by key (ascending). Deletes first so that stale
+/// state is gone before new state is added. Routes are removed before, and added after, the
+/// ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic to a gateway it
+/// would have to resolve (flannel's per-peer order). Deterministic, so tests and `weft status`
+/// output are stable.
 pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
-    let deletes = current
-        .routes
+    let mut ops = Vec::new();
+    ops.extend(extra(&desired.routes, &current.routes).map(KernelOp::RouteDel));
+    ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
+    ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
+    ops.extend(changed(&desired.neighs, &current.neighs).map(KernelOp::NeighReplace));
+    ops.extend(changed(&desired.fdb, &current.fdb).map(KernelOp::FdbReplace));
+    ops.extend(changed(&desired.routes, &current.routes).map(KernelOp::RouteReplace));
+    ops
+}
+
+/// Objects of `current` whose key `desired` lacks.
+fn extra<'a, K: Ord, V: Clone>(
+    desired: &'a BTreeMap<K, V>,
+    current: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = V> + 'a {
+    current
         .iter()
-        .filter(|(dst, _)| !desired.routes.contains_key(dst))
-        .map(|(_, r)| KernelOp::RouteDel(r.clone()));
-    let replaces = desired
-        .routes
+        .filter(|(k, _)| !desired.contains_key(k))
+        .map(|(_, v)| v.clone())
+}
+
+/// Objects of `desired` that `current` lacks or has with other attributes.
+fn changed<'a, K: Ord, V: Clone + PartialEq>(
+    desired: &'a BTreeMap<K, V>,
+    current: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = V> + 'a {
+    desired
         .iter()
-        .filter(|(dst, r)| current.routes.get(dst) != Some(r))
-        .map(|(_, r)| KernelOp::RouteReplace(r.clone()));
-    deletes.chain(replaces).collect()
+        .filter(|(k, v)| current.get(k) != Some(v))
+        .map(|(_, v)| v.clone())
 }
 
 #[cfg(test)]
@@ -227,6 +369,65 @@ mod tests {
     }
 
     #[test]
+    fn diff_orders_kinds_for_onlink_routes() {
+        let mac = [2, 0, 0, 0, 0, 2];
+        let old_mac = [2, 0, 0, 0, 0, 9];
+        let n = Neigh {
+            ifindex: 7,
+            ip: Ipv4Addr::new(10, 244, 2, 0),
+            mac,
+        };
+        let e = Fdb {
+            ifindex: 7,
+            mac,
+            dst: Ipv4Addr::new(198, 18, 0, 2),
+        };
+        let old_e = Fdb {
+            mac: old_mac,
+            ..e.clone()
+        };
+        let rt = Route {
+            onlink: true,
+            ..route("10.244.2.0/24", "10.244.2.0", 7)
+        };
+        let gone = route("10.244.3.0/24", "10.244.3.0", 7);
+        let gone_n = Neigh {
+            ip: Ipv4Addr::new(10, 244, 3, 0),
+            ..n.clone()
+        };
+        let mut desired = KernelState::from_routes([rt.clone()]);
+        desired.add_neigh(n.clone());
+        desired.add_fdb(e.clone());
+        let mut current = KernelState::from_routes([gone.clone()]);
+        current.add_neigh(gone_n.clone());
+        current.add_fdb(old_e.clone());
+        let ops = diff(&desired, &current);
+        assert_eq!(
+            ops,
+            vec![
+                KernelOp::RouteDel(gone),
+                KernelOp::FdbDel(old_e),
+                KernelOp::NeighDel(gone_n),
+                KernelOp::NeighReplace(n.clone()),
+                KernelOp::FdbReplace(e.clone()),
+                KernelOp::RouteReplace(rt),
+            ]
+        );
+        for op in &ops {
+            current.record(op);
+        }
+        assert_eq!(current, desired);
+        assert_eq!(
+            KernelOp::NeighReplace(n).command(|_| Some("flannel.1".into())),
+            "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:00:02 dev flannel.1 nud permanent"
+        );
+        assert_eq!(
+            KernelOp::FdbReplace(e).to_string(),
+            "bridge fdb replace 02:00:00:00:00:02 dev 7 dst 198.18.0.2 self permanent"
+        );
+    }
+
+    #[test]
     fn applying_the_diff_reaches_desired() {
         let desired = state([
             route("10.244.1.0/24", "198.18.0.1", 2),
@@ -237,14 +438,7 @@ mod tests {
             route("10.244.7.0/24", "198.18.0.7", 2),
         ]);
         for op in diff(&desired, &current) {
-            match op {
-                KernelOp::RouteReplace(r) => {
-                    current.routes.insert(r.dst, r);
-                }
-                KernelOp::RouteDel(r) => {
-                    current.routes.remove(&r.dst);
-                }
-            }
+            current.record(&op);
         }
         assert_eq!(current, desired);
         assert!(diff(&desired, &current).is_empty());

@@ -18,7 +18,7 @@
 //! routes through that link at once (so the next apply re-adds them even without a dump) and
 //! sets [`Reconciler::needs_refresh`]; the next [`Reconciler::apply`] then dumps the kernel
 //! before diffing. Callers may also call [`Reconciler::refresh`] themselves.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use tracing::{debug, info, warn};
 
@@ -36,6 +36,8 @@ pub struct Reconciler {
     needs_refresh: bool,
     /// Interface names by index, for log lines that read like `ip` commands.
     names: HashMap<u32, String>,
+    /// weft's devices (`flannel.<VNI>`): their permanent ARP and FDB entries are weft's.
+    devices: BTreeSet<u32>,
 }
 
 /// What one [`Reconciler::apply`] did.
@@ -65,7 +67,27 @@ impl Reconciler {
             last_desired: KernelState::default(),
             needs_refresh: true,
             names: HashMap::new(),
+            devices: BTreeSet::new(),
         }
+    }
+
+    /// Declares `ifindex` a weft device (vxlan's `flannel.<VNI>`): its permanent IPv4 neighbours
+    /// and its `self permanent` FDB entries with a `dst` become weft's, so stale ones are purged.
+    /// Devices used by a desired ARP/FDB entry are adopted by [`apply`](Self::apply) anyway; call
+    /// this at start so a purge happens even when no peer is known yet. Sets
+    /// [`needs_refresh`](Self::needs_refresh).
+    pub fn own_device(&mut self, ifindex: u32) {
+        if self.devices.insert(ifindex) {
+            self.needs_refresh = true;
+        }
+    }
+
+    /// Stops treating `ifindex` as a weft device (it was deleted or recreated under a new index):
+    /// its entries leave the cache without kernel writes.
+    pub fn disown_device(&mut self, ifindex: u32) {
+        self.devices.remove(&ifindex);
+        self.cache.neighs.retain(|(i, _), _| *i != ifindex);
+        self.cache.fdb.retain(|(i, _), _| *i != ifindex);
     }
 
     /// Re-reads the objects weft owns from the kernel into the cache (`ip route show table main
@@ -75,12 +97,21 @@ impl Reconciler {
         let mut state = KernelState::default();
         for r in routes {
             if let Some(first) = state.routes.get(&r.dst) {
-                // Only someone else can make a second weft-protocol route to one destination (a
-                // different metric or table is filtered out before); keep the first.
+                // Only someone else can make a second weft-protocol route to one destination in
+                // table main (with another metric); keep the first, the next refresh sees the
+                // other once the first is gone.
                 warn!(route = %r, kept = %first, "second route with weft's protocol to one destination");
                 continue;
             }
             state.routes.insert(r.dst, r);
+        }
+        for &dev in &self.devices {
+            for n in self.nl.dump_permanent_neighs(dev).await? {
+                state.add_neigh(n);
+            }
+            for e in self.nl.dump_fdb(dev).await? {
+                state.add_fdb(e);
+            }
         }
         match self.nl.links().await {
             Ok(links) => self.names = links.into_iter().map(|l| (l.index, l.name)).collect(),
@@ -101,6 +132,11 @@ impl Reconciler {
     /// A failed operation does not stop the others; it is reported and left out of the cache.
     pub async fn apply(&mut self, desired: &KernelState) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let used = desired.neighs.keys().map(|(i, _)| *i);
+        let used: Vec<u32> = used.chain(desired.fdb.keys().map(|(i, _)| *i)).collect();
+        for dev in used {
+            self.own_device(dev);
+        }
         if self.needs_refresh {
             if let Err(e) = self.refresh().await {
                 warn!(error = %e, "could not re-read weft's routes; diffing against the cached state");
@@ -113,19 +149,16 @@ impl Reconciler {
             let result = match &op {
                 KernelOp::RouteReplace(r) => self.nl.route_replace(r).await,
                 KernelOp::RouteDel(r) => self.nl.route_del(r).await,
+                KernelOp::NeighReplace(n) => self.nl.neigh_replace(n).await,
+                KernelOp::NeighDel(n) => self.nl.neigh_del(n).await,
+                KernelOp::FdbReplace(e) => self.nl.fdb_replace(e).await,
+                KernelOp::FdbDel(e) => self.nl.fdb_del(e).await,
             };
             match result {
                 Ok(()) => {
                     info!("{cmd}");
                     report.writes += 1;
-                    match &op {
-                        KernelOp::RouteReplace(r) => {
-                            self.cache.routes.insert(r.dst, r.clone());
-                        }
-                        KernelOp::RouteDel(r) => {
-                            self.cache.routes.remove(&r.dst);
-                        }
-                    }
+                    self.cache.record(&op);
                 }
                 Err(e) => {
                     warn!(error = %e, "{cmd} failed; will retry");
@@ -186,10 +219,17 @@ impl Reconciler {
             KernelEvent::LinkChanged { index, name, up } => {
                 self.names.insert(*index, name.clone());
                 if *up {
-                    self.last_desired
-                        .routes
+                    let d = &self.last_desired;
+                    let c = &self.cache;
+                    d.routes
                         .values()
-                        .any(|r| r.oif == *index && self.cache.routes.get(&r.dst) != Some(r))
+                        .any(|r| r.oif == *index && c.routes.get(&r.dst) != Some(r))
+                        || d.neighs
+                            .iter()
+                            .any(|(k, n)| k.0 == *index && c.neighs.get(k) != Some(n))
+                        || d.fdb
+                            .iter()
+                            .any(|(k, e)| k.0 == *index && c.fdb.get(k) != Some(e))
                 } else {
                     self.forget_routes_via(*index)
                 }
@@ -199,6 +239,62 @@ impl Reconciler {
                 self.forget_routes_via(*index)
             }
             KernelEvent::AddressDeleted { index, .. } => self.forget_routes_via(*index),
+            KernelEvent::NeighAdded { neigh, permanent } => {
+                if !self.devices.contains(&neigh.ifindex) {
+                    return false;
+                }
+                let key = (neigh.ifindex, neigh.ip);
+                match self.cache.neighs.get(&key) {
+                    Some(cached) if *permanent && cached == neigh => false,
+                    Some(_) | None if *permanent => {
+                        // Changed under us, or a permanent entry weft did not write.
+                        self.cache.add_neigh(neigh.clone());
+                        true
+                    }
+                    Some(_) => {
+                        // No longer permanent: not weft's entry any more.
+                        self.cache.neighs.remove(&key);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            KernelEvent::NeighDeleted(neigh) => {
+                let key = (neigh.ifindex, neigh.ip);
+                if self.cache.neighs.contains_key(&key) {
+                    self.cache.neighs.remove(&key);
+                    true
+                } else {
+                    false
+                }
+            }
+            KernelEvent::FdbAdded { entry, owned_kind } => {
+                if !self.devices.contains(&entry.ifindex) {
+                    return false;
+                }
+                let key = (entry.ifindex, entry.mac);
+                match self.cache.fdb.get(&key) {
+                    Some(cached) if *owned_kind && cached == entry => false,
+                    Some(_) | None if *owned_kind => {
+                        self.cache.add_fdb(entry.clone());
+                        true
+                    }
+                    Some(_) => {
+                        self.cache.fdb.remove(&key);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            KernelEvent::FdbDeleted(entry) => {
+                let key = (entry.ifindex, entry.mac);
+                if self.cache.fdb.get(&key) == Some(entry) {
+                    self.cache.fdb.remove(&key);
+                    true
+                } else {
+                    false
+                }
+            }
             KernelEvent::Overrun => {
                 self.needs_refresh = true;
                 true

@@ -4,10 +4,10 @@
 //! when the thread ends, also when the test fails. Skipped (with a message) when not root.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backends::hostgw::HostGw;
@@ -18,55 +18,7 @@ use futures::StreamExt;
 use net_conf::{LeaseAttrs, SubnetKey};
 use serde_json::Value;
 
-/// Runs `f` in a new network namespace on a dedicated thread with a current-thread runtime.
-fn in_netns<F, Fut>(name: &str, f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {name}: needs root to create network namespaces");
-        return;
-    }
-    let thread = std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || {
-            // A network namespace belongs to a thread: unshare here, then build the runtime (and
-            // with it every netlink socket) on this same thread.
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(f());
-        })
-        .expect("spawn test thread");
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// Runs `ip <args>` and returns stdout; panics with stderr on failure.
-fn ip(args: &str) -> String {
-    let out = Command::new("ip")
-        .args(args.split_whitespace())
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn ip_json(args: &str) -> Vec<Value> {
-    let text = ip(&format!("-j {args}"));
-    if text.trim().is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j {args}: {e}: {text}"))
-}
+use common::{in_netns, ip, ip_json};
 
 /// (dst, gateway, dev, protocol) of each route `ip -j route show <filter>` lists.
 fn routes(filter: &str) -> BTreeSet<(String, String, String, String)> {

@@ -1,0 +1,674 @@
+//! vxlan (spec §5.1): device `flannel.<VNI>`; per peer a permanent ARP entry, a `self permanent`
+//! FDB entry and an onlink route, planned by [`Vxlan::desired`] and applied by the same
+//! reconciler as host-gw.
+//!
+//! Per peer with lease `{"PublicIP": P, "BackendData": {"VNI": v, "VtepMAC": M}}` and subnet S:
+//! ```text
+//! ip neigh replace <S.network> lladdr M dev flannel.v nud permanent
+//! bridge fdb replace M dev flannel.v dst P self permanent
+//! ip route replace S via <S.network> dev flannel.v onlink proto 87
+//! ```
+//! With `DirectRouting`, a peer whose PublicIP is on a directly connected subnet of the external
+//! interface gets `ip route replace S via P dev <ext>` instead (flannel asks `ip route get`; the
+//! connected prefixes of the interface give the same answer without I/O).
+//!
+//! Differences from flannel, on purpose: the FDB entry of a peer's previous MAC is removed when
+//! the MAC changes (it is keyed by MAC and no longer desired); a peer advertising another VNI is
+//! skipped with a reason instead of programmed into a tunnel that cannot reach it; an existing
+//! device with the right configuration but another MTU gets its MTU set instead of keeping it.
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use net_conf::{LeaseAttrs, VxlanConf};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::nl::{Netlink, VxlanLink, VxlanSpec};
+use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
+use crate::{Backend, BackendError, Desired, ExternalInterface, Peer, Route};
+
+/// The lease `BackendType` of vxlan.
+pub const VXLAN: &str = "vxlan";
+/// Bytes a VXLAN header adds over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const ENCAP_OVERHEAD: u32 = 50;
+/// The kernel's default VXLAN UDP port (used when `Port` is 0).
+pub const DEFAULT_PORT: u16 = 8472;
+
+/// weft's vxlan device once [`Backend::prepare`] has created or verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanDevice {
+    pub index: u32,
+    pub name: String,
+    pub mac: Mac,
+    pub mtu: u32,
+}
+
+/// The vxlan backend.
+#[derive(Debug, Clone)]
+pub struct Vxlan {
+    conf: VxlanConf,
+    dev: Option<VxlanDevice>,
+}
+
+impl Vxlan {
+    pub fn new(conf: VxlanConf) -> Self {
+        Vxlan { conf, dev: None }
+    }
+
+    /// `flannel.<VNI>`.
+    pub fn device_name(&self) -> String {
+        format!("flannel.{}", self.conf.vni)
+    }
+
+    /// The device, after a successful [`Backend::prepare`].
+    pub fn device(&self) -> Option<&VxlanDevice> {
+        self.dev.as_ref()
+    }
+
+    /// The device this node wants for `ext`, with `mac`.
+    pub fn spec(&self, ext: &ExternalInterface, mac: Mac) -> Result<VxlanSpec, BackendError> {
+        let underlay = self.conf.mtu.unwrap_or(ext.mtu);
+        let mtu = underlay
+            .checked_sub(ENCAP_OVERHEAD)
+            .filter(|m| *m >= 68)
+            .ok_or_else(|| {
+                BackendError::Unsupported(format!(
+                    "MTU {underlay} of {} is too small for vxlan (needs {ENCAP_OVERHEAD} bytes of \
+                 overhead and leaves less than 68)",
+                    ext.name
+                ))
+            })?;
+        Ok(VxlanSpec {
+            name: self.device_name(),
+            vni: self.conf.vni,
+            link: ext.index,
+            local: ext.ext_addr,
+            port: self.conf.port,
+            learning: self.conf.learning,
+            gbp: self.conf.gbp,
+            mtu,
+            mac,
+        })
+    }
+}
+
+/// Why an existing link cannot serve as the wanted vxlan device, field by field (the kernel
+/// cannot change these in place); empty when it can. MTU and MAC are not compared: the MTU can
+/// be set in place and the MAC of an existing device is kept.
+pub fn incompatibilities(have: &VxlanLink, want: &VxlanSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    if have.kind.as_deref() != Some("vxlan") {
+        out.push(format!(
+            "type {} (want vxlan)",
+            have.kind.as_deref().unwrap_or("unknown")
+        ));
+        return out;
+    }
+    let mut field = |name: &str, have: String, want: String| {
+        if have != want {
+            out.push(format!("{name} {have} (want {want})"));
+        }
+    };
+    let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    field(
+        "id",
+        show(have.vni.map(|v| v.to_string())),
+        want.vni.to_string(),
+    );
+    field(
+        "dev",
+        show(have.link.map(|v| v.to_string())),
+        want.link.to_string(),
+    );
+    field(
+        "local",
+        show(have.local.map(|v| v.to_string())),
+        want.local.to_string(),
+    );
+    let want_port = if want.port == 0 {
+        DEFAULT_PORT
+    } else {
+        want.port
+    };
+    field(
+        "dstport",
+        show(have.port.map(|v| v.to_string())),
+        want_port.to_string(),
+    );
+    field(
+        "learning",
+        show(have.learning.map(|v| v.to_string())),
+        want.learning.to_string(),
+    );
+    field("gbp", have.gbp.to_string(), want.gbp.to_string());
+    let group = have.group.filter(|g| !g.is_unspecified());
+    field("group", show(group.map(|g| g.to_string())), "none".into());
+    field(
+        "l2miss",
+        have.l2miss.unwrap_or(false).to_string(),
+        "false".into(),
+    );
+    field(
+        "l3miss",
+        have.l3miss.unwrap_or(false).to_string(),
+        "false".into(),
+    );
+    out
+}
+
+/// A random locally administered unicast MAC (what flannel does in etcd mode).
+fn random_mac() -> Mac {
+    let mut mac = [0u8; 6];
+    for b in &mut mac {
+        *b = fastrand::u8(..);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// `BackendData` as flannel writes it: `{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}`.
+pub fn backend_data(vni: u32, mac: &Mac) -> String {
+    format!("{{\"VNI\":{vni},\"VtepMAC\":\"{}\"}}", fmt_mac(mac))
+}
+
+/// Reads a peer's vxlan `BackendData` (keys case-insensitive, as Go's encoding/json accepts).
+pub fn parse_backend_data(text: &str) -> Result<(u32, Mac), String> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| format!("BackendData {text:?} is not JSON: {e}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("BackendData {text:?} is not an object"))?;
+    let get = |key: &str| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    };
+    let vni = get("VNI")
+        .and_then(Value::as_u64)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| format!("BackendData.VNI missing or not a number in {text}"))?;
+    let mac_text = get("VtepMAC")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("BackendData.VtepMAC missing or not a string in {text}"))?;
+    let mac = parse_mac(mac_text)
+        .ok_or_else(|| format!("BackendData.VtepMAC {mac_text:?} is not a MAC address"))?;
+    Ok((vni, mac))
+}
+
+fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+impl Backend for Vxlan {
+    fn type_name(&self) -> &'static str {
+        VXLAN
+    }
+
+    /// Creates `flannel.<VNI>` or reuses a compatible existing one (an incompatible one is
+    /// deleted and recreated), then returns the lease attributes with `{"VNI","VtepMAC"}`.
+    async fn prepare(
+        &mut self,
+        nl: &Netlink,
+        ext: &ExternalInterface,
+    ) -> Result<LeaseAttrs, BackendError> {
+        let name = self.device_name();
+        let existing = nl.vxlan_by_name(&name).await?;
+        let mut reuse = None;
+        if let Some(have) = existing {
+            let want = self.spec(ext, have.mac.unwrap_or_default())?;
+            let why = incompatibilities(&have, &want);
+            if why.is_empty() && have.mac.is_some() {
+                if have.mtu != want.mtu {
+                    nl.link_set_mtu(have.index, want.mtu).await?;
+                    info!("ip link set {name} mtu {}", want.mtu);
+                }
+                reuse = Some(VxlanDevice {
+                    index: have.index,
+                    name: name.clone(),
+                    mac: want.mac,
+                    mtu: want.mtu,
+                });
+            } else {
+                warn!(
+                    "{name:?} already exists with incompatible configuration: {}; recreating device",
+                    why.join(", ")
+                );
+                nl.link_del(have.index).await?;
+                info!("ip link del {name}");
+            }
+        }
+        let dev = match reuse {
+            Some(dev) => dev,
+            None => {
+                let spec = self.spec(ext, random_mac())?;
+                nl.vxlan_add(&spec).await?;
+                info!("ip link add {spec}");
+                let made = nl.vxlan_by_name(&name).await?.ok_or_else(|| {
+                    BackendError::Unsupported(format!("{name} vanished right after creation"))
+                })?;
+                VxlanDevice {
+                    index: made.index,
+                    name: name.clone(),
+                    mac: made.mac.unwrap_or(spec.mac),
+                    mtu: spec.mtu,
+                }
+            }
+        };
+        let attrs = LeaseAttrs {
+            public_ip: ext.ext_addr,
+            public_ipv6: None,
+            backend_type: VXLAN.to_string(),
+            backend_data: Some(backend_data(self.conf.vni, &dev.mac)),
+            backend_v6_data: None,
+        };
+        self.dev = Some(dev);
+        Ok(attrs)
+    }
+
+    /// Gives the device exactly one IPv4 address, `<own network>/32` (the source for host → pod
+    /// traffic; /32 avoids a broadcast route), sets it up, checks its MAC is still the one
+    /// published, and returns the device MTU for subnet.env.
+    async fn configure(
+        &mut self,
+        nl: &Netlink,
+        _ext: &ExternalInterface,
+        own: Ipv4Net,
+    ) -> Result<u32, BackendError> {
+        let dev = self.dev.clone().ok_or_else(|| {
+            BackendError::Unsupported("vxlan: configure called before prepare".into())
+        })?;
+        let addr = own.network();
+        let link = nl.link_by_name(&dev.name).await?.ok_or_else(|| {
+            BackendError::Unsupported(format!("{} disappeared before configure", dev.name))
+        })?;
+        for a in &link.addrs {
+            let std::net::IpAddr::V4(ip) = a.addr else {
+                continue;
+            };
+            if ip != addr || a.prefix_len != 32 {
+                nl.addr_del(dev.index, ip, a.prefix_len).await?;
+                info!("ip addr del {ip}/{} dev {}", a.prefix_len, dev.name);
+            }
+        }
+        nl.addr_replace(dev.index, addr, 32).await?;
+        info!("ip addr replace {addr}/32 dev {}", dev.name);
+        nl.link_set_up(dev.index).await?;
+        info!("ip link set {} up", dev.name);
+        let now = nl.vxlan_by_name(&dev.name).await?;
+        let mac = now.as_ref().and_then(|l| l.mac);
+        if mac != Some(dev.mac) {
+            return Err(BackendError::Unsupported(format!(
+                "{} has MAC {}, but the lease publishes {}",
+                dev.name,
+                mac.map(|m| fmt_mac(&m)).unwrap_or_else(|| "none".into()),
+                fmt_mac(&dev.mac)
+            )));
+        }
+        Ok(dev.mtu)
+    }
+
+    fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired {
+        let mut out = Desired::default();
+        let Some(dev) = &self.dev else {
+            for p in peers {
+                out.skipped
+                    .push((p.key, "the vxlan device is not prepared yet".to_string()));
+            }
+            return out;
+        };
+        for peer in peers {
+            if let Err(reason) = self.add_peer(ext, dev, peer, &mut out) {
+                out.skipped.push((peer.key, reason));
+            }
+        }
+        out
+    }
+}
+
+impl Vxlan {
+    fn add_peer(
+        &self,
+        ext: &ExternalInterface,
+        dev: &VxlanDevice,
+        peer: &Peer,
+        out: &mut Desired,
+    ) -> Result<(), String> {
+        let subnet = peer.key.v4.trunc();
+        let ip = peer.attrs.public_ip;
+        if peer.attrs.backend_type != VXLAN {
+            return Err(format!(
+                "peer {subnet} ({ip}) uses backend type {:?}, not \"vxlan\": mixed-backend peers \
+                 are not routed",
+                peer.attrs.backend_type
+            ));
+        }
+        if ip.is_unspecified() {
+            return Err(format!("peer {subnet} has no PublicIP (0.0.0.0)"));
+        }
+        if ip == ext.ext_addr || ip == ext.iface_addr {
+            return Err(format!(
+                "peer {subnet} has this node's own address {ip} as PublicIP"
+            ));
+        }
+        if self.conf.direct_routing && ext.prefixes.iter().any(|p| p.contains(&ip)) {
+            out.state.add_route(Route {
+                dst: subnet,
+                gateway: ip,
+                oif: ext.index,
+                onlink: false,
+            });
+            return Ok(());
+        }
+        let data = peer
+            .attrs
+            .backend_data
+            .as_deref()
+            .ok_or_else(|| format!("peer {subnet} ({ip}) has no BackendData"))?;
+        let (vni, mac) =
+            parse_backend_data(data).map_err(|e| format!("peer {subnet} ({ip}): {e}"))?;
+        if vni != self.conf.vni {
+            return Err(format!(
+                "peer {subnet} ({ip}) uses VNI {vni}, this node uses {}",
+                self.conf.vni
+            ));
+        }
+        if let Some(other) = out.state.fdb.get(&(dev.index, mac)) {
+            return Err(format!(
+                "peer {subnet} ({ip}) advertises VtepMAC {}, already used by the peer at {}",
+                fmt_mac(&mac),
+                other.dst
+            ));
+        }
+        let gw: Ipv4Addr = subnet.network();
+        out.state.add_neigh(Neigh {
+            ifindex: dev.index,
+            ip: gw,
+            mac,
+        });
+        out.state.add_fdb(Fdb {
+            ifindex: dev.index,
+            mac,
+            dst: ip,
+        });
+        out.state.add_route(Route {
+            dst: subnet,
+            gateway: gw,
+            oif: dev.index,
+            onlink: true,
+        });
+        Ok(())
+    }
+
+    /// Test and tooling hook: use an already known device (as [`Backend::prepare`] would set it).
+    pub fn with_device(mut self, dev: VxlanDevice) -> Self {
+        self.dev = Some(dev);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use net_conf::SubnetKey;
+
+    use super::*;
+
+    const MAC2: Mac = [0x02, 0, 0, 0, 0, 0x02];
+    const MAC3: Mac = [0x02, 0, 0, 0, 0, 0x03];
+
+    fn ext() -> ExternalInterface {
+        ExternalInterface {
+            name: "eth0".into(),
+            index: 3,
+            iface_addr: Ipv4Addr::new(198, 18, 0, 1),
+            ext_addr: Ipv4Addr::new(198, 18, 0, 1),
+            mtu: 1500,
+            prefixes: vec!["198.18.0.0/24".parse().expect("prefix")],
+        }
+    }
+
+    fn dev() -> VxlanDevice {
+        VxlanDevice {
+            index: 9,
+            name: "flannel.1".into(),
+            mac: [0x02, 0, 0, 0, 0, 0x01],
+            mtu: 1450,
+        }
+    }
+
+    fn peer(subnet: &str, ip: &str, backend: &str, data: Option<&str>) -> Peer {
+        Peer {
+            key: SubnetKey {
+                v4: subnet.parse().expect("subnet"),
+                v6: None,
+            },
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().expect("ip"),
+                public_ipv6: None,
+                backend_type: backend.into(),
+                backend_data: data.map(str::to_string),
+                backend_v6_data: None,
+            },
+        }
+    }
+
+    fn vx(direct_routing: bool) -> Vxlan {
+        Vxlan::new(VxlanConf {
+            direct_routing,
+            ..VxlanConf::default()
+        })
+        .with_device(dev())
+    }
+
+    #[test]
+    fn backend_data_round_trip_and_go_spellings() {
+        let text = backend_data(1, &MAC2);
+        assert_eq!(text, r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#);
+        assert_eq!(parse_backend_data(&text), Ok((1, MAC2)));
+        assert_eq!(
+            parse_backend_data(r#"{"vni":7,"vtepMAC":"02-00-00-00-00-03"}"#),
+            Ok((7, MAC3))
+        );
+        let err = parse_backend_data(r#"{"VNI":1,"VtepMAC":"zz"}"#).expect_err("bad mac");
+        assert!(err.contains("BackendData.VtepMAC \"zz\""), "{err}");
+        let err = parse_backend_data(r#"{"VtepMAC":"02:00:00:00:00:02"}"#).expect_err("no vni");
+        assert!(err.contains("BackendData.VNI"), "{err}");
+        assert!(parse_backend_data("nope").is_err());
+    }
+
+    #[test]
+    fn per_peer_neigh_fdb_and_onlink_route() {
+        let d = vx(false).desired(
+            &ext(),
+            &[
+                peer(
+                    "10.244.2.0/24",
+                    "198.18.0.2",
+                    "vxlan",
+                    Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#),
+                ),
+                // Not adjacent: vxlan doesn't care.
+                peer(
+                    "10.244.3.0/24",
+                    "203.0.113.3",
+                    "vxlan",
+                    Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:03"}"#),
+                ),
+            ],
+        );
+        assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        let gw2 = Ipv4Addr::new(10, 244, 2, 0);
+        assert_eq!(
+            d.state.neighs.values().cloned().collect::<Vec<_>>(),
+            vec![
+                Neigh {
+                    ifindex: 9,
+                    ip: gw2,
+                    mac: MAC2
+                },
+                Neigh {
+                    ifindex: 9,
+                    ip: Ipv4Addr::new(10, 244, 3, 0),
+                    mac: MAC3
+                },
+            ]
+        );
+        assert_eq!(
+            d.state.fdb.get(&(9, MAC3)),
+            Some(&Fdb {
+                ifindex: 9,
+                mac: MAC3,
+                dst: Ipv4Addr::new(203, 0, 113, 3)
+            })
+        );
+        let r2 = &d.state.routes[&"10.244.2.0/24".parse().expect("net")];
+        assert_eq!(r2.to_string(), "10.244.2.0/24 via 10.244.2.0 dev 9 onlink");
+        assert_eq!(d.state.routes.len(), 2);
+    }
+
+    #[test]
+    fn direct_routing_for_adjacent_peers_only() {
+        let data2 = r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#;
+        let data3 = r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:03"}"#;
+        let d = vx(true).desired(
+            &ext(),
+            &[
+                peer("10.244.2.0/24", "198.18.0.2", "vxlan", Some(data2)),
+                peer("10.244.3.0/24", "203.0.113.3", "vxlan", Some(data3)),
+            ],
+        );
+        assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        let r2 = &d.state.routes[&"10.244.2.0/24".parse().expect("net")];
+        assert_eq!(r2.to_string(), "10.244.2.0/24 via 198.18.0.2 dev 3");
+        assert_eq!(d.state.neighs.len(), 1, "only the tunnelled peer");
+        assert_eq!(d.state.fdb.len(), 1);
+    }
+
+    #[test]
+    fn skips_with_reasons() {
+        let good = r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#;
+        let peers = [
+            peer("10.244.2.0/24", "198.18.0.2", "host-gw", None),
+            peer("10.244.3.0/24", "198.18.0.3", "vxlan", None),
+            peer(
+                "10.244.4.0/24",
+                "198.18.0.4",
+                "vxlan",
+                Some(r#"{"VNI":1,"VtepMAC":"bad"}"#),
+            ),
+            peer(
+                "10.244.5.0/24",
+                "198.18.0.5",
+                "vxlan",
+                Some(r#"{"VNI":2,"VtepMAC":"02:00:00:00:00:05"}"#),
+            ),
+            peer("10.244.6.0/24", "198.18.0.1", "vxlan", Some(good)),
+            peer("10.244.7.0/24", "198.18.0.7", "vxlan", Some(good)),
+            peer("10.244.8.0/24", "198.18.0.8", "vxlan", Some(good)),
+        ];
+        let d = vx(false).desired(&ext(), &peers);
+        let reasons: Vec<(String, String)> = d
+            .skipped
+            .iter()
+            .map(|(k, r)| (k.v4.to_string(), r.clone()))
+            .collect();
+        let want = [
+            ("10.244.2.0/24", "\"host-gw\""),
+            ("10.244.3.0/24", "no BackendData"),
+            ("10.244.4.0/24", "BackendData.VtepMAC \"bad\""),
+            ("10.244.5.0/24", "uses VNI 2, this node uses 1"),
+            ("10.244.6.0/24", "own address"),
+            ("10.244.8.0/24", "already used by the peer at 198.18.0.7"),
+        ];
+        assert_eq!(reasons.len(), want.len(), "{reasons:?}");
+        for ((subnet, reason), (want_subnet, want_part)) in reasons.iter().zip(want) {
+            assert_eq!(subnet, want_subnet);
+            assert!(reason.contains(want_part), "{subnet}: {reason}");
+        }
+        assert_eq!(d.state.routes.len(), 1);
+    }
+
+    #[test]
+    fn unprepared_backend_programs_nothing() {
+        let d = Vxlan::new(VxlanConf::default()).desired(
+            &ext(),
+            &[peer("10.244.2.0/24", "198.18.0.2", "vxlan", None)],
+        );
+        assert!(d.state.is_empty());
+        assert_eq!(d.skipped.len(), 1);
+    }
+
+    fn link(kind: &str) -> VxlanLink {
+        VxlanLink {
+            index: 9,
+            name: "flannel.1".into(),
+            kind: Some(kind.into()),
+            mtu: 1450,
+            up: true,
+            mac: Some(MAC2),
+            vni: Some(1),
+            link: Some(3),
+            local: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            group: None,
+            port: Some(8472),
+            learning: Some(false),
+            gbp: false,
+            l2miss: Some(false),
+            l3miss: Some(false),
+        }
+    }
+
+    #[test]
+    fn device_compared_field_by_field() {
+        let want = vx(false).spec(&ext(), MAC2).expect("spec");
+        assert_eq!(want.mtu, 1450);
+        assert!(incompatibilities(&link("vxlan"), &want).is_empty());
+        assert_eq!(
+            incompatibilities(&link("veth"), &want),
+            vec!["type veth (want vxlan)"]
+        );
+        let mut l = link("vxlan");
+        l.vni = Some(2);
+        l.port = Some(4789);
+        l.local = Some(Ipv4Addr::new(198, 18, 0, 9));
+        l.learning = Some(true);
+        l.mtu = 1400; // not compared: fixed in place
+        assert_eq!(
+            incompatibilities(&l, &want),
+            vec![
+                "id 2 (want 1)",
+                "local 198.18.0.9 (want 198.18.0.1)",
+                "dstport 4789 (want 8472)",
+                "learning true (want false)",
+            ]
+        );
+        let mut small = ext();
+        small.mtu = 100;
+        assert!(vx(false).spec(&small, MAC2).is_err());
+        let mut conf_mtu = Vxlan::new(VxlanConf {
+            mtu: Some(9000),
+            ..VxlanConf::default()
+        });
+        conf_mtu.dev = None;
+        assert_eq!(conf_mtu.spec(&ext(), MAC2).expect("spec").mtu, 8950);
+    }
+
+    #[test]
+    fn random_macs_are_local_unicast() {
+        for _ in 0..100 {
+            let m = random_mac();
+            assert_eq!(m[0] & 0x01, 0, "unicast");
+            assert_eq!(m[0] & 0x02, 0x02, "locally administered");
+        }
+    }
+}

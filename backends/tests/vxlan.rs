@@ -1,0 +1,348 @@
+//! vxlan kernel tests, each in its own network namespace (see `common`): the device is created or
+//! verified field by field, configured, and the per-peer ARP/FDB/route entries are applied,
+//! purged and repaired through the shared reconciler. Skipped (with a message) when not root.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use backends::nl::{self, Netlink};
+use backends::reconcile::Reconciler;
+use backends::vxlan::{Vxlan, parse_backend_data};
+use backends::{Backend, ExternalInterface, KernelState, Peer};
+use futures::StreamExt;
+use net_conf::{LeaseAttrs, SubnetKey, VxlanConf};
+use serde_json::Value;
+
+use common::{in_netns, ip, ip_json, run, tool_json};
+
+/// `eth0` (198.18.0.1/24, up) with its veth peer `peer0` (up); returns eth0's index.
+fn underlay() -> u32 {
+    ip("link add eth0 type veth peer name peer0");
+    ip("addr add 198.18.0.1/24 dev eth0");
+    ip("link set eth0 up");
+    ip("link set peer0 up");
+    ip_json("link show dev eth0")[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32
+}
+
+fn ext(index: u32) -> ExternalInterface {
+    ExternalInterface {
+        name: "eth0".into(),
+        index,
+        iface_addr: Ipv4Addr::new(198, 18, 0, 1),
+        ext_addr: Ipv4Addr::new(198, 18, 0, 1),
+        mtu: 1500,
+        prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+    }
+}
+
+fn peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
+    Peer {
+        key: SubnetKey {
+            v4: subnet.parse().unwrap(),
+            v6: None,
+        },
+        attrs: LeaseAttrs {
+            public_ip: public_ip.parse().unwrap(),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
+            backend_v6_data: None,
+        },
+    }
+}
+
+fn link(name: &str) -> Value {
+    ip_json(&format!("-d link show dev {name}"))
+        .into_iter()
+        .next()
+        .unwrap()
+}
+
+/// (ip, lladdr, state) of the neighbours on `dev`.
+fn neighs(dev: &str) -> BTreeSet<(String, String, String)> {
+    ip_json(&format!("neigh show dev {dev}"))
+        .iter()
+        .map(|n| {
+            (
+                n["dst"].as_str().unwrap().to_string(),
+                n["lladdr"].as_str().unwrap_or("").to_string(),
+                n["state"][0].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (mac, dst) of the `self permanent` FDB entries with a dst on `dev`.
+fn fdb(dev: &str) -> BTreeSet<(String, String)> {
+    tool_json("bridge", &format!("fdb show dev {dev}"))
+        .iter()
+        .filter(|e| e["state"] == "permanent" && !e["dst"].is_null())
+        .map(|e| {
+            (
+                e["mac"].as_str().unwrap().to_string(),
+                e["dst"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// (dst, gateway, dev, onlink) of table main's protocol-87 routes.
+fn weft_routes() -> BTreeSet<(String, String, String, bool)> {
+    ip_json("route show table main")
+        .iter()
+        .filter(|r| r["protocol"] == "87")
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            let onlink = r["flags"].as_array().unwrap().iter().any(|f| f == "onlink");
+            (s("dst"), s("gateway"), s("dev"), onlink)
+        })
+        .collect()
+}
+
+fn s3<A: Into<String>, B: Into<String>, C: Into<String>>(
+    a: A,
+    b: B,
+    c: C,
+) -> (String, String, String) {
+    (a.into(), b.into(), c.into())
+}
+
+#[test]
+fn device_created_reused_and_recreated() {
+    in_netns("device_created_reused_and_recreated", || async {
+        let eth0 = underlay();
+        let nl = Netlink::connect().unwrap();
+        let mut vx = Vxlan::new(VxlanConf::default());
+        let attrs = vx.prepare(&nl, &ext(eth0)).await.unwrap();
+        let dev = vx.device().unwrap().clone();
+        let l = link("flannel.1");
+        let data = &l["linkinfo"]["info_data"];
+        assert_eq!(l["linkinfo"]["info_kind"], "vxlan");
+        assert_eq!(data["id"], 1);
+        assert_eq!(data["local"], "198.18.0.1");
+        assert_eq!(data["link"], "eth0");
+        assert_eq!(data["port"], 8472);
+        assert_eq!(data["learning"], false);
+        assert_eq!(l["mtu"], 1450);
+        assert_eq!(l["ifindex"], dev.index);
+        let mac = l["address"].as_str().unwrap().to_string();
+        assert_eq!(attrs.backend_type, "vxlan");
+        assert_eq!(attrs.public_ip, Ipv4Addr::new(198, 18, 0, 1));
+        let (vni, published) = parse_backend_data(attrs.backend_data.as_deref().unwrap()).unwrap();
+        assert_eq!(vni, 1);
+        assert_eq!(published, dev.mac);
+        assert_eq!(backends::plan::fmt_mac(&dev.mac), mac);
+
+        // Compatible: reused as is (same index, same MAC), its MTU corrected in place.
+        ip("link set flannel.1 mtu 1400");
+        let mut again = Vxlan::new(VxlanConf::default());
+        again.prepare(&nl, &ext(eth0)).await.unwrap();
+        assert_eq!(again.device(), Some(&dev));
+        assert_eq!(link("flannel.1")["mtu"], 1450);
+
+        // Incompatible (other port and learning on): deleted and recreated.
+        ip("link del flannel.1");
+        ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 4789 learning");
+        let old_index = link("flannel.1")["ifindex"].as_u64().unwrap();
+        let mut fresh = Vxlan::new(VxlanConf::default());
+        fresh.prepare(&nl, &ext(eth0)).await.unwrap();
+        let l = link("flannel.1");
+        assert_ne!(l["ifindex"].as_u64().unwrap(), old_index);
+        assert_eq!(l["linkinfo"]["info_data"]["port"], 8472);
+        assert_eq!(l["linkinfo"]["info_data"]["learning"], false);
+
+        // Not a vxlan device at all: replaced too.
+        ip("link del flannel.1");
+        ip("link add flannel.1 type veth peer name flpeer");
+        let mut fresh = Vxlan::new(VxlanConf::default());
+        fresh.prepare(&nl, &ext(eth0)).await.unwrap();
+        assert_eq!(link("flannel.1")["linkinfo"]["info_kind"], "vxlan");
+    });
+}
+
+#[test]
+fn configure_sets_one_slash32_and_up() {
+    in_netns("configure_sets_one_slash32_and_up", || async {
+        let eth0 = underlay();
+        let nl = Netlink::connect().unwrap();
+        let mut vx = Vxlan::new(VxlanConf::default());
+        vx.prepare(&nl, &ext(eth0)).await.unwrap();
+        ip("addr add 10.244.77.0/24 dev flannel.1"); // stale, e.g. an old lease
+        let mtu = vx
+            .configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(mtu, 1450);
+        let l = &ip_json("addr show dev flannel.1")[0];
+        assert!(l["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+        let v4: Vec<(String, u64)> = l["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .map(|a| {
+                (
+                    a["local"].as_str().unwrap().to_string(),
+                    a["prefixlen"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(v4, vec![("10.244.1.0".to_string(), 32)]);
+        // Idempotent.
+        vx.configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn peers_applied_updated_removed_and_repaired() {
+    in_netns("peers_applied_updated_removed_and_repaired", || async {
+        let eth0 = underlay();
+        let nl = Netlink::connect().unwrap();
+        let mut events = nl::subscribe().unwrap();
+        let mut vx = Vxlan::new(VxlanConf::default());
+        vx.prepare(&nl, &ext(eth0)).await.unwrap();
+        vx.configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
+            .await
+            .unwrap();
+        // Left over from an earlier run: an ARP and an FDB entry on weft's device.
+        ip("neigh replace 10.244.9.0 lladdr 02:00:00:00:00:09 dev flannel.1 nud permanent");
+        run(
+            "bridge",
+            "fdb replace 02:00:00:00:00:09 dev flannel.1 dst 198.18.0.9 self permanent",
+        );
+
+        let mut rec = Reconciler::new(nl.clone());
+        rec.own_device(vx.device().unwrap().index);
+        let peers = [
+            peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+            peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
+        ];
+        let want = vx.desired(&ext(eth0), &peers);
+        assert!(want.skipped.is_empty(), "{:?}", want.skipped);
+        let report = rec.apply(&want.state).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(
+            report.writes,
+            2 + 6,
+            "purge 2 stale entries, add 3 per peer"
+        );
+        let both_neighs = BTreeSet::from([
+            s3("10.244.2.0", "02:00:00:00:00:02", "PERMANENT"),
+            s3("10.244.3.0", "02:00:00:00:00:03", "PERMANENT"),
+        ]);
+        assert_eq!(neighs("flannel.1"), both_neighs);
+        assert_eq!(
+            fdb("flannel.1"),
+            BTreeSet::from([
+                ("02:00:00:00:00:02".to_string(), "198.18.0.2".to_string()),
+                ("02:00:00:00:00:03".to_string(), "198.18.5.3".to_string()),
+            ])
+        );
+        let both_routes = BTreeSet::from([
+            (
+                "10.244.2.0/24".to_string(),
+                "10.244.2.0".to_string(),
+                "flannel.1".to_string(),
+                true,
+            ),
+            (
+                "10.244.3.0/24".to_string(),
+                "10.244.3.0".to_string(),
+                "flannel.1".to_string(),
+                true,
+            ),
+        ]);
+        assert_eq!(weft_routes(), both_routes);
+
+        // Nothing changed: nothing written; a dump reads back what was written.
+        assert_eq!(rec.apply(&want.state).await.writes, 0);
+        let mut fresh = Reconciler::new(nl.clone());
+        fresh.own_device(vx.device().unwrap().index);
+        fresh.refresh().await.unwrap();
+        assert_eq!(fresh.current(), &want.state);
+
+        // Out-of-band deletes of the ARP entry and the FDB entry are repaired from notifications.
+        let wanted = want.state.clone();
+        ip("neigh del 10.244.2.0 dev flannel.1");
+        run(
+            "bridge",
+            "fdb del 02:00:00:00:00:03 dev flannel.1 dst 198.18.5.3 self",
+        );
+        drive_until(
+            &mut rec,
+            &mut events,
+            &wanted,
+            "ARP and FDB repaired",
+            || neighs("flannel.1") == both_neighs && fdb("flannel.1").len() == 2,
+        )
+        .await;
+
+        // Peer 3 rebooted with a new MAC: ARP replaced, old FDB entry removed, new one added.
+        let peers = [
+            peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+            peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:33"),
+        ];
+        let want = vx.desired(&ext(eth0), &peers);
+        let report = rec.apply(&want.state).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.writes, 3, "fdb del, neigh replace, fdb replace");
+        assert_eq!(
+            fdb("flannel.1"),
+            BTreeSet::from([
+                ("02:00:00:00:00:02".to_string(), "198.18.0.2".to_string()),
+                ("02:00:00:00:00:33".to_string(), "198.18.5.3".to_string()),
+            ])
+        );
+
+        // Peer 3 gone: its route, FDB and ARP entries go; peer 2 stays.
+        let want = vx.desired(&ext(eth0), &peers[..1]);
+        let report = rec.apply(&want.state).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.writes, 3);
+        assert_eq!(
+            neighs("flannel.1"),
+            BTreeSet::from([s3("10.244.2.0", "02:00:00:00:00:02", "PERMANENT")])
+        );
+        assert_eq!(fdb("flannel.1").len(), 1);
+        assert_eq!(weft_routes().len(), 1);
+
+        // Everything gone (what `weft cleanup` does).
+        let report = rec.apply(&KernelState::default()).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert!(neighs("flannel.1").is_empty());
+        assert!(fdb("flannel.1").is_empty());
+        assert!(weft_routes().is_empty());
+    });
+}
+
+/// Feeds notifications to the reconciler and re-applies when `observe` says so (and retries
+/// failures every 100 ms) until `done` holds or 10 s pass.
+async fn drive_until(
+    rec: &mut Reconciler,
+    events: &mut (impl futures::Stream<Item = nl::KernelEvent> + Unpin),
+    want: &KernelState,
+    what: &str,
+    done: impl Fn() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut retry = false;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        let changed = match tokio::time::timeout(Duration::from_millis(100), events.next()).await {
+            Ok(Some(ev)) => rec.observe(&ev),
+            Ok(None) => panic!("notification stream ended"),
+            Err(_) => false,
+        };
+        if changed || retry {
+            retry = !rec.apply(want).await.failures.is_empty();
+        }
+    }
+}
