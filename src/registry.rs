@@ -66,20 +66,19 @@ pub enum RegistryError {
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     /// The etcd client failed (unreachable, auth, TLS, ...).
-    #[error("etcd {op}: {source}")]
+    /// (The client error is part of the message, not a `source`, so `{:#}` prints it once.)
+    #[error("etcd {op}: {error}")]
     Etcd {
         op: String,
-        #[source]
-        source: etcd_client::Error,
+        error: etcd_client::Error,
     },
     #[error("etcd {op}: no answer within {RPC_TIMEOUT:?}")]
     Timeout { op: String },
     /// Reading a TLS file.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     File {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -151,18 +150,18 @@ async fn timed<T>(
 ) -> Result<T> {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(RegistryError::Etcd {
+        Ok(Err(error)) => Err(RegistryError::Etcd {
             op: op.to_string(),
-            source,
+            error,
         }),
         Err(_) => Err(RegistryError::Timeout { op: op.to_string() }),
     }
 }
 
 fn read_file(path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| RegistryError::File {
+    std::fs::read(path).map_err(|error| RegistryError::File {
         path: path.clone(),
-        source,
+        error,
     })
 }
 
@@ -220,10 +219,10 @@ impl Registry {
             match tokio::time::timeout(RPC_TIMEOUT, Client::connect(&endpoints, Some(copts))).await
             {
                 Ok(Ok(c)) => c,
-                Ok(Err(source)) => {
+                Ok(Err(error)) => {
                     return Err(RegistryError::Etcd {
                         op: format!("connect to {}", endpoints.join(",")),
-                        source,
+                        error,
                     });
                 }
                 Err(_) => {
@@ -502,12 +501,12 @@ pub fn is_lease_not_found(e: &RegistryError) -> bool {
     match e {
         RegistryError::LeaseNotFound { .. } => true,
         RegistryError::Etcd {
-            source: etcd_client::Error::GRpcStatus(s),
+            error: etcd_client::Error::GRpcStatus(s),
             ..
         } => s.message().contains("lease not found"),
         // etcd-client's keep_alive turns a TTL of 0 in the first answer into this.
         RegistryError::Etcd {
-            source: etcd_client::Error::LeaseKeepAliveError(m),
+            error: etcd_client::Error::LeaseKeepAliveError(m),
             ..
         } => m.contains("lease not found"),
         _ => false,

@@ -29,6 +29,11 @@ pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
 /// Retry period of a failed renewal (flannel: 1 min).
 pub const DEFAULT_RENEW_RETRY: Duration = Duration::from_secs(60);
 
+/// Watch reconnect backoff. flannel caps at 5 s; weft caps at 1 s so a watch resumes within
+/// about a second of etcd's return (targets.md R1). A refused connection costs next to nothing.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Attempts of one acquire when other nodes keep winning the races.
 const ACQUIRE_ATTEMPTS: u32 = 40;
 
@@ -266,6 +271,40 @@ impl SubnetManager {
         ))
     }
 
+    /// [`Self::acquire`], retried while etcd is unreachable (capped jittered backoff
+    /// 100 ms → 10 s, one log line per attempt). `None` on shutdown; a non-transient error
+    /// (out of subnets, ...) is returned at once.
+    pub async fn acquire_retrying(
+        &mut self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(OwnLease, Snapshot)>> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut attempt: u32 = 1;
+        loop {
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = self.acquire(conf, attrs, previous) => r,
+            };
+            match res {
+                Err(e) if is_transient(&e) => {
+                    let d = backoff.next_delay();
+                    tracing::warn!(
+                        "acquiring a subnet lease failed (attempt {attempt}, retrying in \
+                         {d:.1?}): {e:#}"
+                    );
+                    if !sleep_or_shutdown(shutdown, d).await {
+                        return None;
+                    }
+                    attempt += 1;
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
     /// One decision on one list. `Ok(None)`: list again.
     async fn try_acquire(
         &self,
@@ -475,6 +514,14 @@ fn expiry(ttl_secs: i64) -> SystemTime {
     SystemTime::now() + Duration::from_secs(u64::try_from(ttl_secs.max(0)).unwrap_or(0))
 }
 
+/// Errors a retry may cure (etcd unreachable, timeouts).
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<RegistryError>()
+            .is_some_and(RegistryError::is_transient)
+    })
+}
+
 /// Lost races (retry after re-listing) vs real errors.
 fn is_race(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -604,7 +651,7 @@ async fn watch_loop(
     shutdown: CancellationToken,
 ) {
     let mut next_rev = from_revision;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
     let mut connected = true;
     let mut need_resync = false;
     loop {
