@@ -15,6 +15,9 @@ use etcd_client::{
 use net_conf::{LeaseAttrs, SubnetKey};
 use thiserror::Error;
 
+/// Largest gRPC message accepted: a list of 20,000 leases is about 4 MB, tonic's default limit.
+const MAX_MESSAGE: usize = 256 << 20;
+
 /// Upper bound for one unary RPC; a hung connection surfaces as an error instead of a stall.
 const RPC_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -309,7 +312,10 @@ impl Registry {
 
     /// All leases: one Range over `<prefix>/subnets`.
     pub async fn list_leases(&self) -> Result<Snapshot> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let mut resp = timed(
             "list subnets",
             kv.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
@@ -487,7 +493,10 @@ impl Registry {
 
     /// Opens a prefix watch on `<prefix>/subnets` from `start_revision` (inclusive).
     pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
-        let mut w = self.client.watch_client();
+        let mut w = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start_revision);

@@ -550,13 +550,24 @@ async fn renew_loop(
         shutdown.cancelled().await;
         return RenewalEnd::Shutdown;
     };
+    // What a KeepAlive restores; the configured TTL if etcd did not say.
+    let ttl = if own.granted_ttl > 0 {
+        own.granted_ttl
+    } else {
+        i64::try_from(timing.ttl.as_secs()).unwrap_or(i64::MAX)
+    };
+    let mut renewed = false;
     loop {
         let due = expires
             .checked_sub(timing.renew_margin)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let wait = due
+        let mut wait = due
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
+        if renewed {
+            // A margin as long as the TTL must not turn into a KeepAlive loop.
+            wait = wait.max(Duration::from_secs(1));
+        }
         tracing::info!("Waiting for {wait:.1?} to renew lease {}", own.key);
         if !sleep_or_shutdown(&shutdown, wait).await {
             return RenewalEnd::Shutdown;
@@ -568,8 +579,8 @@ async fn renew_loop(
             };
             match res {
                 Ok(()) => {
-                    let ttl = own.granted_ttl;
                     expires = expiry(ttl);
+                    renewed = true;
                     tracing::info!(
                         "Lease renewed, new expiration: {} (TTL {ttl}s, lease {})",
                         fmt_time(expires),
@@ -781,5 +792,51 @@ async fn run_stream(
                 return StreamEnd::Closed;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_capped_and_resettable() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut cap = Duration::from_millis(100);
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+            cap = (cap * 2).min(Duration::from_secs(5));
+        }
+        assert!(b.next_delay() >= Duration::from_millis(2500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn retry_until_retries_then_returns_and_stops_on_shutdown() {
+        let stop = CancellationToken::new();
+        let calls = AtomicU32::new(0);
+        let got = retry_until(&stop, "test op", || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n < 2 {
+                Err(format!("failure {n}"))
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(got, Some(2));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        stop.cancel();
+        let got: Option<()> = retry_until(&stop, "never", || async { Err::<(), _>("down") }).await;
+        assert_eq!(got, None);
     }
 }
