@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::{NetConf, SubnetKey};
+use crate::{LeaseAttrs, NetConf, SubnetKey};
 
 /// How many free subnets flannel collects before picking one at random.
 pub const MAX_CANDIDATES: usize = 100;
@@ -20,6 +20,16 @@ pub struct ExistingLease {
     pub key: SubnetKey,
     /// The lease's `PublicIP`; None when it is unset (`0.0.0.0`) or the value was unreadable.
     pub public_ip: Option<Ipv4Addr>,
+}
+
+impl ExistingLease {
+    /// From a listed lease: a `PublicIP` of `0.0.0.0` (unset) never matches a node.
+    pub fn from_attrs(key: SubnetKey, attrs: &LeaseAttrs) -> Self {
+        ExistingLease {
+            key,
+            public_ip: Some(attrs.public_ip).filter(|ip| !ip.is_unspecified()),
+        }
+    }
 }
 
 /// What the caller should do to get a lease.

@@ -4,6 +4,7 @@
 //! several spellings wins), unknown keys are ignored with a warning, defaults and validation
 //! messages are flannel's. The backend is read in two steps, as flannel does: first
 //! `Backend.Type`, then that backend's own options.
+use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -73,6 +74,22 @@ impl Default for VxlanConf {
             mtu: None,
             direct_routing: false,
         }
+    }
+}
+
+/// flannel's log line text: `VNI=1 Port=0 GBP=false Learning=false DirectRouting=false`
+/// (flannel logs `VXLAN config: ` followed by this), plus ` MTU=<n>` when set.
+impl fmt::Display for VxlanConf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "VNI={} Port={} GBP={} Learning={} DirectRouting={}",
+            self.vni, self.port, self.gbp, self.learning, self.direct_routing
+        )?;
+        if let Some(mtu) = self.mtu {
+            write!(f, " MTU={mtu}")?;
+        }
+        Ok(())
     }
 }
 

@@ -26,7 +26,7 @@ impl SubnetKey {
     /// Parses a full etcd key `<prefix>/subnets/<key>`; `prefix` is the etcd prefix
     /// (`/coreos.com/network`, a trailing `/` is allowed).
     pub fn from_etcd_key(key: &str, prefix: &str) -> Result<SubnetKey, LeaseError> {
-        let dir = format!("{}/subnets/", prefix.trim_end_matches('/'));
+        let dir = Self::etcd_dir(prefix);
         match key.strip_prefix(&dir) {
             Some(segment) => segment.parse().map_err(|e| match e {
                 LeaseError::Key { reason, .. } => LeaseError::Key {
@@ -42,9 +42,15 @@ impl SubnetKey {
         }
     }
 
+    /// The directory of all lease keys, `<prefix>/subnets/` (with the trailing `/`, so a list
+    /// or watch with it as prefix cannot pick up a sibling such as `<prefix>/subnets-old`).
+    pub fn etcd_dir(prefix: &str) -> String {
+        format!("{}/subnets/", prefix.trim_end_matches('/'))
+    }
+
     /// The full etcd key `<prefix>/subnets/<key>`.
     pub fn etcd_key(&self, prefix: &str) -> String {
-        format!("{}/subnets/{self}", prefix.trim_end_matches('/'))
+        format!("{}{self}", Self::etcd_dir(prefix))
     }
 }
 

@@ -243,6 +243,9 @@ fn free_subnets_skips_any_overlap() {
             "10.244.12.0/24"
         ]
     );
+    // Single addresses at either end of a subnet block it too.
+    let taken = [net("10.244.1.0/32"), net("10.244.2.255/32")];
+    assert_eq!(free_subnets(&c, &taken, 1), [net("10.244.3.0/24")]);
     // Unsorted input and leases outside the network are fine.
     let taken = [
         net("10.244.3.0/24"),
@@ -316,4 +319,24 @@ fn large_network_with_many_leases_is_fast() {
         elapsed < Duration::from_secs(2),
         "20 rounds took {elapsed:?}"
     );
+}
+
+#[test]
+fn existing_lease_from_attrs() {
+    use net_conf::LeaseAttrs;
+    let key = SubnetKey::new(net("10.244.1.0/24"));
+    let l = ExistingLease::from_attrs(key, &LeaseAttrs::host_gw(ip("198.18.0.2")));
+    assert_eq!(l.public_ip, Some(ip("198.18.0.2")));
+    let unset = LeaseAttrs::parse(b"{}").expect("valid");
+    let l = ExistingLease::from_attrs(key, &unset);
+    assert_eq!(l.public_ip, None);
+    // So a node whose address is unknown never "reuses" such a lease.
+    let got = choose(
+        &default_conf(),
+        &[l],
+        Ipv4Addr::UNSPECIFIED,
+        None,
+        &mut |_| 0,
+    );
+    assert_eq!(got, Ok(Choice::Allocate(net("10.244.2.0/24"))));
 }

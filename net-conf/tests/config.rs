@@ -102,6 +102,10 @@ fn flannel_documented_vxlan_example() {
     );
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     assert_eq!(p.conf.backend.type_name(), "vxlan");
+    assert_eq!(
+        VxlanConf::default().to_string(),
+        "VNI=1 Port=0 GBP=false Learning=false DirectRouting=false"
+    );
     assert_eq!(p.conf.subnet_count(), 255);
     assert_eq!(p.conf.subnet_size(), 256);
 }

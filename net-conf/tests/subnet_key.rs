@@ -102,6 +102,7 @@ fn bad_keys_are_refused_naming_the_key() {
             "\"fd00::-64&fd01::\" is not a lower-case IPv6 address",
         ),
         ("", "\"\" has no -<prefix length>"),
+        ("010.244.1.0-24", "\"010.244.1.0\" is not an IPv4 address"),
     ];
     for (s, reason) in cases {
         assert_eq!(
