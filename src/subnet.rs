@@ -316,10 +316,7 @@ impl SubnetManager {
         let mut existing: Vec<ExistingLease> = snapshot
             .leases
             .iter()
-            .map(|l| ExistingLease {
-                key: l.key,
-                public_ip: Some(l.attrs.public_ip).filter(|ip| !ip.is_unspecified()),
-            })
+            .map(|l| ExistingLease::from_attrs(l.key, &l.attrs))
             .collect();
         // A key with a bad value still holds its subnet.
         existing.extend(snapshot.malformed.iter().filter_map(|m| {
