@@ -15,6 +15,9 @@ use etcd_client::{
 use net_conf::{LeaseAttrs, SubnetKey};
 use thiserror::Error;
 
+/// Largest gRPC message accepted: a list of 20,000 leases is about 4 MB, tonic's default limit.
+const MAX_MESSAGE: usize = 256 << 20;
+
 /// Upper bound for one unary RPC; a hung connection surfaces as an error instead of a stall.
 const RPC_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -66,20 +69,19 @@ pub enum RegistryError {
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     /// The etcd client failed (unreachable, auth, TLS, ...).
-    #[error("etcd {op}: {source}")]
+    /// (The client error is part of the message, not a `source`, so `{:#}` prints it once.)
+    #[error("etcd {op}: {error}")]
     Etcd {
         op: String,
-        #[source]
-        source: etcd_client::Error,
+        error: etcd_client::Error,
     },
     #[error("etcd {op}: no answer within {RPC_TIMEOUT:?}")]
     Timeout { op: String },
     /// Reading a TLS file.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     File {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -151,18 +153,18 @@ async fn timed<T>(
 ) -> Result<T> {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(source)) => Err(RegistryError::Etcd {
+        Ok(Err(error)) => Err(RegistryError::Etcd {
             op: op.to_string(),
-            source,
+            error,
         }),
         Err(_) => Err(RegistryError::Timeout { op: op.to_string() }),
     }
 }
 
 fn read_file(path: &PathBuf) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| RegistryError::File {
+    std::fs::read(path).map_err(|error| RegistryError::File {
         path: path.clone(),
-        source,
+        error,
     })
 }
 
@@ -220,10 +222,10 @@ impl Registry {
             match tokio::time::timeout(RPC_TIMEOUT, Client::connect(&endpoints, Some(copts))).await
             {
                 Ok(Ok(c)) => c,
-                Ok(Err(source)) => {
+                Ok(Err(error)) => {
                     return Err(RegistryError::Etcd {
                         op: format!("connect to {}", endpoints.join(",")),
-                        source,
+                        error,
                     });
                 }
                 Err(_) => {
@@ -310,7 +312,10 @@ impl Registry {
 
     /// All leases: one Range over `<prefix>/subnets`.
     pub async fn list_leases(&self) -> Result<Snapshot> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let mut resp = timed(
             "list subnets",
             kv.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
@@ -488,7 +493,10 @@ impl Registry {
 
     /// Opens a prefix watch on `<prefix>/subnets` from `start_revision` (inclusive).
     pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
-        let mut w = self.client.watch_client();
+        let mut w = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start_revision);
@@ -502,12 +510,12 @@ pub fn is_lease_not_found(e: &RegistryError) -> bool {
     match e {
         RegistryError::LeaseNotFound { .. } => true,
         RegistryError::Etcd {
-            source: etcd_client::Error::GRpcStatus(s),
+            error: etcd_client::Error::GRpcStatus(s),
             ..
         } => s.message().contains("lease not found"),
         // etcd-client's keep_alive turns a TTL of 0 in the first answer into this.
         RegistryError::Etcd {
-            source: etcd_client::Error::LeaseKeepAliveError(m),
+            error: etcd_client::Error::LeaseKeepAliveError(m),
             ..
         } => m.contains("lease not found"),
         _ => false,

@@ -29,6 +29,11 @@ pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
 /// Retry period of a failed renewal (flannel: 1 min).
 pub const DEFAULT_RENEW_RETRY: Duration = Duration::from_secs(60);
 
+/// Watch reconnect backoff. flannel caps at 5 s; weft caps at 1 s so a watch resumes within
+/// about a second of etcd's return (targets.md R1). A refused connection costs next to nothing.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Attempts of one acquire when other nodes keep winning the races.
 const ACQUIRE_ATTEMPTS: u32 = 40;
 
@@ -266,6 +271,40 @@ impl SubnetManager {
         ))
     }
 
+    /// [`Self::acquire`], retried while etcd is unreachable (capped jittered backoff
+    /// 100 ms → 10 s, one log line per attempt). `None` on shutdown; a non-transient error
+    /// (out of subnets, ...) is returned at once.
+    pub async fn acquire_retrying(
+        &mut self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(OwnLease, Snapshot)>> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut attempt: u32 = 1;
+        loop {
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = self.acquire(conf, attrs, previous) => r,
+            };
+            match res {
+                Err(e) if is_transient(&e) => {
+                    let d = backoff.next_delay();
+                    tracing::warn!(
+                        "acquiring a subnet lease failed (attempt {attempt}, retrying in \
+                         {d:.1?}): {e:#}"
+                    );
+                    if !sleep_or_shutdown(shutdown, d).await {
+                        return None;
+                    }
+                    attempt += 1;
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
     /// One decision on one list. `Ok(None)`: list again.
     async fn try_acquire(
         &self,
@@ -277,10 +316,7 @@ impl SubnetManager {
         let mut existing: Vec<ExistingLease> = snapshot
             .leases
             .iter()
-            .map(|l| ExistingLease {
-                key: l.key,
-                public_ip: Some(l.attrs.public_ip).filter(|ip| !ip.is_unspecified()),
-            })
+            .map(|l| ExistingLease::from_attrs(l.key, &l.attrs))
             .collect();
         // A key with a bad value still holds its subnet.
         existing.extend(snapshot.malformed.iter().filter_map(|m| {
@@ -475,6 +511,14 @@ fn expiry(ttl_secs: i64) -> SystemTime {
     SystemTime::now() + Duration::from_secs(u64::try_from(ttl_secs.max(0)).unwrap_or(0))
 }
 
+/// Errors a retry may cure (etcd unreachable, timeouts).
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<RegistryError>()
+            .is_some_and(RegistryError::is_transient)
+    })
+}
+
 /// Lost races (retry after re-listing) vs real errors.
 fn is_race(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -503,13 +547,24 @@ async fn renew_loop(
         shutdown.cancelled().await;
         return RenewalEnd::Shutdown;
     };
+    // What a KeepAlive restores; the configured TTL if etcd did not say.
+    let ttl = if own.granted_ttl > 0 {
+        own.granted_ttl
+    } else {
+        i64::try_from(timing.ttl.as_secs()).unwrap_or(i64::MAX)
+    };
+    let mut renewed = false;
     loop {
         let due = expires
             .checked_sub(timing.renew_margin)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let wait = due
+        let mut wait = due
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
+        if renewed {
+            // A margin as long as the TTL must not turn into a KeepAlive loop.
+            wait = wait.max(Duration::from_secs(1));
+        }
         tracing::info!("Waiting for {wait:.1?} to renew lease {}", own.key);
         if !sleep_or_shutdown(&shutdown, wait).await {
             return RenewalEnd::Shutdown;
@@ -521,8 +576,8 @@ async fn renew_loop(
             };
             match res {
                 Ok(()) => {
-                    let ttl = own.granted_ttl;
                     expires = expiry(ttl);
+                    renewed = true;
                     tracing::info!(
                         "Lease renewed, new expiration: {} (TTL {ttl}s, lease {})",
                         fmt_time(expires),
@@ -604,7 +659,7 @@ async fn watch_loop(
     shutdown: CancellationToken,
 ) {
     let mut next_rev = from_revision;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
     let mut connected = true;
     let mut need_resync = false;
     loop {
@@ -734,5 +789,51 @@ async fn run_stream(
                 return StreamEnd::Closed;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn backoff_is_jittered_capped_and_resettable() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut cap = Duration::from_millis(100);
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
+            cap = (cap * 2).min(Duration::from_secs(5));
+        }
+        assert!(b.next_delay() >= Duration::from_millis(2500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn retry_until_retries_then_returns_and_stops_on_shutdown() {
+        let stop = CancellationToken::new();
+        let calls = AtomicU32::new(0);
+        let got = retry_until(&stop, "test op", || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            if n < 2 {
+                Err(format!("failure {n}"))
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(got, Some(2));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+        stop.cancel();
+        let got: Option<()> = retry_until(&stop, "never", || async { Err::<(), _>("down") }).await;
+        assert_eq!(got, None);
     }
 }

@@ -127,15 +127,16 @@ async fn incompatible_own_lease_is_deleted_and_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn twenty_nodes_at_once_get_twenty_distinct_subnets() {
+async fn fifty_nodes_at_once_get_fifty_distinct_subnets() {
     let etcd = start_etcd();
-    // 31 subnets for 20 nodes: many lost races.
-    let conf = conf(r#"{"Network":"10.244.0.0/19","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
+    // 63 subnets for 50 nodes (targets.md R4): many lost races.
+    const NODES: usize = 50;
+    let conf = conf(r#"{"Network":"10.244.0.0/18","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
     let mut managers = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..NODES {
         managers.push(manager(&etcd.endpoint(), LeaseTiming::default()).await);
     }
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(NODES));
     let mut tasks = Vec::new();
     for (i, mut m) in managers.into_iter().enumerate() {
         let conf = conf.clone();
@@ -155,12 +156,12 @@ async fn twenty_nodes_at_once_get_twenty_distinct_subnets() {
         keys.insert(lease.key);
         lease_ids.insert(lease.lease_id);
     }
-    assert_eq!(keys.len(), 20, "subnets not distinct: {keys:?}");
+    assert_eq!(keys.len(), NODES, "subnets not distinct: {keys:?}");
     let reg = registry(&etcd.endpoint()).await;
     let snap = reg.list_leases().await.expect("list");
-    assert_eq!(snap.leases.len(), 20);
+    assert_eq!(snap.leases.len(), NODES);
     let ips: BTreeSet<_> = snap.leases.iter().map(|l| l.attrs.public_ip).collect();
-    assert_eq!(ips.len(), 20, "a key was overwritten");
+    assert_eq!(ips.len(), NODES, "a key was overwritten");
     // Lost races revoke their granted leases: exactly one etcd lease per node.
     let all: BTreeSet<i64> = reg.lease_ids().await.expect("leases").into_iter().collect();
     assert_eq!(all, lease_ids);
@@ -316,4 +317,39 @@ async fn deleted_own_key_is_reacquired_with_the_same_subnet() {
         .find(|l| l.key == own.key)
         .expect("other node's key kept");
     assert_eq!(other.attrs.public_ip, node_ip(7));
+}
+
+#[tokio::test]
+async fn acquire_waits_for_an_unreachable_etcd() {
+    let mut etcd = start_etcd();
+    let endpoint = etcd.endpoint();
+    etcd.stop();
+    let mut m = manager(&endpoint, LeaseTiming::default()).await;
+    let stop = CancellationToken::new();
+    let conf = host_gw_conf();
+    let task = tokio::spawn(async move {
+        let res = m
+            .acquire_retrying(&conf, &attrs(node_ip(1)), None, &stop)
+            .await;
+        (m, res)
+    });
+    // Let it fail a few times, then bring etcd back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!task.is_finished(), "acquire finished without etcd");
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart().expect("restart");
+        etcd
+    })
+    .await
+    .expect("join");
+    let (m, res) = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("acquire within 20 s of etcd's return")
+        .expect("join");
+    let (own, _) = res.expect("not shut down").expect("acquired");
+    assert_eq!(
+        m.registry().lease_ids().await.expect("leases"),
+        vec![own.lease_id]
+    );
+    drop(etcd);
 }

@@ -20,3 +20,47 @@ fn start_stop_restart_keeps_data_and_port() {
     drop(etcd);
     assert!(!dir.exists(), "data dir {} not removed", dir.display());
 }
+
+/// Deletes a network namespace on drop.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn runs_inside_a_network_namespace() {
+    let name = format!("weft-etcd-{}-{:x}", std::process::id(), fastrand::u32(..));
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .expect("ip netns add");
+    assert!(ok.success());
+    let _ns = Netns(name.clone());
+    let etcd = EtcdServer::start(EtcdServerOpts {
+        netns: Some(name.clone()),
+        ..EtcdServerOpts::default()
+    })
+    .expect("start etcd in netns");
+    etcd.etcdctl(&["put", "/k", "in-ns"]).expect("put in netns");
+    // The root namespace's 127.0.0.1 does not reach it.
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            &format!("--endpoints={}", etcd.endpoint()),
+            "--dial-timeout=300ms",
+            "--command-timeout=300ms",
+            "get",
+            "/k",
+        ])
+        .output()
+        .expect("etcdctl");
+    assert!(
+        !out.status.success(),
+        "etcd in a namespace answered from the root namespace"
+    );
+}
