@@ -13,11 +13,14 @@
 # Convention for the default run: every integration-test target of the workspace whose name
 # starts with `vm_` or `e2e_ipip` (files `tests/vm_*.rs`, `tests/e2e_ipip*.rs`, also
 # `tests/<name>/main.rs`, in any workspace package) needs a full kernel and runs in the VM, and
-# only there. Such tests are built on the host (`cargo test --no-run`; the guest cannot build)
-# and each executable then runs in the guest with `--test-threads=1`, cwd = its package
-# directory. The default run also runs scripts/vm/smoke.sh first (checks the VM itself: ipip,
-# netns, etcd). Inside the guest WEFT_IN_VM=1 is set; a vm_/e2e_ipip test may use it to refuse
-# running on a host kernel with a clear message.
+# only there. Mark their kernel-dependent tests
+#     #[ignore = "needs the VM kernel (ipip): run scripts/vm-test.sh"]
+# so a plain `cargo test` on the host lists them as ignored instead of failing; inside the guest
+# WEFT_IN_VM=1 is set (assert it for a clear message). They are built on the host
+# (`cargo test --no-run`; the guest cannot build) and each executable then runs in the guest with
+# `--include-ignored --test-threads=1`, cwd = its package directory. The default run first runs
+# scripts/vm/smoke.sh (checks the VM itself: ipip, netns + veth tunnel ping, module autoload,
+# etcd). Extra arguments for the test executables: VM_TEST_ARGS (e.g. a test name filter).
 #
 # The VM: kernel /boot/vmlinuz-<ver> with an initramfs (busybox-static, a few modules, /init =
 # scripts/vm/init) cached under target/vm/ and rebuilt when the kernel version or the scripts
@@ -31,6 +34,8 @@
 #   VM_VERBOSE=1       stream the console live instead of printing it at the end
 #   VM_KERNEL=<ver>    kernel version to boot (default: newest /boot/vmlinuz-* with modules)
 #   VM_QEMU_ARGS=...   extra qemu arguments (word-split), e.g. a -nic for host etcd
+#   VM_TEST_ARGS=...   extra arguments for each test executable in the default run (word-split
+#                      in the guest), e.g. a test name filter
 #   RUST_LOG, RUST_BACKTRACE, CI and WEFT_* are passed to the guest command.
 #
 # Installs what it needs (qemu-system-x86 linux-image-amd64 busybox-static cpio kmod) with
@@ -122,7 +127,8 @@ build_initramfs() {
 
     log "building initramfs for $KVER"
     mkdir -p "$CACHE"
-    rm -rf "$CACHE"/stage.* # left over from an interrupted build
+    # Staging dirs left by interrupted builds (not a concurrent one: those are fresh).
+    find "$CACHE" -maxdepth 1 -name 'stage.*' -mmin +60 -exec rm -rf {} +
     local stage mods
     stage=$(mktemp -d "$CACHE/stage.XXXXXX")
     mods=$(resolve_modules)
@@ -154,8 +160,8 @@ build_initramfs() {
     done <<<"$mods"
 
     (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) |
-        gzip -1 > "$INITRD.tmp"
-    mv "$INITRD.tmp" "$INITRD"
+        gzip -1 > "$stage.cpio.gz"
+    mv "$stage.cpio.gz" "$INITRD"
     rm -rf "$stage"
     # Older images of this kernel are stale now.
     find "$CACHE" -maxdepth 1 -name "initramfs-$KVER-*.cpio.gz" ! -path "$INITRD" -delete
@@ -221,8 +227,8 @@ write_cmd_file() {
             local i
             for i in "${!TEST_EXES[@]}"; do
                 printf 'echo "=== vm: %s"\n' "${TEST_EXES[$i]##*/}"
-                printf '(cd %q && CARGO_MANIFEST_DIR=%q %q --test-threads=1) || failed+=(%q)\n' \
-                    "${TEST_DIRS[$i]}" "${TEST_DIRS[$i]}" "${TEST_EXES[$i]}" "${TEST_EXES[$i]##*/}"
+                printf '(cd %q && CARGO_MANIFEST_DIR=%q %q --include-ignored --test-threads=1 %s) || failed+=(%q)\n' \
+                    "${TEST_DIRS[$i]}" "${TEST_DIRS[$i]}" "${TEST_EXES[$i]}" "${VM_TEST_ARGS:-}" "${TEST_EXES[$i]##*/}"
             done
             printf 'if [ ${#failed[@]} -gt 0 ]; then echo "=== vm: FAILED: ${failed[*]}"; exit 1; fi\n'
             printf 'echo "=== vm: all passed"\n'
@@ -230,11 +236,15 @@ write_cmd_file() {
     } > "$file"
 }
 
+# The console log without CRs and terminal escapes (SeaBIOS resets the terminal).
+console() { sed -e 's/\r$//' -e 's/\x1bc//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' "$1"; }
+
 main() {
     case ${1:-} in
         -h | --help) usage; exit 0 ;;
         --) shift ;;
     esac
+    [[ $ROOT != *[[:space:]]* ]] || die "the project path '$ROOT' contains whitespace (it goes on the kernel command line)"
     ensure_packages
     pick_kernel
     build_initramfs
@@ -248,8 +258,9 @@ main() {
     run=$(mktemp -d "$CACHE/runs/run.XXXXXX")
     trap "rm -rf '$run'" EXIT
     write_cmd_file "$run/cmd.sh" "$@"
-    local logf=$CACHE/last-console.log
-    [[ -n ${VM_VERBOSE:-} ]] || log "booting $KVER (console log: ${logf#"$ROOT/"})"
+    # Per-run log (runs may be concurrent), copied to target/vm/last-console.log at the end.
+    local logf=$run/console.log
+    [[ -n ${VM_VERBOSE:-} ]] || log "booting $KVER (console log: target/vm/last-console.log)"
 
     local qemu=(qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m "${VM_MEM:-1024}"
         -nographic -no-reboot -nic none
@@ -268,13 +279,14 @@ main() {
         timeout -k 10 "${VM_TIMEOUT:-600}" "${qemu[@]}" </dev/null >"$logf" 2>&1 || qrc=$?
     fi
     end=$(date +%s.%N)
+    cp "$logf" "$CACHE/last-console.log"
     local secs
     secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
 
     local rc
-    rc=$(tr -d '\r' <"$logf" | sed -n 's/^GUEST: exit rc=\([0-9][0-9]*\)$/\1/p' | tail -n1)
+    rc=$(console "$logf" | sed -n 's/^GUEST: exit rc=\([0-9][0-9]*\)$/\1/p' | tail -n1)
     if [[ -z $rc ]]; then
-        [[ -n ${VM_VERBOSE:-} ]] || cat "$logf"
+        [[ -n ${VM_VERBOSE:-} ]] || console "$logf"
         if [[ $qrc -eq 124 || $qrc -eq 137 ]]; then
             log "FAILED: VM timed out after ${VM_TIMEOUT:-600}s (no 'GUEST: exit rc=' line)"
         else
@@ -283,11 +295,11 @@ main() {
         exit 1
     fi
     if [[ $rc -ne 0 ]]; then
-        [[ -n ${VM_VERBOSE:-} ]] || tr -d '\r' <"$logf"
+        [[ -n ${VM_VERBOSE:-} ]] || console "$logf"
         log "FAILED: guest command exited $rc (${secs}s)"
         exit "$rc"
     fi
-    [[ -n ${VM_VERBOSE:-} ]] || tr -d '\r' <"$logf" | tail -n 40
+    [[ -n ${VM_VERBOSE:-} ]] || console "$logf" | tail -n 40
     log "ok: guest command exited 0 (${secs}s)"
 }
 
