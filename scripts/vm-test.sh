@@ -25,12 +25,15 @@
 # The VM: kernel /boot/vmlinuz-<ver> with an initramfs (busybox-static, a few modules, /init =
 # scripts/vm/init) cached under target/vm/ and rebuilt when the kernel version or the scripts
 # change. The host root is shared read-only over 9p (the host's real tools run in the guest via
-# chroot); the project directory is shared read-write at the same path. /tmp and /run are
-# tmpfs in the guest. No network device: tests build their own namespaces and veth pairs.
+# chroot); the project directory (and CARGO_TARGET_DIR when it lies outside) is shared
+# read-write at the same path. /tmp and /run are tmpfs in the guest. Modules not in the
+# initramfs load on demand through the host's kmod. No network device: tests build their own
+# namespaces and veth pairs (add one with VM_QEMU_ARGS to reach a host etcd).
 #
 # Environment:
 #   VM_TIMEOUT=600     seconds before the VM is killed (counts as failure)
 #   VM_MEM=1024        guest memory in MiB
+#   VM_SMP=1           guest CPUs (TCG; the machines have 2 shared cores)
 #   VM_VERBOSE=1       stream the console live instead of printing it at the end
 #   VM_KERNEL=<ver>    kernel version to boot (default: newest /boot/vmlinuz-* with modules)
 #   VM_QEMU_ARGS=...   extra qemu arguments (word-split), e.g. a -nic for host etcd
@@ -120,6 +123,8 @@ build_initramfs() {
     key=$( {
         echo "$KVER"
         echo "${MODULES[*]}"
+        # Same version string, rebuilt package: the modules must match the image we boot.
+        stat -c '%s %Y' "/boot/vmlinuz-$KVER" "/lib/modules/$KVER/modules.dep"
         sha256sum "$busybox" "$VM_DIR/init" "$VM_DIR/modprobe" "${BASH_SOURCE[0]}" | cut -d' ' -f1
     } | sha256sum | cut -c1-16)
     INITRD=$CACHE/initramfs-$KVER-$key.cpio.gz
@@ -230,6 +235,7 @@ write_cmd_file() {
                 printf '(cd %q && CARGO_MANIFEST_DIR=%q %q --include-ignored --test-threads=1 %s) || failed+=(%q)\n' \
                     "${TEST_DIRS[$i]}" "${TEST_DIRS[$i]}" "${TEST_EXES[$i]}" "${VM_TEST_ARGS:-}" "${TEST_EXES[$i]##*/}"
             done
+            # shellcheck disable=SC2016 # expands in the guest
             printf 'if [ ${#failed[@]} -gt 0 ]; then echo "=== vm: FAILED: ${failed[*]}"; exit 1; fi\n'
             printf 'echo "=== vm: all passed"\n'
         fi
@@ -256,18 +262,31 @@ main() {
     mkdir -p "$CACHE/runs"
     local run
     run=$(mktemp -d "$CACHE/runs/run.XXXXXX")
+    # shellcheck disable=SC2064 # $run is local: expand now
     trap "rm -rf '$run'" EXIT
     write_cmd_file "$run/cmd.sh" "$@"
     # Per-run log (runs may be concurrent), copied to target/vm/last-console.log at the end.
     local logf=$run/console.log
     [[ -n ${VM_VERBOSE:-} ]] || log "booting $KVER (console log: target/vm/last-console.log)"
 
-    local qemu=(qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m "${VM_MEM:-1024}"
+    # shellcheck disable=SC2054 # commas belong to qemu's option syntax
+    local qemu=(qemu-system-x86_64 -accel tcg -cpu max -smp "${VM_SMP:-1}" -m "${VM_MEM:-1024}"
         -nographic -no-reboot -nic none
         -kernel "/boot/vmlinuz-$KVER" -initrd "$INITRD"
-        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
-        -virtfs "local,path=$ROOT,mount_tag=share,security_model=none,multidevs=remap"
-        -append "console=ttyS0 quiet panic=-1 rdinit=/init weft.share=$ROOT weft.cmd=$run/cmd.sh")
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap)
+    # Read-write shares, mounted at their host paths: the project, and a CARGO_TARGET_DIR
+    # outside it (tests write to CARGO_TARGET_TMPDIR).
+    local rw=("$ROOT") append="console=ttyS0 quiet panic=-1 rdinit=/init weft.cmd=$run/cmd.sh" i
+    if [[ -n ${CARGO_TARGET_DIR:-} && -d $CARGO_TARGET_DIR ]]; then
+        local t
+        t=$(cd "$CARGO_TARGET_DIR" && pwd -P)
+        [[ $t == "$ROOT"/* || $t == *[[:space:]]* ]] || rw+=("$t")
+    fi
+    for i in "${!rw[@]}"; do
+        qemu+=(-virtfs "local,path=${rw[$i]},mount_tag=rw$i,security_model=none,multidevs=remap")
+        append+=" weft.rw=${rw[$i]}"
+    done
+    qemu+=(-append "$append")
     # shellcheck disable=SC2206
     [[ -n ${VM_QEMU_ARGS:-} ]] && qemu+=($VM_QEMU_ARGS)
 
