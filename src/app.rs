@@ -54,17 +54,19 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     if let Some(addr) = opts.healthz_addr() {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("listen for health checks on {addr}"))
-            ?;
+            .with_context(|| format!("listen for health checks on {addr}"))?;
         info!("serving /healthz and /readyz on http://{addr}");
-        tokio::spawn(crate::health::serve(listener, health.clone(), shutdown.clone()));
+        tokio::spawn(crate::health::serve(
+            listener,
+            health.clone(),
+            shutdown.clone(),
+        ));
     }
 
     let nl = Netlink::connect().context("open a netlink socket")?;
     let registry = Registry::connect(&etcd_options(&opts))
         .await
-        .context("etcd client")
-        ?;
+        .context("etcd client")?;
 
     let text = tokio::select! {
         r = fetch_config(&registry, &opts) => r?,
@@ -118,8 +120,7 @@ fn etcd_options(opts: &Options) -> EtcdOptions {
 async fn fetch_config(registry: &Registry, opts: &Options) -> Result<String> {
     if let Some(path) = opts.net_config_path.as_deref() {
         return std::fs::read_to_string(path)
-            .with_context(|| format!("read network config {}", path.display()))
-            ;
+            .with_context(|| format!("read network config {}", path.display()));
     }
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
@@ -162,12 +163,18 @@ async fn select_interface(nl: &Netlink, opts: &Options) -> Result<ExternalInterf
         .collect();
     let can_reach = match opts.iface_can_reach {
         Some(ip) => {
-            let r = nl.route_get(ip).await.with_context(|| format!("ip route get {ip}"))?;
+            let r = nl
+                .route_get(ip)
+                .await
+                .with_context(|| format!("ip route get {ip}"))?;
             Some((r.oif, r.prefsrc))
         }
         None => None,
     };
-    let default_route_ifindex = nl.default_route_ifindex().await.context("read the default route")?;
+    let default_route_ifindex = nl
+        .default_route_ifindex()
+        .await
+        .context("read the default route")?;
     let sel = iface::select(
         &cands,
         &iface::IfaceRequest {
@@ -433,7 +440,10 @@ impl<B: Backend> Agent<B> {
                 false
             }
             WatchEvent::Resync(snapshot) => {
-                info!("lease watch resynchronised at revision {}", snapshot.revision);
+                info!(
+                    "lease watch resynchronised at revision {}",
+                    snapshot.revision
+                );
                 let changed = !self.table.reset(snapshot).is_empty();
                 if !snapshot.leases.iter().any(|l| l.key == self.own.key) {
                     warn!("our lease {} is gone from etcd; re-acquiring", self.own.key);
@@ -455,7 +465,11 @@ impl<B: Backend> Agent<B> {
 
     /// Our key vanished (deleted by an operator, or expired): take the same subnet again when it
     /// is still free. Nothing in the kernel is torn down meanwhile.
-    async fn reacquire(&mut self, renewal: &mut JoinHandle<RenewalEnd>, shutdown: &CancellationToken) {
+    async fn reacquire(
+        &mut self,
+        renewal: &mut JoinHandle<RenewalEnd>,
+        shutdown: &CancellationToken,
+    ) {
         renewal.abort();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let got = loop {
@@ -478,7 +492,11 @@ impl<B: Backend> Agent<B> {
         *renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
         if got.subnet_changed {
             self.table.set_own(Some(self.own.key));
-            match self.backend.configure(&self.nl, &self.ext, self.own.key.v4).await {
+            match self
+                .backend
+                .configure(&self.nl, &self.ext, self.own.key.v4)
+                .await
+            {
                 Ok(mtu) => {
                     if let Err(e) = self.write_subnet_env(mtu) {
                         error!("{e:#}");

@@ -46,7 +46,10 @@ fn run_agent(opts: cli::Options) -> ExitCode {
     info!("CLI flags config: {opts:?}");
     // One thread: the agent is I/O bound, and a current-thread runtime keeps memory and wakeups
     // down (targets P1, P2).
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weft: cannot start the async runtime: {e}");
@@ -69,7 +72,10 @@ fn run_agent(opts: cli::Options) -> ExitCode {
 /// The first SIGTERM or SIGINT cancels the agent; lease and kernel state stay in place.
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         error!("cannot install signal handlers");
         return;
     };
@@ -85,5 +91,8 @@ fn init_logging(level: tracing::Level) {
     // RUST_LOG wins; else flannel's -v picks the level.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(level.as_str().to_ascii_lowercase()));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
