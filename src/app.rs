@@ -18,7 +18,7 @@ use backends::nl::{KernelEvent, Netlink};
 use backends::reconcile::Reconciler;
 use backends::{Backend, ExternalInterface};
 use futures::{FutureExt, StreamExt};
-use net_conf::{BackendConf, NetConf, SubnetEnv, SubnetKey};
+use net_conf::{BackendConf, LeaseAttrs, NetConf, SubnetEnv, SubnetKey};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -95,8 +95,13 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             let backend = backends::hostgw::HostGw::new();
             Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
         }
+        BackendConf::Vxlan(vxlan) => {
+            info!("VXLAN config: {vxlan}");
+            let backend = backends::vxlan::Vxlan::new(vxlan.clone());
+            Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
+        }
         other => Err(anyhow!(
-            "backend type {} is not available in this build of weft yet; use host-gw",
+            "backend type {} is not available in this build of weft yet; use vxlan or host-gw",
             other.type_name()
         )),
     }
@@ -204,6 +209,10 @@ struct Agent<B: Backend> {
     skipped: BTreeMap<SubnetKey, String>,
     /// True while a failed write or a peer of our own type waits for a retry.
     pending_retry: bool,
+    /// The lease attributes we publish.
+    attrs: LeaseAttrs,
+    /// A backend device was deleted out of band and is not re-created yet.
+    device_lost: bool,
 }
 
 impl<B: Backend> Agent<B> {
@@ -218,6 +227,26 @@ impl<B: Backend> Agent<B> {
         health: Health,
         shutdown: CancellationToken,
     ) -> Result<()> {
+        if backend.wants_previous_lease() {
+            // One list before the device exists, so a rebooted node keeps what its peers know
+            // (vxlan: the VTEP MAC of its lease). Best effort: without etcd, start fresh.
+            let listed = tokio::select! {
+                r = registry.list_leases() => r,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            match listed {
+                Ok(snapshot) => {
+                    if let Some(prev) = snapshot
+                        .leases
+                        .iter()
+                        .find(|l| l.attrs.public_ip == ext.ext_addr)
+                    {
+                        backend.adopt_previous(&prev.attrs);
+                    }
+                }
+                Err(e) => warn!("could not look up our previous lease: {e:#}"),
+            }
+        }
         let attrs = backend.prepare(&nl, &ext).await?;
         let previous = subnet_file::read_previous(&opts.subnet_file)
             .as_deref()
@@ -250,8 +279,12 @@ impl<B: Backend> Agent<B> {
         let kernel = backends::nl::subscribe().context("subscribe to netlink notifications")?;
         let mut table = LeaseTable::new(Some(own.key));
         table.reset(&snapshot);
+        let mut reconciler = Reconciler::new(nl.clone());
+        for index in backend.devices() {
+            reconciler.own_device(index);
+        }
         let mut agent = Agent {
-            reconciler: Reconciler::new(nl.clone()),
+            reconciler,
             opts,
             conf,
             nl,
@@ -263,6 +296,8 @@ impl<B: Backend> Agent<B> {
             health,
             skipped: BTreeMap::new(),
             pending_retry: false,
+            attrs,
+            device_lost: false,
         };
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
@@ -392,9 +427,13 @@ impl<B: Backend> Agent<B> {
                         kernel_open = false;
                         continue;
                     };
-                    let mut dirty = self.reconciler.observe(&ev);
+                    let mut dirty = self.on_kernel_event(&ev);
                     while let Some(Some(ev)) = kernel.next().now_or_never() {
-                        dirty |= self.reconciler.observe(&ev);
+                        dirty |= self.on_kernel_event(&ev);
+                    }
+                    if self.device_lost {
+                        self.recreate_devices().await;
+                        dirty = true;
                     }
                     if dirty {
                         if self.reconciler.needs_refresh() {
@@ -412,6 +451,9 @@ impl<B: Backend> Agent<B> {
                     }
                 }
                 _ = retry.tick(), if self.pending_retry => {
+                    if self.device_lost {
+                        self.recreate_devices().await;
+                    }
                     self.refresh_interface().await;
                     self.reconcile("retry").await;
                 }
@@ -422,6 +464,51 @@ impl<B: Backend> Agent<B> {
         renewal.abort();
         info!("Exiting cleanly...");
         Ok(())
+    }
+
+    /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
+    fn on_kernel_event(&mut self, ev: &KernelEvent) -> bool {
+        if let KernelEvent::LinkDeleted { index, name } = ev {
+            if self.backend.devices().contains(index) {
+                warn!("{name} was deleted by someone else; re-creating it with every peer entry");
+                self.reconciler.disown_device(*index);
+                self.device_lost = true;
+            }
+        }
+        self.reconciler.observe(ev)
+    }
+
+    /// Re-creates the backend's devices (same MAC, same address) after an out-of-band delete;
+    /// the next reconcile re-adds every peer's entries on the new device.
+    async fn recreate_devices(&mut self) {
+        let attrs = match self.backend.prepare(&self.nl, &self.ext).await {
+            Ok(attrs) => attrs,
+            Err(e) => {
+                error!(
+                    "re-creating the backend device failed: {e}; retrying in {RETRY_INTERVAL:?}"
+                );
+                self.pending_retry = true;
+                return;
+            }
+        };
+        if let Err(e) = self
+            .backend
+            .configure(&self.nl, &self.ext, self.own.key.v4)
+            .await
+        {
+            error!("configuring the re-created device failed: {e}; retrying in {RETRY_INTERVAL:?}");
+            self.pending_retry = true;
+            return;
+        }
+        if attrs != self.attrs {
+            // Not expected: the device keeps its MAC. Peers would need the new lease value.
+            warn!("the re-created device changed our lease attributes; re-publishing");
+            self.republish(attrs).await;
+        }
+        for index in self.backend.devices() {
+            self.reconciler.own_device(index);
+        }
+        self.device_lost = false;
     }
 
     /// Applies one watch event; true when the peers changed.
@@ -506,6 +593,36 @@ impl<B: Backend> Agent<B> {
             }
         }
         self.table.reset(&got.snapshot);
+    }
+
+    /// Publishes new lease attributes on our subnet (compare-and-swap on our own key).
+    async fn republish(&mut self, attrs: LeaseAttrs) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            match self
+                .mgr
+                .acquire(&self.conf, &attrs, Some(self.own.key.v4))
+                .await
+            {
+                Ok((own, _)) => {
+                    if own.key != self.own.key {
+                        warn!(
+                            "re-publishing moved us from {} to {}",
+                            self.own.key, own.key
+                        );
+                    }
+                    self.own = own;
+                    self.attrs = attrs;
+                    info!("published lease {}: {}", self.own.key, self.attrs.to_json());
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!("re-publishing our lease failed (retrying in {wait:.1?}): {e:#}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
     }
 
     /// Re-reads the external interface's addresses (a peer may have become adjacent).

@@ -78,6 +78,23 @@ pub trait Backend {
         own: Ipv4Net,
     ) -> impl Future<Output = Result<u32, BackendError>>;
 
+    /// The devices the backend created (ifindexes): their ARP/FDB entries are weft's, and their
+    /// deletion means [`Backend::prepare`] and [`Backend::configure`] must run again.
+    fn devices(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// Whether [`Backend::adopt_previous`] wants the node's previous lease before `prepare`.
+    fn wants_previous_lease(&self) -> bool {
+        false
+    }
+
+    /// Hands over this node's previous lease (found in etcd by public IP) before `prepare`, so
+    /// a backend can keep what peers already know (vxlan: the VTEP MAC across reboots).
+    fn adopt_previous(&mut self, previous: &LeaseAttrs) {
+        let _ = previous;
+    }
+
     /// Pure: the kernel objects these peers require.
     fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired;
 }

@@ -48,11 +48,19 @@ pub struct VxlanDevice {
 pub struct Vxlan {
     conf: VxlanConf,
     dev: Option<VxlanDevice>,
+    /// The MAC a new device gets: the one of our previous lease (stable across reboots, so
+    /// peers keep valid ARP/FDB entries) or of the device we made before (re-creation after an
+    /// out-of-band delete); random when neither exists.
+    mac: Option<Mac>,
 }
 
 impl Vxlan {
     pub fn new(conf: VxlanConf) -> Self {
-        Vxlan { conf, dev: None }
+        Vxlan {
+            conf,
+            dev: None,
+            mac: None,
+        }
     }
 
     /// `flannel.<VNI>`.
@@ -215,6 +223,32 @@ impl Backend for Vxlan {
         VXLAN
     }
 
+    fn devices(&self) -> Vec<u32> {
+        self.dev.iter().map(|d| d.index).collect()
+    }
+
+    fn wants_previous_lease(&self) -> bool {
+        true
+    }
+
+    /// Takes the VTEP MAC of our previous lease when it was a vxlan lease of the same VNI.
+    fn adopt_previous(&mut self, previous: &LeaseAttrs) {
+        if previous.backend_type != VXLAN {
+            return;
+        }
+        let Some(data) = previous.backend_data.as_deref() else {
+            return;
+        };
+        match parse_backend_data(data) {
+            Ok((vni, mac)) if vni == self.conf.vni => {
+                info!("reusing VTEP MAC {} of our previous lease", fmt_mac(&mac));
+                self.mac = Some(mac);
+            }
+            Ok(_) => {}
+            Err(e) => warn!("previous lease has unusable vxlan BackendData: {e}"),
+        }
+    }
+
     /// Creates `flannel.<VNI>` or reuses a compatible existing one (an incompatible one is
     /// deleted and recreated), then returns the lease attributes with `{"VNI","VtepMAC"}`.
     async fn prepare(
@@ -251,7 +285,7 @@ impl Backend for Vxlan {
         let dev = match reuse {
             Some(dev) => dev,
             None => {
-                let spec = self.spec(ext, random_mac())?;
+                let spec = self.spec(ext, self.mac.unwrap_or_else(random_mac))?;
                 nl.vxlan_add(&spec).await?;
                 info!("ip link add {spec}");
                 let made = nl.vxlan_by_name(&name).await?.ok_or_else(|| {
@@ -272,6 +306,7 @@ impl Backend for Vxlan {
             backend_data: Some(backend_data(self.conf.vni, &dev.mac)),
             backend_v6_data: None,
         };
+        self.mac = Some(dev.mac);
         self.dev = Some(dev);
         Ok(attrs)
     }
