@@ -1,9 +1,13 @@
 //! weft, the daemon: command line, etcd subnet manager, lease loop, kernel reconciliation,
 //! health endpoints, and the local lab that the README and the end-to-end tests use.
 
+pub mod app;
 pub mod cli;
 pub mod etcd_server;
 pub mod health;
 pub mod iface;
 pub mod lab;
+pub mod lease_table;
+pub mod registry;
+pub mod subnet;
 pub mod subnet_file;

@@ -1,1 +1,93 @@
-fn main() {}
+//! `weft`: the agent (flanneld-style flags) and its tools (`weft lab`).
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+use weft::cli::{self, Command};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmd = match cli::parse(&args, &|name| std::env::var(name).ok()) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cmd {
+        Command::Version => {
+            println!("weft {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Help => {
+            print!("{}", cli::usage());
+            ExitCode::SUCCESS
+        }
+        Command::Sub { name, args } => match name.as_str() {
+            "lab" => match lab_stub(&args) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    eprintln!("weft lab: {e:#}");
+                    ExitCode::from(1)
+                }
+            },
+            other => {
+                eprintln!("weft: subcommand {other} is not available yet");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(opts) => run_agent(opts),
+    }
+}
+
+fn run_agent(opts: cli::Options) -> ExitCode {
+    init_logging(opts.log_level());
+    info!("weft {} starting", env!("CARGO_PKG_VERSION"));
+    info!("CLI flags config: {opts:?}");
+    // One thread: the agent is I/O bound, and a current-thread runtime keeps memory and wakeups
+    // down (targets P1, P2).
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(wait_for_signal(shutdown.clone()));
+        match weft::app::run(opts, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// The first SIGTERM or SIGINT cancels the agent; lease and kernel state stay in place.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("received SIGTERM, shutting down (lease and routes stay in place)"),
+        _ = int.recv() => info!("received SIGINT, shutting down (lease and routes stay in place)"),
+    }
+    shutdown.cancel();
+}
+
+fn init_logging(level: tracing::Level) {
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG wins; else flannel's -v picks the level.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.as_str().to_ascii_lowercase()));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn lab_stub(_args: &[String]) -> anyhow::Result<i32> {
+    anyhow::bail!("weft lab is being integrated")
+}

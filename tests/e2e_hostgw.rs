@@ -1,5 +1,6 @@
 //! End to end with host-gw: the real weft binary on three nodes (network namespaces) with a
 //! real etcd, pods behind cni0, checked by the kernel's routing tables and by ping.
+#[path = "common/lab.rs"]
 mod common;
 
 use std::collections::BTreeSet;

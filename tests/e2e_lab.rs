@@ -1,5 +1,6 @@
 //! The lab itself, without agents: namespaces, underlay, pods, ping and teardown work, so a
 //! failing weft end-to-end test points at weft and not at the lab.
+#[path = "common/lab.rs"]
 mod common;
 
 use std::time::Duration;

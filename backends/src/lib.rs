@@ -18,7 +18,10 @@ use ipnet::Ipv4Net;
 use net_conf::{LeaseAttrs, SubnetKey};
 
 pub use error::BackendError;
+pub use hostgw::HostGw;
+pub use nl::{KernelEvent, Netlink};
 pub use plan::{KernelOp, KernelState, Route};
+pub use reconcile::{ApplyReport, Reconciler};
 
 /// Route protocol number that marks weft's routes (`ip route … proto 87`), so weft can find its
 /// own routes, purge stale ones at start, and never touch anyone else's.

@@ -1,148 +1,192 @@
-//! Helpers shared by the end-to-end tests (each test binary uses a subset).
+//! Shared helpers of the etcd integration tests: a real etcd per test, registries and managers
+//! on it, a pausable TCP proxy (to cut a client off while etcd keeps running), polling.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// True when running as root. Otherwise prints why the test is skipped and returns false.
-pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: needs root (network namespaces); run `sudo scripts/test.sh`");
-    false
+use ipnet::Ipv4Net;
+use net_conf::{LeaseAttrs, NetConf, SubnetKey};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use weft::etcd_server::{EtcdServer, EtcdServerOpts};
+use weft::registry::{EtcdOptions, Registry};
+use weft::subnet::{LeaseTiming, SubnetManager, WatchEvent};
+
+pub const PREFIX: &str = "/coreos.com/network";
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
-/// The weft binary under test: the one cargo built for this test run, or `$WEFT_TEST_BIN`
-/// (e.g. `target/release/weft`).
-pub fn weft_bin() -> PathBuf {
-    match std::env::var_os("WEFT_TEST_BIN") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_weft")),
-    }
+pub fn start_etcd() -> EtcdServer {
+    init_tracing();
+    EtcdServer::start(EtcdServerOpts::default()).expect("start etcd")
 }
 
-/// Polls `check` every 50 ms until it returns `Ok`, or returns its last error at `deadline`.
-pub fn wait_until<T>(
-    deadline: Duration,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> Result<T, String> {
-    let until = Instant::now() + deadline;
+pub fn conf(text: &str) -> NetConf {
+    NetConf::parse(text).expect("valid config").conf
+}
+
+pub fn host_gw_conf() -> NetConf {
+    conf(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
+}
+
+pub fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
+    LeaseAttrs::host_gw(ip)
+}
+
+pub fn node_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, n)
+}
+
+pub fn key(s: &str) -> SubnetKey {
+    s.parse().expect("valid subnet key")
+}
+
+pub fn net(s: &str) -> Ipv4Net {
+    s.parse().expect("valid net")
+}
+
+pub async fn registry(endpoint: &str) -> Registry {
+    Registry::connect(&EtcdOptions::new(vec![endpoint.to_string()]))
+        .await
+        .expect("connect registry")
+}
+
+pub async fn manager(endpoint: &str, timing: LeaseTiming) -> SubnetManager {
+    SubnetManager::new(registry(endpoint).await, timing)
+}
+
+/// Polls `f` every 20 ms until it returns Some, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        match check() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > until => {
-                return Err(format!("still failing after {deadline:?}: {e}"));
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next event, or panic after `secs`.
+pub async fn next_event(rx: &mut mpsc::Receiver<WatchEvent>, secs: u64) -> WatchEvent {
+    match tokio::time::timeout(Duration::from_secs(secs), rx.recv()).await {
+        Ok(Some(ev)) => ev,
+        Ok(None) => panic!("watch channel closed"),
+        Err(_) => panic!("no watch event within {secs}s"),
+    }
+}
+
+/// Events until `pred` matches (returned with everything before it), or panic after `secs`.
+pub async fn events_until(
+    rx: &mut mpsc::Receiver<WatchEvent>,
+    secs: u64,
+    mut pred: impl FnMut(&WatchEvent) -> bool,
+) -> Vec<WatchEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ev)) => {
+                let done = pred(&ev);
+                seen.push(ev);
+                if done {
+                    return seen;
+                }
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => panic!("watch channel closed; seen {seen:?}"),
+            Err(_) => panic!("timed out after {secs}s; seen {seen:?}"),
         }
     }
 }
 
-/// weft's route protocol number (`proto 87` in `ip route`), how it finds its own routes.
-pub const WEFT_ROUTE_PROTOCOL: u64 = 87;
-
-/// Whether a route from `ip -j route` carries `protocol` (ip prints names it knows and
-/// numbers as strings otherwise).
-pub fn route_protocol_is(route: &serde_json::Value, protocol: u64) -> bool {
-    match &route["protocol"] {
-        serde_json::Value::String(s) => s.parse::<u64>().ok() == Some(protocol),
-        serde_json::Value::Number(n) => n.as_u64() == Some(protocol),
-        _ => false,
-    }
+/// A TCP proxy in front of etcd. `pause` closes every proxied connection and refuses new
+/// ones (they are accepted and closed at once) until `resume`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    paused: Arc<AtomicBool>,
+    kick: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-/// The routes of `ip -j route show` in `ns` (a plain command, so a watcher thread can use it
-/// while the test holds the lab mutably).
-pub fn routes_in(ns: &str) -> Result<Vec<serde_json::Value>, String> {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "-j", "route", "show"])
-        .output()
-        .map_err(|e| format!("ip -n {ns} -j route: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ip -n {ns} -j route: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("ip -n {ns} -j route: bad JSON: {e}"))?;
-    Ok(v.as_array().cloned().unwrap_or_default())
-}
-
-/// Checks that node `k`'s weft routes are exactly the host-gw routes: one
-/// `<peer subnet> via <peer ip> dev eth0 proto 87` per other node, nothing else with proto 87.
-pub fn hostgw_routes_ok(lab: &weft::lab::Lab, k: usize) -> Result<(), String> {
-    let ns = lab.node_ns(k).map_err(|e| e.to_string())?;
-    let routes = routes_in(ns)?;
-    let mut expected = Vec::new();
-    for j in (1..=lab.nodes()).filter(|&j| j != k) {
-        let net = lab.subnet(j).map_err(|e| format!("{e:#}"))?;
-        let via = lab.node_ip(j).map_err(|e| e.to_string())?;
-        expected.push((net.to_string(), via.to_string()));
-    }
-    let mut ours: Vec<(String, String)> = routes
-        .iter()
-        .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL))
-        .map(|r| {
-            if r["dev"] != "eth0" {
-                return (format!("{r}"), "wrong dev".to_owned());
-            }
-            (
-                r["dst"].as_str().unwrap_or("?").to_owned(),
-                r["gateway"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
-        .collect();
-    ours.sort();
-    expected.sort();
-    if ours != expected {
-        return Err(format!(
-            "node {k}: weft routes (dst, via) {ours:?}, expected {expected:?}; all routes: {routes:?}"
-        ));
-    }
-    Ok(())
-}
-
-/// Polls, on its own thread, that every namespace in `ns` keeps a route to `dst` until
-/// stopped; `stop()` returns every moment one was missing.
-pub struct RouteWatch {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
-}
-
-impl RouteWatch {
-    pub fn start(ns: Vec<String>, dst: String) -> RouteWatch {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut rounds = 0;
-            let mut missing = Vec::new();
-            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                for n in &ns {
-                    match routes_in(n) {
-                        Ok(routes) if routes.iter().any(|r| r["dst"] == dst.as_str()) => {}
-                        Ok(routes) => missing.push(format!(
-                            "{:?}: {n} has no route to {dst}: {routes:?}",
-                            started.elapsed()
-                        )),
-                        Err(e) => missing.push(e),
-                    }
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let paused = Arc::new(AtomicBool::new(false));
+        let kick = Arc::new(Notify::new());
+        let (p, k) = (paused.clone(), kick.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                if p.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
                 }
-                rounds += 1;
-                std::thread::sleep(Duration::from_millis(20));
+                let k = k.clone();
+                tokio::spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = k.notified() => {}
+                    }
+                });
             }
-            (rounds, missing)
         });
-        RouteWatch { stop, handle }
+        Proxy {
+            addr,
+            paused,
+            kick,
+            task,
+        }
     }
 
-    /// Stops the watch; returns (polls made, violations).
-    pub fn stop(self) -> (usize, Vec<String>) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.handle
-            .join()
-            .unwrap_or_else(|_| (0, vec!["route watch thread panicked".to_owned()]))
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
     }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        self.kick.notify_waiters();
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.kick.notify_waiters();
+    }
+}
+
+/// `host:port` of an `http://host:port` endpoint.
+pub fn socket_addr(endpoint: &str) -> SocketAddr {
+    endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("endpoint address")
 }

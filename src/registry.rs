@@ -1,0 +1,515 @@
+//! Raw etcd v3 operations on flannel's data layout (spec §3): `<prefix>/config` and
+//! `<prefix>/subnets/<key>` holding `LeaseAttrs` JSON.
+//!
+//! Every operation here is one RPC (a create is Grant + Txn). Listing is one Range: whether a key
+//! is a reservation is read from the key's `lease` field (0 = no etcd lease), never with a
+//! per-key LeaseTimeToLive. Writes that must not overwrite another node's key are
+//! compare-and-swap transactions; a lost race is [`RegistryError::Conflict`].
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use net_conf::{LeaseAttrs, SubnetKey};
+use thiserror::Error;
+
+/// Upper bound for one unary RPC; a hung connection surfaces as an error instead of a stall.
+const RPC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to reach etcd (flanneld's `--etcd-*` flags).
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    /// `--etcd-prefix`, default `/coreos.com/network` (no trailing slash).
+    pub prefix: String,
+    pub cafile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl EtcdOptions {
+    /// Plain options for `endpoints` with flannel's default prefix.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_string(),
+            cafile: None,
+            certfile: None,
+            keyfile: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+/// flanneld's default `--etcd-prefix`.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// `<prefix>/config` does not exist (v3 API).
+    #[error(
+        "flannel config not found in etcd store (key {key}). Did you create your config using etcdv3 API?"
+    )]
+    ConfigNotFound { key: String },
+    /// A compare-and-swap lost: the key was created, changed or deleted by someone else.
+    #[error("subnet {key}: {what} (another writer won the race)")]
+    Conflict { key: String, what: &'static str },
+    /// The etcd lease does not exist (expired or revoked).
+    #[error("etcd lease {id:x} not found (expired or revoked)")]
+    LeaseNotFound { id: i64 },
+    /// A value that is not UTF-8 where text is required.
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    /// The etcd client failed (unreachable, auth, TLS, ...).
+    #[error("etcd {op}: {source}")]
+    Etcd {
+        op: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd {op}: no answer within {RPC_TIMEOUT:?}")]
+    Timeout { op: String },
+    /// Reading a TLS file.
+    #[error("reading {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RegistryError {
+    /// True for the errors a retry may cure (etcd unreachable, timeouts, leader changes).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Etcd { .. } | RegistryError::Timeout { .. }
+        )
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// One well-formed lease under `<prefix>/subnets/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseEntry {
+    pub key: SubnetKey,
+    pub attrs: LeaseAttrs,
+    /// The etcd lease attached to the key; 0 = none (a reservation).
+    pub lease_id: i64,
+    pub mod_revision: i64,
+}
+
+impl LeaseEntry {
+    pub fn is_reservation(&self) -> bool {
+        self.lease_id == 0
+    }
+}
+
+/// The whole `<prefix>/subnets` range at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The store revision of the Range; a watch resumes at `revision + 1`.
+    pub revision: i64,
+    pub leases: Vec<LeaseEntry>,
+    /// Keys under the range that are not a lease (skipped with a warning).
+    pub malformed: Vec<Malformed>,
+}
+
+/// A key under `<prefix>/subnets` that could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed {
+    pub key: String,
+    pub reason: String,
+    /// The subnet key when the key itself parsed (only the value was bad).
+    pub subnet: Option<SubnetKey>,
+}
+
+/// A connected etcd client bound to one prefix.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn timed<T>(
+    op: &str,
+    fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(RPC_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(RegistryError::Etcd {
+            op: op.to_string(),
+            source,
+        }),
+        Err(_) => Err(RegistryError::Timeout { op: op.to_string() }),
+    }
+}
+
+fn read_file(path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| RegistryError::File {
+        path: path.clone(),
+        source,
+    })
+}
+
+impl Registry {
+    /// Builds the client. TLS is used only when both a certificate and a key are given (as
+    /// flanneld does), with the CA from `cafile`; otherwise a warning says plaintext is insecure.
+    /// With a username the client authenticates at once, so bad credentials or an unreachable
+    /// etcd show here; without, the first RPC shows them.
+    pub async fn connect(opts: &EtcdOptions) -> Result<Registry> {
+        let mut copts = ConnectOptions::new()
+            .with_require_leader(true)
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(30), Duration::from_secs(10));
+        let mut endpoints = opts.endpoints.clone();
+        match (&opts.certfile, &opts.keyfile) {
+            (Some(cert), Some(key)) => {
+                let mut tls = TlsOptions::new()
+                    .identity(Identity::from_pem(read_file(cert)?, read_file(key)?));
+                match &opts.cafile {
+                    Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read_file(ca)?)),
+                    None => tracing::warn!(
+                        "no etcd CA file given: the etcd server certificate cannot be verified \
+                         (no system roots are loaded); pass --etcd-cafile"
+                    ),
+                }
+                copts = copts.with_tls(tls);
+                for e in &mut endpoints {
+                    if let Some(rest) = e.strip_prefix("http://") {
+                        tracing::warn!(
+                            "etcd endpoint {e} uses http:// with TLS files; using https"
+                        );
+                        *e = format!("https://{rest}");
+                    } else if !e.starts_with("https://") {
+                        *e = format!("https://{e}");
+                    }
+                }
+            }
+            _ => {
+                if opts.certfile.is_some() || opts.keyfile.is_some() || opts.cafile.is_some() {
+                    tracing::warn!(
+                        "etcd TLS needs both a certificate file and a key file; \
+                         ignoring the TLS files given"
+                    );
+                }
+                tracing::warn!(
+                    "no certificate provided: connecting to etcd with http. This is insecure"
+                );
+            }
+        }
+        if let Some(user) = &opts.username {
+            copts = copts.with_user(user.clone(), opts.password.clone().unwrap_or_default());
+            copts = copts.with_auto_token_refresh(true);
+        }
+        let client =
+            match tokio::time::timeout(RPC_TIMEOUT, Client::connect(&endpoints, Some(copts))).await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(source)) => {
+                    return Err(RegistryError::Etcd {
+                        op: format!("connect to {}", endpoints.join(",")),
+                        source,
+                    });
+                }
+                Err(_) => {
+                    return Err(RegistryError::Timeout {
+                        op: format!("connect to {}", endpoints.join(",")),
+                    });
+                }
+            };
+        Ok(Registry {
+            client,
+            prefix: opts.prefix.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The underlying client (tests and tools).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>/config`.
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix)
+    }
+
+    /// `<prefix>/subnets` (no trailing slash, as flannel lists it).
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets", self.prefix)
+    }
+
+    /// `<prefix>/subnets/<key>`.
+    pub fn lease_key(&self, key: &SubnetKey) -> String {
+        key.etcd_key(&self.prefix)
+    }
+
+    /// The network config text from `<prefix>/config`.
+    pub async fn get_config(&self) -> Result<String> {
+        let key = self.config_key();
+        let mut kv = self.client.kv_client();
+        let resp = timed("get config", kv.get(key.clone(), None)).await?;
+        let Some(first) = resp.kvs().first() else {
+            return Err(RegistryError::ConfigNotFound { key });
+        };
+        String::from_utf8(first.value().to_vec()).map_err(|e| RegistryError::Invalid {
+            what: format!("etcd key {key}"),
+            reason: format!("value is not UTF-8: {e}"),
+        })
+    }
+
+    /// Parses one key/value under `<prefix>/subnets`.
+    pub fn parse_entry(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        lease_id: i64,
+        mod_revision: i64,
+    ) -> std::result::Result<LeaseEntry, Malformed> {
+        let key_text = String::from_utf8_lossy(key).into_owned();
+        let subnet = self.parse_key(&key_text).map_err(|reason| Malformed {
+            key: key_text.clone(),
+            reason,
+            subnet: None,
+        })?;
+        let attrs = LeaseAttrs::parse(value).map_err(|e| Malformed {
+            key: key_text.clone(),
+            reason: e.to_string(),
+            subnet: Some(subnet),
+        })?;
+        Ok(LeaseEntry {
+            key: subnet,
+            attrs,
+            lease_id,
+            mod_revision,
+        })
+    }
+
+    /// The subnet key of a full etcd key `<prefix>/subnets/<key>`.
+    pub fn parse_key(&self, full: &str) -> std::result::Result<SubnetKey, String> {
+        SubnetKey::from_etcd_key(full, &self.prefix).map_err(|e| e.to_string())
+    }
+
+    /// All leases: one Range over `<prefix>/subnets`.
+    pub async fn list_leases(&self) -> Result<Snapshot> {
+        let mut kv = self.client.kv_client();
+        let mut resp = timed(
+            "list subnets",
+            kv.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut snap = Snapshot {
+            revision,
+            ..Snapshot::default()
+        };
+        for kv in resp.take_kvs() {
+            match self.parse_entry(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
+                Ok(e) => snap.leases.push(e),
+                Err(m) => {
+                    tracing::warn!("skipping malformed lease {}: {}", m.key, m.reason);
+                    snap.malformed.push(m);
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Grants an etcd lease of `ttl_secs`; returns (id, granted TTL).
+    pub async fn grant(&self, ttl_secs: i64) -> Result<(i64, i64)> {
+        let mut lease = self.client.lease_client();
+        let resp = timed("lease grant", lease.grant(ttl_secs, None)).await?;
+        Ok((resp.id(), resp.ttl()))
+    }
+
+    /// Revokes an etcd lease (deleting its keys). `Ok(false)` if it did not exist.
+    pub async fn revoke(&self, id: i64) -> Result<bool> {
+        let mut lease = self.client.lease_client();
+        match timed("lease revoke", lease.revoke(id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_lease_not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates `<prefix>/subnets/<key>` only if it does not exist, on a fresh etcd lease of
+    /// `ttl_secs`. Returns (lease id, granted TTL, mod revision). A lost race revokes the
+    /// granted lease and returns `Conflict`.
+    pub async fn create_lease(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        ttl_secs: i64,
+    ) -> Result<(i64, i64, i64)> {
+        let (id, ttl) = self.grant(ttl_secs).await?;
+        let path = self.lease_key(key);
+        let txn = Txn::new()
+            .when([Compare::create_revision(path.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                path,
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let mut kv = self.client.kv_client();
+        let res = timed("create subnet", kv.txn(txn)).await;
+        match res {
+            Ok(resp) if resp.succeeded() => {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                Ok((id, ttl, rev))
+            }
+            other => {
+                if let Err(e) = self.revoke(id).await {
+                    tracing::warn!("revoking unused etcd lease {id:x}: {e}");
+                }
+                match other {
+                    Ok(_) => Err(RegistryError::Conflict {
+                        key: key.to_string(),
+                        what: "subnet already exists",
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Rewrites a key only if its mod revision is still `seen`, attached to `lease_id`
+    /// (0 = no etcd lease: a reservation stays a reservation). Returns the new mod revision.
+    pub async fn update_lease(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+        seen_mod_revision: i64,
+        lease_id: i64,
+    ) -> Result<i64> {
+        let path = self.lease_key(key);
+        let put = if lease_id == 0 {
+            PutOptions::new()
+        } else {
+            PutOptions::new().with_lease(lease_id)
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                path.clone(),
+                CompareOp::Equal,
+                seen_mod_revision,
+            )])
+            .and_then([TxnOp::put(path, attrs.to_json(), Some(put))]);
+        let mut kv = self.client.kv_client();
+        let resp = timed("update subnet", kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(RegistryError::Conflict {
+                key: key.to_string(),
+                what: "subnet changed since it was read",
+            });
+        }
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Deletes a key; with `seen_mod_revision` only if it is unchanged. `Ok(false)` if the key
+    /// did not exist (unconditional delete).
+    pub async fn delete_lease(
+        &self,
+        key: &SubnetKey,
+        seen_mod_revision: Option<i64>,
+    ) -> Result<bool> {
+        let path = self.lease_key(key);
+        let mut kv = self.client.kv_client();
+        match seen_mod_revision {
+            Some(seen) => {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(path.clone(), CompareOp::Equal, seen)])
+                    .and_then([TxnOp::delete(path, None::<DeleteOptions>)]);
+                let resp = timed("delete subnet", kv.txn(txn)).await?;
+                if !resp.succeeded() {
+                    return Err(RegistryError::Conflict {
+                        key: key.to_string(),
+                        what: "subnet changed since it was read",
+                    });
+                }
+                Ok(true)
+            }
+            None => {
+                let resp = timed("delete subnet", kv.delete(path, None)).await?;
+                Ok(resp.deleted() > 0)
+            }
+        }
+    }
+
+    /// One KeepAlive request for `id` (one stream, one request, one answer): the lease's TTL
+    /// is back at its granted TTL. `LeaseNotFound` when the lease expired or was revoked.
+    pub async fn keep_alive_once(&self, id: i64) -> Result<()> {
+        let mut lease = self.client.lease_client();
+        match timed("lease keep-alive", lease.keep_alive(id)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_lease_not_found(&e) => Err(RegistryError::LeaseNotFound { id }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// (remaining TTL, granted TTL) of an etcd lease in seconds; None when it does not exist.
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>> {
+        let mut lease = self.client.lease_client();
+        let resp = timed("lease time-to-live", lease.time_to_live(id, None)).await?;
+        Ok((resp.ttl() >= 0).then(|| (resp.ttl(), resp.granted_ttl())))
+    }
+
+    /// Remaining TTL of an etcd lease in seconds (-1 when it does not exist).
+    pub async fn lease_ttl(&self, id: i64) -> Result<i64> {
+        Ok(self
+            .lease_time_to_live(id)
+            .await?
+            .map_or(-1, |(ttl, _)| ttl))
+    }
+
+    /// The ids of all etcd leases (tests and diagnostics).
+    pub async fn lease_ids(&self) -> Result<Vec<i64>> {
+        let mut lease = self.client.lease_client();
+        let resp = timed("lease list", lease.leases()).await?;
+        Ok(resp.leases().iter().map(|l| l.id()).collect())
+    }
+
+    /// Opens a prefix watch on `<prefix>/subnets` from `start_revision` (inclusive).
+    pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
+        let mut w = self.client.watch_client();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start_revision);
+        timed("watch subnets", w.watch(self.subnets_prefix(), Some(opts))).await
+    }
+}
+
+/// etcd answers a revoke or keep-alive of an unknown lease with NotFound
+/// ("etcdserver: requested lease not found").
+pub fn is_lease_not_found(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::LeaseNotFound { .. } => true,
+        RegistryError::Etcd {
+            source: etcd_client::Error::GRpcStatus(s),
+            ..
+        } => s.message().contains("lease not found"),
+        // etcd-client's keep_alive turns a TTL of 0 in the first answer into this.
+        RegistryError::Etcd {
+            source: etcd_client::Error::LeaseKeepAliveError(m),
+            ..
+        } => m.contains("lease not found"),
+        _ => false,
+    }
+}

@@ -1,0 +1,738 @@
+//! The subnet manager: the policy around the registry (spec §3.4–3.6).
+//!
+//! - [`SubnetManager::acquire`]: one Range, then reuse the lease that carries our public IP,
+//!   reuse the previous subnet from subnet.env, or allocate a random free one, each written by
+//!   compare-and-swap; a lost race re-lists and retries with jittered backoff.
+//! - [`SubnetManager::renewal`]: keeps the own etcd lease alive with one KeepAlive when
+//!   `expires - renew_margin` is reached; never grants another lease.
+//! - [`SubnetManager::reacquire`]: after the own key was deleted, the same subnet if still free.
+//! - [`SubnetManager::watch`]: every lease change as [`WatchEvent`]s, resuming after a
+//!   disconnect from the last seen revision and re-listing after a compaction. No RPC per event.
+use std::fmt::Display;
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use etcd_client::EventType;
+use ipnet::Ipv4Net;
+use net_conf::alloc::{self, Choice, ExistingLease};
+use net_conf::{LeaseAttrs, NetConf, SubnetKey};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{LeaseEntry, Registry, RegistryError, Snapshot, is_lease_not_found};
+
+/// flannel's lease TTL (24 h).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+/// flanneld's `--subnet-lease-renew-margin` default (60 min).
+pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
+/// Retry period of a failed renewal (flannel: 1 min).
+pub const DEFAULT_RENEW_RETRY: Duration = Duration::from_secs(60);
+
+/// Attempts of one acquire when other nodes keep winning the races.
+const ACQUIRE_ATTEMPTS: u32 = 40;
+
+/// Lease timing; the defaults are flannel's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// TTL of the etcd lease granted for a new key (whole seconds, ≥ 1 s).
+    pub ttl: Duration,
+    /// Renew when this much of the lease is left.
+    pub renew_margin: Duration,
+    /// Wait between failed renewals.
+    pub renew_retry: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            ttl: DEFAULT_TTL,
+            renew_margin: DEFAULT_RENEW_MARGIN,
+            renew_retry: DEFAULT_RENEW_RETRY,
+        }
+    }
+}
+
+/// The lease this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnLease {
+    pub key: SubnetKey,
+    /// The etcd lease attached to the key; 0 = a reservation (no TTL, nothing to renew).
+    pub lease_id: i64,
+    /// When the etcd lease runs out unless renewed; None for a reservation.
+    pub expires: Option<SystemTime>,
+    /// The etcd lease's granted TTL in seconds (what a KeepAlive restores); 0 for a
+    /// reservation.
+    pub granted_ttl: i64,
+}
+
+/// What [`SubnetManager::reacquire`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reacquired {
+    pub lease: OwnLease,
+    pub snapshot: Snapshot,
+    /// True when the subnet differs from the preferred one: the caller must reconfigure
+    /// (device address, subnet.env, routes).
+    pub subnet_changed: bool,
+}
+
+/// A change under `<prefix>/subnets`, in etcd order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(LeaseEntry),
+    Delete(SubnetKey),
+    /// A key or value that is not a lease; never a removal. `subnet` is set when only the
+    /// value was bad.
+    Malformed {
+        key: String,
+        reason: String,
+        subnet: Option<SubnetKey>,
+    },
+    /// The watch fell behind a compaction: this full list replaces the table.
+    Resync(Snapshot),
+    /// The watch stream broke; the manager is reconnecting.
+    Disconnected,
+    /// The watch is established again (resumed at the next unseen revision).
+    Reconnected,
+}
+
+/// How a renewal loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// etcd says the lease no longer exists (expired or revoked): re-acquire.
+    LeaseLost { lease_id: i64 },
+}
+
+/// Capped exponential backoff with jitter: each delay is drawn from `[d/2, d]` and `d`
+/// doubles up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, cur: min }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        let half = d / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+
+    pub fn reset(&mut self) {
+        self.cur = self.min;
+    }
+}
+
+/// Sleeps for `d` unless shutdown comes first; returns false on shutdown.
+pub async fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Runs `f` until it succeeds, logging each failure and waiting with capped jittered
+/// backoff (100 ms → 10 s) in between. `None` when shutdown was requested first.
+pub async fn retry_until<T, E, F, Fut>(
+    shutdown: &CancellationToken,
+    what: &str,
+    mut f: F,
+) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut attempt: u32 = 1;
+    loop {
+        let res = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = f() => r,
+        };
+        match res {
+            Ok(v) => {
+                if attempt > 1 {
+                    tracing::info!("{what}: succeeded after {attempt} attempts");
+                }
+                return Some(v);
+            }
+            Err(e) => {
+                let d = backoff.next_delay();
+                tracing::warn!("{what} failed (attempt {attempt}, retrying in {d:.1?}): {e:#}");
+                if !sleep_or_shutdown(shutdown, d).await {
+                    return None;
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn fmt_attrs(a: &LeaseAttrs) -> String {
+    match a.public_ipv6 {
+        Some(v6) => format!("ip: {} ipv6: {v6}", a.public_ip),
+        None => format!("ip: {}", a.public_ip),
+    }
+}
+
+/// What the manager remembers of the lease it holds.
+#[derive(Debug, Clone)]
+struct Held {
+    lease_id: i64,
+}
+
+/// The own lease's life cycle and the watch of all leases, over one [`Registry`].
+#[derive(Debug)]
+pub struct SubnetManager {
+    reg: Registry,
+    timing: LeaseTiming,
+    held: Option<Held>,
+    /// The config and attrs of the last acquire, for `reacquire`.
+    last: Option<(NetConf, LeaseAttrs)>,
+}
+
+impl SubnetManager {
+    pub fn new(reg: Registry, timing: LeaseTiming) -> Self {
+        SubnetManager {
+            reg,
+            timing,
+            held: None,
+            last: None,
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.reg
+    }
+
+    pub fn timing(&self) -> LeaseTiming {
+        self.timing
+    }
+
+    fn ttl_secs(&self) -> i64 {
+        i64::try_from(self.timing.ttl.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+
+    /// Gets a lease for this node (spec §3.4): reuse the lease carrying `attrs.public_ip`
+    /// (deleting it if it does not fit `conf`), else `previous` (from subnet.env) if free,
+    /// else a random free subnet. Returns the lease and the list it was decided on (the
+    /// initial snapshot for [`Self::watch`]; resume at `snapshot.revision + 1`).
+    ///
+    /// Errors from etcd are returned (wrap in [`retry_until`]); lost races are retried here.
+    pub async fn acquire(
+        &mut self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+    ) -> Result<(OwnLease, Snapshot)> {
+        self.last = Some((conf.clone(), attrs.clone()));
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        let mut last_conflict = None;
+        for attempt in 1..=ACQUIRE_ATTEMPTS {
+            let snapshot = self.reg.list_leases().await.context("listing leases")?;
+            match self.try_acquire(conf, attrs, previous, &snapshot).await {
+                Ok(Some(lease)) => {
+                    self.held = Some(Held {
+                        lease_id: lease.lease_id,
+                    });
+                    return Ok((lease, snapshot));
+                }
+                Ok(None) => continue, // deleted an incompatible lease: list again at once
+                Err(e) if is_race(&e) => {
+                    let d = backoff.next_delay();
+                    tracing::info!(
+                        "lost a race for a subnet (attempt {attempt}/{ACQUIRE_ATTEMPTS}), \
+                         retrying in {d:.1?}: {e:#}"
+                    );
+                    last_conflict = Some(e);
+                    tokio::time::sleep(d).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(anyhow!(
+            "max retries reached trying to acquire a subnet ({ACQUIRE_ATTEMPTS} attempts); last: {}",
+            last_conflict.map_or_else(|| "none".to_string(), |e| format!("{e:#}"))
+        ))
+    }
+
+    /// One decision on one list. `Ok(None)`: list again.
+    async fn try_acquire(
+        &self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+        snapshot: &Snapshot,
+    ) -> Result<Option<OwnLease>> {
+        let mut existing: Vec<ExistingLease> = snapshot
+            .leases
+            .iter()
+            .map(|l| ExistingLease {
+                key: l.key,
+                public_ip: Some(l.attrs.public_ip).filter(|ip| !ip.is_unspecified()),
+            })
+            .collect();
+        // A key with a bad value still holds its subnet.
+        existing.extend(snapshot.malformed.iter().filter_map(|m| {
+            m.subnet.map(|key| ExistingLease {
+                key,
+                public_ip: None,
+            })
+        }));
+        let mut pick = |n: usize| fastrand::usize(..n.max(1));
+        let choice = alloc::choose(conf, &existing, attrs.public_ip, previous, &mut pick)
+            .map_err(|e| anyhow!("failed to acquire lease: {e}"))?;
+        match choice {
+            Choice::ReuseOwn(key) => {
+                let Some(entry) = snapshot.leases.iter().find(|l| l.key == key) else {
+                    bail!("internal: chosen lease {key} is not in the list");
+                };
+                self.reuse(entry, attrs).await.map(Some)
+            }
+            Choice::DeleteIncompatible(key) => {
+                tracing::info!(
+                    "Found lease ({key}) for current IP ({}) but not compatible with current \
+                     config, deleting",
+                    attrs.public_ip
+                );
+                let seen = snapshot
+                    .leases
+                    .iter()
+                    .find(|l| l.key == key)
+                    .map(|l| (l.mod_revision, l.lease_id));
+                match seen {
+                    Some((rev, lease_id)) => {
+                        self.reg
+                            .delete_lease(&key, Some(rev))
+                            .await
+                            .with_context(|| format!("deleting incompatible lease {key}"))?;
+                        if lease_id != 0 {
+                            self.reg.revoke(lease_id).await.with_context(|| {
+                                format!("revoking the etcd lease of deleted lease {key}")
+                            })?;
+                        }
+                    }
+                    None => {
+                        self.reg
+                            .delete_lease(&key, None)
+                            .await
+                            .with_context(|| format!("deleting incompatible lease {key}"))?;
+                    }
+                }
+                Ok(None)
+            }
+            Choice::ReusePrevious(net) => {
+                let key = SubnetKey::new(net);
+                let lease = self.create(&key, attrs).await?;
+                tracing::info!("Found previously leased subnet ({net}), reusing");
+                Ok(Some(lease))
+            }
+            Choice::Allocate(net) => {
+                let key = SubnetKey::new(net);
+                let lease = self.create(&key, attrs).await?;
+                tracing::info!(
+                    "Allocated lease ({key}) to current node ({})",
+                    fmt_attrs(attrs)
+                );
+                Ok(Some(lease))
+            }
+        }
+    }
+
+    async fn create(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<OwnLease> {
+        let (lease_id, ttl, _rev) = self
+            .reg
+            .create_lease(key, attrs, self.ttl_secs())
+            .await
+            .with_context(|| format!("creating lease {key}"))?;
+        Ok(OwnLease {
+            key: *key,
+            lease_id,
+            expires: Some(expiry(ttl)),
+            granted_ttl: ttl,
+        })
+    }
+
+    /// Keeps a lease that carries our public IP: a reservation stays one; a leased key keeps
+    /// its etcd lease (one KeepAlive tells its expiry), so renewal needs no new lease.
+    async fn reuse(&self, entry: &LeaseEntry, attrs: &LeaseAttrs) -> Result<OwnLease> {
+        let key = entry.key;
+        tracing::info!(
+            "Found lease ({key}) for current IP ({}), reusing",
+            attrs.public_ip
+        );
+        if entry.is_reservation() {
+            if entry.attrs != *attrs {
+                self.reg
+                    .update_lease(&key, attrs, entry.mod_revision, 0)
+                    .await
+                    .with_context(|| format!("updating reserved lease {key}"))?;
+            }
+            tracing::info!("Lease {key} is a reservation (no etcd lease): kept without a TTL");
+            return Ok(OwnLease {
+                key,
+                lease_id: 0,
+                expires: None,
+                granted_ttl: 0,
+            });
+        }
+        // One TimeToLive tells when the existing etcd lease runs out (no new lease).
+        let ttl = self
+            .reg
+            .lease_time_to_live(entry.lease_id)
+            .await
+            .with_context(|| format!("reading etcd lease {:x} of {key}", entry.lease_id))?;
+        let Some((remaining, granted)) = ttl else {
+            // It expired between the list and now: list again.
+            return Err(anyhow::Error::new(RegistryError::Conflict {
+                key: key.to_string(),
+                what: "its etcd lease just expired",
+            }));
+        };
+        if entry.attrs != *attrs {
+            self.reg
+                .update_lease(&key, attrs, entry.mod_revision, entry.lease_id)
+                .await
+                .with_context(|| format!("updating lease {key}"))?;
+        }
+        Ok(OwnLease {
+            key,
+            lease_id: entry.lease_id,
+            expires: Some(expiry(remaining)),
+            granted_ttl: granted,
+        })
+    }
+
+    /// Gets a lease again after the own key was deleted: `prefer` (the old subnet) if it is
+    /// still free, else another one. The old etcd lease is revoked first (not-found ignored).
+    /// Requires a previous [`Self::acquire`].
+    pub async fn reacquire(&mut self, prefer: Ipv4Net) -> Result<Reacquired> {
+        let Some((conf, attrs)) = self.last.clone() else {
+            bail!("reacquire before acquire");
+        };
+        if let Some(held) = self.held.take().filter(|h| h.lease_id != 0) {
+            match self.reg.revoke(held.lease_id).await {
+                Ok(true) => tracing::info!("revoked old etcd lease {:x}", held.lease_id),
+                Ok(false) => {}
+                Err(e) => {
+                    self.held = Some(held);
+                    return Err(e).context("revoking the old etcd lease");
+                }
+            }
+        }
+        let (lease, snapshot) = self.acquire(&conf, &attrs, Some(prefer)).await?;
+        let subnet_changed = lease.key.v4 != prefer;
+        if subnet_changed {
+            tracing::warn!(
+                "subnet {prefer} is taken by another node; this node now has {}",
+                lease.key
+            );
+        } else {
+            tracing::info!("re-acquired subnet {}", lease.key);
+        }
+        Ok(Reacquired {
+            lease,
+            snapshot,
+            subnet_changed,
+        })
+    }
+
+    /// A future that keeps `own`'s etcd lease alive: one KeepAlive when `expires -
+    /// renew_margin` is reached, retried every `renew_retry` on failure. Ends on shutdown or
+    /// when etcd reports the lease gone. A reservation needs nothing: it waits for shutdown.
+    pub fn renewal(
+        &self,
+        own: OwnLease,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = RenewalEnd> + Send + 'static {
+        renew_loop(self.reg.clone(), own, self.timing, shutdown)
+    }
+
+    /// Watches `<prefix>/subnets` from `from_revision` (usually `snapshot.revision + 1`) in a
+    /// spawned task that stops on `shutdown` or when the receiver is dropped.
+    pub fn watch(
+        &self,
+        from_revision: i64,
+        shutdown: CancellationToken,
+    ) -> mpsc::Receiver<WatchEvent> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(watch_loop(self.reg.clone(), from_revision, tx, shutdown));
+        rx
+    }
+}
+
+fn expiry(ttl_secs: i64) -> SystemTime {
+    SystemTime::now() + Duration::from_secs(u64::try_from(ttl_secs.max(0)).unwrap_or(0))
+}
+
+/// Lost races (retry after re-listing) vs real errors.
+fn is_race(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<RegistryError>(),
+            Some(RegistryError::Conflict { .. })
+        )
+    })
+}
+
+fn fmt_time(t: SystemTime) -> String {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => format!("{}s since the epoch", d.as_secs()),
+        Err(_) => "before the epoch".into(),
+    }
+}
+
+async fn renew_loop(
+    reg: Registry,
+    own: OwnLease,
+    timing: LeaseTiming,
+    shutdown: CancellationToken,
+) -> RenewalEnd {
+    let Some(mut expires) = own.expires.filter(|_| own.lease_id != 0) else {
+        tracing::info!("lease {} is a reservation: nothing to renew", own.key);
+        shutdown.cancelled().await;
+        return RenewalEnd::Shutdown;
+    };
+    loop {
+        let due = expires
+            .checked_sub(timing.renew_margin)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let wait = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tracing::info!("Waiting for {wait:.1?} to renew lease {}", own.key);
+        if !sleep_or_shutdown(&shutdown, wait).await {
+            return RenewalEnd::Shutdown;
+        }
+        loop {
+            let res = tokio::select! {
+                _ = shutdown.cancelled() => return RenewalEnd::Shutdown,
+                r = reg.keep_alive_once(own.lease_id) => r,
+            };
+            match res {
+                Ok(()) => {
+                    let ttl = own.granted_ttl;
+                    expires = expiry(ttl);
+                    tracing::info!(
+                        "Lease renewed, new expiration: {} (TTL {ttl}s, lease {})",
+                        fmt_time(expires),
+                        own.key
+                    );
+                    break;
+                }
+                Err(e) if is_lease_not_found(&e) => {
+                    tracing::warn!(
+                        "etcd lease {:x} of {} is gone (expired or revoked): {e}",
+                        own.lease_id,
+                        own.key
+                    );
+                    return RenewalEnd::LeaseLost {
+                        lease_id: own.lease_id,
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "Error renewing lease (trying again in {:.0?}): {e}",
+                        timing.renew_retry
+                    );
+                    if !sleep_or_shutdown(&shutdown, timing.renew_retry).await {
+                        return RenewalEnd::Shutdown;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turns one etcd watch event into a [`WatchEvent`].
+fn convert_event(reg: &Registry, ev: &etcd_client::Event) -> Option<WatchEvent> {
+    let kv = ev.kv()?;
+    let key_text = String::from_utf8_lossy(kv.key()).into_owned();
+    match ev.event_type() {
+        EventType::Put => {
+            match reg.parse_entry(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
+                Ok(entry) => Some(WatchEvent::Put(entry)),
+                Err(m) => {
+                    tracing::warn!("ignoring malformed lease {}: {}", m.key, m.reason);
+                    Some(WatchEvent::Malformed {
+                        key: m.key,
+                        reason: m.reason,
+                        subnet: m.subnet,
+                    })
+                }
+            }
+        }
+        EventType::Delete => match reg.parse_key(&key_text) {
+            Ok(key) => Some(WatchEvent::Delete(key)),
+            Err(reason) => {
+                tracing::warn!("ignoring delete of malformed key {key_text}: {reason}");
+                Some(WatchEvent::Malformed {
+                    key: key_text,
+                    reason,
+                    subnet: None,
+                })
+            }
+        },
+    }
+}
+
+/// Why a watch stream ended.
+enum StreamEnd {
+    Shutdown,
+    /// The receiver is gone.
+    Closed,
+    /// Broken: reconnect from `next_rev`.
+    Broken(String),
+    /// Fell behind a compaction: re-list.
+    Compacted(i64),
+}
+
+async fn watch_loop(
+    reg: Registry,
+    from_revision: i64,
+    tx: mpsc::Sender<WatchEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut next_rev = from_revision;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut connected = true;
+    let mut need_resync = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if need_resync {
+            match reg.list_leases().await {
+                Ok(snapshot) => {
+                    tracing::info!(
+                        "re-listed {} leases at revision {}",
+                        snapshot.leases.len(),
+                        snapshot.revision
+                    );
+                    next_rev = snapshot.revision + 1;
+                    need_resync = false;
+                    if tx.send(WatchEvent::Resync(snapshot)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if connected {
+                        connected = false;
+                        if tx.send(WatchEvent::Disconnected).await.is_err() {
+                            return;
+                        }
+                    }
+                    let d = backoff.next_delay();
+                    tracing::warn!("re-listing leases failed (retrying in {d:.1?}): {e}");
+                    if !sleep_or_shutdown(&shutdown, d).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let end = match reg.watch_subnets(next_rev).await {
+            Ok(stream) => {
+                run_stream(
+                    &reg,
+                    stream,
+                    &mut next_rev,
+                    &tx,
+                    &shutdown,
+                    &mut connected,
+                    &mut backoff,
+                )
+                .await
+            }
+            Err(e) => StreamEnd::Broken(e.to_string()),
+        };
+        match end {
+            StreamEnd::Shutdown | StreamEnd::Closed => return,
+            StreamEnd::Compacted(compact_rev) => {
+                tracing::warn!(
+                    "watch from revision {next_rev} fell behind compaction \
+                     (compacted at {compact_rev}): re-listing"
+                );
+                need_resync = true;
+            }
+            StreamEnd::Broken(reason) => {
+                if connected {
+                    connected = false;
+                    if tx.send(WatchEvent::Disconnected).await.is_err() {
+                        return;
+                    }
+                }
+                let d = backoff.next_delay();
+                tracing::warn!(
+                    "etcd watch lost ({reason}); reconnecting from revision {next_rev} in {d:.1?}"
+                );
+                if !sleep_or_shutdown(&shutdown, d).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn run_stream(
+    reg: &Registry,
+    mut stream: etcd_client::WatchStream,
+    next_rev: &mut i64,
+    tx: &mpsc::Sender<WatchEvent>,
+    shutdown: &CancellationToken,
+    connected: &mut bool,
+    backoff: &mut Backoff,
+) -> StreamEnd {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+            m = stream.message() => m,
+        };
+        let resp = match msg {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return StreamEnd::Broken("stream closed by etcd".into()),
+            Err(e) => return StreamEnd::Broken(e.to_string()),
+        };
+        if resp.compact_revision() != 0 {
+            return StreamEnd::Compacted(resp.compact_revision());
+        }
+        if resp.canceled() {
+            let reason = resp.cancel_reason();
+            if reason.contains("compacted") {
+                return StreamEnd::Compacted(0);
+            }
+            return StreamEnd::Broken(format!("watch canceled by etcd: {reason}"));
+        }
+        if resp.created() {
+            backoff.reset();
+            if !*connected {
+                *connected = true;
+                tracing::info!("etcd watch re-established at revision {next_rev}");
+                if tx.send(WatchEvent::Reconnected).await.is_err() {
+                    return StreamEnd::Closed;
+                }
+            }
+        }
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv() {
+                *next_rev = (*next_rev).max(kv.mod_revision() + 1);
+            }
+            let Some(we) = convert_event(reg, ev) else {
+                continue;
+            };
+            if tx.send(we).await.is_err() {
+                return StreamEnd::Closed;
+            }
+        }
+    }
+}

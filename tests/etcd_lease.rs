@@ -1,0 +1,319 @@
+//! Own-lease life cycle against a real etcd: acquire, reuse, previous subnet, races,
+//! reservations, renewal without orphan leases, re-acquire after a delete.
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use tokio_util::sync::CancellationToken;
+use weft::subnet::{LeaseTiming, RenewalEnd};
+
+#[tokio::test]
+async fn acquire_creates_a_leased_key_in_flannel_format() {
+    let etcd = start_etcd();
+    let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (own, snap) = m
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .await
+        .expect("acquire");
+    assert!(snap.leases.is_empty());
+    assert!(snap.revision > 0);
+    assert!(own.lease_id != 0);
+    let net = own.key.v4;
+    assert_eq!(net.prefix_len(), 24);
+    assert!(net.addr() >= node_ip(0).min("10.244.1.0".parse().expect("ip")));
+    assert!(net.addr().octets()[..2] == [10, 244] && net.addr().octets()[2] >= 1);
+    let expires = own.expires.expect("leased");
+    let left = expires.duration_since(SystemTime::now()).expect("future");
+    assert!(left > Duration::from_secs(86_000), "{left:?}");
+
+    let path = format!("{PREFIX}/subnets/{}", own.key);
+    let value = etcd
+        .etcdctl(&["get", &path, "--print-value-only"])
+        .expect("get");
+    assert_eq!(
+        value.trim(),
+        r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#
+    );
+    let reg = m.registry();
+    let ttl = reg.lease_ttl(own.lease_id).await.expect("ttl");
+    assert!(ttl > 86_000, "ttl {ttl}");
+    assert_eq!(reg.lease_ids().await.expect("leases"), vec![own.lease_id]);
+}
+
+#[tokio::test]
+async fn a_restarted_node_gets_its_subnet_back_on_the_same_etcd_lease() {
+    let etcd = start_etcd();
+    let conf = host_gw_conf();
+    let mut a = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (first, _) = a
+        .acquire(&conf, &attrs(node_ip(1)), None)
+        .await
+        .expect("acquire");
+    drop(a);
+    let mut b = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (second, snap) = b
+        .acquire(&conf, &attrs(node_ip(1)), None)
+        .await
+        .expect("acquire again");
+    assert_eq!(second.key, first.key);
+    assert_eq!(
+        second.lease_id, first.lease_id,
+        "reuse must keep the etcd lease"
+    );
+    assert_eq!(snap.leases.len(), 1);
+    assert_eq!(
+        b.registry().lease_ids().await.expect("leases"),
+        vec![first.lease_id]
+    );
+
+    // Changed attrs are written by CAS on the same lease.
+    let mut vx = attrs(node_ip(1));
+    vx.backend_type = "ipip".into();
+    let (third, _) = b.acquire(&conf, &vx, None).await.expect("acquire ipip");
+    assert_eq!(third.key, first.key);
+    let now = b.registry().list_leases().await.expect("list");
+    assert_eq!(now.leases.len(), 1);
+    assert_eq!(now.leases[0].attrs.backend_type, "ipip");
+    assert_eq!(now.leases[0].lease_id, first.lease_id);
+}
+
+#[tokio::test]
+async fn previous_subnet_is_reused_when_free_and_not_when_taken() {
+    let etcd = start_etcd();
+    let conf = host_gw_conf();
+    let mut a = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (own, _) = a
+        .acquire(&conf, &attrs(node_ip(1)), Some(net("10.244.77.0/24")))
+        .await
+        .expect("acquire");
+    assert_eq!(own.key, key("10.244.77.0-24"));
+
+    // Another node whose subnet.env names the same subnet must not get it.
+    let mut b = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (other, _) = b
+        .acquire(&conf, &attrs(node_ip(2)), Some(net("10.244.77.0/24")))
+        .await
+        .expect("acquire");
+    assert_ne!(other.key, own.key);
+    let (ours_again, _) = a
+        .acquire(&conf, &attrs(node_ip(1)), Some(net("10.244.5.0/24")))
+        .await
+        .expect("acquire");
+    assert_eq!(
+        ours_again.key, own.key,
+        "reuse by IP comes before subnet.env"
+    );
+}
+
+#[tokio::test]
+async fn incompatible_own_lease_is_deleted_and_replaced() {
+    let etcd = start_etcd();
+    let old = format!("{PREFIX}/subnets/10.99.0.0-24");
+    etcd.etcdctl(&[
+        "put",
+        &old,
+        r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ])
+    .expect("put");
+    let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (own, _) = m
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .await
+        .expect("acquire");
+    assert_ne!(own.key, key("10.99.0.0-24"));
+    assert!(etcd.etcdctl(&["get", &old]).expect("get").trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_nodes_at_once_get_twenty_distinct_subnets() {
+    let etcd = start_etcd();
+    // 31 subnets for 20 nodes: many lost races.
+    let conf = conf(r#"{"Network":"10.244.0.0/19","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
+    let mut managers = Vec::new();
+    for _ in 0..20 {
+        managers.push(manager(&etcd.endpoint(), LeaseTiming::default()).await);
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let mut tasks = Vec::new();
+    for (i, mut m) in managers.into_iter().enumerate() {
+        let conf = conf.clone();
+        let start = start.clone();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            let ip = node_ip(u8::try_from(i + 1).expect("small"));
+            m.acquire(&conf, &attrs(ip), None)
+                .await
+                .map(|(l, _)| (ip, l))
+        }));
+    }
+    let mut keys = BTreeSet::new();
+    let mut lease_ids = BTreeSet::new();
+    for t in tasks {
+        let (_, lease) = t.await.expect("join").expect("every node gets a lease");
+        keys.insert(lease.key);
+        lease_ids.insert(lease.lease_id);
+    }
+    assert_eq!(keys.len(), 20, "subnets not distinct: {keys:?}");
+    let reg = registry(&etcd.endpoint()).await;
+    let snap = reg.list_leases().await.expect("list");
+    assert_eq!(snap.leases.len(), 20);
+    let ips: BTreeSet<_> = snap.leases.iter().map(|l| l.attrs.public_ip).collect();
+    assert_eq!(ips.len(), 20, "a key was overwritten");
+    // Lost races revoke their granted leases: exactly one etcd lease per node.
+    let all: BTreeSet<i64> = reg.lease_ids().await.expect("leases").into_iter().collect();
+    assert_eq!(all, lease_ids);
+}
+
+#[tokio::test]
+async fn a_reservation_is_honoured_and_kept_without_ttl() {
+    let etcd = start_etcd();
+    let path = format!("{PREFIX}/subnets/10.244.42.0-24");
+    etcd.etcdctl(&[
+        "put",
+        &path,
+        r#"{"PublicIP":"198.18.0.9","PublicIPv6":null}"#,
+    ])
+    .expect("put reservation");
+    let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (own, _) = m
+        .acquire(&host_gw_conf(), &attrs(node_ip(9)), None)
+        .await
+        .expect("acquire");
+    assert_eq!(own.key, key("10.244.42.0-24"));
+    assert_eq!(own.lease_id, 0);
+    assert_eq!(own.expires, None);
+    let snap = m.registry().list_leases().await.expect("list");
+    assert_eq!(snap.leases.len(), 1);
+    assert_eq!(snap.leases[0].lease_id, 0, "reservation got an etcd lease");
+    assert_eq!(
+        snap.leases[0].attrs.backend_type, "host-gw",
+        "attrs updated"
+    );
+    assert!(m.registry().lease_ids().await.expect("leases").is_empty());
+
+    // The renewal of a reservation does nothing until shutdown.
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(m.renewal(own, stop.clone()));
+    tokio::task::yield_now().await;
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), RenewalEnd::Shutdown);
+    assert!(m.registry().lease_ids().await.expect("leases").is_empty());
+}
+
+#[tokio::test]
+async fn renewal_refreshes_the_one_etcd_lease() {
+    let etcd = start_etcd();
+    let timing = LeaseTiming {
+        ttl: Duration::from_secs(4),
+        renew_margin: Duration::from_secs(2),
+        renew_retry: Duration::from_millis(500),
+    };
+    let mut m = manager(&etcd.endpoint(), timing).await;
+    let (own, _) = m
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .await
+        .expect("acquire");
+    let reg = m.registry().clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(m.renewal(own, stop.clone()));
+    let started = std::time::Instant::now();
+    // Watch the TTL fall to the margin and come back up, twice.
+    let mut renewals = 0;
+    let mut low_seen = false;
+    let deadline = started + Duration::from_secs(20);
+    while renewals < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no two renewals in 20 s"
+        );
+        let ttl = reg.lease_ttl(own.lease_id).await.expect("ttl");
+        assert!(ttl > 0, "lease expired (ttl {ttl})");
+        if ttl <= 2 {
+            low_seen = true;
+        } else if low_seen && ttl >= 3 {
+            low_seen = false;
+            renewals += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "outlived one TTL"
+    );
+    assert_eq!(reg.lease_ids().await.expect("leases"), vec![own.lease_id]);
+    let snap = reg.list_leases().await.expect("list");
+    assert_eq!(snap.leases.len(), 1);
+    assert_eq!(snap.leases[0].lease_id, own.lease_id);
+    stop.cancel();
+    assert_eq!(task.await.expect("join"), RenewalEnd::Shutdown);
+}
+
+#[tokio::test]
+async fn renewal_reports_a_revoked_lease() {
+    let etcd = start_etcd();
+    let timing = LeaseTiming {
+        ttl: Duration::from_secs(3),
+        renew_margin: Duration::from_secs(2),
+        renew_retry: Duration::from_millis(200),
+    };
+    let mut m = manager(&etcd.endpoint(), timing).await;
+    let (own, _) = m
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .await
+        .expect("acquire");
+    m.registry().revoke(own.lease_id).await.expect("revoke");
+    let end = tokio::time::timeout(
+        Duration::from_secs(10),
+        m.renewal(own, CancellationToken::new()),
+    )
+    .await
+    .expect("renewal ends");
+    assert_eq!(
+        end,
+        RenewalEnd::LeaseLost {
+            lease_id: own.lease_id
+        }
+    );
+}
+
+#[tokio::test]
+async fn deleted_own_key_is_reacquired_with_the_same_subnet() {
+    let etcd = start_etcd();
+    let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (own, _) = m
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .await
+        .expect("acquire");
+    let path = format!("{PREFIX}/subnets/{}", own.key);
+    etcd.etcdctl(&["del", &path]).expect("del");
+    let again = m.reacquire(own.key.v4).await.expect("reacquire");
+    assert_eq!(again.lease.key, own.key);
+    assert!(!again.subnet_changed);
+    assert_ne!(again.lease.lease_id, own.lease_id);
+    // The old etcd lease was revoked: still exactly one.
+    assert_eq!(
+        m.registry().lease_ids().await.expect("leases"),
+        vec![again.lease.lease_id]
+    );
+
+    // Taken by another node meanwhile: a different subnet, reported as changed.
+    etcd.etcdctl(&["del", &path]).expect("del");
+    etcd.etcdctl(&[
+        "put",
+        &path,
+        r#"{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ])
+    .expect("put");
+    let moved = m.reacquire(own.key.v4).await.expect("reacquire");
+    assert!(moved.subnet_changed);
+    assert_ne!(moved.lease.key, own.key);
+    let snap = m.registry().list_leases().await.expect("list");
+    let other = snap
+        .leases
+        .iter()
+        .find(|l| l.key == own.key)
+        .expect("other node's key kept");
+    assert_eq!(other.attrs.public_ip, node_ip(7));
+}
