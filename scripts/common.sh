@@ -49,3 +49,10 @@ find_cargo() {
   export PATH="$HOME/.cargo/bin:$PATH"
   CARGO=(cargo)
 }
+
+# What both set-up commands do first: root, packages, a cargo in CARGO.
+prepare() {
+  require_root
+  ensure_packages
+  find_cargo
+}

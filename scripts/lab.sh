@@ -6,9 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
-require_root
-ensure_packages
-find_cargo
+prepare
 log "building weft (cargo build --release)"
 "${CARGO[@]}" build --release --locked
 exec target/release/weft lab "$@"

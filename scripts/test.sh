@@ -7,9 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
-require_root
-ensure_packages
-find_cargo
+prepare
 log "cargo build --release --locked"
 "${CARGO[@]}" build --release --locked
 log "cargo test --workspace --locked $*"

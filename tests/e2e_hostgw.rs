@@ -1,12 +1,13 @@
 //! End to end with host-gw: the real weft binary on three nodes (network namespaces) with a
 //! real etcd, pods behind cni0, checked by the kernel's routing tables and by ping.
-mod e2e_support;
+#[path = "common/lab.rs"]
+mod common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use e2e_support::{RouteWatch, hostgw_routes_ok, wait_until};
+use common::{RouteWatch, hostgw_routes_ok, wait_until};
 use ipnet::Ipv4Net;
 use weft::lab::{Lab, LabSpec, Signal};
 
@@ -15,7 +16,7 @@ const READY: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(15);
 
 fn spec(nodes: usize) -> LabSpec {
-    LabSpec::new(nodes, e2e_support::weft_bin())
+    LabSpec::new(nodes, common::weft_bin())
 }
 
 /// Builds a lab, starts every agent at the same moment and waits until each wrote
@@ -40,8 +41,9 @@ fn assert_all_pods_reach_each_other(lab: &Lab) {
     assert!(failed.is_empty(), "pod pairs without replies: {failed:?}");
 }
 
-fn assert_agents_alive(lab: &mut Lab) {
-    for k in 1..=lab.nodes() {
+/// Every agent runs, except those in `down`.
+fn assert_agents_alive(lab: &mut Lab, down: &[usize]) {
+    for k in (1..=lab.nodes()).filter(|k| !down.contains(k)) {
         assert!(
             lab.node_running(k).expect("status"),
             "node {k}'s agent exited ({:?}); log:\n{}",
@@ -53,7 +55,7 @@ fn assert_agents_alive(lab: &mut Lab) {
 
 #[test]
 fn three_nodes_started_together_get_host_gw_routes_and_pods_ping() {
-    if !e2e_support::root_or_skip("three_nodes_started_together_get_host_gw_routes_and_pods_ping") {
+    if !common::root_or_skip("three_nodes_started_together_get_host_gw_routes_and_pods_ping") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -103,13 +105,13 @@ fn three_nodes_started_together_get_host_gw_routes_and_pods_ping() {
 
     lab.add_pods().expect("pods");
     assert_all_pods_reach_each_other(&lab);
-    assert_agents_alive(&mut lab);
+    assert_agents_alive(&mut lab, &[]);
     lab.teardown().expect("teardown");
 }
 
 #[test]
 fn restart_keeps_the_subnet_and_peers_never_lose_the_route() {
-    if !e2e_support::root_or_skip("restart_keeps_the_subnet_and_peers_never_lose_the_route") {
+    if !common::root_or_skip("restart_keeps_the_subnet_and_peers_never_lose_the_route") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -136,7 +138,7 @@ fn restart_keeps_the_subnet_and_peers_never_lose_the_route() {
     // the process, as with flanneld).
     let down_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < down_until {
-        assert_agents_alive_except(&mut lab, 2);
+        assert_agents_alive(&mut lab, &[2]);
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -159,23 +161,13 @@ fn restart_keeps_the_subnet_and_peers_never_lose_the_route() {
     );
 
     assert_all_pods_reach_each_other(&lab);
-    assert_agents_alive(&mut lab);
+    assert_agents_alive(&mut lab, &[]);
     lab.teardown().expect("teardown");
-}
-
-fn assert_agents_alive_except(lab: &mut Lab, down: usize) {
-    for k in (1..=lab.nodes()).filter(|&k| k != down) {
-        assert!(
-            lab.node_running(k).expect("status"),
-            "node {k}'s agent exited; log:\n{}",
-            lab.log_tail(k, 40)
-        );
-    }
 }
 
 #[test]
 fn malformed_leases_are_skipped_and_nothing_breaks() {
-    if !e2e_support::root_or_skip("malformed_leases_are_skipped_and_nothing_breaks") {
+    if !common::root_or_skip("malformed_leases_are_skipped_and_nothing_breaks") {
         return;
     }
     // One bad lease is there before the agents start (seen by the initial list)…
@@ -230,7 +222,7 @@ fn malformed_leases_are_skipped_and_nothing_breaks() {
     // malformed entries, none of the good ones removed).
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        assert_agents_alive(&mut lab);
+        assert_agents_alive(&mut lab, &[]);
         for k in 1..=3 {
             if let Err(e) = hostgw_routes_ok(&lab, k) {
                 panic!("{e}");
@@ -239,7 +231,7 @@ fn malformed_leases_are_skipped_and_nothing_breaks() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_all_pods_reach_each_other(&lab);
-    assert_agents_alive(&mut lab);
+    assert_agents_alive(&mut lab, &[]);
     lab.teardown().expect("teardown");
 }
 
@@ -266,7 +258,7 @@ fn assert_rejected(config: &str, field: &str, value: &str) {
 
 #[test]
 fn bad_config_exits_1_naming_the_field_and_value() {
-    if !e2e_support::root_or_skip("bad_config_exits_1_naming_the_field_and_value") {
+    if !common::root_or_skip("bad_config_exits_1_naming_the_field_and_value") {
         return;
     }
     assert_rejected(

@@ -1,6 +1,7 @@
 //! The lab itself, without agents: namespaces, underlay, pods, ping and teardown work, so a
 //! failing weft end-to-end test points at weft and not at the lab.
-mod e2e_support;
+#[path = "common/lab.rs"]
+mod common;
 
 use std::time::Duration;
 
@@ -8,10 +9,10 @@ use weft::lab::{Lab, LabSpec};
 
 #[test]
 fn topology_pods_routes_and_teardown() {
-    if !e2e_support::root_or_skip("topology_pods_routes_and_teardown") {
+    if !common::root_or_skip("topology_pods_routes_and_teardown") {
         return;
     }
-    let mut lab = Lab::build(LabSpec::new(3, e2e_support::weft_bin())).expect("build lab");
+    let mut lab = Lab::build(LabSpec::new(3, common::weft_bin())).expect("build lab");
     let name = lab.name().to_owned();
 
     // etcd runs in the underlay and holds the config.

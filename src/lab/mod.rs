@@ -429,6 +429,8 @@ impl Lab {
         writeln!(log, "=== lab: {}", sys::show(&cmd))
             .with_context(|| format!("writing {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file")?;
+        // Plain text in the log file (tracing-subscriber colours by default).
+        cmd.env("NO_COLOR", "1");
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
         // Own process group: a Ctrl-C in `weft lab`'s terminal reaches the lab, which then
         // stops the agents in order, instead of killing them behind its back.

@@ -1,4 +1,5 @@
-//! Helpers shared by the end-to-end tests (each test binary uses a subset).
+//! Helpers of the end-to-end tests that drive a `weft::lab::Lab` (included with
+//! `#[path = "common/lab.rs"] mod common;`, apart from the async etcd helpers in mod.rs).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -79,26 +80,19 @@ pub fn hostgw_routes_ok(lab: &weft::lab::Lab, k: usize) -> Result<(), String> {
     for j in (1..=lab.nodes()).filter(|&j| j != k) {
         let net = lab.subnet(j).map_err(|e| format!("{e:#}"))?;
         let via = lab.node_ip(j).map_err(|e| e.to_string())?;
-        expected.push((net.to_string(), via.to_string()));
+        expected.push((net.to_string(), via.to_string(), "eth0".to_owned()));
     }
-    let mut ours: Vec<(String, String)> = routes
+    let field = |r: &serde_json::Value, name: &str| r[name].as_str().unwrap_or("-").to_owned();
+    let mut ours: Vec<(String, String, String)> = routes
         .iter()
         .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL))
-        .map(|r| {
-            if r["dev"] != "eth0" {
-                return (format!("{r}"), "wrong dev".to_owned());
-            }
-            (
-                r["dst"].as_str().unwrap_or("?").to_owned(),
-                r["gateway"].as_str().unwrap_or("?").to_owned(),
-            )
-        })
+        .map(|r| (field(r, "dst"), field(r, "gateway"), field(r, "dev")))
         .collect();
     ours.sort();
     expected.sort();
     if ours != expected {
         return Err(format!(
-            "node {k}: weft routes (dst, via) {ours:?}, expected {expected:?}; all routes: {routes:?}"
+            "node {k}: weft routes (dst, via, dev) {ours:?}, expected {expected:?}; all routes: {routes:?}"
         ));
     }
     Ok(())
