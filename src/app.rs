@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use backends::nl::{KernelEvent, Netlink};
 use backends::reconcile::Reconciler;
-use backends::{Backend, ExternalInterface};
+use backends::{AnyBackend, Backend, ExternalInterface, KernelState, Peer};
 use futures::{FutureExt, StreamExt};
 use net_conf::{BackendConf, LeaseAttrs, NetConf, SubnetEnv, SubnetKey};
 use tokio::task::JoinHandle;
@@ -29,7 +29,8 @@ use crate::iface;
 use crate::lease_table::LeaseTable;
 use crate::registry::{EtcdOptions, Registry};
 use crate::subnet::{
-    Backoff, LeaseTiming, OwnLease, RenewalEnd, SubnetManager, WatchEvent, sleep_or_shutdown,
+    Backoff, LeaseTiming, OwnLease, RenewalEnd, SubnetManager, WatchEvent, retry_until,
+    sleep_or_shutdown,
 };
 use crate::subnet_file;
 
@@ -39,6 +40,8 @@ const AUDIT_INTERVAL: Duration = Duration::from_secs(600);
 /// How soon failed kernel writes and skipped peers (not yet adjacent, gateway unreachable) are
 /// tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the config file (`--net-config-path`) is checked for a new version: one `stat`.
+const CONFIG_FILE_POLL: Duration = Duration::from_secs(2);
 /// Liveness: the control loop beats at least this often even when idle.
 const HEARTBEAT: Duration = Duration::from_secs(20);
 
@@ -64,47 +67,45 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     }
 
     let nl = Netlink::connect().context("open a netlink socket")?;
-    let registry = Registry::connect(&etcd_options(&opts))
-        .await
-        .context("etcd client")?;
+    // With user/password the client authenticates at once, so an unreachable etcd shows here.
+    let etcd = etcd_options(&opts);
+    let Some(registry) =
+        retry_until(&shutdown, "connecting to etcd", || Registry::connect(&etcd)).await
+    else {
+        return Ok(());
+    };
 
     let text = tokio::select! {
         r = fetch_config(&registry, &opts) => r?,
         () = shutdown.cancelled() => return Ok(()),
     };
-    let parsed = NetConf::parse(&text).map_err(|e| anyhow!("network config: {e}"))?;
-    for w in &parsed.warnings {
-        warn!("network config: {w}");
-    }
-    let conf = parsed.conf;
+    let conf = parse_config(&text)?;
     info!(
         "Found network config - Backend type: {}, Network: {}",
         conf.backend.type_name(),
         conf.network.map(|n| n.to_string()).unwrap_or_default()
     );
+    let backend = AnyBackend::from_conf(&conf.backend)?;
+    if let BackendConf::Vxlan(vxlan) = &conf.backend {
+        info!("VXLAN config: {vxlan}");
+    }
+    let ext = select_interface(&nl, &opts).await?;
+    Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
+}
+
+/// Parses and checks a config text; warnings (unknown keys, defaulted backend) are logged.
+fn parse_config(text: &str) -> Result<NetConf> {
+    let parsed = NetConf::parse(text).map_err(|e| anyhow!("network config: {e}"))?;
+    for w in &parsed.warnings {
+        warn!("network config: {w}");
+    }
+    let conf = parsed.conf;
     if !conf.enable_ipv4 || conf.enable_ipv6 {
         return Err(anyhow!(
             "network config: weft supports IPv4 networks only for now (EnableIPv4 must be true, EnableIPv6 false)"
         ));
     }
-
-    let ext = select_interface(&nl, &opts).await?;
-
-    match &conf.backend {
-        BackendConf::HostGw => {
-            let backend = backends::hostgw::HostGw::new();
-            Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
-        }
-        BackendConf::Vxlan(vxlan) => {
-            info!("VXLAN config: {vxlan}");
-            let backend = backends::vxlan::Vxlan::new(vxlan.clone());
-            Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
-        }
-        other => Err(anyhow!(
-            "backend type {} is not available in this build of weft yet; use vxlan or host-gw",
-            other.type_name()
-        )),
-    }
+    Ok(conf)
 }
 
 fn etcd_options(opts: &Options) -> EtcdOptions {
@@ -194,28 +195,57 @@ async fn select_interface(nl: &Netlink, opts: &Options) -> Result<ExternalInterf
 }
 
 /// The running agent: everything the control loop owns.
-struct Agent<B: Backend> {
+struct Agent {
     opts: Options,
     conf: NetConf,
     nl: Netlink,
     ext: ExternalInterface,
-    backend: B,
+    /// The backend the config asks for: it serves peers of its type and makes our lease.
+    primary: AnyBackend,
+    /// Backends of an earlier config, kept while some peer still advertises them (a backend
+    /// switch rolls through the cluster node by node), with the config each came from.
+    legacy: Vec<(BackendConf, AnyBackend)>,
     mgr: SubnetManager,
     own: OwnLease,
+    /// The lease attributes we publish.
+    attrs: LeaseAttrs,
     table: LeaseTable,
     reconciler: Reconciler,
     health: Health,
     /// Peers left out by the last plan, with the reason: logged when it changes, not per pass.
     skipped: BTreeMap<SubnetKey, String>,
-    /// True while a failed write or a peer of our own type waits for a retry.
+    /// True while a failed write, a lost device or a peer of our own type waits for a retry.
     pending_retry: bool,
-    /// The lease attributes we publish.
-    attrs: LeaseAttrs,
     /// A backend device was deleted out of band and is not re-created yet.
     device_lost: bool,
+    /// The config file's identity when the config comes from `--net-config-path`.
+    config_file: Option<FileStamp>,
 }
 
-impl<B: Backend> Agent<B> {
+/// What identifies a version of the config file: Kubernetes updates a mounted ConfigMap by
+/// swapping a symlink, which changes the inode the path resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    ino: u64,
+    dev: u64,
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &std::path::Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            ino: md.ino(),
+            dev: md.dev(),
+            len: md.len(),
+            mtime: md.modified().ok(),
+        })
+    }
+}
+
+impl Agent {
     #[allow(clippy::too_many_arguments)]
     async fn start(
         opts: Options,
@@ -223,11 +253,12 @@ impl<B: Backend> Agent<B> {
         registry: Registry,
         nl: Netlink,
         ext: ExternalInterface,
-        mut backend: B,
+        mut primary: AnyBackend,
         health: Health,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        if backend.wants_previous_lease() {
+        let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
+        if primary.wants_previous_lease() {
             // One list before the device exists, so a rebooted node keeps what its peers know
             // (vxlan: the VTEP MAC of its lease). Best effort: without etcd, start fresh.
             let listed = tokio::select! {
@@ -241,13 +272,13 @@ impl<B: Backend> Agent<B> {
                         .iter()
                         .find(|l| l.attrs.public_ip == ext.ext_addr)
                     {
-                        backend.adopt_previous(&prev.attrs);
+                        primary.adopt_previous(&prev.attrs);
                     }
                 }
                 Err(e) => warn!("could not look up our previous lease: {e:#}"),
             }
         }
-        let attrs = backend.prepare(&nl, &ext).await?;
+        let attrs = primary.prepare(&nl, &ext).await?;
         let previous = subnet_file::read_previous(&opts.subnet_file)
             .as_deref()
             .and_then(net_conf::subnet_env::previous_subnet);
@@ -273,31 +304,34 @@ impl<B: Backend> Agent<B> {
                 }
             }
         };
-        let mtu = backend.configure(&nl, &ext, own.key.v4).await?;
+        let mtu = primary.configure(&nl, &ext, own.key.v4).await?;
+        remove_other_devices(&nl, &primary.devices()).await;
 
         // Subscribe before the first dump, so no out-of-band change falls between the two.
         let kernel = backends::nl::subscribe().context("subscribe to netlink notifications")?;
         let mut table = LeaseTable::new(Some(own.key));
         table.reset(&snapshot);
         let mut reconciler = Reconciler::new(nl.clone());
-        for index in backend.devices() {
+        for index in primary.devices() {
             reconciler.own_device(index);
         }
         let mut agent = Agent {
-            reconciler,
             opts,
             conf,
             nl,
             ext,
-            backend,
+            primary,
+            legacy: Vec::new(),
             mgr,
             own,
+            attrs,
             table,
+            reconciler,
             health,
             skipped: BTreeMap::new(),
             pending_retry: false,
-            attrs,
             device_lost: false,
+            config_file,
         };
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
@@ -334,11 +368,68 @@ impl<B: Backend> Agent<B> {
         Ok(())
     }
 
+    /// The desired kernel state: each peer programmed by the active backend of the type its
+    /// lease advertises (normally only the primary; during a backend switch also a legacy one).
+    fn plan(&self) -> (KernelState, BTreeMap<SubnetKey, String>, Vec<bool>) {
+        let peers = self.table.peers();
+        let mut state = KernelState::default();
+        let mut reasons: BTreeMap<SubnetKey, String> = BTreeMap::new();
+        let active = std::iter::once(&self.primary).chain(self.legacy.iter().map(|(_, b)| b));
+        let mut used = Vec::new();
+        for backend in active {
+            let mine: Vec<Peer> = peers
+                .iter()
+                .filter(|p| p.attrs.backend_type == backend.type_name())
+                .cloned()
+                .collect();
+            let desired = backend.desired(&self.ext, &mine);
+            used.push(mine.len() > desired.skipped.len());
+            state.merge(desired.state);
+            for (key, reason) in desired.skipped {
+                reasons.entry(key).or_insert(reason);
+            }
+        }
+        // A peer counts as skipped only when no active backend serves it (each serves a peer
+        // with a route to its subnet).
+        let mut skipped = BTreeMap::new();
+        for peer in &peers {
+            if state.routes.contains_key(&peer.key.v4) {
+                continue;
+            }
+            let reason = reasons.remove(&peer.key).unwrap_or_else(|| {
+                format!(
+                    "its lease advertises backend {:?}, this node runs {}",
+                    peer.attrs.backend_type,
+                    self.primary.type_name()
+                )
+            });
+            skipped.insert(peer.key, reason);
+        }
+        (state, skipped, used)
+    }
+
     /// Computes the desired state from the lease table and applies the difference.
     async fn reconcile(&mut self, why: &str) {
-        let peers = self.table.peers();
-        let desired = self.backend.desired(&self.ext, &peers);
-        let skipped: BTreeMap<SubnetKey, String> = desired.skipped.into_iter().collect();
+        let (mut state, mut skipped, used) = self.plan();
+        // Legacy backends no peer needs any more go away, devices and all.
+        if used.iter().skip(1).any(|u| !u) {
+            let mut keep = Vec::new();
+            for ((conf, mut backend), used) in self.legacy.drain(..).zip(used.into_iter().skip(1)) {
+                if used {
+                    keep.push((conf, backend));
+                    continue;
+                }
+                info!("no peer uses {} any more: removing it", backend.type_name());
+                for index in backend.devices() {
+                    self.reconciler.disown_device(index);
+                }
+                if let Err(e) = backend.teardown(&self.nl).await {
+                    warn!("removing the {} backend: {e}", backend.type_name());
+                }
+            }
+            self.legacy = keep;
+            (state, skipped, _) = self.plan();
+        }
         for (key, reason) in &skipped {
             if self.skipped.get(key) != Some(reason) {
                 warn!("peer {key} not programmed: {reason}");
@@ -350,14 +441,15 @@ impl<B: Backend> Agent<B> {
             }
         }
         let started = std::time::Instant::now();
-        let report = self.reconciler.apply(&desired.state).await;
+        let report = self.reconciler.apply(&state).await;
         for (op, err) in &report.failures {
             warn!("{op} failed: {err}; retrying in {RETRY_INTERVAL:?}");
         }
-        let own_type = self.backend.type_name();
+        let own_type = self.primary.type_name();
         // Failed writes are retried; so are peers of our own type that were skipped (an address
         // may be added to the interface). Peers of another backend type wait for a new lease.
-        self.pending_retry = !report.failures.is_empty()
+        self.pending_retry = self.device_lost
+            || !report.failures.is_empty()
             || skipped.keys().any(|key| {
                 self.table
                     .get(key)
@@ -366,7 +458,7 @@ impl<B: Backend> Agent<B> {
         self.skipped = skipped;
         debug!(
             "reconcile ({why}): {} peers, {} writes, {} failures in {:?}",
-            peers.len(),
+            self.table.len(),
             report.writes,
             report.failures.len(),
             started.elapsed()
@@ -387,6 +479,9 @@ impl<B: Backend> Agent<B> {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.reset();
         let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut config_poll = tokio::time::interval(CONFIG_FILE_POLL);
+        config_poll.reset();
+        let watch_file = self.opts.net_config_path.is_some();
         let mut kernel_open = true;
 
         loop {
@@ -411,6 +506,7 @@ impl<B: Backend> Agent<B> {
                         Ok(RenewalEnd::LeaseLost { lease_id }) => {
                             warn!("etcd lease {lease_id:x} of {} is gone; re-acquiring", self.own.key);
                             self.reacquire(&mut renewal, &shutdown).await;
+                            self.reconcile("re-acquired").await;
                         }
                         Ok(RenewalEnd::Shutdown) => {}
                         Err(e) => {
@@ -457,6 +553,7 @@ impl<B: Backend> Agent<B> {
                     self.refresh_interface().await;
                     self.reconcile("retry").await;
                 }
+                _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
                 _ = beat.tick() => {}
             }
             self.health.beat();
@@ -469,7 +566,7 @@ impl<B: Backend> Agent<B> {
     /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
     fn on_kernel_event(&mut self, ev: &KernelEvent) -> bool {
         if let KernelEvent::LinkDeleted { index, name } = ev {
-            if self.backend.devices().contains(index) {
+            if self.primary.devices().contains(index) {
                 warn!("{name} was deleted by someone else; re-creating it with every peer entry");
                 self.reconciler.disown_device(*index);
                 self.device_lost = true;
@@ -478,10 +575,10 @@ impl<B: Backend> Agent<B> {
         self.reconciler.observe(ev)
     }
 
-    /// Re-creates the backend's devices (same MAC, same address) after an out-of-band delete;
-    /// the next reconcile re-adds every peer's entries on the new device.
+    /// Re-creates the primary backend's devices (same MAC, same address) after an out-of-band
+    /// delete; the next reconcile re-adds every peer's entries on the new device.
     async fn recreate_devices(&mut self) {
-        let attrs = match self.backend.prepare(&self.nl, &self.ext).await {
+        let attrs = match self.primary.prepare(&self.nl, &self.ext).await {
             Ok(attrs) => attrs,
             Err(e) => {
                 error!(
@@ -492,7 +589,7 @@ impl<B: Backend> Agent<B> {
             }
         };
         if let Err(e) = self
-            .backend
+            .primary
             .configure(&self.nl, &self.ext, self.own.key.v4)
             .await
         {
@@ -500,15 +597,15 @@ impl<B: Backend> Agent<B> {
             self.pending_retry = true;
             return;
         }
-        if attrs != self.attrs {
-            // Not expected: the device keeps its MAC. Peers would need the new lease value.
-            warn!("the re-created device changed our lease attributes; re-publishing");
-            self.republish(attrs).await;
-        }
-        for index in self.backend.devices() {
+        for index in self.primary.devices() {
             self.reconciler.own_device(index);
         }
         self.device_lost = false;
+        if attrs != self.attrs {
+            // Not expected: the device keeps its MAC. Peers need the new lease value.
+            warn!("the re-created device changed our lease attributes; re-publishing");
+            self.republish(attrs).await;
+        }
     }
 
     /// Applies one watch event; true when the peers changed.
@@ -524,7 +621,7 @@ impl<B: Backend> Agent<B> {
                     "our lease {key} was deleted from etcd; re-acquiring (the data plane keeps running)"
                 );
                 self.reacquire(renewal, shutdown).await;
-                false
+                true
             }
             WatchEvent::Resync(snapshot) => {
                 info!(
@@ -535,6 +632,7 @@ impl<B: Backend> Agent<B> {
                 if !snapshot.leases.iter().any(|l| l.key == self.own.key) {
                     warn!("our lease {} is gone from etcd; re-acquiring", self.own.key);
                     self.reacquire(renewal, shutdown).await;
+                    return true;
                 }
                 changed
             }
@@ -546,8 +644,170 @@ impl<B: Backend> Agent<B> {
                 info!("lease watch reconnected");
                 false
             }
+            WatchEvent::Config(text) => {
+                if self.opts.net_config_path.is_some() {
+                    // The file is the source of truth; etcd's copy is not ours to follow.
+                    return false;
+                }
+                match text {
+                    Some(text) => self.on_config(text).await,
+                    None => {
+                        warn!(
+                            "{} was deleted; keeping the running config and data plane",
+                            self.mgr.registry().config_key()
+                        );
+                        false
+                    }
+                }
+            }
             _ => self.table.apply(&ev).is_some(),
         }
+    }
+
+    /// Re-reads the config file when the path resolves to a new file (an edit, or the symlink
+    /// swap of a Kubernetes ConfigMap update).
+    async fn poll_config_file(&mut self) {
+        let Some(path) = self.opts.net_config_path.clone() else {
+            return;
+        };
+        let stamp = FileStamp::of(&path);
+        if stamp.is_none() || stamp == self.config_file {
+            return;
+        }
+        self.config_file = stamp;
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                info!("{} changed", path.display());
+                if self.on_config(&text).await {
+                    self.reconcile("config change").await;
+                }
+            }
+            Err(e) => warn!(
+                "reading {}: {e}; keeping the running config",
+                path.display()
+            ),
+        }
+    }
+
+    /// A new config text: applies what can change live (the backend), refuses the rest with a
+    /// clear log line and leaves the running data plane as it is. True when peers need a new
+    /// reconcile.
+    async fn on_config(&mut self, text: &str) -> bool {
+        let new = match parse_config(text) {
+            Ok(conf) => conf,
+            Err(e) => {
+                warn!("ignoring the new network config: {e:#}; the data plane stays as it is");
+                return false;
+            }
+        };
+        if new == self.conf {
+            debug!("network config unchanged");
+            return false;
+        }
+        let fixed = |c: &NetConf| {
+            (
+                c.network,
+                c.subnet_len,
+                c.subnet_min,
+                c.subnet_max,
+                c.enable_ipv4,
+                c.enable_ipv6,
+            )
+        };
+        if fixed(&new) != fixed(&self.conf) {
+            warn!(
+                "refusing the new network config: Network, SubnetLen, SubnetMin/Max and the IP families cannot change while nodes hold leases ({} /{} → {} /{}); the data plane stays as it is",
+                self.conf.network.map(|n| n.to_string()).unwrap_or_default(),
+                self.conf.subnet_len,
+                new.network.map(|n| n.to_string()).unwrap_or_default(),
+                new.subnet_len
+            );
+            return false;
+        }
+        if new.backend == self.conf.backend {
+            info!("network config changed (backend unchanged)");
+            self.conf = new;
+            return false;
+        }
+        self.switch_backend(new).await
+    }
+
+    /// Brings up the backend of `new`, re-publishes our lease with it on the same subnet, and
+    /// keeps the old backend for peers that still advertise it; the old one is removed by
+    /// [`Self::reconcile`] once no peer uses it.
+    async fn switch_backend(&mut self, new: NetConf) -> bool {
+        let from = self.conf.backend.type_name();
+        let to = new.backend.type_name();
+        info!(
+            "backend changes from {from} to {to}: switching live on subnet {}",
+            self.own.key
+        );
+        // Switching back to a backend we still hold: take it as it is.
+        let mut next = match self.legacy.iter().position(|(c, _)| *c == new.backend) {
+            Some(i) => self.legacy.remove(i).1,
+            None => {
+                // A held backend of the same type would share the device name: retire it.
+                let mut i = 0;
+                while i < self.legacy.len() {
+                    if self.legacy[i].1.type_name() == to {
+                        let (_, mut old) = self.legacy.remove(i);
+                        for index in old.devices() {
+                            self.reconciler.disown_device(index);
+                        }
+                        if let Err(e) = old.teardown(&self.nl).await {
+                            warn!("removing the old {to} backend: {e}");
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                match AnyBackend::from_conf(&new.backend) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!("refusing the new backend: {e}; the data plane stays as it is");
+                        return false;
+                    }
+                }
+            }
+        };
+        next.adopt_previous(&self.attrs);
+        let attrs = match next.prepare(&self.nl, &self.ext).await {
+            Ok(attrs) => attrs,
+            Err(e) => {
+                warn!("cannot bring up the {to} backend: {e}; staying on {from}");
+                return false;
+            }
+        };
+        let mtu = match next.configure(&self.nl, &self.ext, self.own.key.v4).await {
+            Ok(mtu) => mtu,
+            Err(e) => {
+                warn!("cannot configure the {to} backend: {e}; staying on {from}");
+                if let Err(e) = next.teardown(&self.nl).await {
+                    warn!("removing the half-made {to} backend: {e}");
+                }
+                return false;
+            }
+        };
+        for index in next.devices() {
+            self.reconciler.own_device(index);
+        }
+        let old = std::mem::replace(&mut self.primary, next);
+        let old_conf = std::mem::replace(&mut self.conf, new).backend;
+        if old.type_name() == to {
+            // Same type, other options: the device was reused or re-created by `prepare`.
+            for index in old.devices() {
+                if !self.primary.devices().contains(&index) {
+                    self.reconciler.disown_device(index);
+                }
+            }
+        } else {
+            self.legacy.push((old_conf, old));
+        }
+        self.republish(attrs).await;
+        if let Err(e) = self.write_subnet_env(mtu) {
+            error!("{e:#}");
+        }
+        true
     }
 
     /// Our key vanished (deleted by an operator, or expired): take the same subnet again when it
@@ -580,7 +840,7 @@ impl<B: Backend> Agent<B> {
         if got.subnet_changed {
             self.table.set_own(Some(self.own.key));
             match self
-                .backend
+                .primary
                 .configure(&self.nl, &self.ext, self.own.key.v4)
                 .await
             {
@@ -634,6 +894,31 @@ impl<B: Backend> Agent<B> {
             }
             Ok(None) => warn!("external interface {} is gone", self.ext.name),
             Err(e) => warn!("re-reading {}: {e}", self.ext.name),
+        }
+    }
+}
+
+/// Devices weft's backends make (`flannel.<VNI>`, `flannel-v6.<VNI>`, `flannel.ipip`).
+fn is_backend_device(name: &str) -> bool {
+    name.starts_with("flannel.") || name.starts_with("flannel-v6.")
+}
+
+/// Removes the devices a previous backend left (the config changed while weft was down), with
+/// their routes, ARP and FDB entries; `keep` are the current backend's.
+async fn remove_other_devices(nl: &Netlink, keep: &[u32]) {
+    let links = match nl.links().await {
+        Ok(links) => links,
+        Err(e) => {
+            warn!("listing devices to remove a previous backend's: {e}");
+            return;
+        }
+    };
+    for link in links {
+        if is_backend_device(&link.name) && !keep.contains(&link.index) {
+            match nl.link_del(link.index).await {
+                Ok(()) => info!("ip link del {} (left by a previous backend)", link.name),
+                Err(e) => warn!("removing {} left by a previous backend: {e}", link.name),
+            }
         }
     }
 }

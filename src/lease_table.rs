@@ -144,7 +144,8 @@ impl LeaseTable {
             WatchEvent::Malformed { .. }
             | WatchEvent::Resync(_)
             | WatchEvent::Disconnected
-            | WatchEvent::Reconnected => None,
+            | WatchEvent::Reconnected
+            | WatchEvent::Config(_) => None,
         }
     }
 

@@ -491,8 +491,11 @@ impl Registry {
         Ok(resp.leases().iter().map(|l| l.id()).collect())
     }
 
-    /// Opens a prefix watch on `<prefix>/subnets` from `start_revision` (inclusive).
-    pub async fn watch_subnets(&self, start_revision: i64) -> Result<WatchStream> {
+    /// Watches everything under `<prefix>/` — the leases and the config key — from
+    /// `start_revision`, as one stream: a config change and the lease updates it causes arrive
+    /// in etcd's order (a node switching backend sees the new config before its peers'
+    /// re-published leases).
+    pub async fn watch_network(&self, start_revision: i64) -> Result<WatchStream> {
         let mut w = self
             .client
             .watch_client()
@@ -500,7 +503,11 @@ impl Registry {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start_revision);
-        timed("watch subnets", w.watch(self.subnets_prefix(), Some(opts))).await
+        timed(
+            "watch network",
+            w.watch(format!("{}/", self.prefix), Some(opts)),
+        )
+        .await
     }
 }
 

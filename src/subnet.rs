@@ -99,6 +99,9 @@ pub enum WatchEvent {
     Disconnected,
     /// The watch is established again (resumed at the next unseen revision).
     Reconnected,
+    /// `<prefix>/config` was written (`Some(text)`) or deleted (`None`); also sent after a
+    /// resync with the config read then.
+    Config(Option<String>),
 }
 
 /// How a renewal loop ended.
@@ -613,6 +616,17 @@ async fn renew_loop(
 fn convert_event(reg: &Registry, ev: &etcd_client::Event) -> Option<WatchEvent> {
     let kv = ev.kv()?;
     let key_text = String::from_utf8_lossy(kv.key()).into_owned();
+    if key_text == reg.config_key() {
+        return Some(WatchEvent::Config(match ev.event_type() {
+            EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
+            EventType::Delete => None,
+        }));
+    }
+    if !key_text.starts_with(&reg.subnets_prefix()) {
+        // Something else under the prefix (another tool's key): not ours to judge.
+        tracing::debug!("ignoring {key_text}: neither the config nor a lease");
+        return None;
+    }
     match ev.event_type() {
         EventType::Put => {
             match reg.parse_entry(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
@@ -679,6 +693,15 @@ async fn watch_loop(
                     if tx.send(WatchEvent::Resync(snapshot)).await.is_err() {
                         return;
                     }
+                    // Changes of the config during the gap are folded into the current value.
+                    match reg.get_config().await {
+                        Ok(text) => {
+                            if tx.send(WatchEvent::Config(Some(text))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!("re-reading the config after a resync: {e}"),
+                    }
                 }
                 Err(e) => {
                     if connected {
@@ -696,7 +719,7 @@ async fn watch_loop(
                 }
             }
         }
-        let end = match reg.watch_subnets(next_rev).await {
+        let end = match reg.watch_network(next_rev).await {
             Ok(stream) => {
                 run_stream(
                     &reg,

@@ -5,6 +5,7 @@
 //! Flow: leases → [`Backend::desired`] (pure) → [`plan::diff`] against the last known kernel state
 //! (pure) → [`reconcile::Reconciler`] applies the operations through [`nl`].
 
+pub mod any;
 pub mod error;
 pub mod hostgw;
 pub mod nl;
@@ -18,6 +19,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use net_conf::{LeaseAttrs, SubnetKey};
 
+pub use any::AnyBackend;
 pub use error::BackendError;
 pub use hostgw::HostGw;
 pub use nl::{KernelEvent, Netlink};

@@ -148,6 +148,20 @@ impl KernelState {
         self.fdb.insert((e.ifindex, e.mac), e);
     }
 
+    /// Adds everything of `other` that this state does not hold yet (entries already here win),
+    /// e.g. the states of two backends serving different peers during a backend switch.
+    pub fn merge(&mut self, other: KernelState) {
+        for (k, v) in other.routes {
+            self.routes.entry(k).or_insert(v);
+        }
+        for (k, v) in other.neighs {
+            self.neighs.entry(k).or_insert(v);
+        }
+        for (k, v) in other.fdb {
+            self.fdb.entry(k).or_insert(v);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty() && self.neighs.is_empty() && self.fdb.is_empty()
     }

@@ -445,6 +445,22 @@ impl Vxlan {
         Ok(())
     }
 
+    /// Deletes the device (`ip link del flannel.<VNI>`); its ARP and FDB entries and onlink
+    /// routes go with it. The MAC is remembered, so a later `prepare` makes the same device.
+    pub async fn teardown(&mut self, nl: &Netlink) -> Result<(), BackendError> {
+        let name = self.device_name();
+        let index = match &self.dev {
+            Some(dev) => Some(dev.index),
+            None => nl.link_by_name(&name).await?.map(|l| l.index),
+        };
+        if let Some(index) = index {
+            nl.link_del(index).await?;
+            info!("ip link del {name}");
+        }
+        self.dev = None;
+        Ok(())
+    }
+
     /// Test and tooling hook: use an already known device (as [`Backend::prepare`] would set it).
     pub fn with_device(mut self, dev: VxlanDevice) -> Self {
         self.dev = Some(dev);

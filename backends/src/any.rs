@@ -1,0 +1,99 @@
+//! [`AnyBackend`]: the built-in backends behind one type, so the agent can hold the backend the
+//! config asks for next to the one it is switching away from (static dispatch, no boxing).
+use ipnet::Ipv4Net;
+use net_conf::{BackendConf, LeaseAttrs};
+
+use crate::hostgw::HostGw;
+use crate::nl::Netlink;
+use crate::vxlan::Vxlan;
+use crate::{Backend, BackendError, Desired, ExternalInterface, Peer};
+
+/// One of weft's backends.
+#[derive(Debug, Clone)]
+pub enum AnyBackend {
+    HostGw(HostGw),
+    Vxlan(Vxlan),
+}
+
+impl AnyBackend {
+    /// The backend `Backend` of the config asks for.
+    pub fn from_conf(conf: &BackendConf) -> Result<AnyBackend, BackendError> {
+        match conf {
+            BackendConf::HostGw => Ok(AnyBackend::HostGw(HostGw::new())),
+            BackendConf::Vxlan(c) => Ok(AnyBackend::Vxlan(Vxlan::new(c.clone()))),
+            other => Err(BackendError::Unsupported(format!(
+                "backend type {} is not available in this build of weft; use vxlan or host-gw",
+                other.type_name()
+            ))),
+        }
+    }
+
+    /// Removes the devices the backend created (their routes, ARP and FDB entries go with
+    /// them). host-gw has none: its routes are removed by the reconciler's diff.
+    pub async fn teardown(&mut self, nl: &Netlink) -> Result<(), BackendError> {
+        match self {
+            AnyBackend::HostGw(_) => Ok(()),
+            AnyBackend::Vxlan(b) => b.teardown(nl).await,
+        }
+    }
+}
+
+impl Backend for AnyBackend {
+    fn type_name(&self) -> &'static str {
+        match self {
+            AnyBackend::HostGw(b) => b.type_name(),
+            AnyBackend::Vxlan(b) => b.type_name(),
+        }
+    }
+
+    async fn prepare(
+        &mut self,
+        nl: &Netlink,
+        ext: &ExternalInterface,
+    ) -> Result<LeaseAttrs, BackendError> {
+        match self {
+            AnyBackend::HostGw(b) => b.prepare(nl, ext).await,
+            AnyBackend::Vxlan(b) => b.prepare(nl, ext).await,
+        }
+    }
+
+    async fn configure(
+        &mut self,
+        nl: &Netlink,
+        ext: &ExternalInterface,
+        own: Ipv4Net,
+    ) -> Result<u32, BackendError> {
+        match self {
+            AnyBackend::HostGw(b) => b.configure(nl, ext, own).await,
+            AnyBackend::Vxlan(b) => b.configure(nl, ext, own).await,
+        }
+    }
+
+    fn devices(&self) -> Vec<u32> {
+        match self {
+            AnyBackend::HostGw(b) => b.devices(),
+            AnyBackend::Vxlan(b) => b.devices(),
+        }
+    }
+
+    fn wants_previous_lease(&self) -> bool {
+        match self {
+            AnyBackend::HostGw(b) => b.wants_previous_lease(),
+            AnyBackend::Vxlan(b) => b.wants_previous_lease(),
+        }
+    }
+
+    fn adopt_previous(&mut self, previous: &LeaseAttrs) {
+        match self {
+            AnyBackend::HostGw(b) => b.adopt_previous(previous),
+            AnyBackend::Vxlan(b) => b.adopt_previous(previous),
+        }
+    }
+
+    fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired {
+        match self {
+            AnyBackend::HostGw(b) => b.desired(ext, peers),
+            AnyBackend::Vxlan(b) => b.desired(ext, peers),
+        }
+    }
+}

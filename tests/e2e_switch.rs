@@ -1,0 +1,228 @@
+//! End to end: a live backend switch. Three weft nodes on vxlan; the etcd config changes to
+//! host-gw and back; every node switches without a restart, keeps its subnet, re-publishes its
+//! lease with the new BackendType, and removes what the old backend left. A pod pings another
+//! pod at 10/s through the whole round trip; the loss is measured and asserted.
+#[path = "common/lab.rs"]
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::wait_until;
+use weft::lab::{Lab, LabSpec, Signal};
+
+const READY: Duration = Duration::from_secs(30);
+const CONVERGE: Duration = Duration::from_secs(20);
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+
+fn vxlan_lab(nodes: usize) -> Lab {
+    let mut spec = LabSpec::new(nodes, common::weft_bin());
+    spec.backend = "vxlan".into();
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.start_all().expect("start agents");
+    for k in 1..=nodes {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    lab.add_pods().expect("pods");
+    lab
+}
+
+/// The lease value of node `k` in etcd.
+fn lease_value(lab: &Lab, k: usize) -> Result<String, String> {
+    let subnet = lab.subnet(k).map_err(|e| e.to_string())?;
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        subnet.network(),
+        subnet.prefix_len()
+    );
+    let out = lab
+        .etcdctl(&["get", &key, "--print-value-only"])
+        .map_err(|e| e.to_string())?;
+    Ok(out.trim().to_string())
+}
+
+/// Node `k` runs `backend` only: its lease says so, its routes to every peer are that
+/// backend's, and no device of another backend is left.
+fn node_is_on(lab: &Lab, k: usize, backend: &str) -> Result<(), String> {
+    let value = lease_value(lab, k)?;
+    let ip = lab.node_ip(k).map_err(|e| e.to_string())?;
+    let want = match backend {
+        "host-gw" => format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#),
+        _ => {
+            format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":"#)
+        }
+    };
+    if !value.starts_with(&want) {
+        return Err(format!("node {k} lease is {value}"));
+    }
+    let links = lab
+        .ip_json(k, &["-d", "link", "show"])
+        .map_err(|e| e.to_string())?;
+    let has_vtep = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|l| l["ifname"] == "flannel.1");
+    match backend {
+        "host-gw" if has_vtep => return Err(format!("node {k} still has flannel.1")),
+        "vxlan" if !has_vtep => return Err(format!("node {k} has no flannel.1")),
+        _ => {}
+    }
+    let routes = lab.routes(k).map_err(|e| e.to_string())?;
+    for peer in (1..=lab.nodes()).filter(|&p| p != k) {
+        let subnet = lab.subnet(peer).map_err(|e| e.to_string())?.to_string();
+        let peer_ip = lab.node_ip(peer).map_err(|e| e.to_string())?.to_string();
+        let route = routes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["dst"] == subnet.as_str())
+            .ok_or_else(|| format!("node {k}: no route to {subnet}"))?;
+        let (dev, gw) = match backend {
+            "host-gw" => ("eth0".to_string(), peer_ip),
+            _ => (
+                "flannel.1".to_string(),
+                subnet.trim_end_matches("/24").to_string(),
+            ),
+        };
+        if route["dev"] != dev.as_str() || route["gateway"] != gw.as_str() {
+            return Err(format!("node {k}: route to {subnet} is {route}"));
+        }
+        if !common::route_protocol_is(route, 87) {
+            return Err(format!(
+                "node {k}: route to {subnet} is not weft's: {route}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn all_on(lab: &Lab, backend: &str) -> Result<(), String> {
+    (1..=lab.nodes()).try_for_each(|k| node_is_on(lab, k, backend))
+}
+
+/// Parses ping's summary: (transmitted, received).
+fn ping_summary(out: &str) -> Option<(u32, u32)> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut nums = line
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next()?.parse::<u32>().ok());
+    Some((nums.next()?, nums.next()?))
+}
+
+#[test]
+fn vxlan_to_host_gw_and_back_live_keeps_subnets_and_pings() {
+    if !common::root_or_skip("vxlan_to_host_gw_and_back_live_keeps_subnets_and_pings") {
+        return;
+    }
+    let mut lab = vxlan_lab(3);
+    wait_until(CONVERGE, || all_on(&lab, "vxlan")).expect("vxlan everywhere");
+    let subnets: Vec<_> = (1..=3).map(|k| lab.subnet(k).expect("subnet")).collect();
+    let pod3 = lab.pod_ip(3).expect("pod 3").to_string();
+
+    // 10 pings a second from pod 1 to pod 3 through the whole round trip.
+    let pinger = Command::new("ip")
+        .args(["netns", "exec", lab.pod_ns(1).expect("pod ns")])
+        .args(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "600", &pod3])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ping");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pinger.id()).expect("pid"));
+
+    lab.put_config(HOST_GW).expect("config host-gw");
+    let to_hostgw = wait_until(CONVERGE, || all_on(&lab, "host-gw"));
+    // Pings keep flowing on host-gw for a moment before switching back.
+    std::thread::sleep(Duration::from_millis(500));
+    lab.put_config(VXLAN).expect("config vxlan");
+    let back = wait_until(CONVERGE, || all_on(&lab, "vxlan"));
+    // Let replies still in flight arrive before ping prints its summary.
+    std::thread::sleep(Duration::from_millis(1000));
+
+    nix::sys::signal::kill(pid, Signal::SIGINT).expect("stop ping");
+    let out = pinger.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    to_hostgw.expect("every node on host-gw");
+    back.expect("every node back on vxlan");
+
+    let after: Vec<_> = (1..=3).map(|k| lab.subnet(k).expect("subnet")).collect();
+    assert_eq!(subnets, after, "subnets changed across the switch");
+    for k in 1..=3 {
+        assert!(
+            lab.node_running(k).expect("status"),
+            "node {k} exited:\n{}",
+            lab.log_tail(k, 40)
+        );
+        let log = lab.log(k).expect("log");
+        assert!(
+            log.contains("switching live"),
+            "node {k} did not switch live:\n{log}"
+        );
+    }
+    let matrix = lab.ping_matrix().expect("ping matrix");
+    assert!(
+        matrix.iter().all(|&(_, _, ok)| ok),
+        "pod pairs failing after the round trip: {matrix:?}"
+    );
+
+    let (sent, received) =
+        ping_summary(&text).unwrap_or_else(|| panic!("no ping summary in:\n{text}"));
+    let lost = sent - received;
+    eprintln!("switch round trip: {sent} pings sent at 10/s, {received} received, {lost} lost");
+    assert!(sent >= 10, "too few pings to judge: {text}");
+    // The goal (issue 5): 0 lost pings across the round trip.
+    assert_eq!(
+        lost, 0,
+        "{lost} of {sent} pings lost across vxlan → host-gw → vxlan:\n{text}"
+    );
+}
+
+#[test]
+fn a_network_change_is_refused_and_the_data_plane_stays() {
+    if !common::root_or_skip("a_network_change_is_refused_and_the_data_plane_stays") {
+        return;
+    }
+    let lab = vxlan_lab(2);
+    wait_until(CONVERGE, || all_on(&lab, "vxlan")).expect("vxlan everywhere");
+    lab.put_config(r#"{"Network":"10.99.0.0/16","Backend":{"Type":"host-gw"}}"#)
+        .expect("config");
+    wait_until(CONVERGE, || {
+        let log = lab.log(1).map_err(|e| e.to_string())?;
+        if log.contains("refusing the new network config") {
+            Ok(())
+        } else {
+            Err("no refusal logged yet".to_string())
+        }
+    })
+    .expect("refusal logged");
+    all_on(&lab, "vxlan").expect("still vxlan");
+    assert!(
+        lab.ping(1, 2, 2, Duration::from_secs(5)).expect("ping"),
+        "pods lost each other"
+    );
+}
+
+#[test]
+fn restart_after_a_change_made_while_down_removes_the_old_backend() {
+    if !common::root_or_skip("restart_after_a_change_made_while_down_removes_the_old_backend") {
+        return;
+    }
+    let mut lab = vxlan_lab(2);
+    wait_until(CONVERGE, || all_on(&lab, "vxlan")).expect("vxlan everywhere");
+    let subnets: Vec<_> = (1..=2).map(|k| lab.subnet(k).expect("subnet")).collect();
+    for k in 1..=2 {
+        lab.stop_node(k, Signal::SIGTERM).expect("stop");
+    }
+    lab.put_config(HOST_GW).expect("config host-gw");
+    for k in 1..=2 {
+        lab.start_node(k).expect("start");
+    }
+    wait_until(CONVERGE, || all_on(&lab, "host-gw")).expect("host-gw everywhere");
+    let after: Vec<_> = (1..=2).map(|k| lab.subnet(k).expect("subnet")).collect();
+    assert_eq!(subnets, after);
+    assert!(
+        lab.ping(1, 2, 2, Duration::from_secs(5)).expect("ping"),
+        "pods lost each other"
+    );
+}
