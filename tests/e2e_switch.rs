@@ -226,3 +226,61 @@ fn restart_after_a_change_made_while_down_removes_the_old_backend() {
         "pods lost each other"
     );
 }
+
+/// A ConfigMap-style directory: `net-conf.json -> ..data/net-conf.json`, `..data -> ..vN`;
+/// Kubernetes updates it by writing `..vN+1` and renaming a new `..data` symlink over the old.
+struct ConfigMapDir {
+    dir: tempfile::TempDir,
+    version: u32,
+}
+
+impl ConfigMapDir {
+    fn new(json: &str) -> ConfigMapDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cm = ConfigMapDir { dir, version: 0 };
+        cm.update(json);
+        std::os::unix::fs::symlink("..data/net-conf.json", cm.path()).expect("symlink");
+        cm
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("net-conf.json")
+    }
+
+    fn update(&mut self, json: &str) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        let vdir = self.dir.path().join(&version);
+        std::fs::create_dir(&vdir).expect("version dir");
+        std::fs::write(vdir.join("net-conf.json"), json).expect("write config");
+        let tmp = self.dir.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).expect("symlink");
+        std::fs::rename(&tmp, self.dir.path().join("..data")).expect("swap ..data");
+    }
+}
+
+#[test]
+fn a_configmap_symlink_swap_switches_the_backend() {
+    if !common::root_or_skip("a_configmap_symlink_swap_switches_the_backend") {
+        return;
+    }
+    let mut cm = ConfigMapDir::new(VXLAN);
+    let mut spec = LabSpec::new(2, common::weft_bin());
+    spec.backend = "vxlan".into();
+    spec.extra_flags = vec![format!("--net-config-path={}", cm.path().display())];
+    // etcd's copy says host-gw: with --net-config-path given, the file wins.
+    spec.config = Some(HOST_GW.to_string());
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.start_all().expect("start agents");
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    lab.add_pods().expect("pods");
+    wait_until(CONVERGE, || all_on(&lab, "vxlan")).expect("vxlan from the file");
+    cm.update(HOST_GW);
+    wait_until(CONVERGE, || all_on(&lab, "host-gw")).expect("host-gw after the swap");
+    assert!(
+        lab.ping(1, 2, 2, Duration::from_secs(5)).expect("ping"),
+        "pods lost each other"
+    );
+}
