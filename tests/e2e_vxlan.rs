@@ -265,22 +265,41 @@ fn three_nodes_program_flannels_vxlan_state_and_pods_ping_over_udp_8472() {
     lab.add_pods().expect("pods");
     let n1 = lab.node_ns(1).expect("ns").to_owned();
     let before = vxlan_counters(&n1);
-    let capture = Capture::start(&n1, lab.dir().join("n1-8472.txt"), 4);
+    // Node 1's pod pings two pods and answers two: 8 VXLAN packets cross node 1's eth0.
+    let capture = Capture::start(&n1, lab.dir().join("n1-8472.txt"), 8);
     assert_all_pods_reach_each_other(&lab);
     let after = vxlan_counters(&n1);
     let seen = capture.finish(Duration::from_secs(5));
-    // Node 1's pod pings two pods and answers two: at least 4 packets each way.
     assert!(
         after.0 >= before.0 + 4 && after.1 >= before.1 + 4,
         "flannel.1 counters (tx, rx) {before:?} -> {after:?}"
     );
-    let vxlan_lines: Vec<&str> = seen
-        .lines()
-        .filter(|l| l.contains(".8472:") && l.contains("198.18.0."))
-        .collect();
+    // tcpdump names UDP 8472 "OTV" and prints the VNI as "instance", then the inner packet:
+    // `IP 198.18.0.1.54570 > 198.18.0.2.8472: OTV, flags [I] (0x08), overlay 0, instance 1`
+    // `IP 10.244.101.2 > 10.244.97.2: ICMP echo request, …`
+    let outer =
+        regex::Regex::new(r"IP 198\.18\.0\.(\d+)\.\d+ > 198\.18\.0\.(\d+)\.8472: .*instance 1$")
+            .expect("regex");
+    let pod1 = lab.pod_ip(1).expect("pod ip").to_string();
+    let lines: Vec<&str> = seen.lines().collect();
+    let (mut out, mut inn) = (0, 0);
+    for pair in lines.windows(2) {
+        let Some(c) = outer.captures(pair[0]) else {
+            continue;
+        };
+        if !(pair[1].contains("ICMP echo") && pair[1].contains(&pod1)) {
+            continue;
+        }
+        match (&c[1], &c[2]) {
+            ("1", "2" | "3") => out += 1,
+            ("2" | "3", "1") => inn += 1,
+            _ => {}
+        }
+    }
     assert!(
-        vxlan_lines.len() >= 4,
-        "tcpdump -i eth0 udp port 8472 saw: {seen}"
+        out >= 4 && inn >= 4,
+        "expected 4 VXLAN (VNI 1) ICMP packets each way on node 1's eth0, got {out} out and \
+         {inn} in; tcpdump -i eth0 udp port 8472 saw:\n{seen}"
     );
 
     assert_agents_alive(&mut lab, &[1, 2, 3]);
@@ -391,6 +410,18 @@ fn a_hand_made_flanneld_node_and_weft_nodes_interoperate() {
             vxlan_entries_exact(lab.node_ns(k).map_err(|e| e.to_string())?, &peers)
         })
         .unwrap_or_else(|e| panic!("node {k}: {e}; log:\n{}", lab.log_tail(k, 40)));
+    }
+
+    // weft's device is the one flanneld makes (same vxlan attributes but `local`, same MTU).
+    let hand = vxlan_link(&n4).expect("node 4's flannel.1");
+    for k in 1..=3 {
+        let link = vxlan_link(lab.node_ns(k).expect("ns")).expect("flannel.1");
+        let mut data = link["linkinfo"]["info_data"].clone();
+        let mut want = hand["linkinfo"]["info_data"].clone();
+        data["local"] = serde_json::Value::Null;
+        want["local"] = serde_json::Value::Null;
+        assert_eq!(data, want, "node {k}'s vxlan attributes vs flanneld's");
+        assert_eq!(link["mtu"], hand["mtu"], "node {k}'s MTU vs flanneld's");
     }
 
     // Node 4 ("flanneld") reads the weft nodes' leases strictly and programs them by hand.
@@ -663,8 +694,28 @@ fn restarts_keep_subnet_and_vtep_mac_and_peers_never_lose_the_entries() {
         Ok(())
     });
 
+    // While its agent is down or starting, node 2 itself keeps its entries for the others too
+    // (shutdown leaves the kernel as it is; the start-up sync purges nothing that is wanted).
+    let n2 = lab.node_ns(2).expect("ns").to_owned();
+    let others = [
+        peer_of(&lab, 1).expect("peer"),
+        peer_of(&lab, 3).expect("peer"),
+    ];
+    let own_watch = Watch::start(move || {
+        for p in &others {
+            vxlan_peer_present(&n2, p)?;
+        }
+        Ok(())
+    });
     bounce_node2(&mut lab, Signal::SIGTERM, |_| {});
     bounce_node2(&mut lab, Signal::SIGKILL, |_| {});
+    let (polls, failures) = own_watch.stop();
+    assert!(polls > 10, "the own-entry watch barely ran ({polls} polls)");
+    assert!(
+        failures.is_empty(),
+        "node 2 lost its own entries across restarts:\n{}",
+        failures.join("\n")
+    );
     // As after a reboot: the device is gone too; the MAC comes back from the lease in etcd.
     bounce_node2(&mut lab, Signal::SIGTERM, |lab| {
         run_in(
