@@ -100,10 +100,11 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             let backend = backends::vxlan::Vxlan::new(vxlan.clone());
             Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
         }
-        other => Err(anyhow!(
-            "backend type {} is not available in this build of weft yet; use vxlan or host-gw",
-            other.type_name()
-        )),
+        BackendConf::IpIp(ipip) => {
+            info!("IPIP config: DirectRouting={}", ipip.direct_routing);
+            let backend = backends::ipip::IpIp::new(ipip.clone());
+            Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
+        }
     }
 }
 
