@@ -29,7 +29,9 @@ impl Drop for Netns {
     }
 }
 
-/// Whether this kernel can make an ipip device (tried in a scratch namespace).
+/// Whether this kernel can make an ipip device (tried in a scratch namespace). With a `local`
+/// address: a tunnel with local and remote "any" would clash with the namespace's fallback
+/// `tunl0` (EEXIST) on a kernel that has ipip.
 fn kernel_has_ipip() -> bool {
     let ns = Netns(format!(
         "ipipprobe-{}-{:04x}",
@@ -41,12 +43,31 @@ fn kernel_has_ipip() -> bool {
         .status()
         .expect("ip netns add");
     assert!(added.success(), "ip netns add {} failed", ns.0);
-    Command::new("ip")
-        .args(["-n", &ns.0, "link", "add", "t0", "type", "ipip"])
+    let args = [
+        "-n",
+        &ns.0,
+        "link",
+        "add",
+        "t0",
+        "type",
+        "ipip",
+        "local",
+        "198.18.0.1",
+    ];
+    let out = Command::new("ip")
+        .args(args)
         .output()
-        .expect("ip link add t0 type ipip")
-        .status
-        .success()
+        .expect("ip link add t0 type ipip");
+    if out.status.success() {
+        return true;
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    // iproute2's words for EOPNOTSUPP on an unknown link kind.
+    assert!(
+        err.contains("Unknown device type") || err.contains("not supported"),
+        "ip {args:?} failed for another reason than missing ipip: {err}"
+    );
+    false
 }
 
 #[test]
