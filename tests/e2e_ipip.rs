@@ -29,18 +29,20 @@ fn in_vm() {
     );
 }
 
-/// A lab of `nodes` ipip nodes (`config` overrides the config JSON), every agent started at the
-/// same moment, each with its subnet.env written and a pod added.
-fn started_lab(nodes: usize, config: Option<&str>) -> Lab {
+/// A lab of `nodes` ipip nodes (`config` overrides the config JSON); no agent runs yet.
+fn build_lab(nodes: usize, config: Option<&str>) -> Lab {
     let mut spec = LabSpec::new(nodes, common::weft_bin());
     spec.backend = "ipip".to_owned();
     spec.config = config.map(str::to_owned);
-    let mut lab = Lab::build(spec).expect("build lab");
+    Lab::build(spec).expect("build lab")
+}
+
+/// Starts every agent at the same moment and waits until each wrote its subnet.env.
+fn start_all(lab: &mut Lab) {
     lab.start_all().expect("start agents");
-    for k in 1..=nodes {
+    for k in 1..=lab.nodes() {
         lab.wait_subnet_env(k, READY).expect("subnet.env");
     }
-    lab
 }
 
 /// Node `k`'s weft routes are exactly one per other node: `<subnet j> via 198.18.0.j dev
@@ -168,7 +170,8 @@ fn assert_agents_alive(lab: &mut Lab) {
 #[ignore = "needs the VM kernel (ipip): run scripts/vm-test.sh"]
 fn three_ipip_nodes_pods_ping_through_the_tunnel_and_drift_is_repaired() {
     in_vm();
-    let mut lab = started_lab(3, None);
+    let mut lab = build_lab(3, None);
+    start_all(&mut lab);
     for k in 1..=3 {
         wait_until(CONVERGE, || ipip_routes_ok(&lab, k, false)).expect("ipip routes");
         tunnel_ok(&lab, k).expect("tunnel device");
@@ -233,7 +236,53 @@ fn three_ipip_nodes_pods_ping_through_the_tunnel_and_drift_is_repaired() {
 fn direct_routing_routes_adjacent_peers_via_eth0() {
     in_vm();
     let config = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip","DirectRouting":true}}"#;
-    let mut lab = started_lab(2, Some(config));
+    let mut lab = build_lab(2, Some(config));
+    // Left over on node 1: a flannel.ipip with another local address (recreated); on node 2:
+    // the right tunnel with another MTU (kept, MTU fixed in place).
+    lab.ip(
+        1,
+        &[
+            "link",
+            "add",
+            TUNNEL,
+            "mtu",
+            "1400",
+            "type",
+            "ipip",
+            "local",
+            "198.18.0.99",
+        ],
+    )
+    .expect("stale tunnel on node 1");
+    lab.ip(
+        2,
+        &[
+            "link",
+            "add",
+            TUNNEL,
+            "mtu",
+            "1400",
+            "type",
+            "ipip",
+            "local",
+            "198.18.0.2",
+        ],
+    )
+    .expect("tunnel with another MTU on node 2");
+    let index2 = lab.ip_json(2, &["link", "show", TUNNEL]).expect("ip link")[0]["ifindex"].clone();
+    start_all(&mut lab);
+    let log1 = lab.log(1).expect("log");
+    assert!(
+        log1.contains("local 198.18.0.99 (want 198.18.0.1); recreating device"),
+        "node 1 does not say why it recreated {TUNNEL}; log:\n{log1}"
+    );
+    let log2 = lab.log(2).expect("log");
+    assert!(
+        log2.contains("ip link set flannel.ipip mtu 1480") && !log2.contains("recreating"),
+        "node 2 must keep {TUNNEL} and fix its MTU; log:\n{log2}"
+    );
+    let now2 = lab.ip_json(2, &["link", "show", TUNNEL]).expect("ip link")[0]["ifindex"].clone();
+    assert_eq!(now2, index2, "node 2's {TUNNEL} was replaced");
     for k in 1..=2 {
         wait_until(CONVERGE, || ipip_routes_ok(&lab, k, true)).expect("direct routes");
         // The tunnel exists all the same (peers elsewhere would use it).

@@ -1,9 +1,12 @@
-//! ipip on a kernel without ipip (no CONFIG_NET_IPIP, no module: the development and CI kernel):
-//! the real weft binary must exit 1 at start with one clear line naming the missing kernel
-//! support, and leave nothing behind: no `flannel.ipip`, no lease in etcd, no subnet.env.
+//! ipip where it cannot run, with the real weft binary, a real etcd and a node namespace:
+//! - on a kernel without ipip (no CONFIG_NET_IPIP, no module: the development and CI kernel)
+//!   weft must exit 1 at start with one clear line naming the missing kernel support, and leave
+//!   nothing behind: no `flannel.ipip`, no lease in etcd, no subnet.env;
+//! - a `flannel.ipip` of another type is refused with flannel's message and left alone (any
+//!   kernel).
 //!
 //! Runs in plain `cargo test`. `scripts/vm-test.sh` runs this target in the VM too (its name
-//! starts with `e2e_ipip`), where the kernel has ipip: there the test says so and returns.
+//! starts with `e2e_ipip`), where the kernel has ipip: there the first test says so and returns.
 #[path = "common/lab.rs"]
 mod common;
 
@@ -144,5 +147,46 @@ fn ipip_on_a_kernel_without_ipip_exits_1_with_one_clear_line_and_leaves_nothing(
         !lab.subnet_file(1).expect("path").exists(),
         "no subnet.env without a lease"
     );
+    lab.teardown().expect("teardown");
+}
+
+#[test]
+fn an_existing_flannel_ipip_of_another_type_is_refused_and_left_alone() {
+    if !common::root_or_skip("an_existing_flannel_ipip_of_another_type_is_refused") {
+        return;
+    }
+    let mut spec = LabSpec::new(1, common::weft_bin());
+    spec.backend = "ipip".to_owned();
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.ip(1, &["link", "add", "flannel.ipip", "type", "bridge"])
+        .expect("someone else's flannel.ipip");
+    lab.start_node(1).expect("start");
+    let status = lab
+        .wait_node_exit(1, EXIT)
+        .expect("weft must exit when flannel.ipip is not an ipip device");
+    let log = lab.log(1).expect("log");
+    assert_eq!(status.code(), Some(1), "exit status {status}; log:\n{log}");
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error line; log:\n{log}");
+    assert!(
+        errors[0]
+            .contains("flannel.ipip isn't an ipip mode device, please remove device and try again"),
+        "line: {}",
+        errors[0]
+    );
+    // Not deleted: it is not weft's.
+    let link = lab
+        .ip_json(1, &["-d", "link", "show", "flannel.ipip"])
+        .expect("flannel.ipip is still there");
+    assert_eq!(link[0]["linkinfo"]["info_kind"], "bridge", "{link}");
+    let keys = lab
+        .etcdctl(&[
+            "get",
+            "/coreos.com/network/subnets/",
+            "--prefix",
+            "--keys-only",
+        ])
+        .expect("etcdctl get subnets");
+    assert!(keys.trim().is_empty(), "leases in etcd: {keys:?}");
     lab.teardown().expect("teardown");
 }
