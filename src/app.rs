@@ -125,8 +125,10 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         conf.network.map(|n| n.to_string()).unwrap_or_default()
     );
     let backend = AnyBackend::from_conf(&conf.backend)?;
-    if let BackendConf::Vxlan(vxlan) = &conf.backend {
-        info!("VXLAN config: {vxlan}");
+    match &conf.backend {
+        BackendConf::Vxlan(vxlan) => info!("VXLAN config: {vxlan}"),
+        BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
+        BackendConf::HostGw => {}
     }
     let ext = select_interface(&nl, &opts).await?;
     Agent::start(
