@@ -873,3 +873,61 @@ fn a_peer_changing_its_mac_replaces_fdb_and_arp_entries() {
     assert_agents_alive(&mut lab, &[1, 2, 3]);
     lab.teardown().expect("teardown");
 }
+
+#[test]
+fn a_device_set_down_or_stripped_of_its_address_is_restored() {
+    if !common::root_or_skip("a_device_set_down_or_stripped_of_its_address_is_restored") {
+        return;
+    }
+    let mut lab = converged_lab(2);
+    lab.add_pods().expect("pods");
+    assert_all_pods_reach_each_other(&lab);
+    let n1 = lab.node_ns(1).expect("ns").to_owned();
+    let peers1 = [peer_of(&lab, 2).expect("peer")];
+    let own = lab.subnet(1).expect("subnet");
+    let own_addr = format!("{}/32", own.network());
+    let mac = vxlan_mac(&n1).expect("mac");
+    let device_ok = || -> Result<(), String> {
+        let link = vxlan_link(&n1)?;
+        let flags = link["flags"].as_array().cloned().unwrap_or_default();
+        if !flags.iter().any(|f| f == "UP") {
+            return Err(format!("flannel.1 is not up: {flags:?}"));
+        }
+        if link["address"] != mac.as_str() {
+            return Err(format!("flannel.1 MAC is {}", link["address"]));
+        }
+        let addrs = json_in(&n1, "ip", &["-4", "addr", "show", "dev", VXLAN_DEV])?;
+        let has = addrs.iter().any(|l| {
+            l["addr_info"].as_array().into_iter().flatten().any(|a| {
+                format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]) == own_addr
+            })
+        });
+        if !has {
+            return Err(format!("flannel.1 lacks {own_addr}: {addrs:?}"));
+        }
+        vxlan_entries_exact(&n1, &peers1)
+    };
+
+    let since = Instant::now();
+    run_in(&n1, "ip", &["link", "set", VXLAN_DEV, "down"]).expect("set down");
+    let r = repaired_within(
+        &lab,
+        "ip link set flannel.1 down",
+        since,
+        &[(1, 2), (2, 1)],
+        device_ok,
+    );
+    eprintln!(
+        "link down: entries back after {:?}, pings after {:?}",
+        r.entries, r.pings
+    );
+
+    let since = Instant::now();
+    run_in(&n1, "ip", &["addr", "del", &own_addr, "dev", VXLAN_DEV]).expect("addr del");
+    let r = repaired_within(&lab, "ip addr del", since, &[(1, 2), (2, 1)], device_ok);
+    eprintln!(
+        "addr del: entries back after {:?}, pings after {:?}",
+        r.entries, r.pings
+    );
+    assert_agents_alive(&mut lab, &[1, 2]);
+}
