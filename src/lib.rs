@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cni;
 pub mod etcd_server;
 pub mod health;
 pub mod iface;
