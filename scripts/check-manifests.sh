@@ -31,21 +31,22 @@ print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not N
   exit 0
 fi
 
-command -v yamllint >/dev/null || missing "yamllint not found: pip install yamllint"
-command -v kubernetes-validate >/dev/null \
+# Run as modules of the same python, so PATH (pyenv shims, ~/.local/bin) does not matter.
+"$PY" -c 'import yamllint' 2>/dev/null || missing "yamllint not found: pip install yamllint"
+"$PY" -c 'import kubernetes_validate' 2>/dev/null \
   || missing "kubernetes-validate not found: pip install kubernetes-validate"
 command -v systemd-analyze >/dev/null || missing "systemd-analyze not found: apt-get install systemd"
 
 mapfile -t yaml_files < <(find "$M" -name '*.yml' -o -name '*.yaml' | sort)
 [ ${#yaml_files[@]} -gt 0 ] || die "no YAML files under $M/"
 # yamllint reads manifests/.yamllint only when asked.
-yamllint --strict -c "$M/.yamllint" "${yaml_files[@]}" || die "yamllint failed"
+"$PY" -m yamllint --strict -c "$M/.yamllint" "${yaml_files[@]}" || die "yamllint failed"
 
 for f in "${yaml_files[@]}"; do
   for v in 1.27.0 ""; do
     args=(--strict --quiet)
     [ -n "$v" ] && args+=(-k "$v")
-    kubernetes-validate "${args[@]}" "$f" \
+    "$PY" -m kubernetes_validate "${args[@]}" "$f" \
       || die "kubernetes-validate ${v:-(newest schemas)} rejected $f"
   done
 done
