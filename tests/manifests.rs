@@ -329,3 +329,422 @@ fn systemd_env_file_is_weft_configuration() {
     assert!(unit.contains("EnvironmentFile=/etc/weft/weft.env"));
     assert!(unit.contains("ExecStart=/usr/local/bin/weft\n"));
 }
+
+// ===== the binary-deployment walk-through of docs/deploy.md, run for real =====
+
+/// Runs a command, panics with its output unless it succeeds; returns stdout.
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(ns: &str, args: &[&str]) -> String {
+    sh(Command::new("ip").arg("-n").arg(ns).args(args))
+}
+
+fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+/// Namespaces deleted on drop (after the processes in them were stopped).
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn add(&mut self, name: String) -> String {
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        self.0.push(name.clone());
+        ip(&name, &["link", "set", "lo", "up"]);
+        name
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in self.0.iter().rev() {
+            if let Ok(o) = Command::new("ip").args(["netns", "del", ns]).output() {
+                if !o.status.success() {
+                    eprintln!("ip netns del {ns}: {}", String::from_utf8_lossy(&o.stderr));
+                }
+            }
+        }
+    }
+}
+
+/// Child processes, SIGTERMed and reaped on drop.
+struct Procs(Vec<(String, std::process::Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.0 {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    _ => {
+                        eprintln!("{name} did not stop on SIGTERM: killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn poll<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The openssl commands of docs/deploy.md §1 for members at `ips` (one cert each) and a client.
+fn make_pki(dir: &Path, ips: &[&str]) {
+    let openssl = |args: &[&str]| sh(Command::new("openssl").current_dir(dir).args(args));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "3650",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=weft-etcd-ca",
+    ]);
+    let mut certs = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        let n = format!("etcd{}", i + 1);
+        std::fs::write(
+            dir.join(format!("{n}.cnf")),
+            format!(
+                "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n\
+                 extendedKeyUsage = serverAuth, clientAuth\n\
+                 subjectAltName = IP:{ip}, IP:127.0.0.1, DNS:{n}, DNS:localhost\n"
+            ),
+        )
+        .expect("write cnf");
+        certs.push(n);
+    }
+    std::fs::write(
+        dir.join("client.cnf"),
+        "basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = clientAuth\n",
+    )
+    .expect("write cnf");
+    certs.push("client".to_owned());
+    for n in &certs {
+        let cn = if n == "client" {
+            "/CN=weft".to_owned()
+        } else {
+            format!("/CN={n}")
+        };
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{n}-key.pem"),
+            "-out",
+            &format!("{n}.csr"),
+            "-subj",
+            &cn,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{n}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "1825",
+            "-extfile",
+            &format!("{n}.cnf"),
+            "-out",
+            &format!("{n}.pem"),
+        ]);
+    }
+    let mut verify = vec!["verify", "-CAfile", "ca.pem"];
+    let pems: Vec<String> = certs.iter().map(|n| format!("{n}.pem")).collect();
+    verify.extend(pems.iter().map(String::as_str));
+    openssl(&verify);
+}
+
+/// docs/deploy.md's binary deployment in namespaces: three etcd members with TLS (client and
+/// peer), the config written with etcdctl over TLS, two nodes running weft configured only by
+/// manifests/systemd/weft.env (addresses and paths swapped for the lab's), vxlan routes between
+/// them, and `weft docker-opts` on each node.
+#[test]
+fn binary_deployment_walkthrough_with_a_tls_etcd_cluster() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED binary_deployment_walkthrough_with_a_tls_etcd_cluster: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir(&pki).expect("mkdir");
+    let members = ["198.18.0.11", "198.18.0.12", "198.18.0.13"];
+    make_pki(&pki, &members);
+
+    let tag = format!("wd{}x{}", std::process::id() % 10000, fastrand::u16(..1000));
+    let mut nss = Namespaces(Vec::new());
+    let mut procs = Procs(Vec::new());
+    // Underlay: br0 with the gateway; every member and node is a namespace on it (etcd checks
+    // a peer's certificate against the address it connects from, so members need their own).
+    let u = nss.add(format!("{tag}-u"));
+    ip(&u, &["link", "add", "br0", "type", "bridge"]);
+    ip(&u, &["addr", "add", "198.18.0.254/24", "dev", "br0"]);
+    ip(&u, &["link", "set", "br0", "up"]);
+    let host = |nss: &mut Namespaces, name: &str, addr: &str| -> String {
+        let ns = nss.add(format!("{tag}-{name}"));
+        ip(
+            &ns,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", name, "netns", &u,
+            ],
+        );
+        ip(&u, &["link", "set", name, "master", "br0", "up"]);
+        ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        ip(&ns, &["link", "set", "eth0", "up"]);
+        ip(
+            &ns,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                "198.18.0.254",
+                "dev",
+                "eth0",
+            ],
+        );
+        ns
+    };
+
+    let cluster: Vec<String> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("etcd{}=https://{m}:2380", i + 1))
+        .collect();
+    let cluster = cluster.join(",");
+    for (i, m) in members.iter().enumerate() {
+        let n = format!("etcd{}", i + 1);
+        let pem = |f: &str| pki.join(f).display().to_string();
+        let member_ns = host(&mut nss, &format!("e{}", i + 1), m);
+        let log = std::fs::File::create(tmp.path().join(format!("{n}.log"))).expect("log");
+        let child = in_ns(&member_ns, "etcd")
+            .args(["--name", &n, "--data-dir"])
+            .arg(tmp.path().join(format!("{n}.data")))
+            .args(["--listen-client-urls", &format!("https://{m}:2379")])
+            .args(["--advertise-client-urls", &format!("https://{m}:2379")])
+            .args(["--listen-peer-urls", &format!("https://{m}:2380")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("https://{m}:2380"),
+            ])
+            .args([
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-token",
+                "weft-etcd",
+            ])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--cert-file", &pem(&format!("{n}.pem"))])
+            .args(["--key-file", &pem(&format!("{n}-key.pem"))])
+            .args(["--trusted-ca-file", &pem("ca.pem"), "--client-cert-auth"])
+            .args(["--peer-cert-file", &pem(&format!("{n}.pem"))])
+            .args(["--peer-key-file", &pem(&format!("{n}-key.pem"))])
+            .args([
+                "--peer-trusted-ca-file",
+                &pem("ca.pem"),
+                "--peer-client-cert-auth",
+            ])
+            // Fast elections on a busy machine; not part of the walk-through.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        procs.0.push((n, child));
+    }
+    let endpoints: Vec<String> = members
+        .iter()
+        .map(|m| format!("https://{m}:2379"))
+        .collect();
+    let endpoints = endpoints.join(",");
+    let etcdctl = |args: &[&str]| {
+        let mut c = in_ns(&u, "etcdctl");
+        c.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg(format!("--cacert={}", pki.join("ca.pem").display()))
+            .arg(format!("--cert={}", pki.join("client.pem").display()))
+            .arg(format!("--key={}", pki.join("client-key.pem").display()))
+            .args(args);
+        c.output().expect("etcdctl")
+    };
+    let logs = |prefix: &str| -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(tmp.path()).expect("read_dir").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && name.ends_with(".log") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                all.push_str(&format!("--- {name} ---\n"));
+                for l in tail.iter().rev() {
+                    all.push_str(l);
+                    all.push('\n');
+                }
+            }
+        }
+        all
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = etcdctl(&["endpoint", "health"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd cluster not healthy after 30 s: {}\n{}",
+            text(&out),
+            logs("etcd")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let put = etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    ]);
+    assert!(put.status.success(), "{}", text(&put));
+
+    // Two nodes, each configured by the shipped env file with the lab's values swapped in.
+    let shipped =
+        std::fs::read_to_string(root().join("manifests/systemd/weft.env")).expect("weft.env");
+    let mut subnet_files = Vec::new();
+    for k in 1..=2 {
+        let n = host(&mut nss, &format!("n{k}"), &format!("198.18.0.{}", 20 + k));
+        let subnet_file = tmp.path().join(format!("n{k}/subnet.env"));
+        let env_text = shipped
+            .replace("https://192.0.2.11:2379", "https://198.18.0.11:2379")
+            .replace("https://192.0.2.12:2379", "https://198.18.0.12:2379")
+            .replace("https://192.0.2.13:2379", "https://198.18.0.13:2379")
+            .replace("/etc/weft/pki", &pki.display().to_string())
+            .replace(
+                "/run/flannel/subnet.env",
+                &subnet_file.display().to_string(),
+            );
+        assert!(
+            !env_text.contains("192.0.2."),
+            "every documented address was swapped"
+        );
+        let mut cmd = in_ns(&n, "env");
+        cmd.arg("-i");
+        for line in env_text.lines().map(str::trim) {
+            if !line.is_empty() && !line.starts_with('#') {
+                cmd.arg(line);
+            }
+        }
+        let log = std::fs::File::create(tmp.path().join(format!("weft-n{k}.log"))).expect("log");
+        let child = cmd
+            .arg("NO_COLOR=1")
+            .arg(env!("CARGO_BIN_EXE_weft"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start weft");
+        procs.0.push((format!("weft on node {k}"), child));
+        subnet_files.push((n, subnet_file));
+    }
+
+    let mut subnets = Vec::new();
+    for (k, (_, file)) in subnet_files.iter().enumerate() {
+        let env = poll(60, "subnet.env", || {
+            let text = std::fs::read_to_string(file).ok()?;
+            net_conf::SubnetEnv::parse(&text).ok()
+        });
+        assert_eq!(env.mtu, 1450, "vxlan");
+        assert!(env.ipmasq, "FLANNELD_IP_MASQ=true");
+        subnets.push(env.subnet.expect("FLANNEL_SUBNET"));
+        let log = std::fs::read_to_string(tmp.path().join(format!("weft-n{}.log", k + 1)))
+            .unwrap_or_default();
+        assert!(!log.contains("insecure"), "weft must use TLS: {log}");
+    }
+    assert_ne!(subnets[0], subnets[1]);
+    // Leases in etcd, written over TLS.
+    let leases = etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/coreos.com/network/subnets",
+    ]);
+    let keys = String::from_utf8_lossy(&leases.stdout);
+    for s in &subnets {
+        let key = format!(
+            "/coreos.com/network/subnets/{}-{}",
+            s.addr(),
+            s.prefix_len()
+        );
+        assert!(keys.contains(&key), "{key} not in {keys}");
+    }
+    // Each node routes the other's subnet over flannel.1.
+    for (i, (ns, _)) in subnet_files.iter().enumerate() {
+        let other = subnets[1 - i].to_string();
+        poll(30, "the vxlan route to the other node", || {
+            let routes = ip(ns, &["route", "show", &other]);
+            routes.contains("flannel.1").then_some(())
+        });
+    }
+
+    // Docker options from each node's subnet.env.
+    for (i, (_, file)) in subnet_files.iter().enumerate() {
+        let out = tmp.path().join(format!("docker_opts-{i}.env"));
+        sh(Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("docker-opts")
+            .arg("-f")
+            .arg(file)
+            .arg("-d")
+            .arg(&out));
+        let first = std::net::Ipv4Addr::from(u32::from(subnets[i].network()) + 1);
+        assert_eq!(
+            std::fs::read_to_string(&out).expect("docker opts"),
+            format!(
+                "DOCKER_OPT_BIP=\"--bip={first}/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=false\"\n\
+                 DOCKER_OPT_MTU=\"--mtu=1450\"\n\
+                 DOCKER_OPTS=\" --bip={first}/24 --ip-masq=false --mtu=1450\"\n"
+            )
+        );
+    }
+    drop(procs);
+    drop(nss);
+}
