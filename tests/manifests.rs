@@ -748,3 +748,61 @@ fn binary_deployment_walkthrough_with_a_tls_etcd_cluster() {
     drop(procs);
     drop(nss);
 }
+
+/// `weft docker-opts` through the real binary: the file mk-docker-opts.sh would write, and a
+/// missing subnet.env is an error naming it (exit 1), a bad option a usage error (exit 2).
+#[test]
+fn docker_opts_subcommand_of_the_binary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let env = tmp.path().join("subnet.env");
+    let out = tmp.path().join("docker");
+    let weft = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("docker-opts")
+            .args(args)
+            .env_remove("DOCKER_NETWORK_OPTIONS")
+            .output()
+            .expect("run weft docker-opts")
+    };
+    let missing = weft(&[
+        "-f".as_ref(),
+        env.as_os_str(),
+        "-d".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+    assert!(
+        text(&missing).contains(&env.display().to_string()),
+        "{}",
+        text(&missing)
+    );
+    assert!(!out.exists());
+
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n",
+    )
+    .expect("write");
+    let ok = weft(&[
+        "-k".as_ref(),
+        "DOCKER_NETWORK_OPTIONS".as_ref(),
+        "-f".as_ref(),
+        env.as_os_str(),
+        "-d".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("written"),
+        "DOCKER_OPT_BIP=\"--bip=10.244.7.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\n\
+         DOCKER_OPT_MTU=\"--mtu=1500\"\n\
+         DOCKER_NETWORK_OPTIONS=\" --bip=10.244.7.1/24 --ip-masq=true --mtu=1500\"\n"
+    );
+    let usage = weft(&["-z".as_ref()]);
+    assert_eq!(usage.status.code(), Some(2), "{}", text(&usage));
+    assert!(
+        text(&usage).contains("illegal option -z"),
+        "{}",
+        text(&usage)
+    );
+}
