@@ -3,7 +3,9 @@
 //!   schemas) and `systemd-analyze verify`, and proof that each check rejects a broken copy;
 //! - their contents against weft itself: the DaemonSet's arguments and environment parse as
 //!   weft's command line, the ConfigMap's net-conf.json as weft's network config, its conflist
-//!   entry as weft-cni's netconf; the systemd env file as weft's environment.
+//!   entry as weft-cni's netconf; the systemd env file as weft's environment;
+//! - docs/deploy.md's binary deployment run for real in namespaces (root): openssl PKI, a
+//!   3-member etcd cluster with TLS, weft configured by the shipped env file, `weft docker-opts`.
 //!
 //! The validators come from PyPI (`pip install kubernetes-validate yamllint`, done by
 //! `scripts/test.sh` and `.ci/run`). Without them the first test is skipped with a message,
