@@ -91,7 +91,14 @@ impl Call<'_> {
         {
             use std::io::Write as _;
             let mut stdin = child.stdin.take().expect("stdin");
-            stdin.write_all(netconf.as_bytes()).expect("write netconf");
+            // The plugin does not read stdin for VERSION or after an environment error; a
+            // runtime ignores that broken pipe too (Go's os/exec does).
+            match stdin.write_all(netconf.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    panic!("write netconf: {e}")
+                }
+                _ => {}
+            }
         }
         let out = child.wait_with_output().expect("wait weft-cni");
         Reply {
