@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use regex::Regex;
 
 /// The subcommands weft understands in first position.
-pub const SUBCOMMANDS: &[&str] = &["lab", "status", "cleanup"];
+pub const SUBCOMMANDS: &[&str] = &["lab", "status", "cleanup", "docker-opts"];
 
 /// Prefix of the environment variables that set flags.
 pub const ENV_PREFIX: &str = "FLANNELD";
@@ -70,7 +70,7 @@ pub enum CliError {
         reason: String,
     },
     #[error(
-        "unexpected argument {0:?}: weft takes only flags, or a subcommand (lab, status, cleanup) as the first argument"
+        "unexpected argument {0:?}: weft takes only flags, or a subcommand (lab, status, cleanup, docker-opts) as the first argument"
     )]
     UnexpectedArgument(String),
 }
@@ -958,7 +958,7 @@ fn parse_ipv6(v: &str) -> Result<Ipv6Addr, String> {
 pub fn usage() -> String {
     let mut out = String::new();
     out.push_str(
-        "Usage: weft [flags]\n       weft lab|status|cleanup [args...]\n\n\
+        "Usage: weft [flags]\n       weft lab|status|cleanup|docker-opts [args...]\n\n\
          A flanneld-compatible overlay network agent. Flags may be written -flag or --flag,\n\
          with the value as -flag=value or -flag value (booleans only as -flag or -flag=false).\n\
          Each flag except -version can also be set by the environment variable shown;\n\

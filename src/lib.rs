@@ -3,6 +3,8 @@
 
 pub mod app;
 pub mod cli;
+pub mod cni;
+pub mod docker_opts;
 pub mod etcd_server;
 pub mod health;
 pub mod iface;
