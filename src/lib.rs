@@ -8,6 +8,7 @@ pub mod health;
 pub mod iface;
 pub mod lab;
 pub mod lease_table;
+pub mod metrics;
 pub mod registry;
 pub mod subnet;
 pub mod subnet_file;
