@@ -2,6 +2,7 @@
 //! health endpoints, and the local lab that the README and the end-to-end tests use.
 
 pub mod app;
+pub mod cleanup;
 pub mod cli;
 pub mod etcd_server;
 pub mod health;
@@ -10,5 +11,6 @@ pub mod lab;
 pub mod lease_table;
 pub mod metrics;
 pub mod registry;
+pub mod status;
 pub mod subnet;
 pub mod subnet_file;
