@@ -144,14 +144,14 @@ pub fn run_cli(args: &[String]) -> u8 {
         Ok(report) => {
             if json {
                 match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
+                    Ok(text) => write_stdout(&format!("{text}\n")),
                     Err(e) => {
                         eprintln!("weft status: cannot encode the report: {e}");
                         return EXIT_UNREADABLE;
                     }
                 }
             } else {
-                print!("{}", report.render());
+                write_stdout(&report.render());
             }
             report.exit_code()
         }
@@ -160,6 +160,13 @@ pub fn run_cli(args: &[String]) -> u8 {
             EXIT_UNREADABLE
         }
     }
+}
+
+/// Prints to stdout; a closed pipe (`weft status | head`) is not an error worth a panic.
+fn write_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 // ===== the report =====
