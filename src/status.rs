@@ -773,10 +773,15 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     let prefix = registry.prefix().to_string();
     let ttl_of = |e: &LeaseEntry| ttls.get(&e.lease_id).copied().flatten();
     let own_info = own.as_ref().map(|e| lease_info(e, &prefix, ttl_of(e), now));
-    let peer_infos = snapshot
+    let mut peer_entries: Vec<&LeaseEntry> = snapshot
         .leases
         .iter()
         .filter(|e| Some(e.key) != own.as_ref().map(|o| o.key))
+        .collect();
+    // By subnet (etcd lists keys in byte order: 10.244.100.0 before 10.244.20.0).
+    peer_entries.sort_by_key(|e| e.key.v4);
+    let peer_infos = peer_entries
+        .into_iter()
         .map(|e| lease_info(e, &prefix, ttl_of(e), now))
         .collect();
     Ok(build(
@@ -1102,6 +1107,93 @@ mod tests {
         let err = parse_args(&a(&["--no-such-flag"]), &env).unwrap_err();
         assert!(err.contains("no-such-flag"), "{err}");
         assert!(parse_args(&a(&["extra"]), &env).is_err());
+    }
+
+    #[test]
+    fn build_reports_in_sync_only_without_drift_and_device_problems() {
+        let ext = ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            iface_addr: "198.18.0.1".parse().unwrap(),
+            ext_addr: "198.18.0.1".parse().unwrap(),
+            mtu: 1500,
+            prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+        };
+        let conf = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
+            .unwrap()
+            .conf;
+        let peers = [backends::Peer {
+            key: net_conf::SubnetKey::from("10.244.2.0/24".parse::<ipnet::Ipv4Net>().unwrap()),
+            attrs: net_conf::LeaseAttrs::host_gw("198.18.0.2".parse().unwrap()),
+        }];
+        let desired = backends::HostGw::new().desired(&ext, &peers);
+        let snapshot = Snapshot::default();
+        let input = |current: &KernelState, device: Option<DeviceInfo>| {
+            build(
+                BuildInput {
+                    ext: &ext,
+                    source: "etcd /coreos.com/network/config".into(),
+                    conf: &conf,
+                    options: serde_json::json!({"Type": "host-gw"}),
+                    own: None,
+                    peers: vec![],
+                    snapshot: &snapshot,
+                    desired: &desired,
+                    current,
+                    device,
+                },
+                &names,
+            )
+        };
+        let r = input(&desired.state, None);
+        assert!(r.in_sync);
+        assert_eq!(r.exit_code(), EXIT_IN_SYNC);
+        assert_eq!(
+            r.required,
+            Counts {
+                routes: 1,
+                neighs: 0,
+                fdb: 0
+            }
+        );
+        assert!(r.render().contains("status:  in sync"));
+        let r = input(&KernelState::default(), None);
+        assert!(!r.in_sync);
+        assert_eq!(r.exit_code(), EXIT_DRIFT);
+        let text = r.render();
+        assert!(
+            text.contains("  missing   route 10.244.2.0/24 via 198.18.0.2 dev eth0\n"),
+            "{text}"
+        );
+        let sick = DeviceInfo {
+            name: "flannel.1".into(),
+            present: true,
+            ifindex: Some(7),
+            up: false,
+            mtu: Some(1450),
+            mac: None,
+            problems: vec!["link is down".into()],
+        };
+        let r = input(&desired.state, Some(sick));
+        assert!(!r.in_sync, "a device problem is drift too");
+        assert!(r.render().contains("problem: link is down"));
+        let json = serde_json::to_value(&r).unwrap();
+        for field in [
+            "schema",
+            "in_sync",
+            "node",
+            "config",
+            "own_lease",
+            "peers",
+            "malformed",
+            "skipped",
+            "device",
+            "required",
+            "kernel",
+            "drift",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing");
+        }
     }
 
     #[test]
