@@ -691,25 +691,8 @@ pub async fn gather(opts: &Options) -> Result<Report> {
                     if !link.up {
                         problems.push("link is down".to_string());
                     }
+                    problems.extend(address_problem(&nl, &link.name, own.as_ref()).await?);
                     if let Some(own) = &own {
-                        let want_addr = own.key.v4.network();
-                        let have = nl
-                            .link_by_name(&link.name)
-                            .await
-                            .context("read the vxlan device's addresses")?
-                            .map(|l| l.addrs)
-                            .unwrap_or_default();
-                        let v4: Vec<String> = have
-                            .iter()
-                            .filter(|a| a.addr.is_ipv4())
-                            .map(|a| format!("{}/{}", a.addr, a.prefix_len))
-                            .collect();
-                        if v4 != [format!("{want_addr}/32")] {
-                            problems.push(format!(
-                                "addresses [{}] (want exactly {want_addr}/32)",
-                                v4.join(", ")
-                            ));
-                        }
                         if let Some(Ok((_, lease_mac))) =
                             own.attrs.backend_data.as_deref().map(parse_backend_data)
                         {
@@ -744,17 +727,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
                         mac: [0; 6],
                         mtu: 0,
                     });
-                    let desired = backend.desired(&ext, &peers);
-                    let info = DeviceInfo {
-                        name: name.clone(),
-                        present: false,
-                        ifindex: None,
-                        up: false,
-                        mtu: None,
-                        mac: None,
-                        problems: vec![format!("{name} does not exist")],
-                    };
-                    (desired, Some(info))
+                    (backend.desired(&ext, &peers), Some(missing_device(&name)))
                 }
             }
         }
@@ -799,6 +772,45 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         },
         &|i| names.get(&i).cloned().unwrap_or_else(|| i.to_string()),
     ))
+}
+
+/// A device that should exist and does not.
+fn missing_device(name: &str) -> DeviceInfo {
+    DeviceInfo {
+        name: name.to_string(),
+        present: false,
+        ifindex: None,
+        up: false,
+        mtu: None,
+        mac: None,
+        problems: vec![format!("{name} does not exist")],
+    }
+}
+
+/// A weft device holds exactly one IPv4 address, `<own network>/32` (what `configure` sets);
+/// the problem when it does not. Nothing to check without an own lease.
+async fn address_problem(
+    nl: &Netlink,
+    name: &str,
+    own: Option<&LeaseEntry>,
+) -> Result<Option<String>> {
+    let Some(own) = own else {
+        return Ok(None);
+    };
+    let want = format!("{}/32", own.key.v4.network());
+    let addrs = nl
+        .link_by_name(name)
+        .await
+        .with_context(|| format!("read the addresses of {name}"))?
+        .map(|l| l.addrs)
+        .unwrap_or_default();
+    let v4: Vec<String> = addrs
+        .iter()
+        .filter(|a| a.addr.is_ipv4())
+        .map(|a| format!("{}/{}", a.addr, a.prefix_len))
+        .collect();
+    Ok((v4 != [want.as_str()])
+        .then(|| format!("addresses [{}] (want exactly {want})", v4.join(", "))))
 }
 
 /// Everything [`build`] needs.
