@@ -355,6 +355,36 @@ fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
         ["route 10.99.0.0/24 via 198.18.0.3 dev eth0"]
     );
     assert!(drift(&report, "different").is_empty(), "{report:#}");
+
+    // The device down: a device problem (its routes are flushed by the kernel, so missing).
+    lab.ip(1, &["link", "set", "flannel.1", "down"])
+        .expect("link down");
+    let (code, report) = status(&lab, 1);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["device"]["up"], false);
+    assert_eq!(
+        report["device"]["problems"],
+        serde_json::json!(["link is down"])
+    );
+    // The device gone: every entry it carries is missing, shown on flannel.1.
+    lab.ip(1, &["link", "del", "flannel.1"]).expect("link del");
+    let (code, report) = status(&lab, 1);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["device"]["present"], false);
+    assert_eq!(
+        report["device"]["problems"],
+        serde_json::json!(["flannel.1 does not exist"])
+    );
+    let missing = drift(&report, "missing");
+    assert_eq!(missing.len(), 6, "{missing:?}");
+    assert!(
+        missing.iter().all(|m| m.contains("dev flannel.1")),
+        "{missing:?}"
+    );
+    assert_eq!(
+        drift(&report, "extra"),
+        ["route 10.99.0.0/24 via 198.18.0.3 dev eth0"]
+    );
     lab.teardown().expect("teardown");
 }
 
