@@ -461,6 +461,38 @@ impl Vxlan {
         Ok(())
     }
 
+    /// Read-only: a backend bound to the existing `flannel.<VNI>` device, as [`Backend::prepare`]
+    /// would leave it, without creating, changing or deleting anything (for `weft status`).
+    /// Returns the device as the kernel reports it too, so the caller can compare it with
+    /// [`Vxlan::spec`] ([`incompatibilities`]). `Ok(None)` when no link has that name; an error
+    /// when a link of that name is not a vxlan device or has no MAC.
+    pub async fn attach_existing(
+        conf: VxlanConf,
+        nl: &Netlink,
+    ) -> Result<Option<(Vxlan, VxlanLink)>, BackendError> {
+        let backend = Vxlan::new(conf);
+        let name = backend.device_name();
+        let Some(link) = nl.vxlan_by_name(&name).await? else {
+            return Ok(None);
+        };
+        if link.kind.as_deref() != Some("vxlan") {
+            return Err(BackendError::Unsupported(format!(
+                "{name} is a {} device, not vxlan",
+                link.kind.as_deref().unwrap_or("unknown")
+            )));
+        }
+        let mac = link
+            .mac
+            .ok_or_else(|| BackendError::Unsupported(format!("{name} has no MAC address")))?;
+        let dev = VxlanDevice {
+            index: link.index,
+            name,
+            mac,
+            mtu: link.mtu,
+        };
+        Ok(Some((backend.with_device(dev), link)))
+    }
+
     /// Test and tooling hook: use an already known device (as [`Backend::prepare`] would set it).
     pub fn with_device(mut self, dev: VxlanDevice) -> Self {
         self.dev = Some(dev);
