@@ -483,6 +483,15 @@ impl Agent {
         config_poll.reset();
         let watch_file = self.opts.net_config_path.is_some();
         let mut kernel_open = true;
+        // SIGHUP: dump and diff now instead of at the next audit tick (operators, benchmarks).
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot install the SIGHUP handler (audit on demand): {e}");
+                None
+            }
+        };
 
         loop {
             tokio::select! {
@@ -540,11 +549,10 @@ impl Agent {
                         self.reconcile("drift repair").await;
                     }
                 }
-                _ = audit.tick() => {
-                    match self.reconciler.refresh().await {
-                        Ok(()) => self.reconcile("audit").await,
-                        Err(e) => warn!("audit: re-reading weft's kernel state failed: {e}"),
-                    }
+                _ = audit.tick() => self.audit("audit").await,
+                Some(()) = recv_or_pending(hangup.as_mut()) => {
+                    info!("received SIGHUP: auditing weft's kernel state now");
+                    self.audit("audit (SIGHUP)").await;
                 }
                 _ = retry.tick(), if self.pending_retry => {
                     if self.device_lost {
@@ -561,6 +569,19 @@ impl Agent {
         renewal.abort();
         info!("Exiting cleanly...");
         Ok(())
+    }
+
+    /// Re-reads weft's kernel objects (a dump) and applies the difference: the backstop to
+    /// netlink notifications. A no-change audit makes zero writes (target P6).
+    async fn audit(&mut self, why: &str) {
+        let started = std::time::Instant::now();
+        match self.reconciler.refresh().await {
+            Ok(()) => {
+                self.reconcile(why).await;
+                debug!("{why}: dump and diff in {:?}", started.elapsed());
+            }
+            Err(e) => warn!("{why}: re-reading weft's kernel state failed: {e}"),
+        }
     }
 
     /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
@@ -895,6 +916,14 @@ impl Agent {
             Ok(None) => warn!("external interface {} is gone", self.ext.name),
             Err(e) => warn!("re-reading {}: {e}", self.ext.name),
         }
+    }
+}
+
+/// The next signal of `sig`, or never when there is no handler.
+async fn recv_or_pending(sig: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
