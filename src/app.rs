@@ -377,12 +377,23 @@ impl Agent {
         let active = std::iter::once(&self.primary).chain(self.legacy.iter().map(|(_, b)| b));
         let mut used = Vec::new();
         for backend in active {
-            let mine: Vec<Peer> = peers
-                .iter()
-                .filter(|p| p.attrs.backend_type == backend.type_name())
-                .cloned()
-                .collect();
-            let desired = backend.desired(&self.ext, &mine);
+            // One backend and every peer of its type (the usual case): no second copy.
+            let filtered: Vec<Peer>;
+            let mine: &[Peer] = if self.legacy.is_empty()
+                && peers
+                    .iter()
+                    .all(|p| p.attrs.backend_type == backend.type_name())
+            {
+                &peers
+            } else {
+                filtered = peers
+                    .iter()
+                    .filter(|p| p.attrs.backend_type == backend.type_name())
+                    .cloned()
+                    .collect();
+                &filtered
+            };
+            let desired = backend.desired(&self.ext, mine);
             used.push(mine.len() > desired.skipped.len());
             state.merge(desired.state);
             for (key, reason) in desired.skipped {
@@ -410,6 +421,7 @@ impl Agent {
 
     /// Computes the desired state from the lease table and applies the difference.
     async fn reconcile(&mut self, why: &str) {
+        let started = std::time::Instant::now();
         let (mut state, mut skipped, used) = self.plan();
         // Legacy backends no peer needs any more go away, devices and all.
         if used.iter().skip(1).any(|u| !u) {
@@ -440,8 +452,8 @@ impl Agent {
                 info!("peer {key} is programmed now");
             }
         }
-        let started = std::time::Instant::now();
-        let report = self.reconciler.apply(&state).await;
+        let planned = started.elapsed();
+        let report = self.reconciler.apply_owned(state).await;
         for (op, err) in &report.failures {
             warn!("{op} failed: {err}; retrying in {RETRY_INTERVAL:?}");
         }
@@ -457,11 +469,12 @@ impl Agent {
             });
         self.skipped = skipped;
         debug!(
-            "reconcile ({why}): {} peers, {} writes, {} failures in {:?}",
+            "reconcile ({why}): {} peers, {} writes, {} failures in {:?} (plan {:?})",
             self.table.len(),
             report.writes,
             report.failures.len(),
-            started.elapsed()
+            started.elapsed(),
+            planned
         );
     }
 
