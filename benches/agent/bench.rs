@@ -126,6 +126,10 @@ pub struct Detail {
     /// Event → last kernel entry of that peer, adds and deletes (sorted).
     pub add_latency: Vec<Duration>,
     pub del_latency: Vec<Duration>,
+    /// The agent's own `reconcile (lease change)` durations (plan + diff + writes), and the plan
+    /// part alone (sorted).
+    pub reconcile_latency: Vec<Duration>,
+    pub plan_latency: Vec<Duration>,
     /// etcd RPCs by the agent per event (excluding the bench's own Put/DeleteRange).
     pub rpcs_per_event: f64,
     pub event_rpcs: BTreeMap<String, u64>,
@@ -241,7 +245,13 @@ fn print_detail(d: &Detail) {
         d.rpcs_per_event,
         fmt_rpcs(&d.event_rpcs)
     );
-    println!("  details at {} peers:", d.peers);
+    println!(
+        "  agent-internal reconcile per lease change: p50 {} ms p99 {} ms (plan p50 {} ms) over {} reconciles",
+        ms(percentile(&d.reconcile_latency, 50.0)),
+        ms(percentile(&d.reconcile_latency, 99.0)),
+        ms(percentile(&d.plan_latency, 50.0)),
+        d.reconcile_latency.len()
+    );
     println!(
         "  resync (SIGHUP audit): {} writes (agent log), {} kernel notifications, dump+diff {} ms (diff+apply {} ms)",
         d.resync_writes.map_or("?".into(), |w| w.to_string()),
@@ -1195,10 +1205,15 @@ fn scenario(
     d.resync_notifications = seen.notifications - notes;
     (d.resync_writes, d.resync_reconcile, d.resync_total) = parse_audit(&log);
 
-    // --- single lease changes: adds, then deletes, each after the previous one landed.
+    // --- single lease changes: adds, then deletes, each after the previous one landed. New
+    // peers take the subnets after the loaded ones, except the agent's own.
+    let own = own_subnet(&subnet_env)?;
+    let fresh: Vec<usize> = (n..)
+        .filter(|&i| peer_subnet(i) != own)
+        .take(cfg.events)
+        .collect();
     let rpcs_before = etcd.rpcs()?;
-    for j in 0..cfg.events {
-        let i = n + j;
+    for &i in &fresh {
         let t0 = etcd.put(kind, i)?;
         let until = t0 + EVENT_DEADLINE;
         let at = loop {
@@ -1216,8 +1231,7 @@ fn scenario(
         d.add_latency.push(at.saturating_duration_since(t0));
         std::thread::sleep(Duration::from_millis(10));
     }
-    for j in 0..cfg.events {
-        let i = n + j;
+    for &i in &fresh {
         let t0 = etcd.delete(i)?;
         let until = t0 + EVENT_DEADLINE;
         let at = loop {
@@ -1236,6 +1250,13 @@ fn scenario(
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(200));
+    let mut inner = lease_change_reconciles(&agent.log_text());
+    let mut plans: Vec<Duration> = inner.iter().map(|(_, p)| *p).collect();
+    inner.sort();
+    plans.sort();
+    d.reconcile_latency = inner.into_iter().map(|(t, _)| t).collect();
+    d.reconcile_latency.sort();
+    d.plan_latency = plans;
     let mut event_rpcs = rpc_delta(&rpcs_before, &etcd.rpcs()?);
     // Leave out the bench's own writes.
     let events = cfg.events as u64;
@@ -1285,6 +1306,16 @@ fn scenario(
     Ok((cold, Some(d)))
 }
 
+/// `FLANNEL_SUBNET` of subnet.env as the /24 network (`10.0.7.1/24` → `10.0.7.0/24`).
+fn own_subnet(path: &Path) -> Result<Ipv4Net> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .and_then(|v| v.parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc())
+        .ok_or_else(|| anyhow!("no FLANNEL_SUBNET in {}", path.display()))
+}
+
 /// weft's own entries in the namespace, counted by dumps (the fallback after an overrun).
 fn count_entries(ns: &Netns, kind: Kind) -> Result<usize> {
     let routes = ns
@@ -1327,13 +1358,35 @@ pub fn parse_audit(log: &str) -> (Option<u64>, Option<Duration>, Option<Duration
             writes = rest
                 .split(", ")
                 .find_map(|p| p.strip_suffix(" writes").and_then(|w| w.parse().ok()));
-            reconcile = rest.rsplit(" in ").next().and_then(parse_debug_duration);
+            reconcile = reconcile_duration(rest);
         }
         if let Some(rest) = line.split("audit (SIGHUP): dump and diff in ").nth(1) {
             total = parse_debug_duration(rest);
         }
     }
     (writes, reconcile, total)
+}
+
+/// The total of `… failures in <D> (plan <P>)`: `<D>`.
+fn reconcile_duration(rest: &str) -> Option<Duration> {
+    let after = rest.split(" failures in ").nth(1)?;
+    parse_debug_duration(after.split_whitespace().next()?)
+}
+
+/// Every `reconcile (lease change): …` of the log: (total, plan) durations.
+pub fn lease_change_reconciles(log: &str) -> Vec<(Duration, Duration)> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = line.split("reconcile (lease change): ").nth(1)?;
+            let total = reconcile_duration(rest)?;
+            let plan = rest
+                .split("(plan ")
+                .nth(1)
+                .and_then(|p| parse_debug_duration(p.trim_end_matches(')')))
+                .unwrap_or_default();
+            Some((total, plan))
+        })
+        .collect()
 }
 
 /// Parses Rust's `{:?}` of a Duration: `12.3ms`, `450µs`, `1.2s`, `800ns`.
@@ -1475,18 +1528,22 @@ pub fn markdown(cfg: &Config, r: &Report) -> String {
     let _ = writeln!(s, "\n### At {} peers (P2, P3, P6, P7)\n", cfg.detail_at);
     let _ = writeln!(
         s,
-        "| backend | add p50 / p99 ms | delete p50 / p99 ms | etcd RPCs per event | resync writes | resync dump+diff ms | idle CPU % | wakeups/s | children | VmHWM MiB |"
+        "| backend | add p50 / p99 ms (P3 p99 ≤ 5) | delete p50 / p99 ms | agent reconcile p50 / p99 ms (plan p50) | etcd RPCs per event | resync writes | resync dump+diff ms | idle CPU % | wakeups/s | children | VmHWM MiB |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|");
     for d in &r.detail {
         let _ = writeln!(
             s,
-            "| {} | {} / {} | {} / {} | {:.2} | {} | {} | {:.3} | {:.2} | {} | {:.1} |",
+            "| {} | {} / {} {} | {} / {} | {} / {} ({}) | {:.2} | {} | {} | {:.3} | {:.2} | {} | {:.1} |",
             d.kind.map_or("?", Kind::name),
             ms(percentile(&d.add_latency, 50.0)),
             ms(percentile(&d.add_latency, 99.0)),
+            met(percentile(&d.add_latency, 99.0) <= Duration::from_millis(5)),
             ms(percentile(&d.del_latency, 50.0)),
             ms(percentile(&d.del_latency, 99.0)),
+            ms(percentile(&d.reconcile_latency, 50.0)),
+            ms(percentile(&d.reconcile_latency, 99.0)),
+            ms(percentile(&d.plan_latency, 50.0)),
             d.rpcs_per_event,
             d.resync_writes.map_or("?".into(), |w| w.to_string()),
             d.resync_total.map_or("?".into(), ms),
