@@ -518,12 +518,23 @@ impl Agent {
         let active = std::iter::once(&self.primary).chain(self.legacy.iter().map(|(_, b)| b));
         let mut used = Vec::new();
         for backend in active {
-            let mine: Vec<Peer> = peers
-                .iter()
-                .filter(|p| p.attrs.backend_type == backend.type_name())
-                .cloned()
-                .collect();
-            let desired = backend.desired(&self.ext, &mine);
+            // One backend and every peer of its type (the usual case): no second copy.
+            let filtered: Vec<Peer>;
+            let mine: &[Peer] = if self.legacy.is_empty()
+                && peers
+                    .iter()
+                    .all(|p| p.attrs.backend_type == backend.type_name())
+            {
+                &peers
+            } else {
+                filtered = peers
+                    .iter()
+                    .filter(|p| p.attrs.backend_type == backend.type_name())
+                    .cloned()
+                    .collect();
+                &filtered
+            };
+            let desired = backend.desired(&self.ext, mine);
             used.push(mine.len() > desired.skipped.len());
             state.merge(desired.state);
             for (key, reason) in desired.skipped {
@@ -551,6 +562,7 @@ impl Agent {
 
     /// Computes the desired state from the lease table and applies the difference.
     async fn reconcile(&mut self, why: &str) {
+        let started = std::time::Instant::now();
         let (mut state, mut skipped, used) = self.plan();
         // Legacy backends no peer needs any more go away, devices and all.
         if used.iter().skip(1).any(|u| !u) {
@@ -581,9 +593,9 @@ impl Agent {
                 info!("peer {key} is programmed now");
             }
         }
-        let started = std::time::Instant::now();
+        let planned = started.elapsed();
         // The reconciler logs each failed write; they are retried on the next pass.
-        let report = self.reconciler.apply(&state).await;
+        let report = self.reconciler.apply_owned(state).await;
         let own_type = self.primary.type_name();
         // Failed writes are retried; so are peers of our own type that were skipped (an address
         // may be added to the interface). Peers of another backend type wait for a new lease.
@@ -596,11 +608,12 @@ impl Agent {
             });
         self.skipped = skipped;
         debug!(
-            "reconcile ({why}): {} peers, {} writes, {} failures in {:?}",
+            "reconcile ({why}): {} peers, {} writes, {} failures in {:?} (plan {:?})",
             self.table.len(),
             report.writes,
             report.failures.len(),
-            started.elapsed()
+            started.elapsed(),
+            planned
         );
     }
 
@@ -624,6 +637,15 @@ impl Agent {
         cache_write.reset();
         let watch_file = self.opts.net_config_path.is_some();
         let mut kernel_open = true;
+        // SIGHUP: dump and diff now instead of at the next audit tick (operators, benchmarks).
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot install the SIGHUP handler (audit on demand): {e}");
+                None
+            }
+        };
 
         loop {
             tokio::select! {
@@ -685,11 +707,10 @@ impl Agent {
                         self.reconcile("drift repair").await;
                     }
                 }
-                _ = audit.tick() => {
-                    match self.reconciler.refresh().await {
-                        Ok(()) => self.reconcile("audit").await,
-                        Err(e) => warn!("audit: re-reading weft's kernel state failed: {e}"),
-                    }
+                _ = audit.tick() => self.audit("audit").await,
+                Some(()) = recv_or_pending(hangup.as_mut()) => {
+                    info!("received SIGHUP: auditing weft's kernel state now");
+                    self.audit("audit (SIGHUP)").await;
                 }
                 _ = retry.tick(), if self.pending_retry => {
                     if self.device_lost {
@@ -707,6 +728,19 @@ impl Agent {
         renewal.abort();
         info!("Exiting cleanly...");
         Ok(())
+    }
+
+    /// Re-reads weft's kernel objects (a dump) and applies the difference: the backstop to
+    /// netlink notifications. A no-change audit makes zero writes (target P6).
+    async fn audit(&mut self, why: &str) {
+        let started = std::time::Instant::now();
+        match self.reconciler.refresh().await {
+            Ok(()) => {
+                self.reconcile(why).await;
+                debug!("{why}: dump and diff in {:?}", started.elapsed());
+            }
+            Err(e) => warn!("{why}: re-reading weft's kernel state failed: {e}"),
+        }
     }
 
     /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
@@ -1084,6 +1118,14 @@ impl Agent {
             Ok(None) => warn!("external interface {} is gone", self.ext.name),
             Err(e) => warn!("re-reading {}: {e}", self.ext.name),
         }
+    }
+}
+
+/// The next signal of `sig`, or never when there is no handler.
+async fn recv_or_pending(sig: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

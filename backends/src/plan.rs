@@ -151,6 +151,11 @@ impl KernelState {
     /// Adds everything of `other` that this state does not hold yet (entries already here win),
     /// e.g. the states of two backends serving different peers during a backend switch.
     pub fn merge(&mut self, other: KernelState) {
+        if self.is_empty() {
+            // The usual case (one backend): take the maps as they are.
+            *self = other;
+            return;
+        }
         for (k, v) in other.routes {
             self.routes.entry(k).or_insert(v);
         }
@@ -275,25 +280,35 @@ pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
     ops
 }
 
-/// Objects of `current` whose key `desired` lacks.
+/// Objects of `current` whose key `desired` lacks. Both maps are walked once in key order
+/// (a merge, no lookups): a diff runs on every lease change, over every peer's entries.
 fn extra<'a, K: Ord, V: Clone>(
     desired: &'a BTreeMap<K, V>,
     current: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = V> + 'a {
+    let mut want = desired.keys().peekable();
     current
         .iter()
-        .filter(|(k, _)| !desired.contains_key(k))
+        .filter(move |(k, _)| {
+            while want.next_if(|w| *w < *k).is_some() {}
+            want.peek() != Some(k)
+        })
         .map(|(_, v)| v.clone())
 }
 
-/// Objects of `desired` that `current` lacks or has with other attributes.
+/// Objects of `desired` that `current` lacks or has with other attributes (a merge, as in
+/// [`extra`]).
 fn changed<'a, K: Ord, V: Clone + PartialEq>(
     desired: &'a BTreeMap<K, V>,
     current: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = V> + 'a {
+    let mut have = current.iter().peekable();
     desired
         .iter()
-        .filter(|(k, v)| current.get(k) != Some(v))
+        .filter(move |(k, v)| {
+            while have.next_if(|(h, _)| *h < *k).is_some() {}
+            !matches!(have.peek(), Some((h, hv)) if h == k && hv == v)
+        })
         .map(|(_, v)| v.clone())
 }
 
