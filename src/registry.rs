@@ -286,8 +286,10 @@ impl Registry {
         lease_id: i64,
         mod_revision: i64,
     ) -> std::result::Result<LeaseEntry, Malformed> {
-        let key_text = String::from_utf8_lossy(key).into_owned();
-        let subnet = self.parse_key(&key_text).map_err(|reason| Malformed {
+        // A bad key or value can be huge: errors and logs show an excerpt.
+        let key_full = String::from_utf8_lossy(key);
+        let key_text = net_conf::excerpt(&key_full, 400);
+        let subnet = self.parse_key(&key_full).map_err(|reason| Malformed {
             key: key_text.clone(),
             reason,
             subnet: None,
