@@ -397,6 +397,14 @@ impl Registry {
         }
     }
 
+    /// The mod revision of one lease key, or `None` when it does not exist (one Get; for a
+    /// compare-and-swap on a key whose value could not be parsed).
+    pub async fn lease_mod_revision(&self, key: &SubnetKey) -> Result<Option<i64>> {
+        let mut kv = self.client.kv_client();
+        let resp = timed("get subnet", kv.get(self.lease_key(key), None)).await?;
+        Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
+    }
+
     /// Rewrites a key only if its mod revision is still `seen`, attached to `lease_id`
     /// (0 = no etcd lease: a reservation stays a reservation). Returns the new mod revision.
     pub async fn update_lease(
