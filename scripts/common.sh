@@ -2,9 +2,12 @@
 # Debian packages weft's lab and tests need, installed only when missing, and a cargo to build with.
 
 # protobuf-compiler: etcd-client's build script runs protoc. etcd-server/etcd-client: the real
-# etcd and etcdctl. The rest: namespaces, ping, throughput, NAT tools, CNI plugins, certs, capture.
+# etcd and etcdctl. The rest: namespaces, ping, throughput, NAT tools, CNI plugins, certs, capture,
+# systemd-analyze (unit checks), python3-pip (the manifest validators below).
 WEFT_PACKAGES=(protobuf-compiler etcd-server etcd-client iputils-ping iproute2 iperf3 nftables
-  iptables containernetworking-plugins openssl tcpdump)
+  iptables containernetworking-plugins openssl tcpdump systemd python3-pip)
+# PyPI tools of tests/manifests.rs (offline Kubernetes schema validation, YAML lint).
+WEFT_PIP_PACKAGES=(kubernetes-validate yamllint)
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -25,6 +28,15 @@ ensure_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q "${missing[@]}"
+}
+
+# Installs the PyPI validators when python3 cannot import them.
+ensure_pip_packages() {
+  python3 -c 'import kubernetes_validate, yamllint' 2>/dev/null && return 0
+  log "installing ${WEFT_PIP_PACKAGES[*]} (pip)"
+  # Debian 12's system python refuses global installs without this flag (PEP 668).
+  python3 -m pip install --quiet "${WEFT_PIP_PACKAGES[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "${WEFT_PIP_PACKAGES[@]}"
 }
 
 # Sets CARGO to a command that runs cargo. Under sudo, a toolchain in the invoking user's home is
@@ -54,5 +66,6 @@ find_cargo() {
 prepare() {
   require_root
   ensure_packages
+  ensure_pip_packages
   find_cargo
 }

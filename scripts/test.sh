@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's second command: `sudo scripts/test.sh [cargo test args]`
 # Installs what is missing, builds the release binary and runs every test of the workspace
-# (unit, kernel and end-to-end tests with a real etcd and the real weft in network namespaces).
-# Extra arguments go to `cargo test`, e.g. `scripts/test.sh --test e2e_hostgw`.
+# (unit, kernel and end-to-end tests with a real etcd and the real weft in network namespaces),
+# then the ipip end-to-end tests in a qemu VM (scripts/vm-test.sh).
+# Extra arguments go to `cargo test` (and skip the VM), e.g. `scripts/test.sh --test e2e_hostgw`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -15,3 +16,19 @@ log "cargo test --workspace --locked $*"
 # machine more than a few at once only adds timing noise. RUST_TEST_THREADS overrides.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 "${CARGO[@]}" test --workspace --locked "$@"
+
+# Then the tests that need a kernel with ipip (tests/vm_*.rs, tests/e2e_ipip*.rs) inside a small
+# qemu VM (about 2 minutes under TCG); see scripts/vm-test.sh. Only for a full run (no cargo test
+# arguments); WEFT_SKIP_VM=1 skips it.
+if [ $# -eq 0 ] && [ -z "${WEFT_SKIP_VM:-}" ]; then
+  log "scripts/vm-test.sh (ipip end to end in a VM)"
+  if [ "${CARGO[0]}" = cargo ]; then
+    scripts/vm-test.sh
+  else
+    # The toolchain belongs to the sudo user (find_cargo): vm-test.sh runs as root (qemu, 9p)
+    # and only needs cargo to locate the test executables built above.
+    home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+    PATH="$home/.cargo/bin:$PATH" CARGO_HOME="$home/.cargo" RUSTUP_HOME="$home/.rustup" \
+      scripts/vm-test.sh
+  fi
+fi

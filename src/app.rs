@@ -27,7 +27,8 @@ use crate::cli::Options;
 use crate::health::Health;
 use crate::iface;
 use crate::lease_table::LeaseTable;
-use crate::registry::{EtcdOptions, Registry};
+use crate::peer_cache::PeerCache;
+use crate::registry::{EtcdOptions, Registry, RegistryError};
 use crate::subnet::{
     Backoff, LeaseTiming, OwnLease, RenewalEnd, SubnetManager, WatchEvent, retry_until,
     sleep_or_shutdown,
@@ -42,6 +43,8 @@ const AUDIT_INTERVAL: Duration = Duration::from_secs(600);
 const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the config file (`--net-config-path`) is checked for a new version: one `stat`.
 const CONFIG_FILE_POLL: Duration = Duration::from_secs(2);
+/// Longest delay of a peer cache write after a lease change.
+const CACHE_WRITE: Duration = Duration::from_secs(5);
 /// Liveness: the control loop beats at least this often even when idle.
 const HEARTBEAT: Duration = Duration::from_secs(20);
 
@@ -69,15 +72,51 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     let nl = Netlink::connect().context("open a netlink socket")?;
     // With user/password the client authenticates at once, so an unreachable etcd shows here.
     let etcd = etcd_options(&opts);
-    let Some(registry) =
-        retry_until(&shutdown, "connecting to etcd", || Registry::connect(&etcd)).await
-    else {
-        return Ok(());
+    // First contact, bounded: a node with a peer cache programs the cached peers rather than
+    // wait for an etcd that does not answer.
+    let first = tokio::time::timeout(FIRST_CONTACT, first_contact(&etcd)).await;
+    let (registry, text) = match first {
+        Ok(Ok((registry, Some(text)))) => (registry, text),
+        Ok(Ok((registry, None))) => {
+            let text = tokio::select! {
+                r = fetch_config(&registry, &opts) => r?,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            (registry, text)
+        }
+        failed => {
+            match failed {
+                Ok(Err(e)) => warn!("etcd is unreachable at start: {e:#}"),
+                _ => warn!("etcd did not answer within {FIRST_CONTACT:?} at start"),
+            }
+            if let Some(path) = opts.peer_cache_file.as_deref() {
+                match PeerCache::load(path) {
+                    Ok(Some(cache)) => {
+                        if let Err(e) = boot_from_cache(&nl, &opts, &cache, path).await {
+                            warn!("programming the cached peers failed: {e:#}");
+                        }
+                    }
+                    Ok(None) => info!("no peer cache at {} to boot from", path.display()),
+                    Err(e) => warn!("the peer cache is unusable: {e:#}"),
+                }
+            }
+            let Some(registry) =
+                retry_until(&shutdown, "connecting to etcd", || Registry::connect(&etcd)).await
+            else {
+                return Ok(());
+            };
+            let text = tokio::select! {
+                r = fetch_config(&registry, &opts) => r?,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            (registry, text)
+        }
     };
-
-    let text = tokio::select! {
-        r = fetch_config(&registry, &opts) => r?,
-        () = shutdown.cancelled() => return Ok(()),
+    // `--net-config-path` given: the file is the config (etcd still holds the leases).
+    let text = match opts.net_config_path.as_deref() {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("read network config {}", path.display()))?,
+        None => text,
     };
     let conf = parse_config(&text)?;
     info!(
@@ -86,11 +125,81 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         conf.network.map(|n| n.to_string()).unwrap_or_default()
     );
     let backend = AnyBackend::from_conf(&conf.backend)?;
-    if let BackendConf::Vxlan(vxlan) = &conf.backend {
-        info!("VXLAN config: {vxlan}");
+    match &conf.backend {
+        BackendConf::Vxlan(vxlan) => info!("VXLAN config: {vxlan}"),
+        BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
+        BackendConf::HostGw => {}
     }
     let ext = select_interface(&nl, &opts).await?;
-    Agent::start(opts, conf, registry, nl, ext, backend, health, shutdown).await
+    Agent::start(
+        opts, conf, text, registry, nl, ext, backend, health, shutdown,
+    )
+    .await
+}
+
+/// How long the first contact with etcd may take before a node with a peer cache programs the
+/// cached peers instead of waiting.
+const FIRST_CONTACT: Duration = Duration::from_secs(3);
+
+/// Connects and reads `<prefix>/config` once: `None` when etcd answers that it has no config
+/// (flannel's agents often start before the config is written).
+async fn first_contact(etcd: &EtcdOptions) -> Result<(Registry, Option<String>)> {
+    let registry = Registry::connect(etcd).await?;
+    match registry.get_config().await {
+        Ok(text) => Ok((registry, Some(text))),
+        Err(RegistryError::ConfigNotFound { .. }) => Ok((registry, None)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Boot without etcd (target R3): the cached config, own subnet and peers are programmed and
+/// subnet.env is written, so pods start and reach the last known peers. Nothing is deleted:
+/// only a real etcd list may say a peer is gone. Readiness waits for etcd.
+async fn boot_from_cache(
+    nl: &Netlink,
+    opts: &Options,
+    cache: &PeerCache,
+    path: &std::path::Path,
+) -> Result<()> {
+    let conf = parse_config(&cache.config)?;
+    let (own, own_attrs) = cache.own()?;
+    let ext = select_interface(nl, opts).await?;
+    let mut backend = AnyBackend::from_conf(&conf.backend)?;
+    backend.adopt_previous(&own_attrs);
+    backend.prepare(nl, &ext).await?;
+    let mtu = backend.configure(nl, &ext, own.v4).await?;
+    let mut reconciler = Reconciler::new(nl.clone());
+    for index in backend.devices() {
+        reconciler.own_device(index);
+    }
+    reconciler.refresh().await?;
+    let peers: Vec<Peer> = cache
+        .peers()
+        .into_iter()
+        .filter(|p| p.attrs.backend_type == backend.type_name() && p.key != own)
+        .collect();
+    let mut state = backend.desired(&ext, &peers).state;
+    state.merge(reconciler.current().clone());
+    let report = reconciler.apply(&state).await;
+    let env = SubnetEnv {
+        network: conf.network,
+        subnet: Some(own.v4),
+        ipv6_network: None,
+        ipv6_subnet: None,
+        mtu,
+        ipmasq: opts.ip_masq,
+    };
+    subnet_file::write_atomic(&opts.subnet_file, &env.render())
+        .with_context(|| format!("write {}", opts.subnet_file.display()))?;
+    warn!(
+        "etcd is unreachable: programmed {} cached peers from {} ({} writes, {} failures) and wrote {}; waiting for etcd",
+        peers.len(),
+        path.display(),
+        report.writes,
+        report.failures.len(),
+        opts.subnet_file.display()
+    );
+    Ok(())
 }
 
 /// Parses and checks a config text; warnings (unknown keys, defaulted backend) are logged.
@@ -198,6 +307,8 @@ async fn select_interface(nl: &Netlink, opts: &Options) -> Result<ExternalInterf
 struct Agent {
     opts: Options,
     conf: NetConf,
+    /// The config text `conf` came from (kept for the peer cache).
+    config_text: String,
     nl: Netlink,
     ext: ExternalInterface,
     /// The backend the config asks for: it serves peers of its type and makes our lease.
@@ -218,8 +329,12 @@ struct Agent {
     pending_retry: bool,
     /// A backend device was deleted out of band and is not re-created yet.
     device_lost: bool,
+    /// A backend device was set down or lost its address out of band.
+    device_changed: bool,
     /// The config file's identity when the config comes from `--net-config-path`.
     config_file: Option<FileStamp>,
+    /// The peer cache is behind the lease table.
+    cache_dirty: bool,
 }
 
 /// What identifies a version of the config file: Kubernetes updates a mounted ConfigMap by
@@ -250,6 +365,7 @@ impl Agent {
     async fn start(
         opts: Options,
         conf: NetConf,
+        config_text: String,
         registry: Registry,
         nl: Netlink,
         ext: ExternalInterface,
@@ -318,6 +434,7 @@ impl Agent {
         let mut agent = Agent {
             opts,
             conf,
+            config_text,
             nl,
             ext,
             primary,
@@ -331,7 +448,9 @@ impl Agent {
             skipped: BTreeMap::new(),
             pending_retry: false,
             device_lost: false,
+            device_changed: false,
             config_file,
+            cache_dirty: true,
         };
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
@@ -343,6 +462,7 @@ impl Agent {
             .context("read weft's routes from the kernel")?;
         agent.reconcile("initial sync").await;
         agent.write_subnet_env(mtu)?;
+        agent.save_cache();
         agent.health.set_ready(true);
         info!(
             "weft is ready: subnet {} with {} peers",
@@ -366,6 +486,27 @@ impl Agent {
             .with_context(|| format!("write {}", self.opts.subnet_file.display()))?;
         info!("Wrote subnet file to {}", self.opts.subnet_file.display());
         Ok(())
+    }
+
+    /// Writes the peer cache when it is behind (at most every [`CACHE_WRITE`]: a burst of
+    /// lease events costs one write).
+    fn save_cache(&mut self) {
+        if !self.cache_dirty {
+            return;
+        }
+        self.cache_dirty = false;
+        let Some(path) = self.opts.peer_cache_file.clone() else {
+            return;
+        };
+        let cache = PeerCache::new(
+            &self.config_text,
+            self.own.key,
+            &self.attrs,
+            &self.table.peers(),
+        );
+        if let Err(e) = cache.save(&path) {
+            warn!("{e:#}");
+        }
     }
 
     /// The desired kernel state: each peer programmed by the active backend of the type its
@@ -441,10 +582,8 @@ impl Agent {
             }
         }
         let started = std::time::Instant::now();
+        // The reconciler logs each failed write; they are retried on the next pass.
         let report = self.reconciler.apply(&state).await;
-        for (op, err) in &report.failures {
-            warn!("{op} failed: {err}; retrying in {RETRY_INTERVAL:?}");
-        }
         let own_type = self.primary.type_name();
         // Failed writes are retried; so are peers of our own type that were skipped (an address
         // may be added to the interface). Peers of another backend type wait for a new lease.
@@ -481,6 +620,8 @@ impl Agent {
         let mut beat = tokio::time::interval(HEARTBEAT);
         let mut config_poll = tokio::time::interval(CONFIG_FILE_POLL);
         config_poll.reset();
+        let mut cache_write = tokio::time::interval(CACHE_WRITE);
+        cache_write.reset();
         let watch_file = self.opts.net_config_path.is_some();
         let mut kernel_open = true;
 
@@ -498,6 +639,7 @@ impl Agent {
                         changed |= self.on_watch_event(ev, &mut renewal, &shutdown).await;
                     }
                     if changed {
+                        self.cache_dirty = true;
                         self.reconcile("lease change").await;
                     }
                 }
@@ -530,6 +672,9 @@ impl Agent {
                     if self.device_lost {
                         self.recreate_devices().await;
                         dirty = true;
+                    } else if self.device_changed {
+                        self.reconfigure_devices().await;
+                        dirty = true;
                     }
                     if dirty {
                         if self.reconciler.needs_refresh() {
@@ -554,6 +699,7 @@ impl Agent {
                     self.reconcile("retry").await;
                 }
                 _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
+                _ = cache_write.tick(), if self.cache_dirty => self.save_cache(),
                 _ = beat.tick() => {}
             }
             self.health.beat();
@@ -565,14 +711,55 @@ impl Agent {
 
     /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
     fn on_kernel_event(&mut self, ev: &KernelEvent) -> bool {
-        if let KernelEvent::LinkDeleted { index, name } = ev {
-            if self.primary.devices().contains(index) {
+        let ours = |index: &u32| self.primary.devices().contains(index);
+        match ev {
+            KernelEvent::LinkDeleted { index, name } if ours(index) => {
                 warn!("{name} was deleted by someone else; re-creating it with every peer entry");
                 self.reconciler.disown_device(*index);
                 self.device_lost = true;
             }
+            KernelEvent::LinkChanged {
+                index,
+                name,
+                up: false,
+            } if ours(index) => {
+                warn!("{name} was set down by someone else; setting it up again");
+                self.device_changed = true;
+            }
+            KernelEvent::AddressDeleted {
+                index,
+                addr,
+                prefix_len,
+            } if ours(index) => {
+                warn!(
+                    "{addr}/{prefix_len} was removed from our device by someone else; restoring it"
+                );
+                self.device_changed = true;
+            }
+            _ => {}
         }
         self.reconciler.observe(ev)
+    }
+
+    /// Re-applies the primary backend's device configuration (address, up, MAC check) after an
+    /// out-of-band change; a device that can't be configured as it is gets re-created.
+    async fn reconfigure_devices(&mut self) {
+        self.device_changed = false;
+        match self
+            .primary
+            .configure(&self.nl, &self.ext, self.own.key.v4)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                warn!("the device no longer matches our lease ({e}); re-creating it");
+                for index in self.primary.devices() {
+                    self.reconciler.disown_device(index);
+                }
+                self.device_lost = true;
+                self.recreate_devices().await;
+            }
+        }
     }
 
     /// Re-creates the primary backend's devices (same MAC, same address) after an out-of-band
@@ -757,6 +944,8 @@ impl Agent {
             );
             return false;
         }
+        self.config_text = text.to_string();
+        self.cache_dirty = true;
         if new.backend == self.conf.backend {
             info!("network config changed (backend unchanged)");
             self.conf = new;

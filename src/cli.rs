@@ -18,10 +18,13 @@ use std::path::PathBuf;
 use regex::Regex;
 
 /// The subcommands weft understands in first position.
-pub const SUBCOMMANDS: &[&str] = &["lab", "status", "cleanup"];
+pub const SUBCOMMANDS: &[&str] = &["lab", "status", "cleanup", "docker-opts"];
 
 /// Prefix of the environment variables that set flags.
 pub const ENV_PREFIX: &str = "FLANNELD";
+
+/// weft's default for `--peer-cache-file`: on disk, so it survives a reboot.
+pub const DEFAULT_PEER_CACHE_FILE: &str = "/var/lib/weft/peers.json";
 
 /// flannel's default for `--net-config-path` (used in kube mode).
 pub const DEFAULT_NET_CONFIG_PATH: &str = "/etc/kube-flannel/net-conf.json";
@@ -67,7 +70,7 @@ pub enum CliError {
         reason: String,
     },
     #[error(
-        "unexpected argument {0:?}: weft takes only flags, or a subcommand (lab, status, cleanup) as the first argument"
+        "unexpected argument {0:?}: weft takes only flags, or a subcommand (lab, status, cleanup, docker-opts) as the first argument"
     )]
     UnexpectedArgument(String),
 }
@@ -157,6 +160,8 @@ pub struct Options {
     pub net_config_path: Option<PathBuf>,
     /// `--set-node-network-unavailable`.
     pub set_node_network_unavailable: bool,
+    /// `--peer-cache-file` (weft only): None when given empty.
+    pub peer_cache_file: Option<PathBuf>,
     /// klog's `-v` verbosity; see [`Options::log_level`].
     pub v: u8,
     /// klog's `-vmodule` (accepted and syntax-checked; weft has no per-file verbosity).
@@ -198,6 +203,7 @@ impl Default for Options {
             ip_blackhole_route: false,
             net_config_path: None,
             set_node_network_unavailable: true,
+            peer_cache_file: Some(PathBuf::from(DEFAULT_PEER_CACHE_FILE)),
             v: 0,
             vmodule: None,
             log_backtrace_at: None,
@@ -260,6 +266,7 @@ enum Id {
     IpBlackholeRoute,
     NetConfigPath,
     SetNodeNetworkUnavailable,
+    PeerCacheFile,
     V,
     Vmodule,
     LogBacktraceAt,
@@ -531,6 +538,14 @@ const FLAGS: &[Spec] = &[
         "",
         "true",
         "set the Node NetworkUnavailable condition (kube mode)",
+    ),
+    spec(
+        Id::PeerCacheFile,
+        "peer-cache-file",
+        Kind::Value,
+        "path",
+        DEFAULT_PEER_CACHE_FILE,
+        "weft: where the last known config, lease and peers are kept, to program them at boot while etcd is unreachable (empty: no cache)",
     ),
     spec(
         Id::V,
@@ -905,6 +920,7 @@ fn set(o: &mut Options, spec: &Spec, v: &str) -> Result<(), String> {
             o.net_config_path = Some(PathBuf::from(v));
         }
         Id::SetNodeNetworkUnavailable => o.set_node_network_unavailable = bool_value()?,
+        Id::PeerCacheFile => o.peer_cache_file = non_empty_path(v),
         Id::V => {
             // klog parses the level as a base-10 int32.
             let n: i64 = v.parse().map_err(|_| PARSE_ERROR.to_string())?;
@@ -942,7 +958,7 @@ fn parse_ipv6(v: &str) -> Result<Ipv6Addr, String> {
 pub fn usage() -> String {
     let mut out = String::new();
     out.push_str(
-        "Usage: weft [flags]\n       weft lab|status|cleanup [args...]\n\n\
+        "Usage: weft [flags]\n       weft lab|status|cleanup|docker-opts [args...]\n\n\
          A flanneld-compatible overlay network agent. Flags may be written -flag or --flag,\n\
          with the value as -flag=value or -flag value (booleans only as -flag or -flag=false).\n\
          Each flag except -version can also be set by the environment variable shown;\n\

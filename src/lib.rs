@@ -3,11 +3,14 @@
 
 pub mod app;
 pub mod cli;
+pub mod cni;
+pub mod docker_opts;
 pub mod etcd_server;
 pub mod health;
 pub mod iface;
 pub mod lab;
 pub mod lease_table;
+pub mod peer_cache;
 pub mod registry;
 pub mod subnet;
 pub mod subnet_file;

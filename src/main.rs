@@ -31,6 +31,7 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             },
+            "docker-opts" => ExitCode::from(weft::docker_opts::run_cli(&args)),
             other => {
                 eprintln!("weft: subcommand {other} is not available yet");
                 ExitCode::from(2)

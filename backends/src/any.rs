@@ -4,6 +4,7 @@ use ipnet::Ipv4Net;
 use net_conf::{BackendConf, LeaseAttrs};
 
 use crate::hostgw::HostGw;
+use crate::ipip::IpIp;
 use crate::nl::Netlink;
 use crate::vxlan::Vxlan;
 use crate::{Backend, BackendError, Desired, ExternalInterface, Peer};
@@ -13,6 +14,7 @@ use crate::{Backend, BackendError, Desired, ExternalInterface, Peer};
 pub enum AnyBackend {
     HostGw(HostGw),
     Vxlan(Vxlan),
+    IpIp(IpIp),
 }
 
 impl AnyBackend {
@@ -21,10 +23,7 @@ impl AnyBackend {
         match conf {
             BackendConf::HostGw => Ok(AnyBackend::HostGw(HostGw::new())),
             BackendConf::Vxlan(c) => Ok(AnyBackend::Vxlan(Vxlan::new(c.clone()))),
-            other => Err(BackendError::Unsupported(format!(
-                "backend type {} is not available in this build of weft; use vxlan or host-gw",
-                other.type_name()
-            ))),
+            BackendConf::IpIp(c) => Ok(AnyBackend::IpIp(IpIp::new(c.clone()))),
         }
     }
 
@@ -34,6 +33,7 @@ impl AnyBackend {
         match self {
             AnyBackend::HostGw(_) => Ok(()),
             AnyBackend::Vxlan(b) => b.teardown(nl).await,
+            AnyBackend::IpIp(b) => b.teardown(nl).await,
         }
     }
 }
@@ -43,6 +43,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.type_name(),
             AnyBackend::Vxlan(b) => b.type_name(),
+            AnyBackend::IpIp(b) => b.type_name(),
         }
     }
 
@@ -54,6 +55,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.prepare(nl, ext).await,
             AnyBackend::Vxlan(b) => b.prepare(nl, ext).await,
+            AnyBackend::IpIp(b) => b.prepare(nl, ext).await,
         }
     }
 
@@ -66,6 +68,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.configure(nl, ext, own).await,
             AnyBackend::Vxlan(b) => b.configure(nl, ext, own).await,
+            AnyBackend::IpIp(b) => b.configure(nl, ext, own).await,
         }
     }
 
@@ -73,6 +76,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.devices(),
             AnyBackend::Vxlan(b) => b.devices(),
+            AnyBackend::IpIp(b) => b.devices(),
         }
     }
 
@@ -80,6 +84,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.wants_previous_lease(),
             AnyBackend::Vxlan(b) => b.wants_previous_lease(),
+            AnyBackend::IpIp(b) => b.wants_previous_lease(),
         }
     }
 
@@ -87,6 +92,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.adopt_previous(previous),
             AnyBackend::Vxlan(b) => b.adopt_previous(previous),
+            AnyBackend::IpIp(b) => b.adopt_previous(previous),
         }
     }
 
@@ -94,6 +100,7 @@ impl Backend for AnyBackend {
         match self {
             AnyBackend::HostGw(b) => b.desired(ext, peers),
             AnyBackend::Vxlan(b) => b.desired(ext, peers),
+            AnyBackend::IpIp(b) => b.desired(ext, peers),
         }
     }
 }

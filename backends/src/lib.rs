@@ -1,4 +1,4 @@
-//! weft's data path: the `Backend` trait, the backends (host-gw, vxlan), the pure plan of kernel
+//! weft's data path: the `Backend` trait, the backends (host-gw, vxlan, ipip), the pure plan of kernel
 //! operations, the reconciler that applies it, and `nl`, the one module that builds netlink
 //! messages.
 //!
@@ -8,6 +8,7 @@
 pub mod any;
 pub mod error;
 pub mod hostgw;
+pub mod ipip;
 pub mod nl;
 pub mod plan;
 pub mod reconcile;

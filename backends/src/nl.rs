@@ -13,7 +13,8 @@ use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressMessage, AddressScope,
 };
 use rtnetlink::packet_route::link::{
-    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as LinkInfoAttr, LinkMessage,
+    InfoData, InfoIpTunnel, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as LinkInfoAttr,
+    LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -23,7 +24,8 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkUnspec, LinkVxlan, MulticastGroup, RouteMessageBuilder,
+    AddressMessageBuilder, Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup,
+    RouteMessageBuilder,
 };
 
 use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
@@ -926,5 +928,121 @@ impl Netlink {
                 e,
             )),
         }
+    }
+}
+
+// ===== ipip devices =====
+
+/// The kernel's errno when it does not know a link kind (`ip link add t0 type ipip` on a kernel
+/// without CONFIG_NET_IPIP and no module to load: iproute2 prints "Unknown device type").
+pub const EOPNOTSUPP: i32 = 95;
+
+/// An ipip device as the kernel reports it (`ip -d link show <name>`). Fields the kernel did not
+/// report are None.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpIpLink {
+    pub index: u32,
+    pub name: String,
+    /// The link kind (`ipip`, `veth`, ...); None when the kernel reports no kind.
+    pub kind: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+    /// `local`: the source address of the outer header (None or 0.0.0.0 = any).
+    pub local: Option<Ipv4Addr>,
+    /// `remote`: the fixed peer (None or 0.0.0.0 = any, a point-to-multipoint tunnel).
+    pub remote: Option<Ipv4Addr>,
+    /// `dev`: the underlay interface index the tunnel is bound to (None or 0 = none).
+    pub link: Option<u32>,
+}
+
+/// What [`Netlink::ipip_add`] creates: `remote any`, not bound to a device, the kernel's defaults
+/// for ttl (inherit) and pmtudisc (on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpIpSpec {
+    pub name: String,
+    pub local: Ipv4Addr,
+    pub mtu: u32,
+}
+
+impl std::fmt::Display for IpIpSpec {
+    /// `flannel.ipip type ipip local 198.18.0.1 remote any mtu 1480`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} type ipip local {} remote any mtu {}",
+            self.name, self.local, self.mtu
+        )
+    }
+}
+
+impl Netlink {
+    /// `ip -d link show <name>`, read as an ipip device; `None` when there is no such link.
+    pub async fn ipip_by_name(&self, name: &str) -> Result<Option<IpIpLink>, BackendError> {
+        let msg = match self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+        {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(e) if errno_of(&e) == Some(ENODEV) => return Ok(None),
+            Err(e) => return Err(nl_err(format!("ip -d link show {name}"), e)),
+        };
+        let base = link_info(&msg);
+        let mut out = IpIpLink {
+            index: base.index,
+            name: base.name,
+            kind: None,
+            mtu: base.mtu,
+            up: base.up,
+            local: None,
+            remote: None,
+            link: None,
+        };
+        let v4 = |ip: &IpAddr| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        };
+        for a in &msg.attributes {
+            let LinkAttribute::LinkInfo(infos) = a else {
+                continue;
+            };
+            for info in infos {
+                match info {
+                    LinkInfoAttr::Kind(kind) => out.kind = Some(kind.to_string()),
+                    LinkInfoAttr::Data(InfoData::IpTunnel(attrs)) => {
+                        for t in attrs {
+                            match t {
+                                InfoIpTunnel::Local(ip) => out.local = v4(ip),
+                                InfoIpTunnel::Remote(ip) => out.remote = v4(ip),
+                                InfoIpTunnel::Link(l) => out.link = Some(*l),
+                                _ => {}
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// `ip link add <name> type ipip local <ip> remote any mtu <mtu>` (created down). EEXIST
+    /// when the name is taken; EOPNOTSUPP ([`EOPNOTSUPP`]) when the kernel has no ipip.
+    pub async fn ipip_add(&self, spec: &IpIpSpec) -> Result<(), BackendError> {
+        let msg = LinkIpIp::new(&spec.name)
+            .local(spec.local)
+            .mtu(spec.mtu)
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("ip link add {spec}"), e))
     }
 }

@@ -331,6 +331,11 @@ impl Lab {
         Ok(self.pod(k)?.ip)
     }
 
+    /// The path given to node k's agent as `--peer-cache-file`.
+    pub fn peer_cache_file(&self, k: usize) -> Result<PathBuf> {
+        Ok(self.subnet_file(k)?.with_file_name("peers.json"))
+    }
+
     /// The path given to node k's agent as `--subnet-file`.
     pub fn subnet_file(&self, k: usize) -> Result<PathBuf> {
         Ok(self.node(k)?.dir.join("subnet.env"))
@@ -405,13 +410,18 @@ impl Lab {
     // ===== agents =====
 
     /// The agent's command line for node k: `ip netns exec <nk> <weft> --etcd-endpoints=…
-    /// --subnet-file=… [--etcd-prefix=…] [--healthz-port=…] <extra flags>`.
+    /// --subnet-file=… --peer-cache-file=… [--etcd-prefix=…] [--healthz-port=…] <extra flags>`.
     fn agent_command(&self, k: usize) -> Result<std::process::Command> {
         let node = self.node(k)?;
         let bin = self.spec.weft_bin.to_string_lossy().into_owned();
         let mut cmd = sys::netns_exec(&node.ns, &bin, &[]);
         cmd.arg(format!("--etcd-endpoints={}", self.etcd_endpoint()?));
         cmd.arg(format!("--subnet-file={}", self.subnet_file(k)?.display()));
+        // Each node its own peer cache (they share one filesystem).
+        cmd.arg(format!(
+            "--peer-cache-file={}",
+            self.peer_cache_file(k)?.display()
+        ));
         if self.spec.etcd_prefix != DEFAULT_ETCD_PREFIX {
             cmd.arg(format!("--etcd-prefix={}", self.spec.etcd_prefix));
         }

@@ -140,3 +140,266 @@ impl RouteWatch {
             .unwrap_or_else(|_| (0, vec!["route watch thread panicked".to_owned()]))
     }
 }
+
+// ===== vxlan helpers =====
+
+/// `<prog> -n <ns> -j <args>` (`prog` is `ip` or `bridge`), parsed as a JSON array (empty
+/// output is an empty array).
+pub fn json_in(ns: &str, prog: &str, args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
+    let text = run_in(ns, prog, &[&["-j"], args].concat())?;
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{prog} -n {ns} -j {}: bad JSON ({e}): {text}",
+            args.join(" ")
+        )
+    })?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// `<prog> -n <ns> <args>` (`ip` or `bridge`); stdout, or an error with stderr.
+pub fn run_in(ns: &str, prog: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(prog)
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .map_err(|e| format!("{prog} -n {ns} {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{prog} -n {ns} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The vxlan device weft (and flanneld) use with the default VNI.
+pub const VXLAN_DEV: &str = "flannel.1";
+
+/// What a node must have programmed for one vxlan peer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VxlanPeer {
+    /// The peer's subnet (`10.244.7.0/24`); its network address is the gateway.
+    pub subnet: ipnet::Ipv4Net,
+    /// The peer's PublicIP.
+    pub ip: std::net::Ipv4Addr,
+    /// The peer's VtepMAC, lower case with colons.
+    pub mac: String,
+}
+
+impl VxlanPeer {
+    pub fn gateway(&self) -> String {
+        self.subnet.network().to_string()
+    }
+}
+
+/// `ip -j -d link show flannel.1` in `ns`: the one link object.
+pub fn vxlan_link(ns: &str) -> Result<serde_json::Value, String> {
+    let links = json_in(ns, "ip", &["-d", "link", "show", VXLAN_DEV])?;
+    match links.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!(
+            "{ns}: `ip -d link show {VXLAN_DEV}` gave {links:?}"
+        )),
+    }
+}
+
+/// The MAC of `flannel.1` in `ns`.
+pub fn vxlan_mac(ns: &str) -> Result<String, String> {
+    let link = vxlan_link(ns)?;
+    link["address"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{ns}: {VXLAN_DEV} has no address: {link}"))
+}
+
+fn neigh_entries(ns: &str) -> Result<Vec<serde_json::Value>, String> {
+    json_in(ns, "ip", &["neigh", "show", "dev", VXLAN_DEV])
+}
+
+fn fdb_entries(ns: &str) -> Result<Vec<serde_json::Value>, String> {
+    json_in(ns, "bridge", &["fdb", "show", "dev", VXLAN_DEV])
+}
+
+fn is_permanent_neigh(n: &serde_json::Value) -> bool {
+    n["state"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x == "PERMANENT"))
+}
+
+fn is_self_permanent_fdb(f: &serde_json::Value) -> bool {
+    f["state"] == "permanent"
+        && f["flags"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "self"))
+}
+
+fn is_onlink(r: &serde_json::Value) -> bool {
+    r["flags"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x == "onlink"))
+}
+
+/// The three entries of one peer, compared from JSON:
+/// `ip neigh`: `<gw> lladdr <mac> PERMANENT`; `bridge fdb`: `<mac> dst <ip> self permanent`;
+/// `ip route`: `<subnet> via <gw> dev flannel.1 proto 87 onlink`.
+pub fn vxlan_peer_present(ns: &str, peer: &VxlanPeer) -> Result<(), String> {
+    let gw = peer.gateway();
+    let neighs = neigh_entries(ns)?;
+    if !neighs.iter().any(|n| {
+        n["dst"] == gw.as_str() && n["lladdr"] == peer.mac.as_str() && is_permanent_neigh(n)
+    }) {
+        return Err(format!(
+            "{ns}: no `{gw} lladdr {} PERMANENT` on {VXLAN_DEV}: {neighs:?}",
+            peer.mac
+        ));
+    }
+    let fdb = fdb_entries(ns)?;
+    let ip = peer.ip.to_string();
+    if !fdb.iter().any(|f| {
+        f["mac"] == peer.mac.as_str() && f["dst"] == ip.as_str() && is_self_permanent_fdb(f)
+    }) {
+        return Err(format!(
+            "{ns}: no `{} dst {ip} self permanent` in the fdb of {VXLAN_DEV}: {fdb:?}",
+            peer.mac
+        ));
+    }
+    let routes = routes_in(ns)?;
+    let dst = peer.subnet.to_string();
+    if !routes.iter().any(|r| {
+        r["dst"] == dst.as_str()
+            && r["gateway"] == gw.as_str()
+            && r["dev"] == VXLAN_DEV
+            && is_onlink(r)
+            && route_protocol_is(r, WEFT_ROUTE_PROTOCOL)
+    }) {
+        return Err(format!(
+            "{ns}: no `{dst} via {gw} dev {VXLAN_DEV} proto 87 onlink`: {routes:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Node state is exactly the vxlan entries of `peers`, nothing more: the PERMANENT neighbours
+/// of flannel.1, its FDB entries (each `self permanent`) and the routes with protocol 87 are
+/// each the expected set (so an FDB entry of a peer's old MAC is an error).
+pub fn vxlan_entries_exact(ns: &str, peers: &[VxlanPeer]) -> Result<(), String> {
+    type Triple = (String, String, String);
+    let mut want_neigh: Vec<(String, String)> =
+        peers.iter().map(|p| (p.gateway(), p.mac.clone())).collect();
+    let mut want_fdb: Vec<(String, String)> = peers
+        .iter()
+        .map(|p| (p.mac.clone(), p.ip.to_string()))
+        .collect();
+    let mut want_routes: Vec<Triple> = peers
+        .iter()
+        .map(|p| (p.subnet.to_string(), p.gateway(), VXLAN_DEV.to_owned()))
+        .collect();
+    want_neigh.sort();
+    want_fdb.sort();
+    want_routes.sort();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+
+    let neighs = neigh_entries(ns)?;
+    let mut have_neigh: Vec<(String, String)> = neighs
+        .iter()
+        .filter(|n| is_permanent_neigh(n))
+        .map(|n| (s(&n["dst"]), s(&n["lladdr"])))
+        .collect();
+    have_neigh.sort();
+    if have_neigh != want_neigh {
+        return Err(format!(
+            "{ns}: permanent neighbours (ip, lladdr) {have_neigh:?}, expected {want_neigh:?}"
+        ));
+    }
+    let fdb = fdb_entries(ns)?;
+    if let Some(bad) = fdb.iter().find(|f| !is_self_permanent_fdb(f)) {
+        return Err(format!("{ns}: fdb entry not `self permanent`: {bad}"));
+    }
+    let mut have_fdb: Vec<(String, String)> =
+        fdb.iter().map(|f| (s(&f["mac"]), s(&f["dst"]))).collect();
+    have_fdb.sort();
+    if have_fdb != want_fdb {
+        return Err(format!(
+            "{ns}: fdb (mac, dst) {have_fdb:?}, expected {want_fdb:?}"
+        ));
+    }
+    let routes = routes_in(ns)?;
+    let ours: Vec<&serde_json::Value> = routes
+        .iter()
+        .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL))
+        .collect();
+    if let Some(bad) = ours.iter().find(|r| !is_onlink(r)) {
+        return Err(format!("{ns}: weft route without onlink: {bad}"));
+    }
+    let mut have_routes: Vec<Triple> = ours
+        .iter()
+        .map(|r| (s(&r["dst"]), s(&r["gateway"]), s(&r["dev"])))
+        .collect();
+    have_routes.sort();
+    if have_routes != want_routes {
+        return Err(format!(
+            "{ns}: weft routes (dst, via, dev) {have_routes:?}, expected {want_routes:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Polls `check` on its own thread every 20 ms until stopped; `stop()` returns how many polls
+/// ran and every failure seen (with the time since the start). Like [`RouteWatch`], for any
+/// condition that must hold all along.
+pub struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Watch {
+    pub fn start(check: impl Fn() -> Result<(), String> + Send + 'static) -> Watch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut rounds = 0;
+            let mut failures = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Err(e) = check() {
+                    failures.push(format!("{:?}: {e}", started.elapsed()));
+                }
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (rounds, failures)
+        });
+        Watch { stop, handle }
+    }
+
+    /// Stops the watch; returns (polls made, failures).
+    pub fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| (0, vec!["watch thread panicked".to_owned()]))
+    }
+}
+
+/// `ping -c 1 -W <timeout>` from namespace `ns` to `dst`: true on a reply.
+pub fn ping_once(ns: &str, dst: std::net::Ipv4Addr, timeout: Duration) -> bool {
+    let w = format!("{:.3}", timeout.as_secs_f64());
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-q", "-c", "1", "-W", &w])
+        .arg(dst.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `/proc/loadavg`, for failure messages of timing assertions on a shared machine.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|e| format!("(unreadable: {e})"))
+}

@@ -1,0 +1,576 @@
+//! ipip (spec §5.2): device `flannel.ipip` (IPv4 in IPv4, 20 bytes of overhead); per peer one
+//! onlink route through the tunnel, planned by [`IpIp::desired`] and applied by the same
+//! reconciler as host-gw and vxlan.
+//!
+//! The device, as flannel makes it:
+//! ```text
+//! ip link add flannel.ipip type ipip local <iface addr> remote any mtu <ext mtu - 20>
+//! ip addr replace <own subnet network>/32 dev flannel.ipip
+//! ip link set flannel.ipip up
+//! ```
+//! `local` is the external interface's own address (not `--public-ip`): the kernel's per-netns
+//! fallback device `tunl0` (local any, remote any) also receives ipip, and a tunnel with a
+//! specific `local` matches incoming packets first. Both devices existing is expected.
+//!
+//! Per peer with lease `{"PublicIP": P, "BackendType": "ipip"}` and subnet S:
+//! ```text
+//! ip route replace S via P dev flannel.ipip onlink proto 87
+//! ```
+//! With `DirectRouting`, a peer whose PublicIP is on a directly connected subnet of the external
+//! interface gets `ip route replace S via P dev <ext>` instead, as host-gw would (flannel asks
+//! `ip route get`; the connected prefixes of the interface give the same answer without I/O).
+//!
+//! A kernel without ipip (no CONFIG_NET_IPIP, no module) refuses the device with EOPNOTSUPP;
+//! [`Backend::prepare`] turns that into one clear error before any lease is taken.
+//!
+//! Differences from flannel, on purpose: an existing device with the right `local`/`remote` but
+//! another MTU gets its MTU set to `ext − 20` (flannel only lowers a larger one); a directly
+//! routed peer's route has no `onlink` (the gateway is on a connected subnet, as with host-gw);
+//! a peer of another backend type is skipped with a reason.
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use net_conf::{IpIpConf, LeaseAttrs};
+use tracing::{info, warn};
+
+use crate::nl::{EOPNOTSUPP, IpIpLink, IpIpSpec, Netlink};
+use crate::{Backend, BackendError, Desired, ExternalInterface, Peer, Route};
+
+/// The lease `BackendType` of ipip.
+pub const IPIP: &str = "ipip";
+/// The tunnel device's name (flannel's).
+pub const DEVICE_NAME: &str = "flannel.ipip";
+/// Bytes the outer IPv4 header adds.
+pub const ENCAP_OVERHEAD: u32 = 20;
+/// The smallest MTU IPv4 allows on a link.
+const MIN_MTU: u32 = 68;
+
+/// The error when the kernel cannot make an ipip device at all.
+pub const NO_KERNEL_SUPPORT: &str =
+    "this kernel has no ipip support (CONFIG_NET_IPIP): use Backend.Type vxlan or host-gw";
+
+/// weft's ipip device once [`Backend::prepare`] has created or verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpIpDevice {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+}
+
+/// The ipip backend.
+#[derive(Debug, Clone)]
+pub struct IpIp {
+    conf: IpIpConf,
+    dev: Option<IpIpDevice>,
+}
+
+/// What to do with a link that already has the device's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existing {
+    /// It is the wanted tunnel; `set_mtu` when only its MTU differs.
+    Reuse { set_mtu: Option<u32> },
+    /// An ipip device with other endpoints: delete it and create the wanted one. The reasons
+    /// name each differing field.
+    Recreate(Vec<String>),
+    /// Not an ipip device: weft will not delete someone else's link (flannel's rule).
+    WrongType,
+}
+
+impl IpIp {
+    pub fn new(conf: IpIpConf) -> Self {
+        IpIp { conf, dev: None }
+    }
+
+    /// The device, after a successful [`Backend::prepare`].
+    pub fn device(&self) -> Option<&IpIpDevice> {
+        self.dev.as_ref()
+    }
+
+    /// The device this node wants for `ext`: `local` = the interface's own address, MTU =
+    /// the interface's − 20.
+    pub fn spec(ext: &ExternalInterface) -> Result<IpIpSpec, BackendError> {
+        let mtu = ext
+            .mtu
+            .checked_sub(ENCAP_OVERHEAD)
+            .filter(|m| *m >= MIN_MTU)
+            .ok_or_else(|| {
+                BackendError::Unsupported(format!(
+                    "MTU {} of {} is too small for ipip mode to work (needs {ENCAP_OVERHEAD} \
+                     bytes of overhead and leaves less than {MIN_MTU})",
+                    ext.mtu, ext.name
+                ))
+            })?;
+        Ok(IpIpSpec {
+            name: DEVICE_NAME.to_string(),
+            local: ext.iface_addr,
+            mtu,
+        })
+    }
+
+    /// Deletes `flannel.ipip` (`ip link del flannel.ipip`); its routes go with it.
+    pub async fn teardown(&mut self, nl: &Netlink) -> Result<(), BackendError> {
+        let index = match &self.dev {
+            Some(dev) => Some(dev.index),
+            None => nl.link_by_name(DEVICE_NAME).await?.map(|l| l.index),
+        };
+        if let Some(index) = index {
+            nl.link_del(index).await?;
+            tracing::info!("ip link del {DEVICE_NAME}");
+        }
+        self.dev = None;
+        Ok(())
+    }
+
+    /// Test and tooling hook: use an already known device (as [`Backend::prepare`] would set it).
+    pub fn with_device(mut self, dev: IpIpDevice) -> Self {
+        self.dev = Some(dev);
+        self
+    }
+
+    /// Creates the device and reads back its index.
+    async fn create(nl: &Netlink, spec: &IpIpSpec) -> Result<IpIpDevice, BackendError> {
+        nl.ipip_add(spec).await.map_err(explain_add_error)?;
+        info!("ip link add {spec}");
+        let made = nl.ipip_by_name(&spec.name).await?.ok_or_else(|| {
+            BackendError::Unsupported(format!("{} vanished right after creation", spec.name))
+        })?;
+        Ok(IpIpDevice {
+            index: made.index,
+            name: spec.name.clone(),
+            mtu: spec.mtu,
+        })
+    }
+}
+
+/// Compares an existing link with the wanted tunnel (flannel's rule: another type is an error;
+/// another `local` or a fixed `remote` means delete and recreate). An unset or 0.0.0.0 `remote`
+/// is "any".
+pub fn assess(have: &IpIpLink, want: &IpIpSpec) -> Existing {
+    if have.kind.as_deref() != Some("ipip") {
+        return Existing::WrongType;
+    }
+    let show = |ip: Option<Ipv4Addr>| match ip.filter(|ip| !ip.is_unspecified()) {
+        Some(ip) => ip.to_string(),
+        None => "any".to_string(),
+    };
+    let mut why = Vec::new();
+    if have.local != Some(want.local) {
+        why.push(format!("local {} (want {})", show(have.local), want.local));
+    }
+    if have.remote.is_some_and(|r| !r.is_unspecified()) {
+        why.push(format!("remote {} (want any)", show(have.remote)));
+    }
+    if !why.is_empty() {
+        return Existing::Recreate(why);
+    }
+    Existing::Reuse {
+        set_mtu: (have.mtu != want.mtu).then_some(want.mtu),
+    }
+}
+
+/// The error of a failed `ip link add … type ipip`: EOPNOTSUPP means the kernel has no ipip at
+/// all, which gets [`NO_KERNEL_SUPPORT`] (with the failed command after it); anything else is
+/// passed on as it is.
+pub fn explain_add_error(err: BackendError) -> BackendError {
+    match err {
+        BackendError::Netlink {
+            op,
+            errno: Some(EOPNOTSUPP),
+            message,
+        } => BackendError::Unsupported(format!("{NO_KERNEL_SUPPORT} ({op}: {message})")),
+        other => other,
+    }
+}
+
+impl Backend for IpIp {
+    fn type_name(&self) -> &'static str {
+        IPIP
+    }
+
+    fn devices(&self) -> Vec<u32> {
+        self.dev.iter().map(|d| d.index).collect()
+    }
+
+    /// Creates `flannel.ipip` or reuses a matching existing one (one with other endpoints is
+    /// deleted and recreated; a link of another type is an error), then returns the lease
+    /// attributes `{"PublicIP": <ext_addr>, "BackendType": "ipip"}`.
+    async fn prepare(
+        &mut self,
+        nl: &Netlink,
+        ext: &ExternalInterface,
+    ) -> Result<LeaseAttrs, BackendError> {
+        let want = Self::spec(ext)?;
+        let dev = match nl.ipip_by_name(&want.name).await? {
+            None => Self::create(nl, &want).await?,
+            Some(have) => match assess(&have, &want) {
+                Existing::WrongType => {
+                    return Err(BackendError::Unsupported(format!(
+                        "{} isn't an ipip mode device, please remove device and try again",
+                        want.name
+                    )));
+                }
+                Existing::Recreate(why) => {
+                    warn!(
+                        "{:?} already exists with incompatible configuration: {}; recreating device",
+                        want.name,
+                        why.join(", ")
+                    );
+                    nl.link_del(have.index).await?;
+                    info!("ip link del {}", want.name);
+                    Self::create(nl, &want).await?
+                }
+                Existing::Reuse { set_mtu } => {
+                    if let Some(mtu) = set_mtu {
+                        nl.link_set_mtu(have.index, mtu).await?;
+                        info!("ip link set {} mtu {mtu}", want.name);
+                    }
+                    IpIpDevice {
+                        index: have.index,
+                        name: want.name.clone(),
+                        mtu: want.mtu,
+                    }
+                }
+            },
+        };
+        self.dev = Some(dev);
+        Ok(LeaseAttrs::ipip(ext.ext_addr))
+    }
+
+    /// Gives the device exactly one IPv4 address, `<own network>/32` (the source for host → pod
+    /// traffic; /32 adds no connected route), sets it up and returns the device MTU for
+    /// subnet.env.
+    async fn configure(
+        &mut self,
+        nl: &Netlink,
+        _ext: &ExternalInterface,
+        own: Ipv4Net,
+    ) -> Result<u32, BackendError> {
+        let dev = self.dev.clone().ok_or_else(|| {
+            BackendError::Unsupported("ipip: configure called before prepare".into())
+        })?;
+        let addr = own.network();
+        let link = nl.link_by_name(&dev.name).await?.ok_or_else(|| {
+            BackendError::Unsupported(format!("{} disappeared before configure", dev.name))
+        })?;
+        for a in &link.addrs {
+            let std::net::IpAddr::V4(ip) = a.addr else {
+                continue;
+            };
+            if ip != addr || a.prefix_len != 32 {
+                nl.addr_del(dev.index, ip, a.prefix_len).await?;
+                info!("ip addr del {ip}/{} dev {}", a.prefix_len, dev.name);
+            }
+        }
+        nl.addr_replace(dev.index, addr, 32).await?;
+        info!("ip addr replace {addr}/32 dev {}", dev.name);
+        nl.link_set_up(dev.index).await?;
+        info!("ip link set {} up", dev.name);
+        Ok(dev.mtu)
+    }
+
+    fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired {
+        let mut out = Desired::default();
+        let Some(dev) = &self.dev else {
+            for p in peers {
+                out.skipped
+                    .push((p.key, "the ipip device is not prepared yet".to_string()));
+            }
+            return out;
+        };
+        for peer in peers {
+            match self.route_for(ext, dev, peer) {
+                Ok(route) => out.state.add_route(route),
+                Err(reason) => out.skipped.push((peer.key, reason)),
+            }
+        }
+        out
+    }
+}
+
+impl IpIp {
+    /// The route to one peer, or why there is none.
+    fn route_for(
+        &self,
+        ext: &ExternalInterface,
+        dev: &IpIpDevice,
+        peer: &Peer,
+    ) -> Result<Route, String> {
+        let subnet = peer.key.v4.trunc();
+        let ip = peer.attrs.public_ip;
+        if peer.attrs.backend_type != IPIP {
+            return Err(format!(
+                "peer {subnet} ({ip}) uses backend type {:?}, not \"ipip\": mixed-backend peers \
+                 are not routed",
+                peer.attrs.backend_type
+            ));
+        }
+        if ip.is_unspecified() {
+            return Err(format!("peer {subnet} has no PublicIP (0.0.0.0)"));
+        }
+        if ip == ext.ext_addr || ip == ext.iface_addr {
+            return Err(format!(
+                "peer {subnet} has this node's own address {ip} as PublicIP"
+            ));
+        }
+        if self.conf.direct_routing && ext.prefixes.iter().any(|p| p.contains(&ip)) {
+            return Ok(Route {
+                dst: subnet,
+                gateway: ip,
+                oif: ext.index,
+                onlink: false,
+            });
+        }
+        Ok(Route {
+            dst: subnet,
+            gateway: ip,
+            oif: dev.index,
+            onlink: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use net_conf::SubnetKey;
+
+    use super::*;
+
+    fn ext() -> ExternalInterface {
+        ExternalInterface {
+            name: "eth0".into(),
+            index: 3,
+            iface_addr: Ipv4Addr::new(198, 18, 0, 1),
+            ext_addr: Ipv4Addr::new(198, 18, 0, 1),
+            mtu: 1500,
+            prefixes: vec!["198.18.0.0/24".parse().expect("prefix")],
+        }
+    }
+
+    fn dev() -> IpIpDevice {
+        IpIpDevice {
+            index: 9,
+            name: DEVICE_NAME.into(),
+            mtu: 1480,
+        }
+    }
+
+    fn peer(subnet: &str, ip: &str, backend: &str) -> Peer {
+        Peer {
+            key: SubnetKey {
+                v4: subnet.parse().expect("subnet"),
+                v6: None,
+            },
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().expect("ip"),
+                public_ipv6: None,
+                backend_type: backend.into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+        }
+    }
+
+    fn ipip(direct_routing: bool) -> IpIp {
+        IpIp::new(IpIpConf { direct_routing }).with_device(dev())
+    }
+
+    fn routes(d: &Desired) -> Vec<String> {
+        d.state.routes.values().map(|r| r.to_string()).collect()
+    }
+
+    #[test]
+    fn per_peer_onlink_route_via_public_ip_through_the_tunnel() {
+        let d = ipip(false).desired(
+            &ext(),
+            &[
+                peer("10.244.2.0/24", "198.18.0.2", "ipip"),
+                // Not adjacent: the tunnel doesn't care.
+                peer("10.244.3.0/24", "203.0.113.3", "ipip"),
+            ],
+        );
+        assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        assert_eq!(
+            routes(&d),
+            vec![
+                "10.244.2.0/24 via 198.18.0.2 dev 9 onlink",
+                "10.244.3.0/24 via 203.0.113.3 dev 9 onlink",
+            ]
+        );
+        assert!(d.state.neighs.is_empty() && d.state.fdb.is_empty());
+    }
+
+    #[test]
+    fn direct_routing_for_adjacent_peers_only() {
+        let d = ipip(true).desired(
+            &ext(),
+            &[
+                peer("10.244.2.0/24", "198.18.0.2", "ipip"),
+                peer("10.244.3.0/24", "203.0.113.3", "ipip"),
+            ],
+        );
+        assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        assert_eq!(
+            routes(&d),
+            vec![
+                "10.244.2.0/24 via 198.18.0.2 dev 3",
+                "10.244.3.0/24 via 203.0.113.3 dev 9 onlink",
+            ]
+        );
+    }
+
+    #[test]
+    fn skips_with_reasons() {
+        let peers = [
+            peer("10.244.2.0/24", "198.18.0.2", "host-gw"),
+            peer("10.244.3.0/24", "198.18.0.3", "vxlan"),
+            peer("10.244.4.0/24", "0.0.0.0", "ipip"),
+            peer("10.244.5.0/24", "198.18.0.1", "ipip"),
+            peer("10.244.6.0/24", "198.18.0.6", ""),
+            peer("10.244.7.1/24", "198.18.0.7", "ipip"),
+        ];
+        let d = ipip(false).desired(&ext(), &peers);
+        assert_eq!(
+            routes(&d),
+            vec!["10.244.7.0/24 via 198.18.0.7 dev 9 onlink"]
+        );
+        let reasons: Vec<(String, String)> = d
+            .skipped
+            .iter()
+            .map(|(k, r)| (k.v4.to_string(), r.clone()))
+            .collect();
+        let want = [
+            ("10.244.2.0/24", "\"host-gw\", not \"ipip\""),
+            ("10.244.3.0/24", "\"vxlan\""),
+            ("10.244.4.0/24", "no PublicIP"),
+            ("10.244.5.0/24", "own address 198.18.0.1"),
+            ("10.244.6.0/24", "\"\""),
+        ];
+        assert_eq!(reasons.len(), want.len(), "{reasons:?}");
+        for ((subnet, reason), (want_subnet, want_part)) in reasons.iter().zip(want) {
+            assert_eq!(subnet, want_subnet);
+            assert!(reason.contains(want_part), "{subnet}: {reason}");
+        }
+    }
+
+    #[test]
+    fn unprepared_backend_programs_nothing() {
+        let d = IpIp::new(IpIpConf::default())
+            .desired(&ext(), &[peer("10.244.2.0/24", "198.18.0.2", "ipip")]);
+        assert!(d.state.is_empty());
+        assert_eq!(d.skipped.len(), 1);
+        assert!(d.skipped[0].1.contains("not prepared"), "{:?}", d.skipped);
+    }
+
+    #[test]
+    fn spec_uses_the_interface_address_and_mtu_minus_20() {
+        let mut e = ext();
+        e.ext_addr = Ipv4Addr::new(203, 0, 113, 1); // --public-ip: not the tunnel's local
+        let spec = IpIp::spec(&e).expect("spec");
+        assert_eq!(
+            spec,
+            IpIpSpec {
+                name: "flannel.ipip".into(),
+                local: Ipv4Addr::new(198, 18, 0, 1),
+                mtu: 1480,
+            }
+        );
+        assert_eq!(
+            spec.to_string(),
+            "flannel.ipip type ipip local 198.18.0.1 remote any mtu 1480"
+        );
+        e.mtu = 80;
+        let err = IpIp::spec(&e).expect_err("too small");
+        assert!(
+            err.to_string()
+                .contains("MTU 80 of eth0 is too small for ipip mode"),
+            "{err}"
+        );
+    }
+
+    fn link(kind: &str) -> IpIpLink {
+        IpIpLink {
+            index: 9,
+            name: DEVICE_NAME.into(),
+            kind: Some(kind.into()),
+            mtu: 1480,
+            up: true,
+            local: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            remote: Some(Ipv4Addr::UNSPECIFIED),
+            link: Some(0),
+        }
+    }
+
+    #[test]
+    fn existing_device_assessed_like_flannel() {
+        let want = IpIp::spec(&ext()).expect("spec");
+        assert_eq!(
+            assess(&link("ipip"), &want),
+            Existing::Reuse { set_mtu: None }
+        );
+        let mut no_remote = link("ipip");
+        no_remote.remote = None;
+        assert_eq!(assess(&no_remote, &want), Existing::Reuse { set_mtu: None });
+        let mut mtu = link("ipip");
+        mtu.mtu = 1400;
+        assert_eq!(
+            assess(&mtu, &want),
+            Existing::Reuse {
+                set_mtu: Some(1480)
+            }
+        );
+        assert_eq!(assess(&link("veth"), &want), Existing::WrongType);
+        let mut unknown = link("ipip");
+        unknown.kind = None;
+        assert_eq!(assess(&unknown, &want), Existing::WrongType);
+        let mut moved = link("ipip");
+        moved.local = Some(Ipv4Addr::new(198, 18, 0, 9));
+        moved.remote = Some(Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(
+            assess(&moved, &want),
+            Existing::Recreate(vec![
+                "local 198.18.0.9 (want 198.18.0.1)".into(),
+                "remote 198.18.0.2 (want any)".into(),
+            ])
+        );
+        let mut any_local = link("ipip");
+        any_local.local = Some(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            assess(&any_local, &want),
+            Existing::Recreate(vec!["local any (want 198.18.0.1)".into()])
+        );
+    }
+
+    #[test]
+    fn eopnotsupp_becomes_the_missing_kernel_support_message() {
+        let op = "ip link add flannel.ipip type ipip local 198.18.0.1 remote any mtu 1480";
+        let err = explain_add_error(BackendError::Netlink {
+            op: op.into(),
+            errno: Some(95),
+            message: "Operation not supported (os error 95)".into(),
+        });
+        assert!(matches!(err, BackendError::Unsupported(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with(NO_KERNEL_SUPPORT), "{text}");
+        assert!(text.contains(op), "{text}");
+        assert!(!text.contains('\n'), "one line: {text}");
+        // Other failures keep their own text.
+        let exists = explain_add_error(BackendError::Netlink {
+            op: op.into(),
+            errno: Some(17),
+            message: "File exists (os error 17)".into(),
+        });
+        assert_eq!(
+            exists.to_string(),
+            format!("{op}: File exists (os error 17)")
+        );
+    }
+
+    #[test]
+    fn lease_attrs_are_flannels() {
+        let attrs = LeaseAttrs::ipip(Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(
+            attrs.to_json(),
+            r#"{"PublicIP":"198.18.0.1","PublicIPv6":null,"BackendType":"ipip"}"#
+        );
+    }
+}
