@@ -771,21 +771,9 @@ fn r2_sigterm_and_kill9_restarts_lose_no_ping() {
 
 // ===== R3: boot without etcd, from the peer cache =====
 
-fn supports_peer_cache() -> bool {
-    let out = Command::new(common::weft_bin()).arg("--help").output();
-    out.is_ok_and(|o| {
-        String::from_utf8_lossy(&o.stdout).contains("peer-cache-file")
-            || String::from_utf8_lossy(&o.stderr).contains("peer-cache-file")
-    })
-}
-
 #[test]
 fn r3_boot_with_etcd_down_programs_cached_peers() {
     if !common::root_or_skip("r3_boot_with_etcd_down_programs_cached_peers") {
-        return;
-    }
-    if !supports_peer_cache() {
-        eprintln!("SKIPPED r3: this weft has no --peer-cache-file (the peer cache is not merged)");
         return;
     }
     let mut lab = Lab::build(spec(3, "host-gw")).expect("build lab");
@@ -793,6 +781,20 @@ fn r3_boot_with_etcd_down_programs_cached_peers() {
     wait_ready(&mut lab);
     lab.add_pods().expect("pods");
     let subnet3 = lab.subnet(3).expect("subnet");
+    // Node 3's cache holds both peers (written a few seconds after a change at most).
+    let cache = lab.peer_cache_file(3).expect("cache path");
+    let peers: Vec<String> = (1..=2)
+        .map(|k| lab.subnet(k).expect("subnet").to_string().replace('/', "-"))
+        .collect();
+    wait_until(CONVERGE, || {
+        let text = std::fs::read_to_string(&cache).map_err(|e| e.to_string())?;
+        if peers.iter().all(|p| text.contains(p.as_str())) {
+            Ok(())
+        } else {
+            Err(format!("peer cache lacks a peer: {text}"))
+        }
+    })
+    .expect("peer cache written");
 
     // Node 3 goes down and "reboots": its kernel routes and /run (subnet.env) are gone, the
     // peer cache on disk stays. etcd is down when it comes back.
@@ -826,18 +828,40 @@ fn r3_boot_with_etcd_down_programs_cached_peers() {
         lab.ping(3, 1, 1, Duration::from_secs(5)).expect("ping"),
         "pod 3 cannot reach pod 1 on cached routes"
     );
+    // Serving from the cache is not ready: the lease is not confirmed yet.
+    let port = weft::lab::DEFAULT_HEALTHZ_PORT;
+    match http_get(&ns3, "127.0.0.1", port, "/readyz") {
+        Ok((503, _)) => {}
+        other => panic!("/readyz while booted from the cache with etcd down: {other:?}"),
+    }
 
-    // etcd returns with a change made while node 3 was away: a peer left.
+    // etcd returns; a peer left meanwhile: node 3 gets ready and drops that peer's route.
     lab.etcd().expect("etcd").restart().expect("restart");
+    let back = Instant::now();
     let gone = lab.subnet(1).expect("subnet").to_string();
     lab.stop_node(1, Signal::SIGTERM).expect("stop 1");
     lab.etcdctl(&["del", &lease_key(&gone)]).expect("del");
     let t = time_until(EVENTUALLY, || route_to(&ns3, &gone).is_none());
     assert!(
         t.is_some(),
-        "node 3 did not reconcile with etcd: {:?}",
-        routes_in(&ns3)
+        "node 3 did not reconcile with etcd: {:?}; log:\n{}",
+        routes_in(&ns3),
+        lab.log_tail(3, 30)
     );
+    wait_until(READY, || {
+        match http_get(&ns3, "127.0.0.1", port, "/readyz") {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("/readyz: {other:?}")),
+        }
+    })
+    .expect("ready once etcd is back");
+    figure(
+        "R3",
+        "etcd back → reconciled (a peer deleted meanwhile is gone) and /readyz 200",
+        ms(back.elapsed()),
+        "-",
+    );
+    assert!(route_to(&ns3, &lab.subnet(2).expect("s").to_string()).is_some());
     assert_agents_alive(&mut lab, &[1]);
     lab.teardown().expect("teardown");
 }
@@ -1144,8 +1168,25 @@ fn r6_stale_state_is_removed_only_after_etcd_answers() {
     if !common::root_or_skip("r6_stale_state_is_removed_only_after_etcd_answers") {
         return;
     }
-    let wait_down = Duration::from_secs(knob("WEFT_FAULTS_DOWN_SECS", 3));
+    // Longer than the agent's first-contact timeout (3 s), after which it boots from its peer
+    // cache: that must add the cached peers and remove nothing.
+    let wait_down = Duration::from_secs(knob("WEFT_FAULTS_DOWN_SECS", 2) + 3);
     let mut lab = converged_lab(2, "vxlan");
+    let cache = lab.peer_cache_file(1).expect("cache path");
+    wait_until(CONVERGE, || {
+        let text = std::fs::read_to_string(&cache).map_err(|e| e.to_string())?;
+        let peer = lab
+            .subnet(2)
+            .map_err(|e| e.to_string())?
+            .to_string()
+            .replace('/', "-");
+        if text.contains(&peer) {
+            Ok(())
+        } else {
+            Err(format!("no peer in the cache: {text}"))
+        }
+    })
+    .expect("node 1's peer cache");
     lab.stop_node(1, Signal::SIGTERM).expect("stop");
     let ns = lab.node_ns(1).expect("ns").to_owned();
     // What a peer that left while weft was down leaves behind, and what is not weft's.
@@ -1243,6 +1284,12 @@ fn r6_stale_state_is_removed_only_after_etcd_answers() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let log = lab.log(1).expect("log");
+    assert!(
+        log.contains("cached peers from"),
+        "node 1 did not boot from its peer cache while etcd was down; log:\n{}",
+        lab.log_tail(1, 30)
+    );
     lab.etcd().expect("etcd").restart().expect("restart");
     let back = Instant::now();
     let t = time_until(EVENTUALLY, || stale_present(&ns).is_empty()).unwrap_or_else(|| {
