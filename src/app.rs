@@ -844,16 +844,49 @@ impl Agent {
                 self.reacquire(renewal, shutdown).await;
                 true
             }
+            WatchEvent::Put(entry) if entry.key == self.own.key && entry.attrs != self.attrs => {
+                warn!(
+                    "our lease {} was overwritten by another writer ({}); writing ours back",
+                    entry.key,
+                    entry.attrs.to_json()
+                );
+                self.table.apply(&ev);
+                self.reassert().await;
+                false
+            }
+            WatchEvent::Malformed {
+                subnet: Some(key),
+                reason,
+                ..
+            } if *key == self.own.key => {
+                warn!(
+                    "our lease {key} was overwritten with a malformed value ({reason}); writing ours back"
+                );
+                self.reassert().await;
+                false
+            }
             WatchEvent::Resync(snapshot) => {
                 info!(
                     "lease watch resynchronised at revision {}",
                     snapshot.revision
                 );
                 let changed = !self.table.reset(snapshot).is_empty();
-                if !snapshot.leases.iter().any(|l| l.key == self.own.key) {
+                let own = snapshot.leases.iter().find(|l| l.key == self.own.key);
+                let own_malformed = snapshot
+                    .malformed
+                    .iter()
+                    .any(|m| m.subnet == Some(self.own.key));
+                if own.is_none() && !own_malformed {
                     warn!("our lease {} is gone from etcd; re-acquiring", self.own.key);
                     self.reacquire(renewal, shutdown).await;
                     return true;
+                }
+                if own_malformed || own.is_some_and(|l| l.attrs != self.attrs) {
+                    warn!(
+                        "our lease {} holds another value in etcd; writing ours back",
+                        self.own.key
+                    );
+                    self.reassert().await;
                 }
                 changed
             }
@@ -1076,6 +1109,45 @@ impl Agent {
             }
         }
         self.table.reset(&got.snapshot);
+    }
+
+    /// Writes our lease value back over a foreign one on our key (compare-and-swap on the
+    /// key's current revision, attached to our etcd lease). A key deleted meanwhile is left to
+    /// the delete event (re-acquire); other errors are retried a few times, then left to the
+    /// next event on the key.
+    async fn reassert(&mut self) {
+        let reg = self.mgr.registry().clone();
+        let key = self.own.key;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        for attempt in 1..=5 {
+            let res = match reg.lease_mod_revision(&key).await {
+                Ok(None) => {
+                    info!("our lease {key} is gone; the delete event re-acquires it");
+                    return;
+                }
+                Ok(Some(rev)) => reg
+                    .update_lease(&key, &self.attrs, rev, self.own.lease_id)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {
+                    info!("wrote our lease {key} back: {}", self.attrs.to_json());
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!(
+                        "writing our lease {key} back failed (attempt {attempt}/5, retrying in {wait:.1?}): {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        error!(
+            "could not write our lease {key} back; peers may see another value until it changes again"
+        );
     }
 
     /// Publishes new lease attributes on our subnet (compare-and-swap on our own key).

@@ -286,8 +286,10 @@ impl Registry {
         lease_id: i64,
         mod_revision: i64,
     ) -> std::result::Result<LeaseEntry, Malformed> {
-        let key_text = String::from_utf8_lossy(key).into_owned();
-        let subnet = self.parse_key(&key_text).map_err(|reason| Malformed {
+        // A bad key or value can be huge: errors and logs show an excerpt.
+        let key_full = String::from_utf8_lossy(key);
+        let key_text = net_conf::excerpt(&key_full, 400);
+        let subnet = self.parse_key(&key_full).map_err(|reason| Malformed {
             key: key_text.clone(),
             reason,
             subnet: None,
@@ -393,6 +395,14 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// The mod revision of one lease key, or `None` when it does not exist (one Get; for a
+    /// compare-and-swap on a key whose value could not be parsed).
+    pub async fn lease_mod_revision(&self, key: &SubnetKey) -> Result<Option<i64>> {
+        let mut kv = self.client.kv_client();
+        let resp = timed("get subnet", kv.get(self.lease_key(key), None)).await?;
+        Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
     }
 
     /// Rewrites a key only if its mod revision is still `seen`, attached to `lease_id`

@@ -668,6 +668,7 @@ fn convert_event(reg: &Registry, ev: &etcd_client::Event) -> Option<WatchEvent> 
         EventType::Delete => match reg.parse_key(&key_text) {
             Ok(key) => Some(WatchEvent::Delete(key)),
             Err(reason) => {
+                let key_text = net_conf::excerpt(&key_text, 400);
                 tracing::warn!("ignoring delete of malformed key {key_text}: {reason}");
                 Some(WatchEvent::Malformed {
                     key: key_text,

@@ -25,3 +25,26 @@ pub enum LeaseError {
     #[error("malformed lease value: {reason}")]
     Value { reason: String },
 }
+
+/// At most `max` characters of `text` for an error message or a log line, with the full length
+/// noted when cut: a malformed key or value in etcd can be up to 1.5 MiB, and it must not be
+/// copied into every warning about it.
+pub fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn excerpt_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(excerpt("short", 10), "short");
+        assert_eq!(excerpt("abcdef", 3), "abc… (6 bytes in all)");
+        assert_eq!(excerpt("ééé", 2), "éé… (6 bytes in all)");
+        assert_eq!(excerpt("", 0), "");
+    }
+}

@@ -76,7 +76,7 @@ impl LeaseAttrs {
         let RawObject(entries) = RawObject::parse_bytes(value).map_err(|e| LeaseError::Value {
             reason: format!(
                 "not a JSON object: {e} (value {:?})",
-                String::from_utf8_lossy(value)
+                crate::excerpt(&String::from_utf8_lossy(value), 200)
             ),
         })?;
         let fields = Fields::collect(&entries, LEASE_FIELDS);
@@ -261,7 +261,9 @@ impl FromStr for VxlanData {
 }
 
 fn value_error(reason: String) -> LeaseError {
-    LeaseError::Value { reason }
+    LeaseError::Value {
+        reason: crate::excerpt(&reason, 300),
+    }
 }
 
 fn decode(raw: &RawValue, field: &str) -> Result<Json, LeaseError> {

@@ -12,7 +12,7 @@ pub mod subnet_key;
 
 pub use alloc::{AllocError, Choice, ExistingLease};
 pub use config::{BackendConf, IpIpConf, NetConf, Parsed, VxlanConf};
-pub use error::{ConfError, LeaseError};
+pub use error::{ConfError, LeaseError, excerpt};
 pub use lease::{LeaseAttrs, VxlanData};
 pub use subnet_env::{SubnetEnv, SubnetEnvError, previous_subnet};
 pub use subnet_key::SubnetKey;

@@ -11,6 +11,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::LeaseError;
 
+/// Characters of a bad key shown in an error (keys can be very long).
+const MAX_SHOWN: usize = 200;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
     pub v4: Ipv4Net,
@@ -30,13 +33,13 @@ impl SubnetKey {
         match key.strip_prefix(&dir) {
             Some(segment) => segment.parse().map_err(|e| match e {
                 LeaseError::Key { reason, .. } => LeaseError::Key {
-                    key: key.to_string(),
+                    key: crate::excerpt(key, MAX_SHOWN),
                     reason,
                 },
                 other => other,
             }),
             None => Err(LeaseError::Key {
-                key: key.to_string(),
+                key: crate::excerpt(key, MAX_SHOWN),
                 reason: format!("not under {dir}"),
             }),
         }
@@ -62,8 +65,8 @@ impl From<Ipv4Net> for SubnetKey {
 
 fn key_error(key: &str, reason: impl Into<String>) -> LeaseError {
     LeaseError::Key {
-        key: key.to_string(),
-        reason: reason.into(),
+        key: crate::excerpt(key, MAX_SHOWN),
+        reason: crate::excerpt(&reason.into(), MAX_SHOWN),
     }
 }
 

@@ -1,0 +1,309 @@
+//! Property tests (targets S1): lease values, subnet keys, configs and subnet.env text, fed
+//! with generated input. Nothing here may panic; what weft writes must read back as itself.
+//!
+//! Cases per property: proptest's default (256) or `PROPTEST_CASES` (`scripts/faults.sh`
+//! runs 10,000 in its full run).
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use net_conf::{BackendConf, LeaseAttrs, NetConf, SubnetEnv, SubnetKey, VxlanData};
+use proptest::prelude::*;
+
+// ===== generators =====
+
+fn ipv4() -> impl Strategy<Value = Ipv4Addr> {
+    any::<u32>().prop_map(Ipv4Addr::from)
+}
+
+fn ipv6() -> impl Strategy<Value = Ipv6Addr> {
+    any::<u128>().prop_map(Ipv6Addr::from)
+}
+
+fn mac() -> impl Strategy<Value = [u8; 6]> {
+    any::<[u8; 6]>()
+}
+
+/// Leases as weft (or flanneld) writes them: host-gw, ipip, or vxlan with BackendData, with or
+/// without a PublicIPv6.
+fn lease_attrs() -> impl Strategy<Value = LeaseAttrs> {
+    let base = prop_oneof![
+        ipv4().prop_map(LeaseAttrs::host_gw),
+        ipv4().prop_map(LeaseAttrs::ipip),
+        (ipv4(), 1u32..(1 << 24), mac())
+            .prop_map(|(ip, vni, mac)| { LeaseAttrs::vxlan(ip, VxlanData { vni, vtep_mac: mac }) }),
+    ];
+    (base, proptest::option::of(ipv6())).prop_map(|(mut attrs, v6)| {
+        attrs.public_ipv6 = v6;
+        attrs
+    })
+}
+
+/// A v4 network in canonical form (host bits clear), any prefix length.
+fn v4_net() -> impl Strategy<Value = Ipv4Net> {
+    (ipv4(), 0u8..=32).prop_map(|(ip, len)| Ipv4Net::new(ip, len).unwrap().trunc())
+}
+
+fn v6_net() -> impl Strategy<Value = Ipv6Net> {
+    (ipv6(), 0u8..=128).prop_map(|(ip, len)| Ipv6Net::new(ip, len).unwrap().trunc())
+}
+
+fn subnet_key() -> impl Strategy<Value = SubnetKey> {
+    (v4_net(), proptest::option::of(v6_net())).prop_map(|(v4, v6)| SubnetKey { v4, v6 })
+}
+
+/// Text that looks like JSON: the tokens a lease or config is made of, in random order, so
+/// the parser's deeper paths are reached far more often than with random bytes.
+fn jsonish() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("{".to_owned()),
+        Just("}".to_owned()),
+        Just("[".to_owned()),
+        Just("]".to_owned()),
+        Just(":".to_owned()),
+        Just(",".to_owned()),
+        Just("null".to_owned()),
+        Just("true".to_owned()),
+        Just("\"PublicIP\"".to_owned()),
+        Just("\"publicip\"".to_owned()),
+        Just("\"PublicIPv6\"".to_owned()),
+        Just("\"BackendType\"".to_owned()),
+        Just("\"BackendData\"".to_owned()),
+        Just("\"BackendV6Data\"".to_owned()),
+        Just("\"VNI\"".to_owned()),
+        Just("\"VtepMAC\"".to_owned()),
+        Just("\"Network\"".to_owned()),
+        Just("\"SubnetLen\"".to_owned()),
+        Just("\"SubnetMin\"".to_owned()),
+        Just("\"SubnetMax\"".to_owned()),
+        Just("\"Backend\"".to_owned()),
+        Just("\"Type\"".to_owned()),
+        Just("\"vxlan\"".to_owned()),
+        Just("\"host-gw\"".to_owned()),
+        Just("\"10.244.0.0/16\"".to_owned()),
+        Just("\"198.18.0.1\"".to_owned()),
+        Just("\"\\u0000\"".to_owned()),
+        Just("\"\\ud800\"".to_owned()),
+        "-?[0-9]{1,25}(\\.[0-9]{1,5})?(e[+-]?[0-9]{1,4})?",
+        "\"[ -~]{0,20}\"",
+    ];
+    proptest::collection::vec(token, 0..40).prop_map(|t| t.concat())
+}
+
+/// A config flanneld accepts: Network /8../24, SubnetLen from the network's prefix + 2 to 30
+/// (or left to the default), optional SubnetMin/Max inside the network, a backend with
+/// options in range.
+fn valid_config() -> impl Strategy<Value = (String, Ipv4Net, u8, &'static str)> {
+    (ipv4(), 8u8..=24)
+        .prop_flat_map(|(ip, prefix)| {
+            let net = Ipv4Net::new(ip, prefix).unwrap().trunc();
+            let len = prop_oneof![Just(0u8), (prefix + 2)..=30u8];
+            let backend = prop_oneof![
+                Just(("host-gw", String::new())),
+                (1u32..(1 << 24), 0u16..=65535, 0u32..2).prop_map(|(vni, port, gbp)| {
+                    (
+                        "vxlan",
+                        format!(r#","VNI":{vni},"Port":{port},"GBP":{}"#, gbp == 1),
+                    )
+                }),
+                any::<bool>().prop_map(|dr| ("ipip", format!(r#","DirectRouting":{dr}"#))),
+            ];
+            (Just(net), len, backend, any::<bool>())
+        })
+        .prop_map(|(net, len, (ty, opts), limits)| {
+            let effective = if len > 0 {
+                len
+            } else if net.prefix_len() <= 22 {
+                24
+            } else {
+                net.prefix_len() + 2
+            };
+            let mut text = format!(r#"{{"Network":"{net}""#);
+            if len > 0 {
+                text.push_str(&format!(r#","SubnetLen":{len}"#));
+            }
+            if limits {
+                // The second and the last subnet of the network.
+                let size = 1u32 << (32 - effective);
+                let base = u32::from(net.network());
+                let last = u32::from(net.broadcast()) & !(size - 1);
+                text.push_str(&format!(
+                    r#","SubnetMin":"{}","SubnetMax":"{}""#,
+                    Ipv4Addr::from(base + size),
+                    Ipv4Addr::from(last)
+                ));
+            }
+            text.push_str(&format!(r#","Backend":{{"Type":"{ty}"{opts}}}}}"#));
+            (text, net, effective, ty)
+        })
+}
+
+// ===== lease values =====
+
+proptest! {
+    #[test]
+    fn lease_parse_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = LeaseAttrs::parse(&bytes);
+    }
+
+    #[test]
+    fn lease_parse_never_panics_on_jsonish_text(text in jsonish()) {
+        if let Ok(attrs) = LeaseAttrs::parse(text.as_bytes()) {
+            // Whatever parses is written back in flannel's form and reads back as itself.
+            let again = LeaseAttrs::parse(attrs.to_json().as_bytes());
+            prop_assert_eq!(again.as_ref().ok(), Some(&attrs), "{}", attrs.to_json());
+        }
+    }
+
+    #[test]
+    fn lease_round_trips_through_flannels_json(attrs in lease_attrs()) {
+        let json = attrs.to_json();
+        let back = LeaseAttrs::parse(json.as_bytes());
+        prop_assert_eq!(back.as_ref().ok(), Some(&attrs), "{}", json);
+        // Stable: writing what was read gives the same bytes.
+        prop_assert_eq!(back.unwrap().to_json(), json);
+    }
+
+    #[test]
+    fn lease_keys_are_case_insensitive(attrs in lease_attrs(), flips in any::<u64>()) {
+        // Go's encoding/json matches keys case-insensitively: change the case of key letters.
+        let json = attrs.to_json();
+        let mut out = String::new();
+        let mut in_key = false;
+        let mut after_colon = true;
+        let mut i = 0u32;
+        for c in json.chars() {
+            match c {
+                '"' if after_colon => { in_key = !in_key; if !in_key { after_colon = false; } out.push(c); continue; }
+                ':' => after_colon = false,
+                ',' | '{' => after_colon = true,
+                _ => {}
+            }
+            if in_key && c.is_ascii_alphabetic() && (flips >> (i % 64)) & 1 == 1 {
+                out.push(if c.is_ascii_uppercase() { c.to_ascii_lowercase() } else { c.to_ascii_uppercase() });
+            } else {
+                out.push(c);
+            }
+            i += 1;
+        }
+        let back = LeaseAttrs::parse(out.as_bytes());
+        prop_assert!(back.is_ok(), "{}: {:?}", out, back.err());
+        let back = back.unwrap();
+        // BackendData is kept as received (raw text), so compare what it means.
+        prop_assert_eq!(back.public_ip, attrs.public_ip, "{}", out);
+        prop_assert_eq!(back.public_ipv6, attrs.public_ipv6, "{}", out);
+        prop_assert_eq!(&back.backend_type, &attrs.backend_type, "{}", out);
+        prop_assert_eq!(back.vxlan_data().ok(), attrs.vxlan_data().ok(), "{}", out);
+    }
+
+    #[test]
+    fn vxlan_data_round_trips(vni in 1u32..(1 << 24), mac in mac()) {
+        let data = VxlanData { vni, vtep_mac: mac };
+        let attrs = LeaseAttrs::vxlan(Ipv4Addr::new(198, 18, 0, 1), data);
+        prop_assert_eq!(attrs.vxlan_data().ok().flatten(), Some(data));
+    }
+}
+
+// ===== subnet keys =====
+
+proptest! {
+    #[test]
+    fn subnet_key_display_parse_round_trip(key in subnet_key()) {
+        let text = key.to_string();
+        let back: Result<SubnetKey, _> = text.parse();
+        prop_assert_eq!(back.as_ref().ok(), Some(&key), "{}", text);
+        // The full etcd key too.
+        let full = key.etcd_key("/coreos.com/network");
+        prop_assert_eq!(SubnetKey::from_etcd_key(&full, "/coreos.com/network").ok(), Some(key));
+    }
+
+    #[test]
+    fn subnet_key_parse_never_panics_and_is_canonical(text in "[0-9a-f.:&/-]{0,60}") {
+        if let Ok(key) = text.parse::<SubnetKey>() {
+            // Anything accepted is exactly the canonical spelling (so one subnet has one key).
+            prop_assert_eq!(key.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn subnet_key_parse_never_panics_on_any_text(text in "\\PC{0,80}") {
+        let _ = text.parse::<SubnetKey>();
+        let _ = SubnetKey::from_etcd_key(&text, "/coreos.com/network");
+    }
+}
+
+// ===== configs =====
+
+proptest! {
+    #[test]
+    fn config_parse_never_panics_on_any_text(text in "\\PC{0,200}") {
+        let _ = NetConf::parse(&text);
+        let _ = NetConf::parse_all(&text);
+    }
+
+    #[test]
+    fn config_parse_never_panics_on_jsonish_text(text in jsonish()) {
+        let _ = NetConf::parse(&text);
+        let _ = NetConf::parse_all(&text);
+    }
+
+    #[test]
+    fn valid_configs_validate((text, net, len, ty) in valid_config()) {
+        let parsed = NetConf::parse(&text);
+        prop_assert!(parsed.is_ok(), "{} rejected: {:?}", text, parsed.err());
+        let conf = parsed.unwrap().conf;
+        prop_assert_eq!(conf.network, Some(net), "{}", text);
+        prop_assert_eq!(conf.subnet_len, len, "{}", text);
+        prop_assert_eq!(conf.backend.type_name(), ty, "{}", text);
+        prop_assert!(conf.subnet_min <= conf.subnet_max, "{}", text);
+        prop_assert!(net.contains(&conf.subnet_min) && net.contains(&conf.subnet_max), "{}", text);
+        prop_assert!(conf.subnet_count() >= 1, "{}", text);
+        if let BackendConf::Vxlan(v) = &conf.backend {
+            prop_assert!(v.vni >= 1 && v.vni < (1 << 24));
+        }
+    }
+
+    #[test]
+    fn out_of_range_subnet_len_is_refused_naming_the_field(
+        (text, _, _, _) in valid_config(),
+        bad in 31u64..1000,
+    ) {
+        // Replace or add SubnetLen with a value flanneld refuses.
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut obj = v.as_object().unwrap().clone();
+        obj.insert("SubnetLen".into(), bad.into());
+        let text = serde_json::Value::Object(obj).to_string();
+        let err = NetConf::parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
+        prop_assert!(err.contains("SubnetLen") && err.contains(&bad.to_string()), "{}: {:?}", text, err);
+    }
+}
+
+// ===== subnet.env =====
+
+proptest! {
+    #[test]
+    fn subnet_env_round_trips(net in v4_net(), sub in v4_net(), mtu in 68u32..65536, masq in any::<bool>()) {
+        let env = SubnetEnv {
+            network: Some(net),
+            subnet: Some(sub),
+            ipv6_network: None,
+            ipv6_subnet: None,
+            mtu,
+            ipmasq: masq,
+        };
+        let text = env.render();
+        let back = SubnetEnv::parse(&text);
+        prop_assert!(back.is_ok(), "{}: {:?}", text, back.err());
+        let back = back.unwrap();
+        prop_assert_eq!(back.mtu, mtu);
+        prop_assert_eq!(back.ipmasq, masq);
+        prop_assert_eq!(back.network, Some(net));
+    }
+
+    #[test]
+    fn subnet_env_parse_never_panics(text in "\\PC{0,200}") {
+        let _ = SubnetEnv::parse(&text);
+        let _ = net_conf::previous_subnet(&text);
+    }
+}
