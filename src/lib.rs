@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod etcd_server;
+pub mod firewall;
 pub mod health;
 pub mod iface;
 pub mod lab;
