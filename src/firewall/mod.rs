@@ -269,6 +269,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Firewall {
     mode: Mode,
+    /// As given, except `fully_random` cleared when the tool lacks it.
+    settings: Settings,
     rules: RuleSet,
 }
 
@@ -298,12 +300,18 @@ impl Firewall {
                 }
             }
         }
-        Firewall::with_rules(mode, RuleSet::new(mode, &settings))
+        Firewall {
+            mode,
+            settings,
+            rules: RuleSet::new(mode, &settings),
+        }
     }
 
-    /// A firewall with a given rule set and no probing (tests).
-    pub fn with_rules(mode: Mode, rules: RuleSet) -> Firewall {
-        Firewall { mode, rules }
+    /// The node's subnet changed (lease lost and re-acquired elsewhere): rebuilds the rules;
+    /// [`Firewall::apply`] then writes them.
+    pub fn set_subnet(&mut self, subnet: Ipv4Net) {
+        self.settings.subnet = subnet;
+        self.rules = RuleSet::new(self.mode, &self.settings);
     }
 
     pub fn mode(&self) -> Mode {
@@ -319,10 +327,26 @@ impl Firewall {
         self.rules.is_active()
     }
 
+    /// Agent start: removes what the other mode left (flanneld does the same; a failure there
+    /// is only logged), then [`Firewall::apply`].
+    pub async fn start(&self) -> Result<Outcome> {
+        if let Err(e) = cleanup(self.mode.other()).await {
+            warn!(
+                "removing {} rules of an earlier run: {e:#}",
+                self.mode.other()
+            );
+        }
+        self.apply().await
+    }
+
     /// Start-up: reads this mode's rules back and writes what differs: parts that are on get
     /// exactly their rules, parts that are off are removed. No write when all is in place.
     pub async fn apply(&self) -> Result<Outcome> {
-        self.reconcile(self.rules.all()).await
+        let outcome = self.reconcile(self.rules.all()).await?;
+        if let Outcome::Repaired(diffs) = &outcome {
+            info!("{}: rules written ({})", self.mode, diffs.join("; "));
+        }
+        Ok(outcome)
     }
 
     /// Audit: reads the active parts back (one exec per iptables table, or one `nft -j list
@@ -331,7 +355,15 @@ impl Firewall {
         if !self.is_active() {
             return Ok(Outcome::InSync);
         }
-        self.reconcile(self.rules.active_only()).await
+        let outcome = self.reconcile(self.rules.active_only()).await?;
+        if let Outcome::Repaired(diffs) = &outcome {
+            warn!(
+                "{}: rules were changed by someone else, re-applied ({})",
+                self.mode,
+                diffs.join("; ")
+            );
+        }
+        Ok(outcome)
     }
 
     async fn reconcile(&self, parts: Parts<'_>) -> Result<Outcome> {
@@ -343,7 +375,6 @@ impl Firewall {
             debug!("{}: rules in place", self.mode);
             Ok(Outcome::InSync)
         } else {
-            info!("{}: repaired rules ({})", self.mode, diffs.join("; "));
             Ok(Outcome::Repaired(diffs))
         }
     }

@@ -214,6 +214,23 @@ fn iptables_parts_switched_off_are_removed_and_others_kept() {
             2
         );
         assert!(!nat.iter().any(|l| l.contains("random-fully")), "{nat:?}");
+
+        // A new subnet after a lost lease: the chain is rewritten, the jump stays single.
+        let mut fw = fw;
+        fw.set_subnet("10.244.7.0/24".parse().unwrap());
+        assert!(matches!(fw.apply().await.unwrap(), Outcome::Repaired(_)));
+        let nat = rules_in("nat");
+        assert!(!nat.iter().any(|l| l.contains("10.244.1.0/24")), "{nat:?}");
+        assert_eq!(
+            nat.iter().filter(|l| l.contains("10.244.7.0/24")).count(),
+            3
+        );
+        assert_eq!(
+            nat.iter()
+                .filter(|l| l.starts_with("-A POSTROUTING"))
+                .count(),
+            2
+        );
     });
 }
 
