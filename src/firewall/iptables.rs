@@ -225,6 +225,13 @@ pub(crate) async fn cleanup() -> Vec<String> {
     errors
 }
 
+/// Whether `iptables` on PATH is iptables-nft (`iptables v1.8.9 (nf_tables)`), whose rules
+/// nf_tables announces; iptables-legacy says `(legacy)`.
+pub(crate) async fn is_nf_tables_flavour() -> anyhow::Result<bool> {
+    let v = exec::run("iptables", &["--version"], None).await?;
+    Ok(v.contains("nf_tables"))
+}
+
 /// Whether this iptables' MASQUERADE target knows `--random-fully` (iptables ≥ 1.6.2).
 pub(crate) async fn probe_random_fully() -> anyhow::Result<bool> {
     let help = exec::run("iptables", &["-j", "MASQUERADE", "-h"], None).await?;

@@ -14,8 +14,11 @@
 //! [`cleanup`] are the only code that runs the tools (through [`exec`]).
 //!
 //! Drift repair: [`Firewall::check`] reads the rules back once (one exec per table in iptables
-//! mode, one in nftables mode) and re-applies only what differs. The agent calls it on a slow
-//! timer ([`audit_period`]); flanneld instead runs `iptables -C` for every rule every 5 s.
+//! mode, one in nftables mode) and re-applies only what differs. The agent calls it when
+//! nf_tables announces a change to our tables or chains ([`ChangeWatch`], which covers
+//! nftables mode and iptables-nft: repair within ~100 ms, no polling) and on a slow timer
+//! ([`audit_period`]) as a backstop; flanneld instead runs `iptables -C` for every rule every
+//! 5 s.
 //!
 //! Deliberate differences from flanneld:
 //! - nftables mode skips the kube-proxy mark with a masked match (`meta mark & 0x4000 ==
@@ -37,6 +40,9 @@ use tracing::{debug, info, warn};
 pub mod exec;
 pub mod iptables;
 pub mod nftables;
+pub mod watch;
+
+pub use watch::ChangeWatch;
 
 /// Comment on every masquerade rule (iptables mode), as flanneld writes it.
 pub const MASQ_COMMENT: &str = "flanneld masq";
@@ -49,8 +55,11 @@ const MULTICAST: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4) {
     Ok(n) => n,
     Err(_) => panic!("224.0.0.0/4 is a valid prefix"),
 };
-/// The shortest audit period the agent uses, whatever `--iptables-resync` says.
+/// The shortest audit period the agent uses, whatever `--iptables-resync` says, when no change
+/// notification covers the rules (iptables-legacy).
 pub const MIN_AUDIT_PERIOD: Duration = Duration::from_secs(60);
+/// The audit period when nf_tables change notifications cover the rules: a backstop only.
+pub const BACKSTOP_AUDIT_PERIOD: Duration = Duration::from_secs(600);
 /// Environment variable that overrides the audit period (seconds, at least 1); for tests.
 pub const AUDIT_ENV: &str = "WEFT_FIREWALL_AUDIT_SECS";
 
@@ -269,6 +278,9 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Firewall {
     mode: Mode,
+    /// The rules live in nf_tables (nftables mode, or iptables-nft), so [`ChangeWatch`] sees
+    /// every change to them.
+    in_nf_tables: bool,
     /// As given, except `fully_random` cleared when the tool lacks it.
     settings: Settings,
     rules: RuleSet,
@@ -300,8 +312,22 @@ impl Firewall {
                 }
             }
         }
+        let in_nf_tables = match mode {
+            Mode::Nftables => true,
+            Mode::Iptables if settings.ip_masq || settings.forward => {
+                match iptables::is_nf_tables_flavour().await {
+                    Ok(nft) => nft,
+                    Err(e) => {
+                        warn!("iptables --version: {e:#}");
+                        false
+                    }
+                }
+            }
+            Mode::Iptables => false,
+        };
         Firewall {
             mode,
+            in_nf_tables,
             settings,
             rules: RuleSet::new(mode, &settings),
         }
@@ -320,6 +346,13 @@ impl Firewall {
 
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// How often the agent should audit: a backstop period when `watch` is live and sees this
+    /// mode's rules (nftables, iptables-nft), else `max(--iptables-resync, 60 s)` (see the free
+    /// function [`audit_period`]).
+    pub fn audit_period(&self, iptables_resync_secs: u32, watch: &ChangeWatch) -> Result<Duration> {
+        audit_period(iptables_resync_secs, self.in_nf_tables && watch.is_live())
     }
 
     /// True when some part is switched on, i.e. [`Firewall::check`] has something to audit.
@@ -407,18 +440,23 @@ pub async fn cleanup_all() -> Result<()> {
     }
 }
 
-/// How often the agent audits the rules: `max(--iptables-resync, 60 s)`, unless
-/// `WEFT_FIREWALL_AUDIT_SECS` is set (tests use a short period).
+/// How often the agent audits the rules, unless `WEFT_FIREWALL_AUDIT_SECS` is set (tests):
+/// - `notified` (a live [`ChangeWatch`] sees the rules): every 10 min, a backstop only;
+/// - else `max(--iptables-resync, 60 s)`.
 ///
 /// Why not flanneld's 5 s: every audit forks and execs the tools (one `iptables-save` per
-/// table, or one `nft -j list table`), and weft's idle target is no fork/exec at all. Rules
-/// removed out of band are rare (an operator, a firewall reload); a minute to repair them is
-/// the trade.
-pub fn audit_period(iptables_resync_secs: u32) -> Result<Duration> {
-    match std::env::var(AUDIT_ENV) {
-        Ok(v) => parse_audit_env(&v),
-        Err(_) => Ok(Duration::from_secs(u64::from(iptables_resync_secs)).max(MIN_AUDIT_PERIOD)),
+/// table, or one `nft -j list table`), and weft's idle target is no fork/exec at all. With
+/// notifications a removal is repaired at once anyway; without them (iptables-legacy), rules
+/// removed out of band are rare (an operator, a firewall reload) and a minute to repair them
+/// is the trade.
+pub fn audit_period(iptables_resync_secs: u32, notified: bool) -> Result<Duration> {
+    if let Ok(v) = std::env::var(AUDIT_ENV) {
+        return parse_audit_env(&v);
     }
+    if notified {
+        return Ok(BACKSTOP_AUDIT_PERIOD);
+    }
+    Ok(Duration::from_secs(u64::from(iptables_resync_secs)).max(MIN_AUDIT_PERIOD))
 }
 
 fn parse_audit_env(v: &str) -> Result<Duration> {

@@ -370,3 +370,57 @@ fn cleanup_removes_both_modes_and_is_idempotent() {
         cleanup_all().await.unwrap();
     });
 }
+
+/// Waits up to `secs` for the watch to fire.
+async fn fired(w: &mut ChangeWatch, ms: u64) -> Option<String> {
+    tokio::time::timeout(std::time::Duration::from_millis(ms), w.changed())
+        .await
+        .ok()
+}
+
+#[test]
+fn change_watch_fires_for_our_rules_only() {
+    in_netns("fw-watch", || async {
+        let mut w = ChangeWatch::open();
+        assert!(w.is_live());
+        let fw = Firewall::new(Mode::Iptables, settings()).await;
+        assert!(fw.in_nf_tables, "Debian's iptables is iptables-nft");
+        fw.apply().await.unwrap();
+        // Our own batch is seen (one read follows in the agent), then all is quiet.
+        assert!(fired(&mut w, 2000).await.is_some());
+        assert_eq!(fired(&mut w, 300).await, None);
+
+        // Other people's chains: not our business.
+        sh("iptables", &["-t", "nat", "-N", "KUBE-POSTROUTING"]);
+        sh(
+            "iptables",
+            &["-t", "nat", "-A", "KUBE-POSTROUTING", "-j", "RETURN"],
+        );
+        sh(
+            "iptables",
+            &["-t", "nat", "-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
+        );
+        assert_eq!(fired(&mut w, 300).await, None);
+
+        sh("iptables", &["-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+        assert_eq!(
+            fired(&mut w, 2000).await.as_deref(),
+            Some("DELRULE nat FLANNEL-POSTRTG")
+        );
+        assert!(matches!(fw.check().await.unwrap(), Outcome::Repaired(_)));
+        assert!(fired(&mut w, 2000).await.is_some(), "our repair is seen");
+        assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
+
+        let fw = Firewall::new(Mode::Nftables, settings()).await;
+        fw.apply().await.unwrap();
+        assert!(fired(&mut w, 2000).await.is_some());
+        sh("nft", &["delete", "table", "ip", "flannel-ipv4"]);
+        let what = fired(&mut w, 2000).await.unwrap();
+        assert!(what.contains("flannel-ipv4"), "{what}");
+        // A table of someone else's: quiet.
+        assert_eq!(fired(&mut w, 300).await, None);
+        sh("nft", &["add", "table", "ip", "other"]);
+        sh("nft", &["delete", "table", "ip", "other"]);
+        assert_eq!(fired(&mut w, 300).await, None);
+    });
+}
