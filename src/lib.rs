@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cni;
 pub mod docker_opts;
 pub mod etcd_server;
+pub mod firewall;
 pub mod health;
 pub mod iface;
 pub mod lab;
