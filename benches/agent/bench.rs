@@ -235,6 +235,7 @@ fn print_cold(c: &ColdStart) {
 }
 
 fn print_detail(d: &Detail) {
+    println!("  at {} peers:", d.peers);
     println!(
         "  event → kernel: add p50 {} ms p99 {} ms, delete p50 {} ms p99 {} ms ({} each); etcd RPCs per event {:.2} ({})",
         ms(percentile(&d.add_latency, 50.0)),
