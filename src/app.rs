@@ -45,6 +45,11 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 const CONFIG_FILE_POLL: Duration = Duration::from_secs(2);
 /// Longest delay of a peer cache write after a lease change.
 const CACHE_WRITE: Duration = Duration::from_secs(5);
+/// Longest wait between attempts while etcd does not answer (config fetch, acquire, re-acquire,
+/// re-publish at start or on a lost lease): a refused or timed-out RPC costs next to nothing,
+/// and the agent should carry on within about a second of etcd's return (targets R1, R3), as
+/// its lease watch does.
+const ETCD_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Liveness: the control loop beats at least this often even when idle.
 const HEARTBEAT: Duration = Duration::from_secs(20);
 
@@ -79,7 +84,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         Ok(Ok((registry, Some(text)))) => (registry, text),
         Ok(Ok((registry, None))) => {
             let text = tokio::select! {
-                r = fetch_config(&registry, &opts) => r?,
+                r = fetch_config(&registry, &opts, &health) => r?,
                 () = shutdown.cancelled() => return Ok(()),
             };
             (registry, text)
@@ -106,7 +111,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
                 return Ok(());
             };
             let text = tokio::select! {
-                r = fetch_config(&registry, &opts) => r?,
+                r = fetch_config(&registry, &opts, &health) => r?,
                 () = shutdown.cancelled() => return Ok(()),
             };
             (registry, text)
@@ -232,13 +237,15 @@ fn etcd_options(opts: &Options) -> EtcdOptions {
 /// The config text: from `--net-config-path` when given explicitly, else from etcd
 /// `<prefix>/config`, retried with capped, jittered backoff while etcd is unreachable or the key
 /// is missing (flannel retries too: the key is often written after the agents start).
-async fn fetch_config(registry: &Registry, opts: &Options) -> Result<String> {
+/// Each attempt counts as a liveness beat: waiting for etcd at start is not a stuck agent.
+async fn fetch_config(registry: &Registry, opts: &Options, health: &Health) -> Result<String> {
     if let Some(path) = opts.net_config_path.as_deref() {
         return std::fs::read_to_string(path)
             .with_context(|| format!("read network config {}", path.display()));
     }
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut backoff = Backoff::new(Duration::from_millis(200), ETCD_RETRY_MAX);
     loop {
+        health.beat();
         match registry.get_config().await {
             Ok(text) => return Ok(text),
             Err(e) => {
@@ -403,8 +410,9 @@ impl Agent {
             ..LeaseTiming::default()
         };
         let mut mgr = SubnetManager::new(registry, timing);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
         let (own, snapshot) = loop {
+            health.beat();
             let res = tokio::select! {
                 r = mgr.acquire(&conf, &attrs, previous) => r,
                 () = shutdown.cancelled() => return Ok(()),
@@ -1082,8 +1090,9 @@ impl Agent {
         shutdown: &CancellationToken,
     ) {
         renewal.abort();
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
         let got = loop {
+            self.health.beat();
             let res = tokio::select! {
                 r = self.mgr.reacquire(self.own.key.v4) => r,
                 () = shutdown.cancelled() => return,
@@ -1160,8 +1169,9 @@ impl Agent {
 
     /// Publishes new lease attributes on our subnet (compare-and-swap on our own key).
     async fn republish(&mut self, attrs: LeaseAttrs) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
         loop {
+            self.health.beat();
             match self
                 .mgr
                 .acquire(&self.conf, &attrs, Some(self.own.key.v4))

@@ -1336,10 +1336,34 @@ fn r7_healthz_readyz_and_loopback_only() {
         }
     })
     .expect("/healthz answers 200 while etcd is down");
-    match http_get(&ns1, "127.0.0.1", port, "/readyz") {
-        Ok((503, _)) => {}
-        other => panic!("/readyz before the lease is held: {other:?}"),
+    // etcd stays down a while (the full run: longer than the health server's 60 s staleness
+    // bound, as a liveness probe would see a node booting through an outage): alive all along,
+    // never ready.
+    let down = Duration::from_secs(knob("WEFT_FAULTS_R7_DOWN_SECS", 3));
+    let until = Instant::now() + down;
+    while Instant::now() < until {
+        match http_get(&ns1, "127.0.0.1", port, "/healthz") {
+            Ok((200, _)) => {}
+            other => panic!(
+                "/healthz while etcd is down at start: {other:?}; log:\n{}",
+                lab.log_tail(1, 20)
+            ),
+        }
+        match http_get(&ns1, "127.0.0.1", port, "/readyz") {
+            Ok((503, _)) => {}
+            other => panic!("/readyz before the lease is held: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
+    figure(
+        "R7",
+        &format!(
+            "etcd down {} s at start: /healthz 200 and /readyz 503 throughout",
+            down.as_secs()
+        ),
+        "yes",
+        "yes",
+    );
     lab.etcd().expect("etcd").restart().expect("restart");
     let back = Instant::now();
     wait_until(READY, || {
