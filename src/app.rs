@@ -28,6 +28,7 @@ use crate::firewall::{self, Firewall};
 use crate::health::Health;
 use crate::iface;
 use crate::lease_table::LeaseTable;
+use crate::metrics::WatchEventKind;
 use crate::peer_cache::PeerCache;
 use crate::registry::{EtcdOptions, Registry, RegistryError};
 use crate::subnet::{
@@ -136,7 +137,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
         BackendConf::HostGw => {}
     }
-    let ext = select_interface(&nl, &opts).await?;
+    let ext = iface::select_interface(&nl, &opts).await?;
     Agent::start(
         opts, conf, text, registry, nl, ext, backend, health, shutdown,
     )
@@ -169,7 +170,7 @@ async fn boot_from_cache(
 ) -> Result<()> {
     let conf = parse_config(&cache.config)?;
     let (own, own_attrs) = cache.own()?;
-    let ext = select_interface(nl, opts).await?;
+    let ext = iface::select_interface(nl, opts).await?;
     let mut backend = AnyBackend::from_conf(&conf.backend)?;
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
@@ -293,59 +294,6 @@ async fn fetch_config(registry: &Registry, opts: &Options, health: &Health) -> R
     }
 }
 
-/// Picks the external interface as flanneld does (spec §1.1).
-async fn select_interface(nl: &Netlink, opts: &Options) -> Result<ExternalInterface> {
-    let links = nl.links().await.context("list interfaces")?;
-    let cands: Vec<iface::IfaceCandidate> = links
-        .iter()
-        .map(|l| iface::IfaceCandidate {
-            index: l.index,
-            name: l.name.clone(),
-            mtu: l.mtu,
-            up: l.up,
-            addrs: l
-                .addrs
-                .iter()
-                .filter_map(|a| match a.addr {
-                    std::net::IpAddr::V4(v4) => Some(iface::CandidateAddr {
-                        addr: v4,
-                        prefix_len: a.prefix_len,
-                        permanent: a.permanent,
-                        deprecated: a.deprecated,
-                        scope_global: a.scope_global,
-                    }),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .collect(),
-        })
-        .collect();
-    let can_reach = match opts.iface_can_reach {
-        Some(ip) => {
-            let r = nl
-                .route_get(ip)
-                .await
-                .with_context(|| format!("ip route get {ip}"))?;
-            Some((r.oif, r.prefsrc))
-        }
-        None => None,
-    };
-    let default_route_ifindex = nl
-        .default_route_ifindex()
-        .await
-        .context("read the default route")?;
-    let sel = iface::select(
-        &cands,
-        &iface::IfaceRequest {
-            iface: &opts.iface,
-            iface_regex: &opts.iface_regex,
-            can_reach,
-            public_ip: opts.public_ip,
-            default_route_ifindex,
-        },
-    )?;
-    Ok(sel.into())
-}
-
 /// The running agent: everything the control loop owns.
 struct Agent {
     opts: Options,
@@ -449,6 +397,7 @@ impl Agent {
             ..LeaseTiming::default()
         };
         let mut mgr = SubnetManager::new(registry, timing);
+        mgr.set_metrics(health.metrics().clone());
         let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
         let (own, snapshot) = loop {
             health.beat();
@@ -664,6 +613,14 @@ impl Agent {
                     .is_some_and(|attrs| attrs.backend_type == own_type)
             });
         self.skipped = skipped;
+        let metrics = self.health.metrics();
+        metrics.reconcile_run(
+            why,
+            started.elapsed(),
+            u64::try_from(report.writes).unwrap_or(u64::MAX),
+            u64::try_from(report.failures.len()).unwrap_or(u64::MAX),
+        );
+        metrics.set_peers(self.table.peer_attrs().map(|a| a.backend_type.as_str()));
         debug!(
             "reconcile ({why}): {} peers, {} writes, {} failures in {:?} (plan {:?})",
             self.table.len(),
@@ -914,6 +871,15 @@ impl Agent {
         renewal: &mut JoinHandle<RenewalEnd>,
         shutdown: &CancellationToken,
     ) -> bool {
+        let metrics = self.health.metrics();
+        match &ev {
+            WatchEvent::Put(_) => metrics.watch_event(WatchEventKind::Put),
+            WatchEvent::Delete(_) => metrics.watch_event(WatchEventKind::Delete),
+            WatchEvent::Malformed { .. } => metrics.watch_event(WatchEventKind::Malformed),
+            WatchEvent::Resync(_) => metrics.watch_event(WatchEventKind::Resync),
+            WatchEvent::Reconnected => metrics.etcd_reconnected(),
+            WatchEvent::Disconnected | WatchEvent::Config(_) => {}
+        }
         match &ev {
             WatchEvent::Delete(key) if *key == self.own.key => {
                 warn!(

@@ -7,8 +7,9 @@
 //!    routes, ARP and FDB entries on them go with them;
 //! 2. every route with weft's protocol 87 in table main (`ip route del … proto 87`), e.g.
 //!    host-gw routes via the external interface;
-//! 3. masquerade and forward rules — by the firewall module once it lands (see
-//!    [`firewall_cleanup`]; a no-op until then);
+//! 3. masquerade and forward rules of both modes (iptables chains `FLANNEL-POSTRTG` and
+//!    `FLANNEL-FWD` with the jumps to them; nftables tables `flannel-ipv4`/`flannel-ipv6`),
+//!    logged by the firewall module;
 //! 4. with `--release-lease`: this node's lease in etcd (the key whose PublicIP is this node's,
 //!    found by `--public-ip` or by interface selection as the agent does), deleted by
 //!    compare-and-swap on the mod revision read, then its etcd lease revoked;
@@ -171,7 +172,7 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
     if let Some(nl) = &nl {
         kernel_cleanup(nl, &mut out).await;
     }
-    firewall_cleanup(opts, &mut out);
+    firewall_cleanup(&mut out).await;
     if release_lease {
         if let Err(e) = release_own_lease(nl.as_ref(), opts, &mut out).await {
             out.failed(format!("release the lease: {e:#}"));
@@ -215,14 +216,14 @@ async fn kernel_cleanup(nl: &Netlink, out: &mut Outcome) {
     }
 }
 
-/// Step 3: masquerade and forward rules.
-///
-/// FIREWALL CLEANUP CALL SITE — a no-op in this build. The firewall module (`src/firewall/`,
-/// written on another branch) provides `cleanup_all()`; once it is merged, call it here and
-/// record each removed rule with `out.done(..)` and each failure with `out.failed(..)`.
-fn firewall_cleanup(opts: &Options, out: &mut Outcome) {
-    let _ = (opts, out);
-    tracing::debug!("masquerade/forward rules: no firewall module in this build, nothing removed");
+/// Step 3: masquerade and forward rules of both modes ([`crate::firewall::cleanup_all`]:
+/// iptables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them, nftables tables
+/// `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal itself; they are not
+/// counted in the summary. A missing tool means nothing of that mode to remove.
+async fn firewall_cleanup(out: &mut Outcome) {
+    if let Err(e) = crate::firewall::cleanup_all().await {
+        out.failed(format!("{e:#}"));
+    }
 }
 
 /// Step 4: delete this node's lease key (compare-and-swap on the mod revision read) and revoke

@@ -12,7 +12,7 @@
 //! | `weft_lease_expiry_timestamp_seconds` | gauge | Unix time the own etcd lease expires (0 = unknown or a reservation) |
 //! | `weft_etcd_reconnects_total` | counter | lease-watch reconnects after etcd was lost |
 //! | `weft_watch_events_total{type}` | counter | lease watch events: `put`, `delete`, `malformed`, `resync` |
-//! | `weft_reconcile_runs_total{reason}` | counter | reconcile passes by reason (`initial_sync`, `lease_change`, `drift_repair`, `audit`, `retry`, `backend_switch`, `other`) |
+//! | `weft_reconcile_runs_total{reason}` | counter | reconcile passes by reason (`initial_sync`, `lease_change`, `reacquire`, `drift_repair`, `audit`, `retry`, `config_change`, `other`) |
 //! | `weft_reconcile_duration_seconds` | histogram | time of one reconcile pass (diff + kernel writes) |
 //! | `weft_kernel_writes_total` | counter | successful kernel writes (route/neigh/FDB replace and delete) |
 //! | `weft_kernel_write_errors_total` | counter | kernel writes the kernel refused |
@@ -58,27 +58,26 @@ impl WatchEventKind {
 pub const RECONCILE_REASONS: &[&str] = &[
     "initial_sync",
     "lease_change",
+    "reacquire",
     "drift_repair",
     "audit",
     "retry",
-    "backend_switch",
+    "config_change",
     "other",
 ];
 
-/// The label for a reconcile reason as the control loop words it (`"drift repair"` →
-/// `drift_repair`); reasons outside [`RECONCILE_REASONS`] count as `other`.
+/// The label for a reconcile reason as the control loop words it: `"drift repair"` →
+/// `drift_repair`, `"audit (SIGHUP)"` and `"audit after subscribing"` → `audit`,
+/// `"re-acquired"` → `reacquire`; reasons outside [`RECONCILE_REASONS`] count as `other`.
 pub fn reason_label(why: &str) -> &'static str {
-    let norm: String = why
-        .trim()
-        .chars()
-        .map(|c| {
-            if c == ' ' || c == '-' {
-                '_'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect();
+    let why = why.trim().to_ascii_lowercase();
+    let norm: String = why.replace([' ', '-'], "_");
+    if norm.starts_with("audit") {
+        return "audit";
+    }
+    if norm.starts_with("re_acquire") || norm.starts_with("reacquire") {
+        return "reacquire";
+    }
     RECONCILE_REASONS
         .iter()
         .find(|r| **r == norm)
@@ -101,7 +100,7 @@ struct Inner {
     lease_expiry: AtomicU64,
     etcd_reconnects: AtomicU64,
     watch_events: [AtomicU64; 4],
-    reconcile_runs: [AtomicU64; 7],
+    reconcile_runs: [AtomicU64; 8],
     /// Per bucket (not cumulative), the last one is `+Inf`.
     duration_buckets: [AtomicU64; 9],
     duration_sum_nanos: AtomicU64,
@@ -650,9 +649,25 @@ mod tests {
         assert_eq!(reason_label("lease change"), "lease_change");
         assert_eq!(reason_label("Drift Repair"), "drift_repair");
         assert_eq!(reason_label("audit"), "audit");
+        assert_eq!(reason_label("audit (SIGHUP)"), "audit");
+        assert_eq!(reason_label("audit after subscribing"), "audit");
+        assert_eq!(reason_label("re-acquired"), "reacquire");
         assert_eq!(reason_label("retry"), "retry");
-        assert_eq!(reason_label("backend-switch"), "backend_switch");
+        assert_eq!(reason_label("config change"), "config_change");
         assert_eq!(reason_label("whatever"), "other");
+        // Every label has its counter.
+        let m = Metrics::new();
+        for r in RECONCILE_REASONS {
+            m.reconcile_run(r, Duration::ZERO, 0, 0);
+        }
+        let (s, _) = parse::exposition(&m.render(false)).expect("valid");
+        for r in RECONCILE_REASONS {
+            assert_eq!(
+                parse::value(&s, "weft_reconcile_runs_total", &[("reason", r)]),
+                Some(1.0),
+                "{r}"
+            );
+        }
     }
 
     #[test]

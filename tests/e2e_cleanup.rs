@@ -1,7 +1,8 @@
 //! End to end: `weft cleanup` on a vxlan lab node whose agent was stopped with SIGTERM (which
 //! leaves the device, routes, lease and subnet.env in place) removes weft's kernel state, is
 //! idempotent, and with `--release-lease --remove-subnet-env` also removes the etcd key, the
-//! etcd lease and the file — and nothing of the other node's.
+//! etcd lease and the file — and nothing of the other node's. Masquerade/forward rules of both
+//! firewall modes go too.
 #[path = "common/lab.rs"]
 mod common;
 
@@ -61,6 +62,35 @@ fn weft_routes(lab: &Lab, k: usize) -> Vec<String> {
         .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL))
         .map(|r| r.to_string())
         .collect()
+}
+
+/// Runs a command line (split on spaces) in namespace `ns`; stdout.
+fn in_ns(ns: &str, cmdline: &str) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmdline.split(' '))
+        .output()
+        .map_err(|e| format!("{cmdline}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmdline}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `iptables-save` (nat and filter) and `nft list tables` of a namespace.
+fn firewall_state(ns: &str) -> String {
+    let mut s = String::new();
+    for cmd in [
+        "iptables-save -t nat",
+        "iptables-save -t filter",
+        "nft list tables",
+    ] {
+        s.push_str(&in_ns(ns, cmd).unwrap_or_else(|e| e));
+    }
+    s
 }
 
 fn lease_key(lab: &Lab, k: usize) -> String {
@@ -144,6 +174,20 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
     )
     .expect("route add");
     assert_eq!(weft_routes(&lab, 1).len(), 2);
+    // flanneld-style masquerade/forward rules (iptables) and an nftables-mode table.
+    let ns1 = lab.node_ns(1).expect("ns").to_owned();
+    for args in [
+        "iptables -t nat -N FLANNEL-POSTRTG",
+        "iptables -t nat -A POSTROUTING -m comment --comment flanneld-masq -j FLANNEL-POSTRTG",
+        "iptables -t nat -A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment flanneld-masq -j MASQUERADE",
+        "iptables -t filter -N FLANNEL-FWD",
+        "iptables -t filter -A FORWARD -m comment --comment flanneld-forward -j FLANNEL-FWD",
+        "iptables -t filter -A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment flanneld-forward -j ACCEPT",
+        "nft add table ip flannel-ipv4",
+    ] {
+        in_ns(&ns1, args).expect("add rule");
+    }
+    assert!(firewall_state(&ns1).contains("FLANNEL-POSTRTG"));
     let key1 = lease_key(&lab, 1);
     let key2 = lease_key(&lab, 2);
     let lease1 = etcd_lease_of(&lab, &key1).expect("node 1's key exists");
@@ -169,6 +213,12 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         weft_routes(&lab, 1).is_empty(),
         "{:?}",
         weft_routes(&lab, 1)
+    );
+    let fw = firewall_state(&ns1);
+    assert!(
+        !fw.contains("FLANNEL") && !fw.contains("flannel-ipv4"),
+        "firewall rules left: {fw}\n{}",
+        text(&out)
     );
     assert!(
         etcd_lease_of(&lab, &key1).is_some(),

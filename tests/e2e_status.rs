@@ -453,6 +453,43 @@ fn metrics_scraped_from_a_lab_node_parse() {
     ] {
         assert!(value(name, &[]).is_some(), "{name} missing");
     }
+    // The agent's own figures: one host-gw peer, its route written at the initial sync, the
+    // lease expiring in about 24 h.
+    assert_eq!(value("weft_peers", &[("backend", "host-gw")]), Some(1.0));
+    assert_eq!(value("weft_peers", &[("backend", "vxlan")]), Some(0.0));
+    assert_eq!(
+        value("weft_reconcile_runs_total", &[("reason", "initial_sync")]),
+        Some(1.0)
+    );
+    let writes = value("weft_kernel_writes_total", &[]).expect("writes");
+    assert!(writes >= 1.0, "kernel writes {writes}");
+    assert_eq!(value("weft_kernel_write_errors_total", &[]), Some(0.0));
+    let runs = value("weft_reconcile_duration_seconds_count", &[]).expect("count");
+    assert!(runs >= 1.0, "{runs}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let expiry = value("weft_lease_expiry_timestamp_seconds", &[]).expect("expiry");
+    assert!(
+        (now + 86_000.0..=now + 86_400.0).contains(&expiry),
+        "expiry {expiry}, now {now}"
+    );
+
+    // Drift repair counts: delete node 1's route to node 2 and wait for the counter.
+    let s2 = lab.subnet(2).expect("subnet").to_string();
+    lab.ip(1, &["route", "del", &s2]).expect("route del");
+    wait_until(CONVERGE, || {
+        let (_, body) = http_get_in_netns(&ns, port, "/metrics")?;
+        let (samples, _) = weft::metrics::parse::exposition(&body)?;
+        let repairs = weft::metrics::parse::value(&samples, "weft_drift_repairs_total", &[]);
+        match repairs {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("weft_drift_repairs_total {other:?}")),
+        }
+    })
+    .expect("drift repair counted");
+    wait_until(CONVERGE, || hostgw_routes_ok(&lab, 1)).expect("route repaired");
     lab.teardown().expect("teardown");
 }
 
