@@ -368,14 +368,16 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
+        // The lease list of the previous-lease lookup, reused by the first acquire attempt.
+        let mut listed = None;
         if primary.wants_previous_lease() {
             // One list before the device exists, so a rebooted node keeps what its peers know
             // (vxlan: the VTEP MAC of its lease). Best effort: without etcd, start fresh.
-            let listed = tokio::select! {
+            let got = tokio::select! {
                 r = registry.list_leases() => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
-            match listed {
+            match got {
                 Ok(snapshot) => {
                     if let Some(prev) = snapshot
                         .leases
@@ -384,6 +386,7 @@ impl Agent {
                     {
                         primary.adopt_previous(&prev.attrs);
                     }
+                    listed = Some(snapshot);
                 }
                 Err(e) => warn!("could not look up our previous lease: {e:#}"),
             }
@@ -402,7 +405,7 @@ impl Agent {
         let (own, snapshot) = loop {
             health.beat();
             let res = tokio::select! {
-                r = mgr.acquire(&conf, &attrs, previous) => r,
+                r = mgr.acquire_from(&conf, &attrs, previous, listed.take()) => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
             match res {
