@@ -699,7 +699,9 @@ impl Agent {
                             self.reacquire(&mut renewal, &shutdown).await;
                             self.reconcile("re-acquired").await;
                         }
-                        Ok(RenewalEnd::Shutdown) => {}
+                        // Only on shutdown; the finished handle must not be polled again
+                        // (select! picks among ready branches at random).
+                        Ok(RenewalEnd::Shutdown) => break,
                         Err(e) => {
                             error!("lease renewal task failed: {e}; restarting it");
                             renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
