@@ -45,6 +45,9 @@ const AUDIT_INTERVAL: Duration = Duration::from_secs(600);
 const RETRY_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the config file (`--net-config-path`) is checked for a new version: one `stat`.
 const CONFIG_FILE_POLL: Duration = Duration::from_secs(2);
+/// How long a backend from before a switch stays after the last peer stopped advertising it:
+/// peers that already published their new lease may not have programmed ours yet.
+const LEGACY_GRACE: Duration = Duration::from_secs(3);
 /// Longest delay of a peer cache write after a lease change.
 const CACHE_WRITE: Duration = Duration::from_secs(5);
 /// Longest wait between attempts while etcd does not answer (config fetch, acquire, re-acquire,
@@ -306,7 +309,9 @@ struct Agent {
     primary: AnyBackend,
     /// Backends of an earlier config, kept while some peer still advertises them (a backend
     /// switch rolls through the cluster node by node), with the config each came from.
-    legacy: Vec<(BackendConf, AnyBackend)>,
+    legacy: Vec<Legacy>,
+    /// When the next unused legacy backend is due for removal.
+    legacy_due: Option<tokio::time::Instant>,
     mgr: SubnetManager,
     own: OwnLease,
     /// The lease attributes we publish.
@@ -329,6 +334,22 @@ struct Agent {
     /// Masquerade / forward rules (iptables or nftables), checked on nf_tables change
     /// notifications and on a slow audit timer.
     firewall: Firewall,
+}
+
+/// A backend of an earlier config, still serving peers that advertise it.
+struct Legacy {
+    conf: BackendConf,
+    backend: AnyBackend,
+    /// Since when no peer needs it.
+    unused_since: Option<tokio::time::Instant>,
+}
+
+/// Waits until `due`, or forever when there is nothing due.
+async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What identifies a version of the config file: Kubernetes updates a mounted ConfigMap by
@@ -440,6 +461,7 @@ impl Agent {
             ext,
             primary,
             legacy: Vec::new(),
+            legacy_due: None,
             mgr,
             own,
             attrs,
@@ -524,7 +546,7 @@ impl Agent {
         let peers = self.table.peers();
         let mut state = KernelState::default();
         let mut reasons: BTreeMap<SubnetKey, String> = BTreeMap::new();
-        let active = std::iter::once(&self.primary).chain(self.legacy.iter().map(|(_, b)| b));
+        let active = std::iter::once(&self.primary).chain(self.legacy.iter().map(|l| &l.backend));
         let mut used = Vec::new();
         for backend in active {
             // One backend and every peer of its type (the usual case): no second copy.
@@ -573,23 +595,41 @@ impl Agent {
     async fn reconcile(&mut self, why: &str) {
         let started = std::time::Instant::now();
         let (mut state, mut skipped, used) = self.plan();
-        // Legacy backends no peer needs any more go away, devices and all.
-        if used.iter().skip(1).any(|u| !u) {
-            let mut keep = Vec::new();
-            for ((conf, mut backend), used) in self.legacy.drain(..).zip(used.into_iter().skip(1)) {
-                if used {
-                    keep.push((conf, backend));
-                    continue;
-                }
-                info!("no peer uses {} any more: removing it", backend.type_name());
-                for index in backend.devices() {
-                    self.reconciler.disown_device(index);
-                }
-                if let Err(e) = backend.teardown(&self.nl).await {
-                    warn!("removing the {} backend: {e}", backend.type_name());
-                }
+        // Legacy backends no peer has needed for LEGACY_GRACE go away, devices and all. The
+        // grace covers peers that published their new lease but have not yet programmed ours:
+        // until they do, they still send to us over the old path.
+        let now = tokio::time::Instant::now();
+        let mut retired = false;
+        let mut keep = Vec::new();
+        for (mut legacy, used) in self.legacy.drain(..).zip(used.into_iter().skip(1)) {
+            if used {
+                legacy.unused_since = None;
+                keep.push(legacy);
+                continue;
             }
-            self.legacy = keep;
+            let since = *legacy.unused_since.get_or_insert(now);
+            if now.duration_since(since) < LEGACY_GRACE {
+                keep.push(legacy);
+                continue;
+            }
+            let mut backend = legacy.backend;
+            info!("no peer uses {} any more: removing it", backend.type_name());
+            for index in backend.devices() {
+                self.reconciler.disown_device(index);
+            }
+            if let Err(e) = backend.teardown(&self.nl).await {
+                warn!("removing the {} backend: {e}", backend.type_name());
+            }
+            retired = true;
+        }
+        self.legacy = keep;
+        self.legacy_due = self
+            .legacy
+            .iter()
+            .filter_map(|l| l.unused_since)
+            .min()
+            .map(|since| since + LEGACY_GRACE);
+        if retired {
             (state, skipped, _) = self.plan();
         }
         for (key, reason) in &skipped {
@@ -749,6 +789,7 @@ impl Agent {
                     self.reconcile("retry").await;
                 }
                 _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
+                _ = sleep_until_or_never(self.legacy_due) => self.reconcile("legacy backend unused").await,
                 _ = cache_write.tick(), if self.cache_dirty => self.save_cache(),
                 what = fw_watch.changed(), if self.firewall.is_active() => {
                     debug!("nf_tables changed ({what}); checking our rules");
@@ -1057,14 +1098,14 @@ impl Agent {
             self.own.key
         );
         // Switching back to a backend we still hold: take it as it is.
-        let mut next = match self.legacy.iter().position(|(c, _)| *c == new.backend) {
-            Some(i) => self.legacy.remove(i).1,
+        let mut next = match self.legacy.iter().position(|l| l.conf == new.backend) {
+            Some(i) => self.legacy.remove(i).backend,
             None => {
                 // A held backend of the same type would share the device name: retire it.
                 let mut i = 0;
                 while i < self.legacy.len() {
-                    if self.legacy[i].1.type_name() == to {
-                        let (_, mut old) = self.legacy.remove(i);
+                    if self.legacy[i].backend.type_name() == to {
+                        let mut old = self.legacy.remove(i).backend;
                         for index in old.devices() {
                             self.reconciler.disown_device(index);
                         }
@@ -1115,7 +1156,11 @@ impl Agent {
                 }
             }
         } else {
-            self.legacy.push((old_conf, old));
+            self.legacy.push(Legacy {
+                conf: old_conf,
+                backend: old,
+                unused_since: None,
+            });
         }
         self.republish(attrs).await;
         if let Err(e) = self.write_subnet_env(mtu) {
