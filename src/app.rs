@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::Options;
+use crate::firewall::{self, Firewall};
 use crate::health::Health;
 use crate::iface;
 use crate::lease_table::LeaseTable;
@@ -187,6 +188,7 @@ async fn boot_from_cache(
     let mut state = backend.desired(&ext, &peers).state;
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;
+    start_firewall(opts, &conf, own.v4).await?;
     let env = SubnetEnv {
         network: conf.network,
         subnet: Some(own.v4),
@@ -221,6 +223,40 @@ fn parse_config(text: &str) -> Result<NetConf> {
         ));
     }
     Ok(conf)
+}
+
+/// Installs the masquerade (`--ip-masq`) and forward (`--iptables-forward-rules`) rules in the
+/// mode the config selects (`EnableNFTables`), after removing the other mode's. A failure is
+/// fatal with `--ip-masq` (pods would reach the outside unmasqueraded); the forward rules alone
+/// are logged and retried by the audit.
+async fn start_firewall(
+    opts: &Options,
+    conf: &NetConf,
+    subnet: ipnet::Ipv4Net,
+) -> Result<Firewall> {
+    let network = conf
+        .network
+        .ok_or_else(|| anyhow!("network config: no Network to build the masquerade rules from"))?;
+    let mode = firewall::Mode::from_config(conf.enable_nftables);
+    let fw = Firewall::new(
+        mode,
+        firewall::Settings {
+            network,
+            subnet,
+            ip_masq: opts.ip_masq,
+            forward: opts.iptables_forward_rules,
+            fully_random: !opts.ip_masq_fully_random_disable,
+        },
+    )
+    .await;
+    match fw.start().await {
+        Ok(_) => {}
+        Err(e) if opts.ip_masq => {
+            return Err(e.context(format!("--ip-masq: installing the {mode} masquerade rules")));
+        }
+        Err(e) => error!("installing the {mode} forward rules: {e:#}; retrying at the next audit"),
+    }
+    Ok(fw)
 }
 
 fn etcd_options(opts: &Options) -> EtcdOptions {
@@ -290,6 +326,9 @@ struct Agent {
     config_file: Option<FileStamp>,
     /// The peer cache is behind the lease table.
     cache_dirty: bool,
+    /// Masquerade / forward rules (iptables or nftables), checked on nf_tables change
+    /// notifications and on a slow audit timer.
+    firewall: Firewall,
 }
 
 /// What identifies a version of the config file: Kubernetes updates a mounted ConfigMap by
@@ -329,14 +368,16 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
+        // The lease list of the previous-lease lookup, reused by the first acquire attempt.
+        let mut listed = None;
         if primary.wants_previous_lease() {
             // One list before the device exists, so a rebooted node keeps what its peers know
             // (vxlan: the VTEP MAC of its lease). Best effort: without etcd, start fresh.
-            let listed = tokio::select! {
+            let got = tokio::select! {
                 r = registry.list_leases() => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
-            match listed {
+            match got {
                 Ok(snapshot) => {
                     if let Some(prev) = snapshot
                         .leases
@@ -345,6 +386,7 @@ impl Agent {
                     {
                         primary.adopt_previous(&prev.attrs);
                     }
+                    listed = Some(snapshot);
                 }
                 Err(e) => warn!("could not look up our previous lease: {e:#}"),
             }
@@ -363,7 +405,7 @@ impl Agent {
         let (own, snapshot) = loop {
             health.beat();
             let res = tokio::select! {
-                r = mgr.acquire(&conf, &attrs, previous) => r,
+                r = mgr.acquire_from(&conf, &attrs, previous, listed.take()) => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
             match res {
@@ -379,6 +421,7 @@ impl Agent {
         };
         let mtu = primary.configure(&nl, &ext, own.key.v4).await?;
         remove_other_devices(&nl, &primary.devices()).await;
+        let firewall = start_firewall(&opts, &conf, own.key.v4).await?;
 
         let mut table = LeaseTable::new(Some(own.key));
         table.reset(&snapshot);
@@ -409,6 +452,7 @@ impl Agent {
             device_changed: false,
             config_file,
             cache_dirty: true,
+            firewall,
         };
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
@@ -604,6 +648,16 @@ impl Agent {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.reset();
         let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut fw_watch = if self.firewall.is_active() {
+            firewall::ChangeWatch::open()
+        } else {
+            firewall::ChangeWatch::disabled()
+        };
+        let mut fw_audit = tokio::time::interval(
+            self.firewall
+                .audit_period(self.opts.iptables_resync, &fw_watch)?,
+        );
+        fw_audit.reset();
         let mut config_poll = tokio::time::interval(CONFIG_FILE_POLL);
         config_poll.reset();
         let mut cache_write = tokio::time::interval(CACHE_WRITE);
@@ -645,7 +699,9 @@ impl Agent {
                             self.reacquire(&mut renewal, &shutdown).await;
                             self.reconcile("re-acquired").await;
                         }
-                        Ok(RenewalEnd::Shutdown) => {}
+                        // Only on shutdown; the finished handle must not be polled again
+                        // (select! picks among ready branches at random).
+                        Ok(RenewalEnd::Shutdown) => break,
                         Err(e) => {
                             error!("lease renewal task failed: {e}; restarting it");
                             renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
@@ -694,6 +750,17 @@ impl Agent {
                 }
                 _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
                 _ = cache_write.tick(), if self.cache_dirty => self.save_cache(),
+                what = fw_watch.changed(), if self.firewall.is_active() => {
+                    debug!("nf_tables changed ({what}); checking our rules");
+                    if let Err(e) = self.firewall.check().await {
+                        warn!("{} rules check: {e:#}", self.firewall.mode());
+                    }
+                }
+                _ = fw_audit.tick(), if self.firewall.is_active() => {
+                    if let Err(e) = self.firewall.check().await {
+                        warn!("{} rules audit: {e:#}", self.firewall.mode());
+                    }
+                }
                 _ = beat.tick() => {}
             }
             self.health.beat();
@@ -962,6 +1029,15 @@ impl Agent {
         }
         self.config_text = text.to_string();
         self.cache_dirty = true;
+        if new.enable_nftables != self.conf.enable_nftables {
+            match start_firewall(&self.opts, &new, self.own.key.v4).await {
+                Ok(fw) => self.firewall = fw,
+                Err(e) => error!(
+                    "switching the masquerade rules to EnableNFTables={}: {e:#}",
+                    new.enable_nftables
+                ),
+            }
+        }
         if new.backend == self.conf.backend {
             info!("network config changed (backend unchanged)");
             self.conf = new;
@@ -1078,6 +1154,10 @@ impl Agent {
         *renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
         if got.subnet_changed {
             self.table.set_own(Some(self.own.key));
+            self.firewall.set_subnet(self.own.key.v4);
+            if let Err(e) = self.firewall.apply().await {
+                error!("{} rules for {}: {e:#}", self.firewall.mode(), self.own.key);
+            }
             match self
                 .primary
                 .configure(&self.nl, &self.ext, self.own.key.v4)

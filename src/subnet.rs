@@ -252,11 +252,28 @@ impl SubnetManager {
         attrs: &LeaseAttrs,
         previous: Option<Ipv4Net>,
     ) -> Result<(OwnLease, Snapshot)> {
+        self.acquire_from(conf, attrs, previous, None).await
+    }
+
+    /// [`Self::acquire`] that decides first on `listed`, a list of the leases the caller has just
+    /// made (vxlan's previous-lease lookup), instead of listing again: one Range less at start
+    /// (target P7). A lease created since then only makes the compare-and-swap fail and the next
+    /// attempt list afresh.
+    pub async fn acquire_from(
+        &mut self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+        mut listed: Option<Snapshot>,
+    ) -> Result<(OwnLease, Snapshot)> {
         self.last = Some((conf.clone(), attrs.clone()));
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut last_conflict = None;
         for attempt in 1..=ACQUIRE_ATTEMPTS {
-            let snapshot = self.reg.list_leases().await.context("listing leases")?;
+            let snapshot = match listed.take() {
+                Some(snapshot) => snapshot,
+                None => self.reg.list_leases().await.context("listing leases")?,
+            };
             match self.try_acquire(conf, attrs, previous, &snapshot).await {
                 Ok(Some(lease)) => {
                     self.held = Some(Held {

@@ -744,6 +744,23 @@ fn r2_sigterm_and_kill9_restarts_lose_no_ping() {
             wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("routes after restart");
         }
     }
+    // A few quick SIGTERM restarts more: each must be a clean exit (a shutdown race once made
+    // it exit 101 now and then).
+    for round in 0..5 {
+        let started = SystemTime::now();
+        let status = lab
+            .stop_node(2, Signal::SIGTERM)
+            .expect("stop")
+            .expect("running");
+        assert!(
+            status.success(),
+            "SIGTERM round {round}: exit {status}; log:\n{}",
+            lab.log_tail(2, 30)
+        );
+        lab.start_node(2).expect("start");
+        lab.wait_subnet_env_since(2, Some(started), READY)
+            .expect("subnet.env rewritten");
+    }
     let (polls, missing) = watch.stop();
     assert!(polls > 10, "the route watch barely ran ({polls} polls)");
     assert!(

@@ -263,20 +263,22 @@ impl fmt::Display for KernelOp {
 ///   (a replace overwrites the old object in one step, so no delete precedes it).
 /// - Equal states give no operations.
 ///
-/// Order: all deletes first (routes, then FDB, then neighbours), then all replaces (neighbours,
-/// then FDB, then routes); within each kind by key (ascending). Deletes first so that stale
-/// state is gone before new state is added. Routes are removed before, and added after, the
-/// ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic to a gateway it
-/// would have to resolve (flannel's per-peer order). Deterministic, so tests and `weft status`
-/// output are stable.
+/// Order: route deletes, then neighbour and FDB replaces, then route replaces, then FDB and
+/// neighbour deletes; within each kind by key (ascending). Routes are removed before, and added
+/// after, the ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic to a
+/// gateway it would have to resolve (flannel's per-peer order). Entries a route no longer needs
+/// go last: a peer moving to another path (a vxlan peer that switched to host-gw, a new VTEP MAC)
+/// gets its new route in one replace while its old ARP/FDB entries still back the old one, so no
+/// packet meets a half-removed path. Deterministic, so tests and `weft status` output are
+/// stable.
 pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
     let mut ops = Vec::new();
     ops.extend(extra(&desired.routes, &current.routes).map(KernelOp::RouteDel));
-    ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
-    ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
     ops.extend(changed(&desired.neighs, &current.neighs).map(KernelOp::NeighReplace));
     ops.extend(changed(&desired.fdb, &current.fdb).map(KernelOp::FdbReplace));
     ops.extend(changed(&desired.routes, &current.routes).map(KernelOp::RouteReplace));
+    ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
+    ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
     ops
 }
 
@@ -435,11 +437,11 @@ mod tests {
             ops,
             vec![
                 KernelOp::RouteDel(gone),
-                KernelOp::FdbDel(old_e),
-                KernelOp::NeighDel(gone_n),
                 KernelOp::NeighReplace(n.clone()),
                 KernelOp::FdbReplace(e.clone()),
                 KernelOp::RouteReplace(rt),
+                KernelOp::FdbDel(old_e),
+                KernelOp::NeighDel(gone_n),
             ]
         );
         for op in &ops {
