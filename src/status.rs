@@ -7,8 +7,9 @@
 //! interface selection ([`crate::iface::select_interface`]), the peer set
 //! ([`crate::lease_table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
 //! read-only dump ([`Reconciler::refresh`]) and [`plan::diff`]. For vxlan the existing device
-//! `flannel.<VNI>` is attached read-only ([`Vxlan::attach_existing`]); when it is missing, every
-//! ARP/FDB/route entry on it is reported missing (shown on `flannel.<VNI>`, ifindex 0).
+//! `flannel.<VNI>` is attached read-only ([`Vxlan::attach_existing`]), for ipip `flannel.ipip`;
+//! when the device is missing, every ARP/FDB/route entry on it is reported missing (shown on the
+//! device's name, ifindex 0).
 //!
 //! Expiry of each lease comes from one `LeaseTimeToLive` per distinct etcd lease.
 //!
@@ -31,9 +32,9 @@
 //!   "peers": [Lease],                      // every other well-formed lease, by subnet
 //!   "malformed": [{"key": "...", "reason": "..."}],   // keys skipped as the agent skips them
 //!   "skipped": [{"subnet": "10.244.3.0/24", "reason": "..."}],  // peers the backend won't program
-//!   "device": null | {"name": "flannel.1", "present": bool, "ifindex": 7 | null,
+//!   "device": null | {"name": "flannel.1" | "flannel.ipip", "present": bool, "ifindex": 7 | null,
 //!                     "up": bool, "mtu": 1450 | null, "mac": "aa:..." | null,
-//!                     "problems": ["..."]},    // vxlan only; problems make in_sync false
+//!                     "problems": ["..."]},    // vxlan, ipip; problems make in_sync false
 //!   "required": {"routes": n, "neighs": n, "fdb": n},  // counts of what the leases require
 //!   "kernel": {"routes": n, "neighs": n, "fdb": n},    // counts of what weft owns in the kernel
 //!   "drift": {"missing": [Entry], "extra": [Entry],
@@ -55,6 +56,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow};
+use backends::ipip::{self, IpIp, IpIpDevice};
 use backends::plan::{self, Fdb, KernelOp, KernelState, Neigh, fmt_mac};
 use backends::reconcile::Reconciler;
 use backends::vxlan::{Vxlan, VxlanDevice, incompatibilities, parse_backend_data};
@@ -731,11 +733,68 @@ pub async fn gather(opts: &Options) -> Result<Report> {
                 }
             }
         }
-        other => {
-            return Err(anyhow!(
-                "backend type {} is not supported by weft status yet",
-                other.type_name()
-            ));
+        BackendConf::IpIp(c) => {
+            let name = ipip::DEVICE_NAME;
+            let link = nl
+                .ipip_by_name(name)
+                .await
+                .context("read the ipip device")?;
+            match link {
+                Some(link) if link.kind.as_deref() == Some("ipip") => {
+                    reconciler.own_device(link.index);
+                    let mut problems = Vec::new();
+                    match IpIp::spec(&ext) {
+                        Ok(want) => match ipip::assess(&link, &want) {
+                            ipip::Existing::Reuse { set_mtu: None } => {}
+                            ipip::Existing::Reuse { set_mtu: Some(mtu) } => {
+                                problems.push(format!("mtu {} (want {mtu})", link.mtu));
+                            }
+                            ipip::Existing::Recreate(why) => problems.extend(why),
+                            ipip::Existing::WrongType => {
+                                problems.push(format!("{name} is not an ipip device"));
+                            }
+                        },
+                        Err(e) => problems.push(e.to_string()),
+                    }
+                    if !link.up {
+                        problems.push("link is down".to_string());
+                    }
+                    problems.extend(address_problem(&nl, name, own.as_ref()).await?);
+                    let backend = IpIp::new(c.clone()).with_device(IpIpDevice {
+                        index: link.index,
+                        name: name.to_string(),
+                        mtu: link.mtu,
+                    });
+                    let info = DeviceInfo {
+                        name: name.to_string(),
+                        present: true,
+                        ifindex: Some(link.index),
+                        up: link.up,
+                        mtu: Some(link.mtu),
+                        mac: None,
+                        problems,
+                    };
+                    (backend.desired(&ext, &peers), Some(info))
+                }
+                other => {
+                    // Missing, or someone else's link of that name (weft never takes it over):
+                    // plan on a placeholder so every route the tunnel needs shows as missing.
+                    names.insert(0, name.to_string());
+                    let backend = IpIp::new(c.clone()).with_device(IpIpDevice {
+                        index: 0,
+                        name: name.to_string(),
+                        mtu: 0,
+                    });
+                    let mut info = missing_device(name);
+                    if let Some(l) = other {
+                        info.problems = vec![format!(
+                            "{name} is a {} device, not ipip",
+                            l.kind.as_deref().unwrap_or("unknown")
+                        )];
+                    }
+                    (backend.desired(&ext, &peers), Some(info))
+                }
+            }
         }
     };
     reconciler

@@ -174,19 +174,30 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
     )
     .expect("route add");
     assert_eq!(weft_routes(&lab, 1).len(), 2);
-    // flanneld-style masquerade/forward rules (iptables) and an nftables-mode table.
+    // flanneld-style masquerade/forward rules (iptables) and an nftables-mode table. The agent
+    // may have made FLANNEL-FWD itself (forward rules are on by default).
     let ns1 = lab.node_ns(1).expect("ns").to_owned();
-    for args in [
+    let mut rules = vec![
         "iptables -t nat -N FLANNEL-POSTRTG",
         "iptables -t nat -A POSTROUTING -m comment --comment flanneld-masq -j FLANNEL-POSTRTG",
         "iptables -t nat -A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment flanneld-masq -j MASQUERADE",
-        "iptables -t filter -N FLANNEL-FWD",
-        "iptables -t filter -A FORWARD -m comment --comment flanneld-forward -j FLANNEL-FWD",
-        "iptables -t filter -A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment flanneld-forward -j ACCEPT",
         "nft add table ip flannel-ipv4",
-    ] {
+    ];
+    if !firewall_state(&ns1).contains("FLANNEL-FWD") {
+        rules.extend([
+            "iptables -t filter -N FLANNEL-FWD",
+            "iptables -t filter -A FORWARD -m comment --comment flanneld-forward -j FLANNEL-FWD",
+            "iptables -t filter -A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment flanneld-forward -j ACCEPT",
+        ]);
+    }
+    for args in rules {
         in_ns(&ns1, args).expect("add rule");
     }
+    let fw = firewall_state(&ns1);
+    assert!(
+        fw.contains("FLANNEL-FWD") && fw.contains("flannel-ipv4"),
+        "{fw}"
+    );
     assert!(firewall_state(&ns1).contains("FLANNEL-POSTRTG"));
     let key1 = lease_key(&lab, 1);
     let key2 = lease_key(&lab, 2);
