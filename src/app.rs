@@ -24,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::Options;
+use crate::firewall::{self, Firewall};
 use crate::health::Health;
 use crate::iface;
 use crate::lease_table::LeaseTable;
+use crate::metrics::WatchEventKind;
 use crate::peer_cache::PeerCache;
 use crate::registry::{EtcdOptions, Registry, RegistryError};
 use crate::subnet::{
@@ -135,7 +137,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
         BackendConf::HostGw => {}
     }
-    let ext = select_interface(&nl, &opts).await?;
+    let ext = iface::select_interface(&nl, &opts).await?;
     Agent::start(
         opts, conf, text, registry, nl, ext, backend, health, shutdown,
     )
@@ -168,7 +170,7 @@ async fn boot_from_cache(
 ) -> Result<()> {
     let conf = parse_config(&cache.config)?;
     let (own, own_attrs) = cache.own()?;
-    let ext = select_interface(nl, opts).await?;
+    let ext = iface::select_interface(nl, opts).await?;
     let mut backend = AnyBackend::from_conf(&conf.backend)?;
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
@@ -186,6 +188,7 @@ async fn boot_from_cache(
     let mut state = backend.desired(&ext, &peers).state;
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;
+    start_firewall(opts, &conf, own.v4).await?;
     let env = SubnetEnv {
         network: conf.network,
         subnet: Some(own.v4),
@@ -220,6 +223,40 @@ fn parse_config(text: &str) -> Result<NetConf> {
         ));
     }
     Ok(conf)
+}
+
+/// Installs the masquerade (`--ip-masq`) and forward (`--iptables-forward-rules`) rules in the
+/// mode the config selects (`EnableNFTables`), after removing the other mode's. A failure is
+/// fatal with `--ip-masq` (pods would reach the outside unmasqueraded); the forward rules alone
+/// are logged and retried by the audit.
+async fn start_firewall(
+    opts: &Options,
+    conf: &NetConf,
+    subnet: ipnet::Ipv4Net,
+) -> Result<Firewall> {
+    let network = conf
+        .network
+        .ok_or_else(|| anyhow!("network config: no Network to build the masquerade rules from"))?;
+    let mode = firewall::Mode::from_config(conf.enable_nftables);
+    let fw = Firewall::new(
+        mode,
+        firewall::Settings {
+            network,
+            subnet,
+            ip_masq: opts.ip_masq,
+            forward: opts.iptables_forward_rules,
+            fully_random: !opts.ip_masq_fully_random_disable,
+        },
+    )
+    .await;
+    match fw.start().await {
+        Ok(_) => {}
+        Err(e) if opts.ip_masq => {
+            return Err(e.context(format!("--ip-masq: installing the {mode} masquerade rules")));
+        }
+        Err(e) => error!("installing the {mode} forward rules: {e:#}; retrying at the next audit"),
+    }
+    Ok(fw)
 }
 
 fn etcd_options(opts: &Options) -> EtcdOptions {
@@ -257,59 +294,6 @@ async fn fetch_config(registry: &Registry, opts: &Options, health: &Health) -> R
     }
 }
 
-/// Picks the external interface as flanneld does (spec §1.1).
-async fn select_interface(nl: &Netlink, opts: &Options) -> Result<ExternalInterface> {
-    let links = nl.links().await.context("list interfaces")?;
-    let cands: Vec<iface::IfaceCandidate> = links
-        .iter()
-        .map(|l| iface::IfaceCandidate {
-            index: l.index,
-            name: l.name.clone(),
-            mtu: l.mtu,
-            up: l.up,
-            addrs: l
-                .addrs
-                .iter()
-                .filter_map(|a| match a.addr {
-                    std::net::IpAddr::V4(v4) => Some(iface::CandidateAddr {
-                        addr: v4,
-                        prefix_len: a.prefix_len,
-                        permanent: a.permanent,
-                        deprecated: a.deprecated,
-                        scope_global: a.scope_global,
-                    }),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .collect(),
-        })
-        .collect();
-    let can_reach = match opts.iface_can_reach {
-        Some(ip) => {
-            let r = nl
-                .route_get(ip)
-                .await
-                .with_context(|| format!("ip route get {ip}"))?;
-            Some((r.oif, r.prefsrc))
-        }
-        None => None,
-    };
-    let default_route_ifindex = nl
-        .default_route_ifindex()
-        .await
-        .context("read the default route")?;
-    let sel = iface::select(
-        &cands,
-        &iface::IfaceRequest {
-            iface: &opts.iface,
-            iface_regex: &opts.iface_regex,
-            can_reach,
-            public_ip: opts.public_ip,
-            default_route_ifindex,
-        },
-    )?;
-    Ok(sel.into())
-}
-
 /// The running agent: everything the control loop owns.
 struct Agent {
     opts: Options,
@@ -342,6 +326,9 @@ struct Agent {
     config_file: Option<FileStamp>,
     /// The peer cache is behind the lease table.
     cache_dirty: bool,
+    /// Masquerade / forward rules (iptables or nftables), checked on nf_tables change
+    /// notifications and on a slow audit timer.
+    firewall: Firewall,
 }
 
 /// What identifies a version of the config file: Kubernetes updates a mounted ConfigMap by
@@ -381,14 +368,16 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
+        // The lease list of the previous-lease lookup, reused by the first acquire attempt.
+        let mut listed = None;
         if primary.wants_previous_lease() {
             // One list before the device exists, so a rebooted node keeps what its peers know
             // (vxlan: the VTEP MAC of its lease). Best effort: without etcd, start fresh.
-            let listed = tokio::select! {
+            let got = tokio::select! {
                 r = registry.list_leases() => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
-            match listed {
+            match got {
                 Ok(snapshot) => {
                     if let Some(prev) = snapshot
                         .leases
@@ -397,6 +386,7 @@ impl Agent {
                     {
                         primary.adopt_previous(&prev.attrs);
                     }
+                    listed = Some(snapshot);
                 }
                 Err(e) => warn!("could not look up our previous lease: {e:#}"),
             }
@@ -410,11 +400,12 @@ impl Agent {
             ..LeaseTiming::default()
         };
         let mut mgr = SubnetManager::new(registry, timing);
+        mgr.set_metrics(health.metrics().clone());
         let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
         let (own, snapshot) = loop {
             health.beat();
             let res = tokio::select! {
-                r = mgr.acquire(&conf, &attrs, previous) => r,
+                r = mgr.acquire_from(&conf, &attrs, previous, listed.take()) => r,
                 () = shutdown.cancelled() => return Ok(()),
             };
             match res {
@@ -430,11 +421,13 @@ impl Agent {
         };
         let mtu = primary.configure(&nl, &ext, own.key.v4).await?;
         remove_other_devices(&nl, &primary.devices()).await;
+        let firewall = start_firewall(&opts, &conf, own.key.v4).await?;
 
-        // Subscribe before the first dump, so no out-of-band change falls between the two.
-        let kernel = backends::nl::subscribe().context("subscribe to netlink notifications")?;
         let mut table = LeaseTable::new(Some(own.key));
         table.reset(&snapshot);
+        // The table holds the leases now; don't keep a second copy through the start.
+        let revision = snapshot.revision;
+        drop(snapshot);
         let mut reconciler = Reconciler::new(nl.clone());
         for index in primary.devices() {
             reconciler.own_device(index);
@@ -459,6 +452,7 @@ impl Agent {
             device_changed: false,
             config_file,
             cache_dirty: true,
+            firewall,
         };
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
@@ -478,7 +472,14 @@ impl Agent {
             agent.table.len()
         );
 
-        agent.run(snapshot.revision + 1, kernel, shutdown).await
+        // Subscribe only after the initial sync: its own writes (one notification per entry)
+        // would pile up unread in memory meanwhile (20,000 vxlan peers: 60,000 messages, most of
+        // the peak RSS). Subscribe, then dump and diff again, so no out-of-band change made
+        // before the subscription is missed.
+        let kernel = backends::nl::subscribe().context("subscribe to netlink notifications")?;
+        agent.audit("audit after subscribing").await;
+
+        agent.run(revision + 1, kernel, shutdown).await
     }
 
     fn write_subnet_env(&self, mtu: u32) -> Result<()> {
@@ -526,12 +527,23 @@ impl Agent {
         let active = std::iter::once(&self.primary).chain(self.legacy.iter().map(|(_, b)| b));
         let mut used = Vec::new();
         for backend in active {
-            let mine: Vec<Peer> = peers
-                .iter()
-                .filter(|p| p.attrs.backend_type == backend.type_name())
-                .cloned()
-                .collect();
-            let desired = backend.desired(&self.ext, &mine);
+            // One backend and every peer of its type (the usual case): no second copy.
+            let filtered: Vec<Peer>;
+            let mine: &[Peer] = if self.legacy.is_empty()
+                && peers
+                    .iter()
+                    .all(|p| p.attrs.backend_type == backend.type_name())
+            {
+                &peers
+            } else {
+                filtered = peers
+                    .iter()
+                    .filter(|p| p.attrs.backend_type == backend.type_name())
+                    .cloned()
+                    .collect();
+                &filtered
+            };
+            let desired = backend.desired(&self.ext, mine);
             used.push(mine.len() > desired.skipped.len());
             state.merge(desired.state);
             for (key, reason) in desired.skipped {
@@ -559,6 +571,7 @@ impl Agent {
 
     /// Computes the desired state from the lease table and applies the difference.
     async fn reconcile(&mut self, why: &str) {
+        let started = std::time::Instant::now();
         let (mut state, mut skipped, used) = self.plan();
         // Legacy backends no peer needs any more go away, devices and all.
         if used.iter().skip(1).any(|u| !u) {
@@ -589,9 +602,9 @@ impl Agent {
                 info!("peer {key} is programmed now");
             }
         }
-        let started = std::time::Instant::now();
+        let planned = started.elapsed();
         // The reconciler logs each failed write; they are retried on the next pass.
-        let report = self.reconciler.apply(&state).await;
+        let report = self.reconciler.apply_owned(state).await;
         let own_type = self.primary.type_name();
         // Failed writes are retried; so are peers of our own type that were skipped (an address
         // may be added to the interface). Peers of another backend type wait for a new lease.
@@ -603,12 +616,21 @@ impl Agent {
                     .is_some_and(|attrs| attrs.backend_type == own_type)
             });
         self.skipped = skipped;
+        let metrics = self.health.metrics();
+        metrics.reconcile_run(
+            why,
+            started.elapsed(),
+            u64::try_from(report.writes).unwrap_or(u64::MAX),
+            u64::try_from(report.failures.len()).unwrap_or(u64::MAX),
+        );
+        metrics.set_peers(self.table.peer_attrs().map(|a| a.backend_type.as_str()));
         debug!(
-            "reconcile ({why}): {} peers, {} writes, {} failures in {:?}",
+            "reconcile ({why}): {} peers, {} writes, {} failures in {:?} (plan {:?})",
             self.table.len(),
             report.writes,
             report.failures.len(),
-            started.elapsed()
+            started.elapsed(),
+            planned
         );
     }
 
@@ -626,12 +648,31 @@ impl Agent {
         let mut retry = tokio::time::interval(RETRY_INTERVAL);
         retry.reset();
         let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut fw_watch = if self.firewall.is_active() {
+            firewall::ChangeWatch::open()
+        } else {
+            firewall::ChangeWatch::disabled()
+        };
+        let mut fw_audit = tokio::time::interval(
+            self.firewall
+                .audit_period(self.opts.iptables_resync, &fw_watch)?,
+        );
+        fw_audit.reset();
         let mut config_poll = tokio::time::interval(CONFIG_FILE_POLL);
         config_poll.reset();
         let mut cache_write = tokio::time::interval(CACHE_WRITE);
         cache_write.reset();
         let watch_file = self.opts.net_config_path.is_some();
         let mut kernel_open = true;
+        // SIGHUP: dump and diff now instead of at the next audit tick (operators, benchmarks).
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot install the SIGHUP handler (audit on demand): {e}");
+                None
+            }
+        };
 
         loop {
             tokio::select! {
@@ -695,11 +736,10 @@ impl Agent {
                         self.reconcile("drift repair").await;
                     }
                 }
-                _ = audit.tick() => {
-                    match self.reconciler.refresh().await {
-                        Ok(()) => self.reconcile("audit").await,
-                        Err(e) => warn!("audit: re-reading weft's kernel state failed: {e}"),
-                    }
+                _ = audit.tick() => self.audit("audit").await,
+                Some(()) = recv_or_pending(hangup.as_mut()) => {
+                    info!("received SIGHUP: auditing weft's kernel state now");
+                    self.audit("audit (SIGHUP)").await;
                 }
                 _ = retry.tick(), if self.pending_retry => {
                     if self.device_lost {
@@ -710,6 +750,17 @@ impl Agent {
                 }
                 _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
                 _ = cache_write.tick(), if self.cache_dirty => self.save_cache(),
+                what = fw_watch.changed(), if self.firewall.is_active() => {
+                    debug!("nf_tables changed ({what}); checking our rules");
+                    if let Err(e) = self.firewall.check().await {
+                        warn!("{} rules check: {e:#}", self.firewall.mode());
+                    }
+                }
+                _ = fw_audit.tick(), if self.firewall.is_active() => {
+                    if let Err(e) = self.firewall.check().await {
+                        warn!("{} rules audit: {e:#}", self.firewall.mode());
+                    }
+                }
                 _ = beat.tick() => {}
             }
             self.health.beat();
@@ -717,6 +768,19 @@ impl Agent {
         renewal.abort();
         info!("Exiting cleanly...");
         Ok(())
+    }
+
+    /// Re-reads weft's kernel objects (a dump) and applies the difference: the backstop to
+    /// netlink notifications. A no-change audit makes zero writes (target P6).
+    async fn audit(&mut self, why: &str) {
+        let started = std::time::Instant::now();
+        match self.reconciler.refresh().await {
+            Ok(()) => {
+                self.reconcile(why).await;
+                debug!("{why}: dump and diff in {:?}", started.elapsed());
+            }
+            Err(e) => warn!("{why}: re-reading weft's kernel state failed: {e}"),
+        }
     }
 
     /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
@@ -812,6 +876,15 @@ impl Agent {
         renewal: &mut JoinHandle<RenewalEnd>,
         shutdown: &CancellationToken,
     ) -> bool {
+        let metrics = self.health.metrics();
+        match &ev {
+            WatchEvent::Put(_) => metrics.watch_event(WatchEventKind::Put),
+            WatchEvent::Delete(_) => metrics.watch_event(WatchEventKind::Delete),
+            WatchEvent::Malformed { .. } => metrics.watch_event(WatchEventKind::Malformed),
+            WatchEvent::Resync(_) => metrics.watch_event(WatchEventKind::Resync),
+            WatchEvent::Reconnected => metrics.etcd_reconnected(),
+            WatchEvent::Disconnected | WatchEvent::Config(_) => {}
+        }
         match &ev {
             WatchEvent::Delete(key) if *key == self.own.key => {
                 warn!(
@@ -956,6 +1029,15 @@ impl Agent {
         }
         self.config_text = text.to_string();
         self.cache_dirty = true;
+        if new.enable_nftables != self.conf.enable_nftables {
+            match start_firewall(&self.opts, &new, self.own.key.v4).await {
+                Ok(fw) => self.firewall = fw,
+                Err(e) => error!(
+                    "switching the masquerade rules to EnableNFTables={}: {e:#}",
+                    new.enable_nftables
+                ),
+            }
+        }
         if new.backend == self.conf.backend {
             info!("network config changed (backend unchanged)");
             self.conf = new;
@@ -1072,6 +1154,10 @@ impl Agent {
         *renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
         if got.subnet_changed {
             self.table.set_own(Some(self.own.key));
+            self.firewall.set_subnet(self.own.key.v4);
+            if let Err(e) = self.firewall.apply().await {
+                error!("{} rules for {}: {e:#}", self.firewall.mode(), self.own.key);
+            }
             match self
                 .primary
                 .configure(&self.nl, &self.ext, self.own.key.v4)
@@ -1168,6 +1254,14 @@ impl Agent {
             Ok(None) => warn!("external interface {} is gone", self.ext.name),
             Err(e) => warn!("re-reading {}: {e}", self.ext.name),
         }
+    }
+}
+
+/// The next signal of `sig`, or never when there is no handler.
+async fn recv_or_pending(sig: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,8 @@
 //!   (flannel answers 200 whenever the process is up; weft reports a stuck loop.)
 //! - `GET /readyz` → 200 `weft is ready` once [`Health::set_ready`]`(true)` (lease held,
 //!   subnet.env written, initial sync done), else 503 `weft is not ready yet`.
+//! - `GET /metrics` → 200, the agent's [`Metrics`] in the Prometheus text format 0.0.4
+//!   (`Content-Type: text/plain; version=0.0.4; charset=utf-8`); see [`crate::metrics`].
 //! - Anything else → 404; methods other than GET/HEAD → 405.
 //!
 //! Each connection runs in its own task with a bounded request head (8 KiB) and a read and
@@ -21,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// A sensible staleness bound for [`Health::new`]: the control loop beats at least this often.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -39,6 +43,7 @@ struct Inner {
     /// Nanoseconds after `epoch` of the latest beat (0 = creation counts as a beat).
     last_beat_nanos: AtomicU64,
     stale_after: Duration,
+    metrics: Metrics,
 }
 
 impl Health {
@@ -51,6 +56,7 @@ impl Health {
                 epoch: Instant::now(),
                 last_beat_nanos: AtomicU64::new(0),
                 stale_after,
+                metrics: Metrics::new(),
             }),
         }
     }
@@ -92,6 +98,11 @@ impl Health {
     pub fn stale_after(&self) -> Duration {
         self.inner.stale_after
     }
+
+    /// The agent's metrics, served on `/metrics` (shared by all clones).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
 }
 
 /// Bounds of the server; [`serve`] uses [`Limits::default`].
@@ -131,7 +142,7 @@ async fn serve_with(
     limits: Limits,
 ) {
     match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "health server listening (/healthz, /readyz)"),
+        Ok(addr) => tracing::info!(%addr, "health server listening (/healthz, /readyz, /metrics)"),
         Err(e) => tracing::info!(error = %e, "health server listening"),
     }
     let permits = Arc::new(Semaphore::new(limits.max_conns));
@@ -213,7 +224,12 @@ struct Response {
     /// HEAD: headers only.
     head_only: bool,
     allow: bool,
+    content_type: &'static str,
 }
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+/// The Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -234,6 +250,7 @@ fn plain(status: u16, body: impl Into<String>) -> Response {
         body: body.into(),
         head_only: false,
         allow: false,
+        content_type: TEXT_PLAIN,
     }
 }
 
@@ -283,6 +300,10 @@ fn respond(head: &[u8], health: &Health, now: Instant) -> Response {
                 plain(503, "weft is not ready yet")
             }
         }
+        "/metrics" => Response {
+            content_type: PROMETHEUS_TEXT,
+            ..plain(200, health.metrics().render(health.is_ready()))
+        },
         _ => plain(404, "404 page not found\n"),
     };
     r.head_only = head_only;
@@ -291,9 +312,10 @@ fn respond(head: &[u8], health: &Health, now: Instant) -> Response {
 
 fn render(r: &Response) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
         r.status,
         reason(r.status),
+        r.content_type,
         r.body.len()
     );
     if r.allow {
@@ -429,8 +451,32 @@ mod tests {
         assert_eq!(get(srv.addr, "/readyz?verbose=1").await.0, 200);
         health.set_ready(false);
         assert_eq!(get(srv.addr, "/readyz").await.0, 503);
-        assert_eq!(get(srv.addr, "/metrics").await.0, 404);
         assert_eq!(get(srv.addr, "/").await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn metrics_endpoint_serves_the_text_format() {
+        let health = Health::new(DEFAULT_STALE_AFTER);
+        let srv = start(health.clone(), Limits::default()).await;
+        health.metrics().set_peers(["vxlan", "vxlan"]);
+        health.set_ready(true);
+        let (status, head, body) = raw(srv.addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("Content-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        let (samples, _) = crate::metrics::parse::exposition(&body).expect("valid exposition");
+        let value = |name, labels| crate::metrics::parse::value(&samples, name, labels);
+        assert_eq!(value("weft_peers", &[("backend", "vxlan")]), Some(2.0));
+        assert_eq!(value("weft_ready", &[]), Some(1.0));
+        // HEAD: headers only.
+        let (status, _, body) = raw(srv.addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (200, ""));
     }
 
     #[tokio::test]

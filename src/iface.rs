@@ -327,6 +327,65 @@ impl fmt::Display for Seen<'_> {
     }
 }
 
+/// Picks the external interface as flanneld does (spec §1.1): gathers the snapshot (links and
+/// their IPv4 addresses, the default route, `ip route get` for `--iface-can-reach`) over netlink
+/// and applies [`select`]. Read-only; shared by the agent, `weft status` and `weft cleanup`.
+pub async fn select_interface(
+    nl: &backends::Netlink,
+    opts: &crate::cli::Options,
+) -> anyhow::Result<backends::ExternalInterface> {
+    use anyhow::Context as _;
+    let links = nl.links().await.context("list interfaces")?;
+    let cands: Vec<IfaceCandidate> = links
+        .iter()
+        .map(|l| IfaceCandidate {
+            index: l.index,
+            name: l.name.clone(),
+            mtu: l.mtu,
+            up: l.up,
+            addrs: l
+                .addrs
+                .iter()
+                .filter_map(|a| match a.addr {
+                    std::net::IpAddr::V4(v4) => Some(CandidateAddr {
+                        addr: v4,
+                        prefix_len: a.prefix_len,
+                        permanent: a.permanent,
+                        deprecated: a.deprecated,
+                        scope_global: a.scope_global,
+                    }),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect(),
+        })
+        .collect();
+    let can_reach = match opts.iface_can_reach {
+        Some(ip) => {
+            let r = nl
+                .route_get(ip)
+                .await
+                .with_context(|| format!("ip route get {ip}"))?;
+            Some((r.oif, r.prefsrc))
+        }
+        None => None,
+    };
+    let default_route_ifindex = nl
+        .default_route_ifindex()
+        .await
+        .context("read the default route")?;
+    let sel = select(
+        &cands,
+        &IfaceRequest {
+            iface: &opts.iface,
+            iface_regex: &opts.iface_regex,
+            can_reach,
+            public_ip: opts.public_ip,
+            default_route_ifindex,
+        },
+    )?;
+    Ok(sel.into())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {

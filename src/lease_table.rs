@@ -166,6 +166,14 @@ impl LeaseTable {
             .collect()
     }
 
+    /// Every peer's lease attributes (own subnet excluded), by subnet, without copying them.
+    pub fn peer_attrs(&self) -> impl Iterator<Item = &LeaseAttrs> + '_ {
+        self.entries
+            .iter()
+            .filter(|(k, _)| Some(**k) != self.own)
+            .map(|(_, a)| a)
+    }
+
     /// The lease of a subnet (the own subnet included).
     pub fn get(&self, key: &SubnetKey) -> Option<&LeaseAttrs> {
         self.entries.get(key)
@@ -264,6 +272,10 @@ mod tests {
         assert_eq!(
             t.peers().iter().map(|p| p.key).collect::<Vec<_>>(),
             vec![key(2), key(4)]
+        );
+        assert_eq!(
+            t.peer_attrs().cloned().collect::<Vec<_>>(),
+            vec![attrs(9), attrs(4)]
         );
     }
 

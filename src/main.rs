@@ -32,6 +32,16 @@ fn main() -> ExitCode {
                 }
             },
             "docker-opts" => ExitCode::from(weft::docker_opts::run_cli(&args)),
+            "status" => {
+                // The report is the output; logs only for errors unless RUST_LOG says more.
+                init_logging_default("error");
+                ExitCode::from(weft::status::run_cli(&args))
+            }
+            "cleanup" => {
+                // Each removal is logged at info, like the `ip` command.
+                init_logging_default("info");
+                ExitCode::from(weft::cleanup::run_cli(&args))
+            }
             other => {
                 eprintln!("weft: subcommand {other} is not available yet");
                 ExitCode::from(2)
@@ -88,10 +98,14 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 }
 
 fn init_logging(level: tracing::Level) {
-    use tracing_subscriber::EnvFilter;
     // RUST_LOG wins; else flannel's -v picks the level.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(level.as_str().to_ascii_lowercase()));
+    init_logging_default(&level.as_str().to_ascii_lowercase());
+}
+
+/// Logs to stderr with `RUST_LOG`, or `default` (an `EnvFilter` directive) when it is unset.
+fn init_logging_default(default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

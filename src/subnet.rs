@@ -207,6 +207,8 @@ pub struct SubnetManager {
     held: Option<Held>,
     /// The config and attrs of the last acquire, for `reacquire`.
     last: Option<(NetConf, LeaseAttrs)>,
+    /// Where the renewal loop reports the own lease's expiry (`/metrics`).
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl SubnetManager {
@@ -216,7 +218,14 @@ impl SubnetManager {
             timing,
             held: None,
             last: None,
+            metrics: None,
         }
+    }
+
+    /// Reports the own lease's expiry to `metrics` from now on (each renewal loop sets
+    /// `weft_lease_expiry_timestamp_seconds` when it starts and after each renewal).
+    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+        self.metrics = Some(metrics);
     }
 
     pub fn registry(&self) -> &Registry {
@@ -243,11 +252,28 @@ impl SubnetManager {
         attrs: &LeaseAttrs,
         previous: Option<Ipv4Net>,
     ) -> Result<(OwnLease, Snapshot)> {
+        self.acquire_from(conf, attrs, previous, None).await
+    }
+
+    /// [`Self::acquire`] that decides first on `listed`, a list of the leases the caller has just
+    /// made (vxlan's previous-lease lookup), instead of listing again: one Range less at start
+    /// (target P7). A lease created since then only makes the compare-and-swap fail and the next
+    /// attempt list afresh.
+    pub async fn acquire_from(
+        &mut self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        previous: Option<Ipv4Net>,
+        mut listed: Option<Snapshot>,
+    ) -> Result<(OwnLease, Snapshot)> {
         self.last = Some((conf.clone(), attrs.clone()));
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut last_conflict = None;
         for attempt in 1..=ACQUIRE_ATTEMPTS {
-            let snapshot = self.reg.list_leases().await.context("listing leases")?;
+            let snapshot = match listed.take() {
+                Some(snapshot) => snapshot,
+                None => self.reg.list_leases().await.context("listing leases")?,
+            };
             match self.try_acquire(conf, attrs, previous, &snapshot).await {
                 Ok(Some(lease)) => {
                     self.held = Some(Held {
@@ -494,7 +520,13 @@ impl SubnetManager {
         own: OwnLease,
         shutdown: CancellationToken,
     ) -> impl Future<Output = RenewalEnd> + Send + 'static {
-        renew_loop(self.reg.clone(), own, self.timing, shutdown)
+        renew_loop(
+            self.reg.clone(),
+            own,
+            self.timing,
+            shutdown,
+            self.metrics.clone(),
+        )
     }
 
     /// Watches `<prefix>/subnets` from `from_revision` (usually `snapshot.revision + 1`) in a
@@ -544,8 +576,15 @@ async fn renew_loop(
     own: OwnLease,
     timing: LeaseTiming,
     shutdown: CancellationToken,
+    metrics: Option<crate::metrics::Metrics>,
 ) -> RenewalEnd {
+    let report = |at: Option<SystemTime>| {
+        if let Some(m) = &metrics {
+            m.set_lease_expiry(at);
+        }
+    };
     let Some(mut expires) = own.expires.filter(|_| own.lease_id != 0) else {
+        report(None);
         tracing::info!("lease {} is a reservation: nothing to renew", own.key);
         shutdown.cancelled().await;
         return RenewalEnd::Shutdown;
@@ -557,6 +596,7 @@ async fn renew_loop(
         i64::try_from(timing.ttl.as_secs()).unwrap_or(i64::MAX)
     };
     let mut renewed = false;
+    report(Some(expires));
     loop {
         let due = expires
             .checked_sub(timing.renew_margin)
@@ -580,6 +620,7 @@ async fn renew_loop(
             match res {
                 Ok(()) => {
                     expires = expiry(ttl);
+                    report(Some(expires));
                     renewed = true;
                     tracing::info!(
                         "Lease renewed, new expiration: {} (TTL {ttl}s, lease {})",

@@ -151,6 +151,11 @@ impl KernelState {
     /// Adds everything of `other` that this state does not hold yet (entries already here win),
     /// e.g. the states of two backends serving different peers during a backend switch.
     pub fn merge(&mut self, other: KernelState) {
+        if self.is_empty() {
+            // The usual case (one backend): take the maps as they are.
+            *self = other;
+            return;
+        }
         for (k, v) in other.routes {
             self.routes.entry(k).or_insert(v);
         }
@@ -258,42 +263,54 @@ impl fmt::Display for KernelOp {
 ///   (a replace overwrites the old object in one step, so no delete precedes it).
 /// - Equal states give no operations.
 ///
-/// Order: all deletes first (routes, then FDB, then neighbours), then all replaces (neighbours,
-/// then FDB, then routes); within each kind by key (ascending). Deletes first so that stale
-/// state is gone before new state is added. Routes are removed before, and added after, the
-/// ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic to a gateway it
-/// would have to resolve (flannel's per-peer order). Deterministic, so tests and `weft status`
-/// output are stable.
+/// Order: route deletes, then neighbour and FDB replaces, then route replaces, then FDB and
+/// neighbour deletes; within each kind by key (ascending). Routes are removed before, and added
+/// after, the ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic to a
+/// gateway it would have to resolve (flannel's per-peer order). Entries a route no longer needs
+/// go last: a peer moving to another path (a vxlan peer that switched to host-gw, a new VTEP MAC)
+/// gets its new route in one replace while its old ARP/FDB entries still back the old one, so no
+/// packet meets a half-removed path. Deterministic, so tests and `weft status` output are
+/// stable.
 pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
     let mut ops = Vec::new();
     ops.extend(extra(&desired.routes, &current.routes).map(KernelOp::RouteDel));
-    ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
-    ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
     ops.extend(changed(&desired.neighs, &current.neighs).map(KernelOp::NeighReplace));
     ops.extend(changed(&desired.fdb, &current.fdb).map(KernelOp::FdbReplace));
     ops.extend(changed(&desired.routes, &current.routes).map(KernelOp::RouteReplace));
+    ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
+    ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
     ops
 }
 
-/// Objects of `current` whose key `desired` lacks.
+/// Objects of `current` whose key `desired` lacks. Both maps are walked once in key order
+/// (a merge, no lookups): a diff runs on every lease change, over every peer's entries.
 fn extra<'a, K: Ord, V: Clone>(
     desired: &'a BTreeMap<K, V>,
     current: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = V> + 'a {
+    let mut want = desired.keys().peekable();
     current
         .iter()
-        .filter(|(k, _)| !desired.contains_key(k))
+        .filter(move |(k, _)| {
+            while want.next_if(|w| *w < *k).is_some() {}
+            want.peek() != Some(k)
+        })
         .map(|(_, v)| v.clone())
 }
 
-/// Objects of `desired` that `current` lacks or has with other attributes.
+/// Objects of `desired` that `current` lacks or has with other attributes (a merge, as in
+/// [`extra`]).
 fn changed<'a, K: Ord, V: Clone + PartialEq>(
     desired: &'a BTreeMap<K, V>,
     current: &'a BTreeMap<K, V>,
 ) -> impl Iterator<Item = V> + 'a {
+    let mut have = current.iter().peekable();
     desired
         .iter()
-        .filter(|(k, v)| current.get(k) != Some(v))
+        .filter(move |(k, v)| {
+            while have.next_if(|(h, _)| *h < *k).is_some() {}
+            !matches!(have.peek(), Some((h, hv)) if h == k && hv == v)
+        })
         .map(|(_, v)| v.clone())
 }
 
@@ -420,11 +437,11 @@ mod tests {
             ops,
             vec![
                 KernelOp::RouteDel(gone),
-                KernelOp::FdbDel(old_e),
-                KernelOp::NeighDel(gone_n),
                 KernelOp::NeighReplace(n.clone()),
                 KernelOp::FdbReplace(e.clone()),
                 KernelOp::RouteReplace(rt),
+                KernelOp::FdbDel(old_e),
+                KernelOp::NeighDel(gone_n),
             ]
         );
         for op in &ops {

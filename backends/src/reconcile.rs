@@ -131,9 +131,15 @@ impl Reconciler {
     /// each successful one in the cache. Each operation is logged at info like the `ip` command.
     /// A failed operation does not stop the others; it is reported and left out of the cache.
     pub async fn apply(&mut self, desired: &KernelState) -> ApplyReport {
+        self.apply_owned(desired.clone()).await
+    }
+
+    /// [`apply`](Self::apply) taking the desired state by value, which it keeps (no copy of
+    /// every peer's entries per lease change).
+    pub async fn apply_owned(&mut self, desired: KernelState) -> ApplyReport {
         let mut report = ApplyReport::default();
         let used = desired.neighs.keys().map(|(i, _)| *i);
-        let used: Vec<u32> = used.chain(desired.fdb.keys().map(|(i, _)| *i)).collect();
+        let used: BTreeSet<u32> = used.chain(desired.fdb.keys().map(|(i, _)| *i)).collect();
         for dev in used {
             self.own_device(dev);
         }
@@ -143,8 +149,9 @@ impl Reconciler {
                 report.refresh_error = Some(e);
             }
         }
-        self.last_desired = desired.clone();
-        for op in plan::diff(desired, &self.cache) {
+        let ops = plan::diff(&desired, &self.cache);
+        self.last_desired = desired;
+        for op in ops {
             let cmd = op.command(|i| self.names.get(&i).cloned());
             let result = match &op {
                 KernelOp::RouteReplace(r) => self.nl.route_replace(r).await,

@@ -54,6 +54,8 @@ pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";
 pub const DEFAULT_HEALTHZ_PORT: u16 = 10280;
 /// Most nodes a lab can have: node k is 198.18.0.k and .254 is the gateway.
 pub const MAX_NODES: usize = 253;
+/// The "external" host's address on the underlay (see [`Lab::add_external`]).
+pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 
 /// How long a stopped agent may take to exit before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -91,6 +93,8 @@ pub struct LabSpec {
     pub config: Option<String>,
     /// `--healthz-port` for every agent; 0 passes no flag.
     pub healthz_port: u16,
+    /// Extra environment variables for every agent (e.g. `WEFT_FIREWALL_AUDIT_SECS`).
+    pub agent_env: Vec<(String, String)>,
 }
 
 impl LabSpec {
@@ -105,6 +109,7 @@ impl LabSpec {
             etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
             config: None,
             healthz_port: DEFAULT_HEALTHZ_PORT,
+            agent_env: Vec::new(),
         }
     }
 
@@ -158,6 +163,8 @@ pub struct Lab {
     name: String,
     dir: PathBuf,
     underlay: String,
+    /// The "external" host's namespace, once [`Lab::add_external`] made it.
+    external: Option<String>,
     etcd: Option<EtcdServer>,
     nodes: Vec<Node>,
     keep: bool,
@@ -177,6 +184,7 @@ impl Lab {
             name,
             dir,
             underlay,
+            external: None,
             etcd: None,
             nodes: Vec::new(),
             keep: false,
@@ -429,6 +437,7 @@ impl Lab {
             cmd.arg(format!("--healthz-port={}", self.spec.healthz_port));
         }
         cmd.args(&self.spec.extra_flags);
+        cmd.envs(self.spec.agent_env.iter().map(|(k, v)| (k, v)));
         let log_path = self.log_path(k)?;
         let mut log = fs::OpenOptions::new()
             .create(true)
@@ -759,6 +768,43 @@ impl Lab {
         Ok(())
     }
 
+    /// Adds an "external" host outside the cluster: namespace `<name>-x` with `eth0`
+    /// [`EXTERNAL_IP`]/24 on the underlay bridge and no other route, so it can answer the nodes
+    /// (198.18.0.0/24) but not pods: pod traffic reaches it only masqueraded to a node address.
+    /// Returns its namespace.
+    pub fn add_external(&mut self) -> Result<String> {
+        if let Some(ns) = &self.external {
+            return Ok(ns.clone());
+        }
+        let x = format!("{}-x", self.name);
+        if !sys::netns_add(&x)? {
+            bail!("namespace {x} already exists");
+        }
+        // Registered first, so teardown deletes it even if a step below fails.
+        self.external = Some(x.clone());
+        let u = self.underlay.clone();
+        let addr = format!("{EXTERNAL_IP}/{UNDERLAY_PREFIX_LEN}");
+        sys::ip(Some(&x), &["link", "set", "lo", "up"])?;
+        sys::ip(
+            Some(&x),
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", "ext", "netns", &u,
+            ],
+        )?;
+        sys::ip(Some(&u), &["link", "set", "ext", "master", "br0", "up"])?;
+        sys::ip(Some(&x), &["addr", "add", &addr, "dev", "eth0"])?;
+        sys::ip(Some(&x), &["link", "set", "eth0", "up"])?;
+        tracing::info!("external host {EXTERNAL_IP} added in {x}");
+        Ok(x)
+    }
+
+    /// The external host's namespace, once [`Lab::add_external`] made it.
+    pub fn external_ns(&self) -> Result<&str> {
+        self.external
+            .as_deref()
+            .ok_or_else(|| anyhow!("the lab has no external host (call add_external first)"))
+    }
+
     // ===== observing =====
 
     /// `ping -c <count> -w <timeout>` from pod `from` to pod `to`: true if `count` replies
@@ -906,6 +952,11 @@ impl Lab {
                 }
             }
             if let Err(e) = sys::netns_purge(&node.ns) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if let Some(ext) = self.external.take() {
+            if let Err(e) = sys::netns_purge(&ext) {
                 errors.push(format!("{e:#}"));
             }
         }

@@ -1,0 +1,1576 @@
+//! The agent benchmark (issue 7): the real `weft` binary in a network namespace against a real
+//! etcd holding N synthetic leases, observed from outside through a netlink notification
+//! listener, `/proc/<pid>` and etcd's own `/metrics`, next to `ip -batch` programming the same
+//! entries. Used by `benches/agent/main.rs` (`scripts/bench.sh`) and `tests/bench_smoke.rs`.
+//!
+//! ```text
+//!   wb<id>n  (one namespace per scenario)
+//!     eth0 198.18.0.1/16 ── ueth0 (veth peer, so eth0 has carrier)
+//!     lo   etcd on 127.0.0.1:<port>, <N> leases 10.0.<s>.0/24 → PublicIP 198.18.0.<s+1>…
+//!     weft --iface=eth0            (process under test)
+//!     bench listener thread        (RTNLGRP_IPV4_ROUTE + RTNLGRP_NEIGH, 64 MiB buffer)
+//! ```
+//! Peers need not exist: host-gw gateways only have to lie on eth0's connected /16, vxlan entries
+//! only name them. The pod network is 10.0.0.0/8 (not 10.244.0.0/16): 20,000 /24 leases need it;
+//! nothing is routed outside the namespace.
+#![allow(clippy::print_stdout)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use etcd_client::{Client, Compare, PutOptions, Txn, TxnOp};
+use ipnet::Ipv4Net;
+use weft::etcd_server::{EtcdServer, EtcdServerOpts};
+
+pub const PREFIX: &str = "/coreos.com/network";
+pub const NETWORK: &str = "10.0.0.0/8";
+const OWN_IP: &str = "198.18.0.1/16";
+const RTPROT_WEFT: u8 = 87;
+const NUD_PERMANENT: u16 = 0x80;
+/// Kernel clock ticks per second of `/proc/<pid>/stat` (USER_HZ; 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+/// etcd's default `--max-txn-ops`.
+const TXN_OPS: usize = 128;
+/// How long one cold start may take before the run counts as failed.
+const PROGRAM_DEADLINE: Duration = Duration::from_secs(300);
+const EVENT_DEADLINE: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The backends the benchmark programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    HostGw,
+    Vxlan,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::HostGw => "host-gw",
+            Kind::Vxlan => "vxlan",
+        }
+    }
+
+    /// Kernel entries per peer: a route (host-gw); route, ARP and FDB entry (vxlan).
+    pub fn entries_per_peer(self) -> usize {
+        match self {
+            Kind::HostGw => 1,
+            Kind::Vxlan => 3,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub weft_bin: PathBuf,
+    pub backends: Vec<Kind>,
+    /// Peer counts of the cold-start runs.
+    pub sizes: Vec<usize>,
+    /// The peer count at which resync, idle and event latency are measured (must be in `sizes`).
+    pub detail_at: usize,
+    /// Single lease changes timed (as many adds, then as many deletes).
+    pub events: usize,
+    /// Idle window for CPU and wakeups.
+    pub idle: Duration,
+    /// `iperf3 -t` seconds for the pod-to-pod throughput; 0 skips it.
+    pub iperf_secs: u32,
+    pub iperf_rounds: usize,
+}
+
+// ===== results =====
+
+#[derive(Debug, Clone, Default)]
+pub struct ColdStart {
+    pub kind: Option<Kind>,
+    pub peers: usize,
+    /// Process start → subnet.env written.
+    pub ready: Duration,
+    /// Process start → the last kernel entry of the last peer seen.
+    pub programmed: Duration,
+    /// First → last kernel entry (the programming phase compared with `ip -batch`).
+    pub program_phase: Duration,
+    /// `ip -batch` (and `bridge -batch`) programming the same entries in a fresh namespace.
+    pub ip_batch: Duration,
+    pub vm_hwm_kib: u64,
+    pub vm_rss_kib: u64,
+    /// etcd RPCs started by the agent's start (method → count).
+    pub start_rpcs: BTreeMap<String, u64>,
+    /// The bench's listener overflowed (timings then come from polling).
+    pub overrun: bool,
+    pub entries: usize,
+}
+
+impl ColdStart {
+    pub fn ratio(&self) -> f64 {
+        secs(self.program_phase) / secs(self.ip_batch).max(1e-6)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Detail {
+    pub kind: Option<Kind>,
+    pub peers: usize,
+    /// Event → last kernel entry of that peer, adds and deletes (sorted).
+    pub add_latency: Vec<Duration>,
+    pub del_latency: Vec<Duration>,
+    /// The agent's own `reconcile (lease change)` durations (plan + diff + writes), and the plan
+    /// part alone (sorted).
+    pub reconcile_latency: Vec<Duration>,
+    pub plan_latency: Vec<Duration>,
+    /// etcd RPCs by the agent per event (excluding the bench's own Put/DeleteRange).
+    pub rpcs_per_event: f64,
+    pub event_rpcs: BTreeMap<String, u64>,
+    /// The agent's own log of the SIGHUP audit: writes and dump+diff duration.
+    pub resync_writes: Option<u64>,
+    pub resync_reconcile: Option<Duration>,
+    pub resync_total: Option<Duration>,
+    /// Kernel notifications of weft's entries during the resync (independent write count).
+    pub resync_notifications: usize,
+    pub idle_secs: f64,
+    pub idle_cpu_percent: f64,
+    pub idle_wakeups_per_s: f64,
+    pub idle_children_seen: usize,
+    pub idle_child_cpu_ticks: u64,
+    pub idle_notifications: usize,
+    pub idle_rpcs: BTreeMap<String, u64>,
+    pub vm_hwm_kib: u64,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Throughput {
+    pub hostgw_bps: Vec<f64>,
+    pub vxlan_bps: Vec<f64>,
+    pub vxlan_mtu: u32,
+    pub hostgw_mtu: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub cold: Vec<ColdStart>,
+    pub detail: Vec<Detail>,
+    pub throughput: Option<Throughput>,
+}
+
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+// ===== the run =====
+
+pub fn run(cfg: &Config) -> Result<Report> {
+    if !cfg.weft_bin.is_file() {
+        bail!(
+            "{} does not exist (cargo build --release)",
+            cfg.weft_bin.display()
+        );
+    }
+    let mut report = Report::default();
+    for &kind in &cfg.backends {
+        for &n in &cfg.sizes {
+            println!("## {} with {n} peers", kind.name());
+            let batch = ip_batch(kind, n).with_context(|| format!("ip -batch, {n} peers"))?;
+            println!("  ip -batch programming: {} ms", ms(batch));
+            let (mut cold, detail) = scenario(cfg, kind, n, n == cfg.detail_at)
+                .with_context(|| format!("{} with {n} peers", kind.name()))?;
+            cold.ip_batch = batch;
+            print_cold(&cold);
+            report.cold.push(cold);
+            if let Some(d) = detail {
+                print_detail(&d);
+                report.detail.push(d);
+            }
+        }
+    }
+    if cfg.iperf_secs > 0 {
+        let t = throughput(cfg).context("pod-to-pod iperf3")?;
+        print_throughput(&t);
+        report.throughput = Some(t);
+    }
+    Ok(report)
+}
+
+fn print_cold(c: &ColdStart) {
+    println!(
+        "  weft: ready {} ms, all {} entries {} ms after start (programming phase {} ms = {:.2}× ip -batch), VmHWM {:.1} MiB (VmRSS {:.1}){}",
+        ms(c.ready),
+        c.entries,
+        ms(c.programmed),
+        ms(c.program_phase),
+        c.ratio(),
+        c.vm_hwm_kib as f64 / 1024.0,
+        c.vm_rss_kib as f64 / 1024.0,
+        if c.overrun {
+            " (listener overrun: timed by polling)"
+        } else {
+            ""
+        }
+    );
+    println!("  etcd RPCs at start: {}", fmt_rpcs(&c.start_rpcs));
+}
+
+fn print_detail(d: &Detail) {
+    println!("  at {} peers:", d.peers);
+    println!(
+        "  event → kernel: add p50 {} ms p99 {} ms, delete p50 {} ms p99 {} ms ({} each); etcd RPCs per event {:.2} ({})",
+        ms(percentile(&d.add_latency, 50.0)),
+        ms(percentile(&d.add_latency, 99.0)),
+        ms(percentile(&d.del_latency, 50.0)),
+        ms(percentile(&d.del_latency, 99.0)),
+        d.add_latency.len(),
+        d.rpcs_per_event,
+        fmt_rpcs(&d.event_rpcs)
+    );
+    println!(
+        "  agent-internal reconcile per lease change: p50 {} ms p99 {} ms (plan p50 {} ms) over {} reconciles",
+        ms(percentile(&d.reconcile_latency, 50.0)),
+        ms(percentile(&d.reconcile_latency, 99.0)),
+        ms(percentile(&d.plan_latency, 50.0)),
+        d.reconcile_latency.len()
+    );
+    println!(
+        "  resync (SIGHUP audit): {} writes (agent log), {} kernel notifications, dump+diff {} ms (diff+apply {} ms)",
+        d.resync_writes.map_or("?".into(), |w| w.to_string()),
+        d.resync_notifications,
+        d.resync_total.map_or("?".into(), ms),
+        d.resync_reconcile.map_or("?".into(), ms)
+    );
+    println!(
+        "  idle {:.0} s: CPU {:.3} %, {:.2} wakeups/s, {} children seen (child CPU ticks {}), {} kernel notifications, etcd RPCs {}; {} threads; VmHWM {:.1} MiB",
+        d.idle_secs,
+        d.idle_cpu_percent,
+        d.idle_wakeups_per_s,
+        d.idle_children_seen,
+        d.idle_child_cpu_ticks,
+        d.idle_notifications,
+        fmt_rpcs(&d.idle_rpcs),
+        d.threads,
+        d.vm_hwm_kib as f64 / 1024.0
+    );
+}
+
+fn print_throughput(t: &Throughput) {
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "## pod-to-pod iperf3: host-gw {:.2} Gbit/s (MTU {}), vxlan {:.2} Gbit/s (MTU {}): vxlan/host-gw = {:.2}",
+        avg(&t.hostgw_bps) / 1e9,
+        t.hostgw_mtu,
+        avg(&t.vxlan_bps) / 1e9,
+        t.vxlan_mtu,
+        avg(&t.vxlan_bps) / avg(&t.hostgw_bps).max(1.0)
+    );
+}
+
+pub fn fmt_rpcs(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ===== peers =====
+
+fn peer_subnet(i: usize) -> Ipv4Net {
+    let s = u32::try_from(i + 1).unwrap_or(u32::MAX) & 0xffff;
+    Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (s << 8)), 24).unwrap_or_default()
+}
+
+fn peer_ip(i: usize) -> Ipv4Addr {
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    Ipv4Addr::from(base + u32::try_from(i + 2).unwrap_or(0))
+}
+
+fn peer_mac(i: usize) -> [u8; 6] {
+    let b = u32::try_from(i + 1).unwrap_or(0).to_be_bytes();
+    [0x02, 0x42, b[0], b[1], b[2], b[3]]
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn lease_key(i: usize) -> String {
+    let s = peer_subnet(i);
+    format!("{PREFIX}/subnets/{}-{}", s.network(), s.prefix_len())
+}
+
+fn lease_value(kind: Kind, i: usize) -> String {
+    match kind {
+        Kind::HostGw => format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"host-gw","BackendData":null}}"#,
+            peer_ip(i)
+        ),
+        Kind::Vxlan => format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            peer_ip(i),
+            fmt_mac(&peer_mac(i))
+        ),
+    }
+}
+
+fn config_json(kind: Kind) -> String {
+    format!(
+        r#"{{"Network":"{NETWORK}","Backend":{{"Type":"{}"}}}}"#,
+        kind.name()
+    )
+}
+
+// ===== namespaces and commands =====
+
+fn run_cmd(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {prog} {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A namespace with `eth0` 198.18.0.1/16 (veth, the peer end `ueth0` up beside it so eth0 has
+/// carrier). Deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn node(tag: &str) -> Result<Netns> {
+        let name = format!(
+            "wb{}{tag}{}",
+            std::process::id() % 10000,
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        run_cmd("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        let n = ns.name.as_str();
+        run_cmd("ip", &["-n", n, "link", "set", "lo", "up"])?;
+        run_cmd(
+            "ip",
+            &[
+                "-n", n, "link", "add", "eth0", "type", "veth", "peer", "name", "ueth0",
+            ],
+        )?;
+        run_cmd("ip", &["-n", n, "addr", "add", OWN_IP, "dev", "eth0"])?;
+        run_cmd("ip", &["-n", n, "link", "set", "ueth0", "up"])?;
+        run_cmd("ip", &["-n", n, "link", "set", "eth0", "up"])?;
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run_cmd("ip", &all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run_cmd("ip", &["netns", "del", &self.name]) {
+            eprintln!("bench: removing namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// Moves the calling thread into namespace `ns`.
+fn enter(ns: &str) -> Result<()> {
+    let path = format!("/var/run/netns/{ns}");
+    let f = File::open(&path).with_context(|| format!("open {path}"))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns {path}"))?;
+    Ok(())
+}
+
+// ===== ip -batch =====
+
+/// `ip -batch` (vxlan: and `bridge -batch`) programming the entries weft would write for `n`
+/// peers in a fresh namespace (vxlan device made beforehand, not timed).
+fn ip_batch(kind: Kind, n: usize) -> Result<Duration> {
+    let ns = Netns::node("b")?;
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let ip_file = dir.path().join("ip.batch");
+    let fdb_file = dir.path().join("fdb.batch");
+    let mut ip_cmds = String::new();
+    let mut fdb_cmds = String::new();
+    if kind == Kind::Vxlan {
+        ns.ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            "198.18.0.1",
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        ns.ip(&["addr", "add", "10.255.255.0/32", "dev", "flannel.1"])?;
+        ns.ip(&["link", "set", "flannel.1", "up"])?;
+    }
+    for i in 0..n {
+        let s = peer_subnet(i);
+        match kind {
+            Kind::HostGw => {
+                let _ = writeln!(
+                    ip_cmds,
+                    "route replace {s} via {} dev eth0 proto {RTPROT_WEFT}",
+                    peer_ip(i)
+                );
+            }
+            Kind::Vxlan => {
+                let mac = fmt_mac(&peer_mac(i));
+                let _ = writeln!(
+                    fdb_cmds,
+                    "fdb replace {mac} dev flannel.1 dst {} self permanent",
+                    peer_ip(i)
+                );
+                let _ = writeln!(
+                    ip_cmds,
+                    "neigh replace {} lladdr {mac} dev flannel.1 nud permanent",
+                    s.network()
+                );
+                let _ = writeln!(
+                    ip_cmds,
+                    "route replace {s} via {} dev flannel.1 onlink proto {RTPROT_WEFT}",
+                    s.network()
+                );
+            }
+        }
+    }
+    fs::write(&ip_file, ip_cmds).context("write ip batch")?;
+    fs::write(&fdb_file, fdb_cmds).context("write bridge batch")?;
+    let ip_path = ip_file.to_string_lossy().into_owned();
+    let fdb_path = fdb_file.to_string_lossy().into_owned();
+    let started = Instant::now();
+    if kind == Kind::Vxlan {
+        run_cmd("bridge", &["-n", &ns.name, "-batch", &fdb_path])?;
+    }
+    run_cmd("ip", &["-n", &ns.name, "-batch", &ip_path])?;
+    let took = started.elapsed();
+    let routes = ns
+        .ip(&["-4", "route", "show", "proto", "87"])?
+        .lines()
+        .count();
+    if routes != n {
+        bail!("ip -batch made {routes} routes, expected {n}");
+    }
+    Ok(took)
+}
+
+// ===== etcd client on a thread inside the namespace =====
+
+type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &mut Client) + Send>;
+
+struct Etcd {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    port: u16,
+}
+
+impl Etcd {
+    fn connect(ns: &str, endpoint: String, port: u16) -> Result<Etcd> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let ns = ns.to_owned();
+        let thread = std::thread::spawn(move || {
+            let setup = (|| -> Result<(tokio::runtime::Runtime, Client)> {
+                enter(&ns)?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("runtime")?;
+                let client = rt
+                    .block_on(Client::connect([endpoint.as_str()], None))
+                    .context("connect to etcd")?;
+                Ok((rt, client))
+            })();
+            let (rt, mut client) = match setup {
+                Ok(v) => {
+                    let _ = ready_tx.send(Ok(()));
+                    v
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Ok(job) = rx.recv() {
+                job(&rt, &mut client);
+            }
+        });
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow!("etcd client thread died"))??;
+        Ok(Etcd {
+            tx: Some(tx),
+            thread: Some(thread),
+            port,
+        })
+    }
+
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&tokio::runtime::Runtime, &mut Client) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (rtx, rrx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .ok_or_else(|| anyhow!("etcd client closed"))?
+            .send(Box::new(move |rt, c| {
+                let _ = rtx.send(f(rt, c));
+            }))
+            .map_err(|_| anyhow!("etcd client thread died"))?;
+        rrx.recv().map_err(|_| anyhow!("etcd client thread died"))
+    }
+
+    /// Writes the config and leases `0..n` in transactions of 128 puts, all on one etcd lease.
+    fn load(&self, kind: Kind, n: usize) -> Result<()> {
+        self.call(move |rt, c| {
+            rt.block_on(async {
+                c.put(format!("{PREFIX}/config"), config_json(kind), None)
+                    .await
+                    .context("put config")?;
+                let lease = c
+                    .lease_grant(86_400, None)
+                    .await
+                    .context("lease grant")?
+                    .id();
+                let keys: Vec<usize> = (0..n).collect();
+                for chunk in keys.chunks(TXN_OPS) {
+                    let ops: Vec<TxnOp> = chunk
+                        .iter()
+                        .map(|&i| {
+                            TxnOp::put(
+                                lease_key(i),
+                                lease_value(kind, i),
+                                Some(PutOptions::new().with_lease(lease)),
+                            )
+                        })
+                        .collect();
+                    c.txn(Txn::new().when(Vec::<Compare>::new()).and_then(ops))
+                        .await
+                        .context("txn of lease puts")?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+        })?
+    }
+
+    /// Puts one lease; returns the instant just before the RPC.
+    fn put(&self, kind: Kind, i: usize) -> Result<Instant> {
+        self.call(move |rt, c| {
+            let t0 = Instant::now();
+            rt.block_on(c.put(lease_key(i), lease_value(kind, i), None))
+                .context("put lease")?;
+            Ok::<_, anyhow::Error>(t0)
+        })?
+    }
+
+    fn delete(&self, i: usize) -> Result<Instant> {
+        self.call(move |rt, c| {
+            let t0 = Instant::now();
+            rt.block_on(c.delete(lease_key(i), None))
+                .context("delete lease")?;
+            Ok::<_, anyhow::Error>(t0)
+        })?
+    }
+
+    /// etcd's `grpc_server_started_total` by method (unary calls and stream openings) plus
+    /// `<method> msgs` from `grpc_server_msg_received_total` for the streams.
+    fn rpcs(&self) -> Result<BTreeMap<String, u64>> {
+        let port = self.port;
+        let text = self.call(move |_, _| -> Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).context("connect /metrics")?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .context("request /metrics")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).context("read /metrics")?;
+            Ok(body)
+        })??;
+        Ok(parse_rpcs(&text))
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn parse_rpcs(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let (metric, suffix) = if line.starts_with("grpc_server_started_total{") {
+            ("started", "")
+        } else if line.starts_with("grpc_server_msg_received_total{") {
+            ("msgs", " msgs")
+        } else {
+            continue;
+        };
+        let Some(method) = line
+            .split("grpc_method=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        else {
+            continue;
+        };
+        let stream = line.contains("grpc_type=\"bidi_stream\"");
+        if metric == "msgs" && !stream {
+            continue;
+        }
+        let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        *out.entry(format!("{method}{suffix}")).or_insert(0) += v as u64;
+    }
+    out
+}
+
+fn rpc_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.saturating_sub(*before.get(k).unwrap_or(&0));
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+// ===== netlink listener on a thread inside the namespace =====
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Obs {
+    Route { add: bool, dst: Ipv4Net },
+    Neigh { add: bool, ip: Ipv4Addr },
+    Fdb { add: bool, mac: [u8; 6] },
+    Overrun,
+}
+
+struct Listener {
+    rx: mpsc::Receiver<(Instant, Obs)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(ns: &str) -> Result<Listener> {
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let ns = ns.to_owned();
+        let thread = std::thread::spawn(move || {
+            let sock = match open_listener(&ns) {
+                Ok(s) => {
+                    let _ = ready_tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+            while !stop2.load(Ordering::SeqCst) {
+                buf.clear();
+                match sock.recv(&mut buf, 0) {
+                    Ok(_) => {
+                        let now = Instant::now();
+                        for obs in parse_notifications(&buf) {
+                            if tx.send((now, obs)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(105) => {
+                        let _ = tx.send((Instant::now(), Obs::Overrun));
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => {
+                        eprintln!("bench: netlink listener: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow!("listener thread died"))??;
+        Ok(Listener {
+            rx,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_listener(ns: &str) -> Result<rtnetlink::sys::Socket> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use rtnetlink::sys::{Socket, protocols::NETLINK_ROUTE};
+    enter(ns)?;
+    let mut sock = Socket::new(NETLINK_ROUTE).context("netlink socket")?;
+    sock.bind_auto().context("bind netlink socket")?;
+    // 64 MiB past rmem_max (root): 20,000 routes' notifications must fit while we lag.
+    setsockopt(&sock, sockopt::RcvBufForce, &(64 << 20)).context("SO_RCVBUFFORCE")?;
+    setsockopt(
+        &sock,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 100_000),
+    )
+    .context("SO_RCVTIMEO")?;
+    // RTNLGRP_NEIGH = 3, RTNLGRP_IPV4_ROUTE = 7.
+    sock.add_membership(3).context("join RTNLGRP_NEIGH")?;
+    sock.add_membership(7).context("join RTNLGRP_IPV4_ROUTE")?;
+    Ok(sock)
+}
+
+fn parse_notifications(buf: &[u8]) -> Vec<Obs> {
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len]) {
+            if let NetlinkPayload::InnerMessage(inner) = msg.payload {
+                match inner {
+                    RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)
+                        if m.header.address_family == AddressFamily::Inet
+                            && u8::from(m.header.protocol) == RTPROT_WEFT =>
+                    {
+                        let add = msg.header.message_type == 24; // RTM_NEWROUTE
+                        let dst = m.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                            _ => None,
+                        });
+                        if let Some(Ok(dst)) =
+                            dst.map(|d| Ipv4Net::new(d, m.header.destination_prefix_length))
+                        {
+                            out.push(Obs::Route { add, dst });
+                        }
+                    }
+                    RouteNetlinkMessage::NewNeighbour(m) | RouteNetlinkMessage::DelNeighbour(m) => {
+                        let add = msg.header.message_type == 28; // RTM_NEWNEIGH
+                        let permanent = u16::from(m.header.state) & NUD_PERMANENT != 0;
+                        if add && !permanent {
+                            off += (len + 3) & !3;
+                            continue;
+                        }
+                        let dst = m.attributes.iter().find_map(|a| match a {
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                                Some(*ip)
+                            }
+                            NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
+                                <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+                            }
+                            _ => None,
+                        });
+                        let mac = m.attributes.iter().find_map(|a| match a {
+                            NeighbourAttribute::LinkLayerAddress(l) => {
+                                <[u8; 6]>::try_from(l.as_slice()).ok()
+                            }
+                            _ => None,
+                        });
+                        match (m.header.family, dst, mac) {
+                            (AddressFamily::Inet, Some(ip), _) => out.push(Obs::Neigh { add, ip }),
+                            (AddressFamily::Bridge, Some(_), Some(mac)) => {
+                                out.push(Obs::Fdb { add, mac });
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// The kernel entries of weft seen so far (from notifications), with their last change time.
+#[derive(Default)]
+struct Seen {
+    routes: HashMap<Ipv4Net, Instant>,
+    neighs: HashMap<Ipv4Addr, Instant>,
+    fdb: HashMap<[u8; 6], Instant>,
+    /// Removals of the last drain, by key, for delete latencies.
+    gone_routes: HashMap<Ipv4Net, Instant>,
+    gone_neighs: HashMap<Ipv4Addr, Instant>,
+    gone_fdb: HashMap<[u8; 6], Instant>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    notifications: usize,
+    overrun: bool,
+}
+
+impl Seen {
+    fn observe(&mut self, at: Instant, obs: Obs) {
+        if obs == Obs::Overrun {
+            self.overrun = true;
+            return;
+        }
+        self.notifications += 1;
+        self.first.get_or_insert(at);
+        self.last = Some(at);
+        match obs {
+            Obs::Route { add: true, dst } => {
+                self.routes.insert(dst, at);
+            }
+            Obs::Route { add: false, dst } => {
+                self.routes.remove(&dst);
+                self.gone_routes.insert(dst, at);
+            }
+            Obs::Neigh { add: true, ip } => {
+                self.neighs.insert(ip, at);
+            }
+            Obs::Neigh { add: false, ip } => {
+                self.neighs.remove(&ip);
+                self.gone_neighs.insert(ip, at);
+            }
+            Obs::Fdb { add: true, mac } => {
+                self.fdb.insert(mac, at);
+            }
+            Obs::Fdb { add: false, mac } => {
+                self.fdb.remove(&mac);
+                self.gone_fdb.insert(mac, at);
+            }
+            Obs::Overrun => {}
+        }
+    }
+
+    /// Drains what the listener has, waiting up to `wait` for the first item.
+    fn drain(&mut self, l: &Listener, wait: Duration) {
+        if let Ok((at, obs)) = l.rx.recv_timeout(wait) {
+            self.observe(at, obs);
+            while let Ok((at, obs)) = l.rx.try_recv() {
+                self.observe(at, obs);
+            }
+        }
+    }
+
+    fn entries(&self) -> usize {
+        self.routes.len() + self.neighs.len() + self.fdb.len()
+    }
+
+    /// When every entry of peer `i` is present: the latest of their times.
+    fn peer_present(&self, kind: Kind, i: usize) -> Option<Instant> {
+        let s = peer_subnet(i);
+        let r = *self.routes.get(&s)?;
+        if kind == Kind::HostGw {
+            return Some(r);
+        }
+        let n = *self.neighs.get(&s.network())?;
+        let f = *self.fdb.get(&peer_mac(i))?;
+        Some(r.max(n).max(f))
+    }
+
+    /// When every entry of peer `i` is gone: the latest removal time.
+    fn peer_gone(&self, kind: Kind, i: usize) -> Option<Instant> {
+        let s = peer_subnet(i);
+        if self.routes.contains_key(&s) {
+            return None;
+        }
+        let r = *self.gone_routes.get(&s)?;
+        if kind == Kind::HostGw {
+            return Some(r);
+        }
+        if self.neighs.contains_key(&s.network()) || self.fdb.contains_key(&peer_mac(i)) {
+            return None;
+        }
+        let n = *self.gone_neighs.get(&s.network())?;
+        let f = *self.gone_fdb.get(&peer_mac(i))?;
+        Some(r.max(n).max(f))
+    }
+}
+
+// ===== the agent process =====
+
+struct Agent {
+    child: Child,
+    pid: i32,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn spawn(bin: &Path, ns: &str, endpoint: &str, dir: &Path) -> Result<Agent> {
+        let log = dir.join("weft.log");
+        let out = File::create(&log).context("create weft.log")?;
+        let err = out.try_clone().context("dup log")?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin)
+            .arg(format!("--etcd-endpoints={endpoint}"))
+            .arg("--iface=eth0")
+            .arg(format!(
+                "--subnet-file={}",
+                dir.join("subnet.env").display()
+            ))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info,weft=debug,backends=debug")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .context("start weft")?;
+        let pid = i32::try_from(child.id()).context("pid")?;
+        Ok(Agent { child, pid, log })
+    }
+
+    fn alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("wait weft")? {
+            bail!("weft exited ({status}); log tail:\n{}", self.log_tail(30));
+        }
+        Ok(())
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig)
+            .with_context(|| format!("kill -{sig} {}", self.pid))
+    }
+
+    fn status(&self, field: &str) -> Result<u64> {
+        proc_status(&format!("/proc/{}/status", self.pid), field)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.signal(nix::sys::signal::Signal::SIGTERM);
+        let until = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status(path: &str, field: &str) -> Result<u64> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .ok_or_else(|| anyhow!("{field} not in {path}"))
+}
+
+/// (utime+stime, cutime+cstime) of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> Result<(u64, u64)> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let after = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed {path}"))?;
+    // Fields after the comm: state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17).
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let num = |i: usize| -> Result<u64> {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(|v| v.max(0) as u64)
+            .ok_or_else(|| anyhow!("field {i} of {path}"))
+    };
+    Ok((num(14)? + num(15)?, num(16)? + num(17)?))
+}
+
+/// Voluntary + involuntary context switches summed over every thread, and the thread count.
+fn context_switches(pid: i32) -> Result<(u64, usize)> {
+    let mut total = 0;
+    let mut threads = 0;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).context("read task dir")? {
+        let dir = entry.context("task entry")?.path();
+        let status = dir.join("status");
+        let status = status.to_string_lossy();
+        total += proc_status(&status, "voluntary_ctxt_switches").unwrap_or(0)
+            + proc_status(&status, "nonvoluntary_ctxt_switches").unwrap_or(0);
+        threads += 1;
+    }
+    Ok((total, threads))
+}
+
+fn children(pid: i32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in rd.flatten() {
+            if let Ok(text) = fs::read_to_string(e.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
+// ===== one scenario =====
+
+fn scenario(
+    cfg: &Config,
+    kind: Kind,
+    n: usize,
+    detail: bool,
+) -> Result<(ColdStart, Option<Detail>)> {
+    let ns = Netns::node("n")?;
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let server = EtcdServer::start(EtcdServerOpts {
+        netns: Some(ns.name.clone()),
+        listen_ip: std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ..EtcdServerOpts::default()
+    })
+    .context("start etcd")?;
+    let etcd = Etcd::connect(&ns.name, server.endpoint(), server.client_port())?;
+    let loaded = Instant::now();
+    etcd.load(kind, n)?;
+    println!(
+        "  loaded {n} leases into etcd in {} ms",
+        ms(loaded.elapsed())
+    );
+    let listener = Listener::start(&ns.name)?;
+    let before = etcd.rpcs()?;
+
+    let mut seen = Seen::default();
+    let started = Instant::now();
+    let mut agent = Agent::spawn(&cfg.weft_bin, &ns.name, &server.endpoint(), dir.path())?;
+    let subnet_env = dir.path().join("subnet.env");
+    let want = n * kind.entries_per_peer();
+    let mut ready = None;
+    let mut last_poll = Instant::now();
+    loop {
+        seen.drain(&listener, Duration::from_millis(2));
+        if ready.is_none() && subnet_env.exists() {
+            ready = Some(started.elapsed());
+        }
+        if seen.overrun && last_poll.elapsed() > Duration::from_millis(100) {
+            // Notifications were lost: count the kernel's entries instead (coarser timing).
+            last_poll = Instant::now();
+            if count_entries(&ns, kind)? >= want {
+                seen.last = Some(Instant::now());
+                break;
+            }
+        }
+        if ready.is_some() && seen.entries() >= want {
+            break;
+        }
+        agent.alive()?;
+        if started.elapsed() > PROGRAM_DEADLINE {
+            bail!(
+                "not programmed after {PROGRAM_DEADLINE:?}: {} of {want} entries, ready: {ready:?}; log tail:\n{}",
+                seen.entries(),
+                agent.log_tail(20)
+            );
+        }
+    }
+    // The agent may still be writing subnet.env after its last kernel write.
+    while ready.is_none() {
+        if subnet_env.exists() {
+            ready = Some(started.elapsed());
+        }
+        agent.alive()?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let last = seen.last.unwrap_or(started);
+    let first = seen.first.unwrap_or(started);
+    // Let the start settle (watch, keep-alive) before reading the RPC counters.
+    std::thread::sleep(Duration::from_millis(300));
+    seen.drain(&listener, Duration::from_millis(1));
+    let after = etcd.rpcs()?;
+    let cold = ColdStart {
+        kind: Some(kind),
+        peers: n,
+        ready: ready.unwrap_or_default(),
+        programmed: last.saturating_duration_since(started),
+        program_phase: last.saturating_duration_since(first),
+        ip_batch: Duration::ZERO,
+        vm_hwm_kib: agent.status("VmHWM")?,
+        vm_rss_kib: agent.status("VmRSS")?,
+        start_rpcs: rpc_delta(&before, &after),
+        overrun: seen.overrun,
+        entries: want,
+    };
+    if !detail {
+        return Ok((cold, None));
+    }
+
+    let mut d = Detail {
+        kind: Some(kind),
+        peers: n,
+        ..Detail::default()
+    };
+
+    // --- no-change resync: SIGHUP makes the agent dump and diff now.
+    seen.drain(&listener, Duration::from_millis(50));
+    let notes = seen.notifications;
+    let audits = agent
+        .log_text()
+        .matches("audit (SIGHUP): dump and diff in")
+        .count();
+    agent.signal(nix::sys::signal::Signal::SIGHUP)?;
+    let until = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let text = agent.log_text();
+        if text.matches("audit (SIGHUP): dump and diff in").count() > audits {
+            break text;
+        }
+        agent.alive()?;
+        if Instant::now() > until {
+            bail!(
+                "no audit log line after SIGHUP; log tail:\n{}",
+                agent.log_tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    seen.drain(&listener, Duration::from_millis(100));
+    d.resync_notifications = seen.notifications - notes;
+    (d.resync_writes, d.resync_reconcile, d.resync_total) = parse_audit(&log);
+
+    // --- single lease changes: adds, then deletes, each after the previous one landed. New
+    // peers take the subnets after the loaded ones, except the agent's own.
+    let own = own_subnet(&subnet_env)?;
+    let fresh: Vec<usize> = (n..)
+        .filter(|&i| peer_subnet(i) != own)
+        .take(cfg.events)
+        .collect();
+    let rpcs_before = etcd.rpcs()?;
+    for &i in &fresh {
+        let t0 = etcd.put(kind, i)?;
+        let until = t0 + EVENT_DEADLINE;
+        let at = loop {
+            if let Some(at) = seen.peer_present(kind, i) {
+                break at;
+            }
+            if Instant::now() > until {
+                bail!(
+                    "peer {i} not programmed {EVENT_DEADLINE:?} after its put; log tail:\n{}",
+                    agent.log_tail(20)
+                );
+            }
+            seen.drain(&listener, Duration::from_millis(5));
+        };
+        d.add_latency.push(at.saturating_duration_since(t0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for &i in &fresh {
+        let t0 = etcd.delete(i)?;
+        let until = t0 + EVENT_DEADLINE;
+        let at = loop {
+            if let Some(at) = seen.peer_gone(kind, i) {
+                break at;
+            }
+            if Instant::now() > until {
+                bail!(
+                    "peer {i} not removed {EVENT_DEADLINE:?} after its delete; log tail:\n{}",
+                    agent.log_tail(20)
+                );
+            }
+            seen.drain(&listener, Duration::from_millis(5));
+        };
+        d.del_latency.push(at.saturating_duration_since(t0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut inner = lease_change_reconciles(&agent.log_text());
+    let mut plans: Vec<Duration> = inner.iter().map(|(_, p)| *p).collect();
+    inner.sort();
+    plans.sort();
+    d.reconcile_latency = inner.into_iter().map(|(t, _)| t).collect();
+    d.reconcile_latency.sort();
+    d.plan_latency = plans;
+    let mut event_rpcs = rpc_delta(&rpcs_before, &etcd.rpcs()?);
+    // Leave out the bench's own writes.
+    let events = cfg.events as u64;
+    for (method, own) in [("Put", events), ("DeleteRange", events)] {
+        if let Some(v) = event_rpcs.get_mut(method) {
+            *v = v.saturating_sub(own);
+        }
+    }
+    event_rpcs.retain(|_, v| *v > 0);
+    let unary: u64 = event_rpcs
+        .iter()
+        .filter(|(k, _)| !k.ends_with(" msgs"))
+        .map(|(_, v)| v)
+        .sum();
+    d.rpcs_per_event = unary as f64 / (2 * cfg.events).max(1) as f64;
+    d.event_rpcs = event_rpcs;
+    d.add_latency.sort();
+    d.del_latency.sort();
+
+    // --- idle.
+    std::thread::sleep(Duration::from_secs(1));
+    seen.drain(&listener, Duration::from_millis(1));
+    let notes = seen.notifications;
+    let rpcs0 = etcd.rpcs()?;
+    let (cpu0, child0) = cpu_ticks(agent.pid)?;
+    let (ctx0, _) = context_switches(agent.pid)?;
+    let t0 = Instant::now();
+    let mut kids: HashSet<u32> = HashSet::new();
+    while t0.elapsed() < cfg.idle {
+        kids.extend(children(agent.pid));
+        seen.drain(&listener, Duration::from_millis(250));
+    }
+    let (cpu1, child1) = cpu_ticks(agent.pid)?;
+    let (ctx1, threads) = context_switches(agent.pid)?;
+    let window = secs(t0.elapsed());
+    seen.drain(&listener, Duration::from_millis(1));
+    d.idle_rpcs = rpc_delta(&rpcs0, &etcd.rpcs()?);
+    d.idle_secs = window;
+    d.idle_cpu_percent = (cpu1 - cpu0) as f64 / USER_HZ / window * 100.0;
+    d.idle_wakeups_per_s = (ctx1 - ctx0) as f64 / window;
+    d.idle_children_seen = kids.len();
+    d.idle_child_cpu_ticks = child1 - child0;
+    d.idle_notifications = seen.notifications - notes;
+    d.threads = threads;
+    d.vm_hwm_kib = agent.status("VmHWM")?;
+    agent.alive()?;
+    Ok((cold, Some(d)))
+}
+
+/// `FLANNEL_SUBNET` of subnet.env as the /24 network (`10.0.7.1/24` → `10.0.7.0/24`).
+fn own_subnet(path: &Path) -> Result<Ipv4Net> {
+    let text = fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .and_then(|v| v.parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc())
+        .ok_or_else(|| anyhow!("no FLANNEL_SUBNET in {}", path.display()))
+}
+
+/// weft's own entries in the namespace, counted by dumps (the fallback after an overrun).
+fn count_entries(ns: &Netns, kind: Kind) -> Result<usize> {
+    let routes = ns
+        .ip(&["-4", "route", "show", "proto", "87"])?
+        .lines()
+        .count();
+    if kind == Kind::HostGw {
+        return Ok(routes);
+    }
+    let neighs = ns
+        .ip(&[
+            "-4",
+            "neigh",
+            "show",
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])?
+        .lines()
+        .count();
+    let fdb = run_cmd(
+        "bridge",
+        &["-n", &ns.name, "fdb", "show", "dev", "flannel.1"],
+    )?
+    .lines()
+    .filter(|l| l.contains(" dst "))
+    .count();
+    Ok(routes + neighs + fdb)
+}
+
+/// From the agent log: the last `reconcile (audit (SIGHUP)): … N writes … in D` and
+/// `audit (SIGHUP): dump and diff in D` lines.
+pub fn parse_audit(log: &str) -> (Option<u64>, Option<Duration>, Option<Duration>) {
+    let mut writes = None;
+    let mut reconcile = None;
+    let mut total = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split("reconcile (audit (SIGHUP)): ").nth(1) {
+            writes = rest
+                .split(", ")
+                .find_map(|p| p.strip_suffix(" writes").and_then(|w| w.parse().ok()));
+            reconcile = reconcile_duration(rest);
+        }
+        if let Some(rest) = line.split("audit (SIGHUP): dump and diff in ").nth(1) {
+            total = parse_debug_duration(rest);
+        }
+    }
+    (writes, reconcile, total)
+}
+
+/// The total of `… failures in <D> (plan <P>)`: `<D>`.
+fn reconcile_duration(rest: &str) -> Option<Duration> {
+    let after = rest.split(" failures in ").nth(1)?;
+    parse_debug_duration(after.split_whitespace().next()?)
+}
+
+/// Every `reconcile (lease change): …` of the log: (total, plan) durations.
+pub fn lease_change_reconciles(log: &str) -> Vec<(Duration, Duration)> {
+    log.lines()
+        .filter_map(|line| {
+            let rest = line.split("reconcile (lease change): ").nth(1)?;
+            let total = reconcile_duration(rest)?;
+            let plan = rest
+                .split("(plan ")
+                .nth(1)
+                .and_then(|p| parse_debug_duration(p.trim_end_matches(')')))
+                .unwrap_or_default();
+            Some((total, plan))
+        })
+        .collect()
+}
+
+/// Parses Rust's `{:?}` of a Duration: `12.3ms`, `450µs`, `1.2s`, `800ns`.
+pub fn parse_debug_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .map(|i| s.split_at(i))?;
+    let v: f64 = num.parse().ok()?;
+    let scale = match unit {
+        "s" => 1.0,
+        "ms" => 1e-3,
+        "µs" | "us" => 1e-6,
+        "ns" => 1e-9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(v * scale))
+}
+
+// ===== pod-to-pod throughput =====
+
+fn throughput(cfg: &Config) -> Result<Throughput> {
+    let mut t = Throughput::default();
+    for round in 0..cfg.iperf_rounds {
+        for kind in [Kind::HostGw, Kind::Vxlan] {
+            let (bps, mtu) = iperf_pair(cfg, kind)
+                .with_context(|| format!("{} round {}", kind.name(), round + 1))?;
+            println!(
+                "  iperf3 {} round {}: {:.2} Gbit/s (MTU {mtu})",
+                kind.name(),
+                round + 1,
+                bps / 1e9
+            );
+            match kind {
+                Kind::HostGw => {
+                    t.hostgw_bps.push(bps);
+                    t.hostgw_mtu = mtu;
+                }
+                Kind::Vxlan => {
+                    t.vxlan_bps.push(bps);
+                    t.vxlan_mtu = mtu;
+                }
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// Two lab nodes with pods; `iperf3 -c` from pod 1 to `iperf3 -s` in pod 2. Bits/s received.
+fn iperf_pair(cfg: &Config, kind: Kind) -> Result<(f64, u32)> {
+    use weft::lab::{Lab, LabSpec};
+    let mut spec = LabSpec::new(2, &cfg.weft_bin);
+    spec.backend = kind.name().to_owned();
+    spec.healthz_port = 0;
+    let mut lab = Lab::build(spec)?;
+    lab.start_all()?;
+    let mut mtu = 0;
+    for k in 1..=2 {
+        mtu = lab.wait_subnet_env(k, Duration::from_secs(30))?.mtu;
+    }
+    lab.add_pods()?;
+    let until = Instant::now() + Duration::from_secs(20);
+    while !(lab.ping(1, 2, 1, Duration::from_secs(1))?
+        && lab.ping(2, 1, 1, Duration::from_secs(1))?)
+    {
+        if Instant::now() > until {
+            bail!("pods do not reach each other");
+        }
+    }
+    let server_ns = lab.pod_ns(2)?.to_owned();
+    let client_ns = lab.pod_ns(1)?.to_owned();
+    let server_ip = lab.pod_ip(2)?.to_string();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &server_ns, "iperf3", "-s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start iperf3 -s")?;
+    // Retried until the server accepts (and once more if a run reports an error).
+    let secs = cfg.iperf_secs.to_string();
+    let until = Instant::now() + Duration::from_secs(15);
+    let result = loop {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &client_ns, "iperf3", "-c", &server_ip, "-t", &secs, "-J",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .context("run iperf3 -c")?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
+            break Ok(bps);
+        }
+        if Instant::now() > until {
+            break Err(anyhow!(
+                "iperf3 -c {server_ip} failed ({}): {}",
+                out.status,
+                json["error"]
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let bps = result?;
+    lab.teardown()?;
+    Ok((bps, mtu))
+}
+
+// ===== the markdown summary =====
+
+/// The results as Markdown tables with each figure next to its target.
+pub fn markdown(cfg: &Config, r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### Cold start and programming (P1, P4, P5, P7)\n");
+    let _ = writeln!(
+        s,
+        "| backend | peers | kernel entries | ready (subnet.env) ms | all programmed ms | programming phase ms | ip -batch ms | weft / ip -batch (P5 ≤ 1.5) | VmHWM MiB | etcd RPCs at start (P7) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for c in &r.cold {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} {} | {:.1} | {} |",
+            c.kind.map_or("?", Kind::name),
+            c.peers,
+            c.entries,
+            ms(c.ready),
+            ms(c.programmed),
+            ms(c.program_phase),
+            ms(c.ip_batch),
+            c.ratio(),
+            met(c.ratio() <= 1.5),
+            c.vm_hwm_kib as f64 / 1024.0,
+            fmt_rpcs(&c.start_rpcs)
+        );
+    }
+    let _ = writeln!(s, "\n### At {} peers (P2, P3, P6, P7)\n", cfg.detail_at);
+    let _ = writeln!(
+        s,
+        "| backend | add p50 / p99 ms (P3 p99 ≤ 5) | delete p50 / p99 ms | agent reconcile p50 / p99 ms (plan p50) | etcd RPCs per event | resync writes | resync dump+diff ms | idle CPU % | wakeups/s | children | VmHWM MiB |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|");
+    for d in &r.detail {
+        let _ = writeln!(
+            s,
+            "| {} | {} / {} {} | {} / {} | {} / {} ({}) | {:.2} | {} | {} | {:.3} | {:.2} | {} | {:.1} |",
+            d.kind.map_or("?", Kind::name),
+            ms(percentile(&d.add_latency, 50.0)),
+            ms(percentile(&d.add_latency, 99.0)),
+            met(percentile(&d.add_latency, 99.0) <= Duration::from_millis(5)),
+            ms(percentile(&d.del_latency, 50.0)),
+            ms(percentile(&d.del_latency, 99.0)),
+            ms(percentile(&d.reconcile_latency, 50.0)),
+            ms(percentile(&d.reconcile_latency, 99.0)),
+            ms(percentile(&d.plan_latency, 50.0)),
+            d.rpcs_per_event,
+            d.resync_writes.map_or("?".into(), |w| w.to_string()),
+            d.resync_total.map_or("?".into(), ms),
+            d.idle_cpu_percent,
+            d.idle_wakeups_per_s,
+            d.idle_children_seen,
+            d.vm_hwm_kib as f64 / 1024.0
+        );
+    }
+    if let Some(t) = &r.throughput {
+        let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let ratio = avg(&t.vxlan_bps) / avg(&t.hostgw_bps).max(1.0);
+        let _ = writeln!(
+            s,
+            "\n### Pod-to-pod iperf3 (D1)\n\n| host-gw Gbit/s (MTU {}) | vxlan Gbit/s (MTU {}) | vxlan / host-gw (D1 ≥ 0.9) |\n|---:|---:|---:|\n| {:.2} | {:.2} | {:.2} {} |",
+            t.hostgw_mtu,
+            t.vxlan_mtu,
+            avg(&t.hostgw_bps) / 1e9,
+            avg(&t.vxlan_bps) / 1e9,
+            ratio,
+            met(ratio >= 0.9)
+        );
+    }
+    s
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "missed" }
+}

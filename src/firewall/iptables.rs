@@ -1,0 +1,385 @@
+//! iptables mode: flanneld's chains, written with `iptables-restore --noflush --wait` and read
+//! back with `iptables-save -t <table>`.
+//!
+//! One batch per table, applied atomically by iptables-restore:
+//! ```text
+//! *nat
+//! :FLANNEL-POSTRTG - [0:0]        create the chain, or flush it when it exists (--noflush)
+//! -A FLANNEL-POSTRTG …            every rule, in order
+//! -A POSTROUTING … -j FLANNEL-POSTRTG   only when the jump is missing (appended, as flanneld)
+//! COMMIT
+//! ```
+//! Rules are rendered exactly as `iptables-save` prints them, so the read-back is compared line
+//! by line with what is wanted.
+
+use tracing::{debug, info};
+
+use super::exec::{self, ToolError};
+use super::{FORWARD_COMMENT, MASQ_COMMENT, Parts, Rule, Verdict};
+
+/// One of flanneld's chains and where it hangs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    pub table: &'static str,
+    pub name: &'static str,
+    /// The built-in chain holding the jump.
+    pub parent: &'static str,
+    pub comment: &'static str,
+}
+
+/// `nat FLANNEL-POSTRTG`, jumped to from `POSTROUTING`.
+pub const MASQ_CHAIN: Chain = Chain {
+    table: "nat",
+    name: "FLANNEL-POSTRTG",
+    parent: "POSTROUTING",
+    comment: MASQ_COMMENT,
+};
+
+/// `filter FLANNEL-FWD`, jumped to from `FORWARD`.
+pub const FORWARD_CHAIN: Chain = Chain {
+    table: "filter",
+    name: "FLANNEL-FWD",
+    parent: "FORWARD",
+    comment: FORWARD_COMMENT,
+};
+
+/// A rule as `iptables-save` prints it: `-A <chain> [!] -s … [!] -d … [-m mark --mark m/m]
+/// -m comment --comment "<comment>" -j <target> [--random-fully]`.
+pub fn rule_line(chain: &Chain, rule: &Rule) -> String {
+    let mut s = format!("-A {}", chain.name);
+    for (flag, m) in [("-s", rule.src), ("-d", rule.dst)] {
+        if let Some(m) = m {
+            let not = if m.negated { "! " } else { "" };
+            s.push_str(&format!(" {not}{flag} {}", m.net));
+        }
+    }
+    if let Some(mark) = rule.mark {
+        s.push_str(&format!(" -m mark --mark {mark:#x}/{mark:#x}"));
+    }
+    s.push_str(&format!(" -m comment --comment \"{}\"", chain.comment));
+    s.push_str(match rule.verdict {
+        Verdict::Accept => " -j ACCEPT",
+        Verdict::Return => " -j RETURN",
+        Verdict::Masquerade { fully_random: true } => " -j MASQUERADE --random-fully",
+        Verdict::Masquerade {
+            fully_random: false,
+        } => " -j MASQUERADE",
+    });
+    s
+}
+
+/// The jump into our chain: `-A POSTROUTING -m comment --comment "flanneld masq" -j
+/// FLANNEL-POSTRTG`.
+pub fn jump_line(chain: &Chain) -> String {
+    format!(
+        "-A {} -m comment --comment \"{}\" -j {}",
+        chain.parent, chain.comment, chain.name
+    )
+}
+
+/// What `iptables-save -t <table>` shows of one of our chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub chain_exists: bool,
+    /// The chain's `-A <chain> …` lines, in order.
+    pub rules: Vec<String>,
+    /// Our exact jump line is in the parent chain.
+    pub jump_present: bool,
+    /// Every rule elsewhere that jumps or goes to our chain (our jump included).
+    pub references: Vec<String>,
+}
+
+/// Reads one chain's state out of `iptables-save` output (only the chain's table counts).
+pub fn observe(save: &str, chain: &Chain) -> Observed {
+    let mut seen = Observed::default();
+    let decl = format!(":{} ", chain.name);
+    let own = format!("-A {} ", chain.name);
+    let jump = jump_line(chain);
+    let mut in_table = false;
+    for line in save.lines().map(str::trim_end) {
+        if let Some(t) = line.strip_prefix('*') {
+            in_table = t == chain.table;
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        if line.starts_with(&decl) {
+            seen.chain_exists = true;
+        } else if line.starts_with(&own) {
+            seen.rules.push(line.to_owned());
+        } else if line.starts_with("-A ") && targets(line, chain.name) {
+            seen.jump_present |= line == jump;
+            seen.references.push(line.to_owned());
+        }
+    }
+    seen
+}
+
+/// Whether a rule line jumps (`-j`) or goes (`-g`) to `name`.
+fn targets(line: &str, name: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == name)
+}
+
+/// What to write for one chain: `None` when it is as wanted, else the differences found and
+/// the `iptables-restore --noflush` batch that fixes them. `want`: `Some(rules)` = exactly these
+/// rules plus our jump; `None` = the chain and every jump to it must be gone.
+pub fn plan(
+    chain: &Chain,
+    want: Option<&[Rule]>,
+    seen: &Observed,
+) -> Option<(Vec<String>, String)> {
+    let what = format!("{} {}", chain.table, chain.name);
+    let mut diffs = Vec::new();
+    let mut batch = vec![format!("*{}", chain.table)];
+    match want {
+        Some(rules) => {
+            let lines: Vec<String> = rules.iter().map(|r| rule_line(chain, r)).collect();
+            if !seen.chain_exists {
+                diffs.push(format!("{what}: chain missing"));
+            } else if seen.rules != lines {
+                diffs.push(format!(
+                    "{what}: {} rules differ from the {} wanted",
+                    seen.rules.len(),
+                    lines.len()
+                ));
+            }
+            if !seen.jump_present {
+                diffs.push(format!("{what}: jump from {} missing", chain.parent));
+            }
+            if diffs.is_empty() {
+                return None;
+            }
+            batch.push(format!(":{} - [0:0]", chain.name));
+            batch.extend(lines);
+            if !seen.jump_present {
+                batch.push(jump_line(chain));
+            }
+        }
+        None => {
+            if !seen.chain_exists && seen.references.is_empty() {
+                return None;
+            }
+            diffs.push(format!("{what}: present but not wanted, removed"));
+            for r in &seen.references {
+                batch.push(format!("-D{}", &r[2..]));
+            }
+            if seen.chain_exists {
+                batch.push(format!(":{} - [0:0]", chain.name));
+                batch.push(format!("-X {}", chain.name));
+            }
+        }
+    }
+    batch.push("COMMIT".to_owned());
+    let mut text = batch.join("\n");
+    text.push('\n');
+    Some((diffs, text))
+}
+
+/// Reads each part's table and writes one batch per table that differs. Returns what differed.
+pub(crate) async fn reconcile(parts: Parts<'_>) -> anyhow::Result<Vec<String>> {
+    let mut diffs = Vec::new();
+    for (chain, want) in [(MASQ_CHAIN, parts.masq), (FORWARD_CHAIN, parts.forward)] {
+        let Some(want) = want else { continue };
+        diffs.extend(sync_chain(&chain, want).await?);
+    }
+    Ok(diffs)
+}
+
+async fn sync_chain(chain: &Chain, want: Option<&[Rule]>) -> Result<Vec<String>, ToolError> {
+    let save = exec::run("iptables-save", &["-t", chain.table], None).await?;
+    let seen = observe(&save, chain);
+    let Some((diffs, batch)) = plan(chain, want, &seen) else {
+        debug!("iptables -t {} {}: in place", chain.table, chain.name);
+        return Ok(Vec::new());
+    };
+    exec::run("iptables-restore", &["--noflush", "--wait"], Some(&batch)).await?;
+    info!(
+        "iptables-restore --noflush -t {}: {}",
+        chain.table,
+        batch
+            .lines()
+            .filter(|l| !l.starts_with('*') && *l != "COMMIT")
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    Ok(diffs)
+}
+
+/// Removes both chains and every jump to them; returns every failure.
+pub(crate) async fn cleanup() -> Vec<String> {
+    let mut errors = Vec::new();
+    for chain in [MASQ_CHAIN, FORWARD_CHAIN] {
+        match sync_chain(&chain, None).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {
+                debug!("iptables cleanup: {e}; nothing to remove");
+                return Vec::new();
+            }
+            Err(e) => errors.push(format!("iptables -t {} {}: {e}", chain.table, chain.name)),
+        }
+    }
+    errors
+}
+
+/// Whether `iptables` on PATH is iptables-nft (`iptables v1.8.9 (nf_tables)`), whose rules
+/// nf_tables announces; iptables-legacy says `(legacy)`.
+pub(crate) async fn is_nf_tables_flavour() -> anyhow::Result<bool> {
+    let v = exec::run("iptables", &["--version"], None).await?;
+    Ok(v.contains("nf_tables"))
+}
+
+/// Whether this iptables' MASQUERADE target knows `--random-fully` (iptables ≥ 1.6.2).
+pub(crate) async fn probe_random_fully() -> anyhow::Result<bool> {
+    let help = exec::run("iptables", &["-j", "MASQUERADE", "-h"], None).await?;
+    Ok(help.contains("--random-fully"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::firewall::tests::settings;
+    use crate::firewall::{Mode, RuleSet};
+
+    /// Spec §6.1, flanneld's e2e golden text (network 10.244.0.0/16, pod subnet 10.244.1.0/24).
+    const GOLDEN_NAT: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#;
+
+    const GOLDEN_FILTER: &str = r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT"#;
+
+    fn lines(chain: &Chain, rules: &[Rule]) -> String {
+        let mut v = vec![jump_line(chain)];
+        v.extend(rules.iter().map(|r| rule_line(chain, r)));
+        v.join("\n")
+    }
+
+    #[test]
+    fn rules_are_flannels_golden_text() {
+        let r = RuleSet::new(Mode::Iptables, &settings());
+        assert_eq!(lines(&MASQ_CHAIN, r.masq.as_ref().unwrap()), GOLDEN_NAT);
+        assert_eq!(
+            lines(&FORWARD_CHAIN, r.forward.as_ref().unwrap()),
+            GOLDEN_FILTER
+        );
+    }
+
+    #[test]
+    fn random_fully_disabled_is_dropped() {
+        let mut s = settings();
+        s.fully_random = false;
+        let r = RuleSet::new(Mode::Iptables, &s);
+        let text = lines(&MASQ_CHAIN, r.masq.as_ref().unwrap());
+        assert_eq!(text, GOLDEN_NAT.replace(" --random-fully", ""));
+    }
+
+    /// `iptables-save -t nat` as iptables-nft 1.8.9 printed it after our batch.
+    fn save_of(body: &str) -> String {
+        format!(
+            "# Generated by iptables-save v1.8.9 (nf_tables) on Tue Nov 24 10:43:01 2026\n*nat\n\
+             :PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+             :POSTROUTING ACCEPT [0:0]\n{body}\nCOMMIT\n# Completed on Tue Nov 24 10:43:01 2026\n"
+        )
+    }
+
+    #[test]
+    fn in_place_means_no_batch() {
+        let r = RuleSet::new(Mode::Iptables, &settings());
+        let want = r.masq.as_deref();
+        let save = save_of(&format!(":FLANNEL-POSTRTG - [0:0]\n{GOLDEN_NAT}"));
+        let seen = observe(&save, &MASQ_CHAIN);
+        assert!(seen.chain_exists && seen.jump_present);
+        assert_eq!(seen.rules.len(), 6);
+        assert_eq!(plan(&MASQ_CHAIN, want, &seen), None);
+        // Same text under the filter table is not ours to see.
+        assert_eq!(observe(&save, &FORWARD_CHAIN), Observed::default());
+    }
+
+    #[test]
+    fn empty_table_gets_chain_rules_and_jump_in_one_batch() {
+        let r = RuleSet::new(Mode::Iptables, &settings());
+        let seen = observe(&save_of(""), &MASQ_CHAIN);
+        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen).unwrap();
+        assert_eq!(
+            diffs,
+            [
+                "nat FLANNEL-POSTRTG: chain missing",
+                "nat FLANNEL-POSTRTG: jump from POSTROUTING missing"
+            ]
+        );
+        let mut expected = vec!["*nat", ":FLANNEL-POSTRTG - [0:0]"];
+        expected.extend(GOLDEN_NAT.lines().skip(1));
+        expected.push(GOLDEN_NAT.lines().next().unwrap());
+        expected.push("COMMIT");
+        assert_eq!(batch, expected.join("\n") + "\n");
+    }
+
+    #[test]
+    fn a_deleted_rule_flushes_and_rewrites_without_a_second_jump() {
+        let r = RuleSet::new(Mode::Iptables, &settings());
+        let body: Vec<&str> = GOLDEN_NAT
+            .lines()
+            .filter(|l| !l.contains("RETURN"))
+            .collect();
+        let seen = observe(
+            &save_of(&format!(":FLANNEL-POSTRTG - [0:0]\n{}", body.join("\n"))),
+            &MASQ_CHAIN,
+        );
+        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen).unwrap();
+        assert_eq!(
+            diffs,
+            ["nat FLANNEL-POSTRTG: 2 rules differ from the 6 wanted"]
+        );
+        assert!(batch.contains(":FLANNEL-POSTRTG - [0:0]\n"));
+        assert!(!batch.contains("-A POSTROUTING"), "{batch}");
+        assert_eq!(batch.matches("-A FLANNEL-POSTRTG").count(), 6);
+    }
+
+    #[test]
+    fn a_missing_jump_alone_is_appended() {
+        let r = RuleSet::new(Mode::Iptables, &settings());
+        let body: Vec<&str> = GOLDEN_NAT.lines().skip(1).collect();
+        let seen = observe(
+            &save_of(&format!(":FLANNEL-POSTRTG - [0:0]\n{}", body.join("\n"))),
+            &MASQ_CHAIN,
+        );
+        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen).unwrap();
+        assert_eq!(
+            diffs,
+            ["nat FLANNEL-POSTRTG: jump from POSTROUTING missing"]
+        );
+        assert!(batch.ends_with(&format!("{}\nCOMMIT\n", jump_line(&MASQ_CHAIN))));
+    }
+
+    #[test]
+    fn removal_deletes_every_reference_then_the_chain() {
+        let other = "-A PREROUTING -s 10.0.0.0/8 -j FLANNEL-POSTRTG";
+        let save = save_of(&format!(
+            ":FLANNEL-POSTRTG - [0:0]\n{other}\n{GOLDEN_NAT}\n-A POSTROUTING -j KUBE-POSTROUTING"
+        ));
+        let seen = observe(&save, &MASQ_CHAIN);
+        assert_eq!(seen.references.len(), 2);
+        let (_, batch) = plan(&MASQ_CHAIN, None, &seen).unwrap();
+        assert_eq!(
+            batch,
+            "*nat\n-D PREROUTING -s 10.0.0.0/8 -j FLANNEL-POSTRTG\n\
+             -D POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+             :FLANNEL-POSTRTG - [0:0]\n-X FLANNEL-POSTRTG\nCOMMIT\n"
+        );
+        // Nothing there: nothing to do.
+        assert_eq!(
+            plan(&MASQ_CHAIN, None, &observe(&save_of(""), &MASQ_CHAIN)),
+            None
+        );
+    }
+}

@@ -1,0 +1,555 @@
+//! Masquerade and forward rules, as flanneld installs them (spec §6), in one of two modes:
+//!
+//! - **iptables** (default): chains `FLANNEL-POSTRTG` (table `nat`, jumped to from
+//!   `POSTROUTING`) and `FLANNEL-FWD` (table `filter`, jumped to from `FORWARD`), with flannel's
+//!   comments `flanneld masq` / `flanneld forward`, so tooling that greps these names keeps
+//!   working. Written with ONE `iptables-restore --noflush --wait` batch per table.
+//! - **nftables** (`EnableNFTables: true`): weft's own table `ip flannel-ipv4` with chains
+//!   `forward` and `postrtg`, written with ONE `nft -f -` transaction.
+//!
+//! Layout: this file holds the rule model and the one pure function that builds the rule set
+//! ([`RuleSet::new`]); [`iptables`] and [`nftables`] render it into their tool's batch language,
+//! parse the read-back (`iptables-save -t <table>`, `nft -j list table`) and decide what
+//! differs (all pure, unit-tested against the spec's golden text); [`Firewall`] and
+//! [`cleanup`] are the only code that runs the tools (through [`exec`]).
+//!
+//! Drift repair: [`Firewall::check`] reads the rules back once (one exec per table in iptables
+//! mode, one in nftables mode) and re-applies only what differs. The agent calls it when
+//! nf_tables announces a change to our tables or chains ([`ChangeWatch`], which covers
+//! nftables mode and iptables-nft: repair within ~100 ms, no polling) and on a slow timer
+//! ([`audit_period`]) as a backstop; flanneld instead runs `iptables -C` for every rule every
+//! 5 s.
+//!
+//! Deliberate differences from flanneld:
+//! - nftables mode skips the kube-proxy mark with a masked match (`meta mark & 0x4000 ==
+//!   0x4000`, as iptables mode's `--mark 0x4000/0x4000`); flanneld matches the mark exactly,
+//!   which misses packets that carry other mark bits too.
+//! - A part that is switched off (`--ip-masq` absent, `--iptables-forward-rules=false`) is
+//!   removed at start if an earlier run left it behind; flanneld leaves it in place.
+//! - Cleaning the other mode at start removes `FLANNEL-FWD` from `filter`, where it lives
+//!   (flanneld looks for it in `nat`).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::Ipv4Net;
+use tracing::{debug, info, warn};
+
+pub mod exec;
+pub mod iptables;
+pub mod nftables;
+pub mod watch;
+
+pub use watch::ChangeWatch;
+
+/// Comment on every masquerade rule (iptables mode), as flanneld writes it.
+pub const MASQ_COMMENT: &str = "flanneld masq";
+/// Comment on every forward rule (iptables mode), as flanneld writes it.
+pub const FORWARD_COMMENT: &str = "flanneld forward";
+/// kube-proxy's masquerade mark: packets carrying it are left to kube-proxy's own SNAT.
+pub const KUBE_PROXY_MARK: u32 = 0x4000;
+/// Multicast is never masqueraded.
+const MULTICAST: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4) {
+    Ok(n) => n,
+    Err(_) => panic!("224.0.0.0/4 is a valid prefix"),
+};
+/// The shortest audit period the agent uses, whatever `--iptables-resync` says, when no change
+/// notification covers the rules (iptables-legacy).
+pub const MIN_AUDIT_PERIOD: Duration = Duration::from_secs(60);
+/// The audit period when nf_tables change notifications cover the rules: a backstop only.
+pub const BACKSTOP_AUDIT_PERIOD: Duration = Duration::from_secs(600);
+/// Environment variable that overrides the audit period (seconds, at least 1); for tests.
+pub const AUDIT_ENV: &str = "WEFT_FIREWALL_AUDIT_SECS";
+
+/// Where the rules live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// iptables chains `FLANNEL-POSTRTG` / `FLANNEL-FWD` (flanneld's default).
+    Iptables,
+    /// nftables table `ip flannel-ipv4` (`EnableNFTables: true`).
+    Nftables,
+}
+
+impl Mode {
+    /// The mode the network config selects (`EnableNFTables`).
+    pub fn from_config(enable_nftables: bool) -> Mode {
+        if enable_nftables {
+            Mode::Nftables
+        } else {
+            Mode::Iptables
+        }
+    }
+
+    /// The mode that is not this one (cleaned up at start).
+    pub fn other(self) -> Mode {
+        match self {
+            Mode::Iptables => Mode::Nftables,
+            Mode::Nftables => Mode::Iptables,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        })
+    }
+}
+
+/// What the rules are built from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// The cluster network (`Network` of the config).
+    pub network: Ipv4Net,
+    /// This node's leased pod subnet.
+    pub subnet: Ipv4Net,
+    /// `--ip-masq`: masquerade traffic leaving the cluster network.
+    pub ip_masq: bool,
+    /// `--iptables-forward-rules`: accept forwarding to and from the cluster network.
+    pub forward: bool,
+    /// Masquerade with `--random-fully` / `fully-random` (not
+    /// `--ip-masq-fully-random-disable`); dropped anyway when the tool lacks it.
+    pub fully_random: bool,
+}
+
+/// An address match: `[!] -s/-d <net>` or `ip saddr/daddr [!=] <net>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrMatch {
+    pub negated: bool,
+    pub net: Ipv4Net,
+}
+
+impl AddrMatch {
+    pub fn is(net: Ipv4Net) -> AddrMatch {
+        AddrMatch {
+            negated: false,
+            net,
+        }
+    }
+
+    pub fn not(net: Ipv4Net) -> AddrMatch {
+        AddrMatch { negated: true, net }
+    }
+}
+
+/// What a matching packet gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Return,
+    Masquerade { fully_random: bool },
+}
+
+/// One rule of weft's model: optional mark / source / destination matches and a verdict. Both
+/// modes render it; the nftables read-back parses into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Masked mark match: `mark & m == m`.
+    pub mark: Option<u32>,
+    pub src: Option<AddrMatch>,
+    pub dst: Option<AddrMatch>,
+    pub verdict: Verdict,
+}
+
+impl Rule {
+    fn new(src: Option<AddrMatch>, dst: Option<AddrMatch>, verdict: Verdict) -> Rule {
+        Rule {
+            mark: None,
+            src,
+            dst,
+            verdict,
+        }
+    }
+}
+
+/// The rules one mode wants: `None` for a part that is switched off (and must be absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSet {
+    pub masq: Option<Vec<Rule>>,
+    pub forward: Option<Vec<Rule>>,
+}
+
+impl RuleSet {
+    /// flanneld's rules (spec §6.1 for iptables, §6.2 for nftables, which differ in the fourth
+    /// masquerade rule).
+    pub fn new(mode: Mode, s: &Settings) -> RuleSet {
+        let net = s.network.trunc();
+        let pod = s.subnet.trunc();
+        let masq = s.ip_masq.then(|| {
+            let m = Verdict::Masquerade {
+                fully_random: s.fully_random,
+            };
+            let fourth = match mode {
+                // Traffic from outside the cluster to this node's pods.
+                Mode::Iptables => Rule::new(
+                    Some(AddrMatch::not(net)),
+                    Some(AddrMatch::is(pod)),
+                    Verdict::Return,
+                ),
+                // flanneld's nftables rule: anything but our pods to the cluster network.
+                Mode::Nftables => Rule::new(
+                    Some(AddrMatch::not(pod)),
+                    Some(AddrMatch::is(net)),
+                    Verdict::Return,
+                ),
+            };
+            vec![
+                Rule {
+                    mark: Some(KUBE_PROXY_MARK),
+                    ..Rule::new(None, None, Verdict::Return)
+                },
+                Rule::new(
+                    Some(AddrMatch::is(pod)),
+                    Some(AddrMatch::is(net)),
+                    Verdict::Return,
+                ),
+                Rule::new(
+                    Some(AddrMatch::is(net)),
+                    Some(AddrMatch::is(pod)),
+                    Verdict::Return,
+                ),
+                fourth,
+                Rule::new(Some(AddrMatch::is(net)), Some(AddrMatch::not(MULTICAST)), m),
+                Rule::new(Some(AddrMatch::not(net)), Some(AddrMatch::is(net)), m),
+            ]
+        });
+        let forward = s.forward.then(|| {
+            vec![
+                Rule::new(Some(AddrMatch::is(net)), None, Verdict::Accept),
+                Rule::new(None, Some(AddrMatch::is(net)), Verdict::Accept),
+            ]
+        });
+        RuleSet { masq, forward }
+    }
+
+    /// True when some part is switched on (there is something to keep in place).
+    pub fn is_active(&self) -> bool {
+        self.masq.is_some() || self.forward.is_some()
+    }
+
+    /// The same rule set with only the parts that are switched on: what an audit checks.
+    fn active_only(&self) -> Parts<'_> {
+        Parts {
+            masq: self.masq.as_deref().map(Some),
+            forward: self.forward.as_deref().map(Some),
+        }
+    }
+
+    /// Every part, switched-off ones as "must be absent": what start-up enforces.
+    fn all(&self) -> Parts<'_> {
+        Parts {
+            masq: Some(self.masq.as_deref()),
+            forward: Some(self.forward.as_deref()),
+        }
+    }
+}
+
+/// Which parts one pass looks at: `None` = leave alone, `Some(None)` = must be absent,
+/// `Some(Some(rules))` = must be exactly these rules.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Parts<'a> {
+    pub masq: Option<Option<&'a [Rule]>>,
+    pub forward: Option<Option<&'a [Rule]>>,
+}
+
+#[cfg(test)]
+impl Parts<'_> {
+    /// Both parts must be absent.
+    pub(crate) const ABSENT: Parts<'static> = Parts {
+        masq: Some(None),
+        forward: Some(None),
+    };
+}
+
+/// What a pass found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything was as wanted; nothing was written.
+    InSync,
+    /// These differences were found and repaired.
+    Repaired(Vec<String>),
+}
+
+/// The masquerade / forward rules of one node, kept in place.
+#[derive(Debug, Clone)]
+pub struct Firewall {
+    mode: Mode,
+    /// The rules live in nf_tables (nftables mode, or iptables-nft), so [`ChangeWatch`] sees
+    /// every change to them.
+    in_nf_tables: bool,
+    /// As given, except `fully_random` cleared when the tool lacks it.
+    settings: Settings,
+    rules: RuleSet,
+}
+
+impl Firewall {
+    /// Builds the rule set. With masquerading on and fully-random wanted, asks the tool once
+    /// whether it supports it (`iptables -j MASQUERADE -h`, or `nft --check` of a test rule)
+    /// and drops it with a warning if not. Nothing is written yet: see [`Firewall::apply`].
+    pub async fn new(mode: Mode, mut settings: Settings) -> Firewall {
+        if settings.ip_masq && settings.fully_random {
+            let supported = match mode {
+                Mode::Iptables => iptables::probe_random_fully().await,
+                Mode::Nftables => nftables::probe_fully_random().await,
+            };
+            match supported {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(
+                        "{mode}: masquerade fully-random is not supported; masquerading without it"
+                    );
+                    settings.fully_random = false;
+                }
+                Err(e) => {
+                    warn!(
+                        "{mode}: could not tell whether masquerade fully-random is supported ({e:#}); masquerading without it"
+                    );
+                    settings.fully_random = false;
+                }
+            }
+        }
+        let in_nf_tables = match mode {
+            Mode::Nftables => true,
+            Mode::Iptables if settings.ip_masq || settings.forward => {
+                match iptables::is_nf_tables_flavour().await {
+                    Ok(nft) => nft,
+                    Err(e) => {
+                        warn!("iptables --version: {e:#}");
+                        false
+                    }
+                }
+            }
+            Mode::Iptables => false,
+        };
+        Firewall {
+            mode,
+            in_nf_tables,
+            settings,
+            rules: RuleSet::new(mode, &settings),
+        }
+    }
+
+    /// The node's subnet changed (lease lost and re-acquired elsewhere): rebuilds the rules;
+    /// [`Firewall::apply`] then writes them.
+    pub fn set_subnet(&mut self, subnet: Ipv4Net) {
+        self.settings.subnet = subnet;
+        self.rules = RuleSet::new(self.mode, &self.settings);
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// How often the agent should audit: a backstop period when `watch` is live and sees this
+    /// mode's rules (nftables, iptables-nft), else `max(--iptables-resync, 60 s)` (see the free
+    /// function [`audit_period`]).
+    pub fn audit_period(&self, iptables_resync_secs: u32, watch: &ChangeWatch) -> Result<Duration> {
+        audit_period(iptables_resync_secs, self.in_nf_tables && watch.is_live())
+    }
+
+    /// True when some part is switched on, i.e. [`Firewall::check`] has something to audit.
+    pub fn is_active(&self) -> bool {
+        self.rules.is_active()
+    }
+
+    /// Agent start: removes what the other mode left (flanneld does the same; a failure there
+    /// is only logged), then [`Firewall::apply`].
+    pub async fn start(&self) -> Result<Outcome> {
+        if let Err(e) = cleanup(self.mode.other()).await {
+            warn!(
+                "removing {} rules of an earlier run: {e:#}",
+                self.mode.other()
+            );
+        }
+        self.apply().await
+    }
+
+    /// Start-up: reads this mode's rules back and writes what differs: parts that are on get
+    /// exactly their rules, parts that are off are removed. No write when all is in place.
+    pub async fn apply(&self) -> Result<Outcome> {
+        let outcome = self.reconcile(self.rules.all()).await?;
+        if let Outcome::Repaired(diffs) = &outcome {
+            info!("{}: rules written ({})", self.mode, diffs.join("; "));
+        }
+        Ok(outcome)
+    }
+
+    /// Audit: reads the active parts back (one exec per iptables table, or one `nft -j list
+    /// table`) and re-applies only when something differs.
+    pub async fn check(&self) -> Result<Outcome> {
+        if !self.is_active() {
+            return Ok(Outcome::InSync);
+        }
+        let outcome = self.reconcile(self.rules.active_only()).await?;
+        if let Outcome::Repaired(diffs) = &outcome {
+            warn!(
+                "{}: rules were changed by someone else, re-applied ({})",
+                self.mode,
+                diffs.join("; ")
+            );
+        }
+        Ok(outcome)
+    }
+
+    async fn reconcile(&self, parts: Parts<'_>) -> Result<Outcome> {
+        let diffs = match self.mode {
+            Mode::Iptables => iptables::reconcile(parts).await?,
+            Mode::Nftables => nftables::reconcile(parts).await?,
+        };
+        if diffs.is_empty() {
+            debug!("{}: rules in place", self.mode);
+            Ok(Outcome::InSync)
+        } else {
+            Ok(Outcome::Repaired(diffs))
+        }
+    }
+}
+
+/// Removes every rule `mode` may have left (iptables: the jumps and both chains; nftables: the
+/// tables `ip flannel-ipv4` and `ip6 flannel-ipv6`). Idempotent; a tool that is not installed
+/// means there is nothing of that mode to remove. Keeps going after a failure and reports
+/// every one.
+pub async fn cleanup(mode: Mode) -> Result<()> {
+    let errors = match mode {
+        Mode::Iptables => iptables::cleanup().await,
+        Mode::Nftables => nftables::cleanup().await,
+    };
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{mode} cleanup failed:\n- {}", errors.join("\n- "))
+    }
+}
+
+/// Removes both modes' rules (`weft cleanup`); reports every failure of both.
+pub async fn cleanup_all() -> Result<()> {
+    let mut errors = iptables::cleanup().await;
+    errors.extend(nftables::cleanup().await);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("firewall cleanup failed:\n- {}", errors.join("\n- "))
+    }
+}
+
+/// How often the agent audits the rules, unless `WEFT_FIREWALL_AUDIT_SECS` is set (tests):
+/// - `notified` (a live [`ChangeWatch`] sees the rules): every 10 min, a backstop only;
+/// - else `max(--iptables-resync, 60 s)`.
+///
+/// Why not flanneld's 5 s: every audit forks and execs the tools (one `iptables-save` per
+/// table, or one `nft -j list table`), and weft's idle target is no fork/exec at all. With
+/// notifications a removal is repaired at once anyway; without them (iptables-legacy), rules
+/// removed out of band are rare (an operator, a firewall reload) and a minute to repair them
+/// is the trade.
+pub fn audit_period(iptables_resync_secs: u32, notified: bool) -> Result<Duration> {
+    if let Ok(v) = std::env::var(AUDIT_ENV) {
+        return parse_audit_env(&v);
+    }
+    if notified {
+        return Ok(BACKSTOP_AUDIT_PERIOD);
+    }
+    Ok(Duration::from_secs(u64::from(iptables_resync_secs)).max(MIN_AUDIT_PERIOD))
+}
+
+fn parse_audit_env(v: &str) -> Result<Duration> {
+    let secs: u64 = v
+        .trim()
+        .parse()
+        .with_context(|| format!("{AUDIT_ENV}={v:?} is not a number of seconds"))?;
+    if secs == 0 {
+        bail!("{AUDIT_ENV}={v:?}: must be at least 1 second");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn settings() -> Settings {
+        Settings {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            ip_masq: true,
+            forward: true,
+            fully_random: true,
+        }
+    }
+
+    #[test]
+    fn parts_follow_the_flags() {
+        let mut s = settings();
+        let r = RuleSet::new(Mode::Iptables, &s);
+        assert_eq!(r.masq.as_ref().map(Vec::len), Some(6));
+        assert_eq!(r.forward.as_ref().map(Vec::len), Some(2));
+        s.ip_masq = false;
+        let r = RuleSet::new(Mode::Iptables, &s);
+        assert!(r.masq.is_none() && r.forward.is_some() && r.is_active());
+        s.forward = false;
+        assert!(!RuleSet::new(Mode::Nftables, &s).is_active());
+    }
+
+    #[test]
+    fn subnet_host_bits_are_dropped() {
+        let mut s = settings();
+        s.subnet = "10.244.1.1/24".parse().unwrap();
+        assert_eq!(
+            RuleSet::new(Mode::Iptables, &s),
+            RuleSet::new(Mode::Iptables, &settings())
+        );
+    }
+
+    #[test]
+    fn fully_random_off_reaches_every_masquerade_rule() {
+        let mut s = settings();
+        s.fully_random = false;
+        let r = RuleSet::new(Mode::Nftables, &s);
+        let masq: Vec<_> = r
+            .masq
+            .unwrap()
+            .into_iter()
+            .filter(|r| matches!(r.verdict, Verdict::Masquerade { .. }))
+            .collect();
+        assert_eq!(masq.len(), 2);
+        assert!(masq.iter().all(|r| r.verdict
+            == Verdict::Masquerade {
+                fully_random: false
+            }));
+    }
+
+    #[test]
+    fn audit_period_env() {
+        assert_eq!(parse_audit_env("2").unwrap(), Duration::from_secs(2));
+        assert!(
+            parse_audit_env("0")
+                .unwrap_err()
+                .to_string()
+                .contains(AUDIT_ENV)
+        );
+        assert!(
+            parse_audit_env("x")
+                .unwrap_err()
+                .to_string()
+                .contains("\"x\"")
+        );
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(Mode::from_config(true), Mode::Nftables);
+        assert_eq!(Mode::from_config(false).other(), Mode::Nftables);
+        assert_eq!(Mode::Nftables.other().to_string(), "iptables");
+    }
+}
+
+#[cfg(test)]
+mod netns_tests;

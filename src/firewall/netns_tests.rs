@@ -1,0 +1,426 @@
+//! The real tools against a fresh network namespace per test (root only; skipped otherwise).
+//! iptables and nft act on the namespace of the thread that forks them, so each test runs on
+//! its own thread that unshares first and then builds a current-thread runtime.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::process::Command;
+
+use super::tests::settings;
+use super::*;
+
+fn in_netns<F, Fut>(name: &str, f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED {name}: needs root (network namespaces)");
+        return;
+    }
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare netns");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f());
+        })
+        .expect("spawn test thread");
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// `<tool> <args>` in the current thread's namespace; stdout, or panic with stderr.
+fn sh(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(tool).args(args).output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The `-A` lines of `iptables-save -t <table>`.
+fn rules_in(table: &str) -> Vec<String> {
+    sh("iptables-save", &["-t", table])
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn chains_in(table: &str) -> Vec<String> {
+    sh("iptables-save", &["-t", table])
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What iptables mode must leave: flanneld's golden lines, nothing else of ours.
+fn expected_lines(chain: &iptables::Chain, rules: &[Rule]) -> Vec<String> {
+    let mut v = vec![iptables::jump_line(chain)];
+    v.extend(rules.iter().map(|r| iptables::rule_line(chain, r)));
+    v
+}
+
+fn nft_table() -> Option<nftables::ObservedTable> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "ip", "flannel-ipv4"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| nftables::parse_list(&String::from_utf8_lossy(&out.stdout)).unwrap())
+}
+
+#[test]
+fn iptables_rules_are_flannels_and_repaired_after_out_of_band_deletes() {
+    in_netns("fw-iptables", || async {
+        let fw = Firewall::new(Mode::Iptables, settings()).await;
+        // iptables 1.8.9 supports --random-fully: the probe must keep it.
+        assert_eq!(fw.rules(), &RuleSet::new(Mode::Iptables, &settings()));
+        let rules = fw.rules().clone();
+        let nat = expected_lines(&iptables::MASQ_CHAIN, rules.masq.as_ref().unwrap());
+        let filter = expected_lines(&iptables::FORWARD_CHAIN, rules.forward.as_ref().unwrap());
+
+        assert!(matches!(fw.apply().await.unwrap(), Outcome::Repaired(_)));
+        assert_eq!(rules_in("nat"), nat);
+        assert_eq!(rules_in("filter"), filter);
+        // Read back identical: no write, twice.
+        assert_eq!(fw.apply().await.unwrap(), Outcome::InSync);
+        assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
+
+        // A masquerade rule deleted by hand.
+        sh(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-D",
+                "FLANNEL-POSTRTG",
+                "-s",
+                "10.244.0.0/16",
+                "!",
+                "-d",
+                "224.0.0.0/4",
+                "-m",
+                "comment",
+                "--comment",
+                "flanneld masq",
+                "-j",
+                "MASQUERADE",
+                "--random-fully",
+            ],
+        );
+        assert_ne!(rules_in("nat"), nat);
+        assert_eq!(
+            fw.check().await.unwrap(),
+            Outcome::Repaired(vec![
+                "nat FLANNEL-POSTRTG: 5 rules differ from the 6 wanted".into()
+            ])
+        );
+        assert_eq!(rules_in("nat"), nat);
+
+        // The forward jump deleted, and a foreign rule appended after it in FORWARD.
+        sh(
+            "iptables",
+            &[
+                "-D",
+                "FORWARD",
+                "-m",
+                "comment",
+                "--comment",
+                "flanneld forward",
+                "-j",
+                "FLANNEL-FWD",
+            ],
+        );
+        sh(
+            "iptables",
+            &["-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "DROP"],
+        );
+        assert!(matches!(fw.check().await.unwrap(), Outcome::Repaired(_)));
+        let now = rules_in("filter");
+        assert_eq!(
+            now.iter()
+                .filter(|l| **l == iptables::jump_line(&iptables::FORWARD_CHAIN))
+                .count(),
+            1,
+            "{now:?}"
+        );
+        assert!(now.contains(&"-A FORWARD -s 192.0.2.0/24 -j DROP".to_owned()));
+
+        // The whole chain flushed.
+        sh("iptables", &["-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+        assert!(matches!(fw.check().await.unwrap(), Outcome::Repaired(_)));
+        assert_eq!(rules_in("nat"), nat);
+        assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
+    });
+}
+
+#[test]
+fn iptables_parts_switched_off_are_removed_and_others_kept() {
+    in_netns("fw-iptables-off", || async {
+        let fw = Firewall::new(Mode::Iptables, settings()).await;
+        fw.apply().await.unwrap();
+        sh(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-d",
+                "192.0.2.1",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+
+        // Restart without --ip-masq, with random-fully disabled: masquerading goes away.
+        let mut s = settings();
+        s.ip_masq = false;
+        s.fully_random = false;
+        let fw = Firewall::new(Mode::Iptables, s).await;
+        assert_eq!(
+            fw.apply().await.unwrap(),
+            Outcome::Repaired(vec![
+                "nat FLANNEL-POSTRTG: present but not wanted, removed".into()
+            ])
+        );
+        assert_eq!(
+            rules_in("nat"),
+            ["-A POSTROUTING -d 192.0.2.1/32 -j ACCEPT"]
+        );
+        assert!(!chains_in("nat").contains(&"FLANNEL-POSTRTG".to_owned()));
+        assert!(chains_in("filter").contains(&"FLANNEL-FWD".to_owned()));
+        assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
+
+        // --ip-masq with --ip-masq-fully-random-disable: no --random-fully anywhere.
+        let mut s = settings();
+        s.fully_random = false;
+        let fw = Firewall::new(Mode::Iptables, s).await;
+        fw.apply().await.unwrap();
+        let nat = rules_in("nat");
+        assert_eq!(
+            nat.iter().filter(|l| l.contains("-j MASQUERADE")).count(),
+            2
+        );
+        assert!(!nat.iter().any(|l| l.contains("random-fully")), "{nat:?}");
+
+        // A new subnet after a lost lease: the chain is rewritten, the jump stays single.
+        let mut fw = fw;
+        fw.set_subnet("10.244.7.0/24".parse().unwrap());
+        assert!(matches!(fw.apply().await.unwrap(), Outcome::Repaired(_)));
+        let nat = rules_in("nat");
+        assert!(!nat.iter().any(|l| l.contains("10.244.1.0/24")), "{nat:?}");
+        assert_eq!(
+            nat.iter().filter(|l| l.contains("10.244.7.0/24")).count(),
+            3
+        );
+        assert_eq!(
+            nat.iter()
+                .filter(|l| l.starts_with("-A POSTROUTING"))
+                .count(),
+            2
+        );
+    });
+}
+
+#[test]
+fn nftables_table_is_one_transaction_and_repaired() {
+    in_netns("fw-nft", || async {
+        let fw = Firewall::new(Mode::Nftables, settings()).await;
+        assert_eq!(fw.rules(), &RuleSet::new(Mode::Nftables, &settings()));
+        assert!(matches!(fw.apply().await.unwrap(), Outcome::Repaired(_)));
+        let want = fw.rules().clone();
+        let check_table = || {
+            let t = nft_table().expect("table ip flannel-ipv4 exists");
+            let post = &t.chains["postrtg"];
+            assert_eq!(
+                (post.kind.as_deref(), post.hook.as_deref(), post.prio),
+                (Some("nat"), Some("postrouting"), Some(100))
+            );
+            let masq: Vec<_> = want.masq.clone().unwrap().into_iter().map(Some).collect();
+            assert_eq!(post.rules, masq);
+            let fwd = &t.chains["forward"];
+            assert_eq!(
+                (fwd.kind.as_deref(), fwd.hook.as_deref(), fwd.prio),
+                (Some("filter"), Some("forward"), Some(0))
+            );
+            let f: Vec<_> = want
+                .forward
+                .clone()
+                .unwrap()
+                .into_iter()
+                .map(Some)
+                .collect();
+            assert_eq!(fwd.rules, f);
+        };
+        check_table();
+        // The text form, as an operator reads it.
+        let text = sh("nft", &["list", "table", "ip", "flannel-ipv4"]);
+        assert!(
+            text.contains("ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random"),
+            "{text}"
+        );
+        assert_eq!(fw.apply().await.unwrap(), Outcome::InSync);
+        assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
+
+        // One rule deleted by handle.
+        let json = sh(
+            "nft",
+            &["-j", "-a", "list", "chain", "ip", "flannel-ipv4", "postrtg"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let handle = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["rule"]["handle"].as_u64())
+            .nth(2)
+            .unwrap()
+            .to_string();
+        sh(
+            "nft",
+            &[
+                "delete",
+                "rule",
+                "ip",
+                "flannel-ipv4",
+                "postrtg",
+                "handle",
+                &handle,
+            ],
+        );
+        assert_eq!(
+            fw.check().await.unwrap(),
+            Outcome::Repaired(vec![
+                "chain postrtg: 5 rules differ from the 6 wanted".into()
+            ])
+        );
+        check_table();
+
+        // A chain deleted, then the whole table.
+        sh("nft", &["flush", "chain", "ip", "flannel-ipv4", "forward"]);
+        sh("nft", &["delete", "chain", "ip", "flannel-ipv4", "forward"]);
+        assert_eq!(
+            fw.check().await.unwrap(),
+            Outcome::Repaired(vec!["chain forward missing".into()])
+        );
+        check_table();
+        sh("nft", &["delete", "table", "ip", "flannel-ipv4"]);
+        assert_eq!(
+            fw.check().await.unwrap(),
+            Outcome::Repaired(vec!["table ip flannel-ipv4 missing".into()])
+        );
+        check_table();
+        assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
+
+        // Masquerading switched off at the next start: only the forward chain stays.
+        let mut s = settings();
+        s.ip_masq = false;
+        let fw = Firewall::new(Mode::Nftables, s).await;
+        fw.apply().await.unwrap();
+        let t = nft_table().unwrap();
+        assert_eq!(t.chains.keys().collect::<Vec<_>>(), ["forward"]);
+    });
+}
+
+#[test]
+fn cleanup_removes_both_modes_and_is_idempotent() {
+    in_netns("fw-cleanup", || async {
+        Firewall::new(Mode::Iptables, settings())
+            .await
+            .apply()
+            .await
+            .unwrap();
+        Firewall::new(Mode::Nftables, settings())
+            .await
+            .apply()
+            .await
+            .unwrap();
+        sh("nft", &["add", "table", "ip6", "flannel-ipv6"]);
+        sh(
+            "iptables",
+            &["-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "DROP"],
+        );
+
+        // Start in nftables mode: the iptables mode is cleaned, FLANNEL-FWD in filter too.
+        cleanup(Mode::Iptables).await.unwrap();
+        assert!(!chains_in("nat").contains(&"FLANNEL-POSTRTG".to_owned()));
+        assert!(!chains_in("filter").contains(&"FLANNEL-FWD".to_owned()));
+        assert_eq!(rules_in("filter"), ["-A FORWARD -s 192.0.2.0/24 -j DROP"]);
+        assert!(rules_in("nat").is_empty());
+        assert!(nft_table().is_some(), "the nftables mode is not touched");
+
+        cleanup_all().await.unwrap();
+        assert!(nft_table().is_none());
+        let tables = sh("nft", &["list", "tables"]);
+        assert!(!tables.contains("flannel"), "{tables}");
+        assert_eq!(rules_in("filter"), ["-A FORWARD -s 192.0.2.0/24 -j DROP"]);
+        // Again, with nothing left.
+        cleanup_all().await.unwrap();
+    });
+}
+
+/// Waits up to `secs` for the watch to fire.
+async fn fired(w: &mut ChangeWatch, ms: u64) -> Option<String> {
+    tokio::time::timeout(std::time::Duration::from_millis(ms), w.changed())
+        .await
+        .ok()
+}
+
+#[test]
+fn change_watch_fires_for_our_rules_only() {
+    in_netns("fw-watch", || async {
+        let mut w = ChangeWatch::open();
+        assert!(w.is_live());
+        let fw = Firewall::new(Mode::Iptables, settings()).await;
+        assert!(fw.in_nf_tables, "Debian's iptables is iptables-nft");
+        fw.apply().await.unwrap();
+        // Our own batch is seen (one read follows in the agent), then all is quiet.
+        assert!(fired(&mut w, 2000).await.is_some());
+        assert_eq!(fired(&mut w, 300).await, None);
+
+        // Other people's chains: not our business.
+        sh("iptables", &["-t", "nat", "-N", "KUBE-POSTROUTING"]);
+        sh(
+            "iptables",
+            &["-t", "nat", "-A", "KUBE-POSTROUTING", "-j", "RETURN"],
+        );
+        sh(
+            "iptables",
+            &["-t", "nat", "-A", "POSTROUTING", "-j", "KUBE-POSTROUTING"],
+        );
+        assert_eq!(fired(&mut w, 300).await, None);
+
+        sh("iptables", &["-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+        assert_eq!(
+            fired(&mut w, 2000).await.as_deref(),
+            Some("DELRULE nat FLANNEL-POSTRTG")
+        );
+        assert!(matches!(fw.check().await.unwrap(), Outcome::Repaired(_)));
+        assert!(fired(&mut w, 2000).await.is_some(), "our repair is seen");
+        assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
+
+        let fw = Firewall::new(Mode::Nftables, settings()).await;
+        fw.apply().await.unwrap();
+        assert!(fired(&mut w, 2000).await.is_some());
+        sh("nft", &["delete", "table", "ip", "flannel-ipv4"]);
+        let what = fired(&mut w, 2000).await.unwrap();
+        assert!(what.contains("flannel-ipv4"), "{what}");
+        // A table of someone else's: quiet.
+        assert_eq!(fired(&mut w, 300).await, None);
+        sh("nft", &["add", "table", "ip", "other"]);
+        sh("nft", &["delete", "table", "ip", "other"]);
+        assert_eq!(fired(&mut w, 300).await, None);
+    });
+}

@@ -1,0 +1,1219 @@
+//! `weft status [--json] [flanneld flags…]`: what this node's lease and the kernel say, and how
+//! the kernel differs from what the leases require. Needs no running agent; reads etcd and the
+//! kernel and never writes to either.
+//!
+//! It takes the agent's flags (and `FLANNELD_*` variables) to find etcd, the config and the
+//! external interface, then computes the required kernel state with the agent's own code:
+//! interface selection ([`crate::iface::select_interface`]), the peer set
+//! ([`crate::lease_table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
+//! read-only dump ([`Reconciler::refresh`]) and [`plan::diff`]. For vxlan the existing device
+//! `flannel.<VNI>` is attached read-only ([`Vxlan::attach_existing`]); when it is missing, every
+//! ARP/FDB/route entry on it is reported missing (shown on `flannel.<VNI>`, ifindex 0).
+//!
+//! Expiry of each lease comes from one `LeaseTimeToLive` per distinct etcd lease.
+//!
+//! Exit codes: 0 the kernel holds exactly what the leases require (and the vxlan device is as
+//! the agent would leave it); 1 it differs; 2 usage error; 3 etcd, the config or the kernel
+//! could not be read.
+//!
+//! # JSON (`--json`), schema 1
+//! One object; fields are only ever added, never renamed, within a schema number.
+//! ```text
+//! {
+//!   "schema": 1,
+//!   "in_sync": bool,                       // exit code 0 iff true
+//!   "node": {"interface": "eth0", "ifindex": 2, "iface_addr": "198.18.0.1",
+//!            "public_ip": "198.18.0.1", "mtu": 1500},
+//!   "config": {"source": "etcd /coreos.com/network/config" | "file <path>",
+//!              "network": "10.244.0.0/16" | null, "backend": "vxlan",
+//!              "options": {...the config's Backend object as written...}},
+//!   "own_lease": null | Lease,             // the lease whose PublicIP is this node's
+//!   "peers": [Lease],                      // every other well-formed lease, by subnet
+//!   "malformed": [{"key": "...", "reason": "..."}],   // keys skipped as the agent skips them
+//!   "skipped": [{"subnet": "10.244.3.0/24", "reason": "..."}],  // peers the backend won't program
+//!   "device": null | {"name": "flannel.1", "present": bool, "ifindex": 7 | null,
+//!                     "up": bool, "mtu": 1450 | null, "mac": "aa:..." | null,
+//!                     "problems": ["..."]},    // vxlan only; problems make in_sync false
+//!   "required": {"routes": n, "neighs": n, "fdb": n},  // counts of what the leases require
+//!   "kernel": {"routes": n, "neighs": n, "fdb": n},    // counts of what weft owns in the kernel
+//!   "drift": {"missing": [Entry], "extra": [Entry],
+//!             "different": [{"want": Entry, "have": Entry}]}
+//! }
+//! Lease = {"subnet": "10.244.2.0/24", "key": "<prefix>/subnets/10.244.2.0-24",
+//!          "public_ip": "198.18.0.2", "backend": "vxlan", "vni": 1 | null,
+//!          "vtep_mac": "aa:..." | null, "lease_id": "694d7d…" (hex) | null,
+//!          "reservation": bool, "ttl_seconds": n | null,
+//!          "expires_at": "2026-11-25T10:41:34Z" | null, "expires_at_unix": n | null}
+//! Entry = {"kind": "route" | "neigh" | "fdb", "dev": "flannel.1", "text": "<ip-style line>",
+//!          route: "dst", "gateway", "onlink"; neigh: "ip", "lladdr"; fdb: "mac", "dst"}
+//! ```
+//! "missing": required but absent; "extra": weft's (route protocol 87 in table main; permanent
+//! ARP/FDB entries on weft's device) but not required; "different": the same key (route
+//! destination, neighbour IP, FDB MAC) with other attributes.
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow};
+use backends::plan::{self, Fdb, KernelOp, KernelState, Neigh, fmt_mac};
+use backends::reconcile::Reconciler;
+use backends::vxlan::{Vxlan, VxlanDevice, incompatibilities, parse_backend_data};
+use backends::{Backend, Desired, ExternalInterface, Netlink, Route};
+use net_conf::{BackendConf, NetConf};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::{self, Command, Options};
+use crate::lease_table::LeaseTable;
+use crate::registry::{LeaseEntry, Registry, Snapshot};
+
+/// Version of the `--json` schema (see the module documentation).
+pub const SCHEMA: u32 = 1;
+
+/// Exit codes of `weft status`.
+pub const EXIT_IN_SYNC: u8 = 0;
+pub const EXIT_DRIFT: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNREADABLE: u8 = 3;
+
+fn usage() -> String {
+    "Usage: weft status [--json] [flanneld flags...]\n\n\
+     Shows the network config, this node's lease, every peer's lease and how the kernel differs\n\
+     from what the leases require. Reads etcd and the kernel only; needs no running agent.\n\
+     Takes the agent's flags and FLANNELD_* variables (etcd endpoints, prefix, TLS, --iface,\n\
+     --public-ip, --subnet-file, ...).\n\n  \
+     --json   print one JSON object (schema in the docs of weft::status)\n\n\
+     Exit codes: 0 in sync, 1 the kernel differs, 2 usage error, 3 etcd or the kernel unreadable.\n"
+        .to_string()
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Args {
+    Help,
+    Run { json: bool, opts: Box<Options> },
+}
+
+/// Splits `--json` off and parses the rest as the agent's flags (with `env`).
+pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Args, String> {
+    let mut json = false;
+    let mut rest = Vec::new();
+    for a in args {
+        match a.as_str() {
+            "--json" | "-json" | "--json=true" | "-json=true" => json = true,
+            "--json=false" | "-json=false" => json = false,
+            _ => rest.push(a.clone()),
+        }
+    }
+    match cli::parse(&rest, env).map_err(|e| e.to_string())? {
+        Command::Run(opts) => Ok(Args::Run {
+            json,
+            opts: Box::new(opts),
+        }),
+        Command::Help => Ok(Args::Help),
+        Command::Version => Err("--version is not a status flag".to_string()),
+        Command::Sub { name, .. } => Err(format!("unexpected argument {name:?}")),
+    }
+}
+
+/// `weft status`: parses `args` (those after `status`), prints the report, returns the exit code.
+pub fn run_cli(args: &[String]) -> u8 {
+    let (json, opts) = match parse_args(args, &|k| std::env::var(k).ok()) {
+        Ok(Args::Help) => {
+            print!("{}", usage());
+            return EXIT_IN_SYNC;
+        }
+        Ok(Args::Run { json, opts }) => (json, opts),
+        Err(e) => {
+            eprintln!("weft status: {e}");
+            eprint!("{}", usage());
+            return EXIT_USAGE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft status: cannot start the async runtime: {e}");
+            return EXIT_UNREADABLE;
+        }
+    };
+    match rt.block_on(gather(&opts)) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => write_stdout(&format!("{text}\n")),
+                    Err(e) => {
+                        eprintln!("weft status: cannot encode the report: {e}");
+                        return EXIT_UNREADABLE;
+                    }
+                }
+            } else {
+                write_stdout(&report.render());
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("weft status: {e:#}");
+            EXIT_UNREADABLE
+        }
+    }
+}
+
+/// Prints to stdout; a closed pipe (`weft status | head`) is not an error worth a panic.
+fn write_stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+// ===== the report =====
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema: u32,
+    pub in_sync: bool,
+    pub node: NodeInfo,
+    pub config: ConfigInfo,
+    pub own_lease: Option<LeaseInfo>,
+    pub peers: Vec<LeaseInfo>,
+    pub malformed: Vec<MalformedInfo>,
+    pub skipped: Vec<SkippedInfo>,
+    pub device: Option<DeviceInfo>,
+    pub required: Counts,
+    pub kernel: Counts,
+    pub drift: Drift,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    pub interface: String,
+    pub ifindex: u32,
+    pub iface_addr: Ipv4Addr,
+    pub public_ip: Ipv4Addr,
+    pub mtu: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigInfo {
+    pub source: String,
+    pub network: Option<String>,
+    pub backend: String,
+    pub options: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    pub subnet: String,
+    pub key: String,
+    pub public_ip: Ipv4Addr,
+    pub backend: String,
+    pub vni: Option<u32>,
+    pub vtep_mac: Option<String>,
+    pub lease_id: Option<String>,
+    pub reservation: bool,
+    pub ttl_seconds: Option<i64>,
+    pub expires_at: Option<String>,
+    pub expires_at_unix: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MalformedInfo {
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedInfo {
+    pub subnet: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub present: bool,
+    pub ifindex: Option<u32>,
+    pub up: bool,
+    pub mtu: Option<u32>,
+    pub mac: Option<String>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub routes: usize,
+    pub neighs: usize,
+    pub fdb: usize,
+}
+
+impl Counts {
+    fn of(s: &KernelState) -> Counts {
+        Counts {
+            routes: s.routes.len(),
+            neighs: s.neighs.len(),
+            fdb: s.fdb.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Drift {
+    pub missing: Vec<Entry>,
+    pub extra: Vec<Entry>,
+    pub different: Vec<Changed>,
+}
+
+impl Drift {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.different.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Changed {
+    pub want: Entry,
+    pub have: Entry,
+}
+
+/// One kernel object, with the fields of its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub dev: String,
+    /// The object as `ip route` / `ip neigh` / `bridge fdb` print it.
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onlink: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lladdr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+impl Entry {
+    fn bare(kind: &'static str, dev: String, text: String) -> Entry {
+        Entry {
+            kind,
+            dev,
+            text,
+            dst: None,
+            gateway: None,
+            onlink: None,
+            ip: None,
+            lladdr: None,
+            mac: None,
+        }
+    }
+
+    fn route(r: &Route, names: &dyn Fn(u32) -> String) -> Entry {
+        let dev = names(r.oif);
+        Entry {
+            dst: Some(r.dst.to_string()),
+            gateway: Some(r.gateway),
+            onlink: Some(r.onlink),
+            ..Entry::bare("route", dev.clone(), r.display_with(Some(&dev)).to_string())
+        }
+    }
+
+    fn neigh(n: &Neigh, names: &dyn Fn(u32) -> String) -> Entry {
+        let dev = names(n.ifindex);
+        let text = format!("{} lladdr {} dev {dev} PERMANENT", n.ip, fmt_mac(&n.mac));
+        Entry {
+            ip: Some(n.ip),
+            lladdr: Some(fmt_mac(&n.mac)),
+            ..Entry::bare("neigh", dev, text)
+        }
+    }
+
+    fn fdb(e: &Fdb, names: &dyn Fn(u32) -> String) -> Entry {
+        let dev = names(e.ifindex);
+        let text = format!("{} dev {dev} dst {} self permanent", fmt_mac(&e.mac), e.dst);
+        Entry {
+            mac: Some(fmt_mac(&e.mac)),
+            dst: Some(e.dst.to_string()),
+            ..Entry::bare("fdb", dev, text)
+        }
+    }
+}
+
+/// Sorts the difference between `required` and `current` into missing / extra / different,
+/// using the reconciler's own [`plan::diff`] (a delete is extra; a replace is different when
+/// the kernel has an object with that key, else missing). Pure.
+pub fn classify(
+    required: &KernelState,
+    current: &KernelState,
+    names: &dyn Fn(u32) -> String,
+) -> Drift {
+    let mut d = Drift::default();
+    for op in plan::diff(required, current) {
+        match op {
+            KernelOp::RouteDel(r) => d.extra.push(Entry::route(&r, names)),
+            KernelOp::NeighDel(n) => d.extra.push(Entry::neigh(&n, names)),
+            KernelOp::FdbDel(e) => d.extra.push(Entry::fdb(&e, names)),
+            KernelOp::RouteReplace(r) => match current.routes.get(&r.dst) {
+                Some(have) => d.different.push(Changed {
+                    want: Entry::route(&r, names),
+                    have: Entry::route(have, names),
+                }),
+                None => d.missing.push(Entry::route(&r, names)),
+            },
+            KernelOp::NeighReplace(n) => match current.neighs.get(&(n.ifindex, n.ip)) {
+                Some(have) => d.different.push(Changed {
+                    want: Entry::neigh(&n, names),
+                    have: Entry::neigh(have, names),
+                }),
+                None => d.missing.push(Entry::neigh(&n, names)),
+            },
+            KernelOp::FdbReplace(e) => match current.fdb.get(&(e.ifindex, e.mac)) {
+                Some(have) => d.different.push(Changed {
+                    want: Entry::fdb(&e, names),
+                    have: Entry::fdb(have, names),
+                }),
+                None => d.missing.push(Entry::fdb(&e, names)),
+            },
+        }
+    }
+    d
+}
+
+/// The lease as the report shows it. `ttl` is the remaining TTL of its etcd lease (None when
+/// unknown or a reservation); `now` anchors the expiry.
+pub fn lease_info(e: &LeaseEntry, prefix: &str, ttl: Option<i64>, now: SystemTime) -> LeaseInfo {
+    let (vni, vtep_mac) = match e.attrs.backend_data.as_deref().map(parse_backend_data) {
+        Some(Ok((vni, mac))) => (Some(vni), Some(fmt_mac(&mac))),
+        _ => (None, None),
+    };
+    let reservation = e.is_reservation();
+    let ttl = if reservation { None } else { ttl };
+    let now_unix = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let expires_unix = ttl.map(|t| now_unix.saturating_add(t));
+    LeaseInfo {
+        subnet: e.key.v4.to_string(),
+        key: e.key.etcd_key(prefix),
+        public_ip: e.attrs.public_ip,
+        backend: e.attrs.backend_type.clone(),
+        vni,
+        vtep_mac,
+        lease_id: (!reservation).then(|| format!("{:x}", e.lease_id)),
+        reservation,
+        ttl_seconds: ttl,
+        expires_at: expires_unix.map(rfc3339),
+        expires_at_unix: expires_unix,
+    }
+}
+
+/// `2026-11-25T10:41:34Z` for Unix seconds (proleptic Gregorian, UTC).
+pub fn rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// `23h59m`, `5m3s`, `12s`.
+fn human_duration(secs: i64) -> String {
+    let d = Duration::from_secs(u64::try_from(secs.max(0)).unwrap_or(0));
+    let (h, m, s) = (
+        d.as_secs() / 3600,
+        d.as_secs() % 3600 / 60,
+        d.as_secs() % 60,
+    );
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m"),
+    }
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        if self.in_sync {
+            EXIT_IN_SYNC
+        } else {
+            EXIT_DRIFT
+        }
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let c = &self.config;
+        let _ = writeln!(
+            o,
+            "config:  network {}, backend {} {} ({})",
+            c.network.as_deref().unwrap_or("-"),
+            c.backend,
+            c.options,
+            c.source
+        );
+        let n = &self.node;
+        let _ = writeln!(
+            o,
+            "node:    {} (index {}, mtu {}) address {}, public IP {}",
+            n.interface, n.ifindex, n.mtu, n.iface_addr, n.public_ip
+        );
+        let expiry = |l: &LeaseInfo| match (&l.expires_at, l.ttl_seconds) {
+            _ if l.reservation => "reservation".to_string(),
+            (Some(at), Some(ttl)) => format!("{at} (in {})", human_duration(ttl)),
+            _ => "unknown (etcd lease gone)".to_string(),
+        };
+        match &self.own_lease {
+            Some(l) => {
+                let _ = writeln!(
+                    o,
+                    "lease:   {} public IP {} backend {} VTEP MAC {} expires {}",
+                    l.subnet,
+                    l.public_ip,
+                    l.backend,
+                    l.vtep_mac.as_deref().unwrap_or("-"),
+                    expiry(l)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "lease:   none (no lease in etcd has PublicIP {})",
+                    n.public_ip
+                );
+            }
+        }
+        let _ = writeln!(o, "peers:   {}", self.peers.len());
+        if !self.peers.is_empty() {
+            let rows: Vec<[String; 5]> = self
+                .peers
+                .iter()
+                .map(|l| {
+                    [
+                        l.subnet.clone(),
+                        l.public_ip.to_string(),
+                        l.backend.clone(),
+                        l.vtep_mac.clone().unwrap_or_else(|| "-".into()),
+                        expiry(l),
+                    ]
+                })
+                .collect();
+            let header =
+                ["SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"].map(String::from);
+            let mut widths = header.clone().map(|h| h.len());
+            for r in &rows {
+                for (w, cell) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(cell.len());
+                }
+            }
+            for r in std::iter::once(&header).chain(&rows) {
+                let mut line = String::from("  ");
+                for (i, (cell, w)) in r.iter().zip(widths).enumerate() {
+                    if i + 1 == r.len() {
+                        line.push_str(cell);
+                    } else {
+                        let _ = write!(line, "{cell:<w$}  ");
+                    }
+                }
+                let _ = writeln!(o, "{line}");
+            }
+        }
+        for m in &self.malformed {
+            let _ = writeln!(o, "malformed lease {}: {}", m.key, m.reason);
+        }
+        for s in &self.skipped {
+            let _ = writeln!(o, "not programmed {}: {}", s.subnet, s.reason);
+        }
+        if let Some(d) = &self.device {
+            if d.present {
+                let _ = writeln!(
+                    o,
+                    "device:  {} (index {}) {} mtu {} mac {}",
+                    d.name,
+                    d.ifindex.unwrap_or(0),
+                    if d.up { "up" } else { "DOWN" },
+                    d.mtu.unwrap_or(0),
+                    d.mac.as_deref().unwrap_or("-")
+                );
+            } else {
+                let _ = writeln!(o, "device:  {} MISSING", d.name);
+            }
+            for p in &d.problems {
+                let _ = writeln!(o, "  problem: {p}");
+            }
+        }
+        let r = &self.required;
+        let k = &self.kernel;
+        let _ = writeln!(
+            o,
+            "kernel:  required {} routes, {} neigh, {} fdb; weft holds {} routes, {} neigh, {} fdb",
+            r.routes, r.neighs, r.fdb, k.routes, k.neighs, k.fdb
+        );
+        if self.drift.is_empty() {
+            let _ = writeln!(o, "drift:   none");
+        } else {
+            let d = &self.drift;
+            let _ = writeln!(
+                o,
+                "drift:   {} missing, {} extra, {} different",
+                d.missing.len(),
+                d.extra.len(),
+                d.different.len()
+            );
+            for e in &d.missing {
+                let _ = writeln!(o, "  missing   {:<5} {}", e.kind, e.text);
+            }
+            for e in &d.extra {
+                let _ = writeln!(o, "  extra     {:<5} {}", e.kind, e.text);
+            }
+            for c in &d.different {
+                let _ = writeln!(
+                    o,
+                    "  different {:<5} {} (kernel: {})",
+                    c.want.kind, c.want.text, c.have.text
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "status:  {}",
+            if self.in_sync {
+                "in sync"
+            } else {
+                "OUT OF SYNC"
+            }
+        );
+        o
+    }
+}
+
+// ===== gathering (read-only I/O) =====
+
+/// Reads etcd and the kernel and builds the report. Never writes.
+pub async fn gather(opts: &Options) -> Result<Report> {
+    if opts.kube_subnet_mgr {
+        return Err(anyhow!(
+            "--kube-subnet-mgr: weft status reads leases from etcd only"
+        ));
+    }
+    let now = SystemTime::now();
+    let nl = Netlink::connect().context("open a netlink socket")?;
+    let registry = Registry::connect(&etcd_options(opts))
+        .await
+        .context("etcd client")?;
+    let (source, text) = match opts.net_config_path.as_deref() {
+        Some(path) => (
+            format!("file {}", path.display()),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read network config {}", path.display()))?,
+        ),
+        None => (
+            format!("etcd {}", registry.config_key()),
+            registry
+                .get_config()
+                .await
+                .context("read the network config")?,
+        ),
+    };
+    let conf = NetConf::parse(&text)
+        .map_err(|e| anyhow!("network config: {e}"))?
+        .conf;
+    let options = backend_options(&text);
+    let ext = crate::iface::select_interface(&nl, opts).await?;
+    let snapshot = registry.list_leases().await.context("list the leases")?;
+    let mut ttls: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+    for e in &snapshot.leases {
+        if e.lease_id != 0 && !ttls.contains_key(&e.lease_id) {
+            let ttl = registry
+                .lease_time_to_live(e.lease_id)
+                .await
+                .with_context(|| format!("etcd lease {:x} of {}", e.lease_id, e.key))?;
+            ttls.insert(e.lease_id, ttl.map(|(remaining, _)| remaining));
+        }
+    }
+    let previous = crate::subnet_file::read_previous(&opts.subnet_file)
+        .as_deref()
+        .and_then(net_conf::subnet_env::previous_subnet);
+    let own = find_own(&snapshot, ext.ext_addr, previous).cloned();
+
+    let mut names: HashMap<u32, String> = nl
+        .links()
+        .await
+        .context("list interfaces")?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
+    let mut table = LeaseTable::new(own.as_ref().map(|o| o.key));
+    table.reset(&snapshot);
+    let peers = table.peers();
+    let mut reconciler = Reconciler::new(nl.clone());
+
+    let (desired, device) = match &conf.backend {
+        BackendConf::HostGw => (backends::HostGw::new().desired(&ext, &peers), None),
+        BackendConf::Vxlan(vx) => {
+            match Vxlan::attach_existing(vx.clone(), &nl)
+                .await
+                .context("read the vxlan device")?
+            {
+                Some((backend, link)) => {
+                    reconciler.own_device(link.index);
+                    let mut problems = Vec::new();
+                    let mac = link.mac.unwrap_or_default();
+                    match backend.spec(&ext, mac) {
+                        Ok(want) => {
+                            problems.extend(incompatibilities(&link, &want));
+                            if link.mtu != want.mtu {
+                                problems.push(format!("mtu {} (want {})", link.mtu, want.mtu));
+                            }
+                        }
+                        Err(e) => problems.push(e.to_string()),
+                    }
+                    if !link.up {
+                        problems.push("link is down".to_string());
+                    }
+                    problems.extend(address_problem(&nl, &link.name, own.as_ref()).await?);
+                    if let Some(own) = &own {
+                        if let Some(Ok((_, lease_mac))) =
+                            own.attrs.backend_data.as_deref().map(parse_backend_data)
+                        {
+                            if lease_mac != mac {
+                                problems.push(format!(
+                                    "mac {} but the lease publishes VtepMAC {}",
+                                    fmt_mac(&mac),
+                                    fmt_mac(&lease_mac)
+                                ));
+                            }
+                        }
+                    }
+                    let info = DeviceInfo {
+                        name: link.name.clone(),
+                        present: true,
+                        ifindex: Some(link.index),
+                        up: link.up,
+                        mtu: Some(link.mtu),
+                        mac: link.mac.map(|m| fmt_mac(&m)),
+                        problems,
+                    };
+                    (backend.desired(&ext, &peers), Some(info))
+                }
+                None => {
+                    // Plan on a placeholder device (ifindex 0) so every entry it needs shows as
+                    // missing, named after the device.
+                    let name = format!("flannel.{}", vx.vni);
+                    names.insert(0, name.clone());
+                    let backend = Vxlan::new(vx.clone()).with_device(VxlanDevice {
+                        index: 0,
+                        name: name.clone(),
+                        mac: [0; 6],
+                        mtu: 0,
+                    });
+                    (backend.desired(&ext, &peers), Some(missing_device(&name)))
+                }
+            }
+        }
+        other => {
+            return Err(anyhow!(
+                "backend type {} is not supported by weft status yet",
+                other.type_name()
+            ));
+        }
+    };
+    reconciler
+        .refresh()
+        .await
+        .context("read weft's routes, neighbours and FDB entries from the kernel")?;
+    let current = reconciler.current().clone();
+    let prefix = registry.prefix().to_string();
+    let ttl_of = |e: &LeaseEntry| ttls.get(&e.lease_id).copied().flatten();
+    let own_info = own.as_ref().map(|e| lease_info(e, &prefix, ttl_of(e), now));
+    let mut peer_entries: Vec<&LeaseEntry> = snapshot
+        .leases
+        .iter()
+        .filter(|e| Some(e.key) != own.as_ref().map(|o| o.key))
+        .collect();
+    // By subnet (etcd lists keys in byte order: 10.244.100.0 before 10.244.20.0).
+    peer_entries.sort_by_key(|e| e.key.v4);
+    let peer_infos = peer_entries
+        .into_iter()
+        .map(|e| lease_info(e, &prefix, ttl_of(e), now))
+        .collect();
+    Ok(build(
+        BuildInput {
+            ext: &ext,
+            source,
+            conf: &conf,
+            options,
+            own: own_info,
+            peers: peer_infos,
+            snapshot: &snapshot,
+            desired: &desired,
+            current: &current,
+            device,
+        },
+        &|i| names.get(&i).cloned().unwrap_or_else(|| i.to_string()),
+    ))
+}
+
+/// A device that should exist and does not.
+fn missing_device(name: &str) -> DeviceInfo {
+    DeviceInfo {
+        name: name.to_string(),
+        present: false,
+        ifindex: None,
+        up: false,
+        mtu: None,
+        mac: None,
+        problems: vec![format!("{name} does not exist")],
+    }
+}
+
+/// A weft device holds exactly one IPv4 address, `<own network>/32` (what `configure` sets);
+/// the problem when it does not. Nothing to check without an own lease.
+async fn address_problem(
+    nl: &Netlink,
+    name: &str,
+    own: Option<&LeaseEntry>,
+) -> Result<Option<String>> {
+    let Some(own) = own else {
+        return Ok(None);
+    };
+    let want = format!("{}/32", own.key.v4.network());
+    let addrs = nl
+        .link_by_name(name)
+        .await
+        .with_context(|| format!("read the addresses of {name}"))?
+        .map(|l| l.addrs)
+        .unwrap_or_default();
+    let v4: Vec<String> = addrs
+        .iter()
+        .filter(|a| a.addr.is_ipv4())
+        .map(|a| format!("{}/{}", a.addr, a.prefix_len))
+        .collect();
+    Ok((v4 != [want.as_str()])
+        .then(|| format!("addresses [{}] (want exactly {want})", v4.join(", "))))
+}
+
+/// Everything [`build`] needs.
+pub struct BuildInput<'a> {
+    pub ext: &'a ExternalInterface,
+    pub source: String,
+    pub conf: &'a NetConf,
+    pub options: Value,
+    pub own: Option<LeaseInfo>,
+    pub peers: Vec<LeaseInfo>,
+    pub snapshot: &'a Snapshot,
+    pub desired: &'a Desired,
+    pub current: &'a KernelState,
+    pub device: Option<DeviceInfo>,
+}
+
+/// Assembles the report (pure).
+pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
+    let drift = classify(&i.desired.state, i.current, names);
+    let device_ok = i.device.as_ref().is_none_or(|d| d.problems.is_empty());
+    Report {
+        schema: SCHEMA,
+        in_sync: drift.is_empty() && device_ok,
+        node: NodeInfo {
+            interface: i.ext.name.clone(),
+            ifindex: i.ext.index,
+            iface_addr: i.ext.iface_addr,
+            public_ip: i.ext.ext_addr,
+            mtu: i.ext.mtu,
+        },
+        config: ConfigInfo {
+            source: i.source,
+            network: i.conf.network.map(|n| n.to_string()),
+            backend: i.conf.backend.type_name().to_string(),
+            options: i.options,
+        },
+        own_lease: i.own,
+        peers: i.peers,
+        malformed: i
+            .snapshot
+            .malformed
+            .iter()
+            .map(|m| MalformedInfo {
+                key: m.key.clone(),
+                reason: m.reason.clone(),
+            })
+            .collect(),
+        skipped: i
+            .desired
+            .skipped
+            .iter()
+            .map(|(k, r)| SkippedInfo {
+                subnet: k.v4.to_string(),
+                reason: r.clone(),
+            })
+            .collect(),
+        device: i.device,
+        required: Counts::of(&i.desired.state),
+        kernel: Counts::of(i.current),
+        drift,
+    }
+}
+
+/// How to reach etcd, from the agent's `--etcd-*` flags.
+pub fn etcd_options(opts: &Options) -> crate::registry::EtcdOptions {
+    crate::registry::EtcdOptions {
+        endpoints: opts.etcd_endpoints.clone(),
+        prefix: opts.etcd_prefix.clone(),
+        cafile: opts.etcd_cafile.clone(),
+        certfile: opts.etcd_certfile.clone(),
+        keyfile: opts.etcd_keyfile.clone(),
+        username: opts.etcd_username.clone(),
+        password: opts.etcd_password.as_ref().map(|p| p.expose().to_string()),
+    }
+}
+
+/// The lease this node holds: the one whose PublicIP is ours; among several, the one of the
+/// subnet in subnet.env, else the first.
+fn find_own(
+    snapshot: &Snapshot,
+    public_ip: Ipv4Addr,
+    previous: Option<ipnet::Ipv4Net>,
+) -> Option<&LeaseEntry> {
+    let mine: Vec<&LeaseEntry> = snapshot
+        .leases
+        .iter()
+        .filter(|e| e.attrs.public_ip == public_ip)
+        .collect();
+    mine.iter()
+        .find(|e| Some(e.key.v4.trunc()) == previous)
+        .or(mine.first())
+        .copied()
+}
+
+/// The config's `Backend` object as written (keys case-insensitive, as flannel reads them).
+fn backend_options(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("Backend"))
+            .map(|(_, v)| v)
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+
+    fn route(dst: &str, gw: &str, oif: u32, onlink: bool) -> Route {
+        Route {
+            dst: dst.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+            oif,
+            onlink,
+        }
+    }
+
+    const M2: [u8; 6] = [2, 0, 0, 0, 0, 2];
+    const M3: [u8; 6] = [2, 0, 0, 0, 0, 3];
+
+    fn names(i: u32) -> String {
+        match i {
+            2 => "eth0".into(),
+            7 => "flannel.1".into(),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn classify_sorts_missing_extra_different() {
+        let mut want = KernelState::default();
+        want.add_route(route("10.244.2.0/24", "10.244.2.0", 7, true));
+        want.add_route(route("10.244.3.0/24", "10.244.3.0", 7, true));
+        want.add_neigh(Neigh {
+            ifindex: 7,
+            ip: "10.244.2.0".parse().unwrap(),
+            mac: M2,
+        });
+        want.add_fdb(Fdb {
+            ifindex: 7,
+            mac: M2,
+            dst: "198.18.0.2".parse().unwrap(),
+        });
+        let mut have = want.clone();
+        // Missing: the route to .3; extra: a stray proto-87 route; different: FDB dst.
+        have.routes.remove(&"10.244.3.0/24".parse().unwrap());
+        have.add_route(route("10.99.0.0/24", "198.18.0.9", 2, false));
+        have.add_fdb(Fdb {
+            ifindex: 7,
+            mac: M2,
+            dst: "198.18.0.22".parse().unwrap(),
+        });
+        have.add_neigh(Neigh {
+            ifindex: 7,
+            ip: "10.244.9.0".parse().unwrap(),
+            mac: M3,
+        });
+        let d = classify(&want, &have, &names);
+        let texts = |v: &[Entry]| v.iter().map(|e| e.text.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            texts(&d.missing),
+            ["10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink"]
+        );
+        assert_eq!(
+            texts(&d.extra),
+            [
+                "10.99.0.0/24 via 198.18.0.9 dev eth0",
+                "10.244.9.0 lladdr 02:00:00:00:00:03 dev flannel.1 PERMANENT"
+            ]
+        );
+        assert_eq!(d.different.len(), 1);
+        assert_eq!(
+            d.different[0].want.text,
+            "02:00:00:00:00:02 dev flannel.1 dst 198.18.0.2 self permanent"
+        );
+        assert_eq!(d.different[0].have.dst.as_deref(), Some("198.18.0.22"));
+        assert_eq!(d.missing[0].dst.as_deref(), Some("10.244.3.0/24"));
+        assert_eq!(d.missing[0].onlink, Some(true));
+        assert!(classify(&want, &want, &names).is_empty());
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_517_294), "2026-11-24T10:48:14Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(human_duration(86_399), "23h59m");
+        assert_eq!(human_duration(303), "5m3s");
+        assert_eq!(human_duration(12), "12s");
+    }
+
+    fn entry(subnet: &str, ip: &str, lease_id: i64, data: Option<&str>) -> LeaseEntry {
+        LeaseEntry {
+            key: net_conf::SubnetKey::from(subnet.parse::<ipnet::Ipv4Net>().unwrap()),
+            attrs: net_conf::LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: "vxlan".into(),
+                backend_data: data.map(String::from),
+                backend_v6_data: None,
+            },
+            lease_id,
+            mod_revision: 5,
+        }
+    }
+
+    #[test]
+    fn lease_info_fields() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_517_294);
+        let e = entry(
+            "10.244.2.0/24",
+            "198.18.0.2",
+            0x694d,
+            Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#),
+        );
+        let l = lease_info(&e, "/coreos.com/network", Some(100), now);
+        assert_eq!(l.subnet, "10.244.2.0/24");
+        assert_eq!(l.key, "/coreos.com/network/subnets/10.244.2.0-24");
+        assert_eq!(l.vni, Some(1));
+        assert_eq!(l.vtep_mac.as_deref(), Some("02:00:00:00:00:02"));
+        assert_eq!(l.lease_id.as_deref(), Some("694d"));
+        assert!(!l.reservation);
+        assert_eq!(l.expires_at_unix, Some(1_795_517_394));
+        assert_eq!(l.expires_at.as_deref(), Some("2026-11-24T10:49:54Z"));
+        let r = lease_info(
+            &entry("10.244.3.0/24", "198.18.0.3", 0, None),
+            "/p",
+            Some(5),
+            now,
+        );
+        assert!(r.reservation);
+        assert_eq!(
+            (r.lease_id.clone(), r.ttl_seconds, r.expires_at.clone()),
+            (None, None, None)
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        for field in [
+            "subnet",
+            "key",
+            "public_ip",
+            "backend",
+            "vni",
+            "vtep_mac",
+            "lease_id",
+            "reservation",
+            "ttl_seconds",
+            "expires_at",
+            "expires_at_unix",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing in {v}");
+        }
+    }
+
+    #[test]
+    fn own_lease_by_public_ip_prefers_subnet_env() {
+        let snap = Snapshot {
+            revision: 9,
+            leases: vec![
+                entry("10.244.2.0/24", "198.18.0.1", 1, None),
+                entry("10.244.3.0/24", "198.18.0.2", 2, None),
+                entry("10.244.4.0/24", "198.18.0.1", 3, None),
+            ],
+            malformed: vec![],
+        };
+        let me: Ipv4Addr = "198.18.0.1".parse().unwrap();
+        assert_eq!(find_own(&snap, me, None).unwrap().lease_id, 1);
+        let prev = Some("10.244.4.0/24".parse().unwrap());
+        assert_eq!(find_own(&snap, me, prev).unwrap().lease_id, 3);
+        assert!(find_own(&snap, "198.18.0.9".parse().unwrap(), None).is_none());
+    }
+
+    #[test]
+    fn args_split_json_from_agent_flags() {
+        let env = |_: &str| None;
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match parse_args(
+            &a(&[
+                "--json",
+                "--etcd-endpoints=http://x:1",
+                "-public-ip",
+                "198.18.0.1",
+            ]),
+            &env,
+        ) {
+            Ok(Args::Run { json, opts }) => {
+                assert!(json);
+                assert_eq!(opts.etcd_endpoints, ["http://x:1"]);
+                assert_eq!(opts.public_ip, Some("198.18.0.1".parse().unwrap()));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_args(&a(&[]), &|k| {
+            (k == "FLANNELD_ETCD_PREFIX").then(|| "/x".to_string())
+        }) {
+            Ok(Args::Run { json, opts }) => {
+                assert!(!json);
+                assert_eq!(opts.etcd_prefix, "/x");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_args(&a(&["-h"]), &env), Ok(Args::Help)));
+        let err = parse_args(&a(&["--no-such-flag"]), &env).unwrap_err();
+        assert!(err.contains("no-such-flag"), "{err}");
+        assert!(parse_args(&a(&["extra"]), &env).is_err());
+    }
+
+    #[test]
+    fn build_reports_in_sync_only_without_drift_and_device_problems() {
+        let ext = ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            iface_addr: "198.18.0.1".parse().unwrap(),
+            ext_addr: "198.18.0.1".parse().unwrap(),
+            mtu: 1500,
+            prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+        };
+        let conf = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
+            .unwrap()
+            .conf;
+        let peers = [backends::Peer {
+            key: net_conf::SubnetKey::from("10.244.2.0/24".parse::<ipnet::Ipv4Net>().unwrap()),
+            attrs: net_conf::LeaseAttrs::host_gw("198.18.0.2".parse().unwrap()),
+        }];
+        let desired = backends::HostGw::new().desired(&ext, &peers);
+        let snapshot = Snapshot::default();
+        let input = |current: &KernelState, device: Option<DeviceInfo>| {
+            build(
+                BuildInput {
+                    ext: &ext,
+                    source: "etcd /coreos.com/network/config".into(),
+                    conf: &conf,
+                    options: serde_json::json!({"Type": "host-gw"}),
+                    own: None,
+                    peers: vec![],
+                    snapshot: &snapshot,
+                    desired: &desired,
+                    current,
+                    device,
+                },
+                &names,
+            )
+        };
+        let r = input(&desired.state, None);
+        assert!(r.in_sync);
+        assert_eq!(r.exit_code(), EXIT_IN_SYNC);
+        assert_eq!(
+            r.required,
+            Counts {
+                routes: 1,
+                neighs: 0,
+                fdb: 0
+            }
+        );
+        assert!(r.render().contains("status:  in sync"));
+        let r = input(&KernelState::default(), None);
+        assert!(!r.in_sync);
+        assert_eq!(r.exit_code(), EXIT_DRIFT);
+        let text = r.render();
+        assert!(
+            text.contains("  missing   route 10.244.2.0/24 via 198.18.0.2 dev eth0\n"),
+            "{text}"
+        );
+        let sick = DeviceInfo {
+            name: "flannel.1".into(),
+            present: true,
+            ifindex: Some(7),
+            up: false,
+            mtu: Some(1450),
+            mac: None,
+            problems: vec!["link is down".into()],
+        };
+        let r = input(&desired.state, Some(sick));
+        assert!(!r.in_sync, "a device problem is drift too");
+        assert!(r.render().contains("problem: link is down"));
+        let json = serde_json::to_value(&r).unwrap();
+        for field in [
+            "schema",
+            "in_sync",
+            "node",
+            "config",
+            "own_lease",
+            "peers",
+            "malformed",
+            "skipped",
+            "device",
+            "required",
+            "kernel",
+            "drift",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing");
+        }
+    }
+
+    #[test]
+    fn backend_options_are_the_backend_object() {
+        assert_eq!(
+            backend_options(r#"{"Network":"10.244.0.0/16","backend":{"Type":"vxlan","VNI":4}}"#),
+            serde_json::json!({"Type":"vxlan","VNI":4})
+        );
+        assert_eq!(backend_options("not json"), Value::Null);
+    }
+}
