@@ -7,8 +7,8 @@
 # property tests of net-conf, and prints the figures as a Markdown table with the machine, the
 # command and the date (RELIABILITY.md holds the last full run).
 #
-#   (default)  full sizes: etcd down 10 min, agents down 5 s per restart, a 20,000-write storm,
-#              50 nodes, 10,000 cases per property. About 13 minutes.
+#   (default)  full sizes: etcd down 10 min, agents down 5 s per restart, etcd down 90 s at a
+#              start, a 20,000-write storm, 50 nodes, 10,000 cases per property. About 14 minutes.
 #   --quick    the CI sizes (etcd down 10 s, 2 s, 500 writes, 50 nodes, 256 cases): about a minute.
 #   --out FILE also write the report to FILE.
 #
