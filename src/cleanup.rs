@@ -177,6 +177,10 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
         if let Err(e) = release_own_lease(nl.as_ref(), opts, &mut out).await {
             out.failed(format!("release the lease: {e:#}"));
         }
+        // A node without a lease must not boot into its old peers from the cache.
+        if let Some(cache) = &opts.peer_cache_file {
+            remove_file(cache, &mut out);
+        }
     }
     if remove_subnet_env {
         remove_file(&opts.subnet_file, &mut out);

@@ -15,7 +15,8 @@ use weft::lab::{Lab, LabSpec, Signal};
 const READY: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(15);
 
-/// `ip netns exec <node k> weft cleanup <args> --etcd-endpoints=<endpoint> --subnet-file=…`.
+/// `ip netns exec <node k> weft cleanup <args> --etcd-endpoints=<endpoint> --subnet-file=…
+/// --peer-cache-file=…`.
 fn cleanup(lab: &Lab, k: usize, endpoint: &str, args: &[&str]) -> Output {
     let ns = lab.node_ns(k).expect("ns");
     Command::new("ip")
@@ -27,6 +28,10 @@ fn cleanup(lab: &Lab, k: usize, endpoint: &str, args: &[&str]) -> Output {
         .arg(format!(
             "--subnet-file={}",
             lab.subnet_file(k).expect("path").display()
+        ))
+        .arg(format!(
+            "--peer-cache-file={}",
+            lab.peer_cache_file(k).expect("path").display()
         ))
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
@@ -267,9 +272,17 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         text(&out)
     );
     assert!(!subnet_file.exists());
+    assert!(
+        !lab.peer_cache_file(1).expect("path").exists(),
+        "the released node's peer cache is still there"
+    );
     assert!(etcd_lease_of(&lab, &key1).is_some());
     std::fs::write(&subnet_file, saved).expect("restore subnet.env");
 
+    assert!(
+        lab.peer_cache_file(1).expect("path").exists(),
+        "node 1's agent wrote no peer cache"
+    );
     // --release-lease --remove-subnet-env: node 1's key, etcd lease and file go.
     let out = cleanup(
         &lab,
