@@ -174,12 +174,14 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
     }
     firewall_cleanup(&mut out).await;
     if release_lease {
-        if let Err(e) = release_own_lease(nl.as_ref(), opts, &mut out).await {
-            out.failed(format!("release the lease: {e:#}"));
-        }
-        // A node without a lease must not boot into its old peers from the cache.
-        if let Some(cache) = &opts.peer_cache_file {
-            remove_file(cache, &mut out);
+        match release_own_lease(nl.as_ref(), opts, &mut out).await {
+            // A node without a lease must not boot into its old peers from the cache.
+            Ok(()) => {
+                if let Some(cache) = &opts.peer_cache_file {
+                    remove_file(cache, &mut out);
+                }
+            }
+            Err(e) => out.failed(format!("release the lease: {e:#}")),
         }
     }
     if remove_subnet_env {
