@@ -81,7 +81,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
 
     let nl = Netlink::connect().context("open a netlink socket")?;
     // With user/password the client authenticates at once, so an unreachable etcd shows here.
-    let etcd = etcd_options(&opts);
+    let etcd = opts.etcd_options();
     // First contact, bounded: a node with a peer cache programs the cached peers rather than
     // wait for an etcd that does not answer.
     let first = tokio::time::timeout(FIRST_CONTACT, first_contact(&etcd)).await;
@@ -260,18 +260,6 @@ async fn start_firewall(
         Err(e) => error!("installing the {mode} forward rules: {e:#}; retrying at the next audit"),
     }
     Ok(fw)
-}
-
-fn etcd_options(opts: &Options) -> EtcdOptions {
-    EtcdOptions {
-        endpoints: opts.etcd_endpoints.clone(),
-        prefix: opts.etcd_prefix.clone(),
-        cafile: opts.etcd_cafile.clone(),
-        certfile: opts.etcd_certfile.clone(),
-        keyfile: opts.etcd_keyfile.clone(),
-        username: opts.etcd_username.clone(),
-        password: opts.etcd_password.as_ref().map(|p| p.expose().to_string()),
-    }
 }
 
 /// The config text: from `--net-config-path` when given explicitly, else from etcd

@@ -245,7 +245,7 @@ async fn release_own_lease(nl: Option<&Netlink>, opts: &Options, out: &mut Outco
                 .ext_addr
         }
     };
-    let registry = Registry::connect(&crate::status::etcd_options(opts))
+    let registry = Registry::connect(&opts.etcd_options())
         .await
         .context("etcd client")?;
     let snapshot = registry.list_leases().await.context("list the leases")?;

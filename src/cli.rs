@@ -212,6 +212,19 @@ impl Default for Options {
 }
 
 impl Options {
+    /// How to reach etcd, from the `--etcd-*` flags (agent, `weft status`, `weft cleanup`).
+    pub fn etcd_options(&self) -> crate::registry::EtcdOptions {
+        crate::registry::EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.clone(),
+            cafile: self.etcd_cafile.clone(),
+            certfile: self.etcd_certfile.clone(),
+            keyfile: self.etcd_keyfile.clone(),
+            username: self.etcd_username.clone(),
+            password: self.etcd_password.as_ref().map(|p| p.expose().to_string()),
+        }
+    }
+
     /// `--net-config-path` if given, else flannel's default path.
     pub fn net_config_path_or_default(&self) -> PathBuf {
         self.net_config_path

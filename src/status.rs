@@ -620,7 +620,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     }
     let now = SystemTime::now();
     let nl = Netlink::connect().context("open a netlink socket")?;
-    let registry = Registry::connect(&etcd_options(opts))
+    let registry = Registry::connect(&opts.etcd_options())
         .await
         .context("etcd client")?;
     let (source, text) = match opts.net_config_path.as_deref() {
@@ -930,19 +930,6 @@ pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
         required: Counts::of(&i.desired.state),
         kernel: Counts::of(i.current),
         drift,
-    }
-}
-
-/// How to reach etcd, from the agent's `--etcd-*` flags.
-pub fn etcd_options(opts: &Options) -> crate::registry::EtcdOptions {
-    crate::registry::EtcdOptions {
-        endpoints: opts.etcd_endpoints.clone(),
-        prefix: opts.etcd_prefix.clone(),
-        cafile: opts.etcd_cafile.clone(),
-        certfile: opts.etcd_certfile.clone(),
-        keyfile: opts.etcd_keyfile.clone(),
-        username: opts.etcd_username.clone(),
-        password: opts.etcd_password.as_ref().map(|p| p.expose().to_string()),
     }
 }
 

@@ -248,23 +248,7 @@ impl Backend for IpIp {
         let dev = self.dev.clone().ok_or_else(|| {
             BackendError::Unsupported("ipip: configure called before prepare".into())
         })?;
-        let addr = own.network();
-        let link = nl.link_by_name(&dev.name).await?.ok_or_else(|| {
-            BackendError::Unsupported(format!("{} disappeared before configure", dev.name))
-        })?;
-        for a in &link.addrs {
-            let std::net::IpAddr::V4(ip) = a.addr else {
-                continue;
-            };
-            if ip != addr || a.prefix_len != 32 {
-                nl.addr_del(dev.index, ip, a.prefix_len).await?;
-                info!("ip addr del {ip}/{} dev {}", a.prefix_len, dev.name);
-            }
-        }
-        nl.addr_replace(dev.index, addr, 32).await?;
-        info!("ip addr replace {addr}/32 dev {}", dev.name);
-        nl.link_set_up(dev.index).await?;
-        info!("ip link set {} up", dev.name);
+        crate::set_sole_address_up(nl, dev.index, &dev.name, own).await?;
         Ok(dev.mtu)
     }
 

@@ -60,6 +60,37 @@ pub struct Desired {
     pub skipped: Vec<(SubnetKey, String)>,
 }
 
+/// Gives a tunnel device exactly one IPv4 address, `<own network>/32`, and sets it up: any other
+/// address on it is removed first. The /32 is the source of host → pod traffic and adds no
+/// connected route. Equals `ip addr del <other> dev <name>` for each other address, `ip addr
+/// replace <net>/32 dev <name>`, `ip link set <name> up`.
+pub(crate) async fn set_sole_address_up(
+    nl: &nl::Netlink,
+    index: u32,
+    name: &str,
+    own: Ipv4Net,
+) -> Result<(), BackendError> {
+    let addr = own.network();
+    let link = nl
+        .link_by_name(name)
+        .await?
+        .ok_or_else(|| BackendError::Unsupported(format!("{name} disappeared before configure")))?;
+    for a in &link.addrs {
+        let std::net::IpAddr::V4(ip) = a.addr else {
+            continue;
+        };
+        if ip != addr || a.prefix_len != 32 {
+            nl.addr_del(index, ip, a.prefix_len).await?;
+            tracing::info!("ip addr del {ip}/{} dev {name}", a.prefix_len);
+        }
+    }
+    nl.addr_replace(index, addr, 32).await?;
+    tracing::info!("ip addr replace {addr}/32 dev {name}");
+    nl.link_set_up(index).await?;
+    tracing::info!("ip link set {name} up");
+    Ok(())
+}
+
 /// A data-path backend. Static dispatch: the daemon matches `Backend.Type` once.
 pub trait Backend {
     /// `host-gw`, `vxlan`, `ipip`: the lease's `BackendType`.
