@@ -30,7 +30,7 @@ use crate::iface;
 use crate::lease_table::LeaseTable;
 use crate::metrics::WatchEventKind;
 use crate::peer_cache::PeerCache;
-use crate::registry::{EtcdOptions, Registry, RegistryError};
+use crate::registry::{EtcdOptions, Registry, Snapshot};
 use crate::subnet::{
     Backoff, LeaseTiming, OwnLease, RenewalEnd, SubnetManager, WatchEvent, retry_until,
     sleep_or_shutdown,
@@ -85,14 +85,16 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     // First contact, bounded: a node with a peer cache programs the cached peers rather than
     // wait for an etcd that does not answer.
     let first = tokio::time::timeout(FIRST_CONTACT, first_contact(&etcd)).await;
-    let (registry, text) = match first {
-        Ok(Ok((registry, Some(text)))) => (registry, text),
-        Ok(Ok((registry, None))) => {
+    // The first contact's list of the leases, kept for the first acquire (target P7: start =
+    // one Range, a Grant and a Txn).
+    let (registry, text, listed) = match first {
+        Ok(Ok((registry, Some(text), snapshot))) => (registry, text, Some(snapshot)),
+        Ok(Ok((registry, None, _))) => {
             let text = tokio::select! {
                 r = fetch_config(&registry, &opts, &health) => r?,
                 () = shutdown.cancelled() => return Ok(()),
             };
-            (registry, text)
+            (registry, text, None)
         }
         failed => {
             match failed {
@@ -119,7 +121,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
                 r = fetch_config(&registry, &opts, &health) => r?,
                 () = shutdown.cancelled() => return Ok(()),
             };
-            (registry, text)
+            (registry, text, None)
         }
     };
     // `--net-config-path` given: the file is the config (etcd still holds the leases).
@@ -142,7 +144,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     }
     let ext = iface::select_interface(&nl, &opts).await?;
     Agent::start(
-        opts, conf, text, registry, nl, ext, backend, health, shutdown,
+        opts, conf, text, registry, listed, nl, ext, backend, health, shutdown,
     )
     .await
 }
@@ -151,15 +153,12 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
 /// cached peers instead of waiting.
 const FIRST_CONTACT: Duration = Duration::from_secs(3);
 
-/// Connects and reads `<prefix>/config` once: `None` when etcd answers that it has no config
-/// (flannel's agents often start before the config is written).
-async fn first_contact(etcd: &EtcdOptions) -> Result<(Registry, Option<String>)> {
+/// Connects and reads `<prefix>/config` and the leases in one Range: config `None` when etcd
+/// answers that it has none (flannel's agents often start before the config is written).
+async fn first_contact(etcd: &EtcdOptions) -> Result<(Registry, Option<String>, Snapshot)> {
     let registry = Registry::connect(etcd).await?;
-    match registry.get_config().await {
-        Ok(text) => Ok((registry, Some(text))),
-        Err(RegistryError::ConfigNotFound { .. }) => Ok((registry, None)),
-        Err(e) => Err(e.into()),
-    }
+    let (config, snapshot) = registry.list_network().await?;
+    Ok((registry, config, snapshot))
 }
 
 /// Boot without etcd (target R3): the cached config, own subnet and peers are programmed and
@@ -370,6 +369,7 @@ impl Agent {
         conf: NetConf,
         config_text: String,
         registry: Registry,
+        mut listed: Option<Snapshot>,
         nl: Netlink,
         ext: ExternalInterface,
         mut primary: AnyBackend,
@@ -377,9 +377,16 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
-        // The lease list of the previous-lease lookup, reused by the first acquire attempt.
-        let mut listed = None;
-        if primary.wants_previous_lease() {
+        if let (true, Some(snapshot)) = (primary.wants_previous_lease(), &listed) {
+            // A rebooted node keeps what its peers know (vxlan: the VTEP MAC of its lease).
+            if let Some(prev) = snapshot
+                .leases
+                .iter()
+                .find(|l| l.attrs.public_ip == ext.ext_addr)
+            {
+                primary.adopt_previous(&prev.attrs);
+            }
+        } else if primary.wants_previous_lease() {
             // One list before the device exists, so a rebooted node keeps what its peers know
             // (vxlan: the VTEP MAC of its lease). Best effort: without etcd, start fresh.
             let got = tokio::select! {

@@ -329,15 +329,58 @@ impl Registry {
             ..Snapshot::default()
         };
         for kv in resp.take_kvs() {
-            match self.parse_entry(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
-                Ok(e) => snap.leases.push(e),
-                Err(m) => {
-                    tracing::warn!("skipping malformed lease {}: {}", m.key, m.reason);
-                    snap.malformed.push(m);
-                }
-            }
+            self.add_to_snapshot(&mut snap, &kv);
         }
         Ok(snap)
+    }
+
+    /// The config and every lease in ONE Range over `<prefix>/` (what an agent needs at start,
+    /// target P7): the config text (`None` when the key is missing) and the lease snapshot at
+    /// that revision. Other keys under the prefix are ignored.
+    pub async fn list_network(&self) -> Result<(Option<String>, Snapshot)> {
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        let mut resp = timed(
+            "list network",
+            kv.get(
+                format!("{}/", self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let mut snap = Snapshot {
+            revision,
+            ..Snapshot::default()
+        };
+        let config_key = self.config_key();
+        let subnets = self.subnets_prefix();
+        let mut config = None;
+        for kv in resp.take_kvs() {
+            if kv.key() == config_key.as_bytes() {
+                config = Some(String::from_utf8(kv.value().to_vec()).map_err(|e| {
+                    RegistryError::Invalid {
+                        what: config_key.clone(),
+                        reason: format!("not UTF-8: {e}"),
+                    }
+                })?);
+            } else if kv.key().starts_with(subnets.as_bytes()) {
+                self.add_to_snapshot(&mut snap, &kv);
+            }
+        }
+        Ok((config, snap))
+    }
+
+    fn add_to_snapshot(&self, snap: &mut Snapshot, kv: &etcd_client::KeyValue) {
+        match self.parse_entry(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
+            Ok(e) => snap.leases.push(e),
+            Err(m) => {
+                tracing::warn!("skipping malformed lease {}: {}", m.key, m.reason);
+                snap.malformed.push(m);
+            }
+        }
     }
 
     /// Grants an etcd lease of `ttl_secs`; returns (id, granted TTL).
