@@ -68,12 +68,15 @@ pub enum RegistryError {
     /// A value that is not UTF-8 where text is required.
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
-    /// The etcd client failed (unreachable, auth, TLS, ...).
+    /// The etcd client failed (unreachable, auth, TLS, ...). `cause` is the one-line
+    /// explanation of a credential problem ([`explain_client_error`]), printed instead of the
+    /// client's long text when known.
     /// (The client error is part of the message, not a `source`, so `{:#}` prints it once.)
-    #[error("etcd {op}: {error}")]
+    #[error("etcd {op}: {}", cause.as_deref().map_or_else(|| error.to_string(), str::to_owned))]
     Etcd {
         op: String,
         error: etcd_client::Error,
+        cause: Option<String>,
     },
     #[error("etcd {op}: no answer within {RPC_TIMEOUT:?}")]
     Timeout { op: String },
@@ -137,6 +140,7 @@ pub struct Malformed {
 pub struct Registry {
     client: Client,
     prefix: String,
+    creds: std::sync::Arc<CredContext>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -147,16 +151,114 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// What the credential settings were, to explain a failure ([`explain_client_error`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredContext {
+    /// TLS is on (certificate and key given).
+    pub tls: bool,
+    pub cafile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    /// An `https://` endpoint was given without certificate and key.
+    pub https_without_identity: bool,
+    pub username: Option<String>,
+}
+
+impl CredContext {
+    pub fn of(opts: &EtcdOptions) -> CredContext {
+        let tls = opts.certfile.is_some() && opts.keyfile.is_some();
+        CredContext {
+            tls,
+            cafile: opts.cafile.clone(),
+            certfile: opts.certfile.clone(),
+            https_without_identity: !tls
+                && opts.endpoints.iter().any(|e| e.starts_with("https://")),
+            username: opts.username.clone(),
+        }
+    }
+}
+
+/// One line naming the cause of an etcd client error when it is a credential problem (TLS
+/// trust, client certificate, user/password), from the client's error text; `None` otherwise.
+pub fn explain_client_error(text: &str, ctx: &CredContext) -> Option<String> {
+    let path = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .map_or_else(|| "none given".to_owned(), |p| p.display().to_string())
+    };
+    if text.contains("authentication failed") {
+        let user = ctx.username.as_deref().unwrap_or("");
+        return Some(format!(
+            "etcd authentication failed for user {user}: invalid user name or password \
+             (--etcd-username/--etcd-password)"
+        ));
+    }
+    if text.contains("user name is empty") {
+        return Some(
+            "etcd requires authentication: set --etcd-username and --etcd-password".to_owned(),
+        );
+    }
+    if ctx.https_without_identity
+        && (text.contains("invalid peer certificate") || text.contains("connection closed"))
+    {
+        return Some(
+            "TLS: etcd requires a client certificate: set --etcd-certfile and --etcd-keyfile \
+             (the endpoint is https:// but without both weft, like flannel, also ignores \
+             --etcd-cafile)"
+                .to_owned(),
+        );
+    }
+    if let Some(at) = text.find("invalid peer certificate: ") {
+        let rest = &text[at + "invalid peer certificate: ".len()..];
+        let reason: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        return Some(
+            if matches!(reason.as_str(), "UnknownIssuer" | "BadSignature") {
+                format!(
+                    "TLS: etcd's server certificate is not signed by the CA in --etcd-cafile ({}) \
+                 (invalid peer certificate: {reason})",
+                    path(&ctx.cafile)
+                )
+            } else {
+                format!(
+                    "TLS: etcd's server certificate is rejected (invalid peer certificate: {reason})"
+                )
+            },
+        );
+    }
+    if ctx.tls && text.contains("tls handshake eof") {
+        return Some(
+            "TLS: etcd ended the TLS handshake at once: is the endpoint serving plain http?"
+                .to_owned(),
+        );
+    }
+    if ctx.tls && text.contains("connection closed") {
+        return Some(format!(
+            "TLS: etcd closed the connection; if this repeats, etcd does not accept the client \
+             certificate in --etcd-certfile ({}) (not signed by its --trusted-ca-file)",
+            path(&ctx.certfile)
+        ));
+    }
+    None
+}
+
+fn client_error(op: &str, error: etcd_client::Error, ctx: &CredContext) -> RegistryError {
+    let cause = explain_client_error(&error.to_string(), ctx);
+    RegistryError::Etcd {
+        op: op.to_string(),
+        error,
+        cause,
+    }
+}
+
 async fn timed<T>(
+    ctx: &CredContext,
     op: &str,
     fut: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T> {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(error)) => Err(RegistryError::Etcd {
-            op: op.to_string(),
-            error,
-        }),
+        Ok(Err(error)) => Err(client_error(op, error, ctx)),
         Err(_) => Err(RegistryError::Timeout { op: op.to_string() }),
     }
 }
@@ -223,10 +325,8 @@ impl Registry {
             {
                 Ok(Ok(c)) => c,
                 Ok(Err(error)) => {
-                    return Err(RegistryError::Etcd {
-                        op: format!("connect to {}", endpoints.join(",")),
-                        error,
-                    });
+                    let op = format!("connect to {}", endpoints.join(","));
+                    return Err(client_error(&op, error, &CredContext::of(opts)));
                 }
                 Err(_) => {
                     return Err(RegistryError::Timeout {
@@ -237,6 +337,7 @@ impl Registry {
         Ok(Registry {
             client,
             prefix: opts.prefix.trim_end_matches('/').to_string(),
+            creds: std::sync::Arc::new(CredContext::of(opts)),
         })
     }
 
@@ -268,7 +369,7 @@ impl Registry {
     pub async fn get_config(&self) -> Result<String> {
         let key = self.config_key();
         let mut kv = self.client.kv_client();
-        let resp = timed("get config", kv.get(key.clone(), None)).await?;
+        let resp = timed(&self.creds, "get config", kv.get(key.clone(), None)).await?;
         let Some(first) = resp.kvs().first() else {
             return Err(RegistryError::ConfigNotFound { key });
         };
@@ -319,6 +420,7 @@ impl Registry {
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE);
         let mut resp = timed(
+            &self.creds,
             "list subnets",
             kv.get(self.subnets_prefix(), Some(GetOptions::new().with_prefix())),
         )
@@ -343,6 +445,7 @@ impl Registry {
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE);
         let mut resp = timed(
+            &self.creds,
             "list network",
             kv.get(
                 format!("{}/", self.prefix),
@@ -386,14 +489,14 @@ impl Registry {
     /// Grants an etcd lease of `ttl_secs`; returns (id, granted TTL).
     pub async fn grant(&self, ttl_secs: i64) -> Result<(i64, i64)> {
         let mut lease = self.client.lease_client();
-        let resp = timed("lease grant", lease.grant(ttl_secs, None)).await?;
+        let resp = timed(&self.creds, "lease grant", lease.grant(ttl_secs, None)).await?;
         Ok((resp.id(), resp.ttl()))
     }
 
     /// Revokes an etcd lease (deleting its keys). `Ok(false)` if it did not exist.
     pub async fn revoke(&self, id: i64) -> Result<bool> {
         let mut lease = self.client.lease_client();
-        match timed("lease revoke", lease.revoke(id)).await {
+        match timed(&self.creds, "lease revoke", lease.revoke(id)).await {
             Ok(_) => Ok(true),
             Err(e) if is_lease_not_found(&e) => Ok(false),
             Err(e) => Err(e),
@@ -419,7 +522,7 @@ impl Registry {
                 Some(PutOptions::new().with_lease(id)),
             )]);
         let mut kv = self.client.kv_client();
-        let res = timed("create subnet", kv.txn(txn)).await;
+        let res = timed(&self.creds, "create subnet", kv.txn(txn)).await;
         match res {
             Ok(resp) if resp.succeeded() => {
                 let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -444,7 +547,7 @@ impl Registry {
     /// compare-and-swap on a key whose value could not be parsed).
     pub async fn lease_mod_revision(&self, key: &SubnetKey) -> Result<Option<i64>> {
         let mut kv = self.client.kv_client();
-        let resp = timed("get subnet", kv.get(self.lease_key(key), None)).await?;
+        let resp = timed(&self.creds, "get subnet", kv.get(self.lease_key(key), None)).await?;
         Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
     }
 
@@ -471,7 +574,7 @@ impl Registry {
             )])
             .and_then([TxnOp::put(path, attrs.to_json(), Some(put))]);
         let mut kv = self.client.kv_client();
-        let resp = timed("update subnet", kv.txn(txn)).await?;
+        let resp = timed(&self.creds, "update subnet", kv.txn(txn)).await?;
         if !resp.succeeded() {
             return Err(RegistryError::Conflict {
                 key: key.to_string(),
@@ -495,7 +598,7 @@ impl Registry {
                 let txn = Txn::new()
                     .when([Compare::mod_revision(path.clone(), CompareOp::Equal, seen)])
                     .and_then([TxnOp::delete(path, None::<DeleteOptions>)]);
-                let resp = timed("delete subnet", kv.txn(txn)).await?;
+                let resp = timed(&self.creds, "delete subnet", kv.txn(txn)).await?;
                 if !resp.succeeded() {
                     return Err(RegistryError::Conflict {
                         key: key.to_string(),
@@ -505,7 +608,7 @@ impl Registry {
                 Ok(true)
             }
             None => {
-                let resp = timed("delete subnet", kv.delete(path, None)).await?;
+                let resp = timed(&self.creds, "delete subnet", kv.delete(path, None)).await?;
                 Ok(resp.deleted() > 0)
             }
         }
@@ -515,7 +618,7 @@ impl Registry {
     /// is back at its granted TTL. `LeaseNotFound` when the lease expired or was revoked.
     pub async fn keep_alive_once(&self, id: i64) -> Result<()> {
         let mut lease = self.client.lease_client();
-        match timed("lease keep-alive", lease.keep_alive(id)).await {
+        match timed(&self.creds, "lease keep-alive", lease.keep_alive(id)).await {
             Ok(_) => Ok(()),
             Err(e) if is_lease_not_found(&e) => Err(RegistryError::LeaseNotFound { id }),
             Err(e) => Err(e),
@@ -525,7 +628,12 @@ impl Registry {
     /// (remaining TTL, granted TTL) of an etcd lease in seconds; None when it does not exist.
     pub async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>> {
         let mut lease = self.client.lease_client();
-        let resp = timed("lease time-to-live", lease.time_to_live(id, None)).await?;
+        let resp = timed(
+            &self.creds,
+            "lease time-to-live",
+            lease.time_to_live(id, None),
+        )
+        .await?;
         Ok((resp.ttl() >= 0).then(|| (resp.ttl(), resp.granted_ttl())))
     }
 
@@ -540,7 +648,7 @@ impl Registry {
     /// The ids of all etcd leases (tests and diagnostics).
     pub async fn lease_ids(&self) -> Result<Vec<i64>> {
         let mut lease = self.client.lease_client();
-        let resp = timed("lease list", lease.leases()).await?;
+        let resp = timed(&self.creds, "lease list", lease.leases()).await?;
         Ok(resp.leases().iter().map(|l| l.id()).collect())
     }
 
@@ -557,6 +665,7 @@ impl Registry {
             .with_prefix()
             .with_start_revision(start_revision);
         timed(
+            &self.creds,
             "watch network",
             w.watch(format!("{}/", self.prefix), Some(opts)),
         )
@@ -579,5 +688,108 @@ pub fn is_lease_not_found(e: &RegistryError) -> bool {
             ..
         } => m.contains("lease not found"),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Error texts observed from etcd-client 0.21 against etcd 3.4 (tests/e2e_etcd_tls.rs cases).
+    const BAD_SIGNATURE: &str = "grpc request error: code: 'The service is currently unavailable', message: \"invalid peer certificate: BadSignature\", source: tonic::transport::Error(Transport, ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(BadSignature) }))";
+    const UNKNOWN_ISSUER: &str = "grpc request error: code: 'The service is currently unavailable', message: \"invalid peer certificate: UnknownIssuer\", source: tonic::transport::Error(Transport, ConnectError(Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }))";
+    const CLOSED: &str = "grpc request error: code: 'The operation was cancelled', message: \"operation was canceled\", source: tonic::transport::Error(Transport, hyper::Error(Canceled, \"connection closed\"))";
+    const BAD_PASSWORD: &str = "grpc request error: code: 'Client specified an invalid argument', message: \"etcdserver: authentication failed, invalid user ID or password\"";
+    const NO_USER: &str = "grpc request error: code: 'Client specified an invalid argument', message: \"etcdserver: user name is empty\"";
+    const HANDSHAKE_EOF: &str = "grpc request error: code: 'The service is currently unavailable', message: \"tls handshake eof\", source: tonic::transport::Error(Transport, ConnectError(Custom { kind: UnexpectedEof, error: \"tls handshake eof\" }))";
+    const REFUSED: &str = "grpc request error: code: 'The service is currently unavailable', message: \"tcp connect error\", source: tonic::transport::Error(Transport, ConnectError(ConnectError(\"tcp connect error\", 127.0.0.1:1, Os { code: 111, kind: ConnectionRefused, message: \"Connection refused\" })))";
+
+    fn mtls() -> CredContext {
+        CredContext::of(&EtcdOptions {
+            cafile: Some("/etc/weft/ca.crt".into()),
+            certfile: Some("/etc/weft/client.crt".into()),
+            keyfile: Some("/etc/weft/client.key".into()),
+            ..EtcdOptions::new(vec!["https://198.18.0.254:2379".into()])
+        })
+    }
+
+    #[test]
+    fn wrong_ca_names_the_ca_file() {
+        for (text, reason) in [
+            (BAD_SIGNATURE, "BadSignature"),
+            (UNKNOWN_ISSUER, "UnknownIssuer"),
+        ] {
+            assert_eq!(
+                explain_client_error(text, &mtls()).as_deref(),
+                Some(
+                    format!(
+                        "TLS: etcd's server certificate is not signed by the CA in \
+                         --etcd-cafile (/etc/weft/ca.crt) (invalid peer certificate: {reason})"
+                    )
+                    .as_str()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn https_without_client_certificate_says_so() {
+        let mut opts = EtcdOptions::new(vec!["https://198.18.0.254:2379".into()]);
+        opts.cafile = Some("/etc/weft/ca.crt".into());
+        let ctx = CredContext::of(&opts);
+        assert!(ctx.https_without_identity && !ctx.tls);
+        let line = explain_client_error(UNKNOWN_ISSUER, &ctx).expect("explained");
+        assert!(
+            line.starts_with(
+                "TLS: etcd requires a client certificate: set --etcd-certfile and --etcd-keyfile"
+            ) && line.contains("https://"),
+            "{line}"
+        );
+        // The same text over http with TLS files is a CA problem, not this one.
+        assert!(
+            !CredContext::of(&EtcdOptions::new(vec!["http://a:1".into()])).https_without_identity
+        );
+    }
+
+    #[test]
+    fn rejected_client_certificate_and_plain_http_port() {
+        assert_eq!(
+            explain_client_error(CLOSED, &mtls()).as_deref(),
+            Some(
+                "TLS: etcd closed the connection; if this repeats, etcd does not accept the \
+                 client certificate in --etcd-certfile (/etc/weft/client.crt) (not signed by \
+                 its --trusted-ca-file)"
+            )
+        );
+        assert_eq!(
+            explain_client_error(HANDSHAKE_EOF, &mtls()).as_deref(),
+            Some("TLS: etcd ended the TLS handshake at once: is the endpoint serving plain http?")
+        );
+        // Without TLS a closed connection is not a certificate matter.
+        assert_eq!(explain_client_error(CLOSED, &CredContext::default()), None);
+    }
+
+    #[test]
+    fn bad_password_and_missing_user() {
+        let mut opts = EtcdOptions::new(vec!["http://198.18.0.254:2379".into()]);
+        opts.username = Some("root".into());
+        opts.password = Some("wrong".into());
+        assert_eq!(
+            explain_client_error(BAD_PASSWORD, &CredContext::of(&opts)).as_deref(),
+            Some(
+                "etcd authentication failed for user root: invalid user name or password \
+                 (--etcd-username/--etcd-password)"
+            )
+        );
+        assert_eq!(
+            explain_client_error(NO_USER, &CredContext::default()).as_deref(),
+            Some("etcd requires authentication: set --etcd-username and --etcd-password")
+        );
+    }
+
+    #[test]
+    fn other_errors_are_not_explained() {
+        assert_eq!(explain_client_error(REFUSED, &mtls()), None);
+        assert_eq!(explain_client_error(REFUSED, &CredContext::default()), None);
     }
 }

@@ -2,6 +2,8 @@
 //! on it, a pausable TCP proxy (to cut a client off while etcd keeps running), polling.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
