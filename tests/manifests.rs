@@ -677,6 +677,11 @@ fn binary_deployment_walkthrough_with_a_tls_etcd_cluster() {
                 cmd.arg(line);
             }
         }
+        // Each node its own peer cache (the nodes share this machine's /var/lib/weft).
+        cmd.arg(format!(
+            "FLANNELD_PEER_CACHE_FILE={}",
+            tmp.path().join(format!("n{k}/peers.json")).display()
+        ));
         let log = std::fs::File::create(tmp.path().join(format!("weft-n{k}.log"))).expect("log");
         let child = cmd
             .arg("NO_COLOR=1")

@@ -972,6 +972,11 @@ impl Agent {
                 "--subnet-file={}",
                 dir.join("subnet.env").display()
             ))
+            // Not the machine's /var/lib/weft: each run starts without a cache of its own.
+            .arg(format!(
+                "--peer-cache-file={}",
+                dir.join("peers.json").display()
+            ))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,weft=debug,backends=debug")
             .stdin(Stdio::null())

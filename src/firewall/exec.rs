@@ -11,6 +11,9 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::process::Command;
 use tracing::debug;
 
+/// Where the tools are looked for when the agent has no PATH at all.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// How long one tool run may take.
 const TOOL_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -54,7 +57,13 @@ pub async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<St
         cmd: cmd.clone(),
         reason,
     };
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    if std::env::var_os("PATH").is_none_or(|p| p.is_empty()) {
+        // Started with an empty environment (`env -i`, some init systems): look where Debian
+        // and every other distribution keep the tools, not only in libc's default /bin:/usr/bin.
+        command.env("PATH", DEFAULT_PATH);
+    }
+    let mut child = command
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
