@@ -77,41 +77,19 @@ impl Backend for HostGw {
 
 /// The route to one peer, or why there is none.
 fn route_for(ext: &ExternalInterface, peer: &Peer) -> Result<Route, String> {
-    let subnet = peer.key.v4;
-    let ip = peer.attrs.public_ip;
-    if peer.attrs.backend_type != HOST_GW {
-        return Err(format!(
-            "peer {subnet} ({ip}) uses backend type {:?}, not \"host-gw\": mixed-backend peers \
-             are not routed",
-            peer.attrs.backend_type
-        ));
-    }
-    if ip.is_unspecified() {
-        return Err(format!("peer {subnet} has no PublicIP (0.0.0.0)"));
-    }
-    if ip == ext.ext_addr || ip == ext.iface_addr {
-        return Err(format!(
-            "peer {subnet} has this node's own address {ip} as PublicIP"
-        ));
-    }
-    if !ext.prefixes.iter().any(|p| p.contains(&ip)) {
+    let (subnet, ip) = crate::usable_peer(ext, peer, HOST_GW)?;
+    crate::direct_route(ext, subnet, ip).ok_or_else(|| {
         let prefixes = ext
             .prefixes
             .iter()
             .map(|p| p.trunc().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(format!(
+        format!(
             "peer {subnet} via {ip}: {ip} is not on a directly connected subnet of {} ({prefixes}): \
              host-gw needs the nodes on one L2 segment",
             ext.name
-        ));
-    }
-    Ok(Route {
-        dst: subnet.trunc(),
-        gateway: ip,
-        oif: ext.index,
-        onlink: false,
+        )
     })
 }
 

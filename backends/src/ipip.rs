@@ -279,30 +279,11 @@ impl IpIp {
         dev: &IpIpDevice,
         peer: &Peer,
     ) -> Result<Route, String> {
-        let subnet = peer.key.v4.trunc();
-        let ip = peer.attrs.public_ip;
-        if peer.attrs.backend_type != IPIP {
-            return Err(format!(
-                "peer {subnet} ({ip}) uses backend type {:?}, not \"ipip\": mixed-backend peers \
-                 are not routed",
-                peer.attrs.backend_type
-            ));
-        }
-        if ip.is_unspecified() {
-            return Err(format!("peer {subnet} has no PublicIP (0.0.0.0)"));
-        }
-        if ip == ext.ext_addr || ip == ext.iface_addr {
-            return Err(format!(
-                "peer {subnet} has this node's own address {ip} as PublicIP"
-            ));
-        }
-        if self.conf.direct_routing && ext.prefixes.iter().any(|p| p.contains(&ip)) {
-            return Ok(Route {
-                dst: subnet,
-                gateway: ip,
-                oif: ext.index,
-                onlink: false,
-            });
+        let (subnet, ip) = crate::usable_peer(ext, peer, IPIP)?;
+        if self.conf.direct_routing {
+            if let Some(route) = crate::direct_route(ext, subnet, ip) {
+                return Ok(route);
+            }
         }
         Ok(Route {
             dst: subnet,

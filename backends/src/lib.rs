@@ -60,6 +60,52 @@ pub struct Desired {
     pub skipped: Vec<(SubnetKey, String)>,
 }
 
+/// The checks every backend makes before programming a peer: its lease is of `backend_type`,
+/// it has a PublicIP, and that address is not this node's own. Returns the peer's subnet and
+/// PublicIP, or why the peer is skipped.
+pub(crate) fn usable_peer(
+    ext: &ExternalInterface,
+    peer: &Peer,
+    backend_type: &str,
+) -> Result<(Ipv4Net, Ipv4Addr), String> {
+    let subnet = peer.key.v4.trunc();
+    let ip = peer.attrs.public_ip;
+    if peer.attrs.backend_type != backend_type {
+        return Err(format!(
+            "peer {subnet} ({ip}) uses backend type {:?}, not \"{backend_type}\": mixed-backend \
+             peers are not routed",
+            peer.attrs.backend_type
+        ));
+    }
+    if ip.is_unspecified() {
+        return Err(format!("peer {subnet} has no PublicIP (0.0.0.0)"));
+    }
+    if ip == ext.ext_addr || ip == ext.iface_addr {
+        return Err(format!(
+            "peer {subnet} has this node's own address {ip} as PublicIP"
+        ));
+    }
+    Ok((subnet, ip))
+}
+
+/// `<subnet> via <ip> dev <ext>` when `ip` is on a directly connected subnet of the external
+/// interface: host-gw's route, and DirectRouting's for vxlan and ipip.
+pub(crate) fn direct_route(
+    ext: &ExternalInterface,
+    subnet: Ipv4Net,
+    ip: Ipv4Addr,
+) -> Option<Route> {
+    ext.prefixes
+        .iter()
+        .any(|p| p.contains(&ip))
+        .then_some(Route {
+            dst: subnet,
+            gateway: ip,
+            oif: ext.index,
+            onlink: false,
+        })
+}
+
 /// Gives a tunnel device exactly one IPv4 address, `<own network>/32`, and sets it up: any other
 /// address on it is removed first. The /32 is the source of host → pod traffic and adds no
 /// connected route. Equals `ip addr del <other> dev <name>` for each other address, `ip addr

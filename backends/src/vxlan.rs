@@ -385,31 +385,12 @@ impl Vxlan {
         peer: &Peer,
         out: &mut Desired,
     ) -> Result<(), String> {
-        let subnet = peer.key.v4.trunc();
-        let ip = peer.attrs.public_ip;
-        if peer.attrs.backend_type != VXLAN {
-            return Err(format!(
-                "peer {subnet} ({ip}) uses backend type {:?}, not \"vxlan\": mixed-backend peers \
-                 are not routed",
-                peer.attrs.backend_type
-            ));
-        }
-        if ip.is_unspecified() {
-            return Err(format!("peer {subnet} has no PublicIP (0.0.0.0)"));
-        }
-        if ip == ext.ext_addr || ip == ext.iface_addr {
-            return Err(format!(
-                "peer {subnet} has this node's own address {ip} as PublicIP"
-            ));
-        }
-        if self.conf.direct_routing && ext.prefixes.iter().any(|p| p.contains(&ip)) {
-            out.state.add_route(Route {
-                dst: subnet,
-                gateway: ip,
-                oif: ext.index,
-                onlink: false,
-            });
-            return Ok(());
+        let (subnet, ip) = crate::usable_peer(ext, peer, VXLAN)?;
+        if self.conf.direct_routing {
+            if let Some(route) = crate::direct_route(ext, subnet, ip) {
+                out.state.add_route(route);
+                return Ok(());
+            }
         }
         let data = peer
             .attrs
