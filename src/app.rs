@@ -87,15 +87,10 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     let first = tokio::time::timeout(FIRST_CONTACT, first_contact(&etcd)).await;
     // The first contact's list of the leases, kept for the first acquire (target P7: start =
     // one Range, a Grant and a Txn).
-    let (registry, text, listed) = match first {
-        Ok(Ok((registry, Some(text), snapshot))) => (registry, text, Some(snapshot)),
-        Ok(Ok((registry, None, _))) => {
-            let text = tokio::select! {
-                r = fetch_config(&registry, &opts, &health) => r?,
-                () = shutdown.cancelled() => return Ok(()),
-            };
-            (registry, text, None)
-        }
+    let (registry, etcd_text, listed) = match first {
+        Ok(Ok((registry, Some(text), snapshot))) => (registry, Some(text), Some(snapshot)),
+        // No config in etcd yet: it is fetched below, and the list would be stale by then.
+        Ok(Ok((registry, None, _))) => (registry, None, None),
         failed => {
             match failed {
                 Ok(Err(e)) => warn!("etcd is unreachable at start: {e:#}"),
@@ -117,18 +112,18 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             else {
                 return Ok(());
             };
-            let text = tokio::select! {
-                r = fetch_config(&registry, &opts, &health) => r?,
-                () = shutdown.cancelled() => return Ok(()),
-            };
-            (registry, text, None)
+            (registry, None, None)
         }
     };
     // `--net-config-path` given: the file is the config (etcd still holds the leases).
-    let text = match opts.net_config_path.as_deref() {
-        Some(path) => std::fs::read_to_string(path)
+    let text = match (opts.net_config_path.as_deref(), etcd_text) {
+        (Some(path), _) => std::fs::read_to_string(path)
             .with_context(|| format!("read network config {}", path.display()))?,
-        None => text,
+        (None, Some(text)) => text,
+        (None, None) => tokio::select! {
+            text = fetch_config(&registry, &health) => text,
+            () = shutdown.cancelled() => return Ok(()),
+        },
     };
     let conf = parse_config(&text)?;
     info!(
@@ -191,16 +186,7 @@ async fn boot_from_cache(
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;
     start_firewall(opts, &conf, own.v4).await?;
-    let env = SubnetEnv {
-        network: conf.network,
-        subnet: Some(own.v4),
-        ipv6_network: None,
-        ipv6_subnet: None,
-        mtu,
-        ipmasq: opts.ip_masq,
-    };
-    subnet_file::write_atomic(&opts.subnet_file, &env.render())
-        .with_context(|| format!("write {}", opts.subnet_file.display()))?;
+    write_subnet_env(opts, &conf, own.v4, mtu)?;
     warn!(
         "etcd is unreachable: programmed {} cached peers from {} ({} writes, {} failures) and wrote {}; waiting for etcd",
         peers.len(),
@@ -261,20 +247,35 @@ async fn start_firewall(
     Ok(fw)
 }
 
-/// The config text: from `--net-config-path` when given explicitly, else from etcd
-/// `<prefix>/config`, retried with capped, jittered backoff while etcd is unreachable or the key
-/// is missing (flannel retries too: the key is often written after the agents start).
-/// Each attempt counts as a liveness beat: waiting for etcd at start is not a stuck agent.
-async fn fetch_config(registry: &Registry, opts: &Options, health: &Health) -> Result<String> {
-    if let Some(path) = opts.net_config_path.as_deref() {
-        return std::fs::read_to_string(path)
-            .with_context(|| format!("read network config {}", path.display()));
-    }
+/// Writes subnet.env (atomically) for `subnet` of `conf`'s network.
+fn write_subnet_env(
+    opts: &Options,
+    conf: &NetConf,
+    subnet: ipnet::Ipv4Net,
+    mtu: u32,
+) -> Result<()> {
+    let env = SubnetEnv {
+        network: conf.network,
+        subnet: Some(subnet),
+        ipv6_network: None,
+        ipv6_subnet: None,
+        mtu,
+        ipmasq: opts.ip_masq,
+    };
+    subnet_file::write_atomic(&opts.subnet_file, &env.render())
+        .with_context(|| format!("write {}", opts.subnet_file.display()))
+}
+
+/// The config text from etcd `<prefix>/config`, retried with capped, jittered backoff while etcd
+/// is unreachable or the key is missing (flannel retries too: the key is often written after the
+/// agents start). Each attempt counts as a liveness beat: waiting for etcd at start is not a
+/// stuck agent.
+async fn fetch_config(registry: &Registry, health: &Health) -> String {
     let mut backoff = Backoff::new(Duration::from_millis(200), ETCD_RETRY_MAX);
     loop {
         health.beat();
         match registry.get_config().await {
-            Ok(text) => return Ok(text),
+            Ok(text) => return text,
             Err(e) => {
                 let wait = backoff.next_delay();
                 warn!("Couldn't fetch network config: {e:#}; retrying in {wait:?}");
@@ -377,34 +378,27 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
-        if let (true, Some(snapshot)) = (primary.wants_previous_lease(), &listed) {
-            // A rebooted node keeps what its peers know (vxlan: the VTEP MAC of its lease).
-            if let Some(prev) = snapshot
-                .leases
-                .iter()
-                .find(|l| l.attrs.public_ip == ext.ext_addr)
-            {
-                primary.adopt_previous(&prev.attrs);
-            }
-        } else if primary.wants_previous_lease() {
-            // One list before the device exists, so a rebooted node keeps what its peers know
-            // (vxlan: the VTEP MAC of its lease). Best effort: without etcd, start fresh.
-            let got = tokio::select! {
-                r = registry.list_leases() => r,
-                () = shutdown.cancelled() => return Ok(()),
-            };
-            match got {
-                Ok(snapshot) => {
-                    if let Some(prev) = snapshot
-                        .leases
-                        .iter()
-                        .find(|l| l.attrs.public_ip == ext.ext_addr)
-                    {
-                        primary.adopt_previous(&prev.attrs);
-                    }
-                    listed = Some(snapshot);
+        if primary.wants_previous_lease() {
+            // A rebooted node keeps what its peers know (vxlan: the VTEP MAC of its lease). The
+            // first contact's list serves when there is one; else one list before the device
+            // exists. Best effort: without etcd, start fresh.
+            if listed.is_none() {
+                let got = tokio::select! {
+                    r = registry.list_leases() => r,
+                    () = shutdown.cancelled() => return Ok(()),
+                };
+                match got {
+                    Ok(snapshot) => listed = Some(snapshot),
+                    Err(e) => warn!("could not look up our previous lease: {e:#}"),
                 }
-                Err(e) => warn!("could not look up our previous lease: {e:#}"),
+            }
+            if let Some(prev) = listed.as_ref().and_then(|snapshot| {
+                snapshot
+                    .leases
+                    .iter()
+                    .find(|l| l.attrs.public_ip == ext.ext_addr)
+            }) {
+                primary.adopt_previous(&prev.attrs);
             }
         }
         let attrs = primary.prepare(&nl, &ext).await?;
@@ -500,16 +494,7 @@ impl Agent {
     }
 
     fn write_subnet_env(&self, mtu: u32) -> Result<()> {
-        let env = SubnetEnv {
-            network: self.conf.network,
-            subnet: Some(self.own.key.v4),
-            ipv6_network: None,
-            ipv6_subnet: None,
-            mtu,
-            ipmasq: self.opts.ip_masq,
-        };
-        subnet_file::write_atomic(&self.opts.subnet_file, &env.render())
-            .with_context(|| format!("write {}", self.opts.subnet_file.display()))?;
+        write_subnet_env(&self.opts, &self.conf, self.own.key.v4, mtu)?;
         info!("Wrote subnet file to {}", self.opts.subnet_file.display());
         Ok(())
     }
