@@ -27,7 +27,7 @@ use crate::cli::Options;
 use crate::firewall::{self, Firewall};
 use crate::health::Health;
 use crate::iface;
-use crate::lease_table::LeaseTable;
+use crate::lease_table::{Change, LeaseTable};
 use crate::metrics::WatchEventKind;
 use crate::peer_cache::PeerCache;
 use crate::registry::{EtcdOptions, Registry, Snapshot};
@@ -340,6 +340,35 @@ async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
     }
 }
 
+/// What a burst of watch events asks of the reconcile.
+enum Effect {
+    Nothing,
+    /// Plain peer changes, in order: the incremental path may serve them.
+    Peers(Vec<Change>),
+    /// Plan from the whole table.
+    Full,
+}
+
+impl Effect {
+    fn add(&mut self, next: Effect) {
+        *self = match (std::mem::replace(self, Effect::Nothing), next) {
+            (Effect::Full, _) | (_, Effect::Full) => Effect::Full,
+            (Effect::Nothing, other) | (other, Effect::Nothing) => other,
+            (Effect::Peers(mut a), Effect::Peers(b)) => {
+                a.extend(b);
+                Effect::Peers(a)
+            }
+        };
+    }
+}
+
+/// A watch event that needs a full plan.
+struct Full;
+
+/// A burst with more peer changes than this is planned in full (one pass over the table beats
+/// that many per-peer plans, and a resync-sized burst is rare).
+const MAX_DELTA_CHANGES: usize = 64;
+
 /// What identifies a version of the config file: Kubernetes updates a mounted ConfigMap by
 /// swapping a symlink, which changes the inode the path resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -571,6 +600,103 @@ impl Agent {
         (state, skipped, used)
     }
 
+    /// The incremental path for plain peer changes (target P3): plans the changed peers only
+    /// and applies the difference at their keys ([`Reconciler::apply_delta`]). Falls back to
+    /// [`reconcile`](Self::reconcile) whenever the result could differ from a full plan: during a
+    /// backend switch, while some peer is skipped or a retry is pending, when a changed peer is
+    /// not of the primary's type or is skipped itself, or when its entries collide with another
+    /// peer's (two leases with one VTEP MAC: the full plan decides which one is programmed).
+    async fn reconcile_changes(&mut self, changes: &[Change]) {
+        let started = std::time::Instant::now();
+        let Some((removed, added)) = self.plan_changes(changes) else {
+            self.reconcile("lease change").await;
+            return;
+        };
+        let planned = started.elapsed();
+        let report = self.reconciler.apply_delta(&removed, added).await;
+        self.finish_reconcile(
+            "lease change",
+            started,
+            planned,
+            &report,
+            BTreeMap::new(),
+            Some(changes.len()),
+        );
+    }
+
+    /// The entries to remove and to add for `changes`, or None when only a full plan is exact.
+    fn plan_changes(&self, changes: &[Change]) -> Option<(KernelState, KernelState)> {
+        if changes.len() > MAX_DELTA_CHANGES
+            || !self.legacy.is_empty()
+            || !self.skipped.is_empty()
+            || self.pending_retry
+        {
+            return None;
+        }
+        let own_type = self.primary.type_name();
+        let entries = |peer: &Peer| {
+            if peer.attrs.backend_type != own_type {
+                return None;
+            }
+            let d = self.primary.desired(&self.ext, std::slice::from_ref(peer));
+            d.skipped.is_empty().then_some(d.state)
+        };
+        let mut removed = KernelState::default();
+        let mut added = KernelState::default();
+        for change in changes {
+            let (old, new) = match change {
+                Change::Added(p) => (None, Some(p)),
+                Change::Updated { old, new } => (Some(old), Some(new)),
+                Change::Removed(p) => (Some(p), None),
+            };
+            if let Some(old) = old {
+                let gone = entries(old)?;
+                for dst in gone.routes.keys() {
+                    added.routes.remove(dst);
+                }
+                for key in gone.neighs.keys() {
+                    added.neighs.remove(key);
+                }
+                for key in gone.fdb.keys() {
+                    added.fdb.remove(key);
+                }
+                removed.extend(gone);
+            }
+            if let Some(new) = new {
+                let want = entries(new)?;
+                // Another peer's key (in the applied state and not being removed, or added by
+                // an earlier change of this burst): only the full plan knows who wins.
+                let desired = self.reconciler.desired();
+                let taken = |in_desired: bool, in_removed: bool, in_added: bool| {
+                    (in_desired && !in_removed) || in_added
+                };
+                if want.routes.keys().any(|k| {
+                    taken(
+                        desired.routes.contains_key(k),
+                        removed.routes.contains_key(k),
+                        added.routes.contains_key(k),
+                    )
+                }) || want.neighs.keys().any(|k| {
+                    taken(
+                        desired.neighs.contains_key(k),
+                        removed.neighs.contains_key(k),
+                        added.neighs.contains_key(k),
+                    )
+                }) || want.fdb.keys().any(|k| {
+                    taken(
+                        desired.fdb.contains_key(k),
+                        removed.fdb.contains_key(k),
+                        added.fdb.contains_key(k),
+                    )
+                }) {
+                    return None;
+                }
+                added.extend(want);
+            }
+        }
+        Some((removed, added))
+    }
+
     /// Computes the desired state from the lease table and applies the difference.
     async fn reconcile(&mut self, why: &str) {
         let started = std::time::Instant::now();
@@ -625,6 +751,19 @@ impl Agent {
         let planned = started.elapsed();
         // The reconciler logs each failed write; they are retried on the next pass.
         let report = self.reconciler.apply_owned(state).await;
+        self.finish_reconcile(why, started, planned, &report, skipped, None);
+    }
+
+    /// Book-keeping after an apply: retry scheduling, the skipped peers, metrics, the log line.
+    fn finish_reconcile(
+        &mut self,
+        why: &str,
+        started: std::time::Instant,
+        planned: Duration,
+        report: &backends::reconcile::ApplyReport,
+        skipped: BTreeMap<SubnetKey, String>,
+        incremental: Option<usize>,
+    ) {
         let own_type = self.primary.type_name();
         // Failed writes are retried; so are peers of our own type that were skipped (an address
         // may be added to the interface). Peers of another backend type wait for a new lease.
@@ -644,13 +783,16 @@ impl Agent {
             u64::try_from(report.failures.len()).unwrap_or(u64::MAX),
         );
         metrics.set_peers(self.table.peer_attrs().map(|a| a.backend_type.as_str()));
+        let plan = match incremental {
+            Some(n) => format!("plan {planned:?}, incremental: {n} changed peers"),
+            None => format!("plan {planned:?}"),
+        };
         debug!(
-            "reconcile ({why}): {} peers, {} writes, {} failures in {:?} (plan {:?})",
+            "reconcile ({why}): {} peers, {} writes, {} failures in {:?} ({plan})",
             self.table.len(),
             report.writes,
             report.failures.len(),
             started.elapsed(),
-            planned
         );
     }
 
@@ -702,14 +844,23 @@ impl Agent {
                         // The watch task only ends on shutdown.
                         break;
                     };
-                    let mut changed = self.on_watch_event(ev, &mut renewal, &shutdown).await;
-                    // Coalesce a burst of events into one reconcile.
+                    // Coalesce a burst of events into one reconcile: incremental while every
+                    // event is a plain peer change, else one full plan.
+                    let mut effect = Effect::Nothing;
+                    effect.add(self.on_watch_event(ev, &mut renewal, &shutdown).await);
                     while let Ok(ev) = watch.try_recv() {
-                        changed |= self.on_watch_event(ev, &mut renewal, &shutdown).await;
+                        effect.add(self.on_watch_event(ev, &mut renewal, &shutdown).await);
                     }
-                    if changed {
-                        self.cache_dirty = true;
-                        self.reconcile("lease change").await;
+                    match effect {
+                        Effect::Nothing => {}
+                        Effect::Peers(changes) => {
+                            self.cache_dirty = true;
+                            self.reconcile_changes(&changes).await;
+                        }
+                        Effect::Full => {
+                            self.cache_dirty = true;
+                            self.reconcile("lease change").await;
+                        }
                     }
                 }
                 end = &mut renewal => {
@@ -890,13 +1041,30 @@ impl Agent {
         }
     }
 
-    /// Applies one watch event; true when the peers changed.
+    /// Applies one watch event and says what it changed.
     async fn on_watch_event(
         &mut self,
         ev: WatchEvent,
         renewal: &mut JoinHandle<RenewalEnd>,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Effect {
+        match self.table_event(ev, renewal, shutdown).await {
+            Ok(Some(change)) => Effect::Peers(vec![change]),
+            Ok(None) => Effect::Nothing,
+            Err(Full) => Effect::Full,
+        }
+    }
+
+    /// [`on_watch_event`](Self::on_watch_event)'s work: `Ok(change)` for a plain peer change (or
+    /// none), `Err(Full)` when the desired state must be planned from the whole table (a resync,
+    /// the own lease re-acquired, a new config).
+    async fn table_event(
+        &mut self,
+        ev: WatchEvent,
+        renewal: &mut JoinHandle<RenewalEnd>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Change>, Full> {
+        let full = |changed: bool| if changed { Err(Full) } else { Ok(None) };
         let metrics = self.health.metrics();
         match &ev {
             WatchEvent::Put(_) => metrics.watch_event(WatchEventKind::Put),
@@ -912,7 +1080,7 @@ impl Agent {
                     "our lease {key} was deleted from etcd; re-acquiring (the data plane keeps running)"
                 );
                 self.reacquire(renewal, shutdown).await;
-                true
+                Err(Full)
             }
             WatchEvent::Put(entry) if entry.key == self.own.key && entry.attrs != self.attrs => {
                 warn!(
@@ -922,7 +1090,7 @@ impl Agent {
                 );
                 self.table.apply(&ev);
                 self.reassert().await;
-                false
+                Ok(None)
             }
             WatchEvent::Malformed {
                 subnet: Some(key),
@@ -933,7 +1101,7 @@ impl Agent {
                     "our lease {key} was overwritten with a malformed value ({reason}); writing ours back"
                 );
                 self.reassert().await;
-                false
+                Ok(None)
             }
             WatchEvent::Resync(snapshot) => {
                 info!(
@@ -949,7 +1117,7 @@ impl Agent {
                 if own.is_none() && !own_malformed {
                     warn!("our lease {} is gone from etcd; re-acquiring", self.own.key);
                     self.reacquire(renewal, shutdown).await;
-                    return true;
+                    return Err(Full);
                 }
                 if own_malformed || own.is_some_and(|l| l.attrs != self.attrs) {
                     warn!(
@@ -958,33 +1126,33 @@ impl Agent {
                     );
                     self.reassert().await;
                 }
-                changed
+                full(changed)
             }
             WatchEvent::Disconnected => {
                 warn!("lease watch disconnected; the data plane stays as it is while reconnecting");
-                false
+                Ok(None)
             }
             WatchEvent::Reconnected => {
                 info!("lease watch reconnected");
-                false
+                Ok(None)
             }
             WatchEvent::Config(text) => {
                 if self.opts.net_config_path.is_some() {
                     // The file is the source of truth; etcd's copy is not ours to follow.
-                    return false;
+                    return Ok(None);
                 }
                 match text {
-                    Some(text) => self.on_config(text).await,
+                    Some(text) => full(self.on_config(text).await),
                     None => {
                         warn!(
                             "{} was deleted; keeping the running config and data plane",
                             self.mgr.registry().config_key()
                         );
-                        false
+                        Ok(None)
                     }
                 }
             }
-            _ => self.table.apply(&ev).is_some(),
+            _ => Ok(self.table.apply(&ev)),
         }
     }
 

@@ -87,6 +87,7 @@ grpc_server_msg_received_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb
 2026-11-24T11:05:00.8Z DEBUG weft::app: reconcile (lease change): 5009 peers, 3 writes, 0 failures in 8.513065ms (plan 5.832824ms)
 2026-11-24T11:05:01.0Z DEBUG weft::app: reconcile (audit (SIGHUP)): 5000 peers, 0 writes, 0 failures in 912.5µs (plan 700µs)
 2026-11-24T11:05:01.0Z DEBUG weft::app: audit (SIGHUP): dump and diff in 6.3ms
+2026-11-29T16:05:01.2Z DEBUG weft::app: reconcile (lease change): 5010 peers, 3 writes, 0 failures in 1.2ms (plan 30µs, incremental: 1 changed peers)
 ";
     let (writes, reconcile, total) = bench::parse_audit(log);
     assert_eq!(writes, Some(0));
@@ -95,10 +96,13 @@ grpc_server_msg_received_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb
     let changes = bench::lease_change_reconciles(log);
     assert_eq!(
         changes,
-        vec![(
-            Duration::from_nanos(8_513_065),
-            Duration::from_nanos(5_832_824)
-        )]
+        vec![
+            (
+                Duration::from_nanos(8_513_065),
+                Duration::from_nanos(5_832_824)
+            ),
+            (Duration::from_micros(1200), Duration::from_micros(30))
+        ]
     );
     assert_eq!(
         bench::parse_debug_duration("1.5s"),

@@ -931,3 +931,67 @@ fn a_device_set_down_or_stripped_of_its_address_is_restored() {
     );
     assert_agents_alive(&mut lab, &[1, 2]);
 }
+
+/// Two leases advertising one VTEP MAC (a node re-leased while its old lease lives on): one FDB
+/// entry can serve only one of them. The lower subnet is programmed, the other is skipped with a
+/// warning; when the first leaves, the second is programmed. Lease changes take the agent's
+/// incremental path, which must hand such a collision to the full plan.
+#[test]
+fn two_leases_with_one_vtep_mac_program_one_then_the_other() {
+    if !common::root_or_skip("two_leases_with_one_vtep_mac_program_one_then_the_other") {
+        return;
+    }
+    let mut lab = converged_lab(2);
+    let mac = "0e:2a:33:00:00:c8";
+    let first = VxlanPeer {
+        subnet: "10.244.200.0/24".parse().expect("subnet"),
+        ip: Ipv4Addr::new(198, 18, 0, 200),
+        mac: mac.to_owned(),
+    };
+    let second = VxlanPeer {
+        subnet: "10.244.201.0/24".parse().expect("subnet"),
+        ip: Ipv4Addr::new(198, 18, 0, 201),
+        mac: mac.to_owned(),
+    };
+    let node2 = peer_of(&lab, 2).expect("node 2");
+    let expect_on_node1 = |lab: &Lab, fake: &VxlanPeer| {
+        wait_until(CONVERGE, || {
+            vxlan_entries_exact(
+                lab.node_ns(1).map_err(|e| e.to_string())?,
+                &[node2.clone(), fake.clone()],
+            )
+        })
+        .unwrap_or_else(|e| panic!("node 1: {e}; log:\n{}", lab.log_tail(1, 40)));
+    };
+    // Each put is a plain peer change; a plain change must still be programmed.
+    lab.etcdctl(&[
+        "put",
+        &lease_key(first.subnet),
+        &flannel_lease(first.ip, mac),
+    ])
+    .expect("put first");
+    expect_on_node1(&lab, &first);
+    lab.etcdctl(&[
+        "put",
+        &lease_key(second.subnet),
+        &flannel_lease(second.ip, mac),
+    ])
+    .expect("put second");
+    wait_until(CONVERGE, || {
+        let log = lab.log_tail(1, 200);
+        if log.contains("peer 10.244.201.0-24 not programmed") && log.contains("already used") {
+            Ok(())
+        } else {
+            Err("no warning about the second lease yet".to_owned())
+        }
+    })
+    .unwrap_or_else(|e| panic!("node 1: {e}; log:\n{}", lab.log_tail(1, 40)));
+    // Still exactly the first (the second must not take over the FDB entry).
+    expect_on_node1(&lab, &first);
+
+    lab.etcdctl(&["del", &lease_key(first.subnet)])
+        .expect("delete first");
+    expect_on_node1(&lab, &second);
+    assert_agents_alive(&mut lab, &[1, 2]);
+    lab.teardown().expect("teardown");
+}

@@ -167,6 +167,13 @@ impl KernelState {
         }
     }
 
+    /// Adds everything of `other`, replacing entries with the same key (unlike [`merge`](Self::merge)).
+    pub fn extend(&mut self, other: KernelState) {
+        self.routes.extend(other.routes);
+        self.neighs.extend(other.neighs);
+        self.fdb.extend(other.fdb);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty() && self.neighs.is_empty() && self.fdb.is_empty()
     }
@@ -280,6 +287,53 @@ pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
     ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
     ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
     ops
+}
+
+/// [`diff`] restricted to the keys of `touched` (its values are ignored): the operations for those
+/// keys only, in `diff`'s order. When `desired` and `current` agree on every other key, this is
+/// exactly `diff(desired, current)`, at the cost of the touched keys instead of every peer's
+/// entries: the incremental path for a lease change.
+pub fn diff_at(
+    desired: &KernelState,
+    current: &KernelState,
+    touched: &KernelState,
+) -> Vec<KernelOp> {
+    let routes = at(&desired.routes, &current.routes, &touched.routes);
+    let neighs = at(&desired.neighs, &current.neighs, &touched.neighs);
+    let fdb = at(&desired.fdb, &current.fdb, &touched.fdb);
+    let mut ops = Vec::new();
+    ops.extend(routes.del.into_iter().map(KernelOp::RouteDel));
+    ops.extend(neighs.replace.into_iter().map(KernelOp::NeighReplace));
+    ops.extend(fdb.replace.into_iter().map(KernelOp::FdbReplace));
+    ops.extend(routes.replace.into_iter().map(KernelOp::RouteReplace));
+    ops.extend(fdb.del.into_iter().map(KernelOp::FdbDel));
+    ops.extend(neighs.del.into_iter().map(KernelOp::NeighDel));
+    ops
+}
+
+/// What one kind of object needs at some keys: replaces and deletes, each in key order.
+struct AtKeys<V> {
+    replace: Vec<V>,
+    del: Vec<V>,
+}
+
+fn at<K: Ord, V: Clone + PartialEq>(
+    desired: &BTreeMap<K, V>,
+    current: &BTreeMap<K, V>,
+    touched: &BTreeMap<K, V>,
+) -> AtKeys<V> {
+    let mut out = AtKeys {
+        replace: Vec::new(),
+        del: Vec::new(),
+    };
+    for k in touched.keys() {
+        match (desired.get(k), current.get(k)) {
+            (Some(want), have) if have != Some(want) => out.replace.push(want.clone()),
+            (None, Some(have)) => out.del.push(have.clone()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Objects of `current` whose key `desired` lacks. Both maps are walked once in key order
@@ -473,6 +527,76 @@ mod tests {
         }
         assert_eq!(current, desired);
         assert!(diff(&desired, &current).is_empty());
+    }
+
+    #[test]
+    fn diff_at_is_diff_restricted_to_the_touched_keys() {
+        let a = route("10.244.1.0/24", "198.18.0.1", 2);
+        let b = route("10.244.2.0/24", "198.18.0.2", 2);
+        let b_moved = route("10.244.2.0/24", "198.18.0.22", 2);
+        let c = route("10.244.3.0/24", "198.18.0.3", 2);
+        let d = route("10.244.4.0/24", "198.18.0.4", 2);
+        // b moved, c left, d is new; a is untouched and in sync.
+        let desired = state([a.clone(), b_moved.clone(), d.clone()]);
+        let current = state([a.clone(), b.clone(), c.clone()]);
+        let touched = state([b_moved.clone(), c.clone(), d.clone()]);
+        assert_eq!(
+            diff_at(&desired, &current, &touched),
+            diff(&desired, &current)
+        );
+        // Only the touched keys: the out-of-sync c is left to a full diff.
+        let only_d = state([d.clone()]);
+        assert_eq!(
+            diff_at(&desired, &current, &only_d),
+            vec![KernelOp::RouteReplace(d)]
+        );
+        assert!(diff_at(&desired, &current, &state([a])).is_empty());
+    }
+
+    /// One slot per key: absent, or one of a few values (so equal and different values occur).
+    fn slots_state(
+        slots: &[(Option<u8>, bool)],
+        pick: impl Fn(usize) -> Option<u8>,
+    ) -> KernelState {
+        let mut s = KernelState::default();
+        for (i, _) in slots.iter().enumerate() {
+            let Some(v) = pick(i) else { continue };
+            let i = u8::try_from(i).expect("few keys");
+            s.add_route(route(
+                &format!("10.244.{i}.0/24"),
+                &format!("198.18.0.{v}"),
+                2,
+            ));
+            s.add_neigh(Neigh {
+                ifindex: 7,
+                ip: Ipv4Addr::new(10, 244, i, 0),
+                mac: [2, 0, 0, 0, i, v],
+            });
+            s.add_fdb(Fdb {
+                ifindex: 7,
+                mac: [2, 0, 0, 0, 0, i],
+                dst: Ipv4Addr::new(198, 18, 0, v),
+            });
+        }
+        s
+    }
+
+    proptest::proptest! {
+        /// Wherever the kernel agrees with the desired state outside the touched keys, the
+        /// incremental diff makes exactly the full diff's writes, in its order.
+        #[test]
+        fn diff_at_equals_diff_when_the_rest_agrees(
+            slots in proptest::collection::vec(
+                (proptest::option::of(0u8..3), proptest::bool::ANY), 0..24),
+            current_at_touched in proptest::collection::vec(proptest::option::of(0u8..3), 24),
+        ) {
+            let desired = slots_state(&slots, |i| slots[i].0);
+            let current = slots_state(&slots, |i| {
+                if slots[i].1 { current_at_touched[i] } else { slots[i].0 }
+            });
+            let touched = slots_state(&slots, |i| slots[i].1.then_some(0));
+            proptest::prop_assert_eq!(diff_at(&desired, &current, &touched), diff(&desired, &current));
+        }
     }
 
     #[test]

@@ -151,6 +151,68 @@ impl Reconciler {
         }
         let ops = plan::diff(&desired, &self.cache);
         self.last_desired = desired;
+        self.run_ops(ops, &mut report).await;
+        report
+    }
+
+    /// The incremental [`apply`](Self::apply) for a lease change: the desired state becomes the
+    /// last applied one without the keys of `removed` and with the entries of `added` (a peer's
+    /// old and new entries; `removed` first, so an updated peer's entries are replaced), and only
+    /// those keys are diffed against the cache ([`plan::diff_at`]) and written. Costs the changed
+    /// peers' entries, not every peer's.
+    ///
+    /// The caller guarantees that no other peer wants the keys of `removed` or `added` (else it
+    /// uses `apply` with a full plan). When the cache may be wrong
+    /// ([`needs_refresh`](Self::needs_refresh)) this falls back to a full apply of the updated
+    /// desired state, dump first.
+    pub async fn apply_delta(&mut self, removed: &KernelState, added: KernelState) -> ApplyReport {
+        let mut desired = std::mem::take(&mut self.last_desired);
+        for dst in removed.routes.keys() {
+            desired.routes.remove(dst);
+        }
+        for key in removed.neighs.keys() {
+            desired.neighs.remove(key);
+        }
+        for key in removed.fdb.keys() {
+            desired.fdb.remove(key);
+        }
+        let mut touched = removed.clone();
+        let devices = added.neighs.keys().map(|(i, _)| *i);
+        let devices: BTreeSet<u32> = devices.chain(added.fdb.keys().map(|(i, _)| *i)).collect();
+        for dev in devices {
+            // A device not yet weft's needs a dump first (its stale entries): a full apply below.
+            self.own_device(dev);
+        }
+        for (dst, r) in &added.routes {
+            desired.routes.insert(*dst, r.clone());
+            touched.routes.insert(*dst, r.clone());
+        }
+        for (key, n) in added.neighs {
+            desired.neighs.insert(key, n.clone());
+            touched.neighs.insert(key, n);
+        }
+        for (key, e) in added.fdb {
+            desired.fdb.insert(key, e.clone());
+            touched.fdb.insert(key, e);
+        }
+        if self.needs_refresh {
+            return self.apply_owned(desired).await;
+        }
+        let ops = plan::diff_at(&desired, &self.cache, &touched);
+        self.last_desired = desired;
+        let mut report = ApplyReport::default();
+        self.run_ops(ops, &mut report).await;
+        report
+    }
+
+    /// The desired state of the last apply.
+    pub fn desired(&self) -> &KernelState {
+        &self.last_desired
+    }
+
+    /// Executes `ops` in order, logging each like the `ip` command and recording each success in
+    /// the cache; a failure is reported and does not stop the rest.
+    async fn run_ops(&mut self, ops: Vec<KernelOp>, report: &mut ApplyReport) {
         for op in ops {
             let cmd = op.command(|i| self.names.get(&i).cloned());
             let result = match &op {
@@ -173,7 +235,6 @@ impl Reconciler {
                 }
             }
         }
-        report
     }
 
     /// Updates the cache from a kernel notification. Returns true when something weft owns (or

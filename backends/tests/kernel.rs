@@ -275,6 +275,74 @@ fn apply_writes_once_then_nothing() {
 }
 
 #[test]
+fn apply_delta_writes_only_the_changed_peers() {
+    in_netns("apply_delta_writes_only_the_changed_peers", || async {
+        let eth0 = underlay();
+        let nl = Netlink::connect().unwrap();
+        let a = peer("10.244.2.0/24", "198.18.0.2");
+        let b = peer("10.244.3.0/24", "198.18.0.3");
+        let b_moved = peer("10.244.3.0/24", "198.18.0.33");
+        let c = peer("10.244.4.0/24", "198.18.0.4");
+        let mut rec = Reconciler::new(nl.clone());
+        assert_eq!(
+            rec.apply(&desired(eth0, &[a.clone(), b.clone()]))
+                .await
+                .writes,
+            2
+        );
+
+        // b moved and c joined: two writes, a untouched.
+        let report = rec
+            .apply_delta(
+                &desired(eth0, std::slice::from_ref(&b)),
+                desired(eth0, &[b_moved.clone(), c.clone()]),
+            )
+            .await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.writes, 2);
+        let want = desired(eth0, &[a.clone(), b_moved.clone(), c.clone()]);
+        assert_eq!(rec.desired(), &want);
+        assert_eq!(
+            weft_routes(),
+            BTreeSet::from([
+                r("10.244.2.0/24", "198.18.0.2", "eth0", "87"),
+                r("10.244.3.0/24", "198.18.0.33", "eth0", "87"),
+                r("10.244.4.0/24", "198.18.0.4", "eth0", "87"),
+            ])
+        );
+        // The delta path and a full apply agree: nothing left to write.
+        assert_eq!(rec.apply(&want).await.writes, 0);
+
+        // a left: one delete.
+        let report = rec
+            .apply_delta(
+                &desired(eth0, std::slice::from_ref(&a)),
+                KernelState::default(),
+            )
+            .await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.writes, 1);
+        assert!(!weft_routes().contains(&r("10.244.2.0/24", "198.18.0.2", "eth0", "87")));
+
+        // With the cache in doubt (a link event), the delta dumps and diffs everything: a stale
+        // weft route written behind its back goes too.
+        ip("route add 10.244.9.0/24 via 198.18.0.9 dev eth0 proto 87");
+        rec.observe(&KernelEvent::Overrun);
+        let report = rec
+            .apply_delta(&KernelState::default(), KernelState::default())
+            .await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(
+            weft_routes(),
+            BTreeSet::from([
+                r("10.244.3.0/24", "198.18.0.33", "eth0", "87"),
+                r("10.244.4.0/24", "198.18.0.4", "eth0", "87"),
+            ])
+        );
+    });
+}
+
+#[test]
 fn onlink_route_is_written_and_read_back() {
     in_netns("onlink_route_is_written_and_read_back", || async {
         let eth0 = underlay();

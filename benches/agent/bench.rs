@@ -1388,7 +1388,7 @@ pub fn lease_change_reconciles(log: &str) -> Vec<(Duration, Duration)> {
             let plan = rest
                 .split("(plan ")
                 .nth(1)
-                .and_then(|p| parse_debug_duration(p.trim_end_matches(')')))
+                .and_then(|p| parse_debug_duration(p.split([',', ')']).next().unwrap_or(p)))
                 .unwrap_or_default();
             Some((total, plan))
         })
