@@ -315,6 +315,8 @@ struct Agent {
     device_lost: bool,
     /// A backend device was set down or lost its address out of band.
     device_changed: bool,
+    /// Notifications were lost (socket overrun): a device change may have gone unseen.
+    devices_in_doubt: bool,
     /// The config file's identity when the config comes from `--net-config-path`.
     config_file: Option<FileStamp>,
     /// The peer cache is behind the lease table.
@@ -337,6 +339,37 @@ async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a backend device looks like in a link dump.
+#[derive(Debug, PartialEq, Eq)]
+enum DeviceHealth {
+    Ok,
+    Missing,
+    Down(String),
+    /// Without the `<own subnet network>/32` address that vxlan and ipip devices carry.
+    NoAddress(String),
+}
+
+fn device_health(
+    links: &[backends::nl::LinkInfo],
+    index: u32,
+    own: ipnet::Ipv4Net,
+) -> DeviceHealth {
+    let addr = std::net::IpAddr::V4(own.network());
+    match links.iter().find(|l| l.index == index) {
+        None => DeviceHealth::Missing,
+        Some(link) if !link.up => DeviceHealth::Down(link.name.clone()),
+        Some(link)
+            if !link
+                .addrs
+                .iter()
+                .any(|a| a.addr == addr && a.prefix_len == 32) =>
+        {
+            DeviceHealth::NoAddress(link.name.clone())
+        }
+        Some(_) => DeviceHealth::Ok,
     }
 }
 
@@ -490,6 +523,7 @@ impl Agent {
             pending_retry: false,
             device_lost: false,
             device_changed: false,
+            devices_in_doubt: false,
             config_file,
             cache_dirty: true,
             firewall,
@@ -891,6 +925,10 @@ impl Agent {
                     while let Some(Some(ev)) = kernel.next().now_or_never() {
                         dirty |= self.on_kernel_event(&ev);
                     }
+                    if std::mem::take(&mut self.devices_in_doubt) {
+                        self.check_devices("netlink notifications lost").await;
+                        dirty = true;
+                    }
                     if self.device_lost {
                         self.recreate_devices().await;
                         dirty = true;
@@ -946,12 +984,59 @@ impl Agent {
     /// netlink notifications. A no-change audit makes zero writes (target P6).
     async fn audit(&mut self, why: &str) {
         let started = std::time::Instant::now();
+        self.check_devices(why).await;
         match self.reconciler.refresh().await {
             Ok(()) => {
                 self.reconcile(why).await;
                 debug!("{why}: dump and diff in {:?}", started.elapsed());
             }
             Err(e) => warn!("{why}: re-reading weft's kernel state failed: {e}"),
+        }
+    }
+
+    /// Reads the primary backend's devices (one link dump, no writes) and repairs what
+    /// notifications would have reported: a device gone, down, or without its `<subnet>.0/32`
+    /// address. The backstop for changes made while no notification could arrive (between the
+    /// initial sync and the subscription) or that were lost.
+    async fn check_devices(&mut self, why: &str) {
+        let devices = self.primary.devices();
+        if devices.is_empty() {
+            return;
+        }
+        let links = match self.nl.links().await {
+            Ok(links) => links,
+            Err(e) => {
+                warn!("{why}: reading the links failed: {e}");
+                return;
+            }
+        };
+        for index in devices {
+            match device_health(&links, index, self.own.key.v4) {
+                DeviceHealth::Missing => {
+                    warn!(
+                        "{why}: our device (index {index}) is gone; re-creating it with every peer entry"
+                    );
+                    self.reconciler.disown_device(index);
+                    self.device_lost = true;
+                }
+                DeviceHealth::Down(name) => {
+                    warn!("{why}: {name} is down; setting it up again");
+                    self.device_changed = true;
+                }
+                DeviceHealth::NoAddress(name) => {
+                    warn!(
+                        "{why}: {name} lacks its address {}/32; restoring it",
+                        self.own.key.v4.network()
+                    );
+                    self.device_changed = true;
+                }
+                DeviceHealth::Ok => {}
+            }
+        }
+        if self.device_lost {
+            self.recreate_devices().await;
+        } else if self.device_changed {
+            self.reconfigure_devices().await;
         }
     }
 
@@ -981,6 +1066,12 @@ impl Agent {
                     "{addr}/{prefix_len} was removed from our device by someone else; restoring it"
                 );
                 self.device_changed = true;
+            }
+            KernelEvent::Overrun => {
+                warn!(
+                    "netlink notifications were lost (socket overrun); re-reading the devices and weft's entries"
+                );
+                self.devices_in_doubt = true;
             }
             _ => {}
         }
@@ -1480,5 +1571,90 @@ async fn remove_other_devices(nl: &Netlink, keep: &[u32]) {
                 Err(e) => warn!("removing {} left by a previous backend: {e}", link.name),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backends::nl::{AddrInfo, LinkInfo};
+
+    use super::*;
+
+    fn link(index: u32, up: bool, addrs: &[(&str, u8)]) -> LinkInfo {
+        LinkInfo {
+            index,
+            name: format!("flannel.{index}"),
+            mtu: 1450,
+            up,
+            addrs: addrs
+                .iter()
+                .map(|(a, p)| AddrInfo {
+                    addr: a.parse().expect("addr"),
+                    prefix_len: *p,
+                    permanent: true,
+                    deprecated: false,
+                    temporary: false,
+                    scope_global: true,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn device_health_reads_the_link_dump() {
+        let own: ipnet::Ipv4Net = "10.244.7.0/24".parse().expect("net");
+        let links = [
+            link(1, true, &[("127.0.0.1", 8)]),
+            link(5, true, &[("10.244.7.0", 32)]),
+            link(6, false, &[("10.244.7.0", 32)]),
+            link(7, true, &[("10.244.7.0", 24)]),
+            link(8, true, &[]),
+        ];
+        assert_eq!(device_health(&links, 5, own), DeviceHealth::Ok);
+        assert_eq!(device_health(&links, 9, own), DeviceHealth::Missing);
+        assert_eq!(
+            device_health(&links, 6, own),
+            DeviceHealth::Down("flannel.6".into())
+        );
+        assert_eq!(
+            device_health(&links, 7, own),
+            DeviceHealth::NoAddress("flannel.7".into())
+        );
+        assert_eq!(
+            device_health(&links, 8, own),
+            DeviceHealth::NoAddress("flannel.8".into())
+        );
+    }
+
+    #[test]
+    fn a_burst_is_incremental_only_while_every_event_is_a_peer_change() {
+        let peer = |net: &str| Peer {
+            key: SubnetKey {
+                v4: net.parse().expect("net"),
+                v6: None,
+            },
+            attrs: LeaseAttrs {
+                public_ip: std::net::Ipv4Addr::new(198, 18, 0, 2),
+                public_ipv6: None,
+                backend_type: "host-gw".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+        };
+        let a = Change::Added(peer("10.244.1.0/24"));
+        let b = Change::Removed(peer("10.244.2.0/24"));
+        let mut e = Effect::Nothing;
+        e.add(Effect::Nothing);
+        assert!(matches!(e, Effect::Nothing));
+        e.add(Effect::Peers(vec![a.clone()]));
+        e.add(Effect::Nothing);
+        e.add(Effect::Peers(vec![b.clone()]));
+        match &e {
+            Effect::Peers(changes) => assert_eq!(changes, &vec![a.clone(), b.clone()]),
+            _ => panic!("expected peer changes"),
+        }
+        e.add(Effect::Full);
+        e.add(Effect::Peers(vec![a]));
+        assert!(matches!(e, Effect::Full));
     }
 }
