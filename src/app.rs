@@ -32,7 +32,7 @@ use crate::metrics::WatchEventKind;
 use crate::peer_cache::PeerCache;
 use crate::registry::{EtcdOptions, Registry, Snapshot};
 use crate::subnet::{
-    Backoff, LeaseTiming, OwnLease, RenewalEnd, SubnetManager, WatchEvent, retry_until,
+    Backoff, LeaseTiming, OwnLease, Reacquired, RenewalEnd, SubnetManager, WatchEvent, retry_until,
     sleep_or_shutdown,
 };
 use crate::subnet_file;
@@ -371,6 +371,25 @@ fn device_health(
         }
         Some(_) => DeviceHealth::Ok,
     }
+}
+
+/// The background tasks of the own lease: its renewal, and a re-acquire while one runs (the
+/// renewal is stopped meanwhile).
+struct LeaseTasks {
+    renewal: JoinHandle<RenewalEnd>,
+    reacquiring: Option<JoinHandle<Option<(Reacquired, SubnetManager)>>>,
+}
+
+/// Waits for the re-acquire task, if one runs (else never ready); clears it when done.
+async fn wait_reacquired(
+    task: &mut Option<JoinHandle<Option<(Reacquired, SubnetManager)>>>,
+) -> Result<Option<(Reacquired, SubnetManager)>, tokio::task::JoinError> {
+    let Some(handle) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let out = handle.await;
+    *task = None;
+    out
 }
 
 /// What a burst of watch events asks of the reconcile.
@@ -837,7 +856,10 @@ impl Agent {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let mut watch = self.mgr.watch(revision, shutdown.clone());
-        let mut renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
+        let mut lease = LeaseTasks {
+            renewal: tokio::spawn(self.mgr.renewal(self.own, shutdown.clone())),
+            reacquiring: None,
+        };
 
         let mut audit = tokio::time::interval(AUDIT_INTERVAL);
         audit.reset();
@@ -881,9 +903,9 @@ impl Agent {
                     // Coalesce a burst of events into one reconcile: incremental while every
                     // event is a plain peer change, else one full plan.
                     let mut effect = Effect::Nothing;
-                    effect.add(self.on_watch_event(ev, &mut renewal, &shutdown).await);
+                    effect.add(self.on_watch_event(ev, &mut lease, &shutdown).await);
                     while let Ok(ev) = watch.try_recv() {
-                        effect.add(self.on_watch_event(ev, &mut renewal, &shutdown).await);
+                        effect.add(self.on_watch_event(ev, &mut lease, &shutdown).await);
                     }
                     match effect {
                         Effect::Nothing => {}
@@ -897,19 +919,32 @@ impl Agent {
                         }
                     }
                 }
-                end = &mut renewal => {
+                end = &mut lease.renewal, if lease.reacquiring.is_none() => {
                     match end {
                         Ok(RenewalEnd::LeaseLost { lease_id }) => {
                             warn!("etcd lease {lease_id:x} of {} is gone; re-acquiring", self.own.key);
-                            self.reacquire(&mut renewal, &shutdown).await;
-                            self.reconcile("re-acquired").await;
+                            self.reacquire(&mut lease, &shutdown);
                         }
                         // Only on shutdown; the finished handle must not be polled again
                         // (select! picks among ready branches at random).
                         Ok(RenewalEnd::Shutdown) => break,
                         Err(e) => {
                             error!("lease renewal task failed: {e}; restarting it");
-                            renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
+                            lease.renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
+                        }
+                    }
+                }
+                got = wait_reacquired(&mut lease.reacquiring) => {
+                    match got {
+                        Ok(Some((got, mgr))) => {
+                            self.reacquired(got, mgr, &mut lease, &shutdown).await;
+                            self.reconcile("re-acquired").await;
+                        }
+                        // Shutdown.
+                        Ok(None) => break,
+                        Err(e) => {
+                            error!("the re-acquire task failed: {e}; starting it again");
+                            self.reacquire(&mut lease, &shutdown);
                         }
                     }
                 }
@@ -975,7 +1010,10 @@ impl Agent {
             }
             self.health.beat();
         }
-        renewal.abort();
+        lease.renewal.abort();
+        if let Some(task) = lease.reacquiring.take() {
+            task.abort();
+        }
         info!("Exiting cleanly...");
         Ok(())
     }
@@ -1136,10 +1174,10 @@ impl Agent {
     async fn on_watch_event(
         &mut self,
         ev: WatchEvent,
-        renewal: &mut JoinHandle<RenewalEnd>,
+        lease: &mut LeaseTasks,
         shutdown: &CancellationToken,
     ) -> Effect {
-        match self.table_event(ev, renewal, shutdown).await {
+        match self.table_event(ev, lease, shutdown).await {
             Ok(Some(change)) => Effect::Peers(vec![change]),
             Ok(None) => Effect::Nothing,
             Err(Full) => Effect::Full,
@@ -1152,7 +1190,7 @@ impl Agent {
     async fn table_event(
         &mut self,
         ev: WatchEvent,
-        renewal: &mut JoinHandle<RenewalEnd>,
+        lease: &mut LeaseTasks,
         shutdown: &CancellationToken,
     ) -> Result<Option<Change>, Full> {
         let full = |changed: bool| if changed { Err(Full) } else { Ok(None) };
@@ -1170,8 +1208,14 @@ impl Agent {
                 warn!(
                     "our lease {key} was deleted from etcd; re-acquiring (the data plane keeps running)"
                 );
-                self.reacquire(renewal, shutdown).await;
-                Err(Full)
+                self.reacquire(lease, shutdown);
+                Ok(None)
+            }
+            WatchEvent::Put(entry) if entry.key == self.own.key && lease.reacquiring.is_some() => {
+                // Someone else took our old key while we re-acquire: the re-acquire's
+                // compare-and-swap decides (it finds the key taken and picks another subnet).
+                self.table.apply(&ev);
+                Ok(None)
             }
             WatchEvent::Put(entry) if entry.key == self.own.key && entry.attrs != self.attrs => {
                 warn!(
@@ -1187,7 +1231,7 @@ impl Agent {
                 subnet: Some(key),
                 reason,
                 ..
-            } if *key == self.own.key => {
+            } if *key == self.own.key && lease.reacquiring.is_none() => {
                 warn!(
                     "our lease {key} was overwritten with a malformed value ({reason}); writing ours back"
                 );
@@ -1207,10 +1251,12 @@ impl Agent {
                     .any(|m| m.subnet == Some(self.own.key));
                 if own.is_none() && !own_malformed {
                     warn!("our lease {} is gone from etcd; re-acquiring", self.own.key);
-                    self.reacquire(renewal, shutdown).await;
+                    self.reacquire(lease, shutdown);
                     return Err(Full);
                 }
-                if own_malformed || own.is_some_and(|l| l.attrs != self.attrs) {
+                if lease.reacquiring.is_none()
+                    && (own_malformed || own.is_some_and(|l| l.attrs != self.attrs))
+                {
                     warn!(
                         "our lease {} holds another value in etcd; writing ours back",
                         self.own.key
@@ -1408,34 +1454,50 @@ impl Agent {
         true
     }
 
-    /// Our key vanished (deleted by an operator, or expired): take the same subnet again when it
-    /// is still free. Nothing in the kernel is torn down meanwhile.
-    async fn reacquire(
-        &mut self,
-        renewal: &mut JoinHandle<RenewalEnd>,
-        shutdown: &CancellationToken,
-    ) {
-        renewal.abort();
-        let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
-        let got = loop {
-            self.health.beat();
-            let res = tokio::select! {
-                r = self.mgr.reacquire(self.own.key.v4) => r,
-                () = shutdown.cancelled() => return,
-            };
-            match res {
-                Ok(got) => break got,
-                Err(e) => {
-                    let wait = backoff.next_delay();
-                    warn!("re-acquiring our lease failed (retrying in {wait:.1?}): {e:#}");
-                    if !sleep_or_shutdown(shutdown, wait).await {
-                        return;
+    /// Starts re-acquiring the own lease in the background (after the own key was deleted or
+    /// its etcd lease expired): the control loop keeps serving peer changes, drift repair and
+    /// health while etcd is slow or down. A re-acquire already running is left to finish.
+    fn reacquire(&mut self, lease: &mut LeaseTasks, shutdown: &CancellationToken) {
+        if lease.reacquiring.is_some() {
+            return;
+        }
+        lease.renewal.abort();
+        let mut mgr = self.mgr.clone();
+        let prefer = self.own.key.v4;
+        let shutdown = shutdown.clone();
+        lease.reacquiring = Some(tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
+            loop {
+                let res = tokio::select! {
+                    r = mgr.reacquire(prefer) => r,
+                    () = shutdown.cancelled() => return None,
+                };
+                match res {
+                    Ok(got) => return Some((got, mgr)),
+                    Err(e) => {
+                        let wait = backoff.next_delay();
+                        warn!("re-acquiring our lease failed (retrying in {wait:.1?}): {e:#}");
+                        if !sleep_or_shutdown(&shutdown, wait).await {
+                            return None;
+                        }
                     }
                 }
             }
-        };
+        }));
+    }
+
+    /// Takes over a finished re-acquire: its subnet manager (holding the new etcd lease), a
+    /// new renewal, and for a new subnet the firewall, device address and subnet.env.
+    async fn reacquired(
+        &mut self,
+        got: Reacquired,
+        mgr: SubnetManager,
+        lease: &mut LeaseTasks,
+        shutdown: &CancellationToken,
+    ) {
+        self.mgr = mgr;
         self.own = got.lease;
-        *renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
+        lease.renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
         if got.subnet_changed {
             self.table.set_own(Some(self.own.key));
             self.firewall.set_subnet(self.own.key.v4);
@@ -1456,6 +1518,7 @@ impl Agent {
             }
         }
         self.table.reset(&got.snapshot);
+        self.cache_dirty = true;
     }
 
     /// Writes our lease value back over a foreign one on our key (compare-and-swap on the

@@ -199,8 +199,10 @@ struct Held {
     lease_id: i64,
 }
 
-/// The own lease's life cycle and the watch of all leases, over one [`Registry`].
-#[derive(Debug)]
+/// The own lease's life cycle and the watch of all leases, over one [`Registry`]. A clone
+/// shares the etcd connection and starts with the same own-lease state (the agent re-acquires on
+/// a clone in the background and takes it back when done).
+#[derive(Debug, Clone)]
 pub struct SubnetManager {
     reg: Registry,
     timing: LeaseTiming,

@@ -596,6 +596,135 @@ fn r1_etcd_outage_keeps_the_data_plane_and_resumes() {
     lab.teardown().expect("teardown");
 }
 
+/// Bytes waiting in node `k`'s receive queues of TCP connections to etcd (`ss` in its
+/// namespace): the etcd events the agent has not read yet.
+fn etcd_recv_queue(lab: &Lab, k: usize) -> u64 {
+    let endpoint = lab.etcd_endpoint().expect("endpoint");
+    let host = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let ns = lab.node_ns(k).expect("ns");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-tnH", "dst", &host])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The own key deleted and etcd gone before the agent could take its subnet again: the agent
+/// re-acquires in the background, and meanwhile keeps repairing drift and answering /healthz;
+/// when etcd returns it holds the same subnet again.
+#[test]
+fn r1_reacquiring_with_etcd_down_keeps_repairing() {
+    if !common::root_or_skip("r1_reacquiring_with_etcd_down_keeps_repairing") {
+        return;
+    }
+    let mut lab = converged_lab(2, "host-gw");
+    let n1 = lab.subnet(1).expect("subnet").to_string();
+    let n2 = lab.subnet(2).expect("subnet").to_string();
+    let ns1 = lab.node_ns(1).expect("ns").to_owned();
+    let key = lease_key(&n1);
+    let value = lab
+        .etcdctl(&["get", &key, "--print-value-only"])
+        .expect("get");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent_pid(&lab, 1)).expect("pid"));
+
+    // Node 1's agent is frozen while its key is deleted, until the delete event sits in its
+    // socket; then etcd stops, and the agent wakes up to a deletion it cannot repair yet.
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let resumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        lab.etcdctl(&["del", &key]).expect("del");
+        wait_until(Duration::from_secs(10), || {
+            if etcd_recv_queue(&lab, 1) > 0 {
+                Ok(())
+            } else {
+                Err("the delete event has not reached node 1's socket".to_owned())
+            }
+        })
+        .expect("delete event delivered");
+        lab.etcd().expect("etcd").stop();
+    }));
+    nix::sys::signal::kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    if let Err(panic) = resumed {
+        std::panic::resume_unwind(panic);
+    }
+    wait_until(EVENTUALLY, || {
+        let log = lab.log_tail(1, 50);
+        if log.contains("re-acquiring our lease failed") {
+            Ok(())
+        } else {
+            Err("node 1 is not retrying its lease yet".to_owned())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(1, 40)));
+
+    // While the re-acquire waits for etcd, drift repair and health keep running.
+    ip(&ns1, &["route", "del", &n2]).expect("ip route del");
+    let repaired = time_until(EVENTUALLY, || route_to(&ns1, &n2).is_some()).unwrap_or_else(|| {
+        panic!(
+            "route deleted while re-acquiring with etcd down was not repaired; log:\n{}",
+            lab.log_tail(1, 40)
+        )
+    });
+    figure(
+        "R1/R5",
+        "route repair while re-acquiring the own lease with etcd down",
+        ms(repaired),
+        "≤ 1 s",
+    );
+    match http_get(
+        &ns1,
+        "127.0.0.1",
+        weft::lab::DEFAULT_HEALTHZ_PORT,
+        "/healthz",
+    ) {
+        Ok((200, _)) => {}
+        other => panic!("/healthz while re-acquiring: {other:?}"),
+    }
+    assert!(
+        hostgw_routes_ok(&lab, 1).is_ok(),
+        "{:?}",
+        hostgw_routes_ok(&lab, 1)
+    );
+
+    // etcd returns: the same subnet, the same value, and the peer still programmed.
+    lab.etcd().expect("etcd").restart().expect("etcd restart");
+    let back = Instant::now();
+    wait_until(EVENTUALLY, || {
+        match lab.etcdctl(&["get", &key, "--print-value-only"]) {
+            Ok(v) if v == value => Ok(()),
+            other => Err(format!("{key}: {other:?}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(1, 40)));
+    figure(
+        "R1",
+        "etcd back → own lease re-acquired (same subnet)",
+        ms(back.elapsed()),
+        "-",
+    );
+    assert!(
+        lab.log(1)
+            .expect("log")
+            .contains(&format!("re-acquired subnet {}", n1.replace('/', "-")))
+    );
+    assert_eq!(lab.subnet(1).expect("subnet").to_string(), n1);
+    assert!(
+        hostgw_routes_ok(&lab, 2).is_ok(),
+        "{:?}",
+        hostgw_routes_ok(&lab, 2)
+    );
+    assert_agents_alive(&mut lab, &[]);
+    lab.teardown().expect("teardown");
+}
+
 #[test]
 fn r1_compaction_while_cut_off_relists_and_misses_nothing() {
     if !common::root_or_skip("r1_compaction_while_cut_off_relists_and_misses_nothing") {
