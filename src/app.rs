@@ -704,44 +704,16 @@ impl Agent {
             };
             if let Some(old) = old {
                 let gone = entries(old)?;
-                for dst in gone.routes.keys() {
-                    added.routes.remove(dst);
-                }
-                for key in gone.neighs.keys() {
-                    added.neighs.remove(key);
-                }
-                for key in gone.fdb.keys() {
-                    added.fdb.remove(key);
-                }
+                added.remove_keys(&gone);
                 removed.extend(gone);
             }
             if let Some(new) = new {
                 let want = entries(new)?;
                 // Another peer's key (in the applied state and not being removed, or added by
                 // an earlier change of this burst): only the full plan knows who wins.
-                let desired = self.reconciler.desired();
-                let taken = |in_desired: bool, in_removed: bool, in_added: bool| {
-                    (in_desired && !in_removed) || in_added
-                };
-                if want.routes.keys().any(|k| {
-                    taken(
-                        desired.routes.contains_key(k),
-                        removed.routes.contains_key(k),
-                        added.routes.contains_key(k),
-                    )
-                }) || want.neighs.keys().any(|k| {
-                    taken(
-                        desired.neighs.contains_key(k),
-                        removed.neighs.contains_key(k),
-                        added.neighs.contains_key(k),
-                    )
-                }) || want.fdb.keys().any(|k| {
-                    taken(
-                        desired.fdb.contains_key(k),
-                        removed.fdb.contains_key(k),
-                        added.fdb.contains_key(k),
-                    )
-                }) {
+                if want.collides(self.reconciler.desired(), &removed)
+                    || want.collides(&added, &KernelState::default())
+                {
                     return None;
                 }
                 added.extend(want);

@@ -174,6 +174,35 @@ impl KernelState {
         self.fdb.extend(other.fdb);
     }
 
+    /// Removes the entries at the keys of `keys` (its values are ignored).
+    pub fn remove_keys(&mut self, keys: &KernelState) {
+        for dst in keys.routes.keys() {
+            self.routes.remove(dst);
+        }
+        for key in keys.neighs.keys() {
+            self.neighs.remove(key);
+        }
+        for key in keys.fdb.keys() {
+            self.fdb.remove(key);
+        }
+    }
+
+    /// True when some key of this state is held by `taken` and not by `freed` (values ignored):
+    /// two writers would want one kernel object.
+    pub fn collides(&self, taken: &KernelState, freed: &KernelState) -> bool {
+        fn any<K: Ord, V>(
+            mine: &BTreeMap<K, V>,
+            taken: &BTreeMap<K, V>,
+            freed: &BTreeMap<K, V>,
+        ) -> bool {
+            mine.keys()
+                .any(|k| taken.contains_key(k) && !freed.contains_key(k))
+        }
+        any(&self.routes, &taken.routes, &freed.routes)
+            || any(&self.neighs, &taken.neighs, &freed.neighs)
+            || any(&self.fdb, &taken.fdb, &freed.fdb)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty() && self.neighs.is_empty() && self.fdb.is_empty()
     }
@@ -551,6 +580,22 @@ mod tests {
             vec![KernelOp::RouteReplace(d)]
         );
         assert!(diff_at(&desired, &current, &state([a])).is_empty());
+    }
+
+    #[test]
+    fn remove_keys_and_collides_go_by_key() {
+        let a = route("10.244.1.0/24", "198.18.0.1", 2);
+        let a_other = route("10.244.1.0/24", "198.18.0.9", 2);
+        let b = route("10.244.2.0/24", "198.18.0.2", 2);
+        let mut s = state([a.clone(), b.clone()]);
+        let want = state([a_other.clone()]);
+        assert!(want.collides(&s, &KernelState::default()));
+        assert!(!want.collides(&s, &state([a.clone()])), "a is being freed");
+        assert!(
+            !state([route("10.244.3.0/24", "198.18.0.3", 2)]).collides(&s, &KernelState::default())
+        );
+        s.remove_keys(&want);
+        assert_eq!(s, state([b]));
     }
 
     /// One slot per key: absent, or one of a few values (so equal and different values occur).

@@ -167,15 +167,7 @@ impl Reconciler {
     /// desired state, dump first.
     pub async fn apply_delta(&mut self, removed: &KernelState, added: KernelState) -> ApplyReport {
         let mut desired = std::mem::take(&mut self.last_desired);
-        for dst in removed.routes.keys() {
-            desired.routes.remove(dst);
-        }
-        for key in removed.neighs.keys() {
-            desired.neighs.remove(key);
-        }
-        for key in removed.fdb.keys() {
-            desired.fdb.remove(key);
-        }
+        desired.remove_keys(removed);
         let mut touched = removed.clone();
         let devices = added.neighs.keys().map(|(i, _)| *i);
         let devices: BTreeSet<u32> = devices.chain(added.fdb.keys().map(|(i, _)| *i)).collect();
