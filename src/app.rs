@@ -324,6 +324,8 @@ struct Agent {
     /// Masquerade / forward rules (iptables or nftables), checked on nf_tables change
     /// notifications and on a slow audit timer.
     firewall: Firewall,
+    /// Cancelled on SIGTERM/SIGINT: etcd retry loops inside the control loop give up on it.
+    shutdown: CancellationToken,
 }
 
 /// A backend of an earlier config, still serving peers that advertise it.
@@ -546,6 +548,7 @@ impl Agent {
             config_file,
             cache_dirty: true,
             firewall,
+            shutdown: shutdown.clone(),
         };
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
@@ -1471,25 +1474,32 @@ impl Agent {
         self.own = got.lease;
         lease.renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
         if got.subnet_changed {
-            self.table.set_own(Some(self.own.key));
-            self.firewall.set_subnet(self.own.key.v4);
-            if let Err(e) = self.firewall.apply().await {
-                error!("{} rules for {}: {e:#}", self.firewall.mode(), self.own.key);
-            }
-            match self
-                .primary
-                .configure(&self.nl, &self.ext, self.own.key.v4)
-                .await
-            {
-                Ok(mtu) => {
-                    if let Err(e) = self.write_subnet_env(mtu) {
-                        error!("{e:#}");
-                    }
-                }
-                Err(e) => error!("reconfiguring for {}: {e}", self.own.key),
-            }
+            self.take_new_subnet().await;
         }
         self.table.reset(&got.snapshot);
+        self.cache_dirty = true;
+    }
+
+    /// After the own lease moved to another subnet: the lease table's own key, the firewall
+    /// rules, the device address and subnet.env follow it.
+    async fn take_new_subnet(&mut self) {
+        self.table.set_own(Some(self.own.key));
+        self.firewall.set_subnet(self.own.key.v4);
+        if let Err(e) = self.firewall.apply().await {
+            error!("{} rules for {}: {e:#}", self.firewall.mode(), self.own.key);
+        }
+        match self
+            .primary
+            .configure(&self.nl, &self.ext, self.own.key.v4)
+            .await
+        {
+            Ok(mtu) => {
+                if let Err(e) = self.write_subnet_env(mtu) {
+                    error!("{e:#}");
+                }
+            }
+            Err(e) => error!("reconfiguring for {}: {e}", self.own.key),
+        }
         self.cache_dirty = true;
     }
 
@@ -1537,13 +1547,14 @@ impl Agent {
         let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
         loop {
             self.health.beat();
-            match self
-                .mgr
-                .acquire(&self.conf, &attrs, Some(self.own.key.v4))
-                .await
-            {
+            let res = tokio::select! {
+                r = self.mgr.acquire(&self.conf, &attrs, Some(self.own.key.v4)) => r,
+                () = self.shutdown.cancelled() => return,
+            };
+            match res {
                 Ok((own, _)) => {
-                    if own.key != self.own.key {
+                    let moved = own.key != self.own.key;
+                    if moved {
                         warn!(
                             "re-publishing moved us from {} to {}",
                             self.own.key, own.key
@@ -1552,12 +1563,17 @@ impl Agent {
                     self.own = own;
                     self.attrs = attrs;
                     info!("published lease {}: {}", self.own.key, self.attrs.to_json());
+                    if moved {
+                        self.take_new_subnet().await;
+                    }
                     return;
                 }
                 Err(e) => {
                     let wait = backoff.next_delay();
                     warn!("re-publishing our lease failed (retrying in {wait:.1?}): {e:#}");
-                    tokio::time::sleep(wait).await;
+                    if !sleep_or_shutdown(&self.shutdown, wait).await {
+                        return;
+                    }
                 }
             }
         }

@@ -284,3 +284,62 @@ fn a_configmap_symlink_swap_switches_the_backend() {
         "pods lost each other"
     );
 }
+
+/// A switch from the config file while etcd is down: each node brings up the new backend at
+/// once and keeps serving its peers over the old one (their leases still advertise it), retries
+/// publishing its new lease, still exits at once on SIGTERM, and publishes when etcd returns.
+#[test]
+fn a_switch_while_etcd_is_down_is_published_when_it_returns() {
+    if !common::root_or_skip("a_switch_while_etcd_is_down_is_published_when_it_returns") {
+        return;
+    }
+    let mut cm = ConfigMapDir::new(VXLAN);
+    let mut spec = LabSpec::new(2, common::weft_bin());
+    spec.backend = "vxlan".into();
+    spec.extra_flags = vec![format!("--net-config-path={}", cm.path().display())];
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.start_all().expect("start agents");
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    lab.add_pods().expect("pods");
+    wait_until(CONVERGE, || all_on(&lab, "vxlan")).expect("vxlan from the file");
+
+    lab.etcd().expect("etcd").stop();
+    cm.update(HOST_GW);
+    for k in 1..=2 {
+        wait_until(CONVERGE, || {
+            if lab.log_tail(k, 60).contains("re-publishing our lease failed") {
+                Ok(())
+            } else {
+                Err(format!("node {k} has not tried to publish its host-gw lease"))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(k, 40)));
+    }
+    // The peers' leases still say vxlan: the old backend serves them meanwhile.
+    assert!(
+        lab.ping(1, 2, 2, Duration::from_secs(5)).expect("ping"),
+        "pods lost each other while the switch waits for etcd"
+    );
+    let stopped = lab.stop_node(1, Signal::SIGTERM).expect("SIGTERM node 1");
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "node 1 did not exit 0 on SIGTERM while publishing: {stopped:?}"
+    );
+
+    lab.etcd().expect("etcd").restart().expect("etcd restart");
+    lab.start_node(1).expect("start node 1");
+    wait_until(CONVERGE, || all_on(&lab, "host-gw")).unwrap_or_else(|e| {
+        panic!(
+            "{e}; logs:\n{}\n{}",
+            lab.log_tail(1, 30),
+            lab.log_tail(2, 30)
+        )
+    });
+    assert!(
+        lab.ping(1, 2, 2, Duration::from_secs(5)).expect("ping"),
+        "pods lost each other after the switch"
+    );
+    lab.teardown().expect("teardown");
+}
