@@ -62,6 +62,7 @@ fn real_main() -> Result<()> {
                 cfg.idle = Duration::from_secs(2);
                 cfg.iperf_secs = 1;
                 cfg.iperf_rounds = 1;
+                cfg.underlay_gro = true;
             }
             "--sizes" => {
                 let v = val("--sizes")?;
