@@ -2,10 +2,11 @@
 # Debian packages weft's lab and tests need, installed only when missing, and a cargo to build with.
 
 # protobuf-compiler: etcd-client's build script runs protoc. etcd-server/etcd-client: the real
-# etcd and etcdctl. The rest: namespaces, ping, throughput, NAT tools, CNI plugins, certs, capture,
+# etcd and etcdctl. The rest: namespaces, ping, throughput (iperf3; ethtool: the offload state the
+# bench shows and sets on the lab's veths), NAT tools, CNI plugins, certs, capture,
 # systemd-analyze (unit checks), python3-pip (the manifest validators below).
-WEFT_PACKAGES=(protobuf-compiler etcd-server etcd-client iputils-ping iproute2 iperf3 nftables
-  iptables containernetworking-plugins openssl tcpdump systemd python3-pip)
+WEFT_PACKAGES=(protobuf-compiler etcd-server etcd-client iputils-ping iproute2 iperf3 ethtool
+  nftables iptables containernetworking-plugins openssl tcpdump systemd python3-pip)
 # PyPI tools of tests/manifests.rs (offline Kubernetes schema validation, YAML lint).
 WEFT_PIP_PACKAGES=(kubernetes-validate yamllint)
 

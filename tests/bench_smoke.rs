@@ -28,6 +28,7 @@ fn bench_runs_every_measurement_with_50_peers() {
         idle: Duration::from_secs(2),
         iperf_secs: 1,
         iperf_rounds: 1,
+        underlay_gro: true,
     };
     let report = bench::run(&cfg).expect("benchmark run");
     println!("{}", bench::markdown(&cfg, &report));
@@ -64,8 +65,31 @@ fn bench_runs_every_measurement_with_50_peers() {
         assert_eq!(d.idle_children_seen, 0, "the agent forks nothing: {d:?}");
     }
     let t = report.throughput.expect("iperf3 figures");
-    assert!(t.hostgw_bps[0] > 0.0 && t.vxlan_bps[0] > 0.0, "{t:?}");
     assert_eq!(t.vxlan_mtu + 50, t.hostgw_mtu, "{t:?}");
+    // One set with the veths as created, one with GRO on them; one run per path in each.
+    assert_eq!(t.sets.len(), 2, "{t:?}");
+    assert!(!t.sets[0].gro && t.sets[1].gro, "{t:?}");
+    for set in &t.sets {
+        assert_eq!((set.hostgw.len(), set.vxlan.len()), (1, 1), "{t:?}");
+        for run in set.hostgw.iter().chain(&set.vxlan) {
+            assert!(run.bps > 0.0, "{t:?}");
+            assert!(run.cpu_ms_per_gb > 0.0, "{t:?}");
+            // Node 1 sent the data over its eth0: whole packets of at least one MTU-sized
+            // segment on average (more when GSO packets cross the veth whole).
+            assert!(run.underlay_packet_bytes >= 1000.0, "{t:?}");
+        }
+    }
+    // ethtool's view of node 1's devices in both labs, the vxlan device among them.
+    assert!(
+        t.offloads.iter().any(|l| l.contains("flannel.1 (vxlan")),
+        "{:?}",
+        t.offloads
+    );
+    assert!(
+        t.offloads.iter().all(|l| !l.contains(" ?")),
+        "every offload state read: {:?}",
+        t.offloads
+    );
 }
 
 #[test]

@@ -87,7 +87,11 @@ pub struct Config {
     pub idle: Duration,
     /// `iperf3 -t` seconds for the pod-to-pod throughput; 0 skips it.
     pub iperf_secs: u32,
+    /// Rounds of the pair (host-gw then vxlan), interleaved.
     pub iperf_rounds: usize,
+    /// Also measure every round with GRO and UDP GRO forwarding on the underlay veths (both
+    /// paths), as a NIC would have them.
+    pub underlay_gro: bool,
 }
 
 // ===== results =====
@@ -150,12 +154,76 @@ pub struct Detail {
     pub threads: usize,
 }
 
+/// One `iperf3 -c` run.
+#[derive(Debug, Clone, Default)]
+pub struct IperfRun {
+    /// `end.sum_received.bits_per_second`.
+    pub bps: f64,
+    pub retransmits: u64,
+    /// Node 1's `eth0` transmit bytes / packets during the run: the size of what crosses the
+    /// underlay (about 64 KiB when GSO packets stay whole through the veths, ≤ 1514 if segmented).
+    pub underlay_packet_bytes: f64,
+    /// 1-minute load average just before the run.
+    pub load1: f64,
+    /// CPU time of the iperf3 client and server processes (user + system, iperf3's own
+    /// `cpu_utilization_percent`) per GB received, in ms. The kernel here has no IRQ time
+    /// accounting, so the softirq work done in their context counts: a veth delivers in the
+    /// sender's softirq, which carries the packet through both nodes up to the receiving socket.
+    pub cpu_ms_per_gb: f64,
+}
+
+/// The runs of both paths with one underlay setting, one of each per round.
+#[derive(Debug, Clone, Default)]
+pub struct UnderlaySet {
+    /// GRO and UDP GRO forwarding on the underlay veths (the default veth has both off).
+    pub gro: bool,
+    pub hostgw: Vec<IperfRun>,
+    pub vxlan: Vec<IperfRun>,
+}
+
+impl UnderlaySet {
+    pub fn label(&self) -> &'static str {
+        if self.gro {
+            "underlay veths gro on, rx-udp-gro-forwarding on"
+        } else {
+            "underlay veths as created (gro off)"
+        }
+    }
+
+    /// Mean vxlan throughput / mean host-gw throughput: the D1 figure.
+    pub fn ratio(&self) -> f64 {
+        mean(self.vxlan.iter().map(|r| r.bps)) / mean(self.hostgw.iter().map(|r| r.bps)).max(1.0)
+    }
+
+    /// vxlan / host-gw of each round's pair.
+    pub fn round_ratios(&self) -> Vec<f64> {
+        self.hostgw
+            .iter()
+            .zip(&self.vxlan)
+            .map(|(h, v)| v.bps / h.bps.max(1.0))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Throughput {
-    pub hostgw_bps: Vec<f64>,
-    pub vxlan_bps: Vec<f64>,
     pub vxlan_mtu: u32,
     pub hostgw_mtu: u32,
+    /// `ethtool -k` states of node 1's devices in each lab, one line per device.
+    pub offloads: Vec<String>,
+    /// The default underlay first; with `--underlay-gro` also the GRO one.
+    pub sets: Vec<UnderlaySet>,
+}
+
+pub fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    sum / n.max(1) as f64
+}
+
+fn min_max(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    v.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    })
 }
 
 #[derive(Debug, Default)]
@@ -275,15 +343,25 @@ fn print_detail(d: &Detail) {
 }
 
 fn print_throughput(t: &Throughput) {
-    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    println!(
-        "## pod-to-pod iperf3: host-gw {:.2} Gbit/s (MTU {}), vxlan {:.2} Gbit/s (MTU {}): vxlan/host-gw = {:.2}",
-        avg(&t.hostgw_bps) / 1e9,
-        t.hostgw_mtu,
-        avg(&t.vxlan_bps) / 1e9,
-        t.vxlan_mtu,
-        avg(&t.vxlan_bps) / avg(&t.hostgw_bps).max(1.0)
-    );
+    for set in &t.sets {
+        let ratios: Vec<String> = set
+            .round_ratios()
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        println!(
+            "## pod-to-pod iperf3, {}: host-gw {:.2} Gbit/s (MTU {}), vxlan {:.2} Gbit/s (MTU {}): vxlan/host-gw = {:.3} (rounds {}); iperf3 CPU host-gw {:.0}, vxlan {:.0} ms/GB",
+            set.label(),
+            mean(set.hostgw.iter().map(|r| r.bps)) / 1e9,
+            t.hostgw_mtu,
+            mean(set.vxlan.iter().map(|r| r.bps)) / 1e9,
+            t.vxlan_mtu,
+            set.ratio(),
+            ratios.join(", "),
+            mean(set.hostgw.iter().map(|r| r.cpu_ms_per_gb)),
+            mean(set.vxlan.iter().map(|r| r.cpu_ms_per_gb))
+        );
+    }
 }
 
 pub fn fmt_rpcs(m: &BTreeMap<String, u64>) -> String {
@@ -1414,26 +1492,90 @@ pub fn parse_debug_duration(s: &str) -> Option<Duration> {
 
 // ===== pod-to-pod throughput =====
 
+/// The offload features shown next to the D1 figures (`ethtool -k` names).
+const OFFLOADS: [&str; 5] = [
+    "tcp-segmentation-offload",
+    "generic-segmentation-offload",
+    "generic-receive-offload",
+    "tx-udp_tnl-segmentation",
+    "rx-udp-gro-forwarding",
+];
+
+/// Both labs (host-gw, vxlan) are built once and measured in turns: each round runs host-gw
+/// then vxlan for every underlay setting, so the pair of a round shares the machine's load.
 fn throughput(cfg: &Config) -> Result<Throughput> {
-    let mut t = Throughput::default();
+    let hostgw = PodLab::start(cfg, Kind::HostGw).context("host-gw lab")?;
+    let vxlan = match PodLab::start(cfg, Kind::Vxlan).context("vxlan lab") {
+        Ok(lab) => lab,
+        Err(e) => {
+            if let Err(e2) = hostgw.stop() {
+                eprintln!("tearing down the host-gw lab: {e2:#}");
+            }
+            return Err(e);
+        }
+    };
+    let mut labs = [hostgw, vxlan];
+    let result = measure_rounds(cfg, &mut labs);
+    let mut failures = Vec::new();
+    for lab in labs {
+        if let Err(e) = lab.stop() {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    let t = result?;
+    if !failures.is_empty() {
+        bail!("tearing down the iperf3 labs: {}", failures.join("; "));
+    }
+    Ok(t)
+}
+
+fn measure_rounds(cfg: &Config, labs: &mut [PodLab; 2]) -> Result<Throughput> {
+    let mut t = Throughput {
+        hostgw_mtu: labs[0].mtu,
+        vxlan_mtu: labs[1].mtu,
+        ..Throughput::default()
+    };
+    for lab in labs.iter() {
+        for line in lab.offloads()? {
+            println!("  {line}");
+            t.offloads.push(line);
+        }
+    }
+    let settings: &[bool] = if cfg.underlay_gro {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &gro in settings {
+        t.sets.push(UnderlaySet {
+            gro,
+            ..UnderlaySet::default()
+        });
+    }
     for round in 0..cfg.iperf_rounds {
-        for kind in [Kind::HostGw, Kind::Vxlan] {
-            let (bps, mtu) = iperf_pair(cfg, kind)
-                .with_context(|| format!("{} round {}", kind.name(), round + 1))?;
-            println!(
-                "  iperf3 {} round {}: {:.2} Gbit/s (MTU {mtu})",
-                kind.name(),
-                round + 1,
-                bps / 1e9
-            );
-            match kind {
-                Kind::HostGw => {
-                    t.hostgw_bps.push(bps);
-                    t.hostgw_mtu = mtu;
-                }
-                Kind::Vxlan => {
-                    t.vxlan_bps.push(bps);
-                    t.vxlan_mtu = mtu;
+        for (set, &gro) in t.sets.iter_mut().zip(settings) {
+            for lab in labs.iter() {
+                lab.set_underlay_gro(gro)?;
+            }
+            for lab in labs.iter() {
+                let run = lab
+                    .iperf(cfg.iperf_secs)
+                    .with_context(|| format!("{} round {}", lab.kind.name(), round + 1))?;
+                println!(
+                    "  iperf3 {} round {}, {}: {:.2} Gbit/s (MTU {}), iperf3 CPU {:.0} ms/GB, {:.0} B per underlay packet, {} retransmits, load {:.2}",
+                    lab.kind.name(),
+                    round + 1,
+                    set.label(),
+                    run.bps / 1e9,
+                    lab.mtu,
+                    run.cpu_ms_per_gb,
+                    run.underlay_packet_bytes,
+                    run.retransmits,
+                    run.load1
+                );
+                match lab.kind {
+                    Kind::HostGw => set.hostgw.push(run),
+                    Kind::Vxlan => set.vxlan.push(run),
                 }
             }
         }
@@ -1441,66 +1583,249 @@ fn throughput(cfg: &Config) -> Result<Throughput> {
     Ok(t)
 }
 
-/// Two lab nodes with pods; `iperf3 -c` from pod 1 to `iperf3 -s` in pod 2. Bits/s received.
-fn iperf_pair(cfg: &Config, kind: Kind) -> Result<(f64, u32)> {
-    use weft::lab::{Lab, LabSpec};
-    let mut spec = LabSpec::new(2, &cfg.weft_bin);
-    spec.backend = kind.name().to_owned();
-    spec.healthz_port = 0;
-    let mut lab = Lab::build(spec)?;
-    lab.start_all()?;
-    let mut mtu = 0;
-    for k in 1..=2 {
-        mtu = lab.wait_subnet_env(k, Duration::from_secs(30))?.mtu;
-    }
-    lab.add_pods()?;
-    let until = Instant::now() + Duration::from_secs(20);
-    while !(lab.ping(1, 2, 1, Duration::from_secs(1))?
-        && lab.ping(2, 1, 1, Duration::from_secs(1))?)
-    {
-        if Instant::now() > until {
-            bail!("pods do not reach each other");
+/// A two-node lab with a pod per node and `iperf3 -s` running in pod 2.
+struct PodLab {
+    kind: Kind,
+    lab: weft::lab::Lab,
+    mtu: u32,
+    server: Child,
+    server_ip: String,
+    client_ns: String,
+}
+
+impl PodLab {
+    fn start(cfg: &Config, kind: Kind) -> Result<PodLab> {
+        use weft::lab::{Lab, LabSpec};
+        let mut spec = LabSpec::new(2, &cfg.weft_bin);
+        spec.backend = kind.name().to_owned();
+        spec.healthz_port = 0;
+        let mut lab = Lab::build(spec)?;
+        lab.start_all()?;
+        let mut mtu = 0;
+        for k in 1..=2 {
+            mtu = lab.wait_subnet_env(k, Duration::from_secs(30))?.mtu;
         }
-    }
-    let server_ns = lab.pod_ns(2)?.to_owned();
-    let client_ns = lab.pod_ns(1)?.to_owned();
-    let server_ip = lab.pod_ip(2)?.to_string();
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &server_ns, "iperf3", "-s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start iperf3 -s")?;
-    // Retried until the server accepts (and once more if a run reports an error).
-    let secs = cfg.iperf_secs.to_string();
-    let until = Instant::now() + Duration::from_secs(15);
-    let result = loop {
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", &client_ns, "iperf3", "-c", &server_ip, "-t", &secs, "-J",
-            ])
+        lab.add_pods()?;
+        let until = Instant::now() + Duration::from_secs(20);
+        while !(lab.ping(1, 2, 1, Duration::from_secs(1))?
+            && lab.ping(2, 1, 1, Duration::from_secs(1))?)
+        {
+            if Instant::now() > until {
+                bail!("pods do not reach each other");
+            }
+        }
+        let server = Command::new("ip")
+            .args(["netns", "exec", lab.pod_ns(2)?, "iperf3", "-s"])
             .stdin(Stdio::null())
-            .output()
-            .context("run iperf3 -c")?;
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if let Some(bps) = json["end"]["sum_received"]["bits_per_second"].as_f64() {
-            break Ok(bps);
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start iperf3 -s")?;
+        Ok(PodLab {
+            kind,
+            mtu,
+            server,
+            server_ip: lab.pod_ip(2)?.to_string(),
+            client_ns: lab.pod_ns(1)?.to_owned(),
+            lab,
+        })
+    }
+
+    /// `iperf3 -c` from pod 1 for `secs`; retried until the server accepts (and once more if
+    /// a run reports an error).
+    fn iperf(&self, secs: u32) -> Result<IperfRun> {
+        let load1 = load_average()?;
+        let before = self.eth0_tx()?;
+        let secs = secs.to_string();
+        let until = Instant::now() + Duration::from_secs(15);
+        let json = loop {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.client_ns,
+                    "iperf3",
+                    "-c",
+                    &self.server_ip,
+                    "-t",
+                    &secs,
+                    "-J",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .context("run iperf3 -c")?;
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if json["end"]["sum_received"]["bits_per_second"].is_f64() {
+                break json;
+            }
+            if Instant::now() > until {
+                bail!(
+                    "iperf3 -c {} failed ({}): {}",
+                    self.server_ip,
+                    out.status,
+                    json["error"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let after = self.eth0_tx()?;
+        let packets = after.0.saturating_sub(before.0);
+        let bytes = after.1.saturating_sub(before.1);
+        let received = &json["end"]["sum_received"];
+        let cpu = &json["end"]["cpu_utilization_percent"];
+        let cpu_secs = (cpu["host_total"].as_f64().unwrap_or_default()
+            + cpu["remote_total"].as_f64().unwrap_or_default())
+            / 100.0
+            * received["seconds"].as_f64().unwrap_or_default();
+        let gb = received["bytes"].as_f64().unwrap_or_default() / 1e9;
+        Ok(IperfRun {
+            bps: received["bits_per_second"].as_f64().unwrap_or_default(),
+            cpu_ms_per_gb: cpu_secs * 1e3 / gb.max(1e-9),
+            retransmits: json["end"]["sum_sent"]["retransmits"]
+                .as_u64()
+                .unwrap_or_default(),
+            underlay_packet_bytes: bytes as f64 / packets.max(1) as f64,
+            load1,
+        })
+    }
+
+    /// Node 1's `eth0` transmit counters (packets, bytes): what node 1 puts on the underlay.
+    fn eth0_tx(&self) -> Result<(u64, u64)> {
+        let v = self.lab.ip_json(1, &["-s", "link", "show", "eth0"])?;
+        let tx = &v[0]["stats64"]["tx"];
+        match (tx["packets"].as_u64(), tx["bytes"].as_u64()) {
+            (Some(p), Some(b)) => Ok((p, b)),
+            _ => bail!("no stats64 in `ip -j -s link show eth0`: {v}"),
         }
-        if Instant::now() > until {
-            break Err(anyhow!(
-                "iperf3 -c {server_ip} failed ({}): {}",
-                out.status,
-                json["error"]
+    }
+
+    /// The underlay veths: `eth0` of both nodes and their peers on the underlay bridge.
+    fn underlay_veths(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for k in 1..=2 {
+            out.push((self.lab.node_ns(k)?.to_owned(), "eth0".to_owned()));
+        }
+        let u = self.lab.underlay_ns().to_owned();
+        let text =
+            run_ok(Command::new("ip").args(["-n", &u, "-j", "link", "show", "master", "br0"]))?;
+        let ports: serde_json::Value =
+            serde_json::from_str(&text).context("ip -j link show master br0")?;
+        for p in ports.as_array().into_iter().flatten() {
+            if let Some(name) = p["ifname"].as_str() {
+                out.push((u.clone(), name.to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ethtool -K <veth> gro on|off rx-udp-gro-forwarding on|off` on every underlay veth.
+    fn set_underlay_gro(&self, on: bool) -> Result<()> {
+        let v = if on { "on" } else { "off" };
+        for (ns, dev) in self.underlay_veths()? {
+            run_ok(Command::new("ip").args([
+                "netns",
+                "exec",
+                &ns,
+                "ethtool",
+                "-K",
+                &dev,
+                "gro",
+                v,
+                "rx-udp-gro-forwarding",
+                v,
+            ]))?;
+        }
+        Ok(())
+    }
+
+    /// One line per device of node 1 (and its underlay port) with the [`OFFLOADS`] states; the
+    /// vxlan device also shows its outer UDP checksum setting.
+    fn offloads(&self) -> Result<Vec<String>> {
+        let n1 = self.lab.node_ns(1)?.to_owned();
+        let links = self.lab.ip_json(1, &["-d", "link", "show"])?;
+        let mut devs: Vec<(String, String, String)> = Vec::new();
+        for l in links.as_array().into_iter().flatten() {
+            let Some(name) = l["ifname"].as_str() else {
+                continue;
+            };
+            if name == "lo" {
+                continue;
+            }
+            let mut note = String::new();
+            let info = &l["linkinfo"];
+            if let Some(kind) = info["info_kind"].as_str() {
+                note = kind.to_owned();
+            }
+            if let Some(csum) = info["info_data"]["udp_csum"].as_bool() {
+                note.push_str(if csum { ", udpcsum" } else { ", noudpcsum" });
+            }
+            devs.push((n1.clone(), name.to_owned(), note));
+        }
+        if let Some((u, port)) = self.underlay_veths()?.into_iter().nth(2) {
+            devs.push((u, port, "veth, underlay port of a node".to_owned()));
+        }
+        let mut out = Vec::new();
+        for (ns, dev, note) in devs {
+            let text =
+                run_ok(Command::new("ip").args(["netns", "exec", &ns, "ethtool", "-k", &dev]))?;
+            let states: Vec<String> = OFFLOADS
+                .iter()
+                .map(|f| {
+                    let state = text
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix(&format!("{f}: ")))
+                        .map_or("?", |v| v.split_whitespace().next().unwrap_or("?"));
+                    format!("{} {state}", offload_abbrev(f))
+                })
+                .collect();
+            out.push(format!(
+                "offloads ({} lab, node 1) {dev} ({note}): {}",
+                self.kind.name(),
+                states.join(", ")
             ));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    let bps = result?;
-    lab.teardown()?;
-    Ok((bps, mtu))
+        Ok(out)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        self.lab.teardown()
+    }
+}
+
+fn offload_abbrev(feature: &str) -> &str {
+    match feature {
+        "tcp-segmentation-offload" => "tso",
+        "generic-segmentation-offload" => "gso",
+        "generic-receive-offload" => "gro",
+        other => other,
+    }
+}
+
+/// Runs a command; its stdout, or an error naming it with its stderr.
+fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+fn load_average() -> Result<f64> {
+    let text = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("parsing /proc/loadavg: {text:?}"))
 }
 
 // ===== the markdown summary =====
@@ -1508,6 +1833,63 @@ fn iperf_pair(cfg: &Config, kind: Kind) -> Result<(f64, u32)> {
 /// The results as Markdown tables with each figure next to its target.
 pub fn markdown(cfg: &Config, r: &Report) -> String {
     let mut s = String::new();
+    if !r.cold.is_empty() {
+        cold_tables(&mut s, cfg, r);
+    }
+    if let Some(t) = &r.throughput {
+        let _ = writeln!(
+            s,
+            "\n### Pod-to-pod iperf3 (D1)\n\n| underlay | host-gw Gbit/s (MTU {}) mean (min–max) | vxlan Gbit/s (MTU {}) mean (min–max) | vxlan / host-gw (D1 ≥ 0.9) | per round | iperf3 CPU ms/GB host-gw / vxlan | bytes per underlay packet host-gw / vxlan |\n|---|---:|---:|---:|---|---:|---:|",
+            t.hostgw_mtu, t.vxlan_mtu,
+        );
+        for set in &t.sets {
+            let gbit = |v: &[IperfRun]| {
+                let (lo, hi) = min_max(v.iter().map(|r| r.bps / 1e9));
+                format!(
+                    "{:.2} ({lo:.2}–{hi:.2})",
+                    mean(v.iter().map(|r| r.bps / 1e9))
+                )
+            };
+            let ratios: Vec<String> = set
+                .round_ratios()
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.3} {} | {} | {:.0} / {:.0} | {:.0} / {:.0} |",
+                set.label(),
+                gbit(&set.hostgw),
+                gbit(&set.vxlan),
+                set.ratio(),
+                met(set.ratio() >= 0.9),
+                ratios.join(", "),
+                mean(set.hostgw.iter().map(|r| r.cpu_ms_per_gb)),
+                mean(set.vxlan.iter().map(|r| r.cpu_ms_per_gb)),
+                mean(set.hostgw.iter().map(|r| r.underlay_packet_bytes)),
+                mean(set.vxlan.iter().map(|r| r.underlay_packet_bytes)),
+            );
+        }
+        let (lo, hi) = min_max(
+            t.sets
+                .iter()
+                .flat_map(|set| set.hostgw.iter().chain(&set.vxlan))
+                .map(|r| r.load1),
+        );
+        let _ = writeln!(
+            s,
+            "\n{} rounds of `iperf3 -t {}`, host-gw then vxlan in each; 1-minute load average before the runs {lo:.2}–{hi:.2}.\n",
+            cfg.iperf_rounds, cfg.iperf_secs
+        );
+        for line in &t.offloads {
+            let _ = writeln!(s, "- {line}");
+        }
+    }
+    s
+}
+
+/// The cold-start and the detail tables (P1–P7).
+fn cold_tables(s: &mut String, cfg: &Config, r: &Report) {
     let _ = writeln!(s, "### Cold start and programming (P1, P4, P5, P7)\n");
     let _ = writeln!(
         s,
@@ -1559,21 +1941,6 @@ pub fn markdown(cfg: &Config, r: &Report) -> String {
             d.vm_hwm_kib as f64 / 1024.0
         );
     }
-    if let Some(t) = &r.throughput {
-        let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let ratio = avg(&t.vxlan_bps) / avg(&t.hostgw_bps).max(1.0);
-        let _ = writeln!(
-            s,
-            "\n### Pod-to-pod iperf3 (D1)\n\n| host-gw Gbit/s (MTU {}) | vxlan Gbit/s (MTU {}) | vxlan / host-gw (D1 ≥ 0.9) |\n|---:|---:|---:|\n| {:.2} | {:.2} | {:.2} {} |",
-            t.hostgw_mtu,
-            t.vxlan_mtu,
-            avg(&t.hostgw_bps) / 1e9,
-            avg(&t.vxlan_bps) / 1e9,
-            ratio,
-            met(ratio >= 0.9)
-        );
-    }
-    s
 }
 
 fn met(ok: bool) -> &'static str {

@@ -1,5 +1,9 @@
-//! `cargo bench --bench agent -- [--quick | --smoke] [--sizes 100,1000] [--backends host-gw,vxlan]
-//! [--detail-at N] [--events N] [--idle SECS] [--iperf SECS] [--weft PATH]`
+//! `cargo bench --bench agent -- [--quick | --smoke] [--sizes 100,1000 | --sizes none]
+//! [--backends host-gw,vxlan] [--detail-at N] [--events N] [--idle SECS] [--iperf SECS]
+//! [--iperf-rounds N] [--underlay-gro] [--weft PATH]`
+//!
+//! `--sizes none` skips the cold-start scenarios (and with them the detail ones): only the
+//! pod-to-pod iperf3 (D1) runs.
 //!
 //! Runs as root (namespaces). `scripts/bench.sh` builds the release binary and runs this; see
 //! BENCHMARKS.md for what each figure means and its target.
@@ -33,7 +37,8 @@ fn real_main() -> Result<()> {
         events: 100,
         idle: Duration::from_secs(60),
         iperf_secs: 5,
-        iperf_rounds: 2,
+        iperf_rounds: 5,
+        underlay_gro: false,
     };
     let mut args = std::env::args().skip(1);
     let mut detail_set = false;
@@ -47,7 +52,7 @@ fn real_main() -> Result<()> {
                 cfg.events = 30;
                 cfg.idle = Duration::from_secs(10);
                 cfg.iperf_secs = 3;
-                cfg.iperf_rounds = 1;
+                cfg.iperf_rounds = 2;
             }
             "--smoke" => {
                 cfg.sizes = vec![50];
@@ -57,9 +62,15 @@ fn real_main() -> Result<()> {
                 cfg.idle = Duration::from_secs(2);
                 cfg.iperf_secs = 1;
                 cfg.iperf_rounds = 1;
+                cfg.underlay_gro = true;
             }
             "--sizes" => {
-                cfg.sizes = val("--sizes")?
+                let v = val("--sizes")?;
+                if v == "none" {
+                    cfg.sizes = Vec::new();
+                    continue;
+                }
+                cfg.sizes = v
                     .split(',')
                     .map(|v| {
                         v.trim()
@@ -85,6 +96,13 @@ fn real_main() -> Result<()> {
             "--events" => cfg.events = val("--events")?.parse().context("--events")?,
             "--idle" => cfg.idle = Duration::from_secs(val("--idle")?.parse().context("--idle")?),
             "--iperf" => cfg.iperf_secs = val("--iperf")?.parse().context("--iperf")?,
+            "--iperf-rounds" => {
+                cfg.iperf_rounds = val("--iperf-rounds")?.parse().context("--iperf-rounds")?;
+                if cfg.iperf_rounds == 0 {
+                    bail!("--iperf-rounds must be at least 1 (--iperf 0 skips iperf3)");
+                }
+            }
+            "--underlay-gro" => cfg.underlay_gro = true,
             "--weft" => cfg.weft_bin = PathBuf::from(val("--weft")?),
             other => bail!("unknown argument {other:?}"),
         }
