@@ -309,10 +309,15 @@ fn a_switch_while_etcd_is_down_is_published_when_it_returns() {
     cm.update(HOST_GW);
     for k in 1..=2 {
         wait_until(CONVERGE, || {
-            if lab.log_tail(k, 60).contains("re-publishing our lease failed") {
+            if lab
+                .log_tail(k, 60)
+                .contains("re-publishing our lease failed")
+            {
                 Ok(())
             } else {
-                Err(format!("node {k} has not tried to publish its host-gw lease"))
+                Err(format!(
+                    "node {k} has not tried to publish its host-gw lease"
+                ))
             }
         })
         .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(k, 40)));
