@@ -817,6 +817,7 @@ impl Agent {
                 index,
                 name,
                 up: false,
+                ..
             } if ours(index) => {
                 warn!("{name} was set down by someone else; setting it up again");
                 self.device_changed = true;
