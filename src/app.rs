@@ -172,7 +172,7 @@ async fn boot_from_cache(
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
     let mtu = backend.configure(nl, &ext, own.v4).await?;
-    let mut reconciler = Reconciler::new(nl.clone());
+    let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
     for index in backend.devices() {
         reconciler.own_device(index);
     }
@@ -438,7 +438,7 @@ impl Agent {
         // The table holds the leases now; don't keep a second copy through the start.
         let revision = snapshot.revision;
         drop(snapshot);
-        let mut reconciler = Reconciler::new(nl.clone());
+        let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
         for index in primary.devices() {
             reconciler.own_device(index);
         }
@@ -630,6 +630,7 @@ impl Agent {
         // may be added to the interface). Peers of another backend type wait for a new lease.
         self.pending_retry = self.device_lost
             || !report.failures.is_empty()
+            || !report.nexthop_failures.is_empty()
             || skipped.keys().any(|key| {
                 self.table
                     .get(key)
@@ -645,10 +646,11 @@ impl Agent {
         );
         metrics.set_peers(self.table.peer_attrs().map(|a| a.backend_type.as_str()));
         debug!(
-            "reconcile ({why}): {} peers, {} writes, {} failures in {:?} (plan {:?})",
+            "reconcile ({why}): {} peers, {} writes ({} of nexthops), {} failures in {:?} (plan {:?})",
             self.table.len(),
             report.writes,
-            report.failures.len(),
+            report.nexthop_writes,
+            report.failures.len() + report.nexthop_failures.len(),
             started.elapsed(),
             planned
         );
