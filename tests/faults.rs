@@ -817,7 +817,14 @@ fn r3_boot_with_etcd_down_programs_cached_peers() {
     // peer cache on disk stays. etcd is down when it comes back.
     lab.stop_node(3, Signal::SIGTERM).expect("stop");
     let ns3 = lab.node_ns(3).expect("ns").to_owned();
+    // weft's nexthops first (their routes go with them: `ip route flush` of routes on nexthops
+    // fails with EINVAL in nexthop_compat_mode, iproute2 6.1), then any plain weft route.
+    ip(&ns3, &["nexthop", "flush", "proto", "87"]).expect("flush weft nexthops");
     ip(&ns3, &["route", "flush", "proto", "87"]).expect("flush weft routes");
+    assert!(
+        route_to(&ns3, &lab.subnet(1).expect("subnet").to_string()).is_none(),
+        "node 3's routes are gone before its restart"
+    );
     std::fs::remove_file(lab.subnet_file(3).expect("path")).expect("rm subnet.env");
     lab.etcd().expect("etcd").stop();
     let started = Instant::now();
