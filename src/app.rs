@@ -646,7 +646,7 @@ impl Agent {
         );
         metrics.set_peers(self.table.peer_attrs().map(|a| a.backend_type.as_str()));
         debug!(
-            "reconcile ({why}): {} peers, {} writes ({} of nexthops), {} failures in {:?} (plan {:?})",
+            "reconcile ({why}): {} peers, {} writes, {} nexthop writes, {} failures in {:?} (plan {:?})",
             self.table.len(),
             report.writes,
             report.nexthop_writes,

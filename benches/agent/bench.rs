@@ -1396,17 +1396,22 @@ fn count_entries(ns: &Netns, kind: Kind) -> Result<usize> {
     Ok(routes + neighs + fdb)
 }
 
-/// From the agent log: the last `reconcile (audit (SIGHUP)): … N writes … in D` and
-/// `audit (SIGHUP): dump and diff in D` lines.
+/// From the agent log: the last `reconcile (audit (SIGHUP)): … N writes, M nexthop writes … in
+/// D` (writes: N + M, every kernel write) and `audit (SIGHUP): dump and diff in D` lines.
 pub fn parse_audit(log: &str) -> (Option<u64>, Option<Duration>, Option<Duration>) {
     let mut writes = None;
     let mut reconcile = None;
     let mut total = None;
     for line in log.lines() {
         if let Some(rest) = line.split("reconcile (audit (SIGHUP)): ").nth(1) {
-            writes = rest
+            let counts: Vec<u64> = rest
                 .split(", ")
-                .find_map(|p| p.strip_suffix(" writes").and_then(|w| w.parse().ok()));
+                .filter_map(|p| {
+                    let n = p.strip_suffix(" writes")?;
+                    n.strip_suffix(" nexthop").unwrap_or(n).parse().ok()
+                })
+                .collect();
+            writes = (!counts.is_empty()).then(|| counts.iter().sum());
             reconcile = reconcile_duration(rest);
         }
         if let Some(rest) = line.split("audit (SIGHUP): dump and diff in ").nth(1) {
