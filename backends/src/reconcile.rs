@@ -186,21 +186,28 @@ impl Reconciler {
             }
             Err(e) => return Err(e),
         };
-        let routes = self.nl.dump_routes().await?;
-        let by_id: HashMap<u32, &Nexthop> = nexthops.iter().map(|n| (n.id, n)).collect();
+        let mut nexthops = nexthops;
+        nexthops.sort_unstable_by_key(|n| n.id);
         let mut table = std::mem::take(&mut self.nh);
         table.reset(&nexthops);
+        // weft's routes, and others' routes on nexthops (which may be weft's: those stay).
+        let routes = self
+            .nl
+            .dump_routes_where(
+                &format!("ip route show table main proto {RTPROT_WEFT}"),
+                |ev| is_weft_route(ev) || ev.nhid.is_some_and(|id| table.is_ours(id)),
+            )
+            .await?;
         let mut state = KernelState::default();
         for ev in routes {
-            let weft = ev.table == u32::from(MAIN) && ev.protocol == RTPROT_WEFT;
-            if !weft {
+            if !is_weft_route(&ev) {
                 // Someone else's route on one of weft's nexthops keeps that nexthop alive.
                 if let Some(id) = ev.nhid {
                     table.pin(id);
                 }
                 continue;
             }
-            let route = resolve_dumped(&ev, &by_id);
+            let route = resolve_dumped(&ev, &nexthops);
             if let Some(first) = state.routes.get(&route.dst) {
                 // Only someone else can make a second weft-protocol route to one destination in
                 // table main (with another metric); keep the first, the next refresh sees the
@@ -382,13 +389,14 @@ impl Reconciler {
         report: &mut ApplyReport,
     ) -> Result<(), BackendError> {
         let hop = Hop::of(r);
-        let (id, fresh) = match self.nh.id_for(&hop) {
-            Some(id) => (id, false),
-            None => (self.add_nexthop(hop, report).await?, true),
+        let Some(id) = self.nh.id_for(&hop) else {
+            let id = self.add_nexthop_with_route(hop, r.dst, report).await?;
+            self.log_route_replace(r.dst, id, &hop);
+            self.nh.set_route(r.dst, Some(id));
+            return Ok(());
         };
         let id = match self.nl.route_replace_nhid(r.dst, id).await {
             Ok(()) => id,
-            Err(e) if fresh => return Err(e),
             Err(e) => {
                 // The table may be behind: the kernel drops nexthops without telling (their
                 // link lost its carrier or went down a moment ago).
@@ -405,13 +413,65 @@ impl Reconciler {
                 }
             }
         };
-        info!(
-            "ip route replace {} nhid {id} proto {RTPROT_WEFT}  # {}",
-            r.dst,
-            hop.display_with(self.name(hop.oif))
-        );
+        self.log_route_replace(r.dst, id, &hop);
         self.nh.set_route(r.dst, Some(id));
         Ok(())
+    }
+
+    fn log_route_replace(&self, dst: ipnet::Ipv4Net, id: u32, hop: &Hop) {
+        info!(
+            "ip route replace {dst} nhid {id} proto {RTPROT_WEFT}  # {}",
+            hop.display_with(self.name(hop.oif))
+        );
+    }
+
+    /// A new nexthop for `hop` with a free id and the route to `dst` on it, sent together (one
+    /// round trip): `ip nexthop add id <N> via <gw> dev <dev> [onlink] proto 87` + `ip route
+    /// replace <dst> nhid <N> proto 87`. An id someone took meanwhile (EEXIST: the route may
+    /// have landed on their nexthop) is given up and the pair sent again with another.
+    async fn add_nexthop_with_route(
+        &mut self,
+        hop: Hop,
+        dst: ipnet::Ipv4Net,
+        report: &mut ApplyReport,
+    ) -> Result<u32, BackendError> {
+        let mut last = None;
+        for _ in 0..ID_ATTEMPTS {
+            let id = self.nh.allocate();
+            let (added, routed) = self.nl.nexthop_add_with_route(id, &hop, dst).await;
+            match added {
+                Ok(()) => {
+                    self.log_nexthop_add(id, &hop);
+                    report.nexthop_writes += 1;
+                    self.nh.added(id, Some(hop));
+                    // A failed route leaves the nexthop unused: deleted after the routes.
+                    routed?;
+                    return Ok(id);
+                }
+                Err(e) if errno(&e) == Some(nl::EEXIST) => {
+                    debug!(id, "nexthop id taken meanwhile; trying another");
+                    self.nh.taken(id);
+                    last = Some(e);
+                }
+                Err(e) => {
+                    if routed.is_ok() {
+                        // Only possible onto a nexthop someone else holds with that id (the
+                        // kernel checks the request before the id): the next write of this
+                        // route moves it off.
+                        self.nh.taken(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Unsupported("no free nexthop id".into())))
+    }
+
+    fn log_nexthop_add(&self, id: u32, hop: &Hop) {
+        info!(
+            "ip nexthop add id {id} {} proto {RTPROT_WEFT}",
+            hop.display_with(self.name(hop.oif))
+        );
     }
 
     /// `ip nexthop add id <N> via <gw> dev <dev> [onlink] proto 87` with a free id.
@@ -425,10 +485,7 @@ impl Reconciler {
             let id = self.nh.allocate();
             match self.nl.nexthop_add(id, &hop).await {
                 Ok(()) => {
-                    info!(
-                        "ip nexthop add id {id} {} proto {RTPROT_WEFT}",
-                        hop.display_with(self.name(hop.oif))
-                    );
+                    self.log_nexthop_add(id, &hop);
                     report.nexthop_writes += 1;
                     self.nh.added(id, Some(hop));
                     return Ok(id);
@@ -819,14 +876,23 @@ impl Reconciler {
 
 const MAIN: u8 = 254;
 
-/// The meaning of a dumped weft route: through the nexthop dump for a route on a nexthop (a
-/// nexthop that is not a plain gateway hop, or missing, gives gateway `0.0.0.0`, which no
-/// desired route has), else as the kernel reported it.
-fn resolve_dumped(ev: &RouteEvent, by_id: &HashMap<u32, &Nexthop>) -> Route {
+/// A route with weft's protocol in table main.
+fn is_weft_route(ev: &RouteEvent) -> bool {
+    ev.table == u32::from(MAIN) && ev.protocol == RTPROT_WEFT
+}
+
+/// The meaning of a dumped weft route: through the nexthop dump (sorted by id) for a route on a
+/// nexthop (a nexthop that is not a plain gateway hop, or missing, gives gateway `0.0.0.0`,
+/// which no desired route has), else as the kernel reported it.
+fn resolve_dumped(ev: &RouteEvent, nexthops: &[Nexthop]) -> Route {
     let Some(id) = ev.nhid else {
         return ev.route.clone();
     };
-    match by_id.get(&id) {
+    match nexthops
+        .binary_search_by_key(&id, |n| n.id)
+        .ok()
+        .map(|i| &nexthops[i])
+    {
         Some(n) => match n.hop() {
             Some(hop) => hop.route(ev.route.dst),
             None => Route {

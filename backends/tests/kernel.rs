@@ -358,6 +358,35 @@ fn routes_share_a_nexthop_per_hop() {
 }
 
 #[test]
+fn an_id_taken_meanwhile_is_skipped() {
+    in_netns("an_id_taken_meanwhile_is_skipped", || async {
+        let eth0 = underlay();
+        let mut rec = reconciler(Mode::Nexthop);
+        rec.refresh().await.unwrap();
+        // Someone takes id 1 after weft's dump (weft hears of it only through the kernel's
+        // EEXIST): the nexthop add and the route are sent together, so the route lands on
+        // their nexthop for a moment and is moved onto weft's own at once.
+        ip("nexthop add id 1 via 198.18.0.9 dev eth0 proto static");
+        let want = desired(eth0, &[peer("10.244.2.0/24", "198.18.0.2")]);
+        let report = rec.apply(&want).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!((report.writes, report.nexthop_writes), (1, 1));
+        assert_eq!(
+            weft_routes(),
+            BTreeSet::from([r("10.244.2.0/24", "198.18.0.2", "eth0", "87")])
+        );
+        assert_written(Mode::Nexthop);
+        let theirs = &nexthops()[&1];
+        assert_eq!(
+            (theirs["gateway"].as_str(), theirs["protocol"].as_str()),
+            (Some("198.18.0.9"), Some("static")),
+            "someone else's nexthop untouched"
+        );
+        assert_ne!(weft_route_list()[0].nhid, Some(1));
+    });
+}
+
+#[test]
 fn onlink_route_is_written_and_read_back() {
     in_netns("onlink_route_is_written_and_read_back", || async {
         let eth0 = underlay();

@@ -342,22 +342,42 @@ impl Netlink {
 
     /// `ip -4 route show table all`: every IPv4 unicast route, any table, any protocol.
     pub async fn dump_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
-        let routes = self.dump_v4_routes("ip -4 route show table all").await?;
-        Ok(routes.iter().filter_map(route_event).collect())
+        self.dump_routes_where("ip -4 route show table all", |_| true)
+            .await
     }
 
     /// `ip route show table main proto 87`: every route weft owns, as written (plain, or on a
     /// nexthop object: see [`RouteEvent`]). A weft route without a gateway (only someone else can
     /// make one) shows with gateway `0.0.0.0` so it can be purged.
     pub async fn dump_owned_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
-        let routes = self
-            .dump_v4_routes(&format!("ip route show table main proto {RTPROT_WEFT}"))
-            .await?;
-        Ok(routes
-            .iter()
-            .filter_map(route_event)
-            .filter(|ev| ev.table == MAIN && ev.protocol == RTPROT_WEFT)
-            .collect())
+        self.dump_routes_where(
+            &format!("ip route show table main proto {RTPROT_WEFT}"),
+            |ev| ev.table == MAIN && ev.protocol == RTPROT_WEFT,
+        )
+        .await
+    }
+
+    /// The IPv4 unicast routes (`ip -4 route show table all`) that `keep` wants, each turned
+    /// into a [`RouteEvent`] as it arrives (a dump of 20,000 routes is not held as messages).
+    /// `op` names the dump in errors.
+    pub async fn dump_routes_where(
+        &self,
+        op: &str,
+        mut keep: impl FnMut(&RouteEvent) -> bool,
+    ) -> Result<Vec<RouteEvent>, BackendError> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.kind = RouteType::Unspec;
+        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        let mut replies = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        while let Some(m) = replies.try_next().await.map_err(|e| nl_err(op, e))? {
+            if let Some(ev) = route_event(&m).filter(|ev| keep(ev)) {
+                out.push(ev);
+            }
+        }
+        out.shrink_to_fit();
+        Ok(out)
     }
 
     /// `ip route replace <dst> via <gw> dev <oif> [onlink] proto 87` (table main, metric 0).

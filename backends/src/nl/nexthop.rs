@@ -12,7 +12,7 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -383,6 +383,21 @@ impl Netlink {
         msg: RtMessage,
         flags: u16,
     ) -> Result<Vec<RtMessage>, BackendError> {
+        let mut out = Vec::new();
+        self.nh_request_each(op, msg, flags, |m| out.push(m))
+            .await?;
+        Ok(out)
+    }
+
+    /// [`nh_request`](Self::nh_request) handing each reply to `each` as it arrives (a dump of
+    /// 20,000 nexthops is not held as raw messages).
+    async fn nh_request_each(
+        &self,
+        op: &str,
+        msg: RtMessage,
+        flags: u16,
+        mut each: impl FnMut(RtMessage),
+    ) -> Result<(), BackendError> {
         let mut req =
             NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
         req.header.flags = flags;
@@ -395,15 +410,14 @@ impl Netlink {
                     errno: None,
                     message: e.to_string(),
                 })?;
-        let mut out = Vec::new();
         while let Some(reply) = replies.next().await {
             match reply.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::InnerMessage(m) => each(m),
                 NetlinkPayload::Error(e) if e.code.is_some() => return Err(reply_error(op, &e)),
                 _ => {}
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// `ip nexthop show`: every nexthop object (all owners, all families). Fails with the
@@ -414,20 +428,22 @@ impl Netlink {
             family: AF_UNSPEC,
             ..Default::default()
         };
-        let replies = self
-            .nh_request(
-                "ip nexthop show",
-                RtMessage::Nexthop(msg),
-                NLM_F_REQUEST | NLM_F_DUMP,
-            )
-            .await?;
-        Ok(replies
-            .iter()
-            .filter_map(|m| match m {
-                RtMessage::Nexthop(m) if m.kind == RTM_NEWNEXTHOP => m.nexthop(),
-                _ => None,
-            })
-            .collect())
+        let mut out = Vec::new();
+        self.nh_request_each(
+            "ip nexthop show",
+            RtMessage::Nexthop(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            |m| {
+                if let RtMessage::Nexthop(m) = m {
+                    if m.kind == RTM_NEWNEXTHOP {
+                        out.extend(m.nexthop());
+                    }
+                }
+            },
+        )
+        .await?;
+        out.shrink_to_fit();
+        Ok(out)
     }
 
     /// `ip nexthop get id <id>`; None when there is no such nexthop.
@@ -457,25 +473,67 @@ impl Netlink {
     /// when the id is taken (never replaces someone else's nexthop), with ENETDOWN when the
     /// device is down or has no carrier, ENETUNREACH when the gateway is not on-link.
     pub async fn nexthop_add(&self, id: u32, hop: &Hop) -> Result<(), BackendError> {
-        let msg = NexthopMessage {
-            kind: RTM_NEWNEXTHOP,
-            family: AF_INET,
-            scope: 0,
-            protocol: RTPROT_WEFT,
-            flags: if hop.onlink { RTNH_F_ONLINK } else { 0 },
-            attrs: vec![
-                (NHA_ID, id.to_ne_bytes().to_vec()),
-                (NHA_OIF, hop.oif.to_ne_bytes().to_vec()),
-                (NHA_GATEWAY, hop.gateway.octets().to_vec()),
-            ],
-        };
         self.nh_request(
             &format!("ip nexthop add id {id} {hop} proto {RTPROT_WEFT}"),
-            RtMessage::Nexthop(msg),
+            RtMessage::Nexthop(nexthop_add_msg(id, hop)),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )
         .await
         .map(drop)
+    }
+
+    /// `ip nexthop add id <id> via <gw> dev <oif> [onlink] proto 87` and `ip route replace <dst>
+    /// nhid <id> proto 87` in one request (one round trip; the kernel handles the two messages in
+    /// order). Returns the nexthop's result and the route's. When the nexthop add fails with
+    /// [`EEXIST`] the route may have gone onto someone else's nexthop `id`: write it again on
+    /// another nexthop at once.
+    pub async fn nexthop_add_with_route(
+        &self,
+        id: u32,
+        hop: &Hop,
+        dst: Ipv4Net,
+    ) -> (Result<(), BackendError>, Result<(), BackendError>) {
+        let nh_op = format!("ip nexthop add id {id} {hop} proto {RTPROT_WEFT}");
+        let route_op = format!("ip route replace {dst} nhid {id} proto {RTPROT_WEFT}");
+        let mut add = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RtMessage::Nexthop(nexthop_add_msg(id, hop))),
+        );
+        add.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        let mut route = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RtMessage::Route(RouteNetlinkMessage::NewRoute(
+                nhid_route_msg(dst, id),
+            ))),
+        );
+        route.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+        let mut replies = match self.nh.request_batch([add, route], SocketAddr::new(0, 0)) {
+            Ok(r) => r,
+            Err(e) => {
+                let err = |op: &str| BackendError::Netlink {
+                    op: op.to_string(),
+                    errno: None,
+                    message: e.to_string(),
+                };
+                return (Err(err(&nh_op)), Err(err(&route_op)));
+            }
+        };
+        let (mut nh_result, mut route_result) = (Ok(()), Ok(()));
+        while let Some(reply) = replies.next().await {
+            if let NetlinkPayload::Error(e) = reply.payload {
+                if e.code.is_none() {
+                    continue;
+                }
+                // The error carries the header of the request it answers: its message type.
+                let kind = e.header.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+                if kind == Some(RTM_NEWNEXTHOP) {
+                    nh_result = Err(reply_error(&nh_op, &e));
+                } else {
+                    route_result = Err(reply_error(&route_op, &e));
+                }
+            }
+        }
+        (nh_result, route_result)
     }
 
     /// `ip nexthop del id <id>`; "already gone" is success. The kernel removes the routes that
@@ -539,6 +597,22 @@ impl Netlink {
                 ))
             }
         }
+    }
+}
+
+/// The message of `ip nexthop add id <id> via <gw> dev <oif> [onlink] proto 87`.
+fn nexthop_add_msg(id: u32, hop: &Hop) -> NexthopMessage {
+    NexthopMessage {
+        kind: RTM_NEWNEXTHOP,
+        family: AF_INET,
+        scope: 0,
+        protocol: RTPROT_WEFT,
+        flags: if hop.onlink { RTNH_F_ONLINK } else { 0 },
+        attrs: vec![
+            (NHA_ID, id.to_ne_bytes().to_vec()),
+            (NHA_OIF, hop.oif.to_ne_bytes().to_vec()),
+            (NHA_GATEWAY, hop.gateway.octets().to_vec()),
+        ],
     }
 }
 
