@@ -32,6 +32,7 @@ use rtnetlink::{
 use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
 use crate::{BackendError, KernelOp, RTPROT_WEFT, Route};
 
+mod dump;
 mod nexthop;
 
 use nexthop::RtMessage;
@@ -369,13 +370,19 @@ impl Netlink {
         msg.header.protocol = RouteProtocol::Unspec;
         msg.header.kind = RouteType::Unspec;
         msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
-        let mut replies = self.handle.route().get(msg).execute();
         let mut out = Vec::new();
-        while let Some(m) = replies.try_next().await.map_err(|e| nl_err(op, e))? {
-            if let Some(ev) = route_event(&m).filter(|ev| keep(ev)) {
-                out.push(ev);
-            }
-        }
+        dump::dump_each(
+            op,
+            RtMessage::Route(RouteNetlinkMessage::GetRoute(msg)),
+            |m| {
+                if let RtMessage::Route(RouteNetlinkMessage::NewRoute(m)) = m {
+                    if let Some(ev) = route_event(&m).filter(|ev| keep(ev)) {
+                        out.push(ev);
+                    }
+                }
+            },
+        )
+        .await?;
         out.shrink_to_fit();
         Ok(out)
     }
@@ -592,6 +599,13 @@ fn kernel_event(msg: NetlinkMessage<RtMessage>) -> Option<KernelEvent> {
     }
 }
 
+/// The `RTM_GETNEIGH` dump request of `ip neigh show` (Inet) / `bridge fdb show` (Bridge).
+fn neigh_dump_msg(family: AddressFamily) -> RtMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family;
+    RtMessage::Route(RouteNetlinkMessage::GetNeighbour(msg))
+}
+
 /// NUD_PERMANENT is a bit: `bridge fdb ... permanent` reports PERMANENT|NOARP (0xc0), which the
 /// packet crate can only show as `Other(192)`.
 fn is_permanent(state: NeighbourState) -> bool {
@@ -792,24 +806,22 @@ impl Netlink {
 
     /// `ip neigh show dev <dev> nud permanent` (IPv4): the ARP entries weft owns on its device.
     pub async fn dump_permanent_neighs(&self, ifindex: u32) -> Result<Vec<Neigh>, BackendError> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("ip neigh show dev {ifindex} nud permanent"), e))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == ifindex && is_permanent(m.header.state))
-            .filter_map(|m| {
-                let ip = neigh_dst(m)?;
-                let mac = neigh_mac(m)?;
-                Some(Neigh { ifindex, ip, mac })
-            })
-            .collect())
+        let mut out = Vec::new();
+        dump::dump_each(
+            &format!("ip neigh show dev {ifindex} nud permanent"),
+            neigh_dump_msg(AddressFamily::Inet),
+            |m| {
+                if let RtMessage::Route(RouteNetlinkMessage::NewNeighbour(m)) = m {
+                    if m.header.ifindex == ifindex && is_permanent(m.header.state) {
+                        if let (Some(ip), Some(mac)) = (neigh_dst(&m), neigh_mac(&m)) {
+                            out.push(Neigh { ifindex, ip, mac });
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     /// `bridge fdb replace <mac> dev <dev> dst <ip> self permanent`.
@@ -850,28 +862,25 @@ impl Netlink {
     /// `bridge fdb show dev <dev>`, keeping the `self permanent` entries with a `dst` (the
     /// per-VTEP entries weft writes; the device's own multicast/unicast addresses have no dst).
     pub async fn dump_fdb(&self, ifindex: u32) -> Result<Vec<Fdb>, BackendError> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("bridge fdb show dev {ifindex}"), e))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| {
-                m.header.ifindex == ifindex
-                    && is_permanent(m.header.state)
-                    && m.header.flags.contains(NeighbourFlags::Own)
-            })
-            .filter_map(|m| {
-                let dst = neigh_dst(m)?;
-                let mac = neigh_mac(m)?;
-                Some(Fdb { ifindex, mac, dst })
-            })
-            .collect())
+        let mut out = Vec::new();
+        dump::dump_each(
+            &format!("bridge fdb show dev {ifindex}"),
+            neigh_dump_msg(AddressFamily::Bridge),
+            |m| {
+                if let RtMessage::Route(RouteNetlinkMessage::NewNeighbour(m)) = m {
+                    let ours = m.header.ifindex == ifindex
+                        && is_permanent(m.header.state)
+                        && m.header.flags.contains(NeighbourFlags::Own);
+                    if ours {
+                        if let (Some(dst), Some(mac)) = (neigh_dst(&m), neigh_mac(&m)) {
+                            out.push(Fdb { ifindex, mac, dst });
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     /// `ip -d link show <name>`, read as a vxlan device; `None` when there is no such link.

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
     NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -421,7 +421,8 @@ impl Netlink {
     }
 
     /// `ip nexthop show`: every nexthop object (all owners, all families). Fails with the
-    /// kernel's errno where there are no nexthop objects (see [`nexthops_unsupported`]).
+    /// kernel's errno where there are no nexthop objects (see [`nexthops_unsupported`]). Read
+    /// on a socket of its own (see [`super::dump`]).
     pub async fn dump_nexthops(&self) -> Result<Vec<Nexthop>, BackendError> {
         let msg = NexthopMessage {
             kind: RTM_GETNEXTHOP,
@@ -429,18 +430,13 @@ impl Netlink {
             ..Default::default()
         };
         let mut out = Vec::new();
-        self.nh_request_each(
-            "ip nexthop show",
-            RtMessage::Nexthop(msg),
-            NLM_F_REQUEST | NLM_F_DUMP,
-            |m| {
-                if let RtMessage::Nexthop(m) = m {
-                    if m.kind == RTM_NEWNEXTHOP {
-                        out.extend(m.nexthop());
-                    }
+        super::dump::dump_each("ip nexthop show", RtMessage::Nexthop(msg), |m| {
+            if let RtMessage::Nexthop(m) = m {
+                if m.kind == RTM_NEWNEXTHOP {
+                    out.extend(m.nexthop());
                 }
-            },
-        )
+            }
+        })
         .await?;
         out.shrink_to_fit();
         Ok(out)
