@@ -172,7 +172,7 @@ async fn boot_from_cache(
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
     let mtu = backend.configure(nl, &ext, own.v4).await?;
-    let mut reconciler = Reconciler::new(nl.clone());
+    let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
     for index in backend.devices() {
         reconciler.own_device(index);
     }
@@ -521,7 +521,7 @@ impl Agent {
         // The table holds the leases now; don't keep a second copy through the start.
         let revision = snapshot.revision;
         drop(snapshot);
-        let mut reconciler = Reconciler::new(nl.clone());
+        let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
         for index in primary.devices() {
             reconciler.own_device(index);
         }
@@ -797,6 +797,7 @@ impl Agent {
         // may be added to the interface). Peers of another backend type wait for a new lease.
         self.pending_retry = self.device_lost
             || !report.failures.is_empty()
+            || !report.nexthop_failures.is_empty()
             || skipped.keys().any(|key| {
                 self.table
                     .get(key)
@@ -816,10 +817,11 @@ impl Agent {
             None => format!("plan {planned:?}"),
         };
         debug!(
-            "reconcile ({why}): {} peers, {} writes, {} failures in {:?} ({plan})",
+            "reconcile ({why}): {} peers, {} writes, {} nexthop writes, {} failures in {:?} ({plan})",
             self.table.len(),
             report.writes,
-            report.failures.len(),
+            report.nexthop_writes,
+            report.failures.len() + report.nexthop_failures.len(),
             started.elapsed(),
         );
     }
@@ -1066,6 +1068,7 @@ impl Agent {
                 index,
                 name,
                 up: false,
+                ..
             } if ours(index) => {
                 warn!("{name} was set down by someone else; setting it up again");
                 self.device_changed = true;
@@ -1637,6 +1640,7 @@ mod tests {
             name: format!("flannel.{index}"),
             mtu: 1450,
             up,
+            carrier: up,
             addrs: addrs
                 .iter()
                 .map(|(a, p)| AddrInfo {

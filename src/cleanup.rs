@@ -5,8 +5,10 @@
 //! What goes, in this order, each logged like the `ip` command:
 //! 1. the devices `flannel.<VNI>`, `flannel-v6.<VNI>` and `flannel.ipip` (`ip link del`); the
 //!    routes, ARP and FDB entries on them go with them;
-//! 2. every route with weft's protocol 87 in table main (`ip route del … proto 87`), e.g.
-//!    host-gw routes via the external interface;
+//! 2. every route with weft's protocol 87 in table main (`ip route del … proto 87`, or
+//!    `ip route del … nhid N proto 87` for a route on a nexthop object), e.g. host-gw routes via
+//!    the external interface; then weft's nexthop objects (`ip nexthop del id N`, protocol 87),
+//!    except one someone else's route or nexthop group still uses (reported as a failure);
 //! 3. masquerade and forward rules of both modes (iptables chains `FLANNEL-POSTRTG` and
 //!    `FLANNEL-FWD` with the jumps to them; nftables tables `flannel-ipv4`/`flannel-ipv6`),
 //!    logged by the firewall module;
@@ -32,8 +34,9 @@ pub const EXIT_USAGE: u8 = 2;
 fn usage() -> String {
     "Usage: weft cleanup [--release-lease] [--remove-subnet-env] [flanneld flags...]\n\n\
      Removes the devices flannel.* (flannel.<VNI>, flannel-v6.<VNI>, flannel.ipip), the routes\n\
-     with weft's protocol 87 in table main, and weft's masquerade/forward rules. Stop the agent\n\
-     first. Takes the agent's flags and FLANNELD_* variables.\n\n  \
+     with weft's protocol 87 in table main, weft's nexthop objects (protocol 87), and weft's\n\
+     masquerade/forward rules. Stop the agent first. Takes the agent's flags and FLANNELD_*\n\
+     variables.\n\n  \
      --release-lease       also delete this node's lease key in etcd and revoke its etcd lease\n  \
      --remove-subnet-env   also delete the subnet file (--subnet-file)\n\n\
      Exit codes: 0 done (or nothing to do), 1 something could not be removed, 2 usage error.\n"
@@ -190,7 +193,7 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
     out
 }
 
-/// Steps 1 and 2: the devices, then weft's routes that are left.
+/// Steps 1 and 2: the devices, then weft's routes that are left, then weft's nexthops.
 async fn kernel_cleanup(nl: &Netlink, out: &mut Outcome) {
     match nl.links().await {
         Ok(links) => {
@@ -207,18 +210,95 @@ async fn kernel_cleanup(nl: &Netlink, out: &mut Outcome) {
         Ok(links) => links.into_iter().map(|l| (l.index, l.name)).collect(),
         Err(_) => Default::default(),
     };
+    // Read before the routes go: a route on a nexthop object is logged with the nexthop's hop.
+    let nexthops = match nl.dump_nexthops().await {
+        Ok(n) => n,
+        // A kernel without nexthop objects: nothing of that kind to remove.
+        Err(e) if backends::nl::nexthops_unsupported(&e) => Vec::new(),
+        Err(e) => {
+            out.failed(format!("ip nexthop show: {e}"));
+            Vec::new()
+        }
+    };
+    let hop_of = |id: u32| -> String {
+        match nexthops.iter().find(|n| n.id == id).and_then(|n| n.hop()) {
+            Some(hop) => format!(
+                "  # {}",
+                hop.display_with(names.get(&hop.oif).map(String::as_str))
+            ),
+            None => String::new(),
+        }
+    };
     match nl.dump_owned_routes().await {
         Ok(routes) => {
-            for r in routes {
-                let name = names.get(&r.oif).map(String::as_str);
-                let cmd = format!("ip route del {} proto {RTPROT_WEFT}", r.display_with(name));
-                match nl.route_del(&r).await {
+            for ev in routes {
+                let r = &ev.route;
+                let (cmd, result) = match ev.nhid {
+                    Some(id) => (
+                        format!(
+                            "ip route del {} nhid {id} proto {RTPROT_WEFT}{}",
+                            r.dst,
+                            hop_of(id)
+                        ),
+                        nl.route_del_nhid(r.dst, id).await.map(drop),
+                    ),
+                    None => {
+                        let name = names.get(&r.oif).map(String::as_str);
+                        (
+                            format!("ip route del {} proto {RTPROT_WEFT}", r.display_with(name)),
+                            nl.route_del(r).await,
+                        )
+                    }
+                };
+                match result {
                     Ok(()) => out.done(cmd),
                     Err(e) => out.failed(format!("{cmd}: {e}")),
                 }
             }
         }
         Err(e) => out.failed(format!("ip route show table main proto {RTPROT_WEFT}: {e}")),
+    }
+    nexthop_cleanup(nl, &nexthops, &hop_of, out).await;
+}
+
+/// Step 2, last: weft's nexthop objects (protocol 87), once weft's routes are gone. One that
+/// someone else's route or nexthop group still uses is kept (deleting it would delete their
+/// route), and reported.
+async fn nexthop_cleanup(
+    nl: &Netlink,
+    nexthops: &[backends::nl::Nexthop],
+    hop_of: &dyn Fn(u32) -> String,
+    out: &mut Outcome,
+) {
+    if !nexthops.iter().any(|n| n.is_weft()) {
+        return;
+    }
+    let mut used: std::collections::HashSet<u32> = nexthops
+        .iter()
+        .filter(|n| !n.is_weft())
+        .flat_map(|n| n.group.iter().copied())
+        .collect();
+    match nl.dump_routes().await {
+        Ok(routes) => used.extend(routes.iter().filter_map(|r| r.nhid)),
+        Err(e) => {
+            out.failed(format!(
+                "ip -4 route show table all (to see who uses weft's nexthops): {e}"
+            ));
+            return;
+        }
+    }
+    for n in nexthops.iter().filter(|n| n.is_weft()) {
+        let cmd = format!("ip nexthop del id {}{}", n.id, hop_of(n.id));
+        if used.contains(&n.id) {
+            out.failed(format!(
+                "{cmd}: kept, someone else's route or nexthop group uses it"
+            ));
+            continue;
+        }
+        match nl.nexthop_del(n.id).await {
+            Ok(()) => out.done(cmd),
+            Err(e) => out.failed(format!("{cmd}: {e}")),
+        }
     }
 }
 

@@ -162,6 +162,9 @@ pub struct Options {
     pub set_node_network_unavailable: bool,
     /// `--peer-cache-file` (weft only): None when given empty.
     pub peer_cache_file: Option<PathBuf>,
+    /// `--route-nexthops` (weft only): write routes on kernel nexthop objects where the kernel
+    /// has them (`false`: plain routes, as flanneld writes them).
+    pub route_nexthops: bool,
     /// klog's `-v` verbosity; see [`Options::log_level`].
     pub v: u8,
     /// klog's `-vmodule` (accepted and syntax-checked; weft has no per-file verbosity).
@@ -204,6 +207,7 @@ impl Default for Options {
             net_config_path: None,
             set_node_network_unavailable: true,
             peer_cache_file: Some(PathBuf::from(DEFAULT_PEER_CACHE_FILE)),
+            route_nexthops: true,
             v: 0,
             vmodule: None,
             log_backtrace_at: None,
@@ -280,6 +284,7 @@ enum Id {
     NetConfigPath,
     SetNodeNetworkUnavailable,
     PeerCacheFile,
+    RouteNexthops,
     V,
     Vmodule,
     LogBacktraceAt,
@@ -559,6 +564,14 @@ const FLAGS: &[Spec] = &[
         "path",
         DEFAULT_PEER_CACHE_FILE,
         "weft: where the last known config, lease and peers are kept, to program them at boot while etcd is unreachable (empty: no cache)",
+    ),
+    spec(
+        Id::RouteNexthops,
+        "route-nexthops",
+        Kind::Bool,
+        "",
+        "true",
+        "weft: write peer routes on kernel nexthop objects (ip route ... nhid N) where the kernel has them; false: plain routes (ip route ... via GW)",
     ),
     spec(
         Id::V,
@@ -934,6 +947,7 @@ fn set(o: &mut Options, spec: &Spec, v: &str) -> Result<(), String> {
         }
         Id::SetNodeNetworkUnavailable => o.set_node_network_unavailable = bool_value()?,
         Id::PeerCacheFile => o.peer_cache_file = non_empty_path(v),
+        Id::RouteNexthops => o.route_nexthops = bool_value()?,
         Id::V => {
             // klog parses the level as a base-10 int32.
             let n: i64 = v.parse().map_err(|_| PARSE_ERROR.to_string())?;
@@ -1074,6 +1088,24 @@ mod tests {
         assert_eq!(o.log_level(), tracing::Level::INFO);
         assert!(o.iface.is_empty() && o.iface_regex.is_empty());
         assert_eq!(o.public_ip, None);
+        assert!(
+            o.route_nexthops,
+            "weft's own flag: nexthop objects on by default"
+        );
+    }
+
+    #[test]
+    fn route_nexthops_flag_and_env() {
+        assert!(!run(&["--route-nexthops=false"]).route_nexthops);
+        assert!(run(&["--route-nexthops"]).route_nexthops);
+        let o = run_env(&[], &[("FLANNELD_ROUTE_NEXTHOPS", "false")]).unwrap();
+        assert!(!o.route_nexthops);
+        let o = run_env(
+            &["--route-nexthops"],
+            &[("FLANNELD_ROUTE_NEXTHOPS", "false")],
+        )
+        .unwrap();
+        assert!(o.route_nexthops, "command line wins");
     }
 
     #[test]

@@ -36,7 +36,8 @@
 //!                     "up": bool, "mtu": 1450 | null, "mac": "aa:..." | null,
 //!                     "problems": ["..."]},    // vxlan, ipip; problems make in_sync false
 //!   "required": {"routes": n, "neighs": n, "fdb": n},  // counts of what the leases require
-//!   "kernel": {"routes": n, "neighs": n, "fdb": n},    // counts of what weft owns in the kernel
+//!   "kernel": {"routes": n, "neighs": n, "fdb": n,     // counts of what weft owns in the kernel
+//!              "routes_on_nexthops": n},            // of its routes, those on nexthop objects
 //!   "drift": {"missing": [Entry], "extra": [Entry],
 //!             "different": [{"want": Entry, "have": Entry}]}
 //! }
@@ -46,7 +47,9 @@
 //!          "reservation": bool, "ttl_seconds": n | null,
 //!          "expires_at": "2026-11-25T10:41:34Z" | null, "expires_at_unix": n | null}
 //! Entry = {"kind": "route" | "neigh" | "fdb", "dev": "flannel.1", "text": "<ip-style line>",
-//!          route: "dst", "gateway", "onlink"; neigh: "ip", "lladdr"; fdb: "mac", "dst"}
+//!          route: "dst", "gateway", "onlink", and "nhid" for a kernel route on a nexthop object
+//!          (its gateway, device and onlink are the nexthop's); neigh: "ip", "lladdr";
+//!          fdb: "mac", "dst"}
 //! ```
 //! "missing": required but absent; "extra": weft's (route protocol 87 in table main; permanent
 //! ARP/FDB entries on weft's device) but not required; "different": the same key (route
@@ -249,6 +252,9 @@ pub struct Counts {
     pub routes: usize,
     pub neighs: usize,
     pub fdb: usize,
+    /// Kernel side only: how many of weft's routes are on nexthop objects (`nhid N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes_on_nexthops: Option<usize>,
 }
 
 impl Counts {
@@ -257,6 +263,7 @@ impl Counts {
             routes: s.routes.len(),
             neighs: s.neighs.len(),
             fdb: s.fdb.len(),
+            routes_on_nexthops: None,
         }
     }
 }
@@ -299,6 +306,9 @@ pub struct Entry {
     pub lladdr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The nexthop object a kernel route is written on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nhid: Option<u32>,
 }
 
 impl Entry {
@@ -313,16 +323,28 @@ impl Entry {
             ip: None,
             lladdr: None,
             mac: None,
+            nhid: None,
         }
     }
 
-    fn route(r: &Route, names: &dyn Fn(u32) -> String) -> Entry {
+    /// A route; `nhid` for a kernel route on a nexthop object, shown as `ip route` shows it
+    /// (`10.244.2.0/24 nhid 5 via 198.18.0.2 dev eth0`).
+    fn route(r: &Route, nhid: Option<u32>, names: &dyn Fn(u32) -> String) -> Entry {
         let dev = names(r.oif);
+        let text = match nhid {
+            Some(id) => {
+                let line = r.display_with(Some(&dev)).to_string();
+                let rest = line.strip_prefix(&r.dst.to_string()).unwrap_or(&line);
+                format!("{} nhid {id}{rest}", r.dst)
+            }
+            None => r.display_with(Some(&dev)).to_string(),
+        };
         Entry {
             dst: Some(r.dst.to_string()),
             gateway: Some(r.gateway),
             onlink: Some(r.onlink),
-            ..Entry::bare("route", dev.clone(), r.display_with(Some(&dev)).to_string())
+            nhid,
+            ..Entry::bare("route", dev, text)
         }
     }
 
@@ -349,24 +371,26 @@ impl Entry {
 
 /// Sorts the difference between `required` and `current` into missing / extra / different,
 /// using the reconciler's own [`plan::diff`] (a delete is extra; a replace is different when
-/// the kernel has an object with that key, else missing). Pure.
+/// the kernel has an object with that key, else missing). `nhid` tells which kernel routes are
+/// on nexthop objects. Pure.
 pub fn classify(
     required: &KernelState,
     current: &KernelState,
+    nhid: &dyn Fn(&ipnet::Ipv4Net) -> Option<u32>,
     names: &dyn Fn(u32) -> String,
 ) -> Drift {
     let mut d = Drift::default();
     for op in plan::diff(required, current) {
         match op {
-            KernelOp::RouteDel(r) => d.extra.push(Entry::route(&r, names)),
+            KernelOp::RouteDel(r) => d.extra.push(Entry::route(&r, nhid(&r.dst), names)),
             KernelOp::NeighDel(n) => d.extra.push(Entry::neigh(&n, names)),
             KernelOp::FdbDel(e) => d.extra.push(Entry::fdb(&e, names)),
             KernelOp::RouteReplace(r) => match current.routes.get(&r.dst) {
                 Some(have) => d.different.push(Changed {
-                    want: Entry::route(&r, names),
-                    have: Entry::route(have, names),
+                    want: Entry::route(&r, None, names),
+                    have: Entry::route(have, nhid(&have.dst), names),
                 }),
-                None => d.missing.push(Entry::route(&r, names)),
+                None => d.missing.push(Entry::route(&r, None, names)),
             },
             KernelOp::NeighReplace(n) => match current.neighs.get(&(n.ifindex, n.ip)) {
                 Some(have) => d.different.push(Changed {
@@ -566,9 +590,13 @@ impl Report {
         }
         let r = &self.required;
         let k = &self.kernel;
+        let on_nexthops = match k.routes_on_nexthops {
+            Some(n) if n > 0 => format!(" ({n} on nexthop objects)"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "kernel:  required {} routes, {} neigh, {} fdb; weft holds {} routes, {} neigh, {} fdb",
+            "kernel:  required {} routes, {} neigh, {} fdb; weft holds {} routes{on_nexthops}, {} neigh, {} fdb",
             r.routes, r.neighs, r.fdb, k.routes, k.neighs, k.fdb
         );
         if self.drift.is_empty() {
@@ -802,6 +830,11 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .await
         .context("read weft's routes, neighbours and FDB entries from the kernel")?;
     let current = reconciler.current().clone();
+    let route_nexthops: BTreeMap<ipnet::Ipv4Net, u32> = current
+        .routes
+        .keys()
+        .filter_map(|dst| Some((*dst, reconciler.route_nexthop(dst)?)))
+        .collect();
     let prefix = registry.prefix().to_string();
     let ttl_of = |e: &LeaseEntry| ttls.get(&e.lease_id).copied().flatten();
     let own_info = own.as_ref().map(|e| lease_info(e, &prefix, ttl_of(e), now));
@@ -827,6 +860,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
             snapshot: &snapshot,
             desired: &desired,
             current: &current,
+            route_nexthops: &route_nexthops,
             device,
         },
         &|i| names.get(&i).cloned().unwrap_or_else(|| i.to_string()),
@@ -883,12 +917,15 @@ pub struct BuildInput<'a> {
     pub snapshot: &'a Snapshot,
     pub desired: &'a Desired,
     pub current: &'a KernelState,
+    /// The nexthop object each kernel route on one uses (`nhid`).
+    pub route_nexthops: &'a BTreeMap<ipnet::Ipv4Net, u32>,
     pub device: Option<DeviceInfo>,
 }
 
 /// Assembles the report (pure).
 pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
-    let drift = classify(&i.desired.state, i.current, names);
+    let nhid = |dst: &ipnet::Ipv4Net| i.route_nexthops.get(dst).copied();
+    let drift = classify(&i.desired.state, i.current, &nhid, names);
     let device_ok = i.device.as_ref().is_none_or(|d| d.problems.is_empty());
     Report {
         schema: SCHEMA,
@@ -928,7 +965,10 @@ pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
             .collect(),
         device: i.device,
         required: Counts::of(&i.desired.state),
-        kernel: Counts::of(i.current),
+        kernel: Counts {
+            routes_on_nexthops: Some(i.route_nexthops.len()),
+            ..Counts::of(i.current)
+        },
         drift,
     }
 }
@@ -1017,7 +1057,7 @@ mod tests {
             ip: "10.244.9.0".parse().unwrap(),
             mac: M3,
         });
-        let d = classify(&want, &have, &names);
+        let d = classify(&want, &have, &|_| None, &names);
         let texts = |v: &[Entry]| v.iter().map(|e| e.text.clone()).collect::<Vec<_>>();
         assert_eq!(
             texts(&d.missing),
@@ -1038,7 +1078,33 @@ mod tests {
         assert_eq!(d.different[0].have.dst.as_deref(), Some("198.18.0.22"));
         assert_eq!(d.missing[0].dst.as_deref(), Some("10.244.3.0/24"));
         assert_eq!(d.missing[0].onlink, Some(true));
-        assert!(classify(&want, &want, &names).is_empty());
+        assert!(classify(&want, &want, &|_| None, &names).is_empty());
+
+        // Kernel routes on nexthop objects read like `ip route` shows them; the required
+        // route (always plain in meaning) does not.
+        have.routes.remove(&"10.244.2.0/24".parse().unwrap());
+        have.add_route(route("10.244.2.0/24", "10.244.2.9", 7, true));
+        let on_nh = |dst: &ipnet::Ipv4Net| (dst.to_string() != "10.244.3.0/24").then_some(5);
+        let d = classify(&want, &have, &on_nh, &names);
+        assert_eq!(
+            texts(&d.extra)[0],
+            "10.99.0.0/24 nhid 5 via 198.18.0.9 dev eth0"
+        );
+        assert_eq!(d.extra[0].nhid, Some(5));
+        let routes: Vec<&Changed> = d
+            .different
+            .iter()
+            .filter(|c| c.want.kind == "route")
+            .collect();
+        assert_eq!(
+            routes[0].have.text,
+            "10.244.2.0/24 nhid 5 via 10.244.2.9 dev flannel.1 onlink"
+        );
+        assert_eq!(
+            routes[0].want.text,
+            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
+        );
+        assert_eq!(routes[0].want.nhid, None);
     }
 
     #[test]
@@ -1186,6 +1252,7 @@ mod tests {
         }];
         let desired = backends::HostGw::new().desired(&ext, &peers);
         let snapshot = Snapshot::default();
+        let on_nexthops = BTreeMap::from([("10.244.2.0/24".parse().unwrap(), 3)]);
         let input = |current: &KernelState, device: Option<DeviceInfo>| {
             build(
                 BuildInput {
@@ -1198,6 +1265,7 @@ mod tests {
                     snapshot: &snapshot,
                     desired: &desired,
                     current,
+                    route_nexthops: &on_nexthops,
                     device,
                 },
                 &names,
@@ -1211,10 +1279,18 @@ mod tests {
             Counts {
                 routes: 1,
                 neighs: 0,
-                fdb: 0
+                fdb: 0,
+                routes_on_nexthops: None,
             }
         );
+        assert_eq!(r.kernel.routes_on_nexthops, Some(1));
         assert!(r.render().contains("status:  in sync"));
+        assert!(
+            r.render()
+                .contains("weft holds 1 routes (1 on nexthop objects), 0 neigh, 0 fdb"),
+            "{}",
+            r.render()
+        );
         let r = input(&KernelState::default(), None);
         assert!(!r.in_sync);
         assert_eq!(r.exit_code(), EXIT_DRIFT);

@@ -115,6 +115,9 @@ grpc_server_msg_received_total{grpc_method=\"Range\",grpc_service=\"etcdserverpb
 ";
     let (writes, reconcile, total) = bench::parse_audit(log);
     assert_eq!(writes, Some(0));
+    // Plan writes and nexthop writes both count.
+    let with_nexthops = "2026-11-24T11:05:01.0Z DEBUG weft::app: reconcile (audit (SIGHUP)): 5000 peers, 2 writes, 3 nexthop writes, 0 failures in 912.5µs (plan 700µs)";
+    assert_eq!(bench::parse_audit(with_nexthops).0, Some(5));
     assert_eq!(reconcile, Some(Duration::from_nanos(912_500)));
     assert_eq!(total, Some(Duration::from_micros(6300)));
     let changes = bench::lease_change_reconciles(log);

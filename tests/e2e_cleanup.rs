@@ -178,7 +178,17 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         ],
     )
     .expect("route add");
-    assert_eq!(weft_routes(&lab, 1).len(), 2);
+    // And a stray weft route on a nexthop object of weft's, next to someone else's nexthop and
+    // route (which stay).
+    for args in [
+        "nexthop add id 900 via 198.18.0.2 dev eth0 proto 87",
+        "route add 10.98.0.0/24 nhid 900 proto 87",
+        "nexthop add id 901 via 198.18.0.2 dev eth0 proto static",
+        "route add 10.97.0.0/24 nhid 901 proto static",
+    ] {
+        lab.ip(1, &args.split(' ').collect::<Vec<_>>()).expect(args);
+    }
+    assert_eq!(weft_routes(&lab, 1).len(), 3);
     // flanneld-style masquerade/forward rules (iptables) and an nftables-mode table. The agent
     // may have made FLANNEL-FWD itself (forward rules are on by default).
     let ns1 = lab.node_ns(1).expect("ns").to_owned();
@@ -220,9 +230,39 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         text(&out)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("removed 2 object(s), 0 failure(s)"),
+        stderr.contains("ip route del 10.98.0.0/24 nhid 900 proto 87  # via 198.18.0.2 dev eth0"),
         "{}",
         text(&out)
+    );
+    assert!(
+        stderr.contains("ip nexthop del id 900  # via 198.18.0.2 dev eth0"),
+        "{}",
+        text(&out)
+    );
+    // flannel.1, the two routes, nexthop 900 (weft's nexthop on flannel.1 went with the device).
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 4 object(s), 0 failure(s)"),
+        "{}",
+        text(&out)
+    );
+    let nexthops = lab.ip_json(1, &["nexthop", "show"]).expect("ip nexthop");
+    let ids: Vec<u64> = nexthops
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|n| n["id"].as_u64())
+        .collect();
+    assert_eq!(
+        ids,
+        [901],
+        "only someone else's nexthop is left: {nexthops}"
+    );
+    assert!(
+        routes_in(lab.node_ns(1).expect("ns"))
+            .expect("routes")
+            .iter()
+            .any(|r| r["dst"] == "10.97.0.0/24"),
+        "someone else's route on a nexthop stays"
     );
     assert!(flannel_links(&lab, 1).is_empty());
     assert!(

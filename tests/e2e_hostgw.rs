@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::{RouteWatch, hostgw_routes_ok, wait_until};
+use common::{RouteWatch, hostgw_routes_ok, wait_until, weft_route_forms};
 use ipnet::Ipv4Net;
 use weft::lab::{Lab, LabSpec, Signal};
 
@@ -103,7 +103,83 @@ fn three_nodes_started_together_get_host_gw_routes_and_pods_ping() {
         assert_eq!(attrs["BackendType"], "host-gw", "{key}: {attrs}");
     }
 
+    // Written on nexthop objects (the default where the kernel has them): `<subnet> nhid N
+    // proto 87` with nexthop N `via <peer> dev eth0 proto 87` (hostgw_routes_ok read the
+    // gateway and device from the nexthop).
+    for k in 1..=3 {
+        let ns = lab.node_ns(k).expect("ns");
+        assert_eq!(weft_route_forms(ns), Ok((0, 2)), "node {k}");
+    }
+
     lab.add_pods().expect("pods");
+    assert_all_pods_reach_each_other(&lab);
+    assert_agents_alive(&mut lab, &[]);
+    lab.teardown().expect("teardown");
+}
+
+#[test]
+fn plain_routes_with_route_nexthops_false_moved_onto_nexthops_in_place() {
+    if !common::root_or_skip("plain_routes_with_route_nexthops_false_moved_onto_nexthops_in_place")
+    {
+        return;
+    }
+    let mut spec = spec(2);
+    spec.extra_flags = vec!["--route-nexthops=false".to_owned()];
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.start_all().expect("start agents");
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    for k in 1..=2 {
+        wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("host-gw routes");
+        let ns = lab.node_ns(k).expect("ns");
+        assert_eq!(weft_route_forms(ns), Ok((1, 0)), "node {k}: plain routes");
+        assert!(
+            lab.ip_json(k, &["nexthop", "show", "proto", "87"])
+                .expect("ip nexthop")
+                .as_array()
+                .is_some_and(Vec::is_empty),
+            "node {k}: no nexthop of weft's in plain mode"
+        );
+    }
+    lab.add_pods().expect("pods");
+    assert_all_pods_reach_each_other(&lab);
+
+    // Node 1 restarts with nexthops (an upgrade from plain routes): its route to node 2 moves
+    // onto a nexthop by a replace in place, never missing meanwhile.
+    let node2 = lab.subnet(2).expect("subnet").to_string();
+    let watch = RouteWatch::start(vec![lab.node_ns(1).expect("ns").to_owned()], node2.clone());
+    lab.stop_node(1, Signal::SIGTERM)
+        .expect("stop")
+        .expect("was running");
+    lab.set_extra_flags(Vec::new());
+    lab.start_node(1).expect("start node 1");
+    let ns1 = lab.node_ns(1).expect("ns").to_owned();
+    wait_until(CONVERGE, || match weft_route_forms(&ns1) {
+        Ok((0, 1)) => hostgw_routes_ok(&lab, 1),
+        other => Err(format!("node 1 route forms {other:?}")),
+    })
+    .expect("node 1's route on a nexthop");
+    // The move is quick (one replace): the watch covers it with a few polls; the log shows it
+    // was a replace and no delete.
+    let (polls, missing) = watch.stop();
+    assert!(polls >= 2, "the route watch barely ran ({polls} polls)");
+    assert!(
+        missing.is_empty(),
+        "the route went missing:\n{}",
+        missing.join("\n")
+    );
+    let log = lab.log(1).expect("log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("ip route replace {node2} nhid "))),
+        "{}",
+        lab.log_tail(1, 30)
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains(&format!("ip route del {node2}")))
+    );
     assert_all_pods_reach_each_other(&lab);
     assert_agents_alive(&mut lab, &[]);
     lab.teardown().expect("teardown");

@@ -145,6 +145,8 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
         assert_converged_report(&lab, k, code, &report, "host-gw");
         assert_eq!(report["required"]["routes"], 2);
         assert_eq!(report["kernel"]["routes"], 2);
+        // weft writes them on nexthop objects; status reads them through the nexthops.
+        assert_eq!(report["kernel"]["routes_on_nexthops"], 2);
         assert!(report["device"].is_null());
     }
     // Human output agrees.
@@ -194,6 +196,28 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
         ],
     )
     .expect("route add");
+    // And a stray weft route on a nexthop object of weft's protocol.
+    lab.ip(
+        1,
+        &[
+            "nexthop",
+            "add",
+            "id",
+            "900",
+            "via",
+            "198.18.0.3",
+            "dev",
+            "eth0",
+            "proto",
+            "87",
+        ],
+    )
+    .expect("nexthop add");
+    lab.ip(
+        1,
+        &["route", "add", "10.98.0.0/24", "nhid", "900", "proto", "87"],
+    )
+    .expect("route add");
     let (code, report) = status(&lab, 1);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["in_sync"], false);
@@ -203,8 +227,13 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
     );
     assert_eq!(
         drift(&report, "extra"),
-        ["route 10.99.0.0/24 via 198.18.0.3 dev eth0"]
+        [
+            "route 10.98.0.0/24 nhid 900 via 198.18.0.3 dev eth0",
+            "route 10.99.0.0/24 via 198.18.0.3 dev eth0"
+        ]
     );
+    assert_eq!(report["drift"]["extra"][0]["nhid"], 900);
+    assert_eq!(report["drift"]["extra"][0]["gateway"], "198.18.0.3");
     assert_eq!(
         drift(&report, "different"),
         [format!("route {s3} via 198.18.0.3 dev eth0")]
@@ -281,7 +310,12 @@ fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
             report["required"],
             serde_json::json!({"routes": 2, "neighs": 2, "fdb": 2})
         );
-        assert_eq!(report["kernel"], report["required"]);
+        // The same counts in the kernel, the routes on nexthop objects
+        // (`<subnet> nhid N via <subnet addr> dev flannel.1 onlink`).
+        assert_eq!(
+            report["kernel"],
+            serde_json::json!({"routes": 2, "neighs": 2, "fdb": 2, "routes_on_nexthops": 2})
+        );
         macs.push(dev["mac"].as_str().expect("mac").to_owned());
     }
     // Each node's VTEP MAC as its peers see it in etcd.

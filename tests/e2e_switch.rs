@@ -43,7 +43,8 @@ fn lease_value(lab: &Lab, k: usize) -> Result<String, String> {
 }
 
 /// Node `k` runs `backend` only: its lease says so, its routes to every peer are that
-/// backend's, and no device of another backend is left.
+/// backend's, and no device of another backend is left, nor any nexthop object of weft's that
+/// no weft route uses.
 fn node_is_on(lab: &Lab, k: usize, backend: &str) -> Result<(), String> {
     let value = lease_value(lab, k)?;
     let ip = lab.node_ip(k).map_err(|e| e.to_string())?;
@@ -69,14 +70,35 @@ fn node_is_on(lab: &Lab, k: usize, backend: &str) -> Result<(), String> {
         "vxlan" if !has_vtep => return Err(format!("node {k} has no flannel.1")),
         _ => {}
     }
-    let routes = lab.routes(k).map_err(|e| e.to_string())?;
+    // Routes on nexthop objects read through them (common::routes_in).
+    let routes = common::routes_in(lab.node_ns(k).map_err(|e| e.to_string())?)?;
+    let nexthops = lab
+        .ip_json(k, &["nexthop", "show", "proto", "87"])
+        .map_err(|e| e.to_string())?;
+    let mut weft_ids: Vec<u64> = nexthops
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["id"].as_u64())
+        .collect();
+    let mut used: Vec<u64> = routes
+        .iter()
+        .filter(|r| common::route_protocol_is(r, 87))
+        .filter_map(|r| r["nhid"].as_u64())
+        .collect();
+    weft_ids.sort_unstable();
+    used.sort_unstable();
+    used.dedup();
+    if weft_ids != used {
+        return Err(format!(
+            "node {k}: weft nexthops {weft_ids:?}, used by weft routes {used:?}"
+        ));
+    }
     for peer in (1..=lab.nodes()).filter(|&p| p != k) {
         let subnet = lab.subnet(peer).map_err(|e| e.to_string())?.to_string();
         let peer_ip = lab.node_ip(peer).map_err(|e| e.to_string())?.to_string();
         let route = routes
-            .as_array()
-            .into_iter()
-            .flatten()
+            .iter()
             .find(|r| r["dst"] == subnet.as_str())
             .ok_or_else(|| format!("node {k}: no route to {subnet}"))?;
         let (dev, gw) = match backend {

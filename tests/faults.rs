@@ -946,7 +946,14 @@ fn r3_boot_with_etcd_down_programs_cached_peers() {
     // peer cache on disk stays. etcd is down when it comes back.
     lab.stop_node(3, Signal::SIGTERM).expect("stop");
     let ns3 = lab.node_ns(3).expect("ns").to_owned();
+    // weft's nexthops first (their routes go with them: `ip route flush` of routes on nexthops
+    // fails with EINVAL in nexthop_compat_mode, iproute2 6.1), then any plain weft route.
+    ip(&ns3, &["nexthop", "flush", "proto", "87"]).expect("flush weft nexthops");
     ip(&ns3, &["route", "flush", "proto", "87"]).expect("flush weft routes");
+    assert!(
+        route_to(&ns3, &lab.subnet(1).expect("subnet").to_string()).is_none(),
+        "node 3's routes are gone before its restart"
+    );
     std::fs::remove_file(lab.subnet_file(3).expect("path")).expect("rm subnet.env");
     lab.etcd().expect("etcd").stop();
     let started = Instant::now();
@@ -1230,6 +1237,20 @@ fn r5_out_of_band_deletes_are_repaired() {
             ms(worst),
             "≤ 1 s",
         );
+        // The route's nexthop object deleted: the kernel drops the route with it and says only
+        // RTM_DELNEXTHOP.
+        let nhid = route_to(&ns, &net)
+            .and_then(|r| r["nhid"].as_u64())
+            .expect("host-gw route on a nexthop");
+        ip(&ns, &["nexthop", "del", "id", &nhid.to_string()]).expect("nexthop del");
+        let t = time_until(EVENTUALLY, || route_to(&ns, &net).is_some())
+            .expect("route not repaired after its nexthop was deleted");
+        figure(
+            "R5",
+            "host-gw route's nexthop deleted → route back",
+            ms(t),
+            "≤ 1 s",
+        );
         lab.teardown().expect("teardown");
     }
     // vxlan: route, neighbour, FDB entry, the device.
@@ -1267,9 +1288,24 @@ fn r5_out_of_band_deletes_are_repaired() {
     let mac = fdb_of(&ns).expect("fdb");
     let net_s = net.to_string();
 
-    ip(&ns, &["route", "del", &net_s, "dev", "flannel.1"]).expect("route del");
+    // `ip route del <dst>`: with `dev flannel.1` added the kernel would not match a route on a
+    // nexthop object (the device is the nexthop's, not the route's).
+    ip(&ns, &["route", "del", &net_s]).expect("route del");
     let t = time_until(EVENTUALLY, || route_to(&ns, &net_s).is_some()).expect("vxlan route");
     figure("R5", "vxlan route deleted → back", ms(t), "≤ 1 s");
+
+    let nhid = route_to(&ns, &net_s)
+        .and_then(|r| r["nhid"].as_u64())
+        .expect("vxlan route on a nexthop");
+    ip(&ns, &["nexthop", "del", "id", &nhid.to_string()]).expect("nexthop del");
+    let t = time_until(EVENTUALLY, || route_to(&ns, &net_s).is_some())
+        .expect("vxlan route not repaired after its nexthop was deleted");
+    figure(
+        "R5",
+        "vxlan route's nexthop deleted → route back",
+        ms(t),
+        "≤ 1 s",
+    );
 
     ip(&ns, &["neigh", "del", &gw, "dev", "flannel.1"]).expect("neigh del");
     let t = time_until(EVENTUALLY, || neigh_ok(&ns)).expect("neighbour not repaired");

@@ -27,8 +27,9 @@ impl AnyBackend {
         }
     }
 
-    /// Removes the devices the backend created (their routes, ARP and FDB entries go with
-    /// them). host-gw has none: its routes are removed by the reconciler's diff.
+    /// Removes the devices the backend created (their routes, nexthop objects, ARP and FDB
+    /// entries go with them; the reconciler forgets them on the link's deletion). host-gw has
+    /// none: its routes are removed by the reconciler's diff, and their nexthops after them.
     pub async fn teardown(&mut self, nl: &Netlink) -> Result<(), BackendError> {
         match self {
             AnyBackend::HostGw(_) => Ok(()),

@@ -9,6 +9,7 @@ pub mod any;
 pub mod error;
 pub mod hostgw;
 pub mod ipip;
+mod nhtable;
 pub mod nl;
 pub mod plan;
 pub mod reconcile;

@@ -12,19 +12,46 @@
 //! if rec.observe(&event) { rec.apply(&desired).await; }   // drift repair
 //! ```
 //!
-//! Kernel quirk: IPv4 routes flushed because their link went down or away, or lost its last
-//! address, produce no RTM_DELROUTE. `observe` therefore treats link-down, link deletion, IPv4
-//! address deletion and a notification overrun as "the cache may be wrong": it drops the cached
-//! routes through that link at once (so the next apply re-adds them even without a dump) and
-//! sets [`Reconciler::needs_refresh`]; the next [`Reconciler::apply`] then dumps the kernel
-//! before diffing. Callers may also call [`Reconciler::refresh`] themselves.
+//! **How routes are written.** The cache holds what a route means ([`Route`]: destination,
+//! gateway, device, onlink); how it is written is the reconciler's business. Where the kernel
+//! has nexthop objects (Linux ≥ 5.3) and [`Reconciler::with_route_nexthops`] did not turn them
+//! off, a route is `ip route replace <dst> nhid <N> proto 87` on weft's nexthop
+//! `ip nexthop add id <N> via <gw> dev <dev> [onlink] proto 87`, one per distinct hop: IPv4
+//! routes with distinct gateways are slow to insert (they share one fib_info hash bucket), routes
+//! on nexthop objects are not. Elsewhere routes are plain (`ip route replace <dst> via <gw> dev
+//! <dev> [onlink] proto 87`), as flanneld writes them. The nexthop table ([`crate::nhtable`])
+//! maps each hop to its id and counts the cached routes on each; a nexthop no route uses is
+//! deleted after the routes of an apply. Ids are weft's nexthops' (protocol 87) found in a dump,
+//! or ids no one holds. A weft route written the other way (plain routes after an upgrade, nhid
+//! routes after `--route-nexthops=false`) is rewritten in place by the next apply, one replace
+//! per route. Callers that execute operations themselves go through [`Reconciler::execute`]
+//! and end with [`Reconciler::drop_unused_nexthops`].
+//!
+//! Kernel quirks: IPv4 routes flushed because their link went down or away, or lost its last
+//! address, produce no RTM_DELROUTE; nexthops dropped with their link (down, deleted, or without
+//! carrier) produce no RTM_DELNEXTHOP, and the routes on them go silently; `ip nexthop del`
+//! sends RTM_DELNEXTHOP but no RTM_DELROUTE for the routes that went with it. `observe`
+//! therefore treats link-down, carrier loss (on links with weft nexthops), link deletion, IPv4
+//! address deletion, the deletion of one of weft's nexthops and a notification overrun as "the
+//! cache may be wrong": it drops the cached routes concerned at once (so the next apply re-adds
+//! them even without a dump) and sets [`Reconciler::needs_refresh`]; the next
+//! [`Reconciler::apply`] then dumps the kernel before diffing. Callers may also call
+//! [`Reconciler::refresh`] themselves. The kernel refuses new nexthops on a link without
+//! carrier but keeps plain routes there (`linkdown`): a route for such a link is written plain
+//! and moved onto a nexthop once the carrier is back.
 use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
 
 use tracing::{debug, info, warn};
 
-use crate::nl::{KernelEvent, Netlink};
+use crate::nhtable::NexthopTable;
+use crate::nl::{self, Hop, KernelEvent, Netlink, Nexthop, RouteEvent};
 use crate::plan::{self, KernelOp, KernelState};
-use crate::{BackendError, Route};
+use crate::{BackendError, RTPROT_WEFT, Route};
+
+const ENETDOWN: i32 = 100;
+/// Attempts at a free nexthop id when others take them meanwhile (EEXIST).
+const ID_ATTEMPTS: usize = 16;
 
 /// Holds the kernel connection and the last known state of weft's kernel objects.
 #[derive(Debug)]
@@ -38,28 +65,53 @@ pub struct Reconciler {
     names: HashMap<u32, String>,
     /// weft's devices (`flannel.<VNI>`): their permanent ARP and FDB entries are weft's.
     devices: BTreeSet<u32>,
+    /// Write routes on nexthop objects where the kernel has them (`--route-nexthops`).
+    want_nexthops: bool,
+    /// Whether the kernel has nexthop objects: None until the first dump.
+    nexthops_supported: Option<bool>,
+    /// weft's nexthops and which cached route uses which.
+    nh: NexthopTable,
+    /// Cached routes written the other way than weft writes routes now (plain in nexthop mode,
+    /// or the reverse): rewritten by the next apply when they are desired as they are.
+    misfits: BTreeSet<ipnet::Ipv4Net>,
+    /// Links down or without carrier as far as weft knows: the kernel refuses nexthops there.
+    links_down: BTreeSet<u32>,
 }
 
 /// What one [`Reconciler::apply`] did.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
-    /// Successful kernel writes (0 when the kernel already matched).
+    /// Successful operations of the plan (each a kernel write; 0 when the kernel already
+    /// matched). Nexthop objects made or removed along the way count in `nexthop_writes`.
     pub writes: usize,
     /// Operations the kernel refused; they are not recorded as done, so the next apply retries.
     pub failures: Vec<(KernelOp, BackendError)>,
+    /// Nexthop objects added and deleted.
+    pub nexthop_writes: usize,
+    /// Unused nexthops weft could not delete (by id); the next apply tries again.
+    pub nexthop_failures: Vec<(u32, BackendError)>,
     /// The dump that should have preceded the diff failed (the diff used the cached state).
     pub refresh_error: Option<BackendError>,
 }
 
 impl ApplyReport {
     pub fn is_ok(&self) -> bool {
-        self.failures.is_empty() && self.refresh_error.is_none()
+        self.failures.is_empty() && self.nexthop_failures.is_empty() && self.refresh_error.is_none()
+    }
+}
+
+fn errno(e: &BackendError) -> Option<i32> {
+    match e {
+        BackendError::Netlink { errno, .. } => *errno,
+        BackendError::Unsupported(_) => None,
     }
 }
 
 impl Reconciler {
     /// A reconciler with an empty cache that [`needs_refresh`](Self::needs_refresh): the first
     /// apply dumps the kernel first, so weft routes left over from an earlier run get purged.
+    /// Routes go on nexthop objects where the kernel has them (see
+    /// [`with_route_nexthops`](Self::with_route_nexthops)).
     pub fn new(nl: Netlink) -> Self {
         Reconciler {
             nl,
@@ -68,7 +120,30 @@ impl Reconciler {
             needs_refresh: true,
             names: HashMap::new(),
             devices: BTreeSet::new(),
+            want_nexthops: true,
+            nexthops_supported: None,
+            nh: NexthopTable::default(),
+            misfits: BTreeSet::new(),
+            links_down: BTreeSet::new(),
         }
+    }
+
+    /// `false`: write plain routes even where the kernel has nexthop objects
+    /// (`--route-nexthops=false`); weft's routes on nexthops are rewritten plain, and its
+    /// nexthops removed, by the next apply.
+    pub fn with_route_nexthops(mut self, on: bool) -> Self {
+        if !on {
+            info!("writing plain routes (--route-nexthops=false)");
+        }
+        self.want_nexthops = on;
+        self.needs_refresh = true;
+        self
+    }
+
+    /// True when routes are written on nexthop objects: wanted, and the last dump showed the
+    /// kernel has them.
+    pub fn uses_nexthops(&self) -> bool {
+        self.want_nexthops && self.nexthops_supported == Some(true)
     }
 
     /// Declares `ifindex` a weft device (vxlan's `flannel.<VNI>`): its permanent IPv4 neighbours
@@ -90,20 +165,61 @@ impl Reconciler {
         self.cache.fdb.retain(|(i, _), _| *i != ifindex);
     }
 
-    /// Re-reads the objects weft owns from the kernel into the cache (`ip route show table main
-    /// proto 87`). Use at start, on an audit timer, and after link events.
+    /// Re-reads the objects weft owns from the kernel into the cache (`ip nexthop show`, `ip
+    /// route show table main proto 87`, and for weft's devices `ip neigh`/`bridge fdb`). Use at
+    /// start, on an audit timer, and after link events. A route on a nexthop is read through the
+    /// nexthop dump (not through `net.ipv4.nexthop_compat_mode`).
     pub async fn refresh(&mut self) -> Result<(), BackendError> {
-        let routes = self.nl.dump_owned_routes().await?;
+        let nexthops = match self.nl.dump_nexthops().await {
+            Ok(n) => {
+                self.nexthops_supported = Some(true);
+                n
+            }
+            Err(e) if nl::nexthops_unsupported(&e) => {
+                if self.nexthops_supported != Some(false) && self.want_nexthops {
+                    info!(
+                        "the kernel has no nexthop objects ({e}): writing plain routes (`ip route replace <dst> via <gw> dev <dev> proto 87`)"
+                    );
+                }
+                self.nexthops_supported = Some(false);
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut nexthops = nexthops;
+        nexthops.sort_unstable_by_key(|n| n.id);
+        let mut table = std::mem::take(&mut self.nh);
+        table.reset(&nexthops);
+        // weft's routes, and others' routes on nexthops (which may be weft's: those stay).
+        let routes = self
+            .nl
+            .dump_routes_where(
+                &format!("ip route show table main proto {RTPROT_WEFT}"),
+                |ev| is_weft_route(ev) || ev.nhid.is_some_and(|id| table.is_ours(id)),
+            )
+            .await?;
         let mut state = KernelState::default();
-        for r in routes {
-            if let Some(first) = state.routes.get(&r.dst) {
+        for ev in routes {
+            if !is_weft_route(&ev) {
+                // Someone else's route on one of weft's nexthops keeps that nexthop alive.
+                if let Some(id) = ev.nhid {
+                    table.pin(id);
+                }
+                continue;
+            }
+            let route = resolve_dumped(&ev, &nexthops);
+            if let Some(first) = state.routes.get(&route.dst) {
                 // Only someone else can make a second weft-protocol route to one destination in
                 // table main (with another metric); keep the first, the next refresh sees the
                 // other once the first is gone.
-                warn!(route = %r, kept = %first, "second route with weft's protocol to one destination");
+                warn!(route = %route, kept = %first, "second route with weft's protocol to one destination");
+                if let Some(id) = ev.nhid {
+                    table.pin(id);
+                }
                 continue;
             }
-            state.routes.insert(r.dst, r);
+            table.set_route(route.dst, ev.nhid);
+            state.routes.insert(route.dst, route);
         }
         for &dev in &self.devices {
             for n in self.nl.dump_permanent_neighs(dev).await? {
@@ -114,14 +230,31 @@ impl Reconciler {
             }
         }
         match self.nl.links().await {
-            Ok(links) => self.names = links.into_iter().map(|l| (l.index, l.name)).collect(),
+            Ok(links) => {
+                self.links_down = links
+                    .iter()
+                    .filter(|l| !(l.up && l.carrier))
+                    .map(|l| l.index)
+                    .collect();
+                self.names = links.into_iter().map(|l| (l.index, l.name)).collect();
+            }
             Err(e) => debug!(error = %e, "could not read link names for logging"),
         }
         debug!(
             routes = state.routes.len(),
+            nexthops = table.len(),
             "read weft's routes from the kernel"
         );
+        self.nh = table;
         self.cache = state;
+        let mode = self.uses_nexthops();
+        self.misfits = self
+            .cache
+            .routes
+            .keys()
+            .filter(|dst| self.nh.misfit(dst, mode))
+            .copied()
+            .collect();
         self.needs_refresh = false;
         Ok(())
     }
@@ -143,15 +276,26 @@ impl Reconciler {
         for dev in used {
             self.own_device(dev);
         }
-        if self.needs_refresh {
-            if let Err(e) = self.refresh().await {
-                warn!(error = %e, "could not re-read weft's routes; diffing against the cached state");
-                report.refresh_error = Some(e);
+        self.last_desired = desired;
+        // A second pass only when a write found the cache wrong (a nexthop the kernel dropped
+        // without telling): dump, and diff again.
+        for _ in 0..2 {
+            if self.needs_refresh {
+                if let Err(e) = self.refresh().await {
+                    warn!(error = %e, "could not re-read weft's routes; diffing against the cached state");
+                    report.refresh_error = Some(e);
+                }
+            }
+            let mut ops = plan::diff(&self.last_desired, &self.cache);
+            ops.extend(self.conversions());
+            for op in ops {
+                self.execute(op, &mut report).await;
+            }
+            if !self.needs_refresh {
+                break;
             }
         }
-        let ops = plan::diff(&desired, &self.cache);
-        self.last_desired = desired;
-        self.run_ops(ops, &mut report).await;
+        self.drop_unused_nexthops(&mut report).await;
         report
     }
 
@@ -163,8 +307,8 @@ impl Reconciler {
     ///
     /// The caller guarantees that no other peer wants the keys of `removed` or `added` (else it
     /// uses `apply` with a full plan). When the cache may be wrong
-    /// ([`needs_refresh`](Self::needs_refresh)) this falls back to a full apply of the updated
-    /// desired state, dump first.
+    /// ([`needs_refresh`](Self::needs_refresh)), before or after the writes, this falls back to
+    /// a full apply of the updated desired state, dump first.
     pub async fn apply_delta(&mut self, removed: &KernelState, added: KernelState) -> ApplyReport {
         let mut desired = std::mem::take(&mut self.last_desired);
         desired.remove_keys(removed);
@@ -193,7 +337,21 @@ impl Reconciler {
         let ops = plan::diff_at(&desired, &self.cache, &touched);
         self.last_desired = desired;
         let mut report = ApplyReport::default();
-        self.run_ops(ops, &mut report).await;
+        for op in ops {
+            self.execute(op, &mut report).await;
+        }
+        if self.needs_refresh {
+            // A write found the cache wrong (a nexthop the kernel dropped without telling).
+            let desired = std::mem::take(&mut self.last_desired);
+            let full = self.apply_owned(desired).await;
+            report.writes += full.writes;
+            report.nexthop_writes += full.nexthop_writes;
+            report.failures.extend(full.failures);
+            report.nexthop_failures.extend(full.nexthop_failures);
+            report.refresh_error = full.refresh_error;
+            return report;
+        }
+        self.drop_unused_nexthops(&mut report).await;
         report
     }
 
@@ -202,28 +360,271 @@ impl Reconciler {
         &self.last_desired
     }
 
-    /// Executes `ops` in order, logging each like the `ip` command and recording each success in
-    /// the cache; a failure is reported and does not stop the rest.
-    async fn run_ops(&mut self, ops: Vec<KernelOp>, report: &mut ApplyReport) {
-        for op in ops {
-            let cmd = op.command(|i| self.names.get(&i).cloned());
-            let result = match &op {
-                KernelOp::RouteReplace(r) => self.nl.route_replace(r).await,
-                KernelOp::RouteDel(r) => self.nl.route_del(r).await,
-                KernelOp::NeighReplace(n) => self.nl.neigh_replace(n).await,
-                KernelOp::NeighDel(n) => self.nl.neigh_del(n).await,
-                KernelOp::FdbReplace(e) => self.nl.fdb_replace(e).await,
-                KernelOp::FdbDel(e) => self.nl.fdb_del(e).await,
-            };
-            match result {
+    /// Route replaces that rewrite desired routes written the other way (see the module doc),
+    /// except on links that refuse nexthops now.
+    fn conversions(&self) -> Vec<KernelOp> {
+        self.misfits
+            .iter()
+            .filter_map(|dst| {
+                let want = self.last_desired.routes.get(dst)?;
+                let convert = self.cache.routes.get(dst) == Some(want)
+                    && !(self.uses_nexthops() && self.links_down.contains(&want.oif));
+                convert.then(|| KernelOp::RouteReplace(want.clone()))
+            })
+            .collect()
+    }
+
+    /// Executes one operation (a route replace in nexthop mode also makes its nexthop when
+    /// there is none for its hop yet), logs it like the `ip` command, records it in the cache
+    /// when it succeeded and in `report` either way. Nexthops it leaves unused are deleted by
+    /// [`drop_unused_nexthops`](Self::drop_unused_nexthops), to be called after the routes.
+    pub async fn execute(&mut self, op: KernelOp, report: &mut ApplyReport) {
+        let result = match &op {
+            KernelOp::RouteReplace(r) => self.replace_route(r, report).await,
+            KernelOp::RouteDel(r) => self.delete_route(r).await,
+            KernelOp::NeighReplace(n) => self.nl.neigh_replace(n).await,
+            KernelOp::NeighDel(n) => self.nl.neigh_del(n).await,
+            KernelOp::FdbReplace(e) => self.nl.fdb_replace(e).await,
+            KernelOp::FdbDel(e) => self.nl.fdb_del(e).await,
+        };
+        match result {
+            Ok(()) => {
+                if !matches!(op, KernelOp::RouteReplace(_) | KernelOp::RouteDel(_)) {
+                    info!("{}", op.command(|i| self.names.get(&i).cloned()));
+                }
+                report.writes += 1;
+                self.cache.record(&op);
+                if let KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) = &op {
+                    self.update_misfit(r.dst);
+                }
+            }
+            Err(e) => {
+                let cmd = op.command(|i| self.names.get(&i).cloned());
+                warn!(error = %e, "{cmd} failed; will retry");
+                report.failures.push((op, e));
+            }
+        }
+    }
+
+    fn name(&self, index: u32) -> Option<&str> {
+        self.names.get(&index).map(String::as_str)
+    }
+
+    /// `ip route replace <dst> nhid <id> proto 87` on the nexthop for the route's hop (made
+    /// first if there is none), or `ip route replace <dst> via <gw> dev <dev> proto 87` in plain
+    /// mode and on links that refuse nexthops.
+    async fn replace_route(
+        &mut self,
+        r: &Route,
+        report: &mut ApplyReport,
+    ) -> Result<(), BackendError> {
+        if self.uses_nexthops() && !self.links_down.contains(&r.oif) {
+            match self.replace_on_nexthop(r, report).await {
+                Ok(()) => return Ok(()),
+                // No carrier (or down): the kernel takes no nexthop there, but keeps a plain
+                // route (`linkdown`), which moves onto a nexthop when the carrier is back.
+                Err(e) if errno(&e) == Some(ENETDOWN) => {
+                    debug!(error = %e, "no nexthops on this link for now; writing the route plain");
+                    self.links_down.insert(r.oif);
+                }
+                Err(e) if errno(&e) == Some(nl::EOPNOTSUPP) => {
+                    info!("the kernel refuses nexthop objects ({e}): writing plain routes");
+                    self.nexthops_supported = Some(false);
+                    self.recompute_misfits();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.nl.route_replace(r).await?;
+        info!(
+            "ip route replace {} proto {RTPROT_WEFT}",
+            r.display_with(self.name(r.oif))
+        );
+        self.nh.set_route(r.dst, None);
+        Ok(())
+    }
+
+    async fn replace_on_nexthop(
+        &mut self,
+        r: &Route,
+        report: &mut ApplyReport,
+    ) -> Result<(), BackendError> {
+        let hop = Hop::of(r);
+        let Some(id) = self.nh.id_for(&hop) else {
+            let id = self.add_nexthop_with_route(hop, r.dst, report).await?;
+            self.log_route_replace(r.dst, id, &hop);
+            self.nh.set_route(r.dst, Some(id));
+            return Ok(());
+        };
+        let id = match self.nl.route_replace_nhid(r.dst, id).await {
+            Ok(()) => id,
+            Err(e) => {
+                // The table may be behind: the kernel drops nexthops without telling (their
+                // link lost its carrier or went down a moment ago).
+                match self.nl.nexthop_get(id).await {
+                    Ok(Some(n)) if n.is_weft() && n.hop() == Some(hop) => return Err(e),
+                    Ok(found) => {
+                        debug!(id, now = ?found, "weft's nexthop is gone; making a new one");
+                        self.nexthop_lost(id, found.is_some());
+                        let id = self.add_nexthop(hop, report).await?;
+                        self.nl.route_replace_nhid(r.dst, id).await?;
+                        id
+                    }
+                    Err(_) => return Err(e),
+                }
+            }
+        };
+        self.log_route_replace(r.dst, id, &hop);
+        self.nh.set_route(r.dst, Some(id));
+        Ok(())
+    }
+
+    fn log_route_replace(&self, dst: ipnet::Ipv4Net, id: u32, hop: &Hop) {
+        info!(
+            "ip route replace {dst} nhid {id} proto {RTPROT_WEFT}  # {}",
+            hop.display_with(self.name(hop.oif))
+        );
+    }
+
+    /// A new nexthop for `hop` with a free id and the route to `dst` on it, sent together (one
+    /// round trip): `ip nexthop add id <N> via <gw> dev <dev> [onlink] proto 87` + `ip route
+    /// replace <dst> nhid <N> proto 87`. An id someone took meanwhile (EEXIST: the route may
+    /// have landed on their nexthop) is given up and the pair sent again with another.
+    async fn add_nexthop_with_route(
+        &mut self,
+        hop: Hop,
+        dst: ipnet::Ipv4Net,
+        report: &mut ApplyReport,
+    ) -> Result<u32, BackendError> {
+        let mut last = None;
+        for _ in 0..ID_ATTEMPTS {
+            let id = self.nh.allocate();
+            let (added, routed) = self.nl.nexthop_add_with_route(id, &hop, dst).await;
+            match added {
                 Ok(()) => {
-                    info!("{cmd}");
-                    report.writes += 1;
-                    self.cache.record(&op);
+                    self.log_nexthop_add(id, &hop);
+                    report.nexthop_writes += 1;
+                    self.nh.added(id, Some(hop));
+                    // A failed route leaves the nexthop unused: deleted after the routes.
+                    routed?;
+                    return Ok(id);
+                }
+                Err(e) if errno(&e) == Some(nl::EEXIST) => {
+                    debug!(id, "nexthop id taken meanwhile; trying another");
+                    self.nh.taken(id);
+                    last = Some(e);
                 }
                 Err(e) => {
-                    warn!(error = %e, "{cmd} failed; will retry");
-                    report.failures.push((op, e));
+                    if routed.is_ok() {
+                        // Only possible onto a nexthop someone else holds with that id (the
+                        // kernel checks the request before the id): the next write of this
+                        // route moves it off.
+                        self.nh.taken(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Unsupported("no free nexthop id".into())))
+    }
+
+    fn log_nexthop_add(&self, id: u32, hop: &Hop) {
+        info!(
+            "ip nexthop add id {id} {} proto {RTPROT_WEFT}",
+            hop.display_with(self.name(hop.oif))
+        );
+    }
+
+    /// `ip nexthop add id <N> via <gw> dev <dev> [onlink] proto 87` with a free id.
+    async fn add_nexthop(
+        &mut self,
+        hop: Hop,
+        report: &mut ApplyReport,
+    ) -> Result<u32, BackendError> {
+        let mut last = None;
+        for _ in 0..ID_ATTEMPTS {
+            let id = self.nh.allocate();
+            match self.nl.nexthop_add(id, &hop).await {
+                Ok(()) => {
+                    self.log_nexthop_add(id, &hop);
+                    report.nexthop_writes += 1;
+                    self.nh.added(id, Some(hop));
+                    return Ok(id);
+                }
+                Err(e) if errno(&e) == Some(nl::EEXIST) => {
+                    debug!(id, "nexthop id taken meanwhile; trying another");
+                    self.nh.taken(id);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| BackendError::Unsupported("no free nexthop id".into())))
+    }
+
+    /// `ip route del <dst> nhid <id> proto 87`, or `ip route del <dst> via <gw> dev <dev> proto
+    /// 87` for a plain route: as the route is written.
+    async fn delete_route(&mut self, r: &Route) -> Result<(), BackendError> {
+        match self.nh.route_nh(&r.dst) {
+            Some(id) => {
+                if !self.nl.route_del_nhid(r.dst, id).await? {
+                    self.nh.doubt(id);
+                }
+                match self.nh.hop_of(id) {
+                    Some(hop) => info!(
+                        "ip route del {} nhid {id} proto {RTPROT_WEFT}  # {}",
+                        r.dst,
+                        hop.display_with(self.name(hop.oif))
+                    ),
+                    None => info!("ip route del {} nhid {id} proto {RTPROT_WEFT}", r.dst),
+                }
+            }
+            None => {
+                self.nl.route_del(r).await?;
+                info!(
+                    "ip route del {} proto {RTPROT_WEFT}",
+                    r.display_with(self.name(r.oif))
+                );
+            }
+        }
+        self.nh.set_route(r.dst, None);
+        Ok(())
+    }
+
+    /// `ip nexthop del id <N>` for each of weft's nexthops that no route uses any more (after a
+    /// route moved to another hop or went away, or stale ones from a dump). A nexthop the kernel
+    /// may have dropped already is checked first, so an id someone else took is left alone.
+    pub async fn drop_unused_nexthops(&mut self, report: &mut ApplyReport) {
+        for u in self.nh.unused() {
+            if u.doubtful {
+                match self.nl.nexthop_get(u.id).await {
+                    Ok(Some(n)) if n.is_weft() && n.hop() == u.hop => {}
+                    Ok(found) => {
+                        self.nh.removed(u.id, found.is_some());
+                        continue;
+                    }
+                    Err(e) => {
+                        report.nexthop_failures.push((u.id, e));
+                        continue;
+                    }
+                }
+            }
+            match self.nl.nexthop_del(u.id).await {
+                Ok(()) => {
+                    match u.hop {
+                        Some(hop) => info!(
+                            "ip nexthop del id {}  # {}",
+                            u.id,
+                            hop.display_with(self.name(hop.oif))
+                        ),
+                        None => info!("ip nexthop del id {}", u.id),
+                    }
+                    report.nexthop_writes += 1;
+                    self.nh.removed(u.id, false);
+                }
+                Err(e) => {
+                    warn!(error = %e, "ip nexthop del id {} failed; will retry", u.id);
+                    report.nexthop_failures.push((u.id, e));
                 }
             }
         }
@@ -233,52 +634,112 @@ impl Reconciler {
     /// wants) changed, so the caller should [`apply`](Self::apply) the desired state again:
     ///
     /// - a weft route deleted, or replaced by a route with other attributes or protocol at its
-    ///   destination (table main, metric 0);
+    ///   destination (table main, metric 0), or rewritten the other way (plain / nhid);
     /// - a weft-protocol route weft did not write (the next apply deletes it unless desired);
-    /// - a link with weft routes went down or away, or lost an IPv4 address, or the notification
-    ///   socket overflowed: the cache may be wrong, [`needs_refresh`](Self::needs_refresh) is set;
+    /// - one of weft's nexthops deleted or replaced out of band (its routes went with it:
+    ///   [`needs_refresh`](Self::needs_refresh) is set), or a weft-protocol nexthop weft did not
+    ///   make (the next apply deletes it unless a route uses it);
+    /// - a link with weft routes went down or away, lost its carrier (with weft nexthops on it)
+    ///   or an IPv4 address, or the notification socket overflowed: the cache may be wrong,
+    ///   [`needs_refresh`](Self::needs_refresh) is set;
     /// - a link came up that a desired route uses but the kernel lacks (a write that failed
-    ///   while the link was down can succeed now).
+    ///   while the link was down can succeed now), or whose routes wait to move onto nexthops.
     ///
     /// Notifications caused by weft's own writes return false.
     pub fn observe(&mut self, ev: &KernelEvent) -> bool {
         match ev {
             KernelEvent::RouteAdded(e) => {
+                if !e.is_weft() {
+                    // Someone else's route on one of weft's nexthops keeps that nexthop alive.
+                    if let Some(id) = e.nhid {
+                        self.nh.pin(id);
+                    }
+                }
                 if !e.in_weft_slot() {
                     return false;
                 }
-                let dst = e.route.dst;
+                let route = self.resolve(e);
+                let dst = route.dst;
+                let same_writing = self.nh.route_nh(&dst) == e.nhid;
                 match self.cache.routes.get(&dst) {
-                    Some(cached) if e.is_weft() && *cached == e.route => false,
+                    Some(cached) if e.is_weft() && *cached == route && same_writing => false,
                     Some(cached) => {
-                        debug!(ours = %cached, now = %e.route, protocol = e.protocol, "weft's route was replaced");
+                        debug!(ours = %cached, now = %route, nhid = ?e.nhid, protocol = e.protocol, "weft's route was replaced");
                         if e.is_weft() {
-                            self.cache.routes.insert(dst, e.route.clone());
+                            self.cache.routes.insert(dst, route);
+                            self.nh.set_route(dst, e.nhid);
                         } else {
                             self.cache.routes.remove(&dst);
+                            self.nh.set_route(dst, None);
                         }
+                        self.update_misfit(dst);
                         true
                     }
                     None if e.is_weft() => {
-                        debug!(route = %e.route, "a weft-protocol route appeared");
-                        self.cache.routes.insert(dst, e.route.clone());
+                        debug!(route = %route, nhid = ?e.nhid, "a weft-protocol route appeared");
+                        self.cache.routes.insert(dst, route);
+                        self.nh.set_route(dst, e.nhid);
+                        self.update_misfit(dst);
                         true
                     }
                     None => false,
                 }
             }
             KernelEvent::RouteDeleted(e) => {
-                if e.is_weft() && self.cache.routes.get(&e.route.dst) == Some(&e.route) {
-                    debug!(route = %e.route, "weft's route was deleted");
-                    self.cache.routes.remove(&e.route.dst);
+                let dst = e.route.dst;
+                let ours = e.is_weft()
+                    && self.nh.route_nh(&dst) == e.nhid
+                    && match e.nhid {
+                        Some(_) => self.cache.routes.contains_key(&dst),
+                        None => self.cache.routes.get(&dst) == Some(&e.route),
+                    };
+                if ours {
+                    debug!(route = %e.route, nhid = ?e.nhid, "weft's route was deleted");
+                    self.cache.routes.remove(&dst);
+                    self.nh.set_route(dst, None);
+                    self.misfits.remove(&dst);
+                }
+                ours
+            }
+            KernelEvent::NexthopAdded(n) => {
+                if self.nh.is_ours(n.id) {
+                    if n.is_weft() && n.hop().is_some() && n.hop() == self.nh.hop_of(n.id) {
+                        return false; // weft's own add
+                    }
+                    debug!(nexthop = %n, "weft's nexthop was replaced");
+                    self.nexthop_lost(n.id, true);
+                    return true;
+                }
+                if n.is_weft() {
+                    debug!(nexthop = %n, "a weft-protocol nexthop appeared");
+                    self.nh.added(n.id, n.hop());
+                    return true;
+                }
+                self.nh.taken(n.id);
+                for member in &n.group {
+                    self.nh.pin(*member);
+                }
+                false
+            }
+            KernelEvent::NexthopDeleted(n) => {
+                if self.nh.is_ours(n.id) {
+                    debug!(nexthop = %n, "weft's nexthop was deleted");
+                    self.nexthop_lost(n.id, false);
                     true
                 } else {
+                    self.nh.released(n.id);
                     false
                 }
             }
-            KernelEvent::LinkChanged { index, name, up } => {
+            KernelEvent::LinkChanged {
+                index,
+                name,
+                up,
+                carrier,
+            } => {
                 self.names.insert(*index, name.clone());
-                if *up {
+                if *up && *carrier {
+                    self.links_down.remove(index);
                     let d = &self.last_desired;
                     let c = &self.cache;
                     d.routes
@@ -290,12 +751,24 @@ impl Reconciler {
                         || d.fdb
                             .iter()
                             .any(|(k, e)| k.0 == *index && c.fdb.get(k) != Some(e))
+                        || self
+                            .misfits
+                            .iter()
+                            .any(|dst| c.routes.get(dst).is_some_and(|r| r.oif == *index))
                 } else {
-                    self.forget_routes_via(*index)
+                    self.links_down.insert(*index);
+                    if *up {
+                        // Carrier lost: the kernel dropped the nexthops on the link and their
+                        // routes; plain routes stay.
+                        self.forget_nexthops_via(*index)
+                    } else {
+                        self.forget_routes_via(*index)
+                    }
                 }
             }
             KernelEvent::LinkDeleted { index, .. } => {
                 self.names.remove(index);
+                self.links_down.remove(index);
                 self.forget_routes_via(*index)
             }
             KernelEvent::AddressDeleted { index, .. } => self.forget_routes_via(*index),
@@ -373,9 +846,71 @@ impl Reconciler {
         &self.cache
     }
 
+    /// The nexthop the cached route to `dst` is written on (`nhid`), None for a plain route.
+    pub fn route_nexthop(&self, dst: &ipnet::Ipv4Net) -> Option<u32> {
+        self.nh.route_nh(dst)
+    }
+
+    /// The meaning of a notified route: a route on one of weft's nexthops means that
+    /// nexthop's hop; others mean what the kernel reported (on someone else's nexthop, the
+    /// gateway and device only in `nexthop_compat_mode`).
+    fn resolve(&self, e: &RouteEvent) -> Route {
+        match e.nhid.and_then(|id| self.nh.hop_of(id)) {
+            Some(hop) => hop.route(e.route.dst),
+            None => e.route.clone(),
+        }
+    }
+
+    fn update_misfit(&mut self, dst: ipnet::Ipv4Net) {
+        if self.cache.routes.contains_key(&dst) && self.nh.misfit(&dst, self.uses_nexthops()) {
+            self.misfits.insert(dst);
+        } else {
+            self.misfits.remove(&dst);
+        }
+    }
+
+    fn recompute_misfits(&mut self) {
+        let mode = self.uses_nexthops();
+        self.misfits = self
+            .cache
+            .routes
+            .keys()
+            .filter(|dst| self.nh.misfit(dst, mode))
+            .copied()
+            .collect();
+    }
+
+    /// weft's nexthop `id` is gone (deleted, dropped, or replaced by someone else when
+    /// `replaced`): the routes on it went with it. Forgets them and asks for a dump.
+    fn nexthop_lost(&mut self, id: u32, replaced: bool) {
+        for dst in self.nh.removed(id, replaced) {
+            self.cache.routes.remove(&dst);
+            self.misfits.remove(&dst);
+        }
+        self.needs_refresh = true;
+    }
+
+    /// The kernel dropped weft's nexthops through `index` (and the routes on them) without
+    /// telling. True if any were known.
+    fn forget_nexthops_via(&mut self, index: u32) -> bool {
+        let ids = self.nh.ids_via(index);
+        for id in &ids {
+            self.nexthop_lost(*id, false);
+        }
+        if !ids.is_empty() {
+            debug!(
+                index,
+                nexthops = ids.len(),
+                "link lost its carrier under weft's nexthops"
+            );
+        }
+        !ids.is_empty()
+    }
+
     /// The kernel may have flushed the routes through `index` without telling: drop them from the
     /// cache (the next apply re-adds what is desired) and ask for a dump. True if any were cached.
     fn forget_routes_via(&mut self, index: u32) -> bool {
+        let nexthops = self.forget_nexthops_via(index);
         let gone: Vec<Route> = self
             .cache
             .routes
@@ -385,6 +920,8 @@ impl Reconciler {
             .collect();
         for r in &gone {
             self.cache.routes.remove(&r.dst);
+            self.nh.set_route(r.dst, None);
+            self.misfits.remove(&r.dst);
         }
         if !gone.is_empty() {
             debug!(
@@ -394,7 +931,44 @@ impl Reconciler {
             );
             self.needs_refresh = true;
         }
-        !gone.is_empty()
+        nexthops || !gone.is_empty()
+    }
+}
+
+const MAIN: u8 = 254;
+
+/// A route with weft's protocol in table main.
+fn is_weft_route(ev: &RouteEvent) -> bool {
+    ev.table == u32::from(MAIN) && ev.protocol == RTPROT_WEFT
+}
+
+/// The meaning of a dumped weft route: through the nexthop dump (sorted by id) for a route on a
+/// nexthop (a nexthop that is not a plain gateway hop, or missing, gives gateway `0.0.0.0`,
+/// which no desired route has), else as the kernel reported it.
+fn resolve_dumped(ev: &RouteEvent, nexthops: &[Nexthop]) -> Route {
+    let Some(id) = ev.nhid else {
+        return ev.route.clone();
+    };
+    match nexthops
+        .binary_search_by_key(&id, |n| n.id)
+        .ok()
+        .map(|i| &nexthops[i])
+    {
+        Some(n) => match n.hop() {
+            Some(hop) => hop.route(ev.route.dst),
+            None => Route {
+                dst: ev.route.dst,
+                gateway: Ipv4Addr::UNSPECIFIED,
+                oif: n.oif,
+                onlink: false,
+            },
+        },
+        None => Route {
+            dst: ev.route.dst,
+            gateway: Ipv4Addr::UNSPECIFIED,
+            oif: 0,
+            onlink: false,
+        },
     }
 }
 
@@ -418,6 +992,7 @@ mod tests {
     fn ev(route: Route, protocol: u8, table: u32, priority: u32) -> RouteEvent {
         RouteEvent {
             route,
+            nhid: None,
             protocol,
             table,
             priority,
@@ -501,11 +1076,13 @@ mod tests {
             index,
             name: format!("if{index}"),
             up: false,
+            carrier: false,
         };
         let up = |index| KernelEvent::LinkChanged {
             index,
             name: format!("if{index}"),
             up: true,
+            carrier: true,
         };
         assert!(!rec.observe(&down(7)));
         assert!(

@@ -2,6 +2,8 @@
 //! tokio runtime built after `unshare(CLONE_NEWNET)`, and checks the kernel with `ip -j` (child
 //! processes inherit the thread's namespace). The namespace, and everything in it, disappears
 //! when the thread ends, also when the test fails. Skipped (with a message) when not root.
+//! The reconciler's tests run twice, with plain routes and with routes on nexthop objects
+//! ([`Mode`]), and check the shape of what is written each time ([`assert_written`]).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -11,16 +13,20 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use backends::hostgw::HostGw;
-use backends::nl::{self, KernelEvent, Netlink};
+use backends::nl::{self, Hop, KernelEvent, Netlink};
 use backends::reconcile::Reconciler;
 use backends::{Backend, ExternalInterface, KernelOp, KernelState, Peer, Route};
 use futures::StreamExt;
 use net_conf::{LeaseAttrs, SubnetKey};
 use serde_json::Value;
 
-use common::{in_netns, ip, ip_json};
+use common::{
+    Mode, WeftRoute, assert_written, in_netns, in_netns_each_mode, ip, ip_json, nexthops,
+    weft_nexthop_ids, weft_route_list,
+};
 
-/// (dst, gateway, dev, protocol) of each route `ip -j route show <filter>` lists.
+/// (dst, gateway, dev, protocol) of each route `ip -j route show <filter>` lists (other
+/// owners' routes, which are plain).
 fn routes(filter: &str) -> BTreeSet<(String, String, String, String)> {
     ip_json(&format!("route show {filter}"))
         .iter()
@@ -31,12 +37,19 @@ fn routes(filter: &str) -> BTreeSet<(String, String, String, String)> {
         .collect()
 }
 
-/// Table main's routes with protocol 87 (filtered here: `ip route show proto 87` omits the
-/// protocol from its output, and the test should see it).
+/// Table main's routes with protocol 87 as (dst, gateway, dev, "87"), gateway and device read
+/// from the nexthop for a route on one (the protocol shows as `87 on <proto>` for a route on
+/// someone else's nexthop).
 fn weft_routes() -> BTreeSet<(String, String, String, String)> {
-    routes("table main")
+    weft_route_list()
         .into_iter()
-        .filter(|(_, _, _, proto)| proto == "87")
+        .map(|r| {
+            let proto = match r.nh_protocol.as_deref() {
+                None | Some("87") => "87".to_string(),
+                Some(other) => format!("87 on {other}"),
+            };
+            (r.dst, r.gateway, r.dev, proto)
+        })
         .collect()
 }
 
@@ -89,6 +102,11 @@ fn desired(index: u32, peers: &[Peer]) -> KernelState {
     d.state
 }
 
+/// A reconciler writing routes the `mode` way.
+fn reconciler(mode: Mode) -> Reconciler {
+    Reconciler::new(Netlink::connect().unwrap()).with_route_nexthops(mode.nexthops())
+}
+
 /// Feeds kernel events to the reconciler and re-applies like the daemon does (re-apply when
 /// `observe` says so; retry failed operations on the next event or after 100 ms) until `done`
 /// holds or the deadline passes.
@@ -111,8 +129,19 @@ async fn drive_until(
         };
         if changed || retry {
             let report = rec.apply(want).await;
-            retry = !report.failures.is_empty();
+            retry = !report.is_ok();
         }
+    }
+}
+
+/// Reads the notifications of weft's own writes for 300 ms: none may count as drift.
+async fn own_writes_are_quiet(
+    rec: &mut Reconciler,
+    events: &mut (impl futures::Stream<Item = KernelEvent> + Unpin),
+) {
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), events.next()).await {
+        assert!(!rec.observe(&ev), "own write reported as drift: {ev:?}");
     }
 }
 
@@ -139,6 +168,12 @@ fn links_default_route_and_route_get_match_ip() {
                 .iter()
                 .any(|f| f.as_str() == Some("UP"));
             assert_eq!(link.up, up, "{}", link.name);
+            let carrier = j["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f.as_str() == Some("LOWER_UP"));
+            assert_eq!(link.carrier, carrier, "carrier of {}", link.name);
             let ours: BTreeSet<(IpAddr, u8, bool)> = link
                 .addrs
                 .iter()
@@ -205,7 +240,7 @@ fn links_default_route_and_route_get_match_ip() {
 
 #[test]
 fn apply_writes_once_then_nothing() {
-    in_netns("apply_writes_once_then_nothing", || async {
+    in_netns_each_mode("apply_writes_once_then_nothing", |mode| async move {
         let eth0 = underlay();
         let nl = Netlink::connect().unwrap();
         let want = desired(
@@ -215,10 +250,14 @@ fn apply_writes_once_then_nothing() {
                 peer("10.244.3.0/24", "198.18.0.3"),
             ],
         );
-        let mut rec = Reconciler::new(nl.clone());
+        let mut rec = reconciler(mode);
         let first = rec.apply(&want).await;
         assert!(first.is_ok(), "{first:?}");
+        assert_eq!(rec.uses_nexthops(), mode.nexthops());
         assert_eq!(first.writes, 2);
+        // One nexthop per distinct gateway.
+        let nh_adds = if mode.nexthops() { 2 } else { 0 };
+        assert_eq!(first.nexthop_writes, nh_adds);
         assert_eq!(
             weft_routes(),
             BTreeSet::from([
@@ -226,18 +265,24 @@ fn apply_writes_once_then_nothing() {
                 r("10.244.3.0/24", "198.18.0.3", "eth0", "87"),
             ])
         );
+        assert_written(mode);
         let second = rec.apply(&want).await;
         assert!(second.is_ok(), "{second:?}");
-        assert_eq!(second.writes, 0);
+        assert_eq!((second.writes, second.nexthop_writes), (0, 0));
         assert_eq!(rec.current(), &want);
 
-        // What a dump reads back equals what was written.
-        let mut fresh = Reconciler::new(nl.clone());
+        // What a dump reads back equals what was written, and a restarted weft keeps it as it
+        // is (same nexthop ids: no write at all).
+        let ids = weft_nexthop_ids();
+        let mut fresh = reconciler(mode);
         fresh.refresh().await.unwrap();
         assert_eq!(fresh.current(), &want);
-        assert_eq!(fresh.apply(&want).await.writes, 0);
+        let again = fresh.apply(&want).await;
+        assert_eq!((again.writes, again.nexthop_writes), (0, 0));
+        assert_eq!(weft_nexthop_ids(), ids);
 
-        // A peer that moved: one replace, nothing else.
+        // A peer that moved: one replace, nothing else (on nexthops: a new nexthop for the new
+        // gateway, and the old one, unused now, deleted).
         let moved = desired(
             eth0,
             &[
@@ -248,6 +293,7 @@ fn apply_writes_once_then_nothing() {
         let report = rec.apply(&moved).await;
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(report.writes, 1);
+        assert_eq!(report.nexthop_writes, nh_adds);
         assert_eq!(
             weft_routes(),
             BTreeSet::from([
@@ -255,22 +301,88 @@ fn apply_writes_once_then_nothing() {
                 r("10.244.3.0/24", "198.18.0.3", "eth0", "87"),
             ])
         );
+        assert_written(mode);
 
-        // Desired = nothing removes every weft route (what `weft cleanup` does).
+        // Desired = nothing removes every weft route, and weft's nexthops with them.
         let report = rec.apply(&KernelState::default()).await;
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(report.writes, 2);
+        assert_eq!(report.nexthop_writes, nh_adds);
         assert!(weft_routes().is_empty());
+        assert!(weft_nexthop_ids().is_empty());
 
         // Deleting what is already gone is fine.
+        let dst = "10.244.2.0/24".parse().unwrap();
         nl.route_del(&Route {
-            dst: "10.244.2.0/24".parse().unwrap(),
+            dst,
             gateway: Ipv4Addr::new(198, 18, 0, 2),
             oif: eth0,
             onlink: false,
         })
         .await
         .unwrap();
+        assert!(!nl.route_del_nhid(dst, 77).await.unwrap());
+        nl.nexthop_del(77).await.unwrap();
+    });
+}
+
+#[test]
+fn routes_share_a_nexthop_per_hop() {
+    in_netns("routes_share_a_nexthop_per_hop", || async {
+        let eth0 = underlay();
+        let gw = Ipv4Addr::new(198, 18, 0, 2);
+        let route = |dst: &str| Route {
+            dst: dst.parse().unwrap(),
+            gateway: gw,
+            oif: eth0,
+            onlink: false,
+        };
+        let two = KernelState::from_routes([route("10.244.2.0/24"), route("10.245.2.0/24")]);
+        let mut rec = reconciler(Mode::Nexthop);
+        let report = rec.apply(&two).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!((report.writes, report.nexthop_writes), (2, 1));
+        let list = weft_route_list();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].nhid, list[1].nhid, "{list:?}");
+        assert_written(Mode::Nexthop);
+        // One route goes: the nexthop stays for the other; the last one takes it along.
+        let one = KernelState::from_routes([route("10.244.2.0/24")]);
+        let report = rec.apply(&one).await;
+        assert_eq!((report.writes, report.nexthop_writes), (1, 0));
+        assert_eq!(weft_nexthop_ids().len(), 1);
+        let report = rec.apply(&KernelState::default()).await;
+        assert_eq!((report.writes, report.nexthop_writes), (1, 1));
+        assert!(weft_nexthop_ids().is_empty());
+    });
+}
+
+#[test]
+fn an_id_taken_meanwhile_is_skipped() {
+    in_netns("an_id_taken_meanwhile_is_skipped", || async {
+        let eth0 = underlay();
+        let mut rec = reconciler(Mode::Nexthop);
+        rec.refresh().await.unwrap();
+        // Someone takes id 1 after weft's dump (weft hears of it only through the kernel's
+        // EEXIST): the nexthop add and the route are sent together, so the route lands on
+        // their nexthop for a moment and is moved onto weft's own at once.
+        ip("nexthop add id 1 via 198.18.0.9 dev eth0 proto static");
+        let want = desired(eth0, &[peer("10.244.2.0/24", "198.18.0.2")]);
+        let report = rec.apply(&want).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!((report.writes, report.nexthop_writes), (1, 1));
+        assert_eq!(
+            weft_routes(),
+            BTreeSet::from([r("10.244.2.0/24", "198.18.0.2", "eth0", "87")])
+        );
+        assert_written(Mode::Nexthop);
+        let theirs = &nexthops()[&1];
+        assert_eq!(
+            (theirs["gateway"].as_str(), theirs["protocol"].as_str()),
+            (Some("198.18.0.9"), Some("static")),
+            "someone else's nexthop untouched"
+        );
+        assert_ne!(weft_route_list()[0].nhid, Some(1));
     });
 }
 
@@ -366,39 +478,136 @@ fn onlink_route_is_written_and_read_back() {
                 .any(|f| f == "onlink"),
             "{j:?}"
         );
-        assert_eq!(nl.dump_owned_routes().await.unwrap(), vec![route]);
+        let dumped = nl.dump_owned_routes().await.unwrap();
+        assert_eq!(dumped.len(), 1);
+        assert_eq!((&dumped[0].route, dumped[0].nhid), (&route, None));
+
+        // The same on a nexthop object: `ip nexthop add id 9 via 10.244.6.0 dev eth0 onlink
+        // proto 87`, `ip route replace 10.244.6.0/24 nhid 9 proto 87`.
+        let hop = Hop {
+            gateway: Ipv4Addr::new(10, 244, 6, 0),
+            oif: eth0,
+            onlink: true,
+        };
+        nl.nexthop_add(9, &hop).await.unwrap();
+        let dst = "10.244.6.0/24".parse().unwrap();
+        nl.route_replace_nhid(dst, 9).await.unwrap();
+        let shown = &nexthops()[&9];
+        assert_eq!(shown["gateway"], "10.244.6.0");
+        assert_eq!(shown["dev"], "eth0");
+        assert_eq!(shown["protocol"], "87");
+        assert!(
+            shown["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "onlink")
+        );
+        let read = nl.dump_nexthops().await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(
+            (read[0].id, read[0].hop(), read[0].is_weft()),
+            (9, Some(hop), true)
+        );
+        assert_eq!(nl.nexthop_get(9).await.unwrap().as_ref(), Some(&read[0]));
+        assert_eq!(nl.nexthop_get(10).await.unwrap(), None);
+        let on_nh = nl
+            .dump_owned_routes()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|e| e.route.dst == dst)
+            .unwrap();
+        assert_eq!(on_nh.nhid, Some(9));
+        // A taken id is refused, never replaced.
+        let other = Hop {
+            gateway: Ipv4Addr::new(198, 18, 0, 7),
+            oif: eth0,
+            onlink: false,
+        };
+        let err = nl.nexthop_add(9, &other).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                backends::BackendError::Netlink {
+                    errno: Some(nl::EEXIST),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(nl.nexthop_get(9).await.unwrap().unwrap().hop(), Some(hop));
+        // Deleting the nexthop takes its route along.
+        nl.nexthop_del(9).await.unwrap();
+        assert!(nl.nexthop_get(9).await.unwrap().is_none());
+        assert!(weft_route_list().iter().all(|r| r.dst != "10.244.6.0/24"));
     });
 }
 
 #[test]
 fn stale_weft_routes_purged_foreign_routes_untouched() {
-    in_netns(
+    in_netns_each_mode(
         "stale_weft_routes_purged_foreign_routes_untouched",
-        || async {
+        |mode| async move {
             let eth0 = underlay();
-            // Left over from an earlier run, and someone else's routes.
+            // Left over from an earlier run (a plain route, a route on a nexthop of weft's, an
+            // unused nexthop of weft's), and someone else's routes and nexthops: a nexthop
+            // with an id weft might pick, and a route of theirs on a nexthop of weft's.
             ip("route add 10.244.9.0/24 via 198.18.0.9 dev eth0 proto 87");
+            ip("nexthop add id 1 via 198.18.0.10 dev eth0 proto 87");
+            ip("route add 10.244.10.0/24 nhid 1 proto 87");
+            ip("nexthop add id 2 via 198.18.0.11 dev eth0 proto 87");
+            ip("nexthop add id 3 via 198.18.0.12 dev eth0 proto 87");
+            ip("route add 10.250.0.0/24 nhid 3 proto static");
+            ip("nexthop add id 4 via 198.18.0.2 dev eth0 proto static");
             ip("route add 10.244.8.0/24 via 198.18.0.8 dev eth0 proto static");
             ip("route add 10.244.7.0/24 via 198.18.0.7 dev eth0 proto 87 table 100");
             ip("route add 10.244.6.0/24 via 198.18.0.6 dev eth0 proto 87 metric 50");
-            let nl = Netlink::connect().unwrap();
             let want = desired(eth0, &[peer("10.244.2.0/24", "198.18.0.2")]);
-            let mut rec = Reconciler::new(nl);
+            let mut rec = reconciler(mode);
             rec.refresh().await.unwrap();
-            assert_eq!(rec.current().routes.len(), 2, "{:?}", rec.current());
+            assert_eq!(rec.current().routes.len(), 3, "{:?}", rec.current());
+            assert_eq!(
+                rec.current().routes[&"10.244.10.0/24".parse().unwrap()].gateway,
+                Ipv4Addr::new(198, 18, 0, 10),
+                "a route on a nexthop is read through the nexthop"
+            );
             let report = rec.apply(&want).await;
             assert!(report.is_ok(), "{report:?}");
-            assert_eq!(report.writes, 3, "two deletes and one replace");
+            assert_eq!(report.writes, 4, "three deletes and one replace");
             assert_eq!(
                 weft_routes(),
                 BTreeSet::from([r("10.244.2.0/24", "198.18.0.2", "eth0", "87")])
             );
+            // weft's stale nexthops 1 and 2 are gone; 3 stays for the static route on it;
+            // someone else's 4 (same gateway as weft's peer) is neither used nor touched.
+            let nhs = nexthops();
+            assert!(!nhs.contains_key(&1) && !nhs.contains_key(&2), "{nhs:?}");
+            assert_eq!(nhs[&3]["protocol"], "87");
+            assert_eq!(nhs[&4]["protocol"], "static");
+            let ours = weft_route_list();
+            match mode {
+                Mode::Nexthop => {
+                    let id = ours[0].nhid.unwrap();
+                    assert!(id > 4, "weft took a free id: {id}");
+                    assert_eq!(weft_nexthop_ids(), BTreeSet::from([3, id]));
+                }
+                Mode::Plain => {
+                    assert_eq!(ours[0].nhid, None);
+                    assert_eq!(weft_nexthop_ids(), BTreeSet::from([3]));
+                }
+            }
             assert!(routes("table main").contains(&r(
                 "10.244.8.0/24",
                 "198.18.0.8",
                 "eth0",
                 "static"
             )));
+            assert!(
+                routes("table main")
+                    .iter()
+                    .any(|(dst, ..)| dst == "10.250.0.0/24")
+            );
             assert!(routes("table 100").contains(&r("10.244.7.0/24", "198.18.0.7", "eth0", "87")));
         },
     );
@@ -406,25 +615,118 @@ fn stale_weft_routes_purged_foreign_routes_untouched() {
 
 #[test]
 fn first_apply_without_refresh_purges_too() {
-    in_netns("first_apply_without_refresh_purges_too", || async {
+    in_netns_each_mode(
+        "first_apply_without_refresh_purges_too",
+        |mode| async move {
+            let eth0 = underlay();
+            ip("route add 10.244.9.0/24 via 198.18.0.9 dev eth0 proto 87");
+            let mut rec = reconciler(mode);
+            assert!(rec.needs_refresh());
+            let want = desired(eth0, &[peer("10.244.2.0/24", "198.18.0.2")]);
+            let report = rec.apply(&want).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert!(!rec.needs_refresh());
+            assert_eq!(
+                weft_routes(),
+                BTreeSet::from([r("10.244.2.0/24", "198.18.0.2", "eth0", "87")])
+            );
+            assert_written(mode);
+        },
+    );
+}
+
+#[test]
+fn upgrade_rewrites_routes_the_other_way_in_place() {
+    in_netns("upgrade_rewrites_routes_the_other_way_in_place", || async {
         let eth0 = underlay();
-        ip("route add 10.244.9.0/24 via 198.18.0.9 dev eth0 proto 87");
-        let mut rec = Reconciler::new(Netlink::connect().unwrap());
-        assert!(rec.needs_refresh());
-        let want = desired(eth0, &[peer("10.244.2.0/24", "198.18.0.2")]);
+        let want = desired(
+            eth0,
+            &[
+                peer("10.244.2.0/24", "198.18.0.2"),
+                peer("10.244.3.0/24", "198.18.0.3"),
+            ],
+        );
+        let both = BTreeSet::from([
+            r("10.244.2.0/24", "198.18.0.2", "eth0", "87"),
+            r("10.244.3.0/24", "198.18.0.3", "eth0", "87"),
+        ]);
+        // The previous weft wrote plain routes.
+        let report = reconciler(Mode::Plain).apply(&want).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_written(Mode::Plain);
+        // The new one moves each onto a nexthop, one replace per route (no delete: the route
+        // never leaves the kernel).
+        let mut events = nl::subscribe().unwrap();
+        let mut rec = reconciler(Mode::Nexthop);
         let report = rec.apply(&want).await;
         assert!(report.is_ok(), "{report:?}");
-        assert!(!rec.needs_refresh());
-        assert_eq!(
-            weft_routes(),
-            BTreeSet::from([r("10.244.2.0/24", "198.18.0.2", "eth0", "87")])
+        assert_eq!((report.writes, report.nexthop_writes), (2, 2));
+        assert_eq!(weft_routes(), both);
+        assert_written(Mode::Nexthop);
+        let mut deleted = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), events.next()).await {
+            if let KernelEvent::RouteDeleted(e) = &ev {
+                deleted.push(e.clone());
+            }
+            assert!(!rec.observe(&ev), "own write reported as drift: {ev:?}");
+        }
+        assert!(deleted.is_empty(), "routes left the kernel: {deleted:?}");
+        assert_eq!(rec.apply(&want).await.writes, 0);
+        // And back (`--route-nexthops=false`): plain again, weft's nexthops removed.
+        let mut plain = reconciler(Mode::Plain);
+        let report = plain.apply(&want).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!((report.writes, report.nexthop_writes), (2, 2));
+        assert_eq!(weft_routes(), both);
+        assert_written(Mode::Plain);
+    });
+}
+
+#[test]
+fn routes_read_without_nexthop_compat_mode() {
+    in_netns("routes_read_without_nexthop_compat_mode", || async {
+        let eth0 = underlay();
+        // Route messages carry only `nhid`, no gateway or device.
+        common::run("sysctl", "-qw net.ipv4.nexthop_compat_mode=0");
+        let j = ip_json("route show table main");
+        assert!(j.iter().all(|r| r["protocol"] != "87"));
+        let mut events = nl::subscribe().unwrap();
+        let want = desired(
+            eth0,
+            &[
+                peer("10.244.2.0/24", "198.18.0.2"),
+                peer("10.244.3.0/24", "198.18.0.3"),
+            ],
         );
+        let mut rec = reconciler(Mode::Nexthop);
+        assert!(rec.apply(&want).await.is_ok());
+        let shown = ip_json("route show table main");
+        let weft: Vec<&Value> = shown.iter().filter(|r| r["protocol"] == "87").collect();
+        assert_eq!(weft.len(), 2);
+        assert!(
+            weft.iter()
+                .all(|r| r["nhid"].is_u64() && r["gateway"].is_null()),
+            "{weft:?}"
+        );
+        own_writes_are_quiet(&mut rec, &mut events).await;
+        let mut fresh = reconciler(Mode::Nexthop);
+        fresh.refresh().await.unwrap();
+        assert_eq!(fresh.current(), &want);
+        assert_eq!(fresh.apply(&want).await.writes, 0);
+        // Drift without compat mode: a route deleted out of band is seen and re-added.
+        ip("route del 10.244.2.0/24");
+        drive_until(&mut rec, &mut events, &want, "route re-added", |_| {
+            weft_route_list().len() == 2
+        })
+        .await;
+        assert_written(Mode::Nexthop);
     });
 }
 
 #[test]
 fn drift_is_repaired_from_notifications() {
-    in_netns("drift_is_repaired_from_notifications", || async {
+    in_netns_each_mode("drift_is_repaired_from_notifications", |mode| async move {
         let eth0 = underlay();
         let mut events = nl::subscribe().unwrap();
         let want = desired(
@@ -438,15 +740,12 @@ fn drift_is_repaired_from_notifications() {
             r("10.244.2.0/24", "198.18.0.2", "eth0", "87"),
             r("10.244.3.0/24", "198.18.0.3", "eth0", "87"),
         ]);
-        let mut rec = Reconciler::new(Netlink::connect().unwrap());
+        let mut rec = reconciler(mode);
         assert!(rec.apply(&want).await.is_ok());
         assert_eq!(weft_routes(), both);
 
         // The notifications of weft's own writes change nothing.
-        let deadline = Instant::now() + Duration::from_millis(300);
-        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), events.next()).await {
-            assert!(!rec.observe(&ev), "own write reported as drift: {ev:?}");
-        }
+        own_writes_are_quiet(&mut rec, &mut events).await;
 
         // Deleted out of band.
         ip("route del 10.244.2.0/24");
@@ -458,6 +757,7 @@ fn drift_is_repaired_from_notifications() {
             |_| weft_routes() == both,
         )
         .await;
+        assert_written(mode);
 
         // Replaced out of band by a route of another protocol (ip's default, boot).
         ip("route replace 10.244.3.0/24 via 198.18.0.33 dev eth0");
@@ -475,6 +775,81 @@ fn drift_is_repaired_from_notifications() {
                 .iter()
                 .all(|(_, gw, _, _)| gw != "198.18.0.33")
         );
+        assert_written(mode);
+
+        if mode == Mode::Nexthop {
+            // One of weft's nexthops deleted out of band: the kernel removes the route on it
+            // and announces only the nexthop (RTM_DELNEXTHOP, no RTM_DELROUTE).
+            let victim: WeftRoute = weft_route_list()
+                .into_iter()
+                .find(|r| r.dst == "10.244.2.0/24")
+                .unwrap();
+            ip(&format!("nexthop del id {}", victim.nhid.unwrap()));
+            assert_eq!(weft_routes().len(), 1, "the route went with its nexthop");
+            drive_until(
+                &mut rec,
+                &mut events,
+                &want,
+                "route back after its nexthop was deleted",
+                |_| weft_routes() == both,
+            )
+            .await;
+            assert_written(mode);
+
+            // One replaced out of band (someone else's now): weft moves its route off it.
+            let victim = weft_route_list()
+                .into_iter()
+                .find(|r| r.dst == "10.244.3.0/24")
+                .unwrap();
+            let id = victim.nhid.unwrap();
+            ip(&format!(
+                "nexthop replace id {id} via 198.18.0.44 dev eth0 proto static"
+            ));
+            drive_until(
+                &mut rec,
+                &mut events,
+                &want,
+                "route moved off a replaced nexthop",
+                |_| weft_routes() == both,
+            )
+            .await;
+            assert_ne!(weft_route_list()[1].nhid, Some(id));
+            assert_eq!(
+                nexthops()[&id]["protocol"],
+                "static",
+                "theirs now, left alone"
+            );
+            ip(&format!("nexthop del id {id}"));
+        }
+
+        // Carrier lost (the veth peer goes down): the kernel drops nexthops on eth0 and their
+        // routes without a word; plain routes stay (`linkdown`). Either way the routes are
+        // there during the outage (plain meanwhile) and written `mode`'s way after it.
+        ip("link set peer0 down");
+        drive_until(
+            &mut rec,
+            &mut events,
+            &want,
+            "routes kept while the link has no carrier",
+            |rec| weft_routes() == both && rec.current() == &want,
+        )
+        .await;
+        assert!(weft_route_list().iter().all(|r| r.nhid.is_none()));
+        ip("link set peer0 up");
+        drive_until(
+            &mut rec,
+            &mut events,
+            &want,
+            "routes written on nexthops again with the carrier back",
+            |_| {
+                weft_routes() == both
+                    && weft_route_list()
+                        .iter()
+                        .all(|r| r.nhid.is_some() == mode.nexthops())
+            },
+        )
+        .await;
+        assert_written(mode);
 
         // Link down: the kernel flushes the routes without RTM_DELROUTE; link up: they return.
         ip("link set eth0 down");
@@ -494,19 +869,26 @@ fn drift_is_repaired_from_notifications() {
             &mut events,
             &want,
             "routes back after link up",
-            |_| weft_routes() == both,
+            |_| {
+                weft_routes() == both
+                    && weft_route_list()
+                        .iter()
+                        .all(|r| r.nhid.is_some() == mode.nexthops())
+            },
         )
         .await;
         assert_eq!(rec.current(), &want);
+        assert_written(mode);
     });
 }
 
 #[test]
 fn failed_op_is_reported_and_retried() {
-    in_netns("failed_op_is_reported_and_retried", || async {
+    in_netns_each_mode("failed_op_is_reported_and_retried", |mode| async move {
         let eth0 = underlay();
-        let mut rec = Reconciler::new(Netlink::connect().unwrap());
-        // 198.18.7.2 is not on a connected subnet (yet): the kernel refuses the route.
+        let mut rec = reconciler(mode);
+        // 198.18.7.2 is not on a connected subnet (yet): the kernel refuses the route (or, on
+        // nexthops, the nexthop).
         let want = KernelState::from_routes([
             Route {
                 dst: "10.244.2.0/24".parse().unwrap(),
@@ -529,10 +911,15 @@ fn failed_op_is_reported_and_retried() {
             matches!(op, KernelOp::RouteReplace(r) if r.gateway == Ipv4Addr::new(198, 18, 7, 2))
         );
         let text = err.to_string();
+        let prefix = match mode {
+            Mode::Plain => {
+                format!("ip route replace 10.244.7.0/24 via 198.18.7.2 dev {eth0} proto 87: ")
+            }
+            Mode::Nexthop => "ip nexthop add id ".to_string(),
+        };
+        assert!(text.starts_with(&prefix), "{text}");
         assert!(
-            text.starts_with(&format!(
-                "ip route replace 10.244.7.0/24 via 198.18.7.2 dev {eth0} proto 87: "
-            )),
+            text.contains(&format!("via 198.18.7.2 dev {eth0}")),
             "{text}"
         );
         assert!(
@@ -558,5 +945,6 @@ fn failed_op_is_reported_and_retried() {
         assert_eq!(report.writes, 1);
         assert_eq!(rec.current(), &want);
         assert_eq!(weft_routes().len(), 2);
+        assert_written(mode);
     });
 }

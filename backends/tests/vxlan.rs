@@ -17,7 +17,9 @@ use futures::StreamExt;
 use net_conf::{LeaseAttrs, SubnetKey, VxlanConf};
 use serde_json::Value;
 
-use common::{in_netns, ip, ip_json, run, tool_json};
+use common::{
+    assert_written, in_netns, in_netns_each_mode, ip, ip_json, run, tool_json, weft_route_list,
+};
 
 /// `eth0` (198.18.0.1/24, up) with its veth peer `peer0` (up); returns eth0's index.
 fn underlay() -> u32 {
@@ -92,16 +94,12 @@ fn fdb(dev: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// (dst, gateway, dev, onlink) of table main's protocol-87 routes.
+/// (dst, gateway, dev, onlink) of table main's protocol-87 routes (read from the nexthop for a
+/// route on one).
 fn weft_routes() -> BTreeSet<(String, String, String, bool)> {
-    ip_json("route show table main")
-        .iter()
-        .filter(|r| r["protocol"] == "87")
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
-            let onlink = r["flags"].as_array().unwrap().iter().any(|f| f == "onlink");
-            (s("dst"), s("gateway"), s("dev"), onlink)
-        })
+    weft_route_list()
+        .into_iter()
+        .map(|r| (r.dst, r.gateway, r.dev, r.onlink))
         .collect()
 }
 
@@ -203,124 +201,133 @@ fn configure_sets_one_slash32_and_up() {
 
 #[test]
 fn peers_applied_updated_removed_and_repaired() {
-    in_netns("peers_applied_updated_removed_and_repaired", || async {
-        let eth0 = underlay();
-        let nl = Netlink::connect().unwrap();
-        let mut events = nl::subscribe().unwrap();
-        let mut vx = Vxlan::new(VxlanConf::default());
-        vx.prepare(&nl, &ext(eth0)).await.unwrap();
-        vx.configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
-            .await
-            .unwrap();
-        // Left over from an earlier run: an ARP and an FDB entry on weft's device.
-        ip("neigh replace 10.244.9.0 lladdr 02:00:00:00:00:09 dev flannel.1 nud permanent");
-        run(
-            "bridge",
-            "fdb replace 02:00:00:00:00:09 dev flannel.1 dst 198.18.0.9 self permanent",
-        );
+    in_netns_each_mode(
+        "peers_applied_updated_removed_and_repaired",
+        |mode| async move {
+            let eth0 = underlay();
+            let nl = Netlink::connect().unwrap();
+            let mut events = nl::subscribe().unwrap();
+            let mut vx = Vxlan::new(VxlanConf::default());
+            vx.prepare(&nl, &ext(eth0)).await.unwrap();
+            vx.configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
+                .await
+                .unwrap();
+            // Left over from an earlier run: an ARP and an FDB entry on weft's device.
+            ip("neigh replace 10.244.9.0 lladdr 02:00:00:00:00:09 dev flannel.1 nud permanent");
+            run(
+                "bridge",
+                "fdb replace 02:00:00:00:00:09 dev flannel.1 dst 198.18.0.9 self permanent",
+            );
 
-        let mut rec = Reconciler::new(nl.clone());
-        rec.own_device(vx.device().unwrap().index);
-        let peers = [
-            peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
-            peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
-        ];
-        let want = vx.desired(&ext(eth0), &peers);
-        assert!(want.skipped.is_empty(), "{:?}", want.skipped);
-        let report = rec.apply(&want.state).await;
-        assert!(report.is_ok(), "{report:?}");
-        assert_eq!(
-            report.writes,
-            2 + 6,
-            "purge 2 stale entries, add 3 per peer"
-        );
-        let both_neighs = BTreeSet::from([
-            s3("10.244.2.0", "02:00:00:00:00:02", "PERMANENT"),
-            s3("10.244.3.0", "02:00:00:00:00:03", "PERMANENT"),
-        ]);
-        assert_eq!(neighs("flannel.1"), both_neighs);
-        assert_eq!(
-            fdb("flannel.1"),
-            BTreeSet::from([
-                ("02:00:00:00:00:02".to_string(), "198.18.0.2".to_string()),
-                ("02:00:00:00:00:03".to_string(), "198.18.5.3".to_string()),
-            ])
-        );
-        let both_routes = BTreeSet::from([
-            (
-                "10.244.2.0/24".to_string(),
-                "10.244.2.0".to_string(),
-                "flannel.1".to_string(),
-                true,
-            ),
-            (
-                "10.244.3.0/24".to_string(),
-                "10.244.3.0".to_string(),
-                "flannel.1".to_string(),
-                true,
-            ),
-        ]);
-        assert_eq!(weft_routes(), both_routes);
+            let mut rec = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
+            rec.own_device(vx.device().unwrap().index);
+            let peers = [
+                peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+                peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
+            ];
+            let want = vx.desired(&ext(eth0), &peers);
+            assert!(want.skipped.is_empty(), "{:?}", want.skipped);
+            let report = rec.apply(&want.state).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(
+                report.writes,
+                2 + 6,
+                "purge 2 stale entries, add 3 per peer"
+            );
+            let both_neighs = BTreeSet::from([
+                s3("10.244.2.0", "02:00:00:00:00:02", "PERMANENT"),
+                s3("10.244.3.0", "02:00:00:00:00:03", "PERMANENT"),
+            ]);
+            assert_eq!(neighs("flannel.1"), both_neighs);
+            assert_eq!(
+                fdb("flannel.1"),
+                BTreeSet::from([
+                    ("02:00:00:00:00:02".to_string(), "198.18.0.2".to_string()),
+                    ("02:00:00:00:00:03".to_string(), "198.18.5.3".to_string()),
+                ])
+            );
+            let both_routes = BTreeSet::from([
+                (
+                    "10.244.2.0/24".to_string(),
+                    "10.244.2.0".to_string(),
+                    "flannel.1".to_string(),
+                    true,
+                ),
+                (
+                    "10.244.3.0/24".to_string(),
+                    "10.244.3.0".to_string(),
+                    "flannel.1".to_string(),
+                    true,
+                ),
+            ]);
+            assert_eq!(weft_routes(), both_routes);
+            // `10.244.2.0/24 nhid N via 10.244.2.0 dev flannel.1 onlink` with N `id N via 10.244.2.0
+            // dev flannel.1 onlink proto 87`, or the same route plain.
+            assert_written(mode);
+            assert_eq!(report.nexthop_writes, if mode.nexthops() { 2 } else { 0 });
 
-        // Nothing changed: nothing written; a dump reads back what was written.
-        assert_eq!(rec.apply(&want.state).await.writes, 0);
-        let mut fresh = Reconciler::new(nl.clone());
-        fresh.own_device(vx.device().unwrap().index);
-        fresh.refresh().await.unwrap();
-        assert_eq!(fresh.current(), &want.state);
+            // Nothing changed: nothing written; a dump reads back what was written.
+            assert_eq!(rec.apply(&want.state).await.writes, 0);
+            let mut fresh = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
+            fresh.own_device(vx.device().unwrap().index);
+            fresh.refresh().await.unwrap();
+            assert_eq!(fresh.current(), &want.state);
 
-        // Out-of-band deletes of the ARP entry and the FDB entry are repaired from notifications.
-        let wanted = want.state.clone();
-        ip("neigh del 10.244.2.0 dev flannel.1");
-        run(
-            "bridge",
-            "fdb del 02:00:00:00:00:03 dev flannel.1 dst 198.18.5.3 self",
-        );
-        drive_until(
-            &mut rec,
-            &mut events,
-            &wanted,
-            "ARP and FDB repaired",
-            || neighs("flannel.1") == both_neighs && fdb("flannel.1").len() == 2,
-        )
-        .await;
+            // Out-of-band deletes of the ARP entry and the FDB entry are repaired from notifications.
+            let wanted = want.state.clone();
+            ip("neigh del 10.244.2.0 dev flannel.1");
+            run(
+                "bridge",
+                "fdb del 02:00:00:00:00:03 dev flannel.1 dst 198.18.5.3 self",
+            );
+            drive_until(
+                &mut rec,
+                &mut events,
+                &wanted,
+                "ARP and FDB repaired",
+                || neighs("flannel.1") == both_neighs && fdb("flannel.1").len() == 2,
+            )
+            .await;
 
-        // Peer 3 rebooted with a new MAC: ARP replaced, old FDB entry removed, new one added.
-        let peers = [
-            peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
-            peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:33"),
-        ];
-        let want = vx.desired(&ext(eth0), &peers);
-        let report = rec.apply(&want.state).await;
-        assert!(report.is_ok(), "{report:?}");
-        assert_eq!(report.writes, 3, "fdb del, neigh replace, fdb replace");
-        assert_eq!(
-            fdb("flannel.1"),
-            BTreeSet::from([
-                ("02:00:00:00:00:02".to_string(), "198.18.0.2".to_string()),
-                ("02:00:00:00:00:33".to_string(), "198.18.5.3".to_string()),
-            ])
-        );
+            // Peer 3 rebooted with a new MAC: ARP replaced, old FDB entry removed, new one added.
+            let peers = [
+                peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+                peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:33"),
+            ];
+            let want = vx.desired(&ext(eth0), &peers);
+            let report = rec.apply(&want.state).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(report.writes, 3, "fdb del, neigh replace, fdb replace");
+            assert_eq!(
+                fdb("flannel.1"),
+                BTreeSet::from([
+                    ("02:00:00:00:00:02".to_string(), "198.18.0.2".to_string()),
+                    ("02:00:00:00:00:33".to_string(), "198.18.5.3".to_string()),
+                ])
+            );
 
-        // Peer 3 gone: its route, FDB and ARP entries go; peer 2 stays.
-        let want = vx.desired(&ext(eth0), &peers[..1]);
-        let report = rec.apply(&want.state).await;
-        assert!(report.is_ok(), "{report:?}");
-        assert_eq!(report.writes, 3);
-        assert_eq!(
-            neighs("flannel.1"),
-            BTreeSet::from([s3("10.244.2.0", "02:00:00:00:00:02", "PERMANENT")])
-        );
-        assert_eq!(fdb("flannel.1").len(), 1);
-        assert_eq!(weft_routes().len(), 1);
+            // Peer 3 gone: its route, FDB and ARP entries go; peer 2 stays.
+            let want = vx.desired(&ext(eth0), &peers[..1]);
+            let report = rec.apply(&want.state).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(report.writes, 3);
+            assert_eq!(
+                neighs("flannel.1"),
+                BTreeSet::from([s3("10.244.2.0", "02:00:00:00:00:02", "PERMANENT")])
+            );
+            assert_eq!(fdb("flannel.1").len(), 1);
+            assert_eq!(weft_routes().len(), 1);
+            assert_written(mode);
 
-        // Everything gone (what `weft cleanup` does).
-        let report = rec.apply(&KernelState::default()).await;
-        assert!(report.is_ok(), "{report:?}");
-        assert!(neighs("flannel.1").is_empty());
-        assert!(fdb("flannel.1").is_empty());
-        assert!(weft_routes().is_empty());
-    });
+            // Everything gone (what `weft cleanup` does).
+            let report = rec.apply(&KernelState::default()).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert!(neighs("flannel.1").is_empty());
+            assert!(fdb("flannel.1").is_empty());
+            assert!(weft_routes().is_empty());
+            assert_written(mode);
+        },
+    );
 }
 
 /// Feeds notifications to the reconciler and re-applies when `observe` says so (and retries

@@ -106,8 +106,11 @@ pub struct ColdStart {
     pub programmed: Duration,
     /// First → last kernel entry (the programming phase compared with `ip -batch`).
     pub program_phase: Duration,
-    /// `ip -batch` (and `bridge -batch`) programming the same entries in a fresh namespace.
+    /// `ip -batch` (and `bridge -batch`) programming the same entries in a fresh namespace,
+    /// written as weft writes them (on nexthop objects where the kernel has them).
     pub ip_batch: Duration,
+    /// The same with plain routes (`route replace … via …`), for the record.
+    pub ip_batch_plain: Duration,
     pub vm_hwm_kib: u64,
     pub vm_rss_kib: u64,
     /// etcd RPCs started by the agent's start (method → count).
@@ -262,11 +265,29 @@ pub fn run(cfg: &Config) -> Result<Report> {
     for &kind in &cfg.backends {
         for &n in &cfg.sizes {
             println!("## {} with {n} peers", kind.name());
-            let batch = ip_batch(kind, n).with_context(|| format!("ip -batch, {n} peers"))?;
-            println!("  ip -batch programming: {} ms", ms(batch));
+            let nexthops = kernel_has_nexthops()?;
+            let batch =
+                ip_batch(kind, n, nexthops).with_context(|| format!("ip -batch, {n} peers"))?;
+            let plain = if nexthops {
+                ip_batch(kind, n, false)
+                    .with_context(|| format!("ip -batch (plain routes), {n} peers"))?
+            } else {
+                batch
+            };
+            println!(
+                "  ip -batch programming: {} ms ({}), plain routes {} ms",
+                ms(batch),
+                if nexthops {
+                    "routes on nexthop objects, as weft writes them"
+                } else {
+                    "plain routes: the kernel has no nexthop objects"
+                },
+                ms(plain)
+            );
             let (mut cold, detail) = scenario(cfg, kind, n, n == cfg.detail_at)
                 .with_context(|| format!("{} with {n} peers", kind.name()))?;
             cold.ip_batch = batch;
+            cold.ip_batch_plain = plain;
             print_cold(&cold);
             report.cold.push(cold);
             if let Some(d) = detail {
@@ -498,9 +519,18 @@ fn enter(ns: &str) -> Result<()> {
 
 // ===== ip -batch =====
 
+/// Whether this kernel has nexthop objects (`ip nexthop show` works in a fresh namespace): then
+/// weft writes its routes on them, and so does the `ip -batch` baseline.
+fn kernel_has_nexthops() -> Result<bool> {
+    let ns = Netns::node("c")?;
+    Ok(ns.ip(&["nexthop", "show"]).is_ok())
+}
+
 /// `ip -batch` (vxlan: and `bridge -batch`) programming the entries weft would write for `n`
-/// peers in a fresh namespace (vxlan device made beforehand, not timed).
-fn ip_batch(kind: Kind, n: usize) -> Result<Duration> {
+/// peers in a fresh namespace (vxlan device made beforehand, not timed). `nexthops`: each route
+/// on its own nexthop object, as weft writes them (`nexthop add id K via <gw> dev <dev> [onlink]
+/// proto 87`, `route replace <dst> nhid K proto 87`); else plain routes.
+fn ip_batch(kind: Kind, n: usize, nexthops: bool) -> Result<Duration> {
     let ns = Netns::node("b")?;
     let dir = tempfile::tempdir().context("temp dir")?;
     let ip_file = dir.path().join("ip.batch");
@@ -527,16 +557,27 @@ fn ip_batch(kind: Kind, n: usize) -> Result<Duration> {
         ns.ip(&["addr", "add", "10.255.255.0/32", "dev", "flannel.1"])?;
         ns.ip(&["link", "set", "flannel.1", "up"])?;
     }
+    // The nexthop (or the plain route's next hop) of peer i, and its route.
+    let route = |ip_cmds: &mut String, i: usize, s: Ipv4Net, hop: String| {
+        if nexthops {
+            let _ = writeln!(
+                ip_cmds,
+                "nexthop add id {} {hop} proto {RTPROT_WEFT}",
+                i + 1
+            );
+            let _ = writeln!(
+                ip_cmds,
+                "route replace {s} nhid {} proto {RTPROT_WEFT}",
+                i + 1
+            );
+        } else {
+            let _ = writeln!(ip_cmds, "route replace {s} {hop} proto {RTPROT_WEFT}");
+        }
+    };
     for i in 0..n {
         let s = peer_subnet(i);
         match kind {
-            Kind::HostGw => {
-                let _ = writeln!(
-                    ip_cmds,
-                    "route replace {s} via {} dev eth0 proto {RTPROT_WEFT}",
-                    peer_ip(i)
-                );
-            }
+            Kind::HostGw => route(&mut ip_cmds, i, s, format!("via {} dev eth0", peer_ip(i))),
             Kind::Vxlan => {
                 let mac = fmt_mac(&peer_mac(i));
                 let _ = writeln!(
@@ -549,10 +590,11 @@ fn ip_batch(kind: Kind, n: usize) -> Result<Duration> {
                     "neigh replace {} lladdr {mac} dev flannel.1 nud permanent",
                     s.network()
                 );
-                let _ = writeln!(
-                    ip_cmds,
-                    "route replace {s} via {} dev flannel.1 onlink proto {RTPROT_WEFT}",
-                    s.network()
+                route(
+                    &mut ip_cmds,
+                    i,
+                    s,
+                    format!("via {} dev flannel.1 onlink", s.network()),
                 );
             }
         }
@@ -1246,6 +1288,7 @@ fn scenario(
         programmed: last.saturating_duration_since(started),
         program_phase: last.saturating_duration_since(first),
         ip_batch: Duration::ZERO,
+        ip_batch_plain: Duration::ZERO,
         vm_hwm_kib: agent.status("VmHWM")?,
         vm_rss_kib: agent.status("VmRSS")?,
         start_rpcs: rpc_delta(&before, &after),
@@ -1431,17 +1474,22 @@ fn count_entries(ns: &Netns, kind: Kind) -> Result<usize> {
     Ok(routes + neighs + fdb)
 }
 
-/// From the agent log: the last `reconcile (audit (SIGHUP)): … N writes … in D` and
-/// `audit (SIGHUP): dump and diff in D` lines.
+/// From the agent log: the last `reconcile (audit (SIGHUP)): … N writes, M nexthop writes … in
+/// D` (writes: N + M, every kernel write) and `audit (SIGHUP): dump and diff in D` lines.
 pub fn parse_audit(log: &str) -> (Option<u64>, Option<Duration>, Option<Duration>) {
     let mut writes = None;
     let mut reconcile = None;
     let mut total = None;
     for line in log.lines() {
         if let Some(rest) = line.split("reconcile (audit (SIGHUP)): ").nth(1) {
-            writes = rest
+            let counts: Vec<u64> = rest
                 .split(", ")
-                .find_map(|p| p.strip_suffix(" writes").and_then(|w| w.parse().ok()));
+                .filter_map(|p| {
+                    let n = p.strip_suffix(" writes")?;
+                    n.strip_suffix(" nexthop").unwrap_or(n).parse().ok()
+                })
+                .collect();
+            writes = (!counts.is_empty()).then(|| counts.iter().sum());
             reconcile = reconcile_duration(rest);
         }
         if let Some(rest) = line.split("audit (SIGHUP): dump and diff in ").nth(1) {
@@ -1893,13 +1941,13 @@ fn cold_tables(s: &mut String, cfg: &Config, r: &Report) {
     let _ = writeln!(s, "### Cold start and programming (P1, P4, P5, P7)\n");
     let _ = writeln!(
         s,
-        "| backend | peers | kernel entries | ready (subnet.env) ms | all programmed ms | programming phase ms | ip -batch ms | weft / ip -batch (P5 ≤ 1.5) | VmHWM MiB | etcd RPCs at start (P7) |"
+        "| backend | peers | kernel entries | ready (subnet.env) ms | all programmed ms | programming phase ms | ip -batch ms | weft / ip -batch (P5 ≤ 1.5) | ip -batch, plain routes ms | VmHWM MiB | etcd RPCs at start (P7) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for c in &r.cold {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} {} | {:.1} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} {} | {} | {:.1} | {} |",
             c.kind.map_or("?", Kind::name),
             c.peers,
             c.entries,
@@ -1909,6 +1957,7 @@ fn cold_tables(s: &mut String, cfg: &Config, r: &Report) {
             ms(c.ip_batch),
             c.ratio(),
             met(c.ratio() <= 1.5),
+            ms(c.ip_batch_plain),
             c.vm_hwm_kib as f64 / 1024.0,
             fmt_rpcs(&c.start_rpcs)
         );

@@ -309,6 +309,12 @@ impl Lab {
         &self.spec
     }
 
+    /// Changes the flags given to agents started from now on (`extra_flags`), e.g. to restart
+    /// a node with another setting.
+    pub fn set_extra_flags(&mut self, flags: Vec<String>) {
+        self.spec.extra_flags = flags;
+    }
+
     /// Number of nodes.
     pub fn nodes(&self) -> usize {
         self.nodes.len()

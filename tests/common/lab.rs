@@ -53,22 +53,83 @@ pub fn route_protocol_is(route: &serde_json::Value, protocol: u64) -> bool {
     }
 }
 
-/// The routes of `ip -j route show` in `ns` (a plain command, so a watcher thread can use it
-/// while the test holds the lab mutably).
+/// The routes of `ip -j route show` in `ns` (plain commands, so a watcher thread can use it
+/// while the test holds the lab mutably). A route on a nexthop object (`"nhid": N`) gets its
+/// `gateway`, `dev` and `onlink` flag from `ip -j nexthop show` (the route itself carries them
+/// only in `net.ipv4.nexthop_compat_mode`), and the nexthop's protocol as `nh_protocol`.
 pub fn routes_in(ns: &str) -> Result<Vec<serde_json::Value>, String> {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "-j", "route", "show"])
-        .output()
-        .map_err(|e| format!("ip -n {ns} -j route: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ip -n {ns} -j route: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    let json = |args: &[&str]| -> Result<Vec<serde_json::Value>, String> {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-j"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip -n {ns} -j {}: {e}", args.join(" ")))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip -n {ns} -j {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Vec::new());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("ip -n {ns} -j {}: bad JSON: {e}", args.join(" ")))?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    };
+    let mut routes = json(&["route", "show"])?;
+    if routes.iter().any(|r| r.get("nhid").is_some()) {
+        let nexthops = json(&["nexthop", "show"])?;
+        for r in &mut routes {
+            let Some(id) = r["nhid"].as_u64() else {
+                continue;
+            };
+            let nh = nexthops
+                .iter()
+                .find(|n| n["id"].as_u64() == Some(id))
+                .ok_or_else(|| format!("{ns}: route {r} on a missing nexthop {id}"))?;
+            let onlink = nh["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "onlink"));
+            let obj = r.as_object_mut().ok_or("route is not a JSON object")?;
+            obj.insert("gateway".into(), nh["gateway"].clone());
+            obj.insert("dev".into(), nh["dev"].clone());
+            obj.insert("nh_protocol".into(), nh["protocol"].clone());
+            let mut flags: Vec<serde_json::Value> = obj
+                .get("flags")
+                .and_then(|f| f.as_array().cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f != "onlink")
+                .collect();
+            if onlink {
+                flags.push("onlink".into());
+            }
+            obj.insert("flags".into(), flags.into());
+        }
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("ip -n {ns} -j route: bad JSON: {e}"))?;
-    Ok(v.as_array().cloned().unwrap_or_default())
+    Ok(routes)
+}
+
+/// How node `ns`'s weft routes (protocol 87) are written: (plain, on nexthop objects).
+pub fn weft_route_forms(ns: &str) -> Result<(usize, usize), String> {
+    let routes = routes_in(ns)?;
+    let ours = routes
+        .iter()
+        .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL));
+    let on_nh = ours.clone().filter(|r| r.get("nhid").is_some()).count();
+    Ok((ours.count() - on_nh, on_nh))
+}
+
+/// Whether a weft route is written as weft writes it: plain, or on one of weft's own nexthops
+/// (protocol 87), never on someone else's.
+pub fn on_weft_nexthop_or_plain(route: &serde_json::Value) -> bool {
+    route.get("nhid").is_none()
+        || route_protocol_is(
+            &serde_json::json!({"protocol": route["nh_protocol"]}),
+            WEFT_ROUTE_PROTOCOL,
+        )
 }
 
 /// Checks that node `k`'s weft routes are exactly the host-gw routes: one
@@ -88,6 +149,14 @@ pub fn hostgw_routes_ok(lab: &weft::lab::Lab, k: usize) -> Result<(), String> {
         .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL))
         .map(|r| (field(r, "dst"), field(r, "gateway"), field(r, "dev")))
         .collect();
+    if let Some(bad) = routes
+        .iter()
+        .find(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL) && !on_weft_nexthop_or_plain(r))
+    {
+        return Err(format!(
+            "node {k}: weft route on someone else's nexthop: {bad}"
+        ));
+    }
     ours.sort();
     expected.sort();
     if ours != expected {
@@ -334,6 +403,9 @@ pub fn vxlan_entries_exact(ns: &str, peers: &[VxlanPeer]) -> Result<(), String> 
         .collect();
     if let Some(bad) = ours.iter().find(|r| !is_onlink(r)) {
         return Err(format!("{ns}: weft route without onlink: {bad}"));
+    }
+    if let Some(bad) = ours.iter().find(|r| !on_weft_nexthop_or_plain(r)) {
+        return Err(format!("{ns}: weft route on someone else's nexthop: {bad}"));
     }
     let mut have_routes: Vec<Triple> = ours
         .iter()

@@ -79,3 +79,140 @@ pub fn tool_json(tool: &str, args: &str) -> Vec<Value> {
     }
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{tool} -j {args}: {e}: {text}"))
 }
+
+/// How weft writes its routes in a test: plain, or on nexthop objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `ip route replace <dst> via <gw> dev <dev> proto 87` (`--route-nexthops=false`).
+    Plain,
+    /// `ip nexthop add id N via <gw> dev <dev> proto 87` + `ip route replace <dst> nhid N proto 87`.
+    Nexthop,
+}
+
+impl Mode {
+    pub fn nexthops(self) -> bool {
+        self == Mode::Nexthop
+    }
+}
+
+/// Runs `f(mode)` in a fresh namespace for each mode.
+pub fn in_netns_each_mode<F, Fut>(name: &str, f: F)
+where
+    F: Fn(Mode) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()>,
+{
+    for mode in [Mode::Plain, Mode::Nexthop] {
+        let f = f.clone();
+        in_netns(&format!("{name} ({mode:?})"), move || f(mode));
+    }
+}
+
+/// A route with weft's protocol in table main, as the kernel shows it; gateway, device and
+/// onlink are read from its nexthop object when it has one (not from the route, which carries
+/// them only in `nexthop_compat_mode`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WeftRoute {
+    pub dst: String,
+    pub gateway: String,
+    pub dev: String,
+    pub onlink: bool,
+    pub nhid: Option<u64>,
+    /// The protocol of its nexthop (`87` when weft's), None for a plain route.
+    pub nh_protocol: Option<String>,
+}
+
+fn has_flag(v: &Value, flag: &str) -> bool {
+    v["flags"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|x| x == flag))
+}
+
+/// `ip -j nexthop show` (every owner), by id; empty where the kernel has no nexthop objects.
+pub fn nexthops() -> std::collections::BTreeMap<u64, Value> {
+    let out = Command::new("ip")
+        .args(["-j", "nexthop", "show"])
+        .output()
+        .expect("run ip");
+    let text = String::from_utf8(out.stdout).unwrap();
+    if !out.status.success() || text.trim().is_empty() {
+        return Default::default();
+    }
+    let list: Vec<Value> = serde_json::from_str(&text).unwrap();
+    list.into_iter()
+        .map(|n| (n["id"].as_u64().unwrap(), n))
+        .collect()
+}
+
+/// The ids of weft's nexthop objects (protocol 87).
+pub fn weft_nexthop_ids() -> std::collections::BTreeSet<u64> {
+    nexthops()
+        .into_iter()
+        .filter(|(_, n)| n["protocol"] == "87")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Table main's routes with protocol 87 (`ip route show proto 87` omits the protocol from its
+/// output, so the filter is here), resolved through their nexthops. Panics if a route uses a
+/// nexthop that does not exist.
+pub fn weft_route_list() -> Vec<WeftRoute> {
+    let nhs = nexthops();
+    ip_json("route show table main")
+        .iter()
+        .filter(|r| r["protocol"] == "87")
+        .map(|r| {
+            let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+            let dst = s(r, "dst");
+            match r["nhid"].as_u64() {
+                Some(id) => {
+                    let n = nhs
+                        .get(&id)
+                        .unwrap_or_else(|| panic!("route {dst} uses a missing nexthop {id}"));
+                    WeftRoute {
+                        dst,
+                        gateway: s(n, "gateway"),
+                        dev: s(n, "dev"),
+                        onlink: has_flag(n, "onlink"),
+                        nhid: Some(id),
+                        nh_protocol: Some(s(n, "protocol")),
+                    }
+                }
+                None => WeftRoute {
+                    dst,
+                    gateway: s(r, "gateway"),
+                    dev: s(r, "dev"),
+                    onlink: has_flag(r, "onlink"),
+                    nhid: None,
+                    nh_protocol: None,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Checks that weft's routes are written the `mode` way: every one on a nexthop of weft's and
+/// no nexthop of weft's unused, or every one plain and no nexthop of weft's left.
+pub fn assert_written(mode: Mode) {
+    let routes = weft_route_list();
+    let ids = weft_nexthop_ids();
+    match mode {
+        Mode::Plain => {
+            assert!(
+                routes.iter().all(|r| r.nhid.is_none()),
+                "plain routes expected: {routes:?}"
+            );
+            assert!(ids.is_empty(), "weft nexthops left in plain mode: {ids:?}");
+        }
+        Mode::Nexthop => {
+            assert!(
+                routes
+                    .iter()
+                    .all(|r| r.nhid.is_some() && r.nh_protocol.as_deref() == Some("87")),
+                "routes on weft's nexthops expected: {routes:?}"
+            );
+            let used: std::collections::BTreeSet<u64> =
+                routes.iter().filter_map(|r| r.nhid).collect();
+            assert_eq!(ids, used, "weft nexthops no route uses: {routes:?}");
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! One function per kernel operation; each doc comment gives the equivalent `ip` command. Errors
 //! are [`BackendError::Netlink`] with `op` spelled like that command and the kernel's errno kept.
 //! Weft's routes carry protocol [`RTPROT_WEFT`] (87), so a dump filtered on it finds exactly the
-//! routes weft wrote and nobody else's.
+//! routes weft wrote and nobody else's; so do its nexthop objects ([`nexthop`]: messages that
+//! rtnetlink 0.24 does not know, built and parsed there).
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::{Stream, StreamExt, TryStreamExt, future};
@@ -31,15 +32,23 @@ use rtnetlink::{
 use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
 use crate::{BackendError, KernelOp, RTPROT_WEFT, Route};
 
+mod dump;
+mod nexthop;
+
+use nexthop::RtMessage;
+pub use nexthop::{EEXIST, Hop, Nexthop, nexthops_unsupported};
+
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
 
-/// A handle on one rtnetlink connection. Cheap to clone; all clones share the connection.
+/// A handle on weft's rtnetlink connections: rtnetlink's, and one for the nexthop messages
+/// rtnetlink does not know. Cheap to clone; all clones share the connections.
 #[derive(Clone, Debug)]
 pub struct Netlink {
     handle: Handle,
+    nh: rtnetlink::proto::ConnectionHandle<RtMessage>,
 }
 
 /// A network interface and its addresses (`ip -d addr show`).
@@ -50,6 +59,8 @@ pub struct LinkInfo {
     pub mtu: u32,
     /// Administratively up (`IFF_UP`, the `UP` in `<BROADCAST,MULTICAST,UP,...>`).
     pub up: bool,
+    /// Has a carrier (`IFF_LOWER_UP` or `IFF_RUNNING`; `NO-CARRIER` in `ip link` when not).
+    pub carrier: bool,
     pub addrs: Vec<AddrInfo>,
 }
 
@@ -87,10 +98,17 @@ pub struct RouteGet {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
-/// An IPv4 route seen in a notification, with the attributes that decide whether it is weft's.
+/// An IPv4 route seen in a notification or a dump, with the attributes that decide whether it
+/// is weft's.
+///
+/// For a route on a nexthop object (`nhid N`), `route` has the gateway and device only where the
+/// kernel adds them (`net.ipv4.nexthop_compat_mode=1`, the default); else they are `0.0.0.0` and
+/// 0. The meaning is the nexthop's: resolve `nhid` through [`Netlink::dump_nexthops`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEvent {
     pub route: Route,
+    /// `nhid`: the nexthop object the route uses (RTA_NH_ID), None for a plain route.
+    pub nhid: Option<u32>,
     /// Route protocol (`proto`): 87 for weft's routes, 4 for `static`, ...
     pub protocol: u8,
     pub table: u32,
@@ -120,8 +138,15 @@ pub enum KernelEvent {
     /// RTM_DELROUTE. The kernel sends none for IPv4 routes it flushes because their link went
     /// down or lost its addresses: watch the link and address events too.
     RouteDeleted(RouteEvent),
-    /// RTM_NEWLINK: a link appeared or changed (`up` = `IFF_UP`).
-    LinkChanged { index: u32, name: String, up: bool },
+    /// RTM_NEWLINK: a link appeared or changed (`up` = `IFF_UP`; `carrier` = `IFF_LOWER_UP` or
+    /// `IFF_RUNNING`). Losing the carrier makes the kernel drop the nexthop objects on the
+    /// link (and their routes) without a notification; plain routes stay (`linkdown`).
+    LinkChanged {
+        index: u32,
+        name: String,
+        up: bool,
+        carrier: bool,
+    },
     /// RTM_DELLINK.
     LinkDeleted { index: u32, name: String },
     /// RTM_DELADDR of an IPv4 address: routes through `index` may have been flushed silently.
@@ -138,6 +163,12 @@ pub enum KernelEvent {
     FdbAdded { entry: Fdb, owned_kind: bool },
     /// RTM_DELNEIGH of an FDB entry with a `dst`.
     FdbDeleted(Fdb),
+    /// RTM_NEWNEXTHOP: a nexthop object was added or replaced (any owner).
+    NexthopAdded(Nexthop),
+    /// RTM_DELNEXTHOP: a nexthop object was deleted (`ip nexthop del`). The kernel removed the
+    /// routes using it without RTM_DELROUTE. Nexthops dropped because their link went down,
+    /// lost its carrier or was deleted come without this event: watch the link events.
+    NexthopDeleted(Nexthop),
     /// The notification socket overflowed (ENOBUFS): events were lost, re-read the kernel.
     Overrun,
 }
@@ -177,7 +208,15 @@ impl Netlink {
             message: e.to_string(),
         })?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let (conn, nh, _) =
+            rtnetlink::proto::new_connection::<RtMessage>(rtnetlink::sys::protocols::NETLINK_ROUTE)
+                .map_err(|e| BackendError::Netlink {
+                    op: "open rtnetlink socket (nexthops)".into(),
+                    errno: e.raw_os_error(),
+                    message: e.to_string(),
+                })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle, nh })
     }
 
     /// `ip -d addr show`: every link with its IPv4 and IPv6 addresses, by index.
@@ -302,18 +341,50 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip route show table main proto 87`: every route weft owns. A weft route without a
-    /// gateway (only someone else can make one) shows with gateway `0.0.0.0` so it can be purged.
-    pub async fn dump_owned_routes(&self) -> Result<Vec<Route>, BackendError> {
-        let routes = self
-            .dump_v4_routes(&format!("ip route show table main proto {RTPROT_WEFT}"))
-            .await?;
-        Ok(routes
-            .iter()
-            .filter_map(route_event)
-            .filter(|ev| ev.table == MAIN && ev.protocol == RTPROT_WEFT)
-            .map(|ev| ev.route)
-            .collect())
+    /// `ip -4 route show table all`: every IPv4 unicast route, any table, any protocol.
+    pub async fn dump_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
+        self.dump_routes_where("ip -4 route show table all", |_| true)
+            .await
+    }
+
+    /// `ip route show table main proto 87`: every route weft owns, as written (plain, or on a
+    /// nexthop object: see [`RouteEvent`]). A weft route without a gateway (only someone else can
+    /// make one) shows with gateway `0.0.0.0` so it can be purged.
+    pub async fn dump_owned_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
+        self.dump_routes_where(
+            &format!("ip route show table main proto {RTPROT_WEFT}"),
+            |ev| ev.table == MAIN && ev.protocol == RTPROT_WEFT,
+        )
+        .await
+    }
+
+    /// The IPv4 unicast routes (`ip -4 route show table all`) that `keep` wants, each turned
+    /// into a [`RouteEvent`] as it arrives (a dump of 20,000 routes is not held as messages).
+    /// `op` names the dump in errors.
+    pub async fn dump_routes_where(
+        &self,
+        op: &str,
+        mut keep: impl FnMut(&RouteEvent) -> bool,
+    ) -> Result<Vec<RouteEvent>, BackendError> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.kind = RouteType::Unspec;
+        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        let mut out = Vec::new();
+        dump::dump_each(
+            op,
+            RtMessage::Route(RouteNetlinkMessage::GetRoute(msg)),
+            |m| {
+                if let RtMessage::Route(RouteNetlinkMessage::NewRoute(m)) = m {
+                    if let Some(ev) = route_event(&m).filter(|ev| keep(ev)) {
+                        out.push(ev);
+                    }
+                }
+            },
+        )
+        .await?;
+        out.shrink_to_fit();
+        Ok(out)
     }
 
     /// `ip route replace <dst> via <gw> dev <oif> [onlink] proto 87` (table main, metric 0).
@@ -401,12 +472,14 @@ fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
     let mut gateway = Ipv4Addr::UNSPECIFIED;
     let mut oif = 0;
     let mut priority = 0;
+    let mut nhid = None;
     for a in &m.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = *g,
             RouteAttribute::Oif(i) => oif = *i,
             RouteAttribute::Priority(p) => priority = *p,
+            RouteAttribute::NhId(id) => nhid = Some(*id),
             _ => {}
         }
     }
@@ -418,6 +491,7 @@ fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
             oif,
             onlink: m.header.flags.contains(RouteFlags::Onlink),
         },
+        nhid,
         protocol: u8::from(m.header.protocol),
         table: table_of(m),
         priority,
@@ -434,6 +508,13 @@ fn link_name(m: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
+/// The kernel's test before it drops a link's nexthop objects (`IFF_RUNNING | IFF_LOWER_UP`).
+fn has_carrier(m: &LinkMessage) -> bool {
+    m.header
+        .flags
+        .intersects(LinkFlags::LowerUp | LinkFlags::Running)
+}
+
 fn link_info(m: &LinkMessage) -> LinkInfo {
     LinkInfo {
         index: m.header.index,
@@ -447,6 +528,7 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
             })
             .unwrap_or(0),
         up: m.header.flags.contains(LinkFlags::Up),
+        carrier: has_carrier(m),
         addrs: Vec::new(),
     }
 }
@@ -477,15 +559,24 @@ fn addr_info(m: &AddressMessage) -> Option<AddrInfo> {
 }
 
 /// One notification as a [`KernelEvent`]; None for what weft does not follow.
-fn kernel_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelEvent> {
+fn kernel_event(msg: NetlinkMessage<RtMessage>) -> Option<KernelEvent> {
     match msg.payload {
-        NetlinkPayload::InnerMessage(inner) => match inner {
+        NetlinkPayload::InnerMessage(RtMessage::Nexthop(m)) => {
+            let nh = m.nexthop()?;
+            match m.kind {
+                nexthop::RTM_NEWNEXTHOP => Some(KernelEvent::NexthopAdded(nh)),
+                nexthop::RTM_DELNEXTHOP => Some(KernelEvent::NexthopDeleted(nh)),
+                _ => None,
+            }
+        }
+        NetlinkPayload::InnerMessage(RtMessage::Route(inner)) => match inner {
             RouteNetlinkMessage::NewRoute(m) => route_event(&m).map(KernelEvent::RouteAdded),
             RouteNetlinkMessage::DelRoute(m) => route_event(&m).map(KernelEvent::RouteDeleted),
             RouteNetlinkMessage::NewLink(m) => Some(KernelEvent::LinkChanged {
                 index: m.header.index,
                 name: link_name(&m),
                 up: m.header.flags.contains(LinkFlags::Up),
+                carrier: has_carrier(&m),
             }),
             RouteNetlinkMessage::DelLink(m) => Some(KernelEvent::LinkDeleted {
                 index: m.header.index,
@@ -506,6 +597,13 @@ fn kernel_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<KernelEvent>
         NetlinkPayload::Overrun(_) => Some(KernelEvent::Overrun),
         _ => None,
     }
+}
+
+/// The `RTM_GETNEIGH` dump request of `ip neigh show` (Inet) / `bridge fdb show` (Bridge).
+fn neigh_dump_msg(family: AddressFamily) -> RtMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = family;
+    RtMessage::Route(RouteNetlinkMessage::GetNeighbour(msg))
 }
 
 /// NUD_PERMANENT is a bit: `bridge fdb ... permanent` reports PERMANENT|NOARP (0xc0), which the
@@ -573,21 +671,37 @@ fn neigh_event(m: &NeighbourMessage, added: bool) -> Option<KernelEvent> {
     }
 }
 
-/// `ip monitor route link address neigh` (IPv4): a separate multicast connection in the calling
-/// thread's network namespace, spawned on the current runtime. The stream ends if the socket
-/// fails; subscribe again and `refresh` then.
+/// `ip monitor route link address neigh nexthop` (IPv4): a separate multicast connection in the
+/// calling thread's network namespace, spawned on the current runtime. The stream ends if the
+/// socket fails; subscribe again and `refresh` then. On a kernel without nexthop objects the
+/// nexthop group cannot be joined; the other events still come.
 pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, BackendError> {
-    let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
+    use rtnetlink::sys::AsyncSocket as _;
+    let op = "ip monitor route link address neigh nexthop";
+    let io_err = |e: std::io::Error| BackendError::Netlink {
+        op: op.into(),
+        errno: e.raw_os_error(),
+        message: e.to_string(),
+    };
+    let (mut conn, handle, messages) =
+        rtnetlink::proto::new_connection::<RtMessage>(rtnetlink::sys::protocols::NETLINK_ROUTE)
+            .map_err(io_err)?;
+    // Groups 1..=31 through the bind bitmask, RTNLGRP_NEXTHOP (32) only through
+    // NETLINK_ADD_MEMBERSHIP.
+    let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Neigh,
-    ])
-    .map_err(|e| BackendError::Netlink {
-        op: "ip monitor route link address neigh".into(),
-        errno: e.raw_os_error(),
-        message: e.to_string(),
-    })?;
+    ]
+    .iter()
+    .fold(0u32, |mask, g| mask | 1 << (*g as u32 - 1));
+    let sock = conn.socket_mut().socket_mut();
+    sock.bind(&rtnetlink::sys::SocketAddr::new(0, groups))
+        .map_err(io_err)?;
+    if let Err(e) = sock.add_membership(MulticastGroup::Nexthop as u32) {
+        tracing::debug!(error = %e, "no nexthop notifications (kernel without nexthop objects?)");
+    }
     tokio::spawn(conn);
     Ok(messages.filter_map(move |(msg, _)| {
         // Keep the request handle alive as long as the stream, so the connection stays up.
@@ -692,24 +806,22 @@ impl Netlink {
 
     /// `ip neigh show dev <dev> nud permanent` (IPv4): the ARP entries weft owns on its device.
     pub async fn dump_permanent_neighs(&self, ifindex: u32) -> Result<Vec<Neigh>, BackendError> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("ip neigh show dev {ifindex} nud permanent"), e))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| m.header.ifindex == ifindex && is_permanent(m.header.state))
-            .filter_map(|m| {
-                let ip = neigh_dst(m)?;
-                let mac = neigh_mac(m)?;
-                Some(Neigh { ifindex, ip, mac })
-            })
-            .collect())
+        let mut out = Vec::new();
+        dump::dump_each(
+            &format!("ip neigh show dev {ifindex} nud permanent"),
+            neigh_dump_msg(AddressFamily::Inet),
+            |m| {
+                if let RtMessage::Route(RouteNetlinkMessage::NewNeighbour(m)) = m {
+                    if m.header.ifindex == ifindex && is_permanent(m.header.state) {
+                        if let (Some(ip), Some(mac)) = (neigh_dst(&m), neigh_mac(&m)) {
+                            out.push(Neigh { ifindex, ip, mac });
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     /// `bridge fdb replace <mac> dev <dev> dst <ip> self permanent`.
@@ -750,28 +862,25 @@ impl Netlink {
     /// `bridge fdb show dev <dev>`, keeping the `self permanent` entries with a `dst` (the
     /// per-VTEP entries weft writes; the device's own multicast/unicast addresses have no dst).
     pub async fn dump_fdb(&self, ifindex: u32) -> Result<Vec<Fdb>, BackendError> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("bridge fdb show dev {ifindex}"), e))?;
-        Ok(msgs
-            .iter()
-            .filter(|m| {
-                m.header.ifindex == ifindex
-                    && is_permanent(m.header.state)
-                    && m.header.flags.contains(NeighbourFlags::Own)
-            })
-            .filter_map(|m| {
-                let dst = neigh_dst(m)?;
-                let mac = neigh_mac(m)?;
-                Some(Fdb { ifindex, mac, dst })
-            })
-            .collect())
+        let mut out = Vec::new();
+        dump::dump_each(
+            &format!("bridge fdb show dev {ifindex}"),
+            neigh_dump_msg(AddressFamily::Bridge),
+            |m| {
+                if let RtMessage::Route(RouteNetlinkMessage::NewNeighbour(m)) = m {
+                    let ours = m.header.ifindex == ifindex
+                        && is_permanent(m.header.state)
+                        && m.header.flags.contains(NeighbourFlags::Own);
+                    if ours {
+                        if let (Some(dst), Some(mac)) = (neigh_dst(&m), neigh_mac(&m)) {
+                            out.push(Fdb { ifindex, mac, dst });
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(out)
     }
 
     /// `ip -d link show <name>`, read as a vxlan device; `None` when there is no such link.
