@@ -594,13 +594,13 @@ impl Agent {
         let Some(path) = self.opts.peer_cache_file.clone() else {
             return;
         };
-        let cache = PeerCache::new(
+        if let Err(e) = PeerCache::write(
+            &path,
             &self.config_text,
             self.own.key,
             &self.attrs,
-            &self.table.peers(),
-        );
-        if let Err(e) = cache.save(&path) {
+            self.table.peer_entries(),
+        ) {
             warn!("{e:#}");
         }
     }

@@ -166,6 +166,14 @@ impl LeaseTable {
             .collect()
     }
 
+    /// Every peer's subnet and lease (own subnet excluded), by subnet, without copying them.
+    pub fn peer_entries(&self) -> impl Iterator<Item = (SubnetKey, &LeaseAttrs)> + '_ {
+        self.entries
+            .iter()
+            .filter(|(k, _)| Some(**k) != self.own)
+            .map(|(k, a)| (*k, a))
+    }
+
     /// Every peer's lease attributes (own subnet excluded), by subnet, without copying them.
     pub fn peer_attrs(&self) -> impl Iterator<Item = &LeaseAttrs> + '_ {
         self.entries

@@ -31,6 +31,30 @@ pub struct PeerCache {
     pub peers: Vec<CachedLease>,
 }
 
+/// The file as `PeerCache`'s `Serialize` writes it (same fields, same order), one peer at a time.
+fn write_json(
+    path: &Path,
+    config: &str,
+    own: &CachedLease,
+    peers: impl Iterator<Item = CachedLease>,
+) -> Result<()> {
+    crate::subnet_file::write_atomic_with(path, |w| {
+        write!(w, "{{\"version\":{VERSION},\"config\":")?;
+        serde_json::to_writer(&mut *w, config)?;
+        w.write_all(b",\"own\":")?;
+        serde_json::to_writer(&mut *w, own)?;
+        w.write_all(b",\"peers\":[")?;
+        for (i, peer) in peers.enumerate() {
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *w, &peer)?;
+        }
+        w.write_all(b"]}")
+    })
+    .with_context(|| format!("write the peer cache {}", path.display()))
+}
+
 impl PeerCache {
     pub fn new(config: &str, own: SubnetKey, attrs: &LeaseAttrs, peers: &[Peer]) -> PeerCache {
         PeerCache {
@@ -71,9 +95,28 @@ impl PeerCache {
 
     /// Writes the cache atomically (temp file + rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string(self).context("serialise the peer cache")?;
-        crate::subnet_file::write_atomic(path, &text)
-            .with_context(|| format!("write the peer cache {}", path.display()))
+        write_json(path, &self.config, &self.own, self.peers.iter().cloned())
+    }
+
+    /// Writes the cache of these leases to `path` (atomically), streaming: neither the peers
+    /// nor the file's text are copied whole (20,000 peers would add megabytes to the agent's
+    /// peak memory, target P1).
+    pub fn write<'a>(
+        path: &Path,
+        config: &str,
+        own: SubnetKey,
+        attrs: &LeaseAttrs,
+        peers: impl Iterator<Item = (SubnetKey, &'a LeaseAttrs)>,
+    ) -> Result<()> {
+        let own = CachedLease {
+            key: own.to_string(),
+            value: attrs.to_json(),
+        };
+        let peers = peers.map(|(key, attrs)| CachedLease {
+            key: key.to_string(),
+            value: attrs.to_json(),
+        });
+        write_json(path, config, &own, peers)
     }
 
     /// Our own lease.
@@ -133,13 +176,29 @@ mod tests {
         cache.save(&path).expect("save");
         let back = PeerCache::load(&path).expect("load").expect("present");
         assert_eq!(back, cache);
-        assert_eq!(back.own().expect("own"), (own, attrs));
+        assert_eq!(back.own().expect("own"), (own, attrs.clone()));
         assert_eq!(back.peers(), peers);
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(
             text.contains(r#"{"key":"10.244.2.0-24","value":"{\"PublicIP\":\"198.18.0.2\",\"PublicIPv6\":null,\"BackendType\":\"host-gw\"}"}"#),
             "{text}"
         );
+        // The streaming writer the agent uses writes what serde writes for the same cache.
+        assert_eq!(text, serde_json::to_string(&cache).expect("serialise"));
+        let streamed = dir.path().join("streamed.json");
+        PeerCache::write(
+            &streamed,
+            r#"{"Network":"10.244.0.0/16"}"#,
+            own,
+            &attrs,
+            peers.iter().map(|p| (p.key, &p.attrs)),
+        )
+        .expect("write");
+        assert_eq!(std::fs::read_to_string(&streamed).expect("read"), text);
+        // No peers: still a valid file.
+        PeerCache::write(&streamed, "{}", own, &attrs, std::iter::empty()).expect("write");
+        let empty = PeerCache::load(&streamed).expect("load").expect("present");
+        assert!(empty.peers.is_empty());
     }
 
     #[test]

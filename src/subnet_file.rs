@@ -19,6 +19,15 @@ const DIR_MODE: u32 = 0o755;
 /// temporary file next to it, fsync, chmod 0644, rename over `path`, fsync the directory.
 /// On failure the temporary file is removed and `path` is left as it was. Errors name the path.
 pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(text.as_bytes()))
+}
+
+/// [`write_atomic`] with the content produced by `fill` into a buffered writer on the temporary
+/// file (no whole-file string in memory).
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -44,7 +53,7 @@ pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
     ));
     let tmp = dir.join(tmp_name);
 
-    let result = write_then_rename(&tmp, path, &dir, text);
+    let result = write_then_rename(&tmp, path, &dir, fill);
     if result.is_err() {
         // Best effort: the temp file may not exist if the failure came before it was created.
         let _ = fs::remove_file(&tmp);
@@ -52,15 +61,23 @@ pub fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
     result
 }
 
-fn write_then_rename(tmp: &Path, path: &Path, dir: &Path, text: &str) -> io::Result<()> {
-    let mut f = OpenOptions::new()
+fn write_then_rename(
+    tmp: &Path,
+    path: &Path,
+    dir: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(FILE_MODE)
         .open(tmp)
         .map_err(|e| with_path(e, "creating", tmp))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| with_path(e, "writing", tmp))?;
+    let mut w = io::BufWriter::new(f);
+    fill(&mut w).map_err(|e| with_path(e, "writing", tmp))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| with_path(e.into_error(), "writing", tmp))?;
     // The umask may have cleared bits of the creation mode; set it exactly.
     f.set_permissions(Permissions::from_mode(FILE_MODE))
         .map_err(|e| with_path(e, "setting mode of", tmp))?;
