@@ -52,6 +52,7 @@ fn bench_runs_every_measurement_with_50_peers() {
     assert_eq!(report.detail.len(), 2);
     for d in &report.detail {
         assert_eq!(d.add_latency.len(), 5, "{d:?}");
+        assert_eq!(d.etcd_latency.len(), 10, "{d:?}");
         assert_eq!(d.del_latency.len(), 5, "{d:?}");
         assert_eq!(
             d.reconcile_latency.len(),

@@ -133,6 +133,9 @@ pub struct Detail {
     /// Event → last kernel entry of that peer, adds and deletes (sorted).
     pub add_latency: Vec<Duration>,
     pub del_latency: Vec<Duration>,
+    /// The bench's own etcd Put / DeleteRange RPC of each event, start to reply (sorted): the
+    /// part of the event → kernel time spent in etcd's commit, before the watch can deliver.
+    pub etcd_latency: Vec<Duration>,
     /// The agent's own `reconcile (lease change)` durations (plan + diff + writes), and the plan
     /// part alone (sorted).
     pub reconcile_latency: Vec<Duration>,
@@ -334,6 +337,12 @@ fn print_detail(d: &Detail) {
         d.add_latency.len(),
         d.rpcs_per_event,
         fmt_rpcs(&d.event_rpcs)
+    );
+    println!(
+        "  of which etcd's own Put/DeleteRange reply (the bench's RPC): p50 {} ms p99 {} ms max {} ms",
+        ms(percentile(&d.etcd_latency, 50.0)),
+        ms(percentile(&d.etcd_latency, 99.0)),
+        ms(d.etcd_latency.last().copied().unwrap_or_default()),
     );
     println!(
         "  agent-internal reconcile per lease change: p50 {} ms p99 {} ms (plan p50 {} ms) over {} reconciles",
@@ -718,22 +727,22 @@ impl Etcd {
         })?
     }
 
-    /// Puts one lease; returns the instant just before the RPC.
-    fn put(&self, kind: Kind, i: usize) -> Result<Instant> {
+    /// Puts one lease; returns the instant just before the RPC and the RPC's duration.
+    fn put(&self, kind: Kind, i: usize) -> Result<(Instant, Duration)> {
         self.call(move |rt, c| {
             let t0 = Instant::now();
             rt.block_on(c.put(lease_key(i), lease_value(kind, i), None))
                 .context("put lease")?;
-            Ok::<_, anyhow::Error>(t0)
+            Ok::<_, anyhow::Error>((t0, t0.elapsed()))
         })?
     }
 
-    fn delete(&self, i: usize) -> Result<Instant> {
+    fn delete(&self, i: usize) -> Result<(Instant, Duration)> {
         self.call(move |rt, c| {
             let t0 = Instant::now();
             rt.block_on(c.delete(lease_key(i), None))
                 .context("delete lease")?;
-            Ok::<_, anyhow::Error>(t0)
+            Ok::<_, anyhow::Error>((t0, t0.elapsed()))
         })?
     }
 
@@ -1341,7 +1350,8 @@ fn scenario(
         .collect();
     let rpcs_before = etcd.rpcs()?;
     for &i in &fresh {
-        let t0 = etcd.put(kind, i)?;
+        let (t0, rpc) = etcd.put(kind, i)?;
+        d.etcd_latency.push(rpc);
         let until = t0 + EVENT_DEADLINE;
         let at = loop {
             if let Some(at) = seen.peer_present(kind, i) {
@@ -1359,7 +1369,8 @@ fn scenario(
         std::thread::sleep(Duration::from_millis(10));
     }
     for &i in &fresh {
-        let t0 = etcd.delete(i)?;
+        let (t0, rpc) = etcd.delete(i)?;
+        d.etcd_latency.push(rpc);
         let until = t0 + EVENT_DEADLINE;
         let at = loop {
             if let Some(at) = seen.peer_gone(kind, i) {
@@ -1401,6 +1412,7 @@ fn scenario(
     d.rpcs_per_event = unary as f64 / (2 * cfg.events).max(1) as f64;
     d.event_rpcs = event_rpcs;
     d.add_latency.sort();
+    d.etcd_latency.sort();
     d.del_latency.sort();
 
     // --- idle.
