@@ -247,14 +247,7 @@ impl Reconciler {
         );
         self.nh = table;
         self.cache = state;
-        let mode = self.uses_nexthops();
-        self.misfits = self
-            .cache
-            .routes
-            .keys()
-            .filter(|dst| self.nh.misfit(dst, mode))
-            .copied()
-            .collect();
+        self.recompute_misfits();
         self.needs_refresh = false;
         Ok(())
     }

@@ -883,9 +883,9 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip -d link show <name>`, read as a vxlan device; `None` when there is no such link.
-    pub async fn vxlan_by_name(&self, name: &str) -> Result<Option<VxlanLink>, BackendError> {
-        let msg = match self
+    /// `ip -d link show <name>`: the raw link message; `None` when there is no such link.
+    async fn link_message(&self, name: &str) -> Result<Option<LinkMessage>, BackendError> {
+        match self
             .handle
             .link()
             .get()
@@ -894,10 +894,16 @@ impl Netlink {
             .try_next()
             .await
         {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return Ok(None),
-            Err(e) if errno_of(&e) == Some(ENODEV) => return Ok(None),
-            Err(e) => return Err(nl_err(format!("ip -d link show {name}"), e)),
+            Ok(msg) => Ok(msg),
+            Err(e) if errno_of(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(nl_err(format!("ip -d link show {name}"), e)),
+        }
+    }
+
+    /// `ip -d link show <name>`, read as a vxlan device; `None` when there is no such link.
+    pub async fn vxlan_by_name(&self, name: &str) -> Result<Option<VxlanLink>, BackendError> {
+        let Some(msg) = self.link_message(name).await? else {
+            return Ok(None);
         };
         let base = link_info(&msg);
         let mut out = VxlanLink {
@@ -1087,19 +1093,8 @@ impl std::fmt::Display for IpIpSpec {
 impl Netlink {
     /// `ip -d link show <name>`, read as an ipip device; `None` when there is no such link.
     pub async fn ipip_by_name(&self, name: &str) -> Result<Option<IpIpLink>, BackendError> {
-        let msg = match self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_next()
-            .await
-        {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return Ok(None),
-            Err(e) if errno_of(&e) == Some(ENODEV) => return Ok(None),
-            Err(e) => return Err(nl_err(format!("ip -d link show {name}"), e)),
+        let Some(msg) = self.link_message(name).await? else {
+            return Ok(None);
         };
         let base = link_info(&msg);
         let mut out = IpIpLink {
