@@ -346,6 +346,27 @@ async fn sleep_until_or_never(due: Option<tokio::time::Instant>) {
     }
 }
 
+/// Writes the peer cache (streaming) and logs how long it took; a failure is a warning (the
+/// cache is a hint for the next boot).
+fn write_peer_cache<'a>(
+    path: &std::path::Path,
+    config: &str,
+    own: SubnetKey,
+    attrs: &LeaseAttrs,
+    peers: impl Iterator<Item = (SubnetKey, &'a LeaseAttrs)>,
+    count: usize,
+) {
+    let started = std::time::Instant::now();
+    match PeerCache::write(path, config, own, attrs, peers) {
+        Ok(()) => debug!(
+            "wrote the peer cache {} ({count} peers) in {:?}",
+            path.display(),
+            started.elapsed()
+        ),
+        Err(e) => warn!("{e:#}"),
+    }
+}
+
 /// What a backend device looks like in a link dump.
 #[derive(Debug, PartialEq, Eq)]
 enum DeviceHealth {
@@ -578,7 +599,7 @@ impl Agent {
         let kernel = backends::nl::subscribe().context("subscribe to netlink notifications")?;
         agent.audit("audit after subscribing").await;
 
-        agent.run(revision + 1, kernel, shutdown).await
+        agent.run(revision + 1, kernel).await
     }
 
     fn write_subnet_env(&self, mtu: u32) -> Result<()> {
@@ -594,22 +615,14 @@ impl Agent {
         let Some(path) = self.opts.peer_cache_file.clone() else {
             return;
         };
-        let started = std::time::Instant::now();
-        match PeerCache::write(
+        write_peer_cache(
             &path,
             &self.config_text,
             self.own.key,
             &self.attrs,
             self.table.peer_entries(),
-        ) {
-            Ok(()) => debug!(
-                "wrote the peer cache {} ({} peers) in {:?}",
-                path.display(),
-                self.table.len(),
-                started.elapsed()
-            ),
-            Err(e) => warn!("{e:#}"),
-        }
+            self.table.len(),
+        );
     }
 
     /// Writes the peer cache on a thread of its own from a copy of the leases (at most every
@@ -641,17 +654,8 @@ impl Agent {
         let spawned = std::thread::Builder::new()
             .name("peer-cache".into())
             .spawn(move || {
-                let started = std::time::Instant::now();
                 let entries = peers.iter().map(|(key, attrs)| (*key, attrs));
-                match PeerCache::write(&path, &config, own, &attrs, entries) {
-                    Ok(()) => debug!(
-                        "wrote the peer cache {} ({} peers) in {:?}",
-                        path.display(),
-                        peers.len(),
-                        started.elapsed()
-                    ),
-                    Err(e) => warn!("{e:#}"),
-                }
+                write_peer_cache(&path, &config, own, &attrs, entries, peers.len());
             });
         match spawned {
             Ok(handle) => self.cache_writer = Some(handle),
@@ -887,8 +891,8 @@ impl Agent {
         mut self,
         revision: i64,
         mut kernel: impl futures::Stream<Item = KernelEvent> + Unpin,
-        shutdown: CancellationToken,
     ) -> Result<()> {
+        let shutdown = self.shutdown.clone();
         let mut watch = self.mgr.watch(revision, shutdown.clone());
         let mut lease = LeaseTasks {
             renewal: tokio::spawn(self.mgr.renewal(self.own, shutdown.clone())),
@@ -937,9 +941,9 @@ impl Agent {
                     // Coalesce a burst of events into one reconcile: incremental while every
                     // event is a plain peer change, else one full plan.
                     let mut effect = Effect::Nothing;
-                    effect.add(self.on_watch_event(ev, &mut lease, &shutdown).await);
+                    effect.add(self.on_watch_event(ev, &mut lease).await);
                     while let Ok(ev) = watch.try_recv() {
-                        effect.add(self.on_watch_event(ev, &mut lease, &shutdown).await);
+                        effect.add(self.on_watch_event(ev, &mut lease).await);
                     }
                     match effect {
                         Effect::Nothing => {}
@@ -957,7 +961,7 @@ impl Agent {
                     match end {
                         Ok(RenewalEnd::LeaseLost { lease_id }) => {
                             warn!("etcd lease {lease_id:x} of {} is gone; re-acquiring", self.own.key);
-                            self.reacquire(&mut lease, &shutdown);
+                            self.reacquire(&mut lease);
                         }
                         // Only on shutdown; the finished handle must not be polled again
                         // (select! picks among ready branches at random).
@@ -971,14 +975,14 @@ impl Agent {
                 got = wait_reacquired(&mut lease.reacquiring) => {
                     match got {
                         Ok(Some((got, mgr))) => {
-                            self.reacquired(got, mgr, &mut lease, &shutdown).await;
+                            self.reacquired(got, mgr, &mut lease).await;
                             self.reconcile("re-acquired").await;
                         }
                         // Shutdown.
                         Ok(None) => break,
                         Err(e) => {
                             error!("the re-acquire task failed: {e}; starting it again");
-                            self.reacquire(&mut lease, &shutdown);
+                            self.reacquire(&mut lease);
                         }
                     }
                 }
@@ -1210,13 +1214,8 @@ impl Agent {
     }
 
     /// Applies one watch event and says what it changed.
-    async fn on_watch_event(
-        &mut self,
-        ev: WatchEvent,
-        lease: &mut LeaseTasks,
-        shutdown: &CancellationToken,
-    ) -> Effect {
-        match self.table_event(ev, lease, shutdown).await {
+    async fn on_watch_event(&mut self, ev: WatchEvent, lease: &mut LeaseTasks) -> Effect {
+        match self.table_event(ev, lease).await {
             Ok(Some(change)) => Effect::Peers(vec![change]),
             Ok(None) => Effect::Nothing,
             Err(Full) => Effect::Full,
@@ -1230,7 +1229,6 @@ impl Agent {
         &mut self,
         ev: WatchEvent,
         lease: &mut LeaseTasks,
-        shutdown: &CancellationToken,
     ) -> Result<Option<Change>, Full> {
         let full = |changed: bool| if changed { Err(Full) } else { Ok(None) };
         let metrics = self.health.metrics();
@@ -1247,7 +1245,7 @@ impl Agent {
                 warn!(
                     "our lease {key} was deleted from etcd; re-acquiring (the data plane keeps running)"
                 );
-                self.reacquire(lease, shutdown);
+                self.reacquire(lease);
                 Ok(None)
             }
             WatchEvent::Put(entry) if entry.key == self.own.key && lease.reacquiring.is_some() => {
@@ -1290,7 +1288,7 @@ impl Agent {
                     .any(|m| m.subnet == Some(self.own.key));
                 if own.is_none() && !own_malformed {
                     warn!("our lease {} is gone from etcd; re-acquiring", self.own.key);
-                    self.reacquire(lease, shutdown);
+                    self.reacquire(lease);
                     return Err(Full);
                 }
                 if lease.reacquiring.is_none()
@@ -1496,14 +1494,14 @@ impl Agent {
     /// Starts re-acquiring the own lease in the background (after the own key was deleted or
     /// its etcd lease expired): the control loop keeps serving peer changes, drift repair and
     /// health while etcd is slow or down. A re-acquire already running is left to finish.
-    fn reacquire(&mut self, lease: &mut LeaseTasks, shutdown: &CancellationToken) {
+    fn reacquire(&mut self, lease: &mut LeaseTasks) {
         if lease.reacquiring.is_some() {
             return;
         }
         lease.renewal.abort();
         let mut mgr = self.mgr.clone();
         let prefer = self.own.key.v4;
-        let shutdown = shutdown.clone();
+        let shutdown = self.shutdown.clone();
         lease.reacquiring = Some(tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), ETCD_RETRY_MAX);
             loop {
@@ -1527,16 +1525,10 @@ impl Agent {
 
     /// Takes over a finished re-acquire: its subnet manager (holding the new etcd lease), a
     /// new renewal, and for a new subnet the firewall, device address and subnet.env.
-    async fn reacquired(
-        &mut self,
-        got: Reacquired,
-        mgr: SubnetManager,
-        lease: &mut LeaseTasks,
-        shutdown: &CancellationToken,
-    ) {
+    async fn reacquired(&mut self, got: Reacquired, mgr: SubnetManager, lease: &mut LeaseTasks) {
         self.mgr = mgr;
         self.own = got.lease;
-        lease.renewal = tokio::spawn(self.mgr.renewal(self.own, shutdown.clone()));
+        lease.renewal = tokio::spawn(self.mgr.renewal(self.own, self.shutdown.clone()));
         if got.subnet_changed {
             self.take_new_subnet().await;
         }
