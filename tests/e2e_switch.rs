@@ -281,17 +281,15 @@ impl ConfigMapDir {
     }
 }
 
-#[test]
-fn a_configmap_symlink_swap_switches_the_backend() {
-    if !common::root_or_skip("a_configmap_symlink_swap_switches_the_backend") {
-        return;
-    }
-    let mut cm = ConfigMapDir::new(VXLAN);
+/// Two nodes reading their config from `cm` (which says vxlan) through `--net-config-path`,
+/// with `etcd_config` in etcd (the lab's default when None); started, pods added, on vxlan.
+fn vxlan_file_lab(cm: &ConfigMapDir, etcd_config: Option<&str>) -> Lab {
     let mut spec = LabSpec::new(2, common::weft_bin());
     spec.backend = "vxlan".into();
     spec.extra_flags = vec![format!("--net-config-path={}", cm.path().display())];
-    // etcd's copy says host-gw: with --net-config-path given, the file wins.
-    spec.config = Some(HOST_GW.to_string());
+    if let Some(config) = etcd_config {
+        spec.config = Some(config.to_string());
+    }
     let mut lab = Lab::build(spec).expect("build lab");
     lab.start_all().expect("start agents");
     for k in 1..=2 {
@@ -299,6 +297,17 @@ fn a_configmap_symlink_swap_switches_the_backend() {
     }
     lab.add_pods().expect("pods");
     wait_until(CONVERGE, || all_on(&lab, "vxlan")).expect("vxlan from the file");
+    lab
+}
+
+#[test]
+fn a_configmap_symlink_swap_switches_the_backend() {
+    if !common::root_or_skip("a_configmap_symlink_swap_switches_the_backend") {
+        return;
+    }
+    let mut cm = ConfigMapDir::new(VXLAN);
+    // etcd's copy says host-gw: with --net-config-path given, the file wins.
+    let lab = vxlan_file_lab(&cm, Some(HOST_GW));
     cm.update(HOST_GW);
     wait_until(CONVERGE, || all_on(&lab, "host-gw")).expect("host-gw after the swap");
     assert!(
@@ -316,16 +325,7 @@ fn a_switch_while_etcd_is_down_is_published_when_it_returns() {
         return;
     }
     let mut cm = ConfigMapDir::new(VXLAN);
-    let mut spec = LabSpec::new(2, common::weft_bin());
-    spec.backend = "vxlan".into();
-    spec.extra_flags = vec![format!("--net-config-path={}", cm.path().display())];
-    let mut lab = Lab::build(spec).expect("build lab");
-    lab.start_all().expect("start agents");
-    for k in 1..=2 {
-        lab.wait_subnet_env(k, READY).expect("subnet.env");
-    }
-    lab.add_pods().expect("pods");
-    wait_until(CONVERGE, || all_on(&lab, "vxlan")).expect("vxlan from the file");
+    let mut lab = vxlan_file_lab(&cm, None);
 
     lab.etcd().expect("etcd").stop();
     cm.update(HOST_GW);
