@@ -18,3 +18,9 @@ pub mod registry;
 pub mod status;
 pub mod subnet;
 pub mod subnet_file;
+
+/// The tests' rule for a missing requirement (root, tools): fail under `CI=true`, `SKIPPED`
+/// elsewhere. One file for every test of the workspace.
+#[cfg(test)]
+#[path = "../tests/common/need.rs"]
+mod need;

@@ -4,6 +4,8 @@
 #[path = "../benches/agent/bench.rs"]
 #[allow(dead_code)]
 mod bench;
+#[path = "common/need.rs"]
+mod need;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +14,7 @@ use bench::{Config, Kind};
 
 #[test]
 fn bench_runs_every_measurement_with_50_peers() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED bench_runs_every_measurement_with_50_peers: needs root (namespaces)");
+    if !need::root("bench_runs_every_measurement_with_50_peers") {
         return;
     }
     let cfg = Config {

@@ -133,7 +133,7 @@ fn assert_converged_report(lab: &Lab, k: usize, code: i32, report: &Value, backe
 
 #[test]
 fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
-    if !common::root_or_skip("status_host_gw_no_drift_then_exactly_the_drift_made_by_hand") {
+    if !common::need::root("status_host_gw_no_drift_then_exactly_the_drift_made_by_hand") {
         return;
     }
     let mut lab = lab(3, "host-gw");
@@ -288,7 +288,7 @@ fn vxlan_routes_ok(lab: &Lab, k: usize) -> Result<(), String> {
 
 #[test]
 fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
-    if !common::root_or_skip("status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route") {
+    if !common::need::root("status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route") {
         return;
     }
     let mut lab = lab(3, "vxlan");
@@ -450,7 +450,7 @@ fn http_get_in_netns(ns: &str, port: u16, path: &str) -> Result<(u16, String), S
 
 #[test]
 fn metrics_scraped_from_a_lab_node_parse() {
-    if !common::root_or_skip("metrics_scraped_from_a_lab_node_parse") {
+    if !common::need::root("metrics_scraped_from_a_lab_node_parse") {
         return;
     }
     let lab = lab(2, "host-gw");
