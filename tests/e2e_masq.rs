@@ -195,7 +195,7 @@ fn flannel_chains(ns: &str, table: &str) -> Vec<String> {
         .collect()
 }
 
-/// flanneld's golden nat text (spec §6.1) for a node's subnet.
+/// flanneld's golden nat text (docs/flannel-compat.md §6.1) for a node's subnet.
 fn golden_nat(subnet: &str) -> Vec<String> {
     let c = r#"-m comment --comment "flanneld masq""#;
     let n = "10.244.0.0/16";

@@ -333,8 +333,8 @@ fn a_hand_made_flanneld_node_and_weft_nodes_interoperate() {
     if !common::need::root("a_hand_made_flanneld_node_and_weft_nodes_interoperate") {
         return;
     }
-    // Node 4 runs no weft: it is programmed as flanneld does it (test-env.md), with its lease
-    // written as flanneld writes it, before the weft nodes start.
+    // Node 4 runs no weft: it is programmed as flanneld does it (docs/flannel-compat.md §5.1), with
+    // its lease written as flanneld writes it, before the weft nodes start.
     let mut lab = Lab::build(spec(4)).expect("build lab");
     let n4 = lab.node_ns(4).expect("ns").to_owned();
     let ip4 = lab.node_ip(4).expect("ip");
