@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ fn lab(nodes: usize, backend: &str) -> Lab {
 
 /// `ip netns exec <node k> weft <args> --etcd-endpoints=… --subnet-file=…`.
 fn weft_in_node(lab: &Lab, k: usize, args: &[&str]) -> Output {
+    weft_in_node_with(lab, k, args, &lab.subnet_file(k).expect("path"))
+}
+
+/// [`weft_in_node`] with another `--subnet-file`.
+fn weft_in_node_with(lab: &Lab, k: usize, args: &[&str], subnet_file: &Path) -> Output {
     let ns = lab.node_ns(k).expect("ns");
     Command::new("ip")
         .args(["netns", "exec", ns])
@@ -38,10 +44,7 @@ fn weft_in_node(lab: &Lab, k: usize, args: &[&str]) -> Output {
             "--etcd-endpoints={}",
             lab.etcd_endpoint().expect("endpoint")
         ))
-        .arg(format!(
-            "--subnet-file={}",
-            lab.subnet_file(k).expect("path").display()
-        ))
+        .arg(format!("--subnet-file={}", subnet_file.display()))
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .output()
@@ -50,7 +53,11 @@ fn weft_in_node(lab: &Lab, k: usize, args: &[&str]) -> Output {
 
 /// `weft status --json` in node k: (exit code, report).
 fn status(lab: &Lab, k: usize) -> (i32, Value) {
-    let out = weft_in_node(lab, k, &["status", "--json"]);
+    json_report(weft_in_node(lab, k, &["status", "--json"]))
+}
+
+/// The exit code and the JSON report of a `weft status --json` run.
+fn json_report(out: Output) -> (i32, Value) {
     let text = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
         panic!(
@@ -252,6 +259,57 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
     let routes = routes_in(lab.node_ns(1).expect("ns")).expect("routes");
     assert!(routes.iter().any(|r| r["dst"] == "10.99.0.0/24"));
     assert!(!routes.iter().any(|r| r["dst"] == s2.as_str()));
+    lab.teardown().expect("teardown");
+}
+
+/// A node without a default route (the agent needs one only at start): status finds the node's
+/// lease from the subnet file, then, without one, from the node's addresses, and says which.
+#[test]
+fn status_without_a_default_route_finds_the_lease_by_subnet_file_then_by_address() {
+    if !common::need::root(
+        "status_without_a_default_route_finds_the_lease_by_subnet_file_then_by_address",
+    ) {
+        return;
+    }
+    let lab = lab(2, "host-gw");
+    for k in 1..=2 {
+        wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("host-gw routes");
+    }
+    let (code, report) = status(&lab, 1);
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "subnet_file", "{report:#}");
+
+    lab.ip(1, &["route", "del", "default"])
+        .expect("ip route del default");
+    let routes = routes_in(lab.node_ns(1).expect("ns")).expect("routes");
+    assert!(
+        !routes.iter().any(|r| r["dst"] == "default"),
+        "default route still there: {routes:?}"
+    );
+
+    // The subnet file names the lease; the interface is the one holding its PublicIP.
+    let (code, report) = status(&lab, 1);
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "subnet_file", "{report:#}");
+    let human = weft_in_node(&lab, 1, &["status"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(human.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("found:   own lease from the subnet file (FLANNEL_SUBNET)"),
+        "{text}"
+    );
+
+    // No subnet file: the lease whose PublicIP is an address of the node.
+    let none = lab.subnet_file(1).expect("path").with_extension("absent");
+    assert!(!none.exists());
+    let (code, report) = json_report(weft_in_node_with(&lab, 1, &["status", "--json"], &none));
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "address", "{report:#}");
+
+    // An interface flag still chooses as the agent does, default route or not.
+    let (code, report) = json_report(weft_in_node(&lab, 1, &["status", "--json", "--iface=eth0"]));
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "flags", "{report:#}");
     lab.teardown().expect("teardown");
 }
 
