@@ -4,13 +4,12 @@
 #[path = "../benches/agent/bench.rs"]
 #[allow(dead_code)]
 mod bench;
-#[path = "common/need.rs"]
-mod need;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bench::{Config, Kind};
+use weft_testkit::need;
 
 #[test]
 fn bench_runs_every_measurement_with_50_peers() {

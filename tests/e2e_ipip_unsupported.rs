@@ -8,14 +8,14 @@
 //! Runs in plain `cargo test`. `scripts/vm-test.sh` runs this target in the VM too (its name
 //! starts with `e2e_ipip`), where the kernel has ipip on purpose: there the first test says it
 //! does not apply and returns. On the host a kernel with ipip is a missing requirement like root
-//! (`tests/common/need.rs`): a failure under `CI=true`, since nothing would check this path.
+//! (`weft_testkit::need`): a failure under `CI=true`, since nothing would check this path.
 #[path = "common/lab.rs"]
 mod common;
 
 use std::process::Command;
 use std::time::Duration;
 
-use weft::lab::{Lab, LabSpec};
+use weft_testkit::lab::{Lab, LabSpec};
 
 /// A debug build on a shared machine: generous, still bounded.
 const EXIT: Duration = Duration::from_secs(30);

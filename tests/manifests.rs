@@ -9,16 +9,14 @@
 //!
 //! The validators come from PyPI (`pip install kubernetes-validate yamllint`, done by
 //! `scripts/test.sh` and `.ci/run`). Without them the tests that use them fail under CI and are
-//! skipped with a message elsewhere (`tests/common/need.rs`).
-#[path = "common/need.rs"]
-mod need;
-
+//! skipped with a message elsewhere (`weft_testkit::need`).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 use weft::cli::{self, Command as CliCommand, Options};
+use weft_testkit::need;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -196,9 +194,9 @@ fn daemonset_and_configmap_are_what_weft_understands() {
     let mut entry = conflist["plugins"][0].clone();
     entry["name"] = conflist["name"].clone();
     entry["cniVersion"] = conflist["cniVersion"].clone();
-    let netconf = weft::cni::conf::parse_netconf(entry.to_string().as_bytes())
+    let netconf = weft_cni::conf::parse_netconf(entry.to_string().as_bytes())
         .expect("weft-cni accepts the conflist entry");
-    weft::cni::conf::check_version(&netconf).expect("supported cniVersion");
+    weft_cni::conf::check_version(&netconf).expect("supported cniVersion");
 
     // DaemonSet: weft's own parser accepts the container's arguments with its environment.
     let ds = find(&docs, "DaemonSet");

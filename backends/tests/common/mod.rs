@@ -1,10 +1,9 @@
 //! Helpers shared by the kernel tests: a network namespace per test thread, and `ip` runners.
 #![allow(clippy::unwrap_used, dead_code)]
 
-/// The rule for a missing requirement (fail under `CI=true`, `SKIPPED` elsewhere), shared with
-/// the root package's tests.
-#[path = "../../../tests/common/need.rs"]
-pub mod need;
+/// The rule for a missing requirement (fail under `CI=true`, `SKIPPED` elsewhere), shared by
+/// every test crate.
+pub use weft_testkit::need;
 
 use std::future::Future;
 use std::process::Command;

@@ -6,11 +6,9 @@
 //! `SKIPPED <test>: <what is missing>; <how to get it>` and returns without checking anything,
 //! so a developer without root can still run the pure tests.
 //!
-//! This file is the only copy: the end-to-end tests include it through `tests/common/lab.rs`
-//! (`common::need`), the other tests that need something (`tests/manifests.rs`,
-//! `tests/bench_smoke.rs`), the unit tests under `src/` and the backends' kernel tests through a
-//! `#[path]` attribute.
-#![allow(dead_code)]
+//! Every test crate of the workspace uses this one rule: the end-to-end tests as `common::need`
+//! (re-exported by `tests/common/lab.rs`), the backends' kernel tests through
+//! `backends/tests/common`, the others and the unit tests under `src/` as `weft_testkit::need`.
 
 /// Whether the tests run under CI, where a missing requirement is a failure.
 pub fn in_ci() -> bool {

@@ -4,8 +4,8 @@
 //!
 //! It takes the agent's flags (and `FLANNELD_*` variables) to find etcd, the config and the
 //! external interface, then computes the required kernel state with the agent's own code:
-//! interface selection ([`crate::iface::select_interface`]), the peer set
-//! ([`crate::lease_table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
+//! interface selection ([`crate::agent::iface::select_interface`]), the peer set
+//! ([`crate::lease::table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
 //! read-only dump ([`Reconciler::refresh`]) and [`plan::diff`]. For vxlan the existing device
 //! `flannel.<VNI>` is attached read-only ([`Vxlan::attach_existing`]), for ipip `flannel.ipip`;
 //! when the device is missing, every ARP/FDB/route entry on it is reported missing (shown on the
@@ -78,8 +78,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{self, Command, Options};
-use crate::lease_table::LeaseTable;
-use crate::registry::{LeaseEntry, Registry, Snapshot};
+use crate::lease::etcd::registry::{LeaseEntry, Registry, Snapshot};
+use crate::lease::table::LeaseTable;
 
 /// Version of the `--json` schema (see the module documentation).
 pub const SCHEMA: u32 = 1;
@@ -724,7 +724,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
             ttls.insert(e.lease_id, ttl.map(|(remaining, _)| remaining));
         }
     }
-    let previous = crate::subnet_file::read_previous(&opts.subnet_file)
+    let previous = crate::agent::subnet_file::read_previous(&opts.subnet_file)
         .as_deref()
         .and_then(net_conf::subnet_env::previous_subnet);
     let (ext, own, found_by) = find_node(&nl, opts, &snapshot, previous).await?;
@@ -1033,7 +1033,7 @@ async fn find_node<'s>(
         || opts.iface_can_reach.is_some()
         || opts.public_ip.is_some();
     if flags {
-        let ext = crate::iface::select_interface(nl, opts).await?;
+        let ext = crate::agent::iface::select_interface(nl, opts).await?;
         let own = find_own(snapshot, ext.ext_addr, previous);
         return Ok((ext, own, FoundBy::Flags));
     }
@@ -1054,7 +1054,7 @@ async fn find_node<'s>(
             public_ip: Some(lease.attrs.public_ip),
             ..opts.clone()
         };
-        let ext = crate::iface::select_interface(nl, &by_ip)
+        let ext = crate::agent::iface::select_interface(nl, &by_ip)
             .await
             .with_context(|| {
                 format!(
@@ -1064,10 +1064,12 @@ async fn find_node<'s>(
             })?;
         return Ok((ext, Some(lease), found_by));
     }
-    let ext = crate::iface::select_interface(nl, opts).await.context(
-        "no lease in etcd matches the subnet file or an address of this node, \
+    let ext = crate::agent::iface::select_interface(nl, opts)
+        .await
+        .context(
+            "no lease in etcd matches the subnet file or an address of this node, \
          and the agent's default choice failed",
-    )?;
+        )?;
     let own = find_own(snapshot, ext.ext_addr, previous);
     Ok((ext, own, FoundBy::DefaultRoute))
 }
