@@ -10,6 +10,8 @@
 //! (re-exported by `tests/common/lab.rs`), the backends' kernel tests through
 //! `backends/tests/common`, the others and the unit tests under `src/` as `weft_testkit::need`.
 
+use std::io::Write as _;
+
 /// Whether the tests run under CI, where a missing requirement is a failure.
 pub fn in_ci() -> bool {
     ci_value_is_set(std::env::var("CI").ok().as_deref())
@@ -33,11 +35,17 @@ pub fn missing(test: &str, what: &str, how: &str) {
         let ci = std::env::var("CI").unwrap_or_default();
         panic!("{test} cannot run: {what} is missing (CI={ci:?}: a failure, not a skip); {how}");
     }
-    eprintln!("SKIPPED {test}: {what} is missing; {how} (under CI=true this fails)");
+    // Straight to the stderr handle: the test harness captures `eprintln!` of a passing test,
+    // and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {what} is missing; {how} (under CI=true this fails)"
+    );
 }
 
 /// How to run the tests as root, for the messages.
-pub const AS_ROOT: &str = "run the tests as root: `scripts/test.sh [cargo test args]` (a normal user: `sudo scripts/test.sh …`)";
+pub const AS_ROOT: &str = "run the tests as root: `scripts/test.sh [cargo test args]` \
+                           (a normal user: `sudo scripts/test.sh …`)";
 
 /// True when running as root; otherwise applies the rule (fail under CI, `SKIPPED` elsewhere)
 /// and returns false. Root is what network namespaces, netlink writes and iptables need.
