@@ -85,8 +85,9 @@ fn ipip_on_a_kernel_without_ipip_exits_1_with_one_clear_line_and_leaves_nothing(
         if std::env::var("WEFT_IN_VM").as_deref() == Ok("1") {
             // Not a missing requirement: the VM boots a kernel with ipip on purpose (for
             // tests/e2e_ipip.rs) and runs this whole target; the host run checks this test.
-            eprintln!(
-                "NOT APPLICABLE {TEST} in the VM (its kernel has ipip): the host run checks it"
+            common::need::not_applicable(
+                TEST,
+                "the VM's kernel has ipip; the host run checks this test",
             );
             return;
         }

@@ -43,6 +43,13 @@ pub fn missing(test: &str, what: &str, how: &str) {
     );
 }
 
+/// `test` does not apply here by design, which is not a missing requirement: says so and never
+/// fails. The one case: the VM (`WEFT_IN_VM=1`), whose kernel has on purpose what the host's
+/// lacks, runs whole test files whose host-only tests are checked by the host run.
+pub fn not_applicable(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "NOT APPLICABLE {test}: {why}");
+}
+
 /// How to run the tests as root, for the messages.
 pub const AS_ROOT: &str = "run the tests as root: `scripts/test.sh [cargo test args]` \
                            (a normal user: `sudo scripts/test.sh …`)";
