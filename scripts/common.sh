@@ -44,19 +44,25 @@ ensure_pip_packages() {
 # Makes `cargo` runnable by root: the kernel and end-to-end tests need root (network namespaces,
 # netlink), so cargo never drops to another user. Looks for a cargo on PATH, then in root's own
 # ~/.cargo/bin, then (under sudo) in the invoking user's ~/.cargo/bin; with none, rustup installs
-# one for root. Under sudo:
-# - the user's rustup proxies find their toolchain through RUSTUP_HOME (their ~/.rustup, which
-#   root only reads);
-# - CARGO_HOME is root's own ~/.cargo (from the passwd entry: some sudo setups keep the user's
-#   HOME). cargo writes its registry cache and locks there, and root-owned files in the user's
-#   ~/.cargo would break their next cargo; the price is one more download of the crates;
-# - target/ is the checkout's: give_back_target hands it back to the user at exit.
+# one for root. Under sudo from a user:
+# - their rustup proxies find their toolchain through RUSTUP_HOME (their ~/.rustup, only read);
+# - CARGO_HOME is their ~/.cargo when they have one (else root's own, from the passwd entry, not
+#   $HOME, which some sudo setups keep as the user's). Sharing it keeps the registry sources at
+#   the paths the user's own builds recorded in target/, so nothing is downloaded or rebuilt twice;
+#   what root writes there (registry cache, locks) is handed back to them at exit;
+# - target/ is the checkout's, handed back at exit too (give_back).
 find_cargo() {
   local own_home user_home="" found
   own_home=$(getent passwd "$(id -u)" | cut -d: -f6)
   if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ]; then
     user_home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
-    export CARGO_HOME="${CARGO_HOME:-$own_home/.cargo}"
+    if [ -z "${CARGO_HOME:-}" ]; then
+      if [ -d "$user_home/.cargo" ]; then
+        export CARGO_HOME=$user_home/.cargo
+      else
+        export CARGO_HOME=$own_home/.cargo
+      fi
+    fi
   fi
   found=$(command -v cargo || true)
   if [ -z "$found" ] && [ -x "$own_home/.cargo/bin/cargo" ]; then
@@ -74,26 +80,31 @@ find_cargo() {
   [ -n "$found" ] && return 0
   command -v curl >/dev/null || apt-get install -y -q curl
   log "no Rust toolchain found: installing one with rustup (https://rustup.rs) for $(id -un)"
-  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal \
-    --component rustfmt,clippy
-  export PATH="${CARGO_HOME:-$own_home/.cargo}/bin:$PATH"
+  # Into root's own home, whatever CARGO_HOME was chosen above for the registry.
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+    CARGO_HOME=$own_home/.cargo RUSTUP_HOME=$own_home/.rustup sh -s -- -y --profile minimal \
+      --component rustfmt,clippy
+  export PATH="$own_home/.cargo/bin:$PATH"
 }
 
-# Under sudo from the user who owns the checkout, hands what root created in target/ back to
-# them (their own cargo must still write there). Run at exit by prepare's trap; call it first
-# when the script replaces its EXIT trap or execs.
-give_back_target() {
-  [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ] && [ -d target ] || return 0
-  [ "$(stat -c %u .)" = "$SUDO_UID" ] || return 0
-  chown -R --from=0 "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" target ||
-    log "could not give target/ back to ${SUDO_USER:-uid $SUDO_UID}"
+# Under sudo, hands what root created back to the invoking user: in target/ when the checkout is
+# theirs, and in CARGO_HOME when it is theirs (find_cargo), so their own cargo can still write
+# there. Run at exit by prepare's trap; call it first when a script replaces that trap or execs.
+give_back() {
+  [ -n "${SUDO_UID:-}" ] && [ "$SUDO_UID" != 0 ] || return 0
+  local owner="$SUDO_UID:${SUDO_GID:-$SUDO_UID}" dir
+  for dir in target "${CARGO_HOME:-}"; do
+    [ -n "$dir" ] && [ -d "$dir" ] && [ "$(stat -c %u "$dir")" = "$SUDO_UID" ] || continue
+    chown -R --from=0 "$owner" "$dir" ||
+      log "could not give $dir back to ${SUDO_USER:-uid $SUDO_UID}"
+  done
 }
 
-# What both set-up commands do first: root, packages, a `cargo` on PATH, target/ handed back to
-# the sudo user at exit.
+# What both set-up commands do first: root, packages, a `cargo` on PATH, and (under sudo) what
+# root created in the user's target/ and CARGO_HOME handed back at exit.
 prepare() {
   require_root
-  trap give_back_target EXIT
+  trap give_back EXIT
   ensure_packages
   ensure_pip_packages
   find_cargo

@@ -46,7 +46,7 @@ else
 fi
 
 report=$(mktemp /tmp/weft-faults.XXXXXX)
-trap 'rm -f "$report"; give_back_target' EXIT
+trap 'rm -f "$report"; give_back' EXIT
 export WEFT_FAULTS_REPORT="$report"
 # The agents under test are the release binary; the test driver itself stays a debug build.
 export WEFT_TEST_BIN="$PWD/target/release/weft"

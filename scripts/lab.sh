@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 prepare
 log "building weft, weft-cni and weft-lab (cargo build --release)"
 cargo build --release --locked
-give_back_target
+give_back
 exec target/release/weft-lab "$@"
