@@ -1,4 +1,4 @@
-//! The subnet manager: the policy around the registry (spec §3.4–3.6).
+//! The subnet manager: the policy around the registry (docs/flannel-compat.md §3.4–3.6).
 //!
 //! - [`SubnetManager::acquire`]: one Range, then reuse the lease that carries our public IP,
 //!   reuse the previous subnet from subnet.env, or allocate a random free one, each written by
@@ -33,7 +33,8 @@ pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_RENEW_RETRY: Duration = Duration::from_secs(60);
 
 /// Watch reconnect backoff. flannel caps at 5 s; weft caps at 1 s so a watch resumes within
-/// about a second of etcd's return (targets.md R1). A refused connection costs next to nothing.
+/// about a second of etcd's return (docs/targets.md R1). A refused connection costs next to
+/// nothing.
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -117,9 +118,9 @@ impl SubnetManager {
         i64::try_from(self.timing.ttl.as_secs().max(1)).unwrap_or(i64::MAX)
     }
 
-    /// Gets a lease for this node (spec §3.4): reuse the lease carrying `attrs.public_ip`
-    /// (deleting it if it does not fit `conf`), else `previous` (from subnet.env) if free,
-    /// else a random free subnet. Returns the lease and the list it was decided on (the
+    /// Gets a lease for this node (docs/flannel-compat.md §3.4): reuse the lease carrying
+    /// `attrs.public_ip` (deleting it if it does not fit `conf`), else `previous` (from subnet.env)
+    /// if free, else a random free subnet. Returns the lease and the list it was decided on (the
     /// initial snapshot for [`Self::watch`]; resume at `snapshot.revision + 1`).
     ///
     /// Errors from etcd are returned (wrap in [`retry_until`]); lost races are retried here.

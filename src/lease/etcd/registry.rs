@@ -1,5 +1,5 @@
-//! Raw etcd v3 operations on flannel's data layout (spec §3): `<prefix>/config` and
-//! `<prefix>/subnets/<key>` holding `LeaseAttrs` JSON.
+//! Raw etcd v3 operations on flannel's data layout (docs/flannel-compat.md §3): `<prefix>/config`
+//! and `<prefix>/subnets/<key>` holding `LeaseAttrs` JSON.
 //!
 //! Every operation here is one RPC (a create is Grant + Txn). Listing is one Range: whether a key
 //! is a reservation is read from the key's `lease` field (0 = no etcd lease), never with a

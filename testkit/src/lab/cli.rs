@@ -105,7 +105,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     }
     if !nix::unistd::geteuid().is_root() {
         bail!(
-            "weft-lab creates network namespaces and must run as root (try: sudo scripts/lab.sh)"
+            "weft-lab creates network namespaces and must run as root (scripts/lab.sh as root, or sudo scripts/lab.sh)"
         );
     }
     if let Some(name) = &args.cleanup {
