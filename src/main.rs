@@ -1,5 +1,5 @@
 //! `weft`: the agent (flanneld-style flags) and its one-shot commands (`status`, `cleanup`,
-//! `docker-opts`) and the lab; the command line is parsed by `weft::cli`.
+//! `docker-opts`); the command line is parsed by `weft::cli`.
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
@@ -31,23 +31,16 @@ fn main() -> ExitCode {
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Command::Lab(args) => match weft::lab::run_cli(&args) {
-            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-            Err(e) => {
-                eprintln!("weft lab: {e:#}");
-                ExitCode::from(1)
-            }
-        },
-        Command::DockerOpts(args) => ExitCode::from(weft::docker_opts::run_command(args)),
+        Command::DockerOpts(args) => ExitCode::from(weft::commands::docker_opts::run_command(args)),
         Command::Status(args) => {
             // The report is the output; logs only for errors unless RUST_LOG says more.
             init_logging_default("error", args.opts.log_color);
-            ExitCode::from(weft::status::run_command(args))
+            ExitCode::from(weft::commands::status::run_command(args))
         }
         Command::Cleanup(args) => {
             // Each removal is logged at info, like the `ip` command.
             init_logging_default("info", args.opts.log_color);
-            ExitCode::from(weft::cleanup::run_command(args))
+            ExitCode::from(weft::commands::cleanup::run_command(args))
         }
         Command::Run(opts) => run_agent(opts),
     }
@@ -72,7 +65,7 @@ fn run_agent(opts: cli::Options) -> ExitCode {
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        match weft::app::run(opts, shutdown).await {
+        match weft::agent::run(opts, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e:#}");

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::ArgAction;
 
 use super::options::{Options, parse_bool};
-use crate::docker_opts;
+use crate::commands::docker_opts;
 
 /// `weft status`.
 #[derive(Debug, Clone, clap::Args)]

@@ -27,9 +27,8 @@
 //! are kept for `--help`, and switched off for the actual parse.
 //!
 //! A first argument that is not a flag and names a subcommand (`status`, `cleanup`,
-//! `docker-opts`, `lab`) selects that subcommand. `docker-opts` takes `mk-docker-opts.sh`'s
-//! getopts-style letters (`-f FILE`, `-fFILE`, `-ic`), parsed by clap alone; `lab` parses its
-//! own arguments (see the lab module).
+//! `docker-opts`) selects that subcommand. `docker-opts` takes `mk-docker-opts.sh`'s
+//! getopts-style letters (`-f FILE`, `-fFILE`, `-ic`), parsed by clap alone.
 mod commands;
 mod go_flags;
 mod options;
@@ -41,11 +40,11 @@ use clap::{ArgAction, CommandFactory as _, FromArgMatches as _};
 pub use commands::{CleanupArgs, DockerOptsArgs, StatusArgs};
 pub use options::{DEFAULT_NET_CONFIG_PATH, DEFAULT_PEER_CACHE_FILE, LogColor, Options, Secret};
 
-use crate::docker_opts;
+use crate::commands::docker_opts;
 use go_flags::{FlagTable, Occurrence, Tokens};
 
 /// The subcommands weft understands in first position.
-pub const SUBCOMMANDS: &[&str] = &["lab", "status", "cleanup", "docker-opts"];
+pub const SUBCOMMANDS: &[&str] = &["status", "cleanup", "docker-opts"];
 
 /// Prefix of the environment variables that set flags.
 pub const ENV_PREFIX: &str = "FLANNELD";
@@ -86,13 +85,6 @@ pub enum Sub {
     Cleanup(CleanupArgs),
     #[command(args_override_self = true)]
     DockerOpts(DockerOptsArgs),
-    /// Build a local weft cluster out of network namespaces (root only; weft lab --help)
-    #[command(disable_help_flag = true)]
-    Lab {
-        /// The lab's arguments (weft lab --help)
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
 /// What the command line asks for.
@@ -112,8 +104,6 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// `weft docker-opts`.
     DockerOpts(docker_opts::Args),
-    /// `weft lab` with its arguments, untouched (the lab parses them).
-    Lab(Vec<String>),
 }
 
 /// A command-line or environment error. Its `Display` is one line naming the flag and the
@@ -142,7 +132,7 @@ pub enum CliError {
         reason: String,
     },
     #[error(
-        "unexpected argument {0:?}: weft takes only flags, or a subcommand (lab, status, cleanup, docker-opts) as the first argument"
+        "unexpected argument {0:?}: weft takes only flags, or a subcommand (status, cleanup, docker-opts) as the first argument"
     )]
     UnexpectedArgument(String),
     /// getopts' wording, for `docker-opts`.
@@ -223,8 +213,12 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
         }
         _ => (None, args),
     };
+    if sub.is_none() && args.first().is_some_and(|a| a == "lab") {
+        return Err(CliError::Other(
+            "the lab is no longer part of weft: run weft-lab (crate weft-testkit)".to_string(),
+        ));
+    }
     match sub {
-        Some("lab") => Ok(Command::Lab(rest.to_vec())),
         Some("docker-opts") => parse_docker_opts(rest),
         _ => parse_go_style(sub, rest, env),
     }

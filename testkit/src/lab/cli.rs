@@ -1,4 +1,4 @@
-//! `weft lab`: build a local cluster, show what weft did, ping across it, tear it down. Its
+//! `weft-lab`: build a local cluster, show what weft did, ping across it, tear it down. Its
 //! flags are a clap derive struct ([`CliArgs`]); plain clap, as the lab has no flanneld
 //! spellings to keep.
 use std::fmt::Write as _;
@@ -16,10 +16,10 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long pods get to reach each other (peers appear a moment after the last lease).
 const PING_DEADLINE: Duration = Duration::from_secs(20);
 
-/// `weft lab`'s flags.
+/// `weft-lab`'s flags.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
 #[command(
-    name = "weft lab",
+    name = "weft-lab",
     about = "Builds a local weft cluster out of network namespaces (root only): etcd in an \
              underlay namespace, N nodes on bridge br0 (198.18.0.0/24), each running weft with \
              flanneld's flags and one pod behind cni0. Prints each node's subnet.env and routes \
@@ -39,7 +39,7 @@ struct CliArgs {
     /// Leave the lab running and print how to use and remove it
     #[arg(long)]
     keep: bool,
-    /// The weft binary the nodes run [default: this binary]
+    /// The weft binary the nodes run [default: `weft` beside this binary]
     #[arg(long, value_name = "PATH")]
     weft: Option<PathBuf>,
     /// Remove a lab left running by --keep
@@ -75,7 +75,7 @@ fn parse_nodes(v: &str) -> Result<usize, String> {
 /// one line naming the flag and the value.
 fn parse_args(args: &[String]) -> Result<CliArgs> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let argv = std::iter::once("weft lab".to_string()).chain(args.iter().cloned());
+    let argv = std::iter::once("weft-lab".to_string()).chain(args.iter().cloned());
     let err = match CliArgs::try_parse_from(argv) {
         Ok(a) => return Ok(a),
         Err(e) => e,
@@ -96,20 +96,20 @@ fn parse_args(args: &[String]) -> Result<CliArgs> {
         }
         ErrorKind::InvalidValue if value.is_empty() => bail!("{flag} needs a value"),
         ErrorKind::UnknownArgument => {
-            bail!("unknown argument {arg:?} for `weft lab` (see `weft lab --help`)")
+            bail!("unknown argument {arg:?} for `weft-lab` (see `weft-lab --help`)")
         }
         _ => {
             let text = err.to_string();
             let line = text.lines().next().unwrap_or_default();
             bail!(
-                "{} (see `weft lab --help`)",
+                "{} (see `weft-lab --help`)",
                 line.strip_prefix("error: ").unwrap_or(line)
             )
         }
     }
 }
 
-/// `weft lab [args]`: `args` are the arguments after `lab`. Returns the process exit code:
+/// `weft-lab [args]`: `args` are the arguments after the program name. Returns the process exit code:
 /// 0 when every pod reached every other pod, 1 otherwise. Blocks; call it from `main` before
 /// (or instead of) building a tokio runtime.
 pub fn run_cli(args: &[String]) -> Result<i32> {
@@ -120,7 +120,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     }
     if !nix::unistd::geteuid().is_root() {
         bail!(
-            "weft lab creates network namespaces and must run as root (try: sudo scripts/lab.sh)"
+            "weft-lab creates network namespaces and must run as root (try: sudo scripts/lab.sh)"
         );
     }
     if let Some(name) = &args.cleanup {
@@ -135,7 +135,9 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     }
     let weft = match &args.weft {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("finding the weft binary (pass --weft PATH)")?,
+        None => std::env::current_exe()
+            .context("finding the weft binary (pass --weft PATH)")?
+            .with_file_name("weft"),
     };
     install_signal_handler()?;
 
@@ -143,12 +145,12 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     spec.backend = args.backend.clone();
     spec.network = args.network.clone();
     eprintln!(
-        "weft lab: building {} node(s), backend {}, network {}",
+        "weft-lab: building {} node(s), backend {}, network {}",
         spec.nodes, spec.backend, spec.network
     );
     let mut lab = Lab::build(spec)?;
     eprintln!(
-        "weft lab: lab {} is up (files in {}); starting weft on every node",
+        "weft-lab: lab {} is up (files in {}); starting weft on every node",
         lab.name(),
         lab.dir().display()
     );
@@ -159,7 +161,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     let interrupted = INTERRUPTED.load(Ordering::SeqCst);
     if let Err(e) = &result {
         if !interrupted {
-            eprintln!("weft lab: {e:#}");
+            eprintln!("weft-lab: {e:#}");
             lab.dump_logs();
         }
     }
@@ -168,7 +170,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     } else {
         let name = lab.name().to_owned();
         lab.teardown()?;
-        eprintln!("weft lab: lab {name} torn down");
+        eprintln!("weft-lab: lab {name} torn down");
     }
     if interrupted {
         return Ok(130);
@@ -186,7 +188,7 @@ fn exercise(lab: &mut Lab) -> Result<bool> {
         lab.wait_subnet_env(k, READY_DEADLINE)?;
     }
     eprintln!(
-        "weft lab: every node wrote subnet.env after {:.2}s; adding pods",
+        "weft-lab: every node wrote subnet.env after {:.2}s; adding pods",
         started.elapsed().as_secs_f64()
     );
     lab.add_pods()?;
@@ -255,7 +257,7 @@ fn format_matrix(nodes: usize, matrix: &[(usize, usize, bool)]) -> String {
 fn print_keep_help(lab: &Lab) -> Result<()> {
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "weft".to_owned());
+        .unwrap_or_else(|_| "weft-lab".to_owned());
     println!();
     println!("lab {} is still running (--keep).", lab.name());
     println!("Enter a node or a pod:");
@@ -274,7 +276,7 @@ fn print_keep_help(lab: &Lab) -> Result<()> {
         lab.spec().etcd_prefix
     );
     println!("Logs: {}/n<k>/weft.log", lab.dir().display());
-    println!("Remove it: {me} lab --cleanup {}", lab.name());
+    println!("Remove it: {me} --cleanup {}", lab.name());
     Ok(())
 }
 
@@ -304,13 +306,13 @@ fn install_signal_handler() -> Result<()> {
                     _ = term.recv() => {}
                 }
                 INTERRUPTED.store(true, Ordering::SeqCst);
-                eprintln!("\nweft lab: interrupted, tearing down (signal again to exit at once)");
+                eprintln!("\nweft-lab: interrupted, tearing down (signal again to exit at once)");
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
                 eprintln!(
-                    "weft lab: exiting without cleanup; remove it with `weft lab --cleanup <name>`"
+                    "weft-lab: exiting without cleanup; remove it with `weft-lab --cleanup <name>`"
                 );
                 std::process::exit(130);
             })
