@@ -21,10 +21,10 @@
 //! boolean flag takes no `=false`, a valued flag does not take a next argument that starts with
 //! `-`, and its `env` support reads the process environment itself, so it can neither be given
 //! a fake environment in tests nor tell in an error whether a bad value came from the command
-//! line or from `FLANNELD_*`. The shim (about 150 lines) reads the Go spellings and the
-//! environment and hands clap one canonical `--name=value` per value; its flag table comes from
-//! the clap command, so nothing is declared twice. clap's own `env = "FLANNELD_*"` attributes
-//! are kept for `--help`, and switched off for the actual parse.
+//! line or from `FLANNELD_*`. The shim reads the Go spellings and the environment and hands
+//! clap one canonical `--name=value` per value; its flag table comes from the clap command, so
+//! nothing is declared twice. clap's own `env = "FLANNELD_*"` attributes are kept for `--help`,
+//! and switched off for the actual parse.
 //!
 //! A first argument that is not a flag and names a subcommand (`status`, `cleanup`,
 //! `docker-opts`) selects that subcommand. `docker-opts` takes `mk-docker-opts.sh`'s
