@@ -841,6 +841,10 @@ fn clap_definitions_are_consistent() {
             );
         }
     }
+    // SUBCOMMANDS (the first-argument routing) names exactly clap's subcommands.
+    let cmd = command();
+    let names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+    assert_eq!(names, SUBCOMMANDS);
     // Options::default() is what no flags and no environment give.
     let d = Options::default();
     let r = run(&[]);
