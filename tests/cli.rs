@@ -61,12 +61,18 @@ fn help_of_weft_and_each_subcommand() {
             &["Usage: weft docker-opts", "-f <FLANNEL-ENV-FILE>", "-m"],
         ),
     ] {
-        let out = weft().args(args).output().expect("run weft");
+        // The help names the variables but never shows their values (one is a password).
+        let out = weft()
+            .args(args)
+            .env("FLANNELD_ETCD_PASSWORD", "hunter2")
+            .output()
+            .expect("run weft");
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         for w in words {
             assert!(stdout.contains(w), "{args:?} lacks {w:?}: {}", text(&out));
         }
+        assert!(!stdout.contains("hunter2"), "{args:?}: {}", text(&out));
     }
 }
 

@@ -821,8 +821,8 @@ fn help_of_every_subcommand_is_clap_generated() {
     }
     // Booleans show that a value goes after `=` only.
     assert!(usage().contains("--ip-masq[=<BOOL>]"), "{}", usage());
-    // The password's value never appears in --help, even when the variable is set.
-    assert!(!help(None).contains("hunter2"));
+    // (That a set FLANNELD_ETCD_PASSWORD never shows in --help is checked on the binary, in
+    // tests/cli.rs: a unit test cannot set the process environment.)
 }
 
 #[test]
