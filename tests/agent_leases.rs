@@ -37,15 +37,7 @@ async fn start(source: &MemorySource, shutdown: &CancellationToken) -> Leases<Me
         .acquire(&conf, &attrs(1), None, None)
         .await
         .expect("acquire");
-    Leases::start(
-        mine,
-        own,
-        attrs(1),
-        conf,
-        &snapshot,
-        None,
-        shutdown.clone(),
-    )
+    Leases::start(mine, own, attrs(1), conf, &snapshot, None, shutdown.clone())
 }
 
 /// Drives `leases` until `done` holds, collecting the updates; panics at [`DEADLINE`].
@@ -157,7 +149,11 @@ async fn a_burst_is_one_update_and_a_large_burst_a_full_plan() {
         source.put_lease(key(&format!("10.244.{i}.0/24")), &attrs(i));
     }
     let update = next(&mut leases).await;
-    assert_eq!(update.effect, Effect::Full, "over 64 changes: one full plan");
+    assert_eq!(
+        update.effect,
+        Effect::Full,
+        "over 64 changes: one full plan"
+    );
     assert_eq!(leases.table().len(), 103);
 }
 
@@ -215,12 +211,18 @@ async fn own_lease_overwritten_or_malformed_is_written_back() {
     })
     .await;
     assert_eq!(source.calls("reassert"), 1);
-    assert_eq!(source.lease_id(own), Some(leases.own().lease_id), "kept on our lease");
+    assert_eq!(
+        source.lease_id(own),
+        Some(leases.own().lease_id),
+        "kept on our lease"
+    );
 
     source.put_raw(&own.to_string(), "garbage");
-    drive_until(&mut leases, "our value written back after garbage", |_, _| {
-        source.value(own).as_deref() == Some(&ours)
-    })
+    drive_until(
+        &mut leases,
+        "our value written back after garbage",
+        |_, _| source.value(own).as_deref() == Some(&ours),
+    )
     .await;
     assert_eq!(source.calls("reassert"), 2);
     assert_eq!(leases.own().key, own, "no re-acquire for a foreign write");
@@ -371,7 +373,11 @@ async fn shutdown_while_reacquiring_against_a_dead_source() {
     shuts_down_promptly(&mut leases, &shutdown).await;
     let calls = source.calls("reacquire");
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(source.calls("reacquire"), calls, "no attempt after shutdown");
+    assert_eq!(
+        source.calls("reacquire"),
+        calls,
+        "no attempt after shutdown"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -77,7 +77,7 @@ use net_conf::{BackendConf, NetConf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{self, Command, Options};
+use crate::cli::{Options, StatusArgs};
 use crate::lease::etcd::registry::{LeaseEntry, Registry, Snapshot};
 use crate::lease::table::LeaseTable;
 
@@ -90,60 +90,9 @@ pub const EXIT_DRIFT: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREADABLE: u8 = 3;
 
-fn usage() -> String {
-    "Usage: weft status [--json] [flanneld flags...]\n\n\
-     Shows the network config, this node's lease, every peer's lease and how the kernel differs\n\
-     from what the leases require. Reads etcd and the kernel only; needs no running agent.\n\
-     Takes the agent's flags and FLANNELD_* variables (etcd endpoints, prefix, TLS, --iface,\n\
-     --public-ip, --subnet-file, ...).\n\n  \
-     --json   print one JSON object (schema in the docs of weft::status)\n\n\
-     Exit codes: 0 in sync, 1 the kernel differs, 2 usage error, 3 etcd or the kernel unreadable.\n"
-        .to_string()
-}
-
-/// What the command line asks for.
-#[derive(Debug)]
-pub enum Args {
-    Help,
-    Run { json: bool, opts: Box<Options> },
-}
-
-/// Splits `--json` off and parses the rest as the agent's flags (with `env`).
-pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Args, String> {
-    let mut json = false;
-    let mut rest = Vec::new();
-    for a in args {
-        match a.as_str() {
-            "--json" | "-json" | "--json=true" | "-json=true" => json = true,
-            "--json=false" | "-json=false" => json = false,
-            _ => rest.push(a.clone()),
-        }
-    }
-    match cli::parse(&rest, env).map_err(|e| e.to_string())? {
-        Command::Run(opts) => Ok(Args::Run {
-            json,
-            opts: Box::new(opts),
-        }),
-        Command::Help => Ok(Args::Help),
-        Command::Version => Err("--version is not a status flag".to_string()),
-        Command::Sub { name, .. } => Err(format!("unexpected argument {name:?}")),
-    }
-}
-
-/// `weft status`: parses `args` (those after `status`), prints the report, returns the exit code.
-pub fn run_cli(args: &[String]) -> u8 {
-    let (json, opts) = match parse_args(args, &|k| std::env::var(k).ok()) {
-        Ok(Args::Help) => {
-            print!("{}", usage());
-            return EXIT_IN_SYNC;
-        }
-        Ok(Args::Run { json, opts }) => (json, opts),
-        Err(e) => {
-            eprintln!("weft status: {e}");
-            eprint!("{}", usage());
-            return EXIT_USAGE;
-        }
-    };
+/// `weft status` with its parsed flags: prints the report, returns the exit code.
+pub fn run_command(args: StatusArgs) -> u8 {
+    let StatusArgs { json, opts } = args;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1347,41 +1296,6 @@ mod tests {
         let other = [ip("198.18.0.9")];
         assert!(own_lease_without_flags(&leases, &other, net("10.244.2.0/24")).is_none());
         assert!(own_lease_without_flags(&[], &mine, None).is_none());
-    }
-
-    #[test]
-    fn args_split_json_from_agent_flags() {
-        let env = |_: &str| None;
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        match parse_args(
-            &a(&[
-                "--json",
-                "--etcd-endpoints=http://x:1",
-                "-public-ip",
-                "198.18.0.1",
-            ]),
-            &env,
-        ) {
-            Ok(Args::Run { json, opts }) => {
-                assert!(json);
-                assert_eq!(opts.etcd_endpoints, ["http://x:1"]);
-                assert_eq!(opts.public_ip, Some("198.18.0.1".parse().unwrap()));
-            }
-            other => panic!("{other:?}"),
-        }
-        match parse_args(&a(&[]), &|k| {
-            (k == "FLANNELD_ETCD_PREFIX").then(|| "/x".to_string())
-        }) {
-            Ok(Args::Run { json, opts }) => {
-                assert!(!json);
-                assert_eq!(opts.etcd_prefix, "/x");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(parse_args(&a(&["-h"]), &env), Ok(Args::Help)));
-        let err = parse_args(&a(&["--no-such-flag"]), &env).unwrap_err();
-        assert!(err.contains("no-such-flag"), "{err}");
-        assert!(parse_args(&a(&["extra"]), &env).is_err());
     }
 
     #[test]

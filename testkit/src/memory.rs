@@ -44,8 +44,14 @@ struct Stored {
 /// One change, as the watch replays it.
 #[derive(Debug, Clone)]
 enum Change {
-    Put { key: String, value: String, lease_id: i64 },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: String,
+        lease_id: i64,
+    },
+    Delete {
+        key: String,
+    },
     Config(Option<String>),
 }
 
@@ -245,7 +251,10 @@ impl MemorySource {
 
     /// The value under a lease key, as text.
     pub fn value(&self, key: SubnetKey) -> Option<String> {
-        self.lock().leases.get(&key.to_string()).map(|s| s.value.clone())
+        self.lock()
+            .leases
+            .get(&key.to_string())
+            .map(|s| s.value.clone())
     }
 
     /// The lease id attached to a lease key.
@@ -302,7 +311,10 @@ impl MemorySource {
             }
         };
         let value = attrs.to_json();
-        if store.leases.get(&key.to_string()).map(|s| (&s.value, s.lease_id))
+        if store
+            .leases
+            .get(&key.to_string())
+            .map(|s| (&s.value, s.lease_id))
             != Some((&value, lease_id))
         {
             store.put(key.to_string(), value, lease_id);
