@@ -3,13 +3,18 @@
 //! Everything here is pure. [`diff`] compares what a backend wants ([`KernelState`] from
 //! [`crate::Backend::desired`]) with what the reconciler last saw in the kernel and returns the
 //! writes that make the kernel match, and nothing else: equal states give zero operations.
-use std::collections::BTreeMap;
+//! The state holds weft's devices and their addresses ([`crate::device`]) as well as the routes,
+//! neighbours and FDB entries on them, so one diff creates, fixes or removes a device in the
+//! right order around the entries that need it.
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 use crate::RTPROT_WEFT;
+pub use crate::device::{Addr, Device, DeviceDiff, DeviceKind, VxlanParams};
 
 /// An IPv4 route in table main with protocol [`RTPROT_WEFT`] and metric 0: the only kind of route
 /// weft writes.
@@ -118,10 +123,17 @@ impl fmt::Display for Fdb {
 }
 
 /// The kernel objects weft owns (or wants to own), keyed so that two objects with one key cannot
-/// coexist in the kernel: routes by destination (table main, metric 0), neighbours by device and
-/// IP, FDB entries by device and MAC.
+/// coexist in the kernel: devices by name, their addresses by device name and address, routes by
+/// destination (table main, metric 0), neighbours by device and IP, FDB entries by device and
+/// MAC.
+///
+/// Devices and addresses belong to the backends, not to peers: the per-peer operations
+/// ([`remove_keys`](Self::remove_keys), [`collides`](Self::collides), [`diff_at`]) leave them
+/// alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
+    pub devices: BTreeMap<String, Device>,
+    pub addrs: BTreeSet<Addr>,
     pub routes: BTreeMap<Ipv4Net, Route>,
     pub neighs: BTreeMap<(u32, Ipv4Addr), Neigh>,
     pub fdb: BTreeMap<(u32, Mac), Fdb>,
@@ -133,6 +145,64 @@ impl KernelState {
         KernelState {
             routes: routes.into_iter().map(|r| (r.dst, r)).collect(),
             ..KernelState::default()
+        }
+    }
+
+    pub fn add_device(&mut self, d: Device) {
+        self.devices.insert(d.name.clone(), d);
+    }
+
+    pub fn add_addr(&mut self, a: Addr) {
+        self.addrs.insert(a);
+    }
+
+    /// The device with ifindex `index`, if this state holds it.
+    pub fn device_at(&self, index: u32) -> Option<&Device> {
+        self.devices.values().find(|d| d.index == index)
+    }
+
+    /// Forgets everything on the device `name` with ifindex `index` and the device itself (what
+    /// the kernel removes with a link): its addresses, neighbours, FDB entries and the routes
+    /// through it.
+    pub fn forget_device(&mut self, name: &str, index: u32) {
+        if self.devices.get(name).is_some_and(|d| d.index == index) {
+            self.devices.remove(name);
+        }
+        self.addrs.retain(|a| a.dev != name);
+        self.forget_entries_on(index);
+    }
+
+    /// Forgets the neighbours, FDB entries and routes on ifindex `index`.
+    pub fn forget_entries_on(&mut self, index: u32) {
+        self.neighs.retain(|(i, _), _| *i != index);
+        self.fdb.retain(|(i, _), _| *i != index);
+        self.routes.retain(|_, r| r.oif != index);
+    }
+
+    /// Moves every entry planned on ifindex `from` to `to` (a device the backend planned on
+    /// index `from` exists at `to`): routes through it, neighbours and FDB entries.
+    pub fn move_entries(&mut self, from: u32, to: u32) {
+        for r in self.routes.values_mut() {
+            if r.oif == from {
+                r.oif = to;
+            }
+        }
+        let keys: Vec<(u32, Ipv4Addr)> = self
+            .neighs
+            .keys()
+            .filter(|k| k.0 == from)
+            .copied()
+            .collect();
+        for k in keys {
+            if let Some(n) = self.neighs.remove(&k) {
+                self.add_neigh(Neigh { ifindex: to, ..n });
+            }
+        }
+        let keys: Vec<(u32, Mac)> = self.fdb.keys().filter(|k| k.0 == from).copied().collect();
+        for k in keys {
+            if let Some(e) = self.fdb.remove(&k) {
+                self.add_fdb(Fdb { ifindex: to, ..e });
+            }
         }
     }
 
@@ -156,6 +226,10 @@ impl KernelState {
             *self = other;
             return;
         }
+        for (k, v) in other.devices {
+            self.devices.entry(k).or_insert(v);
+        }
+        self.addrs.extend(other.addrs);
         for (k, v) in other.routes {
             self.routes.entry(k).or_insert(v);
         }
@@ -169,12 +243,15 @@ impl KernelState {
 
     /// Adds everything of `other`, replacing entries with the same key (unlike [`merge`](Self::merge)).
     pub fn extend(&mut self, other: KernelState) {
+        self.devices.extend(other.devices);
+        self.addrs.extend(other.addrs);
         self.routes.extend(other.routes);
         self.neighs.extend(other.neighs);
         self.fdb.extend(other.fdb);
     }
 
-    /// Removes the entries at the keys of `keys` (its values are ignored).
+    /// Removes the entries at the keys of `keys` (its values are ignored); devices and addresses
+    /// stay.
     pub fn remove_keys(&mut self, keys: &KernelState) {
         for dst in keys.routes.keys() {
             self.routes.remove(dst);
@@ -187,8 +264,9 @@ impl KernelState {
         }
     }
 
-    /// True when some key of this state is held by `taken` and not by `freed` (values ignored):
-    /// two writers would want one kernel object.
+    /// True when some entry key of this state is held by `taken` and not by `freed` (values
+    /// ignored): two writers would want one kernel object. Devices and addresses are not
+    /// compared (backends share them by design).
     pub fn collides(&self, taken: &KernelState, freed: &KernelState) -> bool {
         fn any<K: Ord, V>(
             mine: &BTreeMap<K, V>,
@@ -204,12 +282,38 @@ impl KernelState {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty() && self.neighs.is_empty() && self.fdb.is_empty()
+        self.devices.is_empty()
+            && self.addrs.is_empty()
+            && self.routes.is_empty()
+            && self.neighs.is_empty()
+            && self.fdb.is_empty()
+    }
+
+    /// The same state without devices and addresses (what peers need).
+    pub fn entries_only(mut self) -> KernelState {
+        self.devices.clear();
+        self.addrs.clear();
+        self
     }
 
     /// Records the effect of a successful operation.
     pub fn record(&mut self, op: &KernelOp) {
         match op {
+            KernelOp::LinkAdd(d) => self.add_device(d.clone()),
+            KernelOp::LinkSet(d) => {
+                if let Some(have) = self.devices.get_mut(&d.name) {
+                    have.mtu = d.mtu;
+                    if d.mac.is_some() {
+                        have.mac = d.mac;
+                    }
+                    have.up = d.up;
+                }
+            }
+            KernelOp::LinkDel(d) => self.forget_device(&d.name, d.index),
+            KernelOp::AddrAdd(a) => self.add_addr(a.clone()),
+            KernelOp::AddrDel(a) => {
+                self.addrs.remove(a);
+            }
             KernelOp::RouteReplace(r) => self.add_route(r.clone()),
             KernelOp::RouteDel(r) => {
                 self.routes.remove(&r.dst);
@@ -229,6 +333,18 @@ impl KernelState {
 /// One kernel write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelOp {
+    /// `ip link add <device>`, then `ip link set <name> up` when it is wanted up (one message).
+    /// The device's `index` is the planned one; the kernel picks the real one.
+    LinkAdd(Device),
+    /// `ip link set <name> mtu <mtu> [address <mac>] up|down` on the existing device at `index`.
+    LinkSet(Device),
+    /// `ip link del <name>` (the device at `index`): its addresses, neighbours, FDB entries and
+    /// routes go with it. "Already gone" is success.
+    LinkDel(Device),
+    /// `ip addr add <addr> dev <dev>`.
+    AddrAdd(Addr),
+    /// `ip addr del <addr> dev <dev>` ("already gone" is success).
+    AddrDel(Addr),
     /// `ip route replace <route> proto 87`: creates the route or replaces the one with its
     /// destination (idempotent).
     RouteReplace(Route),
@@ -250,6 +366,24 @@ impl KernelOp {
     pub fn command(&self, name_of: impl Fn(u32) -> Option<String>) -> String {
         let dev = |i: u32| name_of(i).unwrap_or_else(|| i.to_string());
         match self {
+            KernelOp::LinkAdd(d) => {
+                let spec = d.spec_with(&|i| name_of(i));
+                if d.up {
+                    format!("ip link add {spec} && ip link set {} up", d.name)
+                } else {
+                    format!("ip link add {spec}")
+                }
+            }
+            KernelOp::LinkSet(d) => {
+                let mut s = format!("ip link set {} mtu {}", d.name, d.mtu);
+                if let Some(mac) = &d.mac {
+                    s += &format!(" address {}", fmt_mac(mac));
+                }
+                s + if d.up { " up" } else { " down" }
+            }
+            KernelOp::LinkDel(d) => format!("ip link del {}", d.name),
+            KernelOp::AddrAdd(a) => format!("ip addr add {a}"),
+            KernelOp::AddrDel(a) => format!("ip addr del {a}"),
             KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) => {
                 let verb = if matches!(self, KernelOp::RouteDel(_)) {
                     "del"
@@ -296,18 +430,110 @@ impl fmt::Display for KernelOp {
 ///
 /// - An object in `current` that `desired` does not have is deleted.
 /// - An object in `desired` that `current` lacks, or has with other attributes, is replaced
-///   (a replace overwrites the old object in one step, so no delete precedes it).
+///   (a replace overwrites the old object in one step, so no delete precedes it). A device is
+///   created when missing, changed in place (`ip link set`) when only its MTU, MAC or state
+///   differ, and deleted and created again when an attribute fixed at creation differs
+///   ([`Device::differences`]).
 /// - Equal states give no operations.
 ///
-/// Order: route deletes, then neighbour and FDB replaces, then route replaces, then FDB and
-/// neighbour deletes; within each kind by key (ascending). Routes are removed before, and added
-/// after, the ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic to a
-/// gateway it would have to resolve (flannel's per-peer order). Entries a route no longer needs
-/// go last: a peer moving to another path (a vxlan peer that switched to host-gw, a new VTEP MAC)
-/// gets its new route in one replace while its old ARP/FDB entries still back the old one, so no
-/// packet meets a half-removed path. Deterministic, so tests and `weft status` output are
-/// stable.
+/// Order: first the devices ([`diff_devices`]: replacements, creations, in-place changes, then
+/// address deletes and adds), so every entry finds its device; then the entries
+/// ([`diff_entries`]): route deletes, neighbour and FDB replaces, route replaces, FDB and
+/// neighbour deletes; last the deletes of devices no one wants. Routes are removed before, and
+/// added after, the ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic
+/// to a gateway it would have to resolve (flannel's per-peer order). Entries a route no longer
+/// needs go late: a peer moving to another path (a vxlan peer that switched to host-gw, a new
+/// VTEP MAC) gets its new route in one replace while its old ARP/FDB entries still back the old
+/// one, so no packet meets a half-removed path. Entries on a device that is deleted (unwanted or
+/// replaced) are not deleted one by one: the kernel removes them with the device, after the
+/// entries elsewhere have moved. Within each kind by key (ascending). Deterministic, so tests and
+/// `weft status` output are stable.
+///
+/// Entries on a device being created carry the index the backend planned (see
+/// [`Device::index`]); the reconciler moves them to the real index before writing them.
 pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
+    let mut ops = diff_devices(desired, current);
+    ops.extend(diff_entries(desired, current));
+    ops
+}
+
+/// The device part of [`diff`], which runs before any entry: for each wanted device (by name) a
+/// replacement (`LinkDel` + `LinkAdd`), a creation or an in-place change, then the address
+/// deletes and adds of the wanted devices.
+pub fn diff_devices(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
+    let mut ops = Vec::new();
+    // Devices made anew (missing or replaced): none of their addresses exist then.
+    let mut fresh: BTreeSet<&str> = BTreeSet::new();
+    for (name, want) in &desired.devices {
+        match current.devices.get(name) {
+            None => {
+                ops.push(KernelOp::LinkAdd(want.clone()));
+                fresh.insert(name);
+            }
+            Some(have) => {
+                let d = want.differences(have);
+                if !d.fixed.is_empty() {
+                    ops.push(KernelOp::LinkDel(have.clone()));
+                    ops.push(KernelOp::LinkAdd(want.clone()));
+                    fresh.insert(name);
+                } else if !d.settable.is_empty() {
+                    ops.push(KernelOp::LinkSet(Device {
+                        index: have.index,
+                        ..want.clone()
+                    }));
+                }
+            }
+        }
+    }
+    let kept = |dev: &str| desired.devices.contains_key(dev) && !fresh.contains(dev);
+    ops.extend(
+        current
+            .addrs
+            .iter()
+            .filter(|a| kept(&a.dev) && !desired.addrs.contains(*a))
+            .cloned()
+            .map(KernelOp::AddrDel),
+    );
+    ops.extend(
+        desired
+            .addrs
+            .iter()
+            .filter(|a| fresh.contains(a.dev.as_str()) || !current.addrs.contains(*a))
+            .cloned()
+            .map(KernelOp::AddrAdd),
+    );
+    ops
+}
+
+/// The entry part of [`diff`], after the devices: the route, neighbour and FDB operations in
+/// their order, then `LinkDel` for each device of `current` no one wants. Entries of `current`
+/// on a device that goes (unwanted, or replaced by [`diff_devices`]) are left to the kernel,
+/// which removes them with it.
+pub fn diff_entries(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
+    let mut gone: BTreeSet<u32> = BTreeSet::new();
+    let mut unwanted = Vec::new();
+    for (name, have) in &current.devices {
+        match desired.devices.get(name) {
+            None => {
+                gone.insert(have.index);
+                unwanted.push(have.clone());
+            }
+            Some(want) if !want.differences(have).fixed.is_empty() => {
+                gone.insert(have.index);
+            }
+            Some(_) => {}
+        }
+    }
+    let current = if gone.is_empty() {
+        Cow::Borrowed(current)
+    } else {
+        let mut after = current.clone();
+        for index in &gone {
+            after.forget_entries_on(*index);
+        }
+        Cow::Owned(after)
+    };
+    let current = current.as_ref();
     let mut ops = Vec::new();
     ops.extend(extra(&desired.routes, &current.routes).map(KernelOp::RouteDel));
     ops.extend(changed(&desired.neighs, &current.neighs).map(KernelOp::NeighReplace));
@@ -315,6 +541,7 @@ pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
     ops.extend(changed(&desired.routes, &current.routes).map(KernelOp::RouteReplace));
     ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
     ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
+    ops.extend(unwanted.into_iter().map(KernelOp::LinkDel));
     ops
 }
 
@@ -664,5 +891,283 @@ mod tests {
             route("10.244.2.0/24", "0.0.0.0", 0).to_string(),
             "10.244.2.0/24"
         );
+    }
+
+    fn vxlan_dev(index: u32) -> Device {
+        crate::device::test_vxlan("flannel.1", index)
+    }
+
+    fn addr(dev: &str, a: &str) -> Addr {
+        Addr {
+            dev: dev.into(),
+            addr: a.parse().expect("addr"),
+        }
+    }
+
+    /// A vxlan peer's entries on device `index`.
+    fn peer_on(index: u32, i: u8) -> (Neigh, Fdb, Route) {
+        let mac = [2, 0, 0, 0, 0, i];
+        (
+            Neigh {
+                ifindex: index,
+                ip: Ipv4Addr::new(10, 244, i, 0),
+                mac,
+            },
+            Fdb {
+                ifindex: index,
+                mac,
+                dst: Ipv4Addr::new(198, 18, 0, i),
+            },
+            Route {
+                onlink: true,
+                ..route(&format!("10.244.{i}.0/24"), &format!("10.244.{i}.0"), index)
+            },
+        )
+    }
+
+    fn with_peer(mut s: KernelState, index: u32, i: u8) -> KernelState {
+        let (n, e, r) = peer_on(index, i);
+        s.add_neigh(n);
+        s.add_fdb(e);
+        s.add_route(r);
+        s
+    }
+
+    #[test]
+    fn diff_devices_table() {
+        use KernelOp::*;
+        let dev = vxlan_dev(7);
+        let a = addr("flannel.1", "10.244.1.0/32");
+        let mut want = KernelState::default();
+        want.add_device(dev.clone());
+        want.add_addr(a.clone());
+        let want = with_peer(want, 7, 2);
+        let (n2, e2, r2) = peer_on(7, 2);
+        let hostgw = route("10.244.5.0/24", "198.18.0.5", 2);
+        let with = |f: &dyn Fn(&mut KernelState)| {
+            let mut s = want.clone();
+            f(&mut s);
+            s
+        };
+        let other_vni = Device {
+            kind: DeviceKind::Vxlan(VxlanParams {
+                vni: 2,
+                ..match &dev.kind {
+                    DeviceKind::Vxlan(v) => v.clone(),
+                    _ => unreachable!(),
+                }
+            }),
+            ..dev.clone()
+        };
+        let set = |d: Device| LinkSet(d);
+        let cases: Vec<(&str, KernelState, KernelState, Vec<KernelOp>)> = vec![
+            ("in sync", want.clone(), want.clone(), vec![]),
+            (
+                "device missing: made first, its address, then the entries on it",
+                want.clone(),
+                KernelState::default(),
+                vec![
+                    LinkAdd(dev.clone()),
+                    AddrAdd(a.clone()),
+                    NeighReplace(n2.clone()),
+                    FdbReplace(e2.clone()),
+                    RouteReplace(r2.clone()),
+                ],
+            ),
+            (
+                "set down",
+                want.clone(),
+                with(&|s| s.devices.get_mut("flannel.1").expect("dev").up = false),
+                vec![set(dev.clone())],
+            ),
+            (
+                "mtu and mac changed",
+                want.clone(),
+                with(&|s| {
+                    let d = s.devices.get_mut("flannel.1").expect("dev");
+                    d.mtu = 1400;
+                    d.mac = Some([2, 0, 0, 0, 0, 9]);
+                }),
+                vec![set(dev.clone())],
+            ),
+            (
+                "address removed",
+                want.clone(),
+                with(&|s| {
+                    s.addrs.clear();
+                }),
+                vec![AddrAdd(a.clone())],
+            ),
+            (
+                "address of an old subnet: deleted before the new one is added",
+                want.clone(),
+                with(&|s| {
+                    s.addrs.clear();
+                    s.add_addr(addr("flannel.1", "10.244.9.0/32"));
+                }),
+                vec![
+                    AddrDel(addr("flannel.1", "10.244.9.0/32")),
+                    AddrAdd(a.clone()),
+                ],
+            ),
+            (
+                "fixed attribute differs: replaced, everything on it written again",
+                want.clone(),
+                with(&|s| {
+                    s.add_device(other_vni.clone());
+                }),
+                vec![
+                    LinkDel(other_vni.clone()),
+                    LinkAdd(dev.clone()),
+                    AddrAdd(a.clone()),
+                    NeighReplace(n2.clone()),
+                    FdbReplace(e2.clone()),
+                    RouteReplace(r2.clone()),
+                ],
+            ),
+            (
+                "empty desired state (cleanup): entries elsewhere, then the device with its own",
+                KernelState::default(),
+                with(&|s| s.add_route(hostgw.clone())),
+                vec![RouteDel(hostgw.clone()), LinkDel(dev.clone())],
+            ),
+        ];
+        for (name, desired, current, ops) in cases {
+            assert_eq!(diff(&desired, &current), ops, "case {name}");
+            let mut after = current.clone();
+            for op in &ops {
+                after.record(op);
+            }
+            assert_eq!(
+                after, desired,
+                "case {name}: the ops reach the desired state"
+            );
+        }
+        assert_eq!(
+            LinkSet(dev.clone()).command(|_| None),
+            "ip link set flannel.1 mtu 1450 address 02:00:00:00:00:01 up"
+        );
+        assert_eq!(
+            LinkAdd(dev.clone()).command(|i| (i == 2).then(|| "eth0".into())),
+            "ip link add flannel.1 type vxlan id 1 dev eth0 local 198.18.0.1 dstport 8472 \
+             nolearning mtu 1450 address 02:00:00:00:00:01 && ip link set flannel.1 up"
+        );
+        assert_eq!(
+            AddrAdd(a).to_string(),
+            "ip addr add 10.244.1.0/32 dev flannel.1"
+        );
+        assert_eq!(LinkDel(dev).to_string(), "ip link del flannel.1");
+    }
+
+    #[test]
+    fn move_entries_rebinds_a_device() {
+        let planned = with_peer(
+            KernelState::from_routes([route("10.244.5.0/24", "198.18.0.5", 2)]),
+            0,
+            3,
+        );
+        let mut moved = planned.clone();
+        moved.move_entries(0, 12);
+        assert_eq!(
+            moved,
+            with_peer(
+                KernelState::from_routes([route("10.244.5.0/24", "198.18.0.5", 2)]),
+                12,
+                3
+            )
+        );
+    }
+
+    /// A state from generated slots: the vxlan device (index 7) absent or in one of a few
+    /// variants, its address, and per slot a peer on it and a host-gw route (index 2).
+    fn device_state(
+        dev: Option<u8>,
+        addr_v: Option<u8>,
+        peers: &[bool],
+        routes: &[Option<u8>],
+    ) -> KernelState {
+        let mut s = KernelState::default();
+        if let Some(v) = dev {
+            let mut d = vxlan_dev(7);
+            match v {
+                0 => {}
+                1 => d.up = false,
+                2 => d.mtu = 1400,
+                _ => {
+                    if let DeviceKind::Vxlan(p) = &mut d.kind {
+                        p.port = 4789;
+                    }
+                }
+            }
+            s.add_device(d);
+            if let Some(a) = addr_v {
+                s.add_addr(addr("flannel.1", &format!("10.244.{a}.0/32")));
+            }
+            for (i, on) in peers.iter().enumerate() {
+                if *on {
+                    s = with_peer(s, 7, u8::try_from(i).expect("few") + 10);
+                }
+            }
+        }
+        for (i, v) in routes.iter().enumerate() {
+            if let Some(v) = v {
+                let i = u8::try_from(i).expect("few") + 100;
+                s.add_route(route(
+                    &format!("10.244.{i}.0/24"),
+                    &format!("198.18.0.{v}"),
+                    2,
+                ));
+            }
+        }
+        s
+    }
+
+    proptest::proptest! {
+        /// Whatever the kernel holds, the diff's writes reach the desired state, a device is
+        /// made (or replaced) before any entry on it is written, and a device is deleted only
+        /// after every entry write elsewhere (and none on it).
+        #[test]
+        fn device_ops_come_in_order_and_reach_desired(
+            want_dev in proptest::option::of(0u8..1),
+            want_addr in proptest::option::of(0u8..2),
+            want_peers in proptest::collection::vec(proptest::bool::ANY, 4),
+            want_routes in proptest::collection::vec(proptest::option::of(0u8..2), 3),
+            have_dev in proptest::option::of(0u8..4),
+            have_addr in proptest::option::of(0u8..3),
+            have_peers in proptest::collection::vec(proptest::bool::ANY, 4),
+            have_routes in proptest::collection::vec(proptest::option::of(0u8..2), 3),
+        ) {
+            let desired = device_state(want_dev, want_addr, &want_peers, &want_routes);
+            let current = device_state(have_dev, have_addr, &have_peers, &have_routes);
+            let ops = diff(&desired, &current);
+            let mut after = current.clone();
+            for op in &ops {
+                after.record(op);
+            }
+            proptest::prop_assert_eq!(&after, &desired);
+            proptest::prop_assert!(diff(&desired, &after).is_empty());
+            let on_dev = |op: &KernelOp| match op {
+                KernelOp::NeighReplace(n) | KernelOp::NeighDel(n) => n.ifindex == 7,
+                KernelOp::FdbReplace(e) | KernelOp::FdbDel(e) => e.ifindex == 7,
+                KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) => r.oif == 7,
+                _ => false,
+            };
+            let is_entry = |op: &KernelOp| !matches!(
+                op,
+                KernelOp::LinkAdd(_) | KernelOp::LinkSet(_) | KernelOp::LinkDel(_)
+                    | KernelOp::AddrAdd(_) | KernelOp::AddrDel(_)
+            );
+            let first_entry_on_dev = ops.iter().position(on_dev);
+            if let Some(add) = ops.iter().position(|op| matches!(op, KernelOp::LinkAdd(_))) {
+                proptest::prop_assert!(first_entry_on_dev.is_none_or(|e| e > add));
+            }
+            if want_dev.is_none() {
+                if let Some(del) = ops.iter().position(|op| matches!(op, KernelOp::LinkDel(_))) {
+                    proptest::prop_assert_eq!(del, ops.len() - 1, "{:?}", ops);
+                    proptest::prop_assert!(ops.iter().all(|op| !on_dev(op)), "{:?}", ops);
+                    proptest::prop_assert!(ops[..del].iter().all(is_entry));
+                }
+            }
+        }
     }
 }

@@ -1,9 +1,19 @@
 //! The reconciler: the only stateful writer of kernel objects.
 //!
-//! It keeps a cache of the kernel objects weft owns (routes with protocol 87 in table main),
-//! diffs the desired state against that cache ([`plan::diff`]) and executes only the difference.
-//! The cache is filled by [`Reconciler::refresh`] (a dump), updated by every successful write,
-//! and corrected by kernel notifications through [`Reconciler::observe`].
+//! It keeps a cache of the kernel objects weft owns (its devices — every link with a weft device
+//! name, [`crate::device::is_device_name`] — with their IPv4 addresses and permanent ARP/FDB
+//! entries, and the routes with protocol 87 in table main), diffs the desired state against that
+//! cache ([`plan::diff`]) and executes only the difference. The cache is filled by
+//! [`Reconciler::refresh`] (a dump), updated by every successful write, and corrected by kernel
+//! notifications through [`Reconciler::observe`]: a device deleted, set down, changed or
+//! stripped of its address out of band is repaired by the next apply like a deleted route.
+//!
+//! **Devices first.** An apply runs the device part of the diff ([`plan::diff_devices`]) first.
+//! A device made anew gets an ifindex the backend could not know when it planned: the entries
+//! planned on the device's [`Device::index`](crate::device::Device::index) are moved to the real
+//! index before the entry part runs ([`Reconciler::device_index`] tells the planner, for its next
+//! plan). Entries on a wanted device that could not be made are not tried; they are reported as
+//! failed, so the caller's retry comes back to them.
 //!
 //! Usage by the daemon's control task:
 //! ```text
@@ -39,14 +49,14 @@
 //! [`Reconciler::refresh`] themselves. The kernel refuses new nexthops on a link without
 //! carrier but keeps plain routes there (`linkdown`): a route for such a link is written plain
 //! and moved onto a nexthop once the carrier is back.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use tracing::{debug, info, warn};
 
 use crate::nhtable::NexthopTable;
 use crate::nl::{self, Hop, KernelEvent, Netlink, Nexthop, RouteEvent};
-use crate::plan::{self, KernelOp, KernelState};
+use crate::plan::{self, Addr, KernelOp, KernelState};
 use crate::{BackendError, RTPROT_WEFT, Route};
 
 const ENETDOWN: i32 = 100;
@@ -63,8 +73,6 @@ pub struct Reconciler {
     needs_refresh: bool,
     /// Interface names by index, for log lines that read like `ip` commands.
     names: HashMap<u32, String>,
-    /// weft's devices (`flannel.<VNI>`): their permanent ARP and FDB entries are weft's.
-    devices: BTreeSet<u32>,
     /// Write routes on nexthop objects where the kernel has them (`--route-nexthops`).
     want_nexthops: bool,
     /// Whether the kernel has nexthop objects: None until the first dump.
@@ -119,7 +127,6 @@ impl Reconciler {
             last_desired: KernelState::default(),
             needs_refresh: true,
             names: HashMap::new(),
-            devices: BTreeSet::new(),
             want_nexthops: true,
             nexthops_supported: None,
             nh: NexthopTable::default(),
@@ -146,30 +153,24 @@ impl Reconciler {
         self.want_nexthops && self.nexthops_supported == Some(true)
     }
 
-    /// Declares `ifindex` a weft device (vxlan's `flannel.<VNI>`): its permanent IPv4 neighbours
-    /// and its `self permanent` FDB entries with a `dst` become weft's, so stale ones are purged.
-    /// Devices used by a desired ARP/FDB entry are adopted by [`apply`](Self::apply) anyway; call
-    /// this at start so a purge happens even when no peer is known yet. Sets
-    /// [`needs_refresh`](Self::needs_refresh).
-    pub fn own_device(&mut self, ifindex: u32) {
-        if self.devices.insert(ifindex) {
-            self.needs_refresh = true;
-        }
+    /// The ifindex of weft's device `name` as far as the reconciler knows (after an apply: the
+    /// device it made or found). Planners take it for their next plan.
+    pub fn device_index(&self, name: &str) -> Option<u32> {
+        self.cache.devices.get(name).map(|d| d.index)
     }
 
-    /// Stops treating `ifindex` as a weft device (it was deleted or recreated under a new index):
-    /// its entries leave the cache without kernel writes.
-    pub fn disown_device(&mut self, ifindex: u32) {
-        self.devices.remove(&ifindex);
-        self.cache.neighs.retain(|(i, _), _| *i != ifindex);
-        self.cache.fdb.retain(|(i, _), _| *i != ifindex);
+    /// Whether `index` is one of weft's devices (its permanent ARP/FDB entries are weft's).
+    fn owns_index(&self, index: u32) -> bool {
+        self.cache.devices.values().any(|d| d.index == index)
     }
 
-    /// Re-reads the objects weft owns from the kernel into the cache (`ip nexthop show`, `ip
-    /// route show table main proto 87`, and for weft's devices `ip neigh`/`bridge fdb`). Use at
-    /// start, on an audit timer, and after link events. A route on a nexthop is read through the
-    /// nexthop dump (not through `net.ipv4.nexthop_compat_mode`).
+    /// Re-reads the objects weft owns from the kernel into the cache (`ip -d addr show` for
+    /// weft's devices and their IPv4 addresses, `ip nexthop show`, `ip route show table main
+    /// proto 87`, and for weft's devices `ip neigh`/`bridge fdb`). Use at start, on an audit
+    /// timer, and after link events. A route on a nexthop is read through the nexthop dump (not
+    /// through `net.ipv4.nexthop_compat_mode`).
     pub async fn refresh(&mut self) -> Result<(), BackendError> {
+        let links = self.nl.links().await?;
         let nexthops = match self.nl.dump_nexthops().await {
             Ok(n) => {
                 self.nexthops_supported = Some(true);
@@ -221,26 +222,34 @@ impl Reconciler {
             table.set_route(route.dst, ev.nhid);
             state.routes.insert(route.dst, route);
         }
-        for &dev in &self.devices {
-            for n in self.nl.dump_permanent_neighs(dev).await? {
+        for link in &links {
+            let Some(dev) = &link.device else { continue };
+            for a in &link.addrs {
+                if let std::net::IpAddr::V4(ip) = a.addr {
+                    if let Ok(addr) = ipnet::Ipv4Net::new(ip, a.prefix_len) {
+                        state.add_addr(Addr {
+                            dev: dev.name.clone(),
+                            addr,
+                        });
+                    }
+                }
+            }
+            for n in self.nl.dump_permanent_neighs(dev.index).await? {
                 state.add_neigh(n);
             }
-            for e in self.nl.dump_fdb(dev).await? {
+            for e in self.nl.dump_fdb(dev.index).await? {
                 state.add_fdb(e);
             }
+            state.add_device(dev.clone());
         }
-        match self.nl.links().await {
-            Ok(links) => {
-                self.links_down = links
-                    .iter()
-                    .filter(|l| !(l.up && l.carrier))
-                    .map(|l| l.index)
-                    .collect();
-                self.names = links.into_iter().map(|l| (l.index, l.name)).collect();
-            }
-            Err(e) => debug!(error = %e, "could not read link names for logging"),
-        }
+        self.links_down = links
+            .iter()
+            .filter(|l| !(l.up && l.carrier))
+            .map(|l| l.index)
+            .collect();
+        self.names = links.into_iter().map(|l| (l.index, l.name)).collect();
         debug!(
+            devices = state.devices.len(),
             routes = state.routes.len(),
             nexthops = table.len(),
             "read weft's routes from the kernel"
@@ -264,25 +273,40 @@ impl Reconciler {
     /// every peer's entries per lease change).
     pub async fn apply_owned(&mut self, desired: KernelState) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let used = desired.neighs.keys().map(|(i, _)| *i);
-        let used: BTreeSet<u32> = used.chain(desired.fdb.keys().map(|(i, _)| *i)).collect();
-        for dev in used {
-            self.own_device(dev);
-        }
         self.last_desired = desired;
         // A second pass only when a write found the cache wrong (a nexthop the kernel dropped
         // without telling): dump, and diff again.
         for _ in 0..2 {
             if self.needs_refresh {
                 if let Err(e) = self.refresh().await {
-                    warn!(error = %e, "could not re-read weft's routes; diffing against the cached state");
+                    warn!(error = %e, "could not re-read weft's kernel state; diffing against the cached state");
                     report.refresh_error = Some(e);
                 }
             }
-            let mut ops = plan::diff(&self.last_desired, &self.cache);
-            ops.extend(self.conversions());
-            for op in ops {
+            for op in plan::diff_devices(&self.last_desired, &self.cache) {
                 self.execute(op, &mut report).await;
+            }
+            self.bind_devices();
+            let missing = self.missing_devices();
+            let mut ops = plan::diff_entries(&self.last_desired, &self.cache);
+            ops.extend(self.conversions());
+            let mut waiting: BTreeMap<u32, usize> = BTreeMap::new();
+            for op in ops {
+                match op_index(&op).filter(|i| missing.contains_key(i)) {
+                    Some(index) => {
+                        *waiting.entry(index).or_default() += 1;
+                        let name = &missing[&index];
+                        let e = BackendError::Unsupported(format!("{name} does not exist"));
+                        report.failures.push((op, e));
+                    }
+                    None => self.execute(op, &mut report).await,
+                }
+            }
+            for (index, n) in waiting {
+                warn!(
+                    "{n} writes wait for the device {}; will retry",
+                    missing[&index]
+                );
             }
             if !self.needs_refresh {
                 break;
@@ -290,6 +314,59 @@ impl Reconciler {
         }
         self.drop_unused_nexthops(&mut report).await;
         report
+    }
+
+    /// Moves the desired entries planned on a device's planned index to the index the device
+    /// has in the kernel (a device made anew, or found under another index).
+    fn bind_devices(&mut self) {
+        let moves: Vec<(String, u32, u32)> = self
+            .last_desired
+            .devices
+            .iter()
+            .filter_map(|(name, want)| {
+                let real = self.cache.devices.get(name)?.index;
+                (real != want.index).then(|| (name.clone(), want.index, real))
+            })
+            .collect();
+        for (name, from, to) in moves {
+            // Two devices planned on one index (both unknown): which entries are whose is not
+            // known; they wait for the planner's next plan.
+            let shared = self
+                .last_desired
+                .devices
+                .values()
+                .filter(|d| d.index == from)
+                .count()
+                > 1;
+            if !shared {
+                debug!(device = %name, from, to, "entries planned on another index of the device");
+                self.last_desired.move_entries(from, to);
+            }
+            if let Some(d) = self.last_desired.devices.get_mut(&name) {
+                d.index = to;
+            }
+        }
+    }
+
+    /// The wanted devices the kernel lacks (their planned index → name).
+    fn missing_devices(&self) -> BTreeMap<u32, String> {
+        self.last_desired
+            .devices
+            .values()
+            .filter(|d| !self.cache.devices.contains_key(&d.name))
+            .map(|d| (d.index, d.name.clone()))
+            .collect()
+    }
+
+    /// True when every wanted device is in the kernel as wanted, with its addresses, and on the
+    /// planned index.
+    fn devices_in_sync(&self) -> bool {
+        plan::diff_devices(&self.last_desired, &self.cache).is_empty()
+            && self
+                .last_desired
+                .devices
+                .values()
+                .all(|d| self.cache.devices.get(&d.name).map(|c| c.index) == Some(d.index))
     }
 
     /// The incremental [`apply`](Self::apply) for a lease change: the desired state becomes the
@@ -306,12 +383,6 @@ impl Reconciler {
         let mut desired = std::mem::take(&mut self.last_desired);
         desired.remove_keys(removed);
         let mut touched = removed.clone();
-        let devices = added.neighs.keys().map(|(i, _)| *i);
-        let devices: BTreeSet<u32> = devices.chain(added.fdb.keys().map(|(i, _)| *i)).collect();
-        for dev in devices {
-            // A device not yet weft's needs a dump first (its stale entries): a full apply below.
-            self.own_device(dev);
-        }
         for (dst, r) in &added.routes {
             desired.routes.insert(*dst, r.clone());
             touched.routes.insert(*dst, r.clone());
@@ -324,7 +395,7 @@ impl Reconciler {
             desired.fdb.insert(key, e.clone());
             touched.fdb.insert(key, e);
         }
-        if self.needs_refresh {
+        if self.needs_refresh || !self.devices_in_sync() {
             return self.apply_owned(desired).await;
         }
         let ops = plan::diff_at(&desired, &self.cache, &touched);
@@ -373,6 +444,31 @@ impl Reconciler {
     /// [`drop_unused_nexthops`](Self::drop_unused_nexthops), to be called after the routes.
     pub async fn execute(&mut self, op: KernelOp, report: &mut ApplyReport) {
         let result = match &op {
+            KernelOp::LinkAdd(d) => self.add_device(d).await,
+            KernelOp::LinkSet(d) => self.nl.device_set(d).await,
+            KernelOp::LinkDel(d) => {
+                let done = self.nl.link_del(d.index).await;
+                if done.is_ok() {
+                    self.forget_link(d.index);
+                }
+                done
+            }
+            KernelOp::AddrAdd(a) | KernelOp::AddrDel(a) => match self.device_index(&a.dev) {
+                None => Err(BackendError::Unsupported(format!(
+                    "{} does not exist",
+                    a.dev
+                ))),
+                Some(index) if matches!(op, KernelOp::AddrAdd(_)) => {
+                    self.nl
+                        .addr_replace(index, a.addr.addr(), a.addr.prefix_len())
+                        .await
+                }
+                Some(index) => {
+                    self.nl
+                        .addr_del(index, a.addr.addr(), a.addr.prefix_len())
+                        .await
+                }
+            },
             KernelOp::RouteReplace(r) => self.replace_route(r, report).await,
             KernelOp::RouteDel(r) => self.delete_route(r).await,
             KernelOp::NeighReplace(n) => self.nl.neigh_replace(n).await,
@@ -386,7 +482,10 @@ impl Reconciler {
                     info!("{}", op.command(|i| self.names.get(&i).cloned()));
                 }
                 report.writes += 1;
-                self.cache.record(&op);
+                if !matches!(op, KernelOp::LinkAdd(_)) {
+                    // A new device is recorded as the kernel made it (by `add_device`).
+                    self.cache.record(&op);
+                }
                 if let KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) = &op {
                     self.update_misfit(r.dst);
                 }
@@ -397,6 +496,43 @@ impl Reconciler {
                 report.failures.push((op, e));
             }
         }
+    }
+
+    /// `ip link add <device>`, then reads it back (its ifindex, and the MAC the kernel chose
+    /// when none is wanted) into the cache.
+    async fn add_device(&mut self, d: &plan::Device) -> Result<(), BackendError> {
+        self.nl.device_add(d).await?;
+        let made = self.nl.device_by_name(&d.name).await?.ok_or_else(|| {
+            BackendError::Unsupported(format!("{} vanished right after creation", d.name))
+        })?;
+        self.names.insert(made.index, made.name.clone());
+        self.links_down.remove(&made.index);
+        self.cache.add_device(made);
+        Ok(())
+    }
+
+    /// The link at `index` is gone (weft deleted it): the nexthops through it went with it, and
+    /// the routes on them or through it, without notifications.
+    fn forget_link(&mut self, index: u32) {
+        for id in self.nh.ids_via(index) {
+            for dst in self.nh.removed(id, false) {
+                self.cache.routes.remove(&dst);
+                self.misfits.remove(&dst);
+            }
+        }
+        let gone: Vec<ipnet::Ipv4Net> = self
+            .cache
+            .routes
+            .values()
+            .filter(|r| r.oif == index)
+            .map(|r| r.dst)
+            .collect();
+        for dst in gone {
+            self.cache.routes.remove(&dst);
+            self.nh.set_route(dst, None);
+            self.misfits.remove(&dst);
+        }
+        self.links_down.remove(&index);
     }
 
     fn name(&self, index: u32) -> Option<&str> {
@@ -729,9 +865,11 @@ impl Reconciler {
                 name,
                 up,
                 carrier,
+                device,
             } => {
                 self.names.insert(*index, name.clone());
-                if *up && *carrier {
+                let device_changed = device.as_ref().is_some_and(|d| self.device_seen(d));
+                let entries = if *up && *carrier {
                     self.links_down.remove(index);
                     let d = &self.last_desired;
                     let c = &self.cache;
@@ -757,16 +895,50 @@ impl Reconciler {
                     } else {
                         self.forget_routes_via(*index)
                     }
-                }
+                };
+                device_changed || entries
             }
-            KernelEvent::LinkDeleted { index, .. } => {
+            KernelEvent::LinkDeleted { index, name } => {
                 self.names.remove(index);
                 self.links_down.remove(index);
-                self.forget_routes_via(*index)
+                let routes = self.forget_routes_via(*index);
+                let ours = self
+                    .cache
+                    .devices
+                    .get(name)
+                    .is_some_and(|d| d.index == *index);
+                if ours {
+                    debug!(device = %name, "weft's device was deleted");
+                    self.cache.forget_device(name, *index);
+                }
+                routes || (ours && self.last_desired.devices.contains_key(name))
             }
-            KernelEvent::AddressDeleted { index, .. } => self.forget_routes_via(*index),
+            KernelEvent::AddressAdded {
+                index,
+                addr,
+                prefix_len,
+            } => match self.owned_addr(*index, *addr, *prefix_len) {
+                Some(a) if !self.cache.addrs.contains(&a) => {
+                    let unwanted = !self.last_desired.addrs.contains(&a);
+                    self.cache.add_addr(a);
+                    unwanted
+                }
+                _ => false,
+            },
+            KernelEvent::AddressDeleted {
+                index,
+                addr,
+                prefix_len,
+            } => {
+                let routes = self.forget_routes_via(*index);
+                let wanted = match self.owned_addr(*index, *addr, *prefix_len) {
+                    Some(a) => self.cache.addrs.remove(&a) && self.last_desired.addrs.contains(&a),
+                    None => false,
+                };
+                routes || wanted
+            }
             KernelEvent::NeighAdded { neigh, permanent } => {
-                if !self.devices.contains(&neigh.ifindex) {
+                if !self.owns_index(neigh.ifindex) {
                     return false;
                 }
                 let key = (neigh.ifindex, neigh.ip);
@@ -795,7 +967,7 @@ impl Reconciler {
                 }
             }
             KernelEvent::FdbAdded { entry, owned_kind } => {
-                if !self.devices.contains(&entry.ifindex) {
+                if !self.owns_index(entry.ifindex) {
                     return false;
                 }
                 let key = (entry.ifindex, entry.mac);
@@ -826,6 +998,41 @@ impl Reconciler {
                 true
             }
         }
+    }
+
+    /// A notified weft-named link: updates the cached device. True when the kernel's device now
+    /// differs from the wanted one (or no one wants it): the next apply fixes or removes it.
+    fn device_seen(&mut self, dev: &plan::Device) -> bool {
+        match self.cache.devices.get(&dev.name) {
+            Some(cached) if cached == dev => return false,
+            Some(cached) if cached.index != dev.index => {
+                // Another link under the device's name: the old one is gone.
+                let old = cached.index;
+                self.forget_link(old);
+                self.cache.forget_device(&dev.name, old);
+            }
+            _ => {}
+        }
+        self.cache.add_device(dev.clone());
+        match self.last_desired.devices.get(&dev.name) {
+            Some(want) => {
+                let d = want.differences(dev);
+                if !d.is_empty() {
+                    debug!(device = %dev.name, differences = ?d.all(), "weft's device changed");
+                }
+                !d.is_empty() || want.index != dev.index
+            }
+            None => true,
+        }
+    }
+
+    /// The address as weft's when `index` is one of weft's devices.
+    fn owned_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Option<Addr> {
+        let dev = self.cache.device_at(index)?;
+        Some(Addr {
+            dev: dev.name.clone(),
+            addr: ipnet::Ipv4Net::new(addr, prefix_len).ok()?,
+        })
     }
 
     /// True when the cache may differ from the kernel (at start, after link/address events and
@@ -929,6 +1136,16 @@ impl Reconciler {
 }
 
 const MAIN: u8 = 254;
+
+/// The device an entry operation writes on (a route's output interface).
+fn op_index(op: &KernelOp) -> Option<u32> {
+    match op {
+        KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) => Some(r.oif),
+        KernelOp::NeighReplace(n) | KernelOp::NeighDel(n) => Some(n.ifindex),
+        KernelOp::FdbReplace(e) | KernelOp::FdbDel(e) => Some(e.ifindex),
+        _ => None,
+    }
+}
 
 /// A route with weft's protocol in table main.
 fn is_weft_route(ev: &RouteEvent) -> bool {
@@ -1070,12 +1287,14 @@ mod tests {
             name: format!("if{index}"),
             up: false,
             carrier: false,
+            device: None,
         };
         let up = |index| KernelEvent::LinkChanged {
             index,
             name: format!("if{index}"),
             up: true,
             carrier: true,
+            device: None,
         };
         assert!(!rec.observe(&down(7)));
         assert!(
@@ -1107,5 +1326,110 @@ mod tests {
         rec.needs_refresh = false;
         assert!(rec.observe(&KernelEvent::Overrun));
         assert!(rec.needs_refresh());
+    }
+
+    #[test]
+    fn observe_device_events() {
+        let dev = crate::device::test_vxlan("flannel.1", 7);
+        let addr = Addr {
+            dev: "flannel.1".into(),
+            addr: "10.244.1.0/32".parse().expect("addr"),
+        };
+        let onlink = Route {
+            onlink: true,
+            ..route("10.244.2.0/24", [10, 244, 2, 0], 7)
+        };
+        let (_rt, mut rec) = with_cache(std::slice::from_ref(&onlink));
+        rec.cache.add_device(dev.clone());
+        rec.cache.add_addr(addr.clone());
+        rec.last_desired = rec.cache.clone();
+        let changed = |d: &crate::device::Device| KernelEvent::LinkChanged {
+            index: d.index,
+            name: d.name.clone(),
+            up: d.up,
+            carrier: d.up,
+            device: Some(d.clone()),
+        };
+
+        // The echo of weft's own write: nothing to do.
+        assert!(!rec.observe(&changed(&dev)));
+        // MTU changed out of band: the cache follows, and the device is no longer as wanted.
+        let small = crate::device::Device {
+            mtu: 1400,
+            ..dev.clone()
+        };
+        assert!(rec.observe(&changed(&small)));
+        assert_eq!(rec.current().devices["flannel.1"].mtu, 1400);
+        assert_eq!(
+            plan::diff(&rec.last_desired, &rec.cache),
+            vec![KernelOp::LinkSet(dev.clone())]
+        );
+        assert!(
+            !rec.observe(&changed(&dev)),
+            "restored as wanted: nothing to do"
+        );
+
+        // Its address removed, then added back; an address no one wants appears.
+        let del = KernelEvent::AddressDeleted {
+            index: 7,
+            addr: Ipv4Addr::new(10, 244, 1, 0),
+            prefix_len: 32,
+        };
+        assert!(rec.observe(&del));
+        assert!(rec.current().addrs.is_empty());
+        let add = |a: [u8; 4], p| KernelEvent::AddressAdded {
+            index: 7,
+            addr: Ipv4Addr::from(a),
+            prefix_len: p,
+        };
+        assert!(
+            !rec.observe(&add([10, 244, 1, 0], 32)),
+            "the wanted address is back"
+        );
+        assert!(rec.observe(&add([10, 244, 9, 0], 24)));
+        // Addresses on links that are not weft's do not matter.
+        assert!(!rec.observe(&KernelEvent::AddressAdded {
+            index: 3,
+            addr: Ipv4Addr::new(198, 18, 0, 1),
+            prefix_len: 24
+        }));
+
+        // Set down: the routes through it went with it (no notification).
+        let down = crate::device::Device {
+            up: false,
+            ..dev.clone()
+        };
+        assert!(rec.observe(&changed(&down)));
+        assert!(rec.current().routes.is_empty());
+        assert!(rec.observe(&changed(&dev)));
+
+        // Deleted: the device and everything on it leave the cache; the diff makes it again.
+        rec.cache.add_route(onlink.clone());
+        assert!(rec.observe(&KernelEvent::LinkDeleted {
+            index: 7,
+            name: "flannel.1".into()
+        }));
+        assert!(rec.current().devices.is_empty());
+        assert!(rec.current().addrs.is_empty());
+        assert!(rec.current().routes.is_empty());
+        let ops = plan::diff(&rec.last_desired, &rec.cache);
+        assert_eq!(ops[0], KernelOp::LinkAdd(dev.clone()));
+        assert_eq!(ops[1], KernelOp::AddrAdd(addr.clone()));
+        assert_eq!(ops[2], KernelOp::RouteReplace(onlink.clone()));
+
+        // A weft-named link no one wants (a previous backend's): to be deleted.
+        let ipip = crate::device::Device {
+            name: "flannel.ipip".into(),
+            index: 8,
+            kind: crate::device::DeviceKind::IpIp {
+                local: Ipv4Addr::new(198, 18, 0, 1),
+                remote: None,
+            },
+            mtu: 1480,
+            mac: None,
+            up: true,
+        };
+        assert!(rec.observe(&changed(&ipip)));
+        assert!(plan::diff(&rec.last_desired, &rec.cache).contains(&KernelOp::LinkDel(ipip)));
     }
 }
