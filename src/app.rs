@@ -2,13 +2,18 @@
 //!
 //! ```text
 //! config ─► interface ─► backend.prepare ─► lease (CAS) ─► backend.configure
-//!        ─► LeaseTable (from the acquire list) ─► refresh + apply (stale purge) ─► subnet.env, ready
+//!        ─► LeaseTable (from the acquire list) ─► refresh + apply (devices, stale purge) ─► subnet.env, ready
 //!        ─► loop { etcd watch | netlink notifications | audit/retry timers | shutdown }
 //! ```
 //! One task owns the lease table, the backend and the reconciler; the etcd watch, the lease
 //! renewal, the netlink notifications and the health server feed it or run beside it. Shutdown is
 //! a `CancellationToken` passed in (SIGTERM/SIGINT in `main`, anything in tests). On shutdown the
 //! lease, subnet.env and every kernel object stay in place, so a restart loses no packet.
+//!
+//! The backends' devices and their addresses are part of the desired state: the reconciler
+//! makes them, and repairs them after a kernel event like any route (see `backends::reconcile`);
+//! the agent only reconciles when the reconciler says an event touched what weft owns, and
+//! retries failed writes on a timer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -171,11 +176,8 @@ async fn boot_from_cache(
     let mut backend = AnyBackend::from_conf(&conf.backend)?;
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
-    let mtu = backend.configure(nl, &ext, own.v4).await?;
+    let mtu = backend.configure(&ext, own.v4)?;
     let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
-    for index in backend.devices() {
-        reconciler.own_device(index);
-    }
     reconciler.refresh().await?;
     let peers: Vec<Peer> = cache
         .peers()
@@ -309,14 +311,9 @@ struct Agent {
     health: Health,
     /// Peers left out by the last plan, with the reason: logged when it changes, not per pass.
     skipped: BTreeMap<SubnetKey, String>,
-    /// True while a failed write, a lost device or a peer of our own type waits for a retry.
+    /// The last reconcile left failed writes (devices included) or a skipped peer of our own
+    /// type: the retry timer reconciles again.
     pending_retry: bool,
-    /// A backend device was deleted out of band and is not re-created yet.
-    device_lost: bool,
-    /// A backend device was set down or lost its address out of band.
-    device_changed: bool,
-    /// Notifications were lost (socket overrun): a device change may have gone unseen.
-    devices_in_doubt: bool,
     /// The config file's identity when the config comes from `--net-config-path`.
     config_file: Option<FileStamp>,
     /// The peer cache is behind the lease table.
@@ -364,37 +361,6 @@ fn write_peer_cache<'a>(
             started.elapsed()
         ),
         Err(e) => warn!("{e:#}"),
-    }
-}
-
-/// What a backend device looks like in a link dump.
-#[derive(Debug, PartialEq, Eq)]
-enum DeviceHealth {
-    Ok,
-    Missing,
-    Down(String),
-    /// Without the `<own subnet network>/32` address that vxlan and ipip devices carry.
-    NoAddress(String),
-}
-
-fn device_health(
-    links: &[backends::nl::LinkInfo],
-    index: u32,
-    own: ipnet::Ipv4Net,
-) -> DeviceHealth {
-    let addr = std::net::IpAddr::V4(own.network());
-    match links.iter().find(|l| l.index == index) {
-        None => DeviceHealth::Missing,
-        Some(link) if !link.up => DeviceHealth::Down(link.name.clone()),
-        Some(link)
-            if !link
-                .addrs
-                .iter()
-                .any(|a| a.addr == addr && a.prefix_len == 32) =>
-        {
-            DeviceHealth::NoAddress(link.name.clone())
-        }
-        Some(_) => DeviceHealth::Ok,
     }
 }
 
@@ -535,8 +501,9 @@ impl Agent {
                 }
             }
         };
-        let mtu = primary.configure(&nl, &ext, own.key.v4).await?;
-        remove_other_devices(&nl, &primary.devices()).await;
+        // The device and its address come with the initial sync below (as do the removal of
+        // devices a previous backend left, which no backend wants now).
+        let mtu = primary.configure(&ext, own.key.v4)?;
         let firewall = start_firewall(&opts, &conf, own.key.v4).await?;
 
         let mut table = LeaseTable::new(Some(own.key));
@@ -544,10 +511,7 @@ impl Agent {
         // The table holds the leases now; don't keep a second copy through the start.
         let revision = snapshot.revision;
         drop(snapshot);
-        let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
-        for index in primary.devices() {
-            reconciler.own_device(index);
-        }
+        let reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
         let mut agent = Agent {
             opts,
             conf,
@@ -565,9 +529,6 @@ impl Agent {
             health,
             skipped: BTreeMap::new(),
             pending_retry: false,
-            device_lost: false,
-            device_changed: false,
-            devices_in_doubt: false,
             config_file,
             cache_dirty: true,
             cache_writer: None,
@@ -807,14 +768,11 @@ impl Agent {
                 keep.push(legacy);
                 continue;
             }
-            let mut backend = legacy.backend;
-            info!("no peer uses {} any more: removing it", backend.type_name());
-            for index in backend.devices() {
-                self.reconciler.disown_device(index);
-            }
-            if let Err(e) = backend.teardown(&self.nl).await {
-                warn!("removing the {} backend: {e}", backend.type_name());
-            }
+            // Its devices leave the desired state: the apply below deletes them.
+            info!(
+                "no peer uses {} any more: removing it",
+                legacy.backend.type_name()
+            );
             retired = true;
         }
         self.legacy = keep;
@@ -856,8 +814,8 @@ impl Agent {
         let own_type = self.primary.type_name();
         // Failed writes are retried; so are peers of our own type that were skipped (an address
         // may be added to the interface). Peers of another backend type wait for a new lease.
-        self.pending_retry = self.device_lost
-            || !report.failures.is_empty()
+        self.bind_backends();
+        self.pending_retry = !report.failures.is_empty()
             || !report.nexthop_failures.is_empty()
             || skipped.keys().any(|key| {
                 self.table
@@ -998,17 +956,6 @@ impl Agent {
                     while let Some(Some(ev)) = kernel.next().now_or_never() {
                         dirty |= self.on_kernel_event(&ev);
                     }
-                    if std::mem::take(&mut self.devices_in_doubt) {
-                        self.check_devices("netlink notifications lost").await;
-                        dirty = true;
-                    }
-                    if self.device_lost {
-                        self.recreate_devices().await;
-                        dirty = true;
-                    } else if self.device_changed {
-                        self.reconfigure_devices().await;
-                        dirty = true;
-                    }
                     if dirty {
                         if self.reconciler.needs_refresh() {
                             if let Err(e) = self.reconciler.refresh().await {
@@ -1024,9 +971,6 @@ impl Agent {
                     self.audit("audit (SIGHUP)").await;
                 }
                 _ = retry.tick(), if self.pending_retry => {
-                    if self.device_lost {
-                        self.recreate_devices().await;
-                    }
                     self.refresh_interface().await;
                     self.reconcile("retry").await;
                 }
@@ -1064,7 +1008,6 @@ impl Agent {
     /// netlink notifications. A no-change audit makes zero writes (target P6).
     async fn audit(&mut self, why: &str) {
         let started = std::time::Instant::now();
-        self.check_devices(why).await;
         match self.reconciler.refresh().await {
             Ok(()) => {
                 self.reconcile(why).await;
@@ -1074,142 +1017,25 @@ impl Agent {
         }
     }
 
-    /// Reads the primary backend's devices (one link dump, no writes) and repairs what
-    /// notifications would have reported: a device gone, down, or without its `<subnet>.0/32`
-    /// address. The backstop for changes made while no notification could arrive (between the
-    /// initial sync and the subscription) or that were lost.
-    async fn check_devices(&mut self, why: &str) {
-        let devices = self.primary.devices();
-        if devices.is_empty() {
-            return;
-        }
-        let links = match self.nl.links().await {
-            Ok(links) => links,
-            Err(e) => {
-                warn!("{why}: reading the links failed: {e}");
-                return;
-            }
-        };
-        for index in devices {
-            match device_health(&links, index, self.own.key.v4) {
-                DeviceHealth::Missing => {
-                    warn!(
-                        "{why}: our device (index {index}) is gone; re-creating it with every peer entry"
-                    );
-                    self.reconciler.disown_device(index);
-                    self.device_lost = true;
-                }
-                DeviceHealth::Down(name) => {
-                    warn!("{why}: {name} is down; setting it up again");
-                    self.device_changed = true;
-                }
-                DeviceHealth::NoAddress(name) => {
-                    warn!(
-                        "{why}: {name} lacks its address {}/32; restoring it",
-                        self.own.key.v4.network()
-                    );
-                    self.device_changed = true;
-                }
-                DeviceHealth::Ok => {}
-            }
-        }
-        if self.device_lost {
-            self.recreate_devices().await;
-        } else if self.device_changed {
-            self.reconfigure_devices().await;
-        }
-    }
-
-    /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
+    /// Feeds one netlink notification to the reconciler; true when something weft owns (or
+    /// wants: a device, its address, a route, an ARP/FDB entry) changed.
     fn on_kernel_event(&mut self, ev: &KernelEvent) -> bool {
-        let ours = |index: &u32| self.primary.devices().contains(index);
-        match ev {
-            KernelEvent::LinkDeleted { index, name } if ours(index) => {
-                warn!("{name} was deleted by someone else; re-creating it with every peer entry");
-                self.reconciler.disown_device(*index);
-                self.device_lost = true;
-            }
-            KernelEvent::LinkChanged {
-                index,
-                name,
-                up: false,
-                ..
-            } if ours(index) => {
-                warn!("{name} was set down by someone else; setting it up again");
-                self.device_changed = true;
-            }
-            KernelEvent::AddressDeleted {
-                index,
-                addr,
-                prefix_len,
-            } if ours(index) => {
-                warn!(
-                    "{addr}/{prefix_len} was removed from our device by someone else; restoring it"
-                );
-                self.device_changed = true;
-            }
-            KernelEvent::Overrun => {
-                warn!(
-                    "netlink notifications were lost (socket overrun); re-reading the devices and weft's entries"
-                );
-                self.devices_in_doubt = true;
-            }
-            _ => {}
+        if matches!(ev, KernelEvent::Overrun) {
+            warn!(
+                "netlink notifications were lost (socket overrun); re-reading the devices and weft's entries"
+            );
         }
         self.reconciler.observe(ev)
     }
 
-    /// Re-applies the primary backend's device configuration (address, up, MAC check) after an
-    /// out-of-band change; a device that can't be configured as it is gets re-created.
-    async fn reconfigure_devices(&mut self) {
-        self.device_changed = false;
-        match self
-            .primary
-            .configure(&self.nl, &self.ext, self.own.key.v4)
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => {
-                warn!("the device no longer matches our lease ({e}); re-creating it");
-                for index in self.primary.devices() {
-                    self.reconciler.disown_device(index);
-                }
-                self.device_lost = true;
-                self.recreate_devices().await;
-            }
-        }
-    }
-
-    /// Re-creates the primary backend's devices (same MAC, same address) after an out-of-band
-    /// delete; the next reconcile re-adds every peer's entries on the new device.
-    async fn recreate_devices(&mut self) {
-        let attrs = match self.primary.prepare(&self.nl, &self.ext).await {
-            Ok(attrs) => attrs,
-            Err(e) => {
-                error!(
-                    "re-creating the backend device failed: {e}; retrying in {RETRY_INTERVAL:?}"
-                );
-                self.pending_retry = true;
-                return;
-            }
-        };
-        if let Err(e) = self
-            .primary
-            .configure(&self.nl, &self.ext, self.own.key.v4)
-            .await
-        {
-            error!("configuring the re-created device failed: {e}; retrying in {RETRY_INTERVAL:?}");
-            self.pending_retry = true;
-            return;
-        }
-        for index in self.primary.devices() {
-            self.reconciler.own_device(index);
-        }
-        self.device_lost = false;
-        if attrs != self.attrs {
-            // Not expected: the device keeps its MAC. Peers need the new lease value.
-            warn!("the re-created device changed our lease attributes; re-publishing");
-            self.republish(attrs).await;
+    /// Gives the backends the ifindexes of their devices as the reconciler knows them (a device
+    /// made anew has a new one), so their next plans use them.
+    fn bind_backends(&mut self) {
+        let rec = &self.reconciler;
+        let index_of = |name: &str| rec.device_index(name);
+        self.primary.bind(&index_of);
+        for legacy in &mut self.legacy {
+            legacy.backend.bind(&index_of);
         }
     }
 
@@ -1423,21 +1249,9 @@ impl Agent {
         let mut next = match self.legacy.iter().position(|l| l.conf == new.backend) {
             Some(i) => self.legacy.remove(i).backend,
             None => {
-                // A held backend of the same type would share the device name: retire it.
-                let mut i = 0;
-                while i < self.legacy.len() {
-                    if self.legacy[i].backend.type_name() == to {
-                        let mut old = self.legacy.remove(i).backend;
-                        for index in old.devices() {
-                            self.reconciler.disown_device(index);
-                        }
-                        if let Err(e) = old.teardown(&self.nl).await {
-                            warn!("removing the old {to} backend: {e}");
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
+                // A held backend of the same type would share the device name: retire it (its
+                // device leaves the desired state, or is replaced by the new one's).
+                self.legacy.retain(|l| l.backend.type_name() != to);
                 match AnyBackend::from_conf(&new.backend) {
                     Ok(b) => b,
                     Err(e) => {
@@ -1455,28 +1269,18 @@ impl Agent {
                 return false;
             }
         };
-        let mtu = match next.configure(&self.nl, &self.ext, self.own.key.v4).await {
+        let mtu = match next.configure(&self.ext, self.own.key.v4) {
             Ok(mtu) => mtu,
             Err(e) => {
                 warn!("cannot configure the {to} backend: {e}; staying on {from}");
-                if let Err(e) = next.teardown(&self.nl).await {
-                    warn!("removing the half-made {to} backend: {e}");
-                }
                 return false;
             }
         };
-        for index in next.devices() {
-            self.reconciler.own_device(index);
-        }
         let old = std::mem::replace(&mut self.primary, next);
         let old_conf = std::mem::replace(&mut self.conf, new).backend;
         if old.type_name() == to {
-            // Same type, other options: the device was reused or re-created by `prepare`.
-            for index in old.devices() {
-                if !self.primary.devices().contains(&index) {
-                    self.reconciler.disown_device(index);
-                }
-            }
+            // Same type, other options: the old backend's device leaves the desired state (or
+            // is replaced by the new one of the same name) with the next reconcile.
         } else {
             self.legacy.push(Legacy {
                 conf: old_conf,
@@ -1544,11 +1348,8 @@ impl Agent {
         if let Err(e) = self.firewall.apply().await {
             error!("{} rules for {}: {e:#}", self.firewall.mode(), self.own.key);
         }
-        match self
-            .primary
-            .configure(&self.nl, &self.ext, self.own.key.v4)
-            .await
-        {
+        // The device's address follows with the next reconcile.
+        match self.primary.configure(&self.ext, self.own.key.v4) {
             Ok(mtu) => {
                 if let Err(e) = self.write_subnet_env(mtu) {
                     error!("{e:#}");
@@ -1656,83 +1457,9 @@ async fn recv_or_pending(sig: Option<&mut tokio::signal::unix::Signal>) -> Optio
     }
 }
 
-/// Devices weft's backends make (`flannel.<VNI>`, `flannel-v6.<VNI>`, `flannel.ipip`).
-fn is_backend_device(name: &str) -> bool {
-    name.starts_with("flannel.") || name.starts_with("flannel-v6.")
-}
-
-/// Removes the devices a previous backend left (the config changed while weft was down), with
-/// their routes, ARP and FDB entries; `keep` are the current backend's.
-async fn remove_other_devices(nl: &Netlink, keep: &[u32]) {
-    let links = match nl.links().await {
-        Ok(links) => links,
-        Err(e) => {
-            warn!("listing devices to remove a previous backend's: {e}");
-            return;
-        }
-    };
-    for link in links {
-        if is_backend_device(&link.name) && !keep.contains(&link.index) {
-            match nl.link_del(link.index).await {
-                Ok(()) => info!("ip link del {} (left by a previous backend)", link.name),
-                Err(e) => warn!("removing {} left by a previous backend: {e}", link.name),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use backends::nl::{AddrInfo, LinkInfo};
-
     use super::*;
-
-    fn link(index: u32, up: bool, addrs: &[(&str, u8)]) -> LinkInfo {
-        LinkInfo {
-            index,
-            name: format!("flannel.{index}"),
-            mtu: 1450,
-            up,
-            carrier: up,
-            addrs: addrs
-                .iter()
-                .map(|(a, p)| AddrInfo {
-                    addr: a.parse().expect("addr"),
-                    prefix_len: *p,
-                    permanent: true,
-                    deprecated: false,
-                    temporary: false,
-                    scope_global: true,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn device_health_reads_the_link_dump() {
-        let own: ipnet::Ipv4Net = "10.244.7.0/24".parse().expect("net");
-        let links = [
-            link(1, true, &[("127.0.0.1", 8)]),
-            link(5, true, &[("10.244.7.0", 32)]),
-            link(6, false, &[("10.244.7.0", 32)]),
-            link(7, true, &[("10.244.7.0", 24)]),
-            link(8, true, &[]),
-        ];
-        assert_eq!(device_health(&links, 5, own), DeviceHealth::Ok);
-        assert_eq!(device_health(&links, 9, own), DeviceHealth::Missing);
-        assert_eq!(
-            device_health(&links, 6, own),
-            DeviceHealth::Down("flannel.6".into())
-        );
-        assert_eq!(
-            device_health(&links, 7, own),
-            DeviceHealth::NoAddress("flannel.7".into())
-        );
-        assert_eq!(
-            device_health(&links, 8, own),
-            DeviceHealth::NoAddress("flannel.8".into())
-        );
-    }
 
     #[test]
     fn a_burst_is_incremental_only_while_every_event_is_a_peer_change() {

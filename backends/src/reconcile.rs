@@ -73,6 +73,8 @@ pub struct Reconciler {
     needs_refresh: bool,
     /// Interface names by index, for log lines that read like `ip` commands.
     names: HashMap<u32, String>,
+    /// weft devices a notification showed other than cached: re-read before the next diff.
+    stale_devices: BTreeSet<String>,
     /// Write routes on nexthop objects where the kernel has them (`--route-nexthops`).
     want_nexthops: bool,
     /// Whether the kernel has nexthop objects: None until the first dump.
@@ -127,6 +129,7 @@ impl Reconciler {
             last_desired: KernelState::default(),
             needs_refresh: true,
             names: HashMap::new(),
+            stale_devices: BTreeSet::new(),
             want_nexthops: true,
             nexthops_supported: None,
             nh: NexthopTable::default(),
@@ -256,6 +259,7 @@ impl Reconciler {
         );
         self.nh = table;
         self.cache = state;
+        self.stale_devices.clear();
         self.recompute_misfits();
         self.needs_refresh = false;
         Ok(())
@@ -280,6 +284,11 @@ impl Reconciler {
             if self.needs_refresh {
                 if let Err(e) = self.refresh().await {
                     warn!(error = %e, "could not re-read weft's kernel state; diffing against the cached state");
+                    report.refresh_error = Some(e);
+                }
+            } else if !self.stale_devices.is_empty() {
+                if let Err(e) = self.reread_devices().await {
+                    warn!(error = %e, "could not re-read weft's devices; diffing against the cached state");
                     report.refresh_error = Some(e);
                 }
             }
@@ -395,7 +404,7 @@ impl Reconciler {
             desired.fdb.insert(key, e.clone());
             touched.fdb.insert(key, e);
         }
-        if self.needs_refresh || !self.devices_in_sync() {
+        if self.needs_refresh || !self.stale_devices.is_empty() || !self.devices_in_sync() {
             return self.apply_owned(desired).await;
         }
         let ops = plan::diff_at(&desired, &self.cache, &touched);
@@ -907,11 +916,16 @@ impl Reconciler {
                     .devices
                     .get(name)
                     .is_some_and(|d| d.index == *index);
+                let wanted = ours && self.last_desired.devices.contains_key(name);
                 if ours {
-                    debug!(device = %name, "weft's device was deleted");
                     self.cache.forget_device(name, *index);
                 }
-                routes || (ours && self.last_desired.devices.contains_key(name))
+                if wanted {
+                    warn!(
+                        "{name} was deleted by someone else; re-creating it with every entry on it"
+                    );
+                }
+                routes || wanted
             }
             KernelEvent::AddressAdded {
                 index,
@@ -932,8 +946,13 @@ impl Reconciler {
             } => {
                 let routes = self.forget_routes_via(*index);
                 let wanted = match self.owned_addr(*index, *addr, *prefix_len) {
-                    Some(a) => self.cache.addrs.remove(&a) && self.last_desired.addrs.contains(&a),
-                    None => false,
+                    Some(a)
+                        if self.cache.addrs.remove(&a) && self.last_desired.addrs.contains(&a) =>
+                    {
+                        warn!("ip addr: {a} was removed by someone else; restoring it");
+                        true
+                    }
+                    _ => false,
                 };
                 routes || wanted
             }
@@ -1000,30 +1019,54 @@ impl Reconciler {
         }
     }
 
-    /// A notified weft-named link: updates the cached device. True when the kernel's device now
-    /// differs from the wanted one (or no one wants it): the next apply fixes or removes it.
+    /// A notified weft-named link. A notification can be a late echo of weft's own writes (a
+    /// new device is announced down, then up), so it is not taken as the device's state: a
+    /// device that looks other than cached is re-read before the next diff. True when it does.
     fn device_seen(&mut self, dev: &plan::Device) -> bool {
-        match self.cache.devices.get(&dev.name) {
-            Some(cached) if cached == dev => return false,
-            Some(cached) if cached.index != dev.index => {
-                // Another link under the device's name: the old one is gone.
-                let old = cached.index;
-                self.forget_link(old);
-                self.cache.forget_device(&dev.name, old);
-            }
-            _ => {}
+        if self.cache.devices.get(&dev.name) == Some(dev) {
+            return false;
         }
-        self.cache.add_device(dev.clone());
-        match self.last_desired.devices.get(&dev.name) {
-            Some(want) => {
-                let d = want.differences(dev);
-                if !d.is_empty() {
-                    debug!(device = %dev.name, differences = ?d.all(), "weft's device changed");
+        self.stale_devices.insert(dev.name.clone());
+        true
+    }
+
+    /// Re-reads the devices notifications showed changed (`ip -d link show <name>`) into the
+    /// cache, and says how each differs from the wanted one.
+    async fn reread_devices(&mut self) -> Result<(), BackendError> {
+        for name in std::mem::take(&mut self.stale_devices) {
+            let now = match self.nl.device_by_name(&name).await {
+                Ok(now) => now,
+                Err(e) => {
+                    self.stale_devices.insert(name);
+                    return Err(e);
                 }
-                !d.is_empty() || want.index != dev.index
+            };
+            if let Some(old) = self.cache.devices.get(&name).map(|d| d.index) {
+                if now.as_ref().map(|d| d.index) != Some(old) {
+                    self.forget_link(old);
+                    self.cache.forget_device(&name, old);
+                }
             }
-            None => true,
+            let Some(now) = now else { continue };
+            match self.last_desired.devices.get(&name) {
+                Some(want) => {
+                    let d = want.differences(&now);
+                    if !d.is_empty() {
+                        warn!(
+                            "{name} was changed by someone else: {}; repairing it",
+                            d.all().join(", ")
+                        );
+                    }
+                }
+                None => debug!(device = %name, "a device with a weft name that no backend wants"),
+            }
+            if !now.up {
+                self.links_down.insert(now.index);
+            }
+            self.names.insert(now.index, name);
+            self.cache.add_device(now);
         }
+        Ok(())
     }
 
     /// The address as weft's when `index` is one of weft's devices.
@@ -1353,21 +1396,23 @@ mod tests {
 
         // The echo of weft's own write: nothing to do.
         assert!(!rec.observe(&changed(&dev)));
-        // MTU changed out of band: the cache follows, and the device is no longer as wanted.
+        // MTU changed out of band: the device is re-read before the next diff (a notification
+        // may be a late echo), which then sets it back.
         let small = crate::device::Device {
             mtu: 1400,
             ..dev.clone()
         };
         assert!(rec.observe(&changed(&small)));
-        assert_eq!(rec.current().devices["flannel.1"].mtu, 1400);
+        assert!(rec.stale_devices.contains("flannel.1"));
+        rec.stale_devices.clear();
+        rec.cache.add_device(small.clone()); // what the re-read finds
         assert_eq!(
             plan::diff(&rec.last_desired, &rec.cache),
             vec![KernelOp::LinkSet(dev.clone())]
         );
-        assert!(
-            !rec.observe(&changed(&dev)),
-            "restored as wanted: nothing to do"
-        );
+        rec.cache.add_device(dev.clone());
+        assert!(!rec.observe(&changed(&dev)), "as cached: nothing to do");
+        assert!(rec.stale_devices.is_empty());
 
         // Its address removed, then added back; an address no one wants appears.
         let del = KernelEvent::AddressDeleted {
@@ -1401,7 +1446,11 @@ mod tests {
         };
         assert!(rec.observe(&changed(&down)));
         assert!(rec.current().routes.is_empty());
-        assert!(rec.observe(&changed(&dev)));
+        assert!(
+            rec.observe(&changed(&dev)),
+            "up again with a wanted route missing"
+        );
+        rec.stale_devices.clear();
 
         // Deleted: the device and everything on it leave the cache; the diff makes it again.
         rec.cache.add_route(onlink.clone());
@@ -1430,6 +1479,8 @@ mod tests {
             up: true,
         };
         assert!(rec.observe(&changed(&ipip)));
+        assert!(rec.stale_devices.contains("flannel.ipip"));
+        rec.cache.add_device(ipip.clone()); // what the re-read finds
         assert!(plan::diff(&rec.last_desired, &rec.cache).contains(&KernelOp::LinkDel(ipip)));
     }
 }
