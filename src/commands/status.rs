@@ -4,8 +4,8 @@
 //!
 //! It takes the agent's flags (and `FLANNELD_*` variables) to find etcd, the config and the
 //! external interface, then computes the required kernel state with the agent's own code:
-//! interface selection ([`crate::iface::select_interface`]), the peer set
-//! ([`crate::lease_table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
+//! interface selection ([`crate::agent::iface::select_interface`]), the peer set
+//! ([`crate::lease::table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
 //! read-only dump ([`Reconciler::refresh`]) and [`plan::diff`]. The backend's device
 //! (`flannel.<VNI>`, `flannel.ipip`) is planned as the agent plans it, with the VTEP MAC of the
 //! node's lease and on the ifindex of the kernel's device of that name, but without
@@ -72,8 +72,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{self, Command, Options};
-use crate::lease_table::LeaseTable;
-use crate::registry::{LeaseEntry, Registry, Snapshot};
+use crate::lease::etcd::registry::{LeaseEntry, Registry, Snapshot};
+use crate::lease::table::LeaseTable;
 
 /// Version of the `--json` schema (see the module documentation).
 pub const SCHEMA: u32 = 1;
@@ -688,7 +688,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .map_err(|e| anyhow!("network config: {e}"))?
         .conf;
     let options = backend_options(&text);
-    let ext = crate::iface::select_interface(&nl, opts).await?;
+    let ext = crate::agent::iface::select_interface(&nl, opts).await?;
     let snapshot = registry.list_leases().await.context("list the leases")?;
     let mut ttls: BTreeMap<i64, Option<i64>> = BTreeMap::new();
     for e in &snapshot.leases {
@@ -700,7 +700,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
             ttls.insert(e.lease_id, ttl.map(|(remaining, _)| remaining));
         }
     }
-    let previous = crate::subnet_file::read_previous(&opts.subnet_file)
+    let previous = crate::agent::subnet_file::read_previous(&opts.subnet_file)
         .as_deref()
         .and_then(net_conf::subnet_env::previous_subnet);
     let own = find_own(&snapshot, ext.ext_addr, previous).cloned();

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the agent, served as `GET /metrics` on the health port
-//! ([`crate::health::serve`]) in the Prometheus text format, version 0.0.4.
+//! ([`crate::agent::http::serve`]) in the Prometheus text format, version 0.0.4.
 //!
 //! [`Metrics`] is a cheap handle (an `Arc` of atomics): the control loop and the tasks beside it
 //! update it without locks, and a scrape reads it with [`Metrics::render`]. Label values come

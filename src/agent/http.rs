@@ -6,7 +6,7 @@
 //! - `GET /readyz` → 200 `weft is ready` once [`Health::set_ready`]`(true)` (lease held,
 //!   subnet.env written, initial sync done), else 503 `weft is not ready yet`.
 //! - `GET /metrics` → 200, the agent's [`Metrics`] in the Prometheus text format 0.0.4
-//!   (`Content-Type: text/plain; version=0.0.4; charset=utf-8`); see [`crate::metrics`].
+//!   (`Content-Type: text/plain; version=0.0.4; charset=utf-8`); see [`crate::agent::metrics`].
 //! - Anything else → 404; methods other than GET/HEAD → 405.
 //!
 //! Each connection runs in its own task with a bounded request head (8 KiB) and a read and
@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// A sensible staleness bound for [`Health::new`]: the control loop beats at least this often.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -470,8 +470,9 @@ mod tests {
             head.contains(&format!("Content-Length: {}\r\n", body.len())),
             "{head}"
         );
-        let (samples, _) = crate::metrics::parse::exposition(&body).expect("valid exposition");
-        let value = |name, labels| crate::metrics::parse::value(&samples, name, labels);
+        let (samples, _) =
+            crate::agent::metrics::parse::exposition(&body).expect("valid exposition");
+        let value = |name, labels| crate::agent::metrics::parse::value(&samples, name, labels);
         assert_eq!(value("weft_peers", &[("backend", "vxlan")]), Some(2.0));
         assert_eq!(value("weft_ready", &[]), Some(1.0));
         // HEAD: headers only.
