@@ -389,6 +389,8 @@ impl Reconciler {
     /// ([`needs_refresh`](Self::needs_refresh)), before or after the writes, this falls back to
     /// a full apply of the updated desired state, dump first.
     pub async fn apply_delta(&mut self, removed: &KernelState, added: KernelState) -> ApplyReport {
+        // A device not as wanted (or not yet re-read) needs the full apply, devices first.
+        let full = self.needs_refresh || !self.stale_devices.is_empty() || !self.devices_in_sync();
         let mut desired = std::mem::take(&mut self.last_desired);
         desired.remove_keys(removed);
         let mut touched = removed.clone();
@@ -404,7 +406,7 @@ impl Reconciler {
             desired.fdb.insert(key, e.clone());
             touched.fdb.insert(key, e);
         }
-        if self.needs_refresh || !self.stale_devices.is_empty() || !self.devices_in_sync() {
+        if full {
             return self.apply_owned(desired).await;
         }
         let ops = plan::diff_at(&desired, &self.cache, &touched);
