@@ -9,7 +9,7 @@
 //! - [`SubnetManager::watch`]: every lease change as [`WatchEvent`]s, resuming after a
 //!   disconnect from the last seen revision and re-listing after a compaction. No RPC per event.
 //!
-//! The renewal loop lives in [`super::renew`], the watch loop in [`super::watch`]; this file
+//! The renewal loop lives in `renew.rs`, the watch loop in `watch.rs`; this file
 //! holds the acquire/re-acquire policy.
 use std::future::Future;
 use std::time::Duration;
