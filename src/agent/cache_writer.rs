@@ -76,6 +76,37 @@ impl CacheWriter {
         }
     }
 
+    /// Writes the cache now from `table` itself, streaming, on a blocking thread, and hands
+    /// the table back: the write at start, before the agent is ready, when memory peaks (target
+    /// P1: no copy of the peers). The caller awaits it; the runtime thread stays free.
+    pub async fn write_now(
+        &mut self,
+        config: &str,
+        own: SubnetKey,
+        attrs: &LeaseAttrs,
+        table: LeaseTable,
+    ) -> LeaseTable {
+        self.dirty = false;
+        let Some(path) = self.path.clone() else {
+            return table;
+        };
+        let (config, attrs) = (config.to_owned(), attrs.clone());
+        let count = table.len();
+        let write = tokio::task::spawn_blocking(move || {
+            write_peer_cache(&path, &config, own, &attrs, table.peer_entries(), count);
+            table
+        });
+        match write.await {
+            Ok(table) => table,
+            Err(e) => {
+                // Only a panic in the writer gets here; the table is lost with it.
+                warn!("the peer-cache write failed: {e}; the table is rebuilt at the next resync");
+                self.dirty = true;
+                LeaseTable::new(Some(own))
+            }
+        }
+    }
+
     /// Waits for a write in flight (shutdown: no temporary file left behind).
     pub fn finish(&mut self) {
         if let Some(writer) = self.writer.take() {

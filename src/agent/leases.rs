@@ -171,6 +171,17 @@ impl<S: LeaseSource> Leases<S> {
         &self.table
     }
 
+    /// Lends the table out (the first peer-cache write streams it on a blocking thread, no
+    /// copy); [`Self::restore_table`] gives it back. Only between events: while it is out the
+    /// table is empty.
+    pub fn take_table(&mut self) -> LeaseTable {
+        std::mem::replace(&mut self.table, LeaseTable::new(Some(self.own.key)))
+    }
+
+    pub fn restore_table(&mut self, table: LeaseTable) {
+        self.table = table;
+    }
+
     pub fn source(&self) -> &S {
         &self.source
     }

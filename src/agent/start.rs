@@ -364,7 +364,13 @@ impl Start {
             .context("read weft's routes from the kernel")?;
         agent.reconcile("initial sync").await;
         agent.write_subnet_env(mtu).await?;
-        agent.save_cache();
+        let attrs = agent.leases.attrs().clone();
+        let table = agent.leases.take_table();
+        let table = agent
+            .cache
+            .write_now(&agent.config_text, own.key, &attrs, table)
+            .await;
+        agent.leases.restore_table(table);
         agent.health.set_ready(true);
         info!(
             "weft is ready: subnet {} with {} peers",
