@@ -28,7 +28,7 @@ use crate::firewall::{self, Firewall};
 use crate::health::Health;
 use crate::iface;
 use crate::lease_table::{Change, LeaseTable};
-use crate::metrics::WatchEventKind;
+use crate::metrics::{ReconcileReason, WatchEventKind};
 use crate::peer_cache::PeerCache;
 use crate::registry::{EtcdOptions, Registry, Snapshot};
 use crate::subnet::{
@@ -582,7 +582,7 @@ impl Agent {
             .refresh()
             .await
             .context("read weft's routes from the kernel")?;
-        agent.reconcile("initial sync").await;
+        agent.reconcile(ReconcileReason::InitialSync).await;
         agent.write_subnet_env(mtu)?;
         agent.save_cache_now();
         agent.health.set_ready(true);
@@ -726,13 +726,14 @@ impl Agent {
     async fn reconcile_changes(&mut self, changes: &[Change]) {
         let started = std::time::Instant::now();
         let Some((removed, added)) = self.plan_changes(changes) else {
-            self.reconcile("lease change").await;
+            self.reconcile(ReconcileReason::LeaseChange).await;
             return;
         };
         let planned = started.elapsed();
         let report = self.reconciler.apply_delta(&removed, added).await;
         self.finish_reconcile(
-            "lease change",
+            ReconcileReason::LeaseChange,
+            ReconcileReason::LeaseChange.as_str(),
             started,
             planned,
             &report,
@@ -787,7 +788,12 @@ impl Agent {
     }
 
     /// Computes the desired state from the lease table and applies the difference.
-    async fn reconcile(&mut self, why: &str) {
+    async fn reconcile(&mut self, why: ReconcileReason) {
+        self.reconcile_as(why, why.as_str()).await;
+    }
+
+    /// [`reconcile`](Self::reconcile), its log line saying `said` (e.g. `audit (SIGHUP)`).
+    async fn reconcile_as(&mut self, why: ReconcileReason, said: &str) {
         let started = std::time::Instant::now();
         let (mut state, mut skipped, used) = self.plan();
         // Legacy backends no peer has needed for LEGACY_GRACE go away, devices and all. The
@@ -840,13 +846,15 @@ impl Agent {
         let planned = started.elapsed();
         // The reconciler logs each failed write; they are retried on the next pass.
         let report = self.reconciler.apply_owned(state).await;
-        self.finish_reconcile(why, started, planned, &report, skipped, None);
+        self.finish_reconcile(why, said, started, planned, &report, skipped, None);
     }
 
     /// Book-keeping after an apply: retry scheduling, the skipped peers, metrics, the log line.
+    #[allow(clippy::too_many_arguments)]
     fn finish_reconcile(
         &mut self,
-        why: &str,
+        why: ReconcileReason,
+        said: &str,
         started: std::time::Instant,
         planned: Duration,
         report: &backends::reconcile::ApplyReport,
@@ -878,7 +886,7 @@ impl Agent {
             None => format!("plan {planned:?}"),
         };
         debug!(
-            "reconcile ({why}): {} peers, {} writes, {} nexthop writes, {} failures in {:?} ({plan})",
+            "reconcile ({said}): {} peers, {} writes, {} nexthop writes, {} failures in {:?} ({plan})",
             self.table.len(),
             report.writes,
             report.nexthop_writes,
@@ -953,7 +961,7 @@ impl Agent {
                         }
                         Effect::Full => {
                             self.cache_dirty = true;
-                            self.reconcile("lease change").await;
+                            self.reconcile(ReconcileReason::LeaseChange).await;
                         }
                     }
                 }
@@ -976,7 +984,7 @@ impl Agent {
                     match got {
                         Ok(Some((got, mgr))) => {
                             self.reacquired(got, mgr, &mut lease).await;
-                            self.reconcile("re-acquired").await;
+                            self.reconcile(ReconcileReason::Reacquire).await;
                         }
                         // Shutdown.
                         Ok(None) => break,
@@ -1015,7 +1023,7 @@ impl Agent {
                                 warn!("re-reading weft's kernel state failed: {e}");
                             }
                         }
-                        self.reconcile("drift repair").await;
+                        self.reconcile(ReconcileReason::DriftRepair).await;
                     }
                 }
                 _ = audit.tick() => self.audit("audit").await,
@@ -1028,10 +1036,10 @@ impl Agent {
                         self.recreate_devices().await;
                     }
                     self.refresh_interface().await;
-                    self.reconcile("retry").await;
+                    self.reconcile(ReconcileReason::Retry).await;
                 }
                 _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
-                _ = sleep_until_or_never(self.legacy_due) => self.reconcile("legacy backend unused").await,
+                _ = sleep_until_or_never(self.legacy_due) => self.reconcile(ReconcileReason::LegacyUnused).await,
                 _ = cache_write.tick(), if self.cache_dirty => self.save_cache_beside(),
                 what = fw_watch.changed(), if self.firewall.is_active() => {
                     debug!("nf_tables changed ({what}); checking our rules");
@@ -1067,7 +1075,7 @@ impl Agent {
         self.check_devices(why).await;
         match self.reconciler.refresh().await {
             Ok(()) => {
-                self.reconcile(why).await;
+                self.reconcile_as(ReconcileReason::Audit, why).await;
                 debug!("{why}: dump and diff in {:?}", started.elapsed());
             }
             Err(e) => warn!("{why}: re-reading weft's kernel state failed: {e}"),
@@ -1345,7 +1353,7 @@ impl Agent {
             Ok(text) => {
                 info!("{} changed", path.display());
                 if self.on_config(&text).await {
-                    self.reconcile("config change").await;
+                    self.reconcile(ReconcileReason::ConfigChange).await;
                 }
             }
             Err(e) => warn!(

@@ -61,8 +61,10 @@ impl Health {
         }
     }
 
+    /// Sets the `/readyz` state (and the `weft_ready` gauge).
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Release);
+        self.inner.metrics.set_ready(ready);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -228,8 +230,6 @@ struct Response {
 }
 
 const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
-/// The Prometheus text exposition format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -301,8 +301,8 @@ fn respond(head: &[u8], health: &Health, now: Instant) -> Response {
             }
         }
         "/metrics" => Response {
-            content_type: PROMETHEUS_TEXT,
-            ..plain(200, health.metrics().render(health.is_ready()))
+            content_type: crate::metrics::CONTENT_TYPE,
+            ..plain(200, health.metrics().render())
         },
         _ => plain(404, "404 page not found\n"),
     };
@@ -470,8 +470,8 @@ mod tests {
             head.contains(&format!("Content-Length: {}\r\n", body.len())),
             "{head}"
         );
-        let (samples, _) = crate::metrics::parse::exposition(&body).expect("valid exposition");
-        let value = |name, labels| crate::metrics::parse::value(&samples, name, labels);
+        let (samples, _) = crate::prom::exposition(&body).expect("valid exposition");
+        let value = |name, labels| crate::prom::value(&samples, name, labels);
         assert_eq!(value("weft_peers", &[("backend", "vxlan")]), Some(2.0));
         assert_eq!(value("weft_ready", &[]), Some(1.0));
         // HEAD: headers only.

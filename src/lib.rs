@@ -18,3 +18,8 @@ pub mod registry;
 pub mod status;
 pub mod subnet;
 pub mod subnet_file;
+
+/// The test-only Prometheus text parser, shared with the end-to-end tests.
+#[cfg(test)]
+#[path = "../tests/common/prom.rs"]
+mod prom;
