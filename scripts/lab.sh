@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The README's first command: `sudo scripts/lab.sh [--nodes N] [--backend host-gw|vxlan|ipip] [--keep]`
 # Installs what is missing (Debian packages; Rust via rustup if there is none), builds weft in
-# release mode and runs `weft lab`: a local cluster in network namespaces, torn down on exit.
+# release mode and runs `weft-lab` (crate testkit): a local cluster in network namespaces, torn down on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
 prepare
-log "building weft (cargo build --release)"
+log "building weft, weft-cni and weft-lab (cargo build --release)"
 "${CARGO[@]}" build --release --locked
-exec target/release/weft lab "$@"
+exec target/release/weft-lab "$@"

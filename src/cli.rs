@@ -217,8 +217,8 @@ impl Default for Options {
 
 impl Options {
     /// How to reach etcd, from the `--etcd-*` flags (agent, `weft status`, `weft cleanup`).
-    pub fn etcd_options(&self) -> crate::registry::EtcdOptions {
-        crate::registry::EtcdOptions {
+    pub fn etcd_options(&self) -> crate::lease::etcd::registry::EtcdOptions {
+        crate::lease::etcd::registry::EtcdOptions {
             endpoints: self.etcd_endpoints.clone(),
             prefix: self.etcd_prefix.clone(),
             cafile: self.etcd_cafile.clone(),

@@ -1,25 +1,16 @@
-//! weft, the daemon: command line, etcd subnet manager, lease loop, kernel reconciliation,
-//! health endpoints, and the local lab that the README and the end-to-end tests use.
+//! weft, the daemon and its one-shot commands.
+//!
+//! - [`cli`]: the command line (flanneld's flags and the subcommands);
+//! - [`lease`]: lease sources (where the node's and its peers' subnets come from) and the
+//!   lease table the agent keeps of them;
+//! - [`agent`]: the daemon (start-up, control loop, data plane, own lease, config watch, peer
+//!   cache, health and metrics, firewall rules);
+//! - [`commands`]: one-shot commands (`status`, `cleanup`, `docker-opts`), one file each.
+//!
+//! The pure types live in the `net-conf` crate, the data plane (plan → diff → netlink) in
+//! `backends`, the CNI plugin in `weft-cni` and test support in `weft-testkit`.
 
-pub mod app;
-pub mod cleanup;
+pub mod agent;
 pub mod cli;
-pub mod cni;
-pub mod docker_opts;
-pub mod etcd_server;
-pub mod firewall;
-pub mod health;
-pub mod iface;
-pub mod lab;
-pub mod lease_table;
-pub mod metrics;
-pub mod peer_cache;
-pub mod registry;
-pub mod status;
-pub mod subnet;
-pub mod subnet_file;
-
-/// The test-only Prometheus text parser, shared with the end-to-end tests.
-#[cfg(test)]
-#[path = "../tests/common/prom.rs"]
-mod prom;
+pub mod commands;
+pub mod lease;

@@ -1,4 +1,5 @@
-//! `weft`: the agent (flanneld-style flags) and its tools (`weft lab`).
+//! `weft`: the agent (flanneld-style flags) and its one-shot commands (`status`, `cleanup`,
+//! `docker-opts`).
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
@@ -24,23 +25,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Sub { name, args } => match name.as_str() {
-            "lab" => match weft::lab::run_cli(&args) {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-                Err(e) => {
-                    eprintln!("weft lab: {e:#}");
-                    ExitCode::from(1)
-                }
-            },
-            "docker-opts" => ExitCode::from(weft::docker_opts::run_cli(&args)),
+            "docker-opts" => ExitCode::from(weft::commands::docker_opts::run_cli(&args)),
             "status" => {
                 // The report is the output; logs only for errors unless RUST_LOG says more.
                 init_logging_default("error");
-                ExitCode::from(weft::status::run_cli(&args))
+                ExitCode::from(weft::commands::status::run_cli(&args))
             }
             "cleanup" => {
                 // Each removal is logged at info, like the `ip` command.
                 init_logging_default("info");
-                ExitCode::from(weft::cleanup::run_cli(&args))
+                ExitCode::from(weft::commands::cleanup::run_cli(&args))
             }
             other => {
                 eprintln!("weft: subcommand {other} is not available yet");
@@ -70,7 +64,7 @@ fn run_agent(opts: cli::Options) -> ExitCode {
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        match weft::app::run(opts, shutdown).await {
+        match weft::agent::run(opts, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e:#}");

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{WEFT_ROUTE_PROTOCOL, route_protocol_is, routes_in, wait_until};
-use weft::lab::{Lab, LabSpec, Signal};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 const READY: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(15);

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::wait_until;
-use weft::etcd_server::{EtcdServer, EtcdServerOpts, EtcdTls};
-use weft::lab::{Lab, LabSpec, Signal};
+use weft_testkit::etcd_server::{EtcdServer, EtcdServerOpts, EtcdTls};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 const READY: Duration = Duration::from_secs(30);
 /// How long a bad credential may take to show in the log (the first contact is bounded by

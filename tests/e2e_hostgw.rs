@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{RouteWatch, hostgw_routes_ok, wait_until, weft_route_forms};
 use ipnet::Ipv4Net;
-use weft::lab::{Lab, LabSpec, Signal};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 /// Agents are debug builds on a shared 2-core machine: generous, still bounded.
 const READY: Duration = Duration::from_secs(30);

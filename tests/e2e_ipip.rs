@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{WEFT_ROUTE_PROTOCOL, route_protocol_is, routes_in, wait_until};
 use serde_json::Value;
-use weft::lab::{Lab, LabSpec};
+use weft_testkit::lab::{Lab, LabSpec};
 
 /// Debug agents under qemu TCG (about 10x slower than the host) on one vCPU: generous, still
 /// bounded.

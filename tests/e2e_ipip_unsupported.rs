@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use weft::lab::{Lab, LabSpec};
+use weft_testkit::lab::{Lab, LabSpec};
 
 /// A debug build on a shared machine: generous, still bounded.
 const EXIT: Duration = Duration::from_secs(30);

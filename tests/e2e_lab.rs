@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use weft::lab::{Lab, LabSpec};
+use weft_testkit::lab::{Lab, LabSpec};
 
 #[test]
 fn topology_pods_routes_and_teardown() {

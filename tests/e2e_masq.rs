@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{hostgw_routes_ok, wait_until};
-use weft::lab::{EXTERNAL_IP, Lab, LabSpec};
+use weft_testkit::lab::{EXTERNAL_IP, Lab, LabSpec};
 
 const READY: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -32,7 +32,10 @@ fn masq_lab(config: Option<String>, extra: &[&str]) -> Lab {
     let mut spec = LabSpec::new(2, common::weft_bin());
     spec.extra_flags = extra.iter().map(|s| s.to_string()).collect();
     spec.config = config;
-    spec.agent_env = vec![(weft::firewall::AUDIT_ENV.to_owned(), AUDIT_SECS.to_owned())];
+    spec.agent_env = vec![(
+        weft::agent::firewall::AUDIT_ENV.to_owned(),
+        AUDIT_SECS.to_owned(),
+    )];
     Lab::build(spec).expect("build lab")
 }
 
@@ -299,9 +302,9 @@ fn iptables_masquerade_to_the_outside_not_between_pods_and_repaired() {
 }
 
 /// `nft -j list table ip flannel-ipv4` in `ns`, parsed.
-fn nft_table(ns: &str) -> Result<weft::firewall::nftables::ObservedTable, String> {
+fn nft_table(ns: &str) -> Result<weft::agent::firewall::nftables::ObservedTable, String> {
     let json = run_in(ns, "nft", &["-j", "list", "table", "ip", "flannel-ipv4"])?;
-    weft::firewall::nftables::parse_list(&json).map_err(|e| format!("{e:#}"))
+    weft::agent::firewall::nftables::parse_list(&json).map_err(|e| format!("{e:#}"))
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! `/metrics` scraped from a running agent parses as the Prometheus text format.
 #[path = "common/lab.rs"]
 mod common;
-#[path = "common/prom.rs"]
-mod prom;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -13,7 +11,7 @@ use std::time::Duration;
 
 use common::{WEFT_ROUTE_PROTOCOL, hostgw_routes_ok, route_protocol_is, routes_in, wait_until};
 use serde_json::Value;
-use weft::lab::{Lab, LabSpec, Signal};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 const READY: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -466,15 +464,15 @@ fn metrics_scraped_from_a_lab_node_parse() {
         if code != 200 {
             return Err(format!("status {code}: {body}"));
         }
-        let (samples, _) = prom::exposition(&body)?;
-        let ready = prom::value(&samples, "weft_ready", &[]);
+        let (samples, _) = weft_testkit::prom::exposition(&body)?;
+        let ready = weft_testkit::prom::value(&samples, "weft_ready", &[]);
         if ready != Some(1.0) {
             return Err(format!("weft_ready {ready:?}"));
         }
         Ok(samples)
     })
     .expect("scrape");
-    let value = |name, labels: &[(&str, &str)]| prom::value(&samples, name, labels);
+    let value = |name, labels: &[(&str, &str)]| weft_testkit::prom::value(&samples, name, labels);
     assert_eq!(
         value("weft_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)
@@ -517,8 +515,8 @@ fn metrics_scraped_from_a_lab_node_parse() {
     lab.ip(1, &["route", "del", &s2]).expect("route del");
     wait_until(CONVERGE, || {
         let (_, body) = http_get_in_netns(&ns, port, "/metrics")?;
-        let (samples, _) = prom::exposition(&body)?;
-        let repairs = prom::value(&samples, "weft_drift_repairs_total", &[]);
+        let (samples, _) = weft_testkit::prom::exposition(&body)?;
+        let repairs = weft_testkit::prom::value(&samples, "weft_drift_repairs_total", &[]);
         match repairs {
             Some(n) if n >= 1.0 => Ok(()),
             other => Err(format!("weft_drift_repairs_total {other:?}")),

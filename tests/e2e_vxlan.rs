@@ -16,7 +16,7 @@ use common::{
     vxlan_link, vxlan_mac, vxlan_peer_present, wait_until,
 };
 use ipnet::Ipv4Net;
-use weft::lab::{Lab, LabSpec, Signal};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 /// Agents are debug builds on a shared 2-core machine: generous, still bounded.
 const READY: Duration = Duration::from_secs(30);

@@ -3,8 +3,8 @@ mod common;
 
 use common::certs::make_certs;
 use common::*;
-use weft::etcd_server::{EtcdServer, EtcdServerOpts, EtcdTls};
-use weft::registry::{EtcdOptions, Registry, RegistryError};
+use weft::lease::etcd::registry::{EtcdOptions, Registry, RegistryError};
+use weft_testkit::etcd_server::{EtcdServer, EtcdServerOpts, EtcdTls};
 
 #[tokio::test]
 async fn missing_config_gives_flannels_hint_and_present_config_is_read() {
@@ -145,7 +145,7 @@ async fn username_and_password_authenticate() {
         reg.get_config().await.expect("config"),
         r#"{"Network":"10.244.0.0/16"}"#
     );
-    let mut m = weft::subnet::SubnetManager::new(reg, Default::default());
+    let mut m = weft::lease::etcd::manager::SubnetManager::new(reg, Default::default());
     m.acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
         .await
         .expect("acquire with auth");

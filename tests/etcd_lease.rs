@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use tokio_util::sync::CancellationToken;
-use weft::subnet::{LeaseTiming, RenewalEnd};
+use weft::lease::etcd::manager::{LeaseTiming, RenewalEnd};
 
 #[tokio::test]
 async fn acquire_creates_a_leased_key_in_flannel_format() {

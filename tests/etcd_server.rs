@@ -1,5 +1,5 @@
 //! The test etcd itself: starts healthy, stop/restart keeps data and port, drop cleans up.
-use weft::etcd_server::{EtcdServer, EtcdServerOpts};
+use weft_testkit::etcd_server::{EtcdServer, EtcdServerOpts};
 
 #[test]
 fn start_stop_restart_keeps_data_and_port() {

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use tokio_util::sync::CancellationToken;
-use weft::lease_table::{Change, LeaseTable};
-use weft::subnet::{LeaseTiming, WatchEvent};
+use weft::lease::etcd::manager::{LeaseTiming, WatchEvent};
+use weft::lease::table::{Change, LeaseTable};
 
 fn value(ip: &str) -> String {
     format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"host-gw"}}"#)
@@ -316,7 +316,7 @@ async fn a_watch_from_a_compacted_revision_resyncs() {
         .expect("put");
     let rev = resp.header().expect("header").revision();
     kv.compact(rev, None).await.expect("compact");
-    let m = weft::subnet::SubnetManager::new(reg, LeaseTiming::default());
+    let m = weft::lease::etcd::manager::SubnetManager::new(reg, LeaseTiming::default());
     let stop = CancellationToken::new();
     let mut rx = m.watch(1, stop.clone());
     match next_event(&mut rx, 5).await {

@@ -1,4 +1,4 @@
-//! Fault scenarios (targets R1–R7, S1) against real weft nodes: `weft::lab` clusters of
+//! Fault scenarios (targets R1–R7, S1) against real weft nodes: `weft_testkit::lab` clusters of
 //! network namespaces, the real binary, a real etcd, pods pinging each other at 10/s.
 //!
 //! Every scenario asserts behaviour only (no lost ping, same subnet, stale state removed only
@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{RouteWatch, hostgw_routes_ok, routes_in, wait_until};
-use weft::lab::{Lab, LabSpec, Signal};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 /// Agents are debug builds on a shared 2-core machine: generous, still bounded.
 const READY: Duration = Duration::from_secs(60);
@@ -682,7 +682,7 @@ fn r1_reacquiring_with_etcd_down_keeps_repairing() {
     match http_get(
         &ns1,
         "127.0.0.1",
-        weft::lab::DEFAULT_HEALTHZ_PORT,
+        weft_testkit::lab::DEFAULT_HEALTHZ_PORT,
         "/healthz",
     ) {
         Ok((200, _)) => {}
@@ -981,7 +981,7 @@ fn r3_boot_with_etcd_down_programs_cached_peers() {
         "pod 3 cannot reach pod 1 on cached routes"
     );
     // Serving from the cache is not ready: the lease is not confirmed yet.
-    let port = weft::lab::DEFAULT_HEALTHZ_PORT;
+    let port = weft_testkit::lab::DEFAULT_HEALTHZ_PORT;
     match http_get(&ns3, "127.0.0.1", port, "/readyz") {
         Ok((503, _)) => {}
         other => panic!("/readyz while booted from the cache with etcd down: {other:?}"),
@@ -1502,7 +1502,7 @@ fn r7_healthz_readyz_and_loopback_only() {
     if !common::root_or_skip("r7_healthz_readyz_and_loopback_only") {
         return;
     }
-    let port = weft::lab::DEFAULT_HEALTHZ_PORT;
+    let port = weft_testkit::lab::DEFAULT_HEALTHZ_PORT;
     let mut lab = Lab::build(spec(2, "host-gw")).expect("build lab");
     lab.start_node(2).expect("start 2");
     lab.wait_subnet_env(2, READY).expect("node 2 ready");

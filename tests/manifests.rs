@@ -188,9 +188,9 @@ fn daemonset_and_configmap_are_what_weft_understands() {
     let mut entry = conflist["plugins"][0].clone();
     entry["name"] = conflist["name"].clone();
     entry["cniVersion"] = conflist["cniVersion"].clone();
-    let netconf = weft::cni::conf::parse_netconf(entry.to_string().as_bytes())
+    let netconf = weft_cni::conf::parse_netconf(entry.to_string().as_bytes())
         .expect("weft-cni accepts the conflist entry");
-    weft::cni::conf::check_version(&netconf).expect("supported cniVersion");
+    weft_cni::conf::check_version(&netconf).expect("supported cniVersion");
 
     // DaemonSet: weft's own parser accepts the container's arguments with its environment.
     let ds = find(&docs, "DaemonSet");

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use etcd_client::{Client, Compare, PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
-use weft::etcd_server::{EtcdServer, EtcdServerOpts};
+use weft_testkit::etcd_server::{EtcdServer, EtcdServerOpts};
 
 pub const PREFIX: &str = "/coreos.com/network";
 pub const NETWORK: &str = "10.0.0.0/8";
@@ -1646,7 +1646,7 @@ fn measure_rounds(cfg: &Config, labs: &mut [PodLab; 2]) -> Result<Throughput> {
 /// A two-node lab with a pod per node and `iperf3 -s` running in pod 2.
 struct PodLab {
     kind: Kind,
-    lab: weft::lab::Lab,
+    lab: weft_testkit::lab::Lab,
     mtu: u32,
     server: Child,
     server_ip: String,
@@ -1655,7 +1655,7 @@ struct PodLab {
 
 impl PodLab {
     fn start(cfg: &Config, kind: Kind) -> Result<PodLab> {
-        use weft::lab::{Lab, LabSpec};
+        use weft_testkit::lab::{Lab, LabSpec};
         let mut spec = LabSpec::new(2, &cfg.weft_bin);
         spec.backend = kind.name().to_owned();
         spec.healthz_port = 0;

@@ -1,4 +1,4 @@
-//! Helpers of the end-to-end tests that drive a `weft::lab::Lab` (included with
+//! Helpers of the end-to-end tests that drive a `weft_testkit::lab::Lab` (included with
 //! `#[path = "common/lab.rs"] mod common;`, apart from the async etcd helpers in mod.rs).
 #![allow(dead_code)]
 
@@ -14,12 +14,21 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
-/// The weft binary under test: the one cargo built for this test run, or `$WEFT_TEST_BIN`
-/// (e.g. `target/release/weft`).
+/// The weft binary under test: `$WEFT_TEST_BIN` (e.g. `target/release/weft`), else the one
+/// cargo built for this test run: the package's own (`CARGO_BIN_EXE_weft`) in weft's tests,
+/// `weft` in the same target directory in other packages' tests (cni/tests), which
+/// `cargo test --workspace` builds beside them.
 pub fn weft_bin() -> PathBuf {
     match std::env::var_os("WEFT_TEST_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_weft")),
+        _ => match option_env!("CARGO_BIN_EXE_weft") {
+            Some(p) => PathBuf::from(p),
+            // target/<profile>/deps/<test> → target/<profile>/weft
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.parent()?.join("weft")))
+                .unwrap_or_else(|| PathBuf::from("target/debug/weft")),
+        },
     }
 }
 
@@ -134,7 +143,7 @@ pub fn on_weft_nexthop_or_plain(route: &serde_json::Value) -> bool {
 
 /// Checks that node `k`'s weft routes are exactly the host-gw routes: one
 /// `<peer subnet> via <peer ip> dev eth0 proto 87` per other node, nothing else with proto 87.
-pub fn hostgw_routes_ok(lab: &weft::lab::Lab, k: usize) -> Result<(), String> {
+pub fn hostgw_routes_ok(lab: &weft_testkit::lab::Lab, k: usize) -> Result<(), String> {
     let ns = lab.node_ns(k).map_err(|e| e.to_string())?;
     let routes = routes_in(ns)?;
     let mut expected = Vec::new();

@@ -14,9 +14,9 @@ use ipnet::Ipv4Net;
 use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
-use weft::etcd_server::{EtcdServer, EtcdServerOpts};
-use weft::registry::{EtcdOptions, Registry};
-use weft::subnet::{LeaseTiming, SubnetManager, WatchEvent};
+use weft::lease::etcd::manager::{LeaseTiming, SubnetManager, WatchEvent};
+use weft::lease::etcd::registry::{EtcdOptions, Registry};
+use weft_testkit::etcd_server::{EtcdServer, EtcdServerOpts};
 
 pub const PREFIX: &str = "/coreos.com/network";
 

@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result};
 use backends::{Netlink, RTPROT_WEFT};
 
 use crate::cli::{self, Command, Options};
-use crate::registry::Registry;
+use crate::lease::etcd::registry::Registry;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
@@ -302,12 +302,12 @@ async fn nexthop_cleanup(
     }
 }
 
-/// Step 3: masquerade and forward rules of both modes ([`crate::firewall::cleanup_all`]:
+/// Step 3: masquerade and forward rules of both modes ([`crate::agent::firewall::cleanup_all`]:
 /// iptables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them, nftables tables
 /// `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal itself; they are not
 /// counted in the summary. A missing tool means nothing of that mode to remove.
 async fn firewall_cleanup(out: &mut Outcome) {
-    if let Err(e) = crate::firewall::cleanup_all().await {
+    if let Err(e) = crate::agent::firewall::cleanup_all().await {
         out.failed(format!("{e:#}"));
     }
 }
@@ -319,7 +319,7 @@ async fn release_own_lease(nl: Option<&Netlink>, opts: &Options, out: &mut Outco
         Some(ip) => ip,
         None => {
             let nl = nl.context("no netlink socket to find the external interface")?;
-            crate::iface::select_interface(nl, opts)
+            crate::agent::iface::select_interface(nl, opts)
                 .await
                 .context("find this node's public IP (or pass --public-ip)")?
                 .ext_addr

@@ -4,8 +4,8 @@
 //!
 //! It takes the agent's flags (and `FLANNELD_*` variables) to find etcd, the config and the
 //! external interface, then computes the required kernel state with the agent's own code:
-//! interface selection ([`crate::iface::select_interface`]), the peer set
-//! ([`crate::lease_table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
+//! interface selection ([`crate::agent::iface::select_interface`]), the peer set
+//! ([`crate::lease::table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
 //! read-only dump ([`Reconciler::refresh`]) and [`plan::diff`]. For vxlan the existing device
 //! `flannel.<VNI>` is attached read-only ([`Vxlan::attach_existing`]), for ipip `flannel.ipip`;
 //! when the device is missing, every ARP/FDB/route entry on it is reported missing (shown on the
@@ -69,8 +69,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{self, Command, Options};
-use crate::lease_table::LeaseTable;
-use crate::registry::{LeaseEntry, Registry, Snapshot};
+use crate::lease::etcd::registry::{LeaseEntry, Registry, Snapshot};
+use crate::lease::table::LeaseTable;
 
 /// Version of the `--json` schema (see the module documentation).
 pub const SCHEMA: u32 = 1;
@@ -669,7 +669,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .map_err(|e| anyhow!("network config: {e}"))?
         .conf;
     let options = backend_options(&text);
-    let ext = crate::iface::select_interface(&nl, opts).await?;
+    let ext = crate::agent::iface::select_interface(&nl, opts).await?;
     let snapshot = registry.list_leases().await.context("list the leases")?;
     let mut ttls: BTreeMap<i64, Option<i64>> = BTreeMap::new();
     for e in &snapshot.leases {
@@ -681,7 +681,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
             ttls.insert(e.lease_id, ttl.map(|(remaining, _)| remaining));
         }
     }
-    let previous = crate::subnet_file::read_previous(&opts.subnet_file)
+    let previous = crate::agent::subnet_file::read_previous(&opts.subnet_file)
         .as_deref()
         .and_then(net_conf::subnet_env::previous_subnet);
     let own = find_own(&snapshot, ext.ext_addr, previous).cloned();

@@ -193,7 +193,7 @@ pub fn write(args: &Args, existing: Option<&str>) -> Result<String> {
         .with_context(|| format!("reading {}", args.subnet_file.display()))?;
     let out = render(args, &text, existing)
         .with_context(|| format!("{} cannot be used", args.subnet_file.display()))?;
-    crate::subnet_file::write_atomic(&args.out_file, &out)
+    crate::agent::subnet_file::write_atomic(&args.out_file, &out)
         .with_context(|| format!("writing {}", args.out_file.display()))?;
     Ok(out)
 }

@@ -425,8 +425,8 @@ pub(crate) async fn probe_fully_random() -> Result<bool> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::firewall::tests::settings;
-    use crate::firewall::{Mode, RuleSet};
+    use crate::agent::firewall::tests::settings;
+    use crate::agent::firewall::{Mode, RuleSet};
 
     /// Spec §6.2's rules for network 10.244.0.0/16, pod subnet 10.244.1.0/24 (with weft's
     /// masked mark match, see the module docs of `firewall`).

@@ -38,7 +38,7 @@ fn write_json(
     own: &CachedLease,
     peers: impl Iterator<Item = CachedLease>,
 ) -> Result<()> {
-    crate::subnet_file::write_atomic_with(path, |w| {
+    crate::agent::subnet_file::write_atomic_with(path, |w| {
         write!(w, "{{\"version\":{VERSION},\"config\":")?;
         serde_json::to_writer(&mut *w, config)?;
         w.write_all(b",\"own\":")?;

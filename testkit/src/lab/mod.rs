@@ -12,7 +12,7 @@
 //! CNI plugin would set on a real node). Each agent is the real `weft` binary started with
 //! `ip netns exec` and flanneld's flags; its output goes to `<lab dir>/n<k>/weft.log`.
 //!
-//! `weft lab` ([`run_cli`]) and the end-to-end tests (`tests/e2e_*.rs`) both use this module.
+//! `weft-lab` ([`run_cli`]) and the end-to-end tests (`tests/e2e_*.rs`) both use this module.
 //! It is synchronous test tooling that drives `ip`, `ping` and `etcdctl` as child processes;
 //! call it from a plain thread, not from inside an async runtime.
 //!
@@ -61,7 +61,7 @@ pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
 
-/// Set by `weft lab`'s SIGINT/SIGTERM handler; the lab's waits stop early when it is set.
+/// Set by `weft-lab`'s SIGINT/SIGTERM handler; the lab's waits stop early when it is set.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Labs made by this process so far (part of the namespace names).
 static LAB_COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -219,7 +219,7 @@ impl Lab {
             tls: None,
         })
         .context("starting etcd in the underlay namespace")?;
-        // Recorded so that `weft lab --cleanup` can remove a kept lab's etcd files too.
+        // Recorded so that `weft-lab --cleanup` can remove a kept lab's etcd files too.
         if let Some(etcd_root) = etcd.data_dir().parent() {
             fs::write(
                 self.dir.join("etcd-dir"),
@@ -457,7 +457,7 @@ impl Lab {
         // Plain text in the log file (tracing-subscriber colours by default).
         cmd.env("NO_COLOR", "1");
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
-        // Own process group: a Ctrl-C in `weft lab`'s terminal reaches the lab, which then
+        // Own process group: a Ctrl-C in `weft-lab`'s terminal reaches the lab, which then
         // stops the agents in order, instead of killing them behind its back.
         cmd.process_group(0);
         Ok(cmd)
@@ -915,7 +915,7 @@ impl Lab {
 
     // ===== teardown =====
 
-    /// Leaves everything running when the lab is dropped (`weft lab --keep`).
+    /// Leaves everything running when the lab is dropped (`weft-lab --keep`).
     pub fn keep(&mut self) {
         self.keep = true;
     }

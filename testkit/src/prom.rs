@@ -1,9 +1,7 @@
 //! A strict parser of the Prometheus text exposition format 0.0.4, for tests only: the unit
-//! tests of `src/metrics.rs` and `src/health.rs` (the crate includes this file as
-//! `crate::prom` with `#[path]`, under `cfg(test)`) and the end-to-end scrape in
-//! `tests/e2e_status.rs`. It checks what a scraper relies on and the
-//! encoder could get wrong; production code never parses an exposition.
-#![allow(dead_code)] // each includer uses a part
+//! tests of the agent's metrics and health endpoints (`src/agent/metrics.rs`,
+//! `src/agent/http.rs`) and the end-to-end scrape in `tests/e2e_status.rs`. It checks what a
+//! scraper relies on and the encoder could get wrong; the agent never parses an exposition.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -5,7 +5,7 @@
 //! prevResult), DEL removes the interface and the saved config.
 //!
 //! The error-path tests run the binary without namespaces and need no root.
-#[path = "common/lab.rs"]
+#[path = "../../tests/common/lab.rs"]
 mod common;
 
 use std::net::Ipv4Addr;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{routes_in, wait_until};
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use weft::lab::{Lab, LabSpec};
+use weft_testkit::lab::{Lab, LabSpec};
 
 const READY: Duration = Duration::from_secs(30);
 const CONVERGE: Duration = Duration::from_secs(15);

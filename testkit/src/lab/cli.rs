@@ -1,4 +1,4 @@
-//! `weft lab`: build a local cluster, show what weft did, ping across it, tear it down.
+//! `weft-lab`: build a local cluster, show what weft did, ping across it, tear it down.
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -9,8 +9,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use super::{DEFAULT_NETWORK, INTERRUPTED, Lab, LabSpec, MAX_NODES, check_interrupted, cleanup};
 
 const USAGE: &str = "\
-usage: weft lab [--nodes N] [--backend host-gw|vxlan|ipip] [--network CIDR] [--keep] [--weft PATH]
-       weft lab --cleanup NAME
+usage: weft-lab [--nodes N] [--backend host-gw|vxlan|ipip] [--network CIDR] [--keep] [--weft PATH]
+       weft-lab --cleanup NAME
 
 Builds a local weft cluster out of network namespaces (root only): etcd in an underlay
 namespace, N nodes (default 3) on bridge br0 (198.18.0.0/24), each running weft with flanneld's
@@ -21,7 +21,7 @@ matrix, then tears everything down (also on Ctrl-C).
   --backend TYPE   Backend.Type written to <prefix>/config (default host-gw)
   --network CIDR   Network written to <prefix>/config (default 10.244.0.0/16)
   --keep           leave the lab running and print how to use and remove it
-  --weft PATH      the weft binary the nodes run (default: this binary)
+  --weft PATH      the weft binary the nodes run (default: `weft` beside this binary)
   --cleanup NAME   remove a lab left running by --keep
 ";
 
@@ -88,13 +88,13 @@ fn parse_args(args: &[String]) -> Result<CliArgs> {
             "--cleanup" => out.cleanup = Some(value("--cleanup")?),
             "--keep" if inline.is_none() => out.keep = true,
             "-h" | "--help" if inline.is_none() => out.help = true,
-            _ => bail!("unknown argument {arg:?} for `weft lab` (see `weft lab --help`)"),
+            _ => bail!("unknown argument {arg:?} for `weft-lab` (see `weft-lab --help`)"),
         }
     }
     Ok(out)
 }
 
-/// `weft lab [args]`: `args` are the arguments after `lab`. Returns the process exit code:
+/// `weft-lab [args]`: `args` are the arguments after the program name. Returns the process exit code:
 /// 0 when every pod reached every other pod, 1 otherwise. Blocks; call it from `main` before
 /// (or instead of) building a tokio runtime.
 pub fn run_cli(args: &[String]) -> Result<i32> {
@@ -105,7 +105,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     }
     if !nix::unistd::geteuid().is_root() {
         bail!(
-            "weft lab creates network namespaces and must run as root (try: sudo scripts/lab.sh)"
+            "weft-lab creates network namespaces and must run as root (try: sudo scripts/lab.sh)"
         );
     }
     if let Some(name) = &args.cleanup {
@@ -120,7 +120,9 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     }
     let weft = match &args.weft {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("finding the weft binary (pass --weft PATH)")?,
+        None => std::env::current_exe()
+            .context("finding the weft binary (pass --weft PATH)")?
+            .with_file_name("weft"),
     };
     install_signal_handler()?;
 
@@ -128,12 +130,12 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     spec.backend = args.backend.clone();
     spec.network = args.network.clone();
     eprintln!(
-        "weft lab: building {} node(s), backend {}, network {}",
+        "weft-lab: building {} node(s), backend {}, network {}",
         spec.nodes, spec.backend, spec.network
     );
     let mut lab = Lab::build(spec)?;
     eprintln!(
-        "weft lab: lab {} is up (files in {}); starting weft on every node",
+        "weft-lab: lab {} is up (files in {}); starting weft on every node",
         lab.name(),
         lab.dir().display()
     );
@@ -144,7 +146,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     let interrupted = INTERRUPTED.load(Ordering::SeqCst);
     if let Err(e) = &result {
         if !interrupted {
-            eprintln!("weft lab: {e:#}");
+            eprintln!("weft-lab: {e:#}");
             lab.dump_logs();
         }
     }
@@ -153,7 +155,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     } else {
         let name = lab.name().to_owned();
         lab.teardown()?;
-        eprintln!("weft lab: lab {name} torn down");
+        eprintln!("weft-lab: lab {name} torn down");
     }
     if interrupted {
         return Ok(130);
@@ -171,7 +173,7 @@ fn exercise(lab: &mut Lab) -> Result<bool> {
         lab.wait_subnet_env(k, READY_DEADLINE)?;
     }
     eprintln!(
-        "weft lab: every node wrote subnet.env after {:.2}s; adding pods",
+        "weft-lab: every node wrote subnet.env after {:.2}s; adding pods",
         started.elapsed().as_secs_f64()
     );
     lab.add_pods()?;
@@ -240,7 +242,7 @@ fn format_matrix(nodes: usize, matrix: &[(usize, usize, bool)]) -> String {
 fn print_keep_help(lab: &Lab) -> Result<()> {
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "weft".to_owned());
+        .unwrap_or_else(|_| "weft-lab".to_owned());
     println!();
     println!("lab {} is still running (--keep).", lab.name());
     println!("Enter a node or a pod:");
@@ -259,7 +261,7 @@ fn print_keep_help(lab: &Lab) -> Result<()> {
         lab.spec().etcd_prefix
     );
     println!("Logs: {}/n<k>/weft.log", lab.dir().display());
-    println!("Remove it: {me} lab --cleanup {}", lab.name());
+    println!("Remove it: {me} --cleanup {}", lab.name());
     Ok(())
 }
 
@@ -289,13 +291,13 @@ fn install_signal_handler() -> Result<()> {
                     _ = term.recv() => {}
                 }
                 INTERRUPTED.store(true, Ordering::SeqCst);
-                eprintln!("\nweft lab: interrupted, tearing down (signal again to exit at once)");
+                eprintln!("\nweft-lab: interrupted, tearing down (signal again to exit at once)");
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
                 eprintln!(
-                    "weft lab: exiting without cleanup; remove it with `weft lab --cleanup <name>`"
+                    "weft-lab: exiting without cleanup; remove it with `weft-lab --cleanup <name>`"
                 );
                 std::process::exit(130);
             })

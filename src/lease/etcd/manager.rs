@@ -20,7 +20,9 @@ use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::{LeaseEntry, Registry, RegistryError, Snapshot, is_lease_not_found};
+use crate::lease::etcd::registry::{
+    LeaseEntry, Registry, RegistryError, Snapshot, is_lease_not_found,
+};
 
 /// flannel's lease TTL (24 h).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
@@ -210,7 +212,7 @@ pub struct SubnetManager {
     /// The config and attrs of the last acquire, for `reacquire`.
     last: Option<(NetConf, LeaseAttrs)>,
     /// Where the renewal loop reports the own lease's expiry (`/metrics`).
-    metrics: Option<crate::metrics::Metrics>,
+    metrics: Option<crate::agent::metrics::Metrics>,
 }
 
 impl SubnetManager {
@@ -226,7 +228,7 @@ impl SubnetManager {
 
     /// Reports the own lease's expiry to `metrics` from now on (each renewal loop sets
     /// `weft_lease_expiry_timestamp_seconds` when it starts and after each renewal).
-    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+    pub fn set_metrics(&mut self, metrics: crate::agent::metrics::Metrics) {
         self.metrics = Some(metrics);
     }
 
@@ -578,7 +580,7 @@ async fn renew_loop(
     own: OwnLease,
     timing: LeaseTiming,
     shutdown: CancellationToken,
-    metrics: Option<crate::metrics::Metrics>,
+    metrics: Option<crate::agent::metrics::Metrics>,
 ) -> RenewalEnd {
     let report = |at: Option<SystemTime>| {
         if let Some(m) = &metrics {

@@ -242,8 +242,8 @@ pub(crate) async fn probe_random_fully() -> anyhow::Result<bool> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::firewall::tests::settings;
-    use crate::firewall::{Mode, RuleSet};
+    use crate::agent::firewall::tests::settings;
+    use crate::agent::firewall::{Mode, RuleSet};
 
     /// Spec §6.1, flanneld's e2e golden text (network 10.244.0.0/16, pod subnet 10.244.1.0/24).
     const GOLDEN_NAT: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG

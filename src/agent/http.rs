@@ -7,7 +7,7 @@
 //! - `GET /readyz` → 200 `weft is ready` once [`Health::set_ready`]`(true)` (lease held,
 //!   subnet.env written, initial sync done), else 503 `weft is not ready yet`.
 //! - `GET /metrics` → 200, the agent's [`Metrics`] in the Prometheus text format 0.0.4
-//!   (`Content-Type: text/plain; version=0.0.4; charset=utf-8`); see [`crate::metrics`].
+//!   (`Content-Type: text/plain; version=0.0.4; charset=utf-8`); see [`crate::agent::metrics`].
 //! - `HEAD` of each: the same status and headers, no body. Anything else → 404; methods other
 //!   than GET/HEAD → 405 with `Allow: GET,HEAD`; a malformed request → 400.
 //!
@@ -45,7 +45,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// A sensible staleness bound for [`Health::new`]: the control loop beats at least this often.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(60);
@@ -291,7 +291,7 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
 
 async fn metrics(State(health): State<Health>) -> Response {
     (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, crate::agent::metrics::CONTENT_TYPE)],
         health.metrics().render(),
     )
         .into_response()
@@ -412,8 +412,8 @@ mod tests {
             head.contains(&format!("Content-Length: {}\r\n", body.len())),
             "{head}"
         );
-        let (samples, _) = crate::prom::exposition(&body).expect("valid exposition");
-        let value = |name, labels| crate::prom::value(&samples, name, labels);
+        let (samples, _) = weft_testkit::prom::exposition(&body).expect("valid exposition");
+        let value = |name, labels| weft_testkit::prom::value(&samples, name, labels);
         assert_eq!(value("weft_peers", &[("backend", "vxlan")]), Some(2.0));
         assert_eq!(value("weft_ready", &[]), Some(1.0));
         // HEAD: headers only.

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use backends::Peer;
 use net_conf::{LeaseAttrs, SubnetKey};
 
-use crate::registry::Snapshot;
-use crate::subnet::WatchEvent;
+use crate::lease::etcd::manager::WatchEvent;
+use crate::lease::etcd::registry::Snapshot;
 
 /// A change of the peer set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +204,7 @@ mod tests {
     use ipnet::Ipv4Net;
 
     use super::*;
-    use crate::registry::{LeaseEntry, Malformed};
+    use crate::lease::etcd::registry::{LeaseEntry, Malformed};
 
     fn key(third: u8) -> SubnetKey {
         SubnetKey {

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the agent, served as `GET /metrics` on the health port
-//! ([`crate::health::serve`]) in the Prometheus text format, version 0.0.4.
+//! ([`crate::agent::http::serve`]) in the Prometheus text format, version 0.0.4.
 //!
 //! The metric types and their text encoding are the Prometheus project's Rust client,
 //! `prometheus-client`: a [`Registry`] of counters and gauges (atomics), one histogram and one
@@ -435,7 +435,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prom::{exposition, value};
+    use weft_testkit::prom::{exposition, value};
 
     #[test]
     fn fresh_metrics_render_every_family_with_zeroes() {

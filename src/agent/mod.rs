@@ -10,6 +10,13 @@
 //! a `CancellationToken` passed in (SIGTERM/SIGINT in `main`, anything in tests). On shutdown the
 //! lease, subnet.env and every kernel object stay in place, so a restart loses no packet.
 
+pub mod firewall;
+pub mod http;
+pub mod iface;
+pub mod metrics;
+pub mod peer_cache;
+pub mod subnet_file;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,19 +30,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use self::firewall::Firewall;
+use self::http::Health;
+use self::metrics::{ReconcileReason, WatchEventKind};
+use self::peer_cache::PeerCache;
 use crate::cli::Options;
-use crate::firewall::{self, Firewall};
-use crate::health::Health;
-use crate::iface;
-use crate::lease_table::{Change, LeaseTable};
-use crate::metrics::{ReconcileReason, WatchEventKind};
-use crate::peer_cache::PeerCache;
-use crate::registry::{EtcdOptions, Registry, Snapshot};
-use crate::subnet::{
+use crate::lease::etcd::manager::{
     Backoff, LeaseTiming, OwnLease, Reacquired, RenewalEnd, SubnetManager, WatchEvent, retry_until,
     sleep_or_shutdown,
 };
-use crate::subnet_file;
+use crate::lease::etcd::registry::{EtcdOptions, Registry, Snapshot};
+use crate::lease::table::{Change, LeaseTable};
 
 /// How often the whole owned kernel state is dumped and compared, as a backstop to netlink
 /// notifications (which cover deletes within milliseconds).
@@ -66,13 +71,13 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             "--kube-subnet-mgr: the Kubernetes subnet manager is not supported by weft yet; lease from etcd (--etcd-endpoints)"
         ));
     }
-    let health = Health::new(crate::health::DEFAULT_STALE_AFTER);
+    let health = Health::new(crate::agent::http::DEFAULT_STALE_AFTER);
     if let Some(addr) = opts.healthz_addr() {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listen for health checks on {addr}"))?;
         info!("serving /healthz and /readyz on http://{addr}");
-        tokio::spawn(crate::health::serve(
+        tokio::spawn(crate::agent::http::serve(
             listener,
             health.clone(),
             shutdown.clone(),

@@ -1,10 +1,10 @@
 //! `weft-cni`: the flannel CNI plugin. Install it as `/opt/cni/bin/flannel` (drop-in for
-//! flannel's plugin, `"type": "flannel"`) or as `weft-cni`. See `weft::cni`.
+//! flannel's plugin, `"type": "flannel"`) or as `weft-cni`. See the `weft_cni` library.
 use std::io::Write as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let outcome = weft::cni::run(&mut std::io::stdin().lock(), &|name| {
+    let outcome = weft_cni::run(&mut std::io::stdin().lock(), &|name| {
         std::env::var(name).ok()
     });
     let mut out = std::io::stdout().lock();

@@ -1,0 +1,10 @@
+//! Test support for weft, in a crate of its own so that the agent binary contains none of it:
+//!
+//! - [`lab`]: a local multi-node cluster in network namespaces (a real etcd in an underlay
+//!   namespace, the real `weft` binary per node, pods behind `cni0`), used by `scripts/lab.sh`
+//!   through the `weft-lab` binary and by the end-to-end tests;
+//! - [`etcd_server`]: a real etcd process on random ports (plain or TLS) for the etcd tests;
+//! - [`prom`]: a strict parser of the Prometheus text format, for the `/metrics` tests.
+pub mod etcd_server;
+pub mod lab;
+pub mod prom;
