@@ -112,8 +112,14 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
                     Err(e) => warn!("the peer cache is unusable: {e:#}"),
                 }
             }
-            let Some(registry) =
-                retry_until(&shutdown, "connecting to etcd", || Registry::connect(&etcd)).await
+            // Each attempt is a liveness beat, as in fetch_config: waiting for etcd at start is
+            // not a stuck agent (with user/password, connecting is an RPC that fails while
+            // etcd is down).
+            let Some(registry) = retry_until(&shutdown, "connecting to etcd", || {
+                health.beat();
+                Registry::connect(&etcd)
+            })
+            .await
             else {
                 return Ok(());
             };
