@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `sudo scripts/bench.sh [--quick | --smoke] [more benches/agent flags]`
+# As root: `scripts/bench.sh [--quick | --smoke] [more benches/agent flags]` (a normal user: sudo)
 # Builds the release agent and the benchmark, then runs it as root (network namespaces): cold
 # start of 100…20,000 peers next to `ip -batch`, event latency, a no-change resync, idle CPU and
 # wakeups, RSS, etcd RPCs and pod-to-pod iperf3 (see BENCHMARKS.md). The output, headed by the
@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 
 prepare
 log "cargo build --release --locked"
-"${CARGO[@]}" build --release --locked
+cargo build --release --locked
 log "cargo bench --bench agent --no-run --locked"
-bin=$("${CARGO[@]}" bench --bench agent --no-run --locked 2>&1 | tee /dev/stderr |
+bin=$(cargo bench --bench agent --no-run --locked 2>&1 | tee /dev/stderr |
   sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n1)
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
   die "could not find the benchmark binary in cargo's output"

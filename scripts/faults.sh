@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The fault suite: `sudo scripts/faults.sh [--quick] [--out FILE]`
+# The fault suite, as root (a normal user: sudo in front):
+#   scripts/faults.sh [--quick] [--out FILE]
 #
 # Runs the fault scenarios of tests/faults.rs (targets R1–R7, S1: etcd outage, compaction while
 # cut off, restarts, boot from the peer cache, 50 nodes at once, drift repair, stale purge,
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --out) out="${2:?--out needs a file}"; shift ;;
     --out=*) out="${1#--out=}" ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (use --quick, --out FILE)" ;;
   esac
   shift
@@ -32,7 +33,7 @@ done
 
 prepare
 log "building weft (cargo build --release --locked)"
-"${CARGO[@]}" build --release --locked
+cargo build --release --locked
 
 if [ "$quick" = 1 ]; then
   mode="quick (CI sizes)"
@@ -45,7 +46,7 @@ else
 fi
 
 report=$(mktemp /tmp/weft-faults.XXXXXX)
-trap 'rm -f "$report"' EXIT
+trap 'rm -f "$report"; give_back' EXIT
 export WEFT_FAULTS_REPORT="$report"
 # The agents under test are the release binary; the test driver itself stays a debug build.
 export WEFT_TEST_BIN="$PWD/target/release/weft"
@@ -54,9 +55,9 @@ t0=$(date +%s)
 
 status=0
 log "fault scenarios ($mode): cargo test --test faults -- --test-threads=1"
-"${CARGO[@]}" test --locked --test faults -- --test-threads=1 --nocapture || status=$?
+cargo test --locked --test faults -- --test-threads=1 --nocapture || status=$?
 log "property tests: cargo test -p net-conf --test fuzz (PROPTEST_CASES=$PROPTEST_CASES)"
-if "${CARGO[@]}" test --locked -p net-conf --test fuzz; then
+if cargo test --locked -p net-conf --test fuzz; then
   n=$(grep -c '#\[test\]' net-conf/tests/fuzz.rs)
   echo "FIGURE|S1|property tests (net-conf/tests/fuzz.rs): $n properties × $PROPTEST_CASES cases|pass|pass" >>"$report"
 else
@@ -72,7 +73,7 @@ mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
   echo
   echo "- date: $started; took ${elapsed} s; result: $([ $status = 0 ] && echo pass || echo FAIL)"
   echo "- machine: $(nproc) × $cpu, $mem, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
-  echo "- command: \`sudo scripts/faults.sh$([ $quick = 1 ] && echo ' --quick')\` (agents: release build)"
+  echo "- command: \`scripts/faults.sh$([ $quick = 1 ] && echo ' --quick')\` (agents: release build)"
   echo
   echo "| target | what | measured | goal |"
   echo "|---|---|---|---|"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The README's second command: `sudo scripts/test.sh [cargo test args]`
+# The README's second command, as root (a normal user: sudo in front; the tests still run as
+# root, see find_cargo in scripts/common.sh):
+#   scripts/test.sh [cargo test args]
 # Installs what is missing, builds the release binary and runs every test of the workspace
 # (unit, kernel and end-to-end tests with a real etcd and the real weft in network namespaces),
 # then the ipip end-to-end tests in a qemu VM (scripts/vm-test.sh).
@@ -10,25 +12,19 @@ cd "$(dirname "$0")/.."
 
 prepare
 log "cargo build --release --locked"
-"${CARGO[@]}" build --release --locked
+cargo build --release --locked
 log "cargo test --workspace --locked $*"
 # End-to-end tests each build a cluster of namespaces with etcd and several agents; on a small
 # machine more than a few at once only adds timing noise. RUST_TEST_THREADS overrides.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
-"${CARGO[@]}" test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
 
 # Then the tests that need a kernel with ipip (tests/vm_*.rs, tests/e2e_ipip*.rs) inside a small
 # qemu VM (about 2 minutes under TCG); see scripts/vm-test.sh. Only for a full run (no cargo test
 # arguments); WEFT_SKIP_VM=1 skips it.
 if [ $# -eq 0 ] && [ -z "${WEFT_SKIP_VM:-}" ]; then
   log "scripts/vm-test.sh (ipip end to end in a VM)"
-  if [ "${CARGO[0]}" = cargo ]; then
-    scripts/vm-test.sh
-  else
-    # The toolchain belongs to the sudo user (find_cargo): vm-test.sh runs as root (qemu, 9p)
-    # and only needs cargo to locate the test executables built above.
-    home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
-    PATH="$home/.cargo/bin:$PATH" CARGO_HOME="$home/.cargo" RUSTUP_HOME="$home/.rustup" \
-      scripts/vm-test.sh
-  fi
+  # Runs as root too, with the toolchain find_cargo exported (it only locates the test
+  # executables built above).
+  scripts/vm-test.sh
 fi

@@ -1,5 +1,5 @@
 //! `weft`: the agent (flanneld-style flags) and its one-shot commands (`status`, `cleanup`,
-//! `docker-opts`).
+//! `docker-opts`); the command line is parsed by `weft::cli`.
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
@@ -11,7 +11,14 @@ fn main() -> ExitCode {
     let cmd = match cli::parse(&args, &|name| std::env::var(name).ok()) {
         Ok(cmd) => cmd,
         Err(e) => {
-            eprintln!("weft: {e}");
+            // One line, as Go's flag package prints it; exit 2 for every usage error.
+            match args
+                .first()
+                .filter(|a| cli::SUBCOMMANDS.contains(&a.as_str()))
+            {
+                Some(sub) => eprintln!("weft {sub}: {e} (see weft {sub} --help)"),
+                None => eprintln!("weft: {e} (see weft --help)"),
+            }
             return ExitCode::from(2);
         }
     };
@@ -20,33 +27,27 @@ fn main() -> ExitCode {
             println!("weft {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Help => {
-            print!("{}", cli::usage());
+        Command::Help(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
-        Command::Sub { name, args } => match name.as_str() {
-            "docker-opts" => ExitCode::from(weft::commands::docker_opts::run_cli(&args)),
-            "status" => {
-                // The report is the output; logs only for errors unless RUST_LOG says more.
-                init_logging_default("error");
-                ExitCode::from(weft::commands::status::run_cli(&args))
-            }
-            "cleanup" => {
-                // Each removal is logged at info, like the `ip` command.
-                init_logging_default("info");
-                ExitCode::from(weft::commands::cleanup::run_cli(&args))
-            }
-            other => {
-                eprintln!("weft: subcommand {other} is not available yet");
-                ExitCode::from(2)
-            }
-        },
+        Command::DockerOpts(args) => ExitCode::from(weft::commands::docker_opts::run_command(args)),
+        Command::Status(args) => {
+            // The report is the output; logs only for errors unless RUST_LOG says more.
+            init_logging_default("error", args.opts.log_color);
+            ExitCode::from(weft::commands::status::run_command(args))
+        }
+        Command::Cleanup(args) => {
+            // Each removal is logged at info, like the `ip` command.
+            init_logging_default("info", args.opts.log_color);
+            ExitCode::from(weft::commands::cleanup::run_command(args))
+        }
         Command::Run(opts) => run_agent(opts),
     }
 }
 
 fn run_agent(opts: cli::Options) -> ExitCode {
-    init_logging(opts.log_level());
+    init_logging(opts.log_level(), opts.log_color);
     info!("weft {} starting", env!("CARGO_PKG_VERSION"));
     info!("CLI flags config: {opts:?}");
     // One thread: the agent is I/O bound, and a current-thread runtime keeps memory and wakeups
@@ -91,17 +92,23 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn init_logging(level: tracing::Level) {
+fn init_logging(level: tracing::Level, color: cli::LogColor) {
     // RUST_LOG wins; else flannel's -v picks the level.
-    init_logging_default(&level.as_str().to_ascii_lowercase());
+    init_logging_default(&level.as_str().to_ascii_lowercase(), color);
 }
 
 /// Logs to stderr with `RUST_LOG`, or `default` (an `EnvFilter` directive) when it is unset.
-fn init_logging_default(default: &str) {
+/// ANSI colours only as `--log-color` says: by default only on a terminal and without
+/// `NO_COLOR`, so log files, journald and `kubectl logs` get plain text.
+fn init_logging_default(default: &str, color: cli::LogColor) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let no_color = std::env::var("NO_COLOR").ok();
+    let ansi = color.enabled(std::io::stderr().is_terminal(), no_color.as_deref());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }

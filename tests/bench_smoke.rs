@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bench::{Config, Kind};
+use weft_testkit::need;
 
 #[test]
 fn bench_runs_every_measurement_with_50_peers() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED bench_runs_every_measurement_with_50_peers: needs root (namespaces)");
+    if !need::root("bench_runs_every_measurement_with_50_peers") {
         return;
     }
     let cfg = Config {

@@ -135,7 +135,7 @@ fn etcd_lease_ids(lab: &Lab) -> Vec<i64> {
 
 #[test]
 fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
-    if !common::root_or_skip("cleanup_removes_weft_state_idempotently_and_releases_the_lease") {
+    if !common::need::root("cleanup_removes_weft_state_idempotently_and_releases_the_lease") {
         return;
     }
     let mut spec = LabSpec::new(2, common::weft_bin());

@@ -104,7 +104,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn mutual_tls_works_and_each_bad_credential_names_its_cause() {
-    if !common::root_or_skip("mutual_tls_works_and_each_bad_credential_names_its_cause") {
+    if !common::need::root("mutual_tls_works_and_each_bad_credential_names_its_cause") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -55,7 +55,7 @@ fn assert_agents_alive(lab: &mut Lab, down: &[usize]) {
 
 #[test]
 fn three_nodes_started_together_get_host_gw_routes_and_pods_ping() {
-    if !common::root_or_skip("three_nodes_started_together_get_host_gw_routes_and_pods_ping") {
+    if !common::need::root("three_nodes_started_together_get_host_gw_routes_and_pods_ping") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -119,8 +119,7 @@ fn three_nodes_started_together_get_host_gw_routes_and_pods_ping() {
 
 #[test]
 fn plain_routes_with_route_nexthops_false_moved_onto_nexthops_in_place() {
-    if !common::root_or_skip("plain_routes_with_route_nexthops_false_moved_onto_nexthops_in_place")
-    {
+    if !common::need::root("plain_routes_with_route_nexthops_false_moved_onto_nexthops_in_place") {
         return;
     }
     let mut spec = spec(2);
@@ -187,7 +186,7 @@ fn plain_routes_with_route_nexthops_false_moved_onto_nexthops_in_place() {
 
 #[test]
 fn restart_keeps_the_subnet_and_peers_never_lose_the_route() {
-    if !common::root_or_skip("restart_keeps_the_subnet_and_peers_never_lose_the_route") {
+    if !common::need::root("restart_keeps_the_subnet_and_peers_never_lose_the_route") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -243,7 +242,7 @@ fn restart_keeps_the_subnet_and_peers_never_lose_the_route() {
 
 #[test]
 fn malformed_leases_are_skipped_and_nothing_breaks() {
-    if !common::root_or_skip("malformed_leases_are_skipped_and_nothing_breaks") {
+    if !common::need::root("malformed_leases_are_skipped_and_nothing_breaks") {
         return;
     }
     // One bad lease is there before the agents start (seen by the initial list)…
@@ -334,7 +333,7 @@ fn assert_rejected(config: &str, field: &str, value: &str) {
 
 #[test]
 fn bad_config_exits_1_naming_the_field_and_value() {
-    if !common::root_or_skip("bad_config_exits_1_naming_the_field_and_value") {
+    if !common::need::root("bad_config_exits_1_naming_the_field_and_value") {
         return;
     }
     assert_rejected(

@@ -9,7 +9,7 @@ use weft_testkit::lab::{Lab, LabSpec};
 
 #[test]
 fn topology_pods_routes_and_teardown() {
-    if !common::root_or_skip("topology_pods_routes_and_teardown") {
+    if !common::need::root("topology_pods_routes_and_teardown") {
         return;
     }
     let mut lab = Lab::build(LabSpec::new(3, common::weft_bin())).expect("build lab");

@@ -198,7 +198,7 @@ fn flannel_chains(ns: &str, table: &str) -> Vec<String> {
         .collect()
 }
 
-/// flanneld's golden nat text (spec §6.1) for a node's subnet.
+/// flanneld's golden nat text (docs/flannel-compat.md §6.1) for a node's subnet.
 fn golden_nat(subnet: &str) -> Vec<String> {
     let c = r#"-m comment --comment "flanneld masq""#;
     let n = "10.244.0.0/16";
@@ -215,7 +215,7 @@ fn golden_nat(subnet: &str) -> Vec<String> {
 
 #[test]
 fn iptables_masquerade_to_the_outside_not_between_pods_and_repaired() {
-    if !common::root_or_skip("iptables_masquerade_to_the_outside_not_between_pods_and_repaired") {
+    if !common::need::root("iptables_masquerade_to_the_outside_not_between_pods_and_repaired") {
         return;
     }
     let mut lab = masq_lab(None, &["--ip-masq"]);
@@ -309,7 +309,7 @@ fn nft_table(ns: &str) -> Result<weft::agent::firewall::nftables::ObservedTable,
 
 #[test]
 fn nftables_masquerade_cleans_iptables_leftovers_and_is_repaired() {
-    if !common::root_or_skip("nftables_masquerade_cleans_iptables_leftovers_and_is_repaired") {
+    if !common::need::root("nftables_masquerade_cleans_iptables_leftovers_and_is_repaired") {
         return;
     }
     let config =
@@ -410,9 +410,8 @@ fn nftables_masquerade_cleans_iptables_leftovers_and_is_repaired() {
 /// prove masquerading), while the forward rules are still installed (default on).
 #[test]
 fn without_ip_masq_pods_do_not_reach_the_outside_but_forward_rules_exist() {
-    if !common::root_or_skip(
-        "without_ip_masq_pods_do_not_reach_the_outside_but_forward_rules_exist",
-    ) {
+    if !common::need::root("without_ip_masq_pods_do_not_reach_the_outside_but_forward_rules_exist")
+    {
         return;
     }
     let mut lab = masq_lab(None, &[]);
@@ -435,7 +434,7 @@ fn without_ip_masq_pods_do_not_reach_the_outside_but_forward_rules_exist() {
 /// (the iptables chains are removed) and masquerading keeps working; flipped back, they return.
 #[test]
 fn enable_nftables_switches_live() {
-    if !common::root_or_skip("enable_nftables_switches_live") {
+    if !common::need::root("enable_nftables_switches_live") {
         return;
     }
     let mut lab = masq_lab(None, &["--ip-masq"]);

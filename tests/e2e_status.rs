@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ fn lab(nodes: usize, backend: &str) -> Lab {
 
 /// `ip netns exec <node k> weft <args> --etcd-endpoints=… --subnet-file=…`.
 fn weft_in_node(lab: &Lab, k: usize, args: &[&str]) -> Output {
+    weft_in_node_with(lab, k, args, &lab.subnet_file(k).expect("path"))
+}
+
+/// [`weft_in_node`] with another `--subnet-file`.
+fn weft_in_node_with(lab: &Lab, k: usize, args: &[&str], subnet_file: &Path) -> Output {
     let ns = lab.node_ns(k).expect("ns");
     Command::new("ip")
         .args(["netns", "exec", ns])
@@ -38,10 +44,7 @@ fn weft_in_node(lab: &Lab, k: usize, args: &[&str]) -> Output {
             "--etcd-endpoints={}",
             lab.etcd_endpoint().expect("endpoint")
         ))
-        .arg(format!(
-            "--subnet-file={}",
-            lab.subnet_file(k).expect("path").display()
-        ))
+        .arg(format!("--subnet-file={}", subnet_file.display()))
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
         .output()
@@ -50,7 +53,11 @@ fn weft_in_node(lab: &Lab, k: usize, args: &[&str]) -> Output {
 
 /// `weft status --json` in node k: (exit code, report).
 fn status(lab: &Lab, k: usize) -> (i32, Value) {
-    let out = weft_in_node(lab, k, &["status", "--json"]);
+    json_report(weft_in_node(lab, k, &["status", "--json"]))
+}
+
+/// The exit code and the JSON report of a `weft status --json` run.
+fn json_report(out: Output) -> (i32, Value) {
     let text = String::from_utf8_lossy(&out.stdout);
     let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
         panic!(
@@ -133,7 +140,7 @@ fn assert_converged_report(lab: &Lab, k: usize, code: i32, report: &Value, backe
 
 #[test]
 fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
-    if !common::root_or_skip("status_host_gw_no_drift_then_exactly_the_drift_made_by_hand") {
+    if !common::need::root("status_host_gw_no_drift_then_exactly_the_drift_made_by_hand") {
         return;
     }
     let mut lab = lab(3, "host-gw");
@@ -255,6 +262,57 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
     lab.teardown().expect("teardown");
 }
 
+/// A node without a default route (the agent needs one only at start): status finds the node's
+/// lease from the subnet file, then, without one, from the node's addresses, and says which.
+#[test]
+fn status_without_a_default_route_finds_the_lease_by_subnet_file_then_by_address() {
+    if !common::need::root(
+        "status_without_a_default_route_finds_the_lease_by_subnet_file_then_by_address",
+    ) {
+        return;
+    }
+    let lab = lab(2, "host-gw");
+    for k in 1..=2 {
+        wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("host-gw routes");
+    }
+    let (code, report) = status(&lab, 1);
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "subnet_file", "{report:#}");
+
+    lab.ip(1, &["route", "del", "default"])
+        .expect("ip route del default");
+    let routes = routes_in(lab.node_ns(1).expect("ns")).expect("routes");
+    assert!(
+        !routes.iter().any(|r| r["dst"] == "default"),
+        "default route still there: {routes:?}"
+    );
+
+    // The subnet file names the lease; the interface is the one holding its PublicIP.
+    let (code, report) = status(&lab, 1);
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "subnet_file", "{report:#}");
+    let human = weft_in_node(&lab, 1, &["status"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(human.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("found:   own lease from the subnet file (FLANNEL_SUBNET)"),
+        "{text}"
+    );
+
+    // No subnet file: the lease whose PublicIP is an address of the node.
+    let none = lab.subnet_file(1).expect("path").with_extension("absent");
+    assert!(!none.exists());
+    let (code, report) = json_report(weft_in_node_with(&lab, 1, &["status", "--json"], &none));
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "address", "{report:#}");
+
+    // An interface flag still chooses as the agent does, default route or not.
+    let (code, report) = json_report(weft_in_node(&lab, 1, &["status", "--json", "--iface=eth0"]));
+    assert_converged_report(&lab, 1, code, &report, "host-gw");
+    assert_eq!(report["node"]["found_by"], "flags", "{report:#}");
+    lab.teardown().expect("teardown");
+}
+
 /// The vxlan routes of node k: one onlink route per peer via flannel.1, nothing else of weft's.
 fn vxlan_routes_ok(lab: &Lab, k: usize) -> Result<(), String> {
     let routes = routes_in(lab.node_ns(k).map_err(|e| e.to_string())?)?;
@@ -288,7 +346,7 @@ fn vxlan_routes_ok(lab: &Lab, k: usize) -> Result<(), String> {
 
 #[test]
 fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
-    if !common::root_or_skip("status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route") {
+    if !common::need::root("status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route") {
         return;
     }
     let mut lab = lab(3, "vxlan");
@@ -450,7 +508,7 @@ fn http_get_in_netns(ns: &str, port: u16, path: &str) -> Result<(u16, String), S
 
 #[test]
 fn metrics_scraped_from_a_lab_node_parse() {
-    if !common::root_or_skip("metrics_scraped_from_a_lab_node_parse") {
+    if !common::need::root("metrics_scraped_from_a_lab_node_parse") {
         return;
     }
     let lab = lab(2, "host-gw");

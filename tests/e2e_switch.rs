@@ -135,7 +135,7 @@ fn ping_summary(out: &str) -> Option<(u32, u32)> {
 
 #[test]
 fn vxlan_to_host_gw_and_back_live_keeps_subnets_and_pings() {
-    if !common::root_or_skip("vxlan_to_host_gw_and_back_live_keeps_subnets_and_pings") {
+    if !common::need::root("vxlan_to_host_gw_and_back_live_keeps_subnets_and_pings") {
         return;
     }
     let mut lab = vxlan_lab(3);
@@ -202,7 +202,7 @@ fn vxlan_to_host_gw_and_back_live_keeps_subnets_and_pings() {
 
 #[test]
 fn a_network_change_is_refused_and_the_data_plane_stays() {
-    if !common::root_or_skip("a_network_change_is_refused_and_the_data_plane_stays") {
+    if !common::need::root("a_network_change_is_refused_and_the_data_plane_stays") {
         return;
     }
     let lab = vxlan_lab(2);
@@ -227,7 +227,7 @@ fn a_network_change_is_refused_and_the_data_plane_stays() {
 
 #[test]
 fn restart_after_a_change_made_while_down_removes_the_old_backend() {
-    if !common::root_or_skip("restart_after_a_change_made_while_down_removes_the_old_backend") {
+    if !common::need::root("restart_after_a_change_made_while_down_removes_the_old_backend") {
         return;
     }
     let mut lab = vxlan_lab(2);
@@ -302,7 +302,7 @@ fn vxlan_file_lab(cm: &ConfigMapDir, etcd_config: Option<&str>) -> Lab {
 
 #[test]
 fn a_configmap_symlink_swap_switches_the_backend() {
-    if !common::root_or_skip("a_configmap_symlink_swap_switches_the_backend") {
+    if !common::need::root("a_configmap_symlink_swap_switches_the_backend") {
         return;
     }
     let mut cm = ConfigMapDir::new(VXLAN);
@@ -321,7 +321,7 @@ fn a_configmap_symlink_swap_switches_the_backend() {
 /// publishing its new lease, still exits at once on SIGTERM, and publishes when etcd returns.
 #[test]
 fn a_switch_while_etcd_is_down_is_published_when_it_returns() {
-    if !common::root_or_skip("a_switch_while_etcd_is_down_is_published_when_it_returns") {
+    if !common::need::root("a_switch_while_etcd_is_down_is_published_when_it_returns") {
         return;
     }
     let mut cm = ConfigMapDir::new(VXLAN);

@@ -186,8 +186,7 @@ impl Drop for Capture {
 
 #[test]
 fn three_nodes_program_flannels_vxlan_state_and_pods_ping_over_udp_8472() {
-    if !common::root_or_skip("three_nodes_program_flannels_vxlan_state_and_pods_ping_over_udp_8472")
-    {
+    if !common::need::root("three_nodes_program_flannels_vxlan_state_and_pods_ping_over_udp_8472") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -331,11 +330,11 @@ struct FlannelVxlanData {
 
 #[test]
 fn a_hand_made_flanneld_node_and_weft_nodes_interoperate() {
-    if !common::root_or_skip("a_hand_made_flanneld_node_and_weft_nodes_interoperate") {
+    if !common::need::root("a_hand_made_flanneld_node_and_weft_nodes_interoperate") {
         return;
     }
-    // Node 4 runs no weft: it is programmed as flanneld does it (test-env.md), with its lease
-    // written as flanneld writes it, before the weft nodes start.
+    // Node 4 runs no weft: it is programmed as flanneld does it (docs/flannel-compat.md §5.1), with
+    // its lease written as flanneld writes it, before the weft nodes start.
     let mut lab = Lab::build(spec(4)).expect("build lab");
     let n4 = lab.node_ns(4).expect("ns").to_owned();
     let ip4 = lab.node_ip(4).expect("ip");
@@ -584,7 +583,7 @@ fn repaired_within(
 
 #[test]
 fn out_of_band_deletes_are_repaired_within_a_second() {
-    if !common::root_or_skip("out_of_band_deletes_are_repaired_within_a_second") {
+    if !common::need::root("out_of_band_deletes_are_repaired_within_a_second") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -736,7 +735,7 @@ fn bounce_node2(lab: &mut Lab, how: Signal, while_down: impl FnOnce(&Lab)) {
 
 #[test]
 fn restarts_keep_subnet_and_vtep_mac_and_peers_never_lose_the_entries() {
-    if !common::root_or_skip("restarts_keep_subnet_and_vtep_mac_and_peers_never_lose_the_entries") {
+    if !common::need::root("restarts_keep_subnet_and_vtep_mac_and_peers_never_lose_the_entries") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -800,7 +799,7 @@ fn restarts_keep_subnet_and_vtep_mac_and_peers_never_lose_the_entries() {
 
 #[test]
 fn a_peer_changing_its_mac_replaces_fdb_and_arp_entries() {
-    if !common::root_or_skip("a_peer_changing_its_mac_replaces_fdb_and_arp_entries") {
+    if !common::need::root("a_peer_changing_its_mac_replaces_fdb_and_arp_entries") {
         return;
     }
     let mut lab = converged_lab(3);
@@ -876,7 +875,7 @@ fn a_peer_changing_its_mac_replaces_fdb_and_arp_entries() {
 
 #[test]
 fn a_device_set_down_or_stripped_of_its_address_is_restored() {
-    if !common::root_or_skip("a_device_set_down_or_stripped_of_its_address_is_restored") {
+    if !common::need::root("a_device_set_down_or_stripped_of_its_address_is_restored") {
         return;
     }
     let mut lab = converged_lab(2);
@@ -938,7 +937,7 @@ fn a_device_set_down_or_stripped_of_its_address_is_restored() {
 /// incremental path, which must hand such a collision to the full plan.
 #[test]
 fn two_leases_with_one_vtep_mac_program_one_then_the_other() {
-    if !common::root_or_skip("two_leases_with_one_vtep_mac_program_one_then_the_other") {
+    if !common::need::root("two_leases_with_one_vtep_mac_program_one_then_the_other") {
         return;
     }
     let mut lab = converged_lab(2);

@@ -129,7 +129,7 @@ async fn incompatible_own_lease_is_deleted_and_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_nodes_at_once_get_fifty_distinct_subnets() {
     let etcd = start_etcd();
-    // 63 subnets for 50 nodes (targets.md R4): many lost races.
+    // 63 subnets for 50 nodes (docs/targets.md R4): many lost races.
     const NODES: usize = 50;
     let conf = conf(r#"{"Network":"10.244.0.0/18","SubnetLen":24,"Backend":{"Type":"host-gw"}}"#);
     let mut managers = Vec::new();

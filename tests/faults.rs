@@ -474,7 +474,7 @@ fn http_get(ns: &str, addr: &str, port: u16, path: &str) -> Result<(u16, String)
 
 #[test]
 fn r1_etcd_outage_keeps_the_data_plane_and_resumes() {
-    if !common::root_or_skip("r1_etcd_outage_keeps_the_data_plane_and_resumes") {
+    if !common::need::root("r1_etcd_outage_keeps_the_data_plane_and_resumes") {
         return;
     }
     let outage = Duration::from_secs(knob("WEFT_FAULTS_OUTAGE_SECS", 10));
@@ -623,7 +623,7 @@ fn etcd_recv_queue(lab: &Lab, k: usize) -> u64 {
 /// when etcd returns it holds the same subnet again.
 #[test]
 fn r1_reacquiring_with_etcd_down_keeps_repairing() {
-    if !common::root_or_skip("r1_reacquiring_with_etcd_down_keeps_repairing") {
+    if !common::need::root("r1_reacquiring_with_etcd_down_keeps_repairing") {
         return;
     }
     let mut lab = converged_lab(2, "host-gw");
@@ -726,7 +726,7 @@ fn r1_reacquiring_with_etcd_down_keeps_repairing() {
 
 #[test]
 fn r1_compaction_while_cut_off_relists_and_misses_nothing() {
-    if !common::root_or_skip("r1_compaction_while_cut_off_relists_and_misses_nothing") {
+    if !common::need::root("r1_compaction_while_cut_off_relists_and_misses_nothing") {
         return;
     }
     let mut lab = converged_lab(3, "host-gw");
@@ -828,7 +828,7 @@ fn hostgw_routes_ok_plus(lab: &Lab, k: usize, extra: &[&str]) -> Result<(), Stri
 
 #[test]
 fn r2_sigterm_and_kill9_restarts_lose_no_ping() {
-    if !common::root_or_skip("r2_sigterm_and_kill9_restarts_lose_no_ping") {
+    if !common::need::root("r2_sigterm_and_kill9_restarts_lose_no_ping") {
         return;
     }
     let down = Duration::from_secs(knob("WEFT_FAULTS_DOWN_SECS", 2));
@@ -918,7 +918,7 @@ fn r2_sigterm_and_kill9_restarts_lose_no_ping() {
 
 #[test]
 fn r3_boot_with_etcd_down_programs_cached_peers() {
-    if !common::root_or_skip("r3_boot_with_etcd_down_programs_cached_peers") {
+    if !common::need::root("r3_boot_with_etcd_down_programs_cached_peers") {
         return;
     }
     let mut lab = Lab::build(spec(3, "host-gw")).expect("build lab");
@@ -1062,7 +1062,7 @@ impl GatewayWatch {
 
 #[test]
 fn r4_fifty_nodes_join_at_once_and_keys_are_defended() {
-    if !common::root_or_skip("r4_fifty_nodes_join_at_once_and_keys_are_defended") {
+    if !common::need::root("r4_fifty_nodes_join_at_once_and_keys_are_defended") {
         return;
     }
     let n = usize::try_from(knob("WEFT_FAULTS_NODES", 50)).expect("nodes");
@@ -1215,7 +1215,7 @@ fn key_lease(lab: &Lab, key: &str) -> i64 {
 
 #[test]
 fn r5_out_of_band_deletes_are_repaired() {
-    if !common::root_or_skip("r5_out_of_band_deletes_are_repaired") {
+    if !common::need::root("r5_out_of_band_deletes_are_repaired") {
         return;
     }
     // host-gw: a peer's route.
@@ -1346,7 +1346,7 @@ fn r5_out_of_band_deletes_are_repaired() {
 
 #[test]
 fn r6_stale_state_is_removed_only_after_etcd_answers() {
-    if !common::root_or_skip("r6_stale_state_is_removed_only_after_etcd_answers") {
+    if !common::need::root("r6_stale_state_is_removed_only_after_etcd_answers") {
         return;
     }
     // Longer than the agent's first-contact timeout (3 s), after which it boots from its peer
@@ -1499,7 +1499,7 @@ fn r6_stale_state_is_removed_only_after_etcd_answers() {
 
 #[test]
 fn r7_healthz_readyz_and_loopback_only() {
-    if !common::root_or_skip("r7_healthz_readyz_and_loopback_only") {
+    if !common::need::root("r7_healthz_readyz_and_loopback_only") {
         return;
     }
     let port = weft_testkit::lab::DEFAULT_HEALTHZ_PORT;
@@ -1678,7 +1678,7 @@ fn storm(endpoint: String, count: usize, live: BTreeSet<String>) -> (usize, usiz
 
 #[test]
 fn s1_malformed_lease_storm_breaks_nothing() {
-    if !common::root_or_skip("s1_malformed_lease_storm_breaks_nothing") {
+    if !common::need::root("s1_malformed_lease_storm_breaks_nothing") {
         return;
     }
     let count = usize::try_from(knob("WEFT_FAULTS_STORM", 500)).expect("storm");

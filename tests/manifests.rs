@@ -8,14 +8,15 @@
 //!   3-member etcd cluster with TLS, weft configured by the shipped env file, `weft docker-opts`.
 //!
 //! The validators come from PyPI (`pip install kubernetes-validate yamllint`, done by
-//! `scripts/test.sh` and `.ci/run`). Without them the first test is skipped with a message,
-//! except under CI (`CI` set), where it fails.
+//! `scripts/test.sh` and `.ci/run`). Without them the tests that use them fail under CI and are
+//! skipped with a message elsewhere (`weft_testkit::need`).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 use weft::cli::{self, Command as CliCommand, Options};
+use weft_testkit::need;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -38,19 +39,18 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// False (and a message) when the script said a tool is missing (exit 3) outside CI.
+/// False when the script said a tool is missing (exit 3): fails under CI, `SKIPPED` elsewhere.
 fn tools_present(out: &Output) -> bool {
     if out.status.code() != Some(3) {
         return true;
     }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "validators missing under CI: {}",
-        text(out)
-    );
-    eprintln!(
-        "SKIPPED manifests_pass_the_offline_validators: {}(pip install kubernetes-validate yamllint)",
-        String::from_utf8_lossy(&out.stderr)
+    need::missing(
+        "manifests_pass_the_offline_validators",
+        &format!(
+            "a validator ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        "`scripts/test.sh` installs them (or `python3 -m pip install kubernetes-validate yamllint`)",
     );
     false
 }
@@ -121,16 +121,22 @@ fn manifests_pass_the_offline_validators() {
     }
 }
 
-/// The documents of kube-weft.yml as JSON (PyYAML through the script).
-fn kube_weft_docs() -> Option<Vec<Value>> {
+/// The documents of kube-weft.yml as JSON (PyYAML through the script), for `test`.
+fn kube_weft_docs(test: &str) -> Option<Vec<Value>> {
     let out = Command::new(root().join("scripts/check-manifests.sh"))
         .args(["json"])
         .arg(root().join("manifests/kube-weft.yml"))
         .output()
         .expect("run check-manifests.sh json");
     if out.status.code() == Some(3) {
-        assert!(std::env::var_os("CI").is_none(), "{}", text(&out));
-        eprintln!("SKIPPED: no python3 with PyYAML: {}", text(&out));
+        need::missing(
+            test,
+            &format!(
+                "python3 with PyYAML ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            "`scripts/test.sh` installs it (Debian: `apt-get install python3-yaml`)",
+        );
         return None;
     }
     assert!(out.status.success(), "{}", text(&out));
@@ -153,7 +159,7 @@ fn run_options(args: &[String], env: &HashMap<String, String>) -> Options {
 
 #[test]
 fn daemonset_and_configmap_are_what_weft_understands() {
-    let Some(docs) = kube_weft_docs() else {
+    let Some(docs) = kube_weft_docs("daemonset_and_configmap_are_what_weft_understands") else {
         return;
     };
     let ns = find(&docs, "Namespace");
@@ -507,8 +513,7 @@ fn make_pki(dir: &Path, ips: &[&str]) {
 /// them, and `weft docker-opts` on each node.
 #[test]
 fn binary_deployment_walkthrough_with_a_tls_etcd_cluster() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED binary_deployment_walkthrough_with_a_tls_etcd_cluster: needs root");
+    if !need::root("binary_deployment_walkthrough_with_a_tls_etcd_cluster") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

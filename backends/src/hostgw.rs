@@ -1,5 +1,5 @@
-//! host-gw (spec §5.3): no device; one route per peer, `<peer subnet> via <peer PublicIP> dev
-//! <ext iface>`, which only works when every node is on one L2 segment.
+//! host-gw (docs/flannel-compat.md §5.3): no device; one route per peer, `<peer subnet> via <peer
+//! PublicIP> dev <ext iface>`, which only works when every node is on one L2 segment.
 //!
 //! Unlike flannel, a peer whose PublicIP is not on a directly connected subnet of the external
 //! interface is skipped up front with a reason, instead of failing in the kernel ("network is

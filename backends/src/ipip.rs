@@ -1,6 +1,6 @@
-//! ipip (spec §5.2): device `flannel.ipip` (IPv4 in IPv4, 20 bytes of overhead); per peer one
-//! onlink route through the tunnel, planned by [`IpIp::desired`] and applied by the same
-//! reconciler as host-gw and vxlan.
+//! ipip (docs/flannel-compat.md §5.2): device `flannel.ipip` (IPv4 in IPv4, 20 bytes of overhead);
+//! per peer one onlink route through the tunnel, planned by [`IpIp::desired`] and applied by the
+//! same reconciler as host-gw and vxlan.
 //!
 //! The device, as flannel makes it:
 //! ```text

@@ -32,7 +32,7 @@ pub use reconcile::{ApplyReport, Reconciler};
 /// own routes, purge stale ones at start, and never touch anyone else's.
 pub const RTPROT_WEFT: u8 = 87;
 
-/// The interface that carries the overlay, as chosen at start (spec §1.1).
+/// The interface that carries the overlay, as chosen at start (docs/flannel-compat.md §1.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalInterface {
     pub name: String,

@@ -1,6 +1,6 @@
-//! vxlan (spec §5.1): device `flannel.<VNI>`; per peer a permanent ARP entry, a `self permanent`
-//! FDB entry and an onlink route, planned by [`Vxlan::desired`] and applied by the same
-//! reconciler as host-gw.
+//! vxlan (docs/flannel-compat.md §5.1): device `flannel.<VNI>`; per peer a permanent ARP entry, a
+//! `self permanent` FDB entry and an onlink route, planned by [`Vxlan::desired`] and applied by the
+//! same reconciler as host-gw.
 //!
 //! Per peer with lease `{"PublicIP": P, "BackendData": {"VNI": v, "VtepMAC": M}}` and subnet S:
 //! ```text

@@ -164,17 +164,9 @@ fn run_pair<B: Backend + Send + 'static>(
     (a, b)
 }
 
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipping: needs root to create network namespaces");
-    false
-}
-
 #[test]
 fn host_gw_pods_reach_each_other() {
-    if !is_root() {
+    if !common::need::root("host_gw_pods_reach_each_other") {
         return;
     }
     let (a, b) = run_pair("hostgw", HostGw::new, |a, b| {
@@ -188,7 +180,7 @@ fn host_gw_pods_reach_each_other() {
 
 #[test]
 fn vxlan_pods_reach_each_other() {
-    if !is_root() {
+    if !common::need::root("vxlan_pods_reach_each_other") {
         return;
     }
     let (a, b) = run_pair("vxlan", || Vxlan::new(VxlanConf::default()), |_, _| {});

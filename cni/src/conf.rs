@@ -1,5 +1,6 @@
 //! The flannel CNI plugin's network configuration and the delegate configuration it renders
-//! from it and subnet.env (spec §8.3). Pure: bytes and values in, values or [`CniError`] out.
+//! from it and subnet.env (docs/flannel-compat.md §8). Pure: bytes and values in, values or
+//! [`CniError`] out.
 //!
 //! Input (what a runtime passes on stdin, usually from a `.conflist` entry with `"type":
 //! "flannel"`):

@@ -1,4 +1,5 @@
-//! `weft-cni`: the flannel CNI plugin (spec §8.3), installable as `flannel` or `weft-cni`.
+//! `weft-cni`: the flannel CNI plugin (docs/flannel-compat.md §8), installable as `flannel` or
+//! `weft-cni`.
 //!
 //! - `ADD`: reads subnet.env, renders the delegate config ([`conf::build_delegate`]), saves it
 //!   to `<dataDir>/<CNI_CONTAINERID>` (0600, fsync, atomic rename) and runs the delegate plugin

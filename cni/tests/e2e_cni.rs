@@ -196,7 +196,7 @@ fn result_ip(result: &Value) -> Ipv4Net {
 
 #[test]
 fn pods_added_by_weft_cni_ping_across_vxlan_then_check_and_del() {
-    if !common::root_or_skip("pods_added_by_weft_cni_ping_across_vxlan_then_check_and_del") {
+    if !common::need::root("pods_added_by_weft_cni_ping_across_vxlan_then_check_and_del") {
         return;
     }
     let mut spec = LabSpec::new(2, common::weft_bin());

@@ -1,4 +1,4 @@
-//! Subnet allocation policy (spec §3.4), pure.
+//! Subnet allocation policy (docs/flannel-compat.md §3.4), pure.
 //!
 //! The caller lists the leases, asks [`choose`] what to do, does it in etcd (create by
 //! compare-and-swap, renew, or delete an incompatible own lease) and, after a delete or a lost

@@ -1,4 +1,5 @@
-//! net-conf.json / etcd `<prefix>/config`, parsed and validated as flannel does (spec §2).
+//! net-conf.json / etcd `<prefix>/config`, parsed and validated as flannel does
+//! (docs/flannel-compat.md §2).
 //!
 //! Keys are matched the way Go's `encoding/json` matches them (case-insensitively, the last of
 //! several spellings wins), unknown keys are ignored with a warning, defaults and validation
@@ -49,7 +50,7 @@ impl BackendConf {
     }
 }
 
-/// vxlan options (spec §2.1); keys case-insensitive.
+/// vxlan options (docs/flannel-compat.md §2.1); keys case-insensitive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanConf {
     /// `VNI`, default 1.

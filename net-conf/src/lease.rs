@@ -1,4 +1,4 @@
-//! Lease values (`LeaseAttrs`) as flannel stores them in etcd (spec §3.2).
+//! Lease values (`LeaseAttrs`) as flannel stores them in etcd (docs/flannel-compat.md §3.2).
 //!
 //! Reading is lenient like Go's `encoding/json` (case-insensitive keys, unknown keys ignored);
 //! writing gives flannel's bytes exactly:

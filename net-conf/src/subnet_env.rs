@@ -1,4 +1,5 @@
-//! subnet.env text (spec §4.1). Rendering and parsing only; the atomic write is the daemon's.
+//! subnet.env text (docs/flannel-compat.md §4.1). Rendering and parsing only; the atomic write is
+//! the daemon's.
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 

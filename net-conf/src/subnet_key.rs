@@ -1,4 +1,5 @@
-//! Subnet keys: `10.244.1.0-24`, dual-stack `10.244.1.0-24&fd00:10:244:1::-64` (spec §3.2).
+//! Subnet keys: `10.244.1.0-24`, dual-stack `10.244.1.0-24&fd00:10:244:1::-64`
+//! (docs/flannel-compat.md §3.2).
 //!
 //! Parsing is strict (the whole segment must be a key; flannel's own regex is anchored only at
 //! the end): bad prefix lengths, non-numbers, trailing junk and host bits are refused, so a

@@ -1,4 +1,4 @@
-//! The allocation policy of spec §3.4.
+//! The allocation policy of docs/flannel-compat.md §3.4.
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 

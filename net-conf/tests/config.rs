@@ -302,7 +302,7 @@ fn dual_stack_defaults() {
 
 #[test]
 fn ipv6_only_documented_range() {
-    // spec §2: fc00::/48 → fc00:0:0:1:: … fc00:0:0:ffff::
+    // docs/flannel-compat.md §2: fc00::/48 → fc00:0:0:1:: … fc00:0:0:ffff::
     let p = parse_fixture("ipv6-only.json");
     assert!(!p.conf.enable_ipv4);
     assert_eq!(p.conf.network, None);
@@ -452,7 +452,8 @@ fn invalid(text: &str) -> (String, String, String) {
     }
 }
 
-/// Every validation error of spec §2 (and weft's backend checks): (config, field, value, message).
+/// Every validation error of docs/flannel-compat.md §2 (and weft's backend checks): (config, field,
+/// value, message).
 const INVALID: &[(&str, &str, &str, &str)] = &[
     // CheckNetworkConfig, IPv4.
     (

@@ -327,9 +327,10 @@ impl fmt::Display for Seen<'_> {
     }
 }
 
-/// Picks the external interface as flanneld does (spec §1.1): gathers the snapshot (links and
-/// their IPv4 addresses, the default route, `ip route get` for `--iface-can-reach`) over netlink
-/// and applies [`select`]. Read-only; shared by the agent, `weft status` and `weft cleanup`.
+/// Picks the external interface as flanneld does (docs/flannel-compat.md §1.1): gathers the
+/// snapshot (links and their IPv4 addresses, the default route, `ip route get` for
+/// `--iface-can-reach`) over netlink and applies [`select`]. Read-only; shared by the agent, `weft
+/// status` and `weft cleanup`.
 pub async fn select_interface(
     nl: &backends::Netlink,
     opts: &crate::cli::Options,

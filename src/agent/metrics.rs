@@ -25,7 +25,7 @@
 //! | `weft_lease_expiry_timestamp_seconds` | gauge | Unix time the own etcd lease expires (0 = unknown or a reservation) |
 //! | `weft_etcd_reconnects_total` | counter | lease-watch reconnects after etcd was lost |
 //! | `weft_watch_events_total{type}` | counter | lease watch events: `put`, `delete`, `malformed`, `resync` |
-//! | `weft_reconcile_runs_total{reason}` | counter | reconcile passes by reason (`initial_sync`, `lease_change`, `reacquire`, `drift_repair`, `audit`, `retry`, `config_change`, `legacy_unused`) |
+//! | `weft_reconcile_runs_total{reason}` | counter | reconcile passes by reason (`initial_sync`, `lease_change` (also the pass after the own lease was re-acquired), `drift_repair`, `audit`, `retry`, `config_change`, `legacy_unused`) |
 //! | `weft_reconcile_duration_seconds` | histogram | time of one reconcile pass (diff + kernel writes) |
 //! | `weft_kernel_writes_total` | counter | successful kernel writes (route/neigh/FDB replace and delete) |
 //! | `weft_kernel_write_errors_total` | counter | kernel writes the kernel refused |
@@ -135,10 +135,8 @@ label_value!(WatchEventKind);
 pub enum ReconcileReason {
     /// The first pass after the lease is held.
     InitialSync,
-    /// Peer leases changed in etcd.
+    /// Peer leases changed in etcd, or the own lease was re-acquired or moved.
     LeaseChange,
-    /// The own lease was lost and acquired again.
-    Reacquire,
     /// A netlink notification showed an out-of-band change to weft's kernel objects.
     DriftRepair,
     /// The periodic or on-demand (SIGHUP) dump and diff.
@@ -152,10 +150,9 @@ pub enum ReconcileReason {
 }
 
 impl ReconcileReason {
-    pub const ALL: [ReconcileReason; 8] = [
+    pub const ALL: [ReconcileReason; 7] = [
         ReconcileReason::InitialSync,
         ReconcileReason::LeaseChange,
-        ReconcileReason::Reacquire,
         ReconcileReason::DriftRepair,
         ReconcileReason::Audit,
         ReconcileReason::Retry,
@@ -167,7 +164,6 @@ impl ReconcileReason {
         match self {
             ReconcileReason::InitialSync => "initial_sync",
             ReconcileReason::LeaseChange => "lease_change",
-            ReconcileReason::Reacquire => "reacquire",
             ReconcileReason::DriftRepair => "drift_repair",
             ReconcileReason::Audit => "audit",
             ReconcileReason::Retry => "retry",
@@ -185,7 +181,6 @@ impl ReconcileReason {
         match self {
             ReconcileReason::InitialSync => "initial sync",
             ReconcileReason::LeaseChange => "lease change",
-            ReconcileReason::Reacquire => "re-acquired",
             ReconcileReason::DriftRepair => "drift repair",
             ReconcileReason::Audit => "audit",
             ReconcileReason::Retry => "retry",
@@ -237,7 +232,7 @@ struct Inner {
     /// One series per [`WatchEventKind::ALL`], in that order.
     watch_events: [Counter; 4],
     /// One series per [`ReconcileReason::ALL`], in that order.
-    reconcile_runs: [Counter; 8],
+    reconcile_runs: [Counter; 7],
     reconcile_duration: Histogram,
     kernel_writes: Counter,
     kernel_write_errors: Counter,
@@ -579,7 +574,6 @@ mod tests {
             [
                 "initial_sync",
                 "lease_change",
-                "reacquire",
                 "drift_repair",
                 "audit",
                 "retry",
@@ -589,7 +583,6 @@ mod tests {
         );
         // The log wording the control loop used before reasons were an enum.
         assert_eq!(ReconcileReason::InitialSync.to_string(), "initial sync");
-        assert_eq!(ReconcileReason::Reacquire.to_string(), "re-acquired");
         assert_eq!(ReconcileReason::DriftRepair.to_string(), "drift repair");
         // Every reason has its own series, and `ALL` is in discriminant order (the index of
         // each series).

@@ -24,60 +24,12 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use backends::{Netlink, RTPROT_WEFT};
 
-use crate::cli::{self, Command, Options};
+use crate::cli::{CleanupArgs, Options};
 use crate::lease::etcd::registry::Registry;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
-
-fn usage() -> String {
-    "Usage: weft cleanup [--release-lease] [--remove-subnet-env] [flanneld flags...]\n\n\
-     Removes the devices flannel.* (flannel.<VNI>, flannel-v6.<VNI>, flannel.ipip), the routes\n\
-     with weft's protocol 87 in table main, weft's nexthop objects (protocol 87), and weft's\n\
-     masquerade/forward rules. Stop the agent first. Takes the agent's flags and FLANNELD_*\n\
-     variables.\n\n  \
-     --release-lease       also delete this node's lease key in etcd and revoke its etcd lease\n  \
-     --remove-subnet-env   also delete the subnet file (--subnet-file)\n\n\
-     Exit codes: 0 done (or nothing to do), 1 something could not be removed, 2 usage error.\n"
-        .to_string()
-}
-
-/// What the command line asks for.
-#[derive(Debug)]
-pub enum Args {
-    Help,
-    Run {
-        release_lease: bool,
-        remove_subnet_env: bool,
-        opts: Box<Options>,
-    },
-}
-
-/// Splits weft cleanup's own flags off and parses the rest as the agent's flags (with `env`).
-pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Args, String> {
-    let mut release_lease = false;
-    let mut remove_subnet_env = false;
-    let mut rest = Vec::new();
-    for a in args {
-        let flag = a.strip_prefix("--").or_else(|| a.strip_prefix('-'));
-        match flag {
-            Some("release-lease") => release_lease = true,
-            Some("remove-subnet-env") => remove_subnet_env = true,
-            _ => rest.push(a.clone()),
-        }
-    }
-    match cli::parse(&rest, env).map_err(|e| e.to_string())? {
-        Command::Run(opts) => Ok(Args::Run {
-            release_lease,
-            remove_subnet_env,
-            opts: Box::new(opts),
-        }),
-        Command::Help => Ok(Args::Help),
-        Command::Version => Err("--version is not a cleanup flag".to_string()),
-        Command::Sub { name, .. } => Err(format!("unexpected argument {name:?}")),
-    }
-}
 
 /// What a cleanup did.
 #[derive(Debug, Default)]
@@ -108,25 +60,13 @@ impl Outcome {
     }
 }
 
-/// `weft cleanup`: parses `args` (those after `cleanup`), cleans up, returns the exit code.
-pub fn run_cli(args: &[String]) -> u8 {
-    let (release_lease, remove_subnet_env, opts) =
-        match parse_args(args, &|k| std::env::var(k).ok()) {
-            Ok(Args::Help) => {
-                print!("{}", usage());
-                return EXIT_OK;
-            }
-            Ok(Args::Run {
-                release_lease,
-                remove_subnet_env,
-                opts,
-            }) => (release_lease, remove_subnet_env, opts),
-            Err(e) => {
-                eprintln!("weft cleanup: {e}");
-                eprint!("{}", usage());
-                return EXIT_USAGE;
-            }
-        };
+/// `weft cleanup` with its parsed flags: cleans up, returns the exit code.
+pub fn run_command(args: CleanupArgs) -> u8 {
+    let CleanupArgs {
+        release_lease,
+        remove_subnet_env,
+        opts,
+    } = args;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -385,40 +325,6 @@ mod tests {
         ] {
             assert!(!is_flannel_device(no), "{no}");
         }
-    }
-
-    #[test]
-    fn args() {
-        let env = |_: &str| None;
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        match parse_args(
-            &a(&[
-                "--release-lease",
-                "-remove-subnet-env",
-                "--subnet-file=/tmp/x.env",
-            ]),
-            &env,
-        ) {
-            Ok(Args::Run {
-                release_lease,
-                remove_subnet_env,
-                opts,
-            }) => {
-                assert!(release_lease && remove_subnet_env);
-                assert_eq!(opts.subnet_file, Path::new("/tmp/x.env"));
-            }
-            other => panic!("{other:?}"),
-        }
-        match parse_args(&a(&[]), &env) {
-            Ok(Args::Run {
-                release_lease,
-                remove_subnet_env,
-                ..
-            }) => assert!(!release_lease && !remove_subnet_env),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(parse_args(&a(&["--help"]), &env), Ok(Args::Help)));
-        assert!(parse_args(&a(&["--bogus"]), &env).is_err());
     }
 
     #[test]

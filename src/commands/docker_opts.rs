@@ -22,14 +22,14 @@
 //! the file is replaced atomically.
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use net_conf::SubnetEnv;
 
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 pub const DEFAULT_OUT_FILE: &str = "/run/docker_opts.env";
 pub const DEFAULT_KEY: &str = "DOCKER_OPTS";
 
-/// What the command line asks for.
+/// What `weft docker-opts` is asked to do (parsed from its letters by `crate::cli`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
     /// `-f`: the subnet.env to read.
@@ -57,92 +57,6 @@ impl Default for Args {
             ip_masq: true,
         }
     }
-}
-
-/// What [`parse_args`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
-    Run(Args),
-    Help,
-}
-
-pub fn usage() -> &'static str {
-    "Usage: weft docker-opts [-f FLANNEL-ENV-FILE] [-d DOCKER-ENV-FILE] [-i] [-c] [-m] [-k COMBINED-KEY]\n\
-     \n\
-     Generate Docker daemon options based on flannel env file (like flannel's mk-docker-opts.sh)\n\
-     OPTIONS:\n\
-     \t-f\tPath to flannel env file. Defaults to /run/flannel/subnet.env\n\
-     \t-d\tPath to Docker env file to write to. Defaults to /run/docker_opts.env\n\
-     \t-i\tOutput each Docker option as individual var. e.g. DOCKER_OPT_MTU=1500\n\
-     \t-c\tOutput combined Docker options into DOCKER_OPTS var\n\
-     \t-k\tSet the combined options key to this value (default DOCKER_OPTS=)\n\
-     \t-m\tDo not output --ip-masq (useful for older Docker version)\n\
-     Without -i and -c, both are written.\n"
-}
-
-/// getopts-style parsing of `f:d:ick:m` (plus `-h`): `-f PATH`, `-fPATH`, grouped `-ic`,
-/// `--` ends options. Errors name the option.
-pub fn parse_args(args: &[String]) -> Result<Parsed> {
-    let mut a = Args::default();
-    let mut i = 0;
-    while i < args.len() {
-        let arg = &args[i];
-        i += 1;
-        if arg == "--" {
-            if i < args.len() {
-                bail!("unexpected argument {:?}", args[i]);
-            }
-            break;
-        }
-        let Some(flags) = arg.strip_prefix('-').filter(|f| !f.is_empty()) else {
-            bail!("unexpected argument {arg:?}");
-        };
-        for (pos, c) in flags.char_indices() {
-            match c {
-                'i' => a.individual = true,
-                'c' => a.combined = true,
-                'm' => a.ip_masq = false,
-                'h' => return Ok(Parsed::Help),
-                'f' | 'd' | 'k' => {
-                    let rest = &flags[pos + c.len_utf8()..];
-                    let value = if !rest.is_empty() {
-                        rest.to_owned()
-                    } else if i < args.len() {
-                        i += 1;
-                        args[i - 1].clone()
-                    } else {
-                        bail!("option -{c} requires an argument");
-                    };
-                    if value.is_empty() {
-                        bail!("option -{c} requires a non-empty argument");
-                    }
-                    match c {
-                        'f' => a.subnet_file = PathBuf::from(value),
-                        'd' => a.out_file = PathBuf::from(value),
-                        _ => {
-                            if !valid_var_name(&value) {
-                                bail!("-k {value:?} is not a shell variable name");
-                            }
-                            a.key = value;
-                        }
-                    }
-                    break;
-                }
-                other => bail!("illegal option -{other}"),
-            }
-        }
-    }
-    if !a.individual && !a.combined {
-        a.individual = true;
-        a.combined = true;
-    }
-    Ok(Parsed::Run(a))
-}
-
-fn valid_var_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The options file text for a subnet.env text. `existing` is the current value of the
@@ -198,22 +112,8 @@ pub fn write(args: &Args, existing: Option<&str>) -> Result<String> {
     Ok(out)
 }
 
-/// `weft docker-opts ARGS`: 0 on success, 1 on a failure, 2 on a usage error.
-pub fn run_cli(args: &[String]) -> u8 {
-    let parsed = match parse_args(args) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("weft docker-opts: {e:#}\n\n{}", usage());
-            return 2;
-        }
-    };
-    let args = match parsed {
-        Parsed::Help => {
-            print!("{}", usage());
-            return 0;
-        }
-        Parsed::Run(a) => a,
-    };
+/// `weft docker-opts` with its parsed options: 0 on success, 1 on a failure.
+pub fn run_command(args: Args) -> u8 {
     let existing = std::env::var(&args.key).ok();
     match write(&args, existing.as_deref()) {
         Ok(_) => 0,
@@ -228,16 +128,19 @@ pub fn run_cli(args: &[String]) -> u8 {
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
-    use std::path::Path;
 
     const ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.76.1/24\n\
                        FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
 
+    /// The options `weft docker-opts <list>` parses to.
     fn args(list: &[&str]) -> Args {
-        let v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
-        match parse_args(&v).unwrap() {
-            Parsed::Run(a) => a,
-            Parsed::Help => panic!("help"),
+        let v: Vec<String> = std::iter::once("docker-opts")
+            .chain(list.iter().copied())
+            .map(str::to_string)
+            .collect();
+        match crate::cli::parse(&v, &|_| None).unwrap() {
+            crate::cli::Command::DockerOpts(a) => a,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -283,28 +186,6 @@ mod tests {
             out,
             "DOCKER_OPTS=\"--debug --bip=10.244.76.1/24 --ip-masq=false --mtu=1450\"\n"
         );
-    }
-
-    #[test]
-    fn option_syntax() {
-        let a = args(&["-f/tmp/s.env", "-d", "/tmp/o.env", "-ic"]);
-        assert_eq!(a.subnet_file, Path::new("/tmp/s.env"));
-        assert_eq!(a.out_file, Path::new("/tmp/o.env"));
-        assert!(a.individual && a.combined && a.ip_masq);
-        let d = args(&[]);
-        assert_eq!(d.subnet_file, Path::new("/run/flannel/subnet.env"));
-        assert_eq!(d.out_file, Path::new(DEFAULT_OUT_FILE));
-        assert_eq!(d.key, "DOCKER_OPTS");
-        let bad = |l: &[&str]| {
-            let v: Vec<String> = l.iter().map(|s| s.to_string()).collect();
-            parse_args(&v).unwrap_err().to_string()
-        };
-        assert_eq!(bad(&["-x"]), "illegal option -x");
-        assert_eq!(bad(&["-f"]), "option -f requires an argument");
-        assert!(bad(&["-k", "A B"]).contains("\"A B\""));
-        assert!(bad(&["extra"]).contains("\"extra\""));
-        let h: Vec<String> = vec!["-h".into()];
-        assert_eq!(parse_args(&h).unwrap(), Parsed::Help);
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //!
 //! Expiry of each lease comes from one `LeaseTimeToLive` per distinct etcd lease.
 //!
+//! Finding this node ([`FoundBy`]): with an interface flag (`--iface`, `--iface-regex`,
+//! `--iface-can-reach`, `--public-ip`) the interface is chosen as the agent chooses it and the own
+//! lease is the one carrying its address. Without one, status looks for the node's lease first
+//! ([`own_lease_without_flags`]): the subnet file's `FLANNEL_SUBNET`, else a lease whose PublicIP
+//! is an address of this node; the interface is the one holding that PublicIP. So a node without
+//! a default route (which the agent only needs at start) still gets its report. Only when no
+//! lease is this node's does status fall back to the default route, as the agent would.
+//!
 //! Exit codes: 0 the kernel holds exactly what the leases require (and the vxlan device is as
 //! the agent would leave it); 1 it differs; 2 usage error; 3 etcd, the config or the kernel
 //! could not be read.
@@ -24,7 +32,8 @@
 //!   "schema": 1,
 //!   "in_sync": bool,                       // exit code 0 iff true
 //!   "node": {"interface": "eth0", "ifindex": 2, "iface_addr": "198.18.0.1",
-//!            "public_ip": "198.18.0.1", "mtu": 1500},
+//!            "public_ip": "198.18.0.1", "mtu": 1500,
+//!            "found_by": "flags" | "subnet_file" | "address" | "default_route"},
 //!   "config": {"source": "etcd /coreos.com/network/config" | "file <path>",
 //!              "network": "10.244.0.0/16" | null, "backend": "vxlan",
 //!              "options": {...the config's Backend object as written...}},
@@ -55,7 +64,7 @@
 //! ARP/FDB entries on weft's device) but not required; "different": the same key (route
 //! destination, neighbour IP, FDB MAC) with other attributes.
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow};
@@ -68,7 +77,7 @@ use net_conf::{BackendConf, NetConf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cli::{self, Command, Options};
+use crate::cli::{Options, StatusArgs};
 use crate::lease::etcd::registry::{LeaseEntry, Registry, Snapshot};
 use crate::lease::table::LeaseTable;
 
@@ -81,60 +90,9 @@ pub const EXIT_DRIFT: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREADABLE: u8 = 3;
 
-fn usage() -> String {
-    "Usage: weft status [--json] [flanneld flags...]\n\n\
-     Shows the network config, this node's lease, every peer's lease and how the kernel differs\n\
-     from what the leases require. Reads etcd and the kernel only; needs no running agent.\n\
-     Takes the agent's flags and FLANNELD_* variables (etcd endpoints, prefix, TLS, --iface,\n\
-     --public-ip, --subnet-file, ...).\n\n  \
-     --json   print one JSON object (schema in the docs of weft::status)\n\n\
-     Exit codes: 0 in sync, 1 the kernel differs, 2 usage error, 3 etcd or the kernel unreadable.\n"
-        .to_string()
-}
-
-/// What the command line asks for.
-#[derive(Debug)]
-pub enum Args {
-    Help,
-    Run { json: bool, opts: Box<Options> },
-}
-
-/// Splits `--json` off and parses the rest as the agent's flags (with `env`).
-pub fn parse_args(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Args, String> {
-    let mut json = false;
-    let mut rest = Vec::new();
-    for a in args {
-        match a.as_str() {
-            "--json" | "-json" | "--json=true" | "-json=true" => json = true,
-            "--json=false" | "-json=false" => json = false,
-            _ => rest.push(a.clone()),
-        }
-    }
-    match cli::parse(&rest, env).map_err(|e| e.to_string())? {
-        Command::Run(opts) => Ok(Args::Run {
-            json,
-            opts: Box::new(opts),
-        }),
-        Command::Help => Ok(Args::Help),
-        Command::Version => Err("--version is not a status flag".to_string()),
-        Command::Sub { name, .. } => Err(format!("unexpected argument {name:?}")),
-    }
-}
-
-/// `weft status`: parses `args` (those after `status`), prints the report, returns the exit code.
-pub fn run_cli(args: &[String]) -> u8 {
-    let (json, opts) = match parse_args(args, &|k| std::env::var(k).ok()) {
-        Ok(Args::Help) => {
-            print!("{}", usage());
-            return EXIT_IN_SYNC;
-        }
-        Ok(Args::Run { json, opts }) => (json, opts),
-        Err(e) => {
-            eprintln!("weft status: {e}");
-            eprint!("{}", usage());
-            return EXIT_USAGE;
-        }
-    };
+/// `weft status` with its parsed flags: prints the report, returns the exit code.
+pub fn run_command(args: StatusArgs) -> u8 {
+    let StatusArgs { json, opts } = args;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,6 +157,40 @@ pub struct NodeInfo {
     pub iface_addr: Ipv4Addr,
     pub public_ip: Ipv4Addr,
     pub mtu: u32,
+    /// How the interface and the own lease were found.
+    pub found_by: FoundBy,
+}
+
+/// How `weft status` found this node's external interface and own lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// An interface flag chose the interface, as in the agent; the own lease carries its address.
+    Flags,
+    /// The subnet file's `FLANNEL_SUBNET` is a lease whose PublicIP is an address of this node.
+    SubnetFile,
+    /// A lease's PublicIP is an address of this node (no usable subnet file).
+    Address,
+    /// No lease is this node's: the default route's interface, as the agent picks it.
+    DefaultRoute,
+}
+
+impl FoundBy {
+    /// The report's `found:` line.
+    fn describe(self) -> &'static str {
+        match self {
+            FoundBy::Flags => "interface from the interface flags, as the agent chooses it",
+            FoundBy::SubnetFile => {
+                "own lease from the subnet file (FLANNEL_SUBNET); the interface holds its PublicIP"
+            }
+            FoundBy::Address => {
+                "own lease by its PublicIP, an address of this node; the interface holds it"
+            }
+            FoundBy::DefaultRoute => {
+                "interface of the default route (no lease has an address of this node)"
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -504,6 +496,7 @@ impl Report {
             "node:    {} (index {}, mtu {}) address {}, public IP {}",
             n.interface, n.ifindex, n.mtu, n.iface_addr, n.public_ip
         );
+        let _ = writeln!(o, "found:   {}", n.found_by.describe());
         let expiry = |l: &LeaseInfo| match (&l.expires_at, l.ttl_seconds) {
             _ if l.reservation => "reservation".to_string(),
             (Some(at), Some(ttl)) => format!("{at} (in {})", human_duration(ttl)),
@@ -669,7 +662,6 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .map_err(|e| anyhow!("network config: {e}"))?
         .conf;
     let options = backend_options(&text);
-    let ext = crate::agent::iface::select_interface(&nl, opts).await?;
     let snapshot = registry.list_leases().await.context("list the leases")?;
     let mut ttls: BTreeMap<i64, Option<i64>> = BTreeMap::new();
     for e in &snapshot.leases {
@@ -684,7 +676,8 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     let previous = crate::agent::subnet_file::read_previous(&opts.subnet_file)
         .as_deref()
         .and_then(net_conf::subnet_env::previous_subnet);
-    let own = find_own(&snapshot, ext.ext_addr, previous).cloned();
+    let (ext, own, found_by) = find_node(&nl, opts, &snapshot, previous).await?;
+    let own = own.cloned();
 
     let mut names: HashMap<u32, String> = nl
         .links()
@@ -852,6 +845,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     Ok(build(
         BuildInput {
             ext: &ext,
+            found_by,
             source,
             conf: &conf,
             options,
@@ -909,6 +903,7 @@ async fn address_problem(
 /// Everything [`build`] needs.
 pub struct BuildInput<'a> {
     pub ext: &'a ExternalInterface,
+    pub found_by: FoundBy,
     pub source: String,
     pub conf: &'a NetConf,
     pub options: Value,
@@ -936,6 +931,7 @@ pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
             iface_addr: i.ext.iface_addr,
             public_ip: i.ext.ext_addr,
             mtu: i.ext.mtu,
+            found_by: i.found_by,
         },
         config: ConfigInfo {
             source: i.source,
@@ -971,6 +967,82 @@ pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
         },
         drift,
     }
+}
+
+/// The external interface, this node's lease (if any) and how they were found (see the module
+/// documentation). Read-only.
+async fn find_node<'s>(
+    nl: &Netlink,
+    opts: &Options,
+    snapshot: &'s Snapshot,
+    previous: Option<ipnet::Ipv4Net>,
+) -> Result<(ExternalInterface, Option<&'s LeaseEntry>, FoundBy)> {
+    let flags = !opts.iface.is_empty()
+        || !opts.iface_regex.is_empty()
+        || opts.iface_can_reach.is_some()
+        || opts.public_ip.is_some();
+    if flags {
+        let ext = crate::agent::iface::select_interface(nl, opts).await?;
+        let own = find_own(snapshot, ext.ext_addr, previous);
+        return Ok((ext, own, FoundBy::Flags));
+    }
+    let addrs: Vec<Ipv4Addr> = nl
+        .links()
+        .await
+        .context("list interfaces")?
+        .iter()
+        .flat_map(|l| &l.addrs)
+        .filter_map(|a| match a.addr {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if let Some((lease, found_by)) = own_lease_without_flags(&snapshot.leases, &addrs, previous) {
+        // The interface holding the lease's PublicIP, as `--public-ip` would pick it.
+        let by_ip = Options {
+            public_ip: Some(lease.attrs.public_ip),
+            ..opts.clone()
+        };
+        let ext = crate::agent::iface::select_interface(nl, &by_ip)
+            .await
+            .with_context(|| {
+                format!(
+                    "the interface holding {}, the PublicIP of this node's lease {}",
+                    lease.attrs.public_ip, lease.key
+                )
+            })?;
+        return Ok((ext, Some(lease), found_by));
+    }
+    let ext = crate::agent::iface::select_interface(nl, opts)
+        .await
+        .context(
+            "no lease in etcd matches the subnet file or an address of this node, \
+         and the agent's default choice failed",
+        )?;
+    let own = find_own(snapshot, ext.ext_addr, previous);
+    Ok((ext, own, FoundBy::DefaultRoute))
+}
+
+/// With no interface flag: this node's lease, found without the default route. The lease of
+/// the subnet file's subnet (`previous`) when its PublicIP is one of `addrs` (this node's
+/// addresses; a lease with another PublicIP is someone else's now), else the first lease whose
+/// PublicIP is one of `addrs`. None when no lease is this node's. Pure.
+pub fn own_lease_without_flags<'s>(
+    leases: &'s [LeaseEntry],
+    addrs: &[Ipv4Addr],
+    previous: Option<ipnet::Ipv4Net>,
+) -> Option<(&'s LeaseEntry, FoundBy)> {
+    let local = |e: &&LeaseEntry| addrs.contains(&e.attrs.public_ip);
+    if let Some(prev) = previous {
+        if let Some(e) = leases
+            .iter()
+            .filter(local)
+            .find(|e| e.key.v4.trunc() == prev.trunc())
+        {
+            return Some((e, FoundBy::SubnetFile));
+        }
+    }
+    leases.iter().find(local).map(|e| (e, FoundBy::Address))
 }
 
 /// The lease this node holds: the one whose PublicIP is ours; among several, the one of the
@@ -1199,38 +1271,31 @@ mod tests {
     }
 
     #[test]
-    fn args_split_json_from_agent_flags() {
-        let env = |_: &str| None;
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        match parse_args(
-            &a(&[
-                "--json",
-                "--etcd-endpoints=http://x:1",
-                "-public-ip",
-                "198.18.0.1",
-            ]),
-            &env,
-        ) {
-            Ok(Args::Run { json, opts }) => {
-                assert!(json);
-                assert_eq!(opts.etcd_endpoints, ["http://x:1"]);
-                assert_eq!(opts.public_ip, Some("198.18.0.1".parse().unwrap()));
-            }
-            other => panic!("{other:?}"),
-        }
-        match parse_args(&a(&[]), &|k| {
-            (k == "FLANNELD_ETCD_PREFIX").then(|| "/x".to_string())
-        }) {
-            Ok(Args::Run { json, opts }) => {
-                assert!(!json);
-                assert_eq!(opts.etcd_prefix, "/x");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(parse_args(&a(&["-h"]), &env), Ok(Args::Help)));
-        let err = parse_args(&a(&["--no-such-flag"]), &env).unwrap_err();
-        assert!(err.contains("no-such-flag"), "{err}");
-        assert!(parse_args(&a(&["extra"]), &env).is_err());
+    fn own_lease_without_flags_from_the_subnet_file_then_the_addresses() {
+        let leases = vec![
+            entry("10.244.2.0/24", "198.18.0.1", 1, None),
+            entry("10.244.3.0/24", "198.18.0.2", 2, None),
+            entry("10.244.4.0/24", "198.18.0.1", 3, None),
+        ];
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let net = |s: &str| Some(s.parse::<ipnet::Ipv4Net>().unwrap());
+        let mine = [ip("127.0.0.1"), ip("198.18.0.1")];
+        let chosen =
+            |prev| own_lease_without_flags(&leases, &mine, prev).map(|(e, by)| (e.lease_id, by));
+        // The subnet file names one of this node's leases: that one.
+        assert_eq!(chosen(net("10.244.4.0/24")), Some((3, FoundBy::SubnetFile)));
+        // subnet.env holds x.y.z.1/24: the subnet x.y.z.0/24.
+        assert_eq!(chosen(net("10.244.4.1/24")), Some((3, FoundBy::SubnetFile)));
+        // No subnet file: the first lease whose PublicIP is an address of this node.
+        assert_eq!(chosen(None), Some((1, FoundBy::Address)));
+        // The file's subnet is leased to another node now: not ours, so by address.
+        assert_eq!(chosen(net("10.244.3.0/24")), Some((1, FoundBy::Address)));
+        // A subnet no lease holds: by address.
+        assert_eq!(chosen(net("10.244.9.0/24")), Some((1, FoundBy::Address)));
+        // No lease carries an address of this node: none, whatever the file says.
+        let other = [ip("198.18.0.9")];
+        assert!(own_lease_without_flags(&leases, &other, net("10.244.2.0/24")).is_none());
+        assert!(own_lease_without_flags(&[], &mine, None).is_none());
     }
 
     #[test]
@@ -1257,6 +1322,7 @@ mod tests {
             build(
                 BuildInput {
                     ext: &ext,
+                    found_by: FoundBy::SubnetFile,
                     source: "etcd /coreos.com/network/config".into(),
                     conf: &conf,
                     options: serde_json::json!({"Type": "host-gw"}),
@@ -1285,6 +1351,16 @@ mod tests {
         );
         assert_eq!(r.kernel.routes_on_nexthops, Some(1));
         assert!(r.render().contains("status:  in sync"));
+        assert!(
+            r.render()
+                .contains("found:   own lease from the subnet file (FLANNEL_SUBNET)"),
+            "{}",
+            r.render()
+        );
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["node"]["found_by"],
+            "subnet_file"
+        );
         assert!(
             r.render()
                 .contains("weft holds 1 routes (1 on nexthop objects), 0 neigh, 0 fdb"),

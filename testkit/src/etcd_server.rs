@@ -1,10 +1,10 @@
 //! A real etcd server (Debian `etcd` 3.4) for the tests and the local lab.
 //!
-//! The server runs as a child process with the timing flags from test-env.md
-//! (`--heartbeat-interval 10 --election-timeout 100`, healthy in about 0.1 s), a peer URL on
-//! 127.0.0.1 with a random port, and its data dir and log file in a private temp directory that
-//! is removed on drop. Optionally it runs inside a network namespace (`ip netns exec <ns>`) and
-//! with mutual TLS.
+//! The server runs as a child process with short raft timings
+//! (`--heartbeat-interval 10 --election-timeout 100`: healthy in about 0.1 s instead of 1 s), a
+//! peer URL on 127.0.0.1 with a random port, and its data dir and log file in a private temp
+//! directory that is removed on drop. Optionally it runs inside a network namespace (`ip netns exec
+//! <ns>`) and with mutual TLS.
 //!
 //! The functions here block (they poll with `std::thread::sleep`); call them before starting
 //! work on a runtime or from `spawn_blocking`.
@@ -28,7 +28,7 @@ const PORT_ATTEMPTS: u32 = 4;
 /// --client-cert-auth` and `https://` URLs.
 ///
 /// The certificate is also used as the client certificate of the health check (`etcdctl`), so
-/// it needs `extendedKeyUsage = serverAuth,clientAuth` (as in test-env.md).
+/// it needs `extendedKeyUsage = serverAuth,clientAuth`.
 #[derive(Debug, Clone)]
 pub struct EtcdTls {
     pub ca_file: PathBuf,

@@ -5,14 +5,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// True when running as root. Otherwise prints why the test is skipped and returns false.
-pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: needs root (network namespaces); run `sudo scripts/test.sh`");
-    false
-}
+/// What a test needs (root, tools) and the rule when it is missing: fail under `CI=true`,
+/// `SKIPPED` elsewhere. `if !common::need::root("test name") { return; }`
+#[allow(unused_imports)] // not every test file including this one needs it
+pub use weft_testkit::need;
 
 /// The weft binary under test: `$WEFT_TEST_BIN` (e.g. `target/release/weft`), else the one
 /// cargo built for this test run: the package's own (`CARGO_BIN_EXE_weft`) in weft's tests,

@@ -1,6 +1,10 @@
 //! Helpers shared by the kernel tests: a network namespace per test thread, and `ip` runners.
 #![allow(clippy::unwrap_used, dead_code)]
 
+/// The rule for a missing requirement (fail under `CI=true`, `SKIPPED` elsewhere), shared by
+/// every test crate.
+pub use weft_testkit::need;
+
 use std::future::Future;
 use std::process::Command;
 
@@ -12,8 +16,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping {name}: needs root to create network namespaces");
+    if !need::root(name) {
         return;
     }
     let thread = std::thread::Builder::new()

@@ -245,7 +245,8 @@ mod tests {
     use crate::agent::firewall::tests::settings;
     use crate::agent::firewall::{Mode, RuleSet};
 
-    /// Spec §6.1, flanneld's e2e golden text (network 10.244.0.0/16, pod subnet 10.244.1.0/24).
+    /// docs/flannel-compat.md §6.1: flanneld's e2e golden text (network 10.244.0.0/16, pod subnet
+    /// 10.244.1.0/24).
     const GOLDEN_NAT: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
 -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
 -A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN

@@ -1,4 +1,5 @@
-//! Masquerade and forward rules, as flanneld installs them (spec §6), in one of two modes:
+//! Masquerade and forward rules, as flanneld installs them (docs/flannel-compat.md §6), in one of
+//! two modes:
 //!
 //! - **iptables** (default): chains `FLANNEL-POSTRTG` (table `nat`, jumped to from
 //!   `POSTROUTING`) and `FLANNEL-FWD` (table `filter`, jumped to from `FORWARD`), with flannel's
@@ -174,8 +175,8 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// flanneld's rules (spec §6.1 for iptables, §6.2 for nftables, which differ in the fourth
-    /// masquerade rule).
+    /// flanneld's rules (docs/flannel-compat.md §6.1 for iptables, §6.2 for nftables, which differ
+    /// in the fourth masquerade rule).
     pub fn new(mode: Mode, s: &Settings) -> RuleSet {
         let net = s.network.trunc();
         let pod = s.subnet.trunc();

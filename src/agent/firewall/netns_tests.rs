@@ -1,4 +1,4 @@
-//! The real tools against a fresh network namespace per test (root only; skipped otherwise).
+//! The real tools against a fresh network namespace per test (root only: `weft_testkit::need`).
 //! iptables and nft act on the namespace of the thread that forks them, so each test runs on
 //! its own thread that unshares first and then builds a current-thread runtime.
 #![allow(clippy::unwrap_used)]
@@ -14,8 +14,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED {name}: needs root (network namespaces)");
+    if !weft_testkit::need::root(name) {
         return;
     }
     let thread = std::thread::Builder::new()

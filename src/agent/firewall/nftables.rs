@@ -428,8 +428,8 @@ mod tests {
     use crate::agent::firewall::tests::settings;
     use crate::agent::firewall::{Mode, RuleSet};
 
-    /// Spec §6.2's rules for network 10.244.0.0/16, pod subnet 10.244.1.0/24 (with weft's
-    /// masked mark match, see the module docs of `firewall`).
+    /// docs/flannel-compat.md §6.2: the rules for network 10.244.0.0/16, pod subnet 10.244.1.0/24
+    /// (with weft's masked mark match, see the module docs of `firewall`).
     const GOLDEN_POSTRTG: &str = "meta mark & 0x4000 == 0x4000 return
 ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return
 ip saddr 10.244.0.0/16 ip daddr 10.244.1.0/24 return

@@ -1,4 +1,4 @@
-//! The subnet manager: the policy around the registry (spec §3.4–3.6).
+//! The subnet manager: the policy around the registry (docs/flannel-compat.md §3.4–3.6).
 //!
 //! - [`SubnetManager::acquire`]: one Range, then reuse the lease that carries our public IP,
 //!   reuse the previous subnet from subnet.env, or allocate a random free one, each written by
@@ -8,7 +8,6 @@
 //! - [`SubnetManager::reacquire`]: after the own key was deleted, the same subnet if still free.
 //! - [`SubnetManager::watch`]: every lease change as [`WatchEvent`]s, resuming after a
 //!   disconnect from the last seen revision and re-listing after a compaction. No RPC per event.
-use std::fmt::Display;
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
@@ -20,8 +19,10 @@ use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::etcd::registry::{
-    LeaseEntry, Registry, RegistryError, Snapshot, is_lease_not_found,
+use crate::lease::etcd::registry::{Registry, RegistryError, is_lease_not_found};
+pub use crate::lease::{
+    Backoff, LeaseEntry, OwnLease, Reacquired, RenewalEnd, Snapshot, WatchEvent, retry_until,
+    sleep_or_shutdown,
 };
 
 /// flannel's lease TTL (24 h).
@@ -32,7 +33,8 @@ pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_RENEW_RETRY: Duration = Duration::from_secs(60);
 
 /// Watch reconnect backoff. flannel caps at 5 s; weft caps at 1 s so a watch resumes within
-/// about a second of etcd's return (targets.md R1). A refused connection costs next to nothing.
+/// about a second of etcd's return (docs/targets.md R1). A refused connection costs next to
+/// nothing.
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -56,134 +58,6 @@ impl Default for LeaseTiming {
             ttl: DEFAULT_TTL,
             renew_margin: DEFAULT_RENEW_MARGIN,
             renew_retry: DEFAULT_RENEW_RETRY,
-        }
-    }
-}
-
-/// The lease this node holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnLease {
-    pub key: SubnetKey,
-    /// The etcd lease attached to the key; 0 = a reservation (no TTL, nothing to renew).
-    pub lease_id: i64,
-    /// When the etcd lease runs out unless renewed; None for a reservation.
-    pub expires: Option<SystemTime>,
-    /// The etcd lease's granted TTL in seconds (what a KeepAlive restores); 0 for a
-    /// reservation.
-    pub granted_ttl: i64,
-}
-
-/// What [`SubnetManager::reacquire`] got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reacquired {
-    pub lease: OwnLease,
-    pub snapshot: Snapshot,
-    /// True when the subnet differs from the preferred one: the caller must reconfigure
-    /// (device address, subnet.env, routes).
-    pub subnet_changed: bool,
-}
-
-/// A change under `<prefix>/subnets`, in etcd order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    Put(LeaseEntry),
-    Delete(SubnetKey),
-    /// A key or value that is not a lease; never a removal. `subnet` is set when only the
-    /// value was bad.
-    Malformed {
-        key: String,
-        reason: String,
-        subnet: Option<SubnetKey>,
-    },
-    /// The watch fell behind a compaction: this full list replaces the table.
-    Resync(Snapshot),
-    /// The watch stream broke; the manager is reconnecting.
-    Disconnected,
-    /// The watch is established again (resumed at the next unseen revision).
-    Reconnected,
-    /// `<prefix>/config` was written (`Some(text)`) or deleted (`None`); also sent after a
-    /// resync with the config read then.
-    Config(Option<String>),
-}
-
-/// How a renewal loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenewalEnd {
-    /// Shutdown was requested.
-    Shutdown,
-    /// etcd says the lease no longer exists (expired or revoked): re-acquire.
-    LeaseLost { lease_id: i64 },
-}
-
-/// Capped exponential backoff with jitter: each delay is drawn from `[d/2, d]` and `d`
-/// doubles up to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    cur: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, cur: min }
-    }
-
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.cur;
-        self.cur = (self.cur * 2).min(self.max);
-        let half = d / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    pub fn reset(&mut self) {
-        self.cur = self.min;
-    }
-}
-
-/// Sleeps for `d` unless shutdown comes first; returns false on shutdown.
-pub async fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
-/// Runs `f` until it succeeds, logging each failure and waiting with capped jittered
-/// backoff (100 ms → 10 s) in between. `None` when shutdown was requested first.
-pub async fn retry_until<T, E, F, Fut>(
-    shutdown: &CancellationToken,
-    what: &str,
-    mut f: F,
-) -> Option<T>
-where
-    E: Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut attempt: u32 = 1;
-    loop {
-        let res = tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            r = f() => r,
-        };
-        match res {
-            Ok(v) => {
-                if attempt > 1 {
-                    tracing::info!("{what}: succeeded after {attempt} attempts");
-                }
-                return Some(v);
-            }
-            Err(e) => {
-                let d = backoff.next_delay();
-                tracing::warn!("{what} failed (attempt {attempt}, retrying in {d:.1?}): {e:#}");
-                if !sleep_or_shutdown(shutdown, d).await {
-                    return None;
-                }
-                attempt += 1;
-            }
         }
     }
 }
@@ -244,9 +118,9 @@ impl SubnetManager {
         i64::try_from(self.timing.ttl.as_secs().max(1)).unwrap_or(i64::MAX)
     }
 
-    /// Gets a lease for this node (spec §3.4): reuse the lease carrying `attrs.public_ip`
-    /// (deleting it if it does not fit `conf`), else `previous` (from subnet.env) if free,
-    /// else a random free subnet. Returns the lease and the list it was decided on (the
+    /// Gets a lease for this node (docs/flannel-compat.md §3.4): reuse the lease carrying
+    /// `attrs.public_ip` (deleting it if it does not fit `conf`), else `previous` (from subnet.env)
+    /// if free, else a random free subnet. Returns the lease and the list it was decided on (the
     /// initial snapshot for [`Self::watch`]; resume at `snapshot.revision + 1`).
     ///
     /// Errors from etcd are returned (wrap in [`retry_until`]); lost races are retried here.

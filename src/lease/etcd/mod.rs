@@ -4,3 +4,4 @@
 //! - [`manager`]: the node's lease life cycle (acquire, renew, re-acquire) and the peer watch.
 pub mod manager;
 pub mod registry;
+pub mod source;

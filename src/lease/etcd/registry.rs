@@ -1,5 +1,5 @@
-//! Raw etcd v3 operations on flannel's data layout (spec §3): `<prefix>/config` and
-//! `<prefix>/subnets/<key>` holding `LeaseAttrs` JSON.
+//! Raw etcd v3 operations on flannel's data layout (docs/flannel-compat.md §3): `<prefix>/config`
+//! and `<prefix>/subnets/<key>` holding `LeaseAttrs` JSON.
 //!
 //! Every operation here is one RPC (a create is Grant + Txn). Listing is one Range: whether a key
 //! is a reservation is read from the key's `lease` field (0 = no etcd lease), never with a
@@ -13,6 +13,8 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
 use net_conf::{LeaseAttrs, SubnetKey};
+
+pub use crate::lease::{LeaseEntry, Malformed, Snapshot};
 use thiserror::Error;
 
 /// Largest gRPC message accepted: a list of 20,000 leases is about 4 MB, tonic's default limit.
@@ -99,41 +101,6 @@ impl RegistryError {
 }
 
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
-
-/// One well-formed lease under `<prefix>/subnets/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseEntry {
-    pub key: SubnetKey,
-    pub attrs: LeaseAttrs,
-    /// The etcd lease attached to the key; 0 = none (a reservation).
-    pub lease_id: i64,
-    pub mod_revision: i64,
-}
-
-impl LeaseEntry {
-    pub fn is_reservation(&self) -> bool {
-        self.lease_id == 0
-    }
-}
-
-/// The whole `<prefix>/subnets` range at one revision.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The store revision of the Range; a watch resumes at `revision + 1`.
-    pub revision: i64,
-    pub leases: Vec<LeaseEntry>,
-    /// Keys under the range that are not a lease (skipped with a warning).
-    pub malformed: Vec<Malformed>,
-}
-
-/// A key under `<prefix>/subnets` that could not be understood.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed {
-    pub key: String,
-    pub reason: String,
-    /// The subnet key when the key itself parsed (only the value was bad).
-    pub subnet: Option<SubnetKey>,
-}
 
 /// A connected etcd client bound to one prefix.
 #[derive(Clone)]

@@ -1,43 +1,52 @@
-//! `weft-lab`: build a local cluster, show what weft did, ping across it, tear it down.
+//! `weft-lab`: build a local cluster, show what weft did, ping across it, tear it down. Its
+//! flags are a clap derive struct ([`CliArgs`]); plain clap, as the lab has no flanneld
+//! spellings to keep.
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, bail};
+use clap::{CommandFactory as _, Parser as _};
 
 use super::{DEFAULT_NETWORK, INTERRUPTED, Lab, LabSpec, MAX_NODES, check_interrupted, cleanup};
-
-const USAGE: &str = "\
-usage: weft-lab [--nodes N] [--backend host-gw|vxlan|ipip] [--network CIDR] [--keep] [--weft PATH]
-       weft-lab --cleanup NAME
-
-Builds a local weft cluster out of network namespaces (root only): etcd in an underlay
-namespace, N nodes (default 3) on bridge br0 (198.18.0.0/24), each running weft with flanneld's
-flags and one pod behind cni0. Prints each node's subnet.env and routes and a pod-to-pod ping
-matrix, then tears everything down (also on Ctrl-C).
-
-  --nodes N        number of nodes, 1..=253 (default 3)
-  --backend TYPE   Backend.Type written to <prefix>/config (default host-gw)
-  --network CIDR   Network written to <prefix>/config (default 10.244.0.0/16)
-  --keep           leave the lab running and print how to use and remove it
-  --weft PATH      the weft binary the nodes run (default: `weft` beside this binary)
-  --cleanup NAME   remove a lab left running by --keep
-";
 
 /// How long the agents get to write subnet.env.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long pods get to reach each other (peers appear a moment after the last lease).
 const PING_DEADLINE: Duration = Duration::from_secs(20);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `weft-lab`'s flags.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Parser)]
+#[command(
+    name = "weft-lab",
+    about = "Builds a local weft cluster out of network namespaces (root only): etcd in an \
+             underlay namespace, N nodes on bridge br0 (198.18.0.0/24), each running weft with \
+             flanneld's flags and one pod behind cni0. Prints each node's subnet.env and routes \
+             and a pod-to-pod ping matrix, then tears everything down (also on Ctrl-C).",
+    disable_help_flag = true
+)]
 struct CliArgs {
+    /// Number of nodes, 1..=253
+    #[arg(long, value_name = "N", default_value = "3", value_parser = parse_nodes)]
     nodes: usize,
+    /// Backend.Type written to <prefix>/config (host-gw, vxlan or ipip)
+    #[arg(long, value_name = "TYPE", default_value = "host-gw")]
     backend: String,
+    /// Network written to <prefix>/config
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_NETWORK)]
     network: String,
+    /// Leave the lab running and print how to use and remove it
+    #[arg(long)]
     keep: bool,
+    /// The weft binary the nodes run [default: `weft` beside this binary]
+    #[arg(long, value_name = "PATH")]
     weft: Option<PathBuf>,
+    /// Remove a lab left running by --keep
+    #[arg(long, value_name = "NAME")]
     cleanup: Option<String>,
+    /// Print help
+    #[arg(short = 'h', long)]
     help: bool,
 }
 
@@ -55,43 +64,49 @@ impl Default for CliArgs {
     }
 }
 
-/// Parses the arguments after `lab`; `--flag value` and `--flag=value` both work.
+fn parse_nodes(v: &str) -> Result<usize, String> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=MAX_NODES).contains(n))
+        .ok_or_else(|| format!("expected a number in 1..={MAX_NODES}"))
+}
+
+/// Parses the arguments after `lab` (`--flag value` and `--flag=value` both work); an error is
+/// one line naming the flag and the value.
 fn parse_args(args: &[String]) -> Result<CliArgs> {
-    let mut out = CliArgs::default();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => it
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("{name} needs a value")),
-            }
-        };
-        match flag {
-            "--nodes" => {
-                let v = value("--nodes")?;
-                out.nodes = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=MAX_NODES).contains(n))
-                    .ok_or_else(|| anyhow!("--nodes={v}: expected a number in 1..={MAX_NODES}"))?;
-            }
-            "--backend" => out.backend = value("--backend")?,
-            "--network" => out.network = value("--network")?,
-            "--weft" => out.weft = Some(PathBuf::from(value("--weft")?)),
-            "--cleanup" => out.cleanup = Some(value("--cleanup")?),
-            "--keep" if inline.is_none() => out.keep = true,
-            "-h" | "--help" if inline.is_none() => out.help = true,
-            _ => bail!("unknown argument {arg:?} for `weft-lab` (see `weft-lab --help`)"),
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let argv = std::iter::once("weft-lab".to_string()).chain(args.iter().cloned());
+    let err = match CliArgs::try_parse_from(argv) {
+        Ok(a) => return Ok(a),
+        Err(e) => e,
+    };
+    let context = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    // `--nodes <N>` → `--nodes`.
+    let arg = context(ContextKind::InvalidArg);
+    let flag = arg.split([' ', '=']).next().unwrap_or_default();
+    let value = context(ContextKind::InvalidValue);
+    match err.kind() {
+        ErrorKind::ValueValidation => {
+            let reason =
+                std::error::Error::source(&err).map_or_else(String::new, |s| s.to_string());
+            bail!("{flag}={value}: {reason}")
+        }
+        ErrorKind::InvalidValue if value.is_empty() => bail!("{flag} needs a value"),
+        ErrorKind::UnknownArgument => {
+            bail!("unknown argument {arg:?} for `weft-lab` (see `weft-lab --help`)")
+        }
+        _ => {
+            let text = err.to_string();
+            let line = text.lines().next().unwrap_or_default();
+            bail!(
+                "{} (see `weft-lab --help`)",
+                line.strip_prefix("error: ").unwrap_or(line)
+            )
         }
     }
-    Ok(out)
 }
 
 /// `weft-lab [args]`: `args` are the arguments after the program name. Returns the process exit code:
@@ -100,12 +115,12 @@ fn parse_args(args: &[String]) -> Result<CliArgs> {
 pub fn run_cli(args: &[String]) -> Result<i32> {
     let args = parse_args(args)?;
     if args.help {
-        print!("{USAGE}");
+        println!("{}", CliArgs::command().render_help());
         return Ok(0);
     }
     if !nix::unistd::geteuid().is_root() {
         bail!(
-            "weft-lab creates network namespaces and must run as root (try: sudo scripts/lab.sh)"
+            "weft-lab creates network namespaces and must run as root (scripts/lab.sh as root, or sudo scripts/lab.sh)"
         );
     }
     if let Some(name) = &args.cleanup {

@@ -1,0 +1,393 @@
+//! Start-up: health server, first contact with etcd (or a boot from the peer cache), the
+//! config, the interface, the backend, the lease, the initial sync, subnet.env and readiness.
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use backends::nl::Netlink;
+use backends::reconcile::Reconciler;
+use backends::{AnyBackend, Backend, ExternalInterface, Peer};
+use net_conf::{BackendConf, NetConf, SubnetEnv};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::cache_writer::CacheWriter;
+use super::config_watch::{FileStamp, parse_config};
+use super::dataplane::DataPlane;
+use super::firewall::{self, Firewall};
+use super::http::Health;
+use super::leases::{Leases, RETRY_MAX};
+use super::metrics::ReconcileReason;
+use super::peer_cache::PeerCache;
+use super::{Agent, iface, subnet_file};
+use crate::cli::Options;
+use crate::lease::etcd::manager::{LeaseTiming, SubnetManager};
+use crate::lease::etcd::registry::{EtcdOptions, Registry};
+use crate::lease::{Backoff, LeaseSource, Snapshot, retry_until, sleep_or_shutdown};
+
+/// How long the first contact with etcd may take before a node with a peer cache programs the
+/// cached peers instead of waiting.
+const FIRST_CONTACT: Duration = Duration::from_secs(3);
+
+/// Runs the agent until `shutdown` is cancelled. `Ok(())` on a clean shutdown; an error ends
+/// the process with exit code 1 (bad config, no usable interface, backend precondition).
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
+    if opts.kube_subnet_mgr {
+        return Err(anyhow!(
+            "--kube-subnet-mgr: the Kubernetes subnet manager is not supported by weft yet; lease from etcd (--etcd-endpoints)"
+        ));
+    }
+    let health = Health::new(super::http::DEFAULT_STALE_AFTER);
+    if let Some(addr) = opts.healthz_addr() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen for health checks on {addr}"))?;
+        info!("serving /healthz and /readyz on http://{addr}");
+        tokio::spawn(super::http::serve(
+            listener,
+            health.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    let nl = Netlink::connect().context("open a netlink socket")?;
+    // With user/password the client authenticates at once, so an unreachable etcd shows here.
+    let etcd = opts.etcd_options();
+    // First contact, bounded: a node with a peer cache programs the cached peers rather than
+    // wait for an etcd that does not answer.
+    let first = tokio::time::timeout(FIRST_CONTACT, first_contact(&etcd)).await;
+    // The first contact's list of the leases, kept for the first acquire (target P7: start =
+    // one Range, a Grant and a Txn).
+    let (registry, source_text, listed) = match first {
+        Ok(Ok((registry, Some(text), snapshot))) => (registry, Some(text), Some(snapshot)),
+        // No config in etcd yet: it is fetched below, and the list would be stale by then.
+        Ok(Ok((registry, None, _))) => (registry, None, None),
+        failed => {
+            match failed {
+                Ok(Err(e)) => warn!("etcd is unreachable at start: {e:#}"),
+                _ => warn!("etcd did not answer within {FIRST_CONTACT:?} at start"),
+            }
+            if let Some(path) = opts.peer_cache_file.as_deref() {
+                match PeerCache::load(path) {
+                    Ok(Some(cache)) => {
+                        if let Err(e) = boot_from_cache(&nl, &opts, &cache, path).await {
+                            warn!("programming the cached peers failed: {e:#}");
+                        }
+                    }
+                    Ok(None) => info!("no peer cache at {} to boot from", path.display()),
+                    Err(e) => warn!("the peer cache is unusable: {e:#}"),
+                }
+            }
+            // Each attempt is a liveness beat, as in fetch_config: waiting for etcd at start is
+            // not a stuck agent (with user/password, connecting is an RPC that fails while
+            // etcd is down).
+            let Some(registry) = retry_until(&shutdown, "connecting to etcd", || {
+                health.beat();
+                Registry::connect(&etcd)
+            })
+            .await
+            else {
+                return Ok(());
+            };
+            (registry, None, None)
+        }
+    };
+    let timing = LeaseTiming {
+        renew_margin: Duration::from_secs(u64::from(opts.subnet_lease_renew_margin) * 60),
+        ..LeaseTiming::default()
+    };
+    let mut source = SubnetManager::new(registry, timing);
+    source.set_metrics(health.metrics().clone());
+    // `--net-config-path` given: the file is the config (etcd still holds the leases).
+    let text = match (opts.net_config_path.as_deref(), source_text) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("read network config {}", path.display()))?,
+        (None, Some(text)) => text,
+        (None, None) => tokio::select! {
+            text = fetch_config(&source, &health) => text,
+            () = shutdown.cancelled() => return Ok(()),
+        },
+    };
+    let conf = parse_config(&text)?;
+    info!(
+        "Found network config - Backend type: {}, Network: {}",
+        conf.backend.type_name(),
+        conf.network.map(|n| n.to_string()).unwrap_or_default()
+    );
+    let backend = AnyBackend::from_conf(&conf.backend)?;
+    match &conf.backend {
+        BackendConf::Vxlan(vxlan) => info!("VXLAN config: {vxlan}"),
+        BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
+        BackendConf::HostGw => {}
+    }
+    let ext = iface::select_interface(&nl, &opts).await?;
+    let start = Start {
+        opts,
+        conf,
+        config_text: text,
+        nl,
+        ext,
+        primary: backend,
+        health,
+        shutdown,
+    };
+    start.run(source, listed).await
+}
+
+/// Connects and reads `<prefix>/config` and the leases in one Range: config `None` when etcd
+/// answers that it has none (flannel's agents often start before the config is written).
+async fn first_contact(etcd: &EtcdOptions) -> Result<(Registry, Option<String>, Snapshot)> {
+    let registry = Registry::connect(etcd).await?;
+    let (config, snapshot) = registry.list_network().await?;
+    Ok((registry, config, snapshot))
+}
+
+/// Boot without etcd (target R3): the cached config, own subnet and peers are programmed and
+/// subnet.env is written, so pods start and reach the last known peers. Nothing is deleted:
+/// only a real etcd list may say a peer is gone. Readiness waits for etcd.
+async fn boot_from_cache(
+    nl: &Netlink,
+    opts: &Options,
+    cache: &PeerCache,
+    path: &std::path::Path,
+) -> Result<()> {
+    let conf = parse_config(&cache.config)?;
+    let (own, own_attrs) = cache.own()?;
+    let ext = iface::select_interface(nl, opts).await?;
+    let mut backend = AnyBackend::from_conf(&conf.backend)?;
+    backend.adopt_previous(&own_attrs);
+    backend.prepare(nl, &ext).await?;
+    let mtu = backend.configure(nl, &ext, own.v4).await?;
+    let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
+    for index in backend.devices() {
+        reconciler.own_device(index);
+    }
+    reconciler.refresh().await?;
+    let peers: Vec<Peer> = cache
+        .peers()
+        .into_iter()
+        .filter(|p| p.attrs.backend_type == backend.type_name() && p.key != own)
+        .collect();
+    let mut state = backend.desired(&ext, &peers).state;
+    state.merge(reconciler.current().clone());
+    let report = reconciler.apply(&state).await;
+    start_firewall(opts, &conf, own.v4).await?;
+    write_subnet_env(opts, &conf, own.v4, mtu).await?;
+    warn!(
+        "etcd is unreachable: programmed {} cached peers from {} ({} writes, {} failures) and wrote {}; waiting for etcd",
+        peers.len(),
+        path.display(),
+        report.writes,
+        report.failures.len(),
+        opts.subnet_file.display()
+    );
+    Ok(())
+}
+
+/// Installs the masquerade (`--ip-masq`) and forward (`--iptables-forward-rules`) rules in the
+/// mode the config selects (`EnableNFTables`), after removing the other mode's. A failure is
+/// fatal with `--ip-masq` (pods would reach the outside unmasqueraded); the forward rules alone
+/// are logged and retried by the audit.
+pub(super) async fn start_firewall(
+    opts: &Options,
+    conf: &NetConf,
+    subnet: ipnet::Ipv4Net,
+) -> Result<Firewall> {
+    let network = conf
+        .network
+        .ok_or_else(|| anyhow!("network config: no Network to build the masquerade rules from"))?;
+    let mode = firewall::Mode::from_config(conf.enable_nftables);
+    let fw = Firewall::new(
+        mode,
+        firewall::Settings {
+            network,
+            subnet,
+            ip_masq: opts.ip_masq,
+            forward: opts.iptables_forward_rules,
+            fully_random: !opts.ip_masq_fully_random_disable,
+        },
+    )
+    .await;
+    match fw.start().await {
+        Ok(_) => {}
+        Err(e) if opts.ip_masq => {
+            return Err(e.context(format!("--ip-masq: installing the {mode} masquerade rules")));
+        }
+        Err(e) => error!("installing the {mode} forward rules: {e:#}; retrying at the next audit"),
+    }
+    Ok(fw)
+}
+
+/// Writes subnet.env (atomically, with its fsyncs) for `subnet` of `conf`'s network, on a
+/// blocking thread: never on the runtime's.
+pub(super) async fn write_subnet_env(
+    opts: &Options,
+    conf: &NetConf,
+    subnet: ipnet::Ipv4Net,
+    mtu: u32,
+) -> Result<()> {
+    let env = SubnetEnv {
+        network: conf.network,
+        subnet: Some(subnet),
+        ipv6_network: None,
+        ipv6_subnet: None,
+        mtu,
+        ipmasq: opts.ip_masq,
+    };
+    let path = opts.subnet_file.clone();
+    let text = env.render();
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || subnet_file::write_atomic(&path, &text))
+        .await
+        .with_context(|| format!("write {shown}"))?
+        .with_context(|| format!("write {shown}"))
+}
+
+/// The config text from the source, retried with capped, jittered backoff while the source is
+/// unreachable or has none (flannel retries too: the key is often written after the agents
+/// start). Each attempt counts as a liveness beat: waiting for etcd at start is not a stuck
+/// agent.
+async fn fetch_config<S: LeaseSource>(source: &S, health: &Health) -> String {
+    let mut backoff = Backoff::new(Duration::from_millis(200), RETRY_MAX);
+    loop {
+        health.beat();
+        let why = match source.config().await {
+            Ok(Some(text)) => return text,
+            Ok(None) => format!(
+                "flannel config not found in {}. Did you create your config using etcdv3 API?",
+                source.config_location()
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        let wait = backoff.next_delay();
+        warn!("Couldn't fetch network config: {why}; retrying in {wait:?}");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// What start-up has settled before the lease: config, interface and backend.
+struct Start {
+    opts: Options,
+    conf: NetConf,
+    config_text: String,
+    nl: Netlink,
+    ext: ExternalInterface,
+    primary: AnyBackend,
+    health: Health,
+    shutdown: CancellationToken,
+}
+
+impl Start {
+    /// The lease, the initial sync, subnet.env and readiness; then the control loop.
+    async fn run<S: LeaseSource>(self, mut source: S, mut listed: Option<Snapshot>) -> Result<()> {
+        let Start {
+            opts,
+            conf,
+            config_text,
+            nl,
+            ext,
+            mut primary,
+            health,
+            shutdown,
+        } = self;
+        let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
+        if primary.wants_previous_lease() {
+            // A rebooted node keeps what its peers know (vxlan: the VTEP MAC of its lease). The
+            // first contact's list serves when there is one; else one list before the device
+            // exists. Best effort: without etcd, start fresh.
+            if listed.is_none() {
+                let got = tokio::select! {
+                    r = source.list() => r,
+                    () = shutdown.cancelled() => return Ok(()),
+                };
+                match got {
+                    Ok(snapshot) => listed = Some(snapshot),
+                    Err(e) => warn!("could not look up our previous lease: {e:#}"),
+                }
+            }
+            if let Some(prev) = listed.as_ref().and_then(|snapshot| {
+                snapshot
+                    .leases
+                    .iter()
+                    .find(|l| l.attrs.public_ip == ext.ext_addr)
+            }) {
+                primary.adopt_previous(&prev.attrs);
+            }
+        }
+        let attrs = primary.prepare(&nl, &ext).await?;
+        let previous = subnet_file::read_previous(&opts.subnet_file)
+            .as_deref()
+            .and_then(net_conf::subnet_env::previous_subnet);
+        let mut backoff = Backoff::new(Duration::from_millis(100), RETRY_MAX);
+        let (own, snapshot) = loop {
+            health.beat();
+            let res = tokio::select! {
+                r = source.acquire(&conf, &attrs, previous, listed.take()) => r,
+                () = shutdown.cancelled() => return Ok(()),
+            };
+            match res {
+                Ok(acquired) => break acquired,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!("acquiring a subnet lease failed (retrying in {wait:.1?}): {e:#}");
+                    if !sleep_or_shutdown(&shutdown, wait).await {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let mtu = primary.configure(&nl, &ext, own.key.v4).await?;
+        super::dataplane::remove_other_devices(&nl, &primary.devices()).await;
+        let firewall = start_firewall(&opts, &conf, own.key.v4).await?;
+
+        let leases = Leases::start(
+            source,
+            own,
+            attrs,
+            conf.clone(),
+            &snapshot,
+            Some(health.metrics().clone()),
+            shutdown.clone(),
+        );
+        // The table holds the leases now; don't keep a second copy through the start.
+        drop(snapshot);
+        let dp = DataPlane::new(nl, ext, primary, opts.route_nexthops);
+        let mut agent = Agent {
+            cache: CacheWriter::new(opts.peer_cache_file.clone()),
+            opts,
+            conf,
+            config_text,
+            leases,
+            dp,
+            health,
+            config_file,
+            firewall,
+            shutdown,
+        };
+        // Start: dump what weft owns, then one diff that programs every peer and purges what no
+        // lease explains (stale routes of peers that left while weft was down). Only after the
+        // successful list above, so an etcd failure never empties the kernel.
+        agent
+            .dp
+            .refresh()
+            .await
+            .context("read weft's routes from the kernel")?;
+        agent.reconcile(ReconcileReason::InitialSync).await;
+        agent.write_subnet_env(mtu).await?;
+        agent.save_cache();
+        agent.health.set_ready(true);
+        info!(
+            "weft is ready: subnet {} with {} peers",
+            agent.leases.own().key,
+            agent.leases.table().len()
+        );
+
+        // Subscribe only after the initial sync: its own writes (one notification per entry)
+        // would pile up unread in memory meanwhile (20,000 vxlan peers: 60,000 messages, most of
+        // the peak RSS). Subscribe, then dump and diff again, so no out-of-band change made
+        // before the subscription is missed.
+        let kernel = backends::nl::subscribe().context("subscribe to netlink notifications")?;
+        agent.audit("audit after subscribing").await;
+
+        agent.run(kernel).await
+    }
+}
