@@ -2,7 +2,7 @@
 # The fault suite, as root (a normal user: sudo in front):
 #   scripts/faults.sh [--quick] [--out FILE]
 #
-# Runs the fault scenarios of tests/faults.rs (targets R1–R7, S1: etcd outage, compaction while
+# Runs the fault scenarios of tests/faults/ (targets R1–R7, S1: etcd outage, compaction while
 # cut off, restarts, boot from the peer cache, 50 nodes at once, drift repair, stale purge,
 # health endpoints, malformed-lease storm) against the release weft in lab clusters, plus the
 # property tests of net-conf, and prints the figures as a Markdown table with the machine, the

@@ -11,7 +11,8 @@ fn main() -> ExitCode {
     let cmd = match cli::parse(&args, &|name| std::env::var(name).ok()) {
         Ok(cmd) => cmd,
         Err(e) => {
-            // One line, as Go's flag package prints it; exit 2 for every usage error.
+            // One line, as Go's flag package prints it; exit 2 for a usage error, 1 for a bad
+            // configuration value.
             match args
                 .first()
                 .filter(|a| cli::SUBCOMMANDS.contains(&a.as_str()))
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
                 Some(sub) => eprintln!("weft {sub}: {e} (see weft {sub} --help)"),
                 None => eprintln!("weft: {e} (see weft --help)"),
             }
-            return ExitCode::from(2);
+            return ExitCode::from(e.exit_code());
         }
     };
     match cmd {

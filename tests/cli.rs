@@ -77,14 +77,14 @@ fn help_of_weft_and_each_subcommand() {
 }
 
 #[test]
-fn an_endpoint_that_is_not_a_url_is_a_usage_error_naming_it() {
+fn an_endpoint_that_is_not_a_url_is_a_config_error_naming_it() {
     for args in [
         &["--etcd-endpoints=notaurl"][..],
         &["-etcd-endpoints", "notaurl"],
         &["status", "--etcd-endpoints=notaurl"],
     ] {
         let out = weft().args(args).output().expect("run weft");
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {}", text(&out));
         assert!(stderr.contains("\"notaurl\""), "{}", text(&out));
@@ -94,7 +94,7 @@ fn an_endpoint_that_is_not_a_url_is_a_usage_error_naming_it() {
         .env("FLANNELD_ETCD_ENDPOINTS", "etcd:2379")
         .output()
         .expect("run weft");
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("FLANNELD_ETCD_ENDPOINTS"),
         "{}",

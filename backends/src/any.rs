@@ -26,17 +26,6 @@ impl AnyBackend {
             BackendConf::IpIp(c) => Ok(AnyBackend::IpIp(IpIp::new(c.clone()))),
         }
     }
-
-    /// Removes the devices the backend created (their routes, nexthop objects, ARP and FDB
-    /// entries go with them; the reconciler forgets them on the link's deletion). host-gw has
-    /// none: its routes are removed by the reconciler's diff, and their nexthops after them.
-    pub async fn teardown(&mut self, nl: &Netlink) -> Result<(), BackendError> {
-        match self {
-            AnyBackend::HostGw(_) => Ok(()),
-            AnyBackend::Vxlan(b) => b.teardown(nl).await,
-            AnyBackend::IpIp(b) => b.teardown(nl).await,
-        }
-    }
 }
 
 impl Backend for AnyBackend {
@@ -60,24 +49,19 @@ impl Backend for AnyBackend {
         }
     }
 
-    async fn configure(
-        &mut self,
-        nl: &Netlink,
-        ext: &ExternalInterface,
-        own: Ipv4Net,
-    ) -> Result<u32, BackendError> {
+    fn configure(&mut self, ext: &ExternalInterface, own: Ipv4Net) -> Result<u32, BackendError> {
         match self {
-            AnyBackend::HostGw(b) => b.configure(nl, ext, own).await,
-            AnyBackend::Vxlan(b) => b.configure(nl, ext, own).await,
-            AnyBackend::IpIp(b) => b.configure(nl, ext, own).await,
+            AnyBackend::HostGw(b) => b.configure(ext, own),
+            AnyBackend::Vxlan(b) => b.configure(ext, own),
+            AnyBackend::IpIp(b) => b.configure(ext, own),
         }
     }
 
-    fn devices(&self) -> Vec<u32> {
+    fn bind(&mut self, index_of: &dyn Fn(&str) -> Option<u32>) {
         match self {
-            AnyBackend::HostGw(b) => b.devices(),
-            AnyBackend::Vxlan(b) => b.devices(),
-            AnyBackend::IpIp(b) => b.devices(),
+            AnyBackend::HostGw(b) => b.bind(index_of),
+            AnyBackend::Vxlan(b) => b.bind(index_of),
+            AnyBackend::IpIp(b) => b.bind(index_of),
         }
     }
 

@@ -52,12 +52,7 @@ impl Backend for HostGw {
     }
 
     /// No device to configure; the pod MTU is the external interface's.
-    async fn configure(
-        &mut self,
-        _nl: &Netlink,
-        ext: &ExternalInterface,
-        _own: Ipv4Net,
-    ) -> Result<u32, BackendError> {
+    fn configure(&mut self, ext: &ExternalInterface, _own: Ipv4Net) -> Result<u32, BackendError> {
         Ok(ext.mtu)
     }
 
@@ -241,8 +236,7 @@ mod tests {
             assert_eq!(attrs.backend_type, "host-gw");
             assert_eq!(attrs.backend_data, None);
             let mtu = HostGw::new()
-                .configure(&nl, &ext(), "10.244.1.0/24".parse().expect("own"))
-                .await
+                .configure(&ext(), "10.244.1.0/24".parse().expect("own"))
                 .expect("configure");
             assert_eq!(mtu, 1500);
         });

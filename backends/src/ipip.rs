@@ -20,20 +20,22 @@
 //! interface gets `ip route replace S via P dev <ext>` instead, as host-gw would (flannel asks
 //! `ip route get`; the connected prefixes of the interface give the same answer without I/O).
 //!
-//! A kernel without ipip (no CONFIG_NET_IPIP, no module) refuses the device with EOPNOTSUPP;
-//! [`Backend::prepare`] turns that into one clear error before any lease is taken.
+//! The device and its address are part of the desired state ([`crate::device`]): the reconciler
+//! creates, fixes or replaces them. A kernel without ipip (no CONFIG_NET_IPIP, no module) refuses
+//! the device with EOPNOTSUPP: [`Backend::prepare`] makes the device when it is missing, as the
+//! probe of that support, and turns a refusal into one clear error before any lease is taken.
 //!
 //! Differences from flannel, on purpose: an existing device with the right `local`/`remote` but
 //! another MTU gets its MTU set to `ext − 20` (flannel only lowers a larger one); a directly
 //! routed peer's route has no `onlink` (the gateway is on a connected subnet, as with host-gw);
 //! a peer of another backend type is skipped with a reason.
-use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use net_conf::{IpIpConf, LeaseAttrs};
 use tracing::{info, warn};
 
-use crate::nl::{EOPNOTSUPP, IpIpLink, IpIpSpec, Netlink};
+use crate::device::{Device, DeviceKind};
+use crate::nl::{EOPNOTSUPP, Netlink};
 use crate::{Backend, BackendError, Desired, ExternalInterface, Peer, Route};
 
 /// The lease `BackendType` of ipip.
@@ -49,46 +51,33 @@ const MIN_MTU: u32 = 68;
 pub const NO_KERNEL_SUPPORT: &str =
     "this kernel has no ipip support (CONFIG_NET_IPIP): use Backend.Type vxlan or host-gw";
 
-/// weft's ipip device once [`Backend::prepare`] has created or verified it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpIpDevice {
-    pub index: u32,
-    pub name: String,
-    pub mtu: u32,
-}
-
 /// The ipip backend.
 #[derive(Debug, Clone)]
 pub struct IpIp {
     conf: IpIpConf,
-    dev: Option<IpIpDevice>,
-}
-
-/// What to do with a link that already has the device's name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Existing {
-    /// It is the wanted tunnel; `set_mtu` when only its MTU differs.
-    Reuse { set_mtu: Option<u32> },
-    /// An ipip device with other endpoints: delete it and create the wanted one. The reasons
-    /// name each differing field.
-    Recreate(Vec<String>),
-    /// Not an ipip device: weft will not delete someone else's link (flannel's rule).
-    WrongType,
+    /// The device this node wants, once [`Backend::prepare`] has planned it.
+    dev: Option<Device>,
+    /// The node's own subnet: the device carries `<network>/32`.
+    own: Option<Ipv4Net>,
 }
 
 impl IpIp {
     pub fn new(conf: IpIpConf) -> Self {
-        IpIp { conf, dev: None }
+        IpIp {
+            conf,
+            dev: None,
+            own: None,
+        }
     }
 
-    /// The device, after a successful [`Backend::prepare`].
-    pub fn device(&self) -> Option<&IpIpDevice> {
+    /// The wanted device, after a successful [`Backend::prepare`].
+    pub fn device(&self) -> Option<&Device> {
         self.dev.as_ref()
     }
 
-    /// The device this node wants for `ext`: `local` = the interface's own address, MTU =
-    /// the interface's − 20.
-    pub fn spec(ext: &ExternalInterface) -> Result<IpIpSpec, BackendError> {
+    /// The device this node wants for `ext`: `local` = the interface's own address, `remote
+    /// any`, MTU = the interface's − 20, up (index 0: not known yet).
+    pub fn spec(ext: &ExternalInterface) -> Result<Device, BackendError> {
         let mtu = ext
             .mtu
             .checked_sub(ENCAP_OVERHEAD)
@@ -100,71 +89,29 @@ impl IpIp {
                     ext.mtu, ext.name
                 ))
             })?;
-        Ok(IpIpSpec {
+        Ok(Device {
             name: DEVICE_NAME.to_string(),
-            local: ext.iface_addr,
+            index: 0,
+            kind: DeviceKind::IpIp {
+                local: ext.iface_addr,
+                remote: None,
+            },
             mtu,
+            mac: None,
+            up: true,
         })
     }
 
-    /// Deletes `flannel.ipip` (`ip link del flannel.ipip`); its routes go with it.
-    pub async fn teardown(&mut self, nl: &Netlink) -> Result<(), BackendError> {
-        let index = match &self.dev {
-            Some(dev) => Some(dev.index),
-            None => nl.link_by_name(DEVICE_NAME).await?.map(|l| l.index),
-        };
-        if let Some(index) = index {
-            nl.link_del(index).await?;
-            tracing::info!("ip link del {DEVICE_NAME}");
-        }
-        self.dev = None;
-        Ok(())
-    }
-
     /// Test and tooling hook: use an already known device (as [`Backend::prepare`] would set it).
-    pub fn with_device(mut self, dev: IpIpDevice) -> Self {
+    pub fn with_device(mut self, dev: Device) -> Self {
         self.dev = Some(dev);
         self
     }
 
-    /// Creates the device and reads back its index.
-    async fn create(nl: &Netlink, spec: &IpIpSpec) -> Result<IpIpDevice, BackendError> {
-        nl.ipip_add(spec).await.map_err(explain_add_error)?;
-        info!("ip link add {spec}");
-        let made = nl.ipip_by_name(&spec.name).await?.ok_or_else(|| {
-            BackendError::Unsupported(format!("{} vanished right after creation", spec.name))
-        })?;
-        Ok(IpIpDevice {
-            index: made.index,
-            name: spec.name.clone(),
-            mtu: spec.mtu,
-        })
-    }
-}
-
-/// Compares an existing link with the wanted tunnel (flannel's rule: another type is an error;
-/// another `local` or a fixed `remote` means delete and recreate). An unset or 0.0.0.0 `remote`
-/// is "any".
-pub fn assess(have: &IpIpLink, want: &IpIpSpec) -> Existing {
-    if have.kind.as_deref() != Some("ipip") {
-        return Existing::WrongType;
-    }
-    let show = |ip: Option<Ipv4Addr>| match ip.filter(|ip| !ip.is_unspecified()) {
-        Some(ip) => ip.to_string(),
-        None => "any".to_string(),
-    };
-    let mut why = Vec::new();
-    if have.local != Some(want.local) {
-        why.push(format!("local {} (want {})", show(have.local), want.local));
-    }
-    if have.remote.is_some_and(|r| !r.is_unspecified()) {
-        why.push(format!("remote {} (want any)", show(have.remote)));
-    }
-    if !why.is_empty() {
-        return Existing::Recreate(why);
-    }
-    Existing::Reuse {
-        set_mtu: (have.mtu != want.mtu).then_some(want.mtu),
+    /// Test and tooling hook: the node's subnet, as [`Backend::configure`] would set it.
+    pub fn with_own(mut self, own: Ipv4Net) -> Self {
+        self.own = Some(own);
+        self
     }
 }
 
@@ -187,68 +134,68 @@ impl Backend for IpIp {
         IPIP
     }
 
-    fn devices(&self) -> Vec<u32> {
-        self.dev.iter().map(|d| d.index).collect()
+    fn bind(&mut self, index_of: &dyn Fn(&str) -> Option<u32>) {
+        if let Some(dev) = &mut self.dev {
+            if let Some(index) = index_of(&dev.name) {
+                dev.index = index;
+            }
+        }
     }
 
-    /// Creates `flannel.ipip` or reuses a matching existing one (one with other endpoints is
-    /// deleted and recreated; a link of another type is an error), then returns the lease
-    /// attributes `{"PublicIP": <ext_addr>, "BackendType": "ipip"}`.
+    /// Plans `flannel.ipip` and returns the lease attributes `{"PublicIP": <ext_addr>,
+    /// "BackendType": "ipip"}`. A link of another type under that name is an error (flannel's
+    /// rule: weft does not delete someone else's link); an ipip device with other endpoints is
+    /// left to the reconciler, which replaces it. When the device is missing it is made here,
+    /// up, as the probe of the kernel's ipip support: a kernel without it fails here, before a
+    /// lease is taken, with [`NO_KERNEL_SUPPORT`].
     async fn prepare(
         &mut self,
         nl: &Netlink,
         ext: &ExternalInterface,
     ) -> Result<LeaseAttrs, BackendError> {
-        let want = Self::spec(ext)?;
-        let dev = match nl.ipip_by_name(&want.name).await? {
-            None => Self::create(nl, &want).await?,
-            Some(have) => match assess(&have, &want) {
-                Existing::WrongType => {
-                    return Err(BackendError::Unsupported(format!(
-                        "{} isn't an ipip mode device, please remove device and try again",
+        let mut want = Self::spec(ext)?;
+        match nl.device_by_name(&want.name).await? {
+            None => {
+                nl.device_add(&want).await.map_err(explain_add_error)?;
+                info!("ip link add {}", want.spec_with(&|_| None));
+                let made = nl.device_by_name(&want.name).await?.ok_or_else(|| {
+                    BackendError::Unsupported(format!(
+                        "{} vanished right after creation",
                         want.name
-                    )));
-                }
-                Existing::Recreate(why) => {
+                    ))
+                })?;
+                want.index = made.index;
+            }
+            Some(have) if matches!(have.kind, DeviceKind::Other(_)) => {
+                return Err(BackendError::Unsupported(format!(
+                    "{} isn't an ipip mode device, please remove device and try again",
+                    want.name
+                )));
+            }
+            Some(have) => {
+                let d = want.differences(&have);
+                if d.fixed.is_empty() {
+                    want.index = have.index;
+                } else {
                     warn!(
                         "{:?} already exists with incompatible configuration: {}; recreating device",
                         want.name,
-                        why.join(", ")
+                        d.fixed.join(", ")
                     );
-                    nl.link_del(have.index).await?;
-                    info!("ip link del {}", want.name);
-                    Self::create(nl, &want).await?
                 }
-                Existing::Reuse { set_mtu } => {
-                    if let Some(mtu) = set_mtu {
-                        nl.link_set_mtu(have.index, mtu).await?;
-                        info!("ip link set {} mtu {mtu}", want.name);
-                    }
-                    IpIpDevice {
-                        index: have.index,
-                        name: want.name.clone(),
-                        mtu: want.mtu,
-                    }
-                }
-            },
-        };
-        self.dev = Some(dev);
+            }
+        }
+        self.dev = Some(want);
         Ok(LeaseAttrs::ipip(ext.ext_addr))
     }
 
-    /// Gives the device exactly one IPv4 address, `<own network>/32` (the source for host → pod
-    /// traffic; /32 adds no connected route), sets it up and returns the device MTU for
-    /// subnet.env.
-    async fn configure(
-        &mut self,
-        nl: &Netlink,
-        _ext: &ExternalInterface,
-        own: Ipv4Net,
-    ) -> Result<u32, BackendError> {
-        let dev = self.dev.clone().ok_or_else(|| {
+    /// Takes the node's subnet (the device gets `<network>/32`: the source for host → pod
+    /// traffic; /32 adds no connected route) and returns the device MTU for subnet.env.
+    fn configure(&mut self, _ext: &ExternalInterface, own: Ipv4Net) -> Result<u32, BackendError> {
+        let dev = self.dev.as_ref().ok_or_else(|| {
             BackendError::Unsupported("ipip: configure called before prepare".into())
         })?;
-        crate::set_sole_address_up(nl, dev.index, &dev.name, own).await?;
+        self.own = Some(own);
         Ok(dev.mtu)
     }
 
@@ -261,6 +208,10 @@ impl Backend for IpIp {
             }
             return out;
         };
+        out.state.add_device(dev.clone());
+        if let Some(own) = self.own {
+            out.state.add_addr(crate::vxlan::own_addr(&dev.name, own));
+        }
         for peer in peers {
             match self.route_for(ext, dev, peer) {
                 Ok(route) => out.state.add_route(route),
@@ -276,7 +227,7 @@ impl IpIp {
     fn route_for(
         &self,
         ext: &ExternalInterface,
-        dev: &IpIpDevice,
+        dev: &Device,
         peer: &Peer,
     ) -> Result<Route, String> {
         let (subnet, ip) = crate::usable_peer(ext, peer, IPIP)?;
@@ -298,6 +249,8 @@ impl IpIp {
 mod tests {
     use net_conf::SubnetKey;
 
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn ext() -> ExternalInterface {
@@ -311,11 +264,10 @@ mod tests {
         }
     }
 
-    fn dev() -> IpIpDevice {
-        IpIpDevice {
+    fn dev() -> Device {
+        Device {
             index: 9,
-            name: DEVICE_NAME.into(),
-            mtu: 1480,
+            ..IpIp::spec(&ext()).expect("spec")
         }
     }
 
@@ -433,15 +385,33 @@ mod tests {
         let spec = IpIp::spec(&e).expect("spec");
         assert_eq!(
             spec,
-            IpIpSpec {
+            Device {
                 name: "flannel.ipip".into(),
-                local: Ipv4Addr::new(198, 18, 0, 1),
+                index: 0,
+                kind: DeviceKind::IpIp {
+                    local: Ipv4Addr::new(198, 18, 0, 1),
+                    remote: None,
+                },
                 mtu: 1480,
+                mac: None,
+                up: true,
             }
         );
         assert_eq!(
-            spec.to_string(),
+            spec.spec_with(&|_| None),
             "flannel.ipip type ipip local 198.18.0.1 remote any mtu 1480"
+        );
+        let d = ipip(false)
+            .with_own("10.244.1.0/24".parse().expect("own"))
+            .desired(&e, &[]);
+        assert_eq!(d.state.devices["flannel.ipip"], dev());
+        assert_eq!(
+            d.state
+                .addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["10.244.1.0/32 dev flannel.ipip"]
         );
         e.mtu = 80;
         let err = IpIp::spec(&e).expect_err("too small");
@@ -452,56 +422,57 @@ mod tests {
         );
     }
 
-    fn link(kind: &str) -> IpIpLink {
-        IpIpLink {
-            index: 9,
-            name: DEVICE_NAME.into(),
-            kind: Some(kind.into()),
-            mtu: 1480,
-            up: true,
-            local: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            remote: Some(Ipv4Addr::UNSPECIFIED),
-            link: Some(0),
+    /// The device as the kernel reports it.
+    fn link(kind: &str) -> Device {
+        let mut d = dev();
+        if kind != "ipip" {
+            d.kind = DeviceKind::Other(kind.into());
         }
+        d
+    }
+
+    fn set_endpoints(d: &mut Device, l: Ipv4Addr, r: Option<Ipv4Addr>) {
+        d.kind = DeviceKind::IpIp {
+            local: l,
+            remote: r,
+        };
     }
 
     #[test]
     fn existing_device_assessed_like_flannel() {
         let want = IpIp::spec(&ext()).expect("spec");
-        assert_eq!(
-            assess(&link("ipip"), &want),
-            Existing::Reuse { set_mtu: None }
-        );
-        let mut no_remote = link("ipip");
-        no_remote.remote = None;
-        assert_eq!(assess(&no_remote, &want), Existing::Reuse { set_mtu: None });
+        assert!(want.differences(&link("ipip")).is_empty());
         let mut mtu = link("ipip");
         mtu.mtu = 1400;
+        let d = want.differences(&mtu);
+        assert!(d.fixed.is_empty(), "an MTU is set in place");
+        assert_eq!(d.settable, vec!["mtu 1400 (want 1480)"]);
         assert_eq!(
-            assess(&mtu, &want),
-            Existing::Reuse {
-                set_mtu: Some(1480)
-            }
+            want.differences(&link("veth")).fixed,
+            vec!["type veth (want ipip)"]
         );
-        assert_eq!(assess(&link("veth"), &want), Existing::WrongType);
-        let mut unknown = link("ipip");
-        unknown.kind = None;
-        assert_eq!(assess(&unknown, &want), Existing::WrongType);
-        let mut moved = link("ipip");
-        moved.local = Some(Ipv4Addr::new(198, 18, 0, 9));
-        moved.remote = Some(Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(
-            assess(&moved, &want),
-            Existing::Recreate(vec![
-                "local 198.18.0.9 (want 198.18.0.1)".into(),
-                "remote 198.18.0.2 (want any)".into(),
-            ])
+            want.differences(&link("")).fixed,
+            vec!["type unknown (want ipip)"]
+        );
+        let mut moved = link("ipip");
+        set_endpoints(
+            &mut moved,
+            Ipv4Addr::new(198, 18, 0, 9),
+            Some(Ipv4Addr::new(198, 18, 0, 2)),
+        );
+        assert_eq!(
+            want.differences(&moved).fixed,
+            vec![
+                "local 198.18.0.9 (want 198.18.0.1)",
+                "remote 198.18.0.2 (want any)",
+            ]
         );
         let mut any_local = link("ipip");
-        any_local.local = Some(Ipv4Addr::UNSPECIFIED);
+        set_endpoints(&mut any_local, Ipv4Addr::UNSPECIFIED, None);
         assert_eq!(
-            assess(&any_local, &want),
-            Existing::Recreate(vec!["local any (want 198.18.0.1)".into()])
+            want.differences(&any_local).fixed,
+            vec!["local any (want 198.18.0.1)"]
         );
     }
 

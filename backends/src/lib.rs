@@ -2,10 +2,11 @@
 //! operations, the reconciler that applies it, and `nl`, the one module that builds netlink
 //! messages.
 //!
-//! Flow: leases → [`Backend::desired`] (pure) → [`plan::diff`] against the last known kernel state
+//! Flow: leases → [`Backend::desired`] (pure: devices, addresses, routes, ARP/FDB entries) → [`plan::diff`] against the last known kernel state
 //! (pure) → [`reconcile::Reconciler`] applies the operations through [`nl`].
 
 pub mod any;
+pub mod device;
 pub mod error;
 pub mod hostgw;
 pub mod ipip;
@@ -107,62 +108,30 @@ pub(crate) fn direct_route(
         })
 }
 
-/// Gives a tunnel device exactly one IPv4 address, `<own network>/32`, and sets it up: any other
-/// address on it is removed first. The /32 is the source of host → pod traffic and adds no
-/// connected route. Equals `ip addr del <other> dev <name>` for each other address, `ip addr
-/// replace <net>/32 dev <name>`, `ip link set <name> up`.
-pub(crate) async fn set_sole_address_up(
-    nl: &nl::Netlink,
-    index: u32,
-    name: &str,
-    own: Ipv4Net,
-) -> Result<(), BackendError> {
-    let addr = own.network();
-    let link = nl
-        .link_by_name(name)
-        .await?
-        .ok_or_else(|| BackendError::Unsupported(format!("{name} disappeared before configure")))?;
-    for a in &link.addrs {
-        let std::net::IpAddr::V4(ip) = a.addr else {
-            continue;
-        };
-        if ip != addr || a.prefix_len != 32 {
-            nl.addr_del(index, ip, a.prefix_len).await?;
-            tracing::info!("ip addr del {ip}/{} dev {name}", a.prefix_len);
-        }
-    }
-    nl.addr_replace(index, addr, 32).await?;
-    tracing::info!("ip addr replace {addr}/32 dev {name}");
-    nl.link_set_up(index).await?;
-    tracing::info!("ip link set {name} up");
-    Ok(())
-}
-
 /// A data-path backend. Static dispatch: the daemon matches `Backend.Type` once.
 pub trait Backend {
     /// `host-gw`, `vxlan`, `ipip`: the lease's `BackendType`.
     fn type_name(&self) -> &'static str;
 
-    /// Creates or verifies the backend's devices and checks its preconditions; returns the lease
-    /// attributes to publish. Runs before the lease is acquired.
+    /// Checks the backend's preconditions and plans its devices (reading what must survive, such
+    /// as the MAC of an existing vxlan device); returns the lease attributes to publish. Runs
+    /// before the lease is acquired. The devices are made by the reconciler, from
+    /// [`Backend::desired`] (ipip makes a missing device here, as the probe of kernel support).
     fn prepare(
         &mut self,
         nl: &nl::Netlink,
         ext: &ExternalInterface,
     ) -> impl Future<Output = Result<LeaseAttrs, BackendError>>;
 
-    /// Configures the devices for the node's own subnet; returns the MTU for subnet.env.
-    fn configure(
-        &mut self,
-        nl: &nl::Netlink,
-        ext: &ExternalInterface,
-        own: Ipv4Net,
-    ) -> impl Future<Output = Result<u32, BackendError>>;
+    /// Takes the node's own subnet (the address of the devices in [`Backend::desired`]); returns
+    /// the MTU for subnet.env. Pure.
+    fn configure(&mut self, ext: &ExternalInterface, own: Ipv4Net) -> Result<u32, BackendError>;
 
-    /// The devices the backend created (ifindexes): their ARP/FDB entries are weft's, and their
-    /// deletion means [`Backend::prepare`] and [`Backend::configure`] must run again.
-    fn devices(&self) -> Vec<u32> {
-        Vec::new()
+    /// Takes the ifindexes of the backend's devices as the reconciler knows them
+    /// ([`Reconciler::device_index`]), so the next [`Backend::desired`] plans its entries on them.
+    /// Call after each apply (a device made anew has a new index).
+    fn bind(&mut self, index_of: &dyn Fn(&str) -> Option<u32>) {
+        let _ = index_of;
     }
 
     /// Whether [`Backend::adopt_previous`] wants the node's previous lease before `prepare`.
@@ -176,6 +145,7 @@ pub trait Backend {
         let _ = previous;
     }
 
-    /// Pure: the kernel objects these peers require.
+    /// Pure: the kernel objects these peers require, with the backend's devices and their
+    /// addresses.
     fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired;
 }

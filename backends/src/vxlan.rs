@@ -12,6 +12,13 @@
 //! interface gets `ip route replace S via P dev <ext>` instead (flannel asks `ip route get`; the
 //! connected prefixes of the interface give the same answer without I/O).
 //!
+//! The device is part of the desired state too ([`crate::device`]): `flannel.<VNI>` with the
+//! attributes flannel gives it (`id <VNI> dev <ext> local <public ip> dstport <Port or 8472>
+//! nolearning [gbp] mtu <ext mtu − 50> address <VTEP MAC>`, up) and the address
+//! `<own subnet network>/32`; the reconciler creates it, fixes it in place or replaces it.
+//! [`Backend::prepare`] only reads: it keeps the MAC of an existing compatible device (else the
+//! MAC of the previous lease, else a random one), so the VTEP MAC is stable across restarts.
+//!
 //! Differences from flannel, on purpose: the FDB entry of a peer's previous MAC is removed when
 //! the MAC changes (it is keyed by MAC and no longer desired); a peer advertising another VNI is
 //! skipped with a reason instead of programmed into a tunnel that cannot reach it; an existing
@@ -23,7 +30,8 @@ use net_conf::{LeaseAttrs, VxlanConf};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::nl::{Netlink, VxlanLink, VxlanSpec};
+use crate::device::{Addr, Device, DeviceKind, VxlanParams};
+use crate::nl::Netlink;
 use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
 use crate::{Backend, BackendError, Desired, ExternalInterface, Peer, Route};
 
@@ -34,24 +42,18 @@ pub const ENCAP_OVERHEAD: u32 = 50;
 /// The kernel's default VXLAN UDP port (used when `Port` is 0).
 pub const DEFAULT_PORT: u16 = 8472;
 
-/// weft's vxlan device once [`Backend::prepare`] has created or verified it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanDevice {
-    pub index: u32,
-    pub name: String,
-    pub mac: Mac,
-    pub mtu: u32,
-}
-
 /// The vxlan backend.
 #[derive(Debug, Clone)]
 pub struct Vxlan {
     conf: VxlanConf,
-    dev: Option<VxlanDevice>,
-    /// The MAC a new device gets: the one of our previous lease (stable across reboots, so
-    /// peers keep valid ARP/FDB entries) or of the device we made before (re-creation after an
-    /// out-of-band delete); random when neither exists.
+    /// The device this node wants, once [`Backend::prepare`] has planned it.
+    dev: Option<Device>,
+    /// The MAC the device gets: the one of our previous lease (stable across reboots, so peers
+    /// keep valid ARP/FDB entries) or of an existing compatible device; random when neither
+    /// exists.
     mac: Option<Mac>,
+    /// The node's own subnet: the device carries `<network>/32`.
+    own: Option<Ipv4Net>,
 }
 
 impl Vxlan {
@@ -60,6 +62,7 @@ impl Vxlan {
             conf,
             dev: None,
             mac: None,
+            own: None,
         }
     }
 
@@ -68,13 +71,13 @@ impl Vxlan {
         format!("flannel.{}", self.conf.vni)
     }
 
-    /// The device, after a successful [`Backend::prepare`].
-    pub fn device(&self) -> Option<&VxlanDevice> {
+    /// The wanted device, after a successful [`Backend::prepare`].
+    pub fn device(&self) -> Option<&Device> {
         self.dev.as_ref()
     }
 
-    /// The device this node wants for `ext`, with `mac`.
-    pub fn spec(&self, ext: &ExternalInterface, mac: Mac) -> Result<VxlanSpec, BackendError> {
+    /// The device this node wants for `ext`, with `mac` (index 0: not known yet).
+    pub fn spec(&self, ext: &ExternalInterface, mac: Option<Mac>) -> Result<Device, BackendError> {
         let underlay = self.conf.mtu.unwrap_or(ext.mtu);
         let mtu = underlay
             .checked_sub(ENCAP_OVERHEAD)
@@ -86,82 +89,37 @@ impl Vxlan {
                     ext.name
                 ))
             })?;
-        Ok(VxlanSpec {
+        Ok(Device {
             name: self.device_name(),
-            vni: self.conf.vni,
-            link: ext.index,
-            local: ext.ext_addr,
-            port: self.conf.port,
-            learning: self.conf.learning,
-            gbp: self.conf.gbp,
+            index: 0,
+            kind: DeviceKind::Vxlan(VxlanParams {
+                vni: self.conf.vni,
+                link: ext.index,
+                local: ext.ext_addr,
+                port: if self.conf.port == 0 {
+                    DEFAULT_PORT
+                } else {
+                    self.conf.port
+                },
+                learning: self.conf.learning,
+                gbp: self.conf.gbp,
+                group: None,
+                l2miss: false,
+                l3miss: false,
+            }),
             mtu,
             mac,
+            up: true,
         })
     }
 }
 
-/// Why an existing link cannot serve as the wanted vxlan device, field by field (the kernel
-/// cannot change these in place); empty when it can. MTU and MAC are not compared: the MTU can
-/// be set in place and the MAC of an existing device is kept.
-pub fn incompatibilities(have: &VxlanLink, want: &VxlanSpec) -> Vec<String> {
-    let mut out = Vec::new();
-    if have.kind.as_deref() != Some("vxlan") {
-        out.push(format!(
-            "type {} (want vxlan)",
-            have.kind.as_deref().unwrap_or("unknown")
-        ));
-        return out;
+/// `<network of own>/32` on `dev`: the address of a tunnel device.
+pub(crate) fn own_addr(dev: &str, own: Ipv4Net) -> Addr {
+    Addr {
+        dev: dev.to_string(),
+        addr: Ipv4Net::new(own.network(), 32).unwrap_or(own),
     }
-    let mut field = |name: &str, have: String, want: String| {
-        if have != want {
-            out.push(format!("{name} {have} (want {want})"));
-        }
-    };
-    let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
-    field(
-        "id",
-        show(have.vni.map(|v| v.to_string())),
-        want.vni.to_string(),
-    );
-    field(
-        "dev",
-        show(have.link.map(|v| v.to_string())),
-        want.link.to_string(),
-    );
-    field(
-        "local",
-        show(have.local.map(|v| v.to_string())),
-        want.local.to_string(),
-    );
-    let want_port = if want.port == 0 {
-        DEFAULT_PORT
-    } else {
-        want.port
-    };
-    field(
-        "dstport",
-        show(have.port.map(|v| v.to_string())),
-        want_port.to_string(),
-    );
-    field(
-        "learning",
-        show(have.learning.map(|v| v.to_string())),
-        want.learning.to_string(),
-    );
-    field("gbp", have.gbp.to_string(), want.gbp.to_string());
-    let group = have.group.filter(|g| !g.is_unspecified());
-    field("group", show(group.map(|g| g.to_string())), "none".into());
-    field(
-        "l2miss",
-        have.l2miss.unwrap_or(false).to_string(),
-        "false".into(),
-    );
-    field(
-        "l3miss",
-        have.l3miss.unwrap_or(false).to_string(),
-        "false".into(),
-    );
-    out
 }
 
 /// A random locally administered unicast MAC (what flannel does in etcd mode).
@@ -245,8 +203,12 @@ impl Backend for Vxlan {
         VXLAN
     }
 
-    fn devices(&self) -> Vec<u32> {
-        self.dev.iter().map(|d| d.index).collect()
+    fn bind(&mut self, index_of: &dyn Fn(&str) -> Option<u32>) {
+        if let Some(dev) = &mut self.dev {
+            if let Some(index) = index_of(&dev.name) {
+                dev.index = index;
+            }
+        }
     }
 
     fn wants_previous_lease(&self) -> bool {
@@ -271,91 +233,50 @@ impl Backend for Vxlan {
         }
     }
 
-    /// Creates `flannel.<VNI>` or reuses a compatible existing one (an incompatible one is
-    /// deleted and recreated), then returns the lease attributes with `{"VNI","VtepMAC"}`.
+    /// Plans `flannel.<VNI>` (read-only): an existing device that is compatible keeps its MAC
+    /// and index; an incompatible one is left to the reconciler, which replaces it. Returns the
+    /// lease attributes with `{"VNI","VtepMAC"}`.
     async fn prepare(
         &mut self,
         nl: &Netlink,
         ext: &ExternalInterface,
     ) -> Result<LeaseAttrs, BackendError> {
-        let name = self.device_name();
-        let existing = nl.vxlan_by_name(&name).await?;
-        let mut reuse = None;
-        if let Some(have) = existing {
-            let want = self.spec(ext, have.mac.unwrap_or_default())?;
-            let why = incompatibilities(&have, &want);
-            if why.is_empty() && have.mac.is_some() {
-                if have.mtu != want.mtu {
-                    nl.link_set_mtu(have.index, want.mtu).await?;
-                    info!("ip link set {name} mtu {}", want.mtu);
-                }
-                reuse = Some(VxlanDevice {
-                    index: have.index,
-                    name: name.clone(),
-                    mac: want.mac,
-                    mtu: want.mtu,
-                });
+        let mut want = self.spec(ext, None)?;
+        let mut mac = None;
+        if let Some(have) = nl.device_by_name(&want.name).await? {
+            let d = want.differences(&have);
+            if d.fixed.is_empty() && have.mac.is_some() {
+                want.index = have.index;
+                mac = have.mac;
             } else {
                 warn!(
-                    "{name:?} already exists with incompatible configuration: {}; recreating device",
-                    why.join(", ")
+                    "{:?} already exists with incompatible configuration: {}; recreating device",
+                    want.name,
+                    d.fixed.join(", ")
                 );
-                nl.link_del(have.index).await?;
-                info!("ip link del {name}");
             }
         }
-        let dev = match reuse {
-            Some(dev) => dev,
-            None => {
-                let spec = self.spec(ext, self.mac.unwrap_or_else(random_mac))?;
-                nl.vxlan_add(&spec).await?;
-                info!("ip link add {spec}");
-                let made = nl.vxlan_by_name(&name).await?.ok_or_else(|| {
-                    BackendError::Unsupported(format!("{name} vanished right after creation"))
-                })?;
-                VxlanDevice {
-                    index: made.index,
-                    name: name.clone(),
-                    mac: made.mac.unwrap_or(spec.mac),
-                    mtu: spec.mtu,
-                }
-            }
-        };
+        let mac = mac.or(self.mac).unwrap_or_else(random_mac);
+        want.mac = Some(mac);
         let attrs = LeaseAttrs {
             public_ip: ext.ext_addr,
             public_ipv6: None,
             backend_type: VXLAN.to_string(),
-            backend_data: Some(backend_data(self.conf.vni, &dev.mac)),
+            backend_data: Some(backend_data(self.conf.vni, &mac)),
             backend_v6_data: None,
         };
-        self.mac = Some(dev.mac);
-        self.dev = Some(dev);
+        self.mac = Some(mac);
+        self.dev = Some(want);
         Ok(attrs)
     }
 
-    /// Gives the device exactly one IPv4 address, `<own network>/32` (the source for host → pod
-    /// traffic; /32 avoids a broadcast route), sets it up, checks its MAC is still the one
-    /// published, and returns the device MTU for subnet.env.
-    async fn configure(
-        &mut self,
-        nl: &Netlink,
-        _ext: &ExternalInterface,
-        own: Ipv4Net,
-    ) -> Result<u32, BackendError> {
-        let dev = self.dev.clone().ok_or_else(|| {
+    /// Takes the node's subnet (the device gets `<network>/32`: the source for host → pod
+    /// traffic; /32 avoids a broadcast route) and returns the device MTU for subnet.env.
+    fn configure(&mut self, _ext: &ExternalInterface, own: Ipv4Net) -> Result<u32, BackendError> {
+        let dev = self.dev.as_ref().ok_or_else(|| {
             BackendError::Unsupported("vxlan: configure called before prepare".into())
         })?;
-        crate::set_sole_address_up(nl, dev.index, &dev.name, own).await?;
-        let now = nl.vxlan_by_name(&dev.name).await?;
-        let mac = now.as_ref().and_then(|l| l.mac);
-        if mac != Some(dev.mac) {
-            return Err(BackendError::Unsupported(format!(
-                "{} has MAC {}, but the lease publishes {}",
-                dev.name,
-                mac.map(|m| fmt_mac(&m)).unwrap_or_else(|| "none".into()),
-                fmt_mac(&dev.mac)
-            )));
-        }
+        self.own = Some(own);
         Ok(dev.mtu)
     }
 
@@ -368,6 +289,10 @@ impl Backend for Vxlan {
             }
             return out;
         };
+        out.state.add_device(dev.clone());
+        if let Some(own) = self.own {
+            out.state.add_addr(own_addr(&dev.name, own));
+        }
         for peer in peers {
             if let Err(reason) = self.add_peer(ext, dev, peer, &mut out) {
                 out.skipped.push((peer.key, reason));
@@ -381,7 +306,7 @@ impl Vxlan {
     fn add_peer(
         &self,
         ext: &ExternalInterface,
-        dev: &VxlanDevice,
+        dev: &Device,
         peer: &Peer,
         out: &mut Desired,
     ) -> Result<(), String> {
@@ -432,57 +357,16 @@ impl Vxlan {
         Ok(())
     }
 
-    /// Deletes the device (`ip link del flannel.<VNI>`); its ARP and FDB entries and onlink
-    /// routes go with it. The MAC is remembered, so a later `prepare` makes the same device.
-    pub async fn teardown(&mut self, nl: &Netlink) -> Result<(), BackendError> {
-        let name = self.device_name();
-        let index = match &self.dev {
-            Some(dev) => Some(dev.index),
-            None => nl.link_by_name(&name).await?.map(|l| l.index),
-        };
-        if let Some(index) = index {
-            nl.link_del(index).await?;
-            info!("ip link del {name}");
-        }
-        self.dev = None;
-        Ok(())
-    }
-
-    /// Read-only: a backend bound to the existing `flannel.<VNI>` device, as [`Backend::prepare`]
-    /// would leave it, without creating, changing or deleting anything (for `weft status`).
-    /// Returns the device as the kernel reports it too, so the caller can compare it with
-    /// [`Vxlan::spec`] ([`incompatibilities`]). `Ok(None)` when no link has that name; an error
-    /// when a link of that name is not a vxlan device or has no MAC.
-    pub async fn attach_existing(
-        conf: VxlanConf,
-        nl: &Netlink,
-    ) -> Result<Option<(Vxlan, VxlanLink)>, BackendError> {
-        let backend = Vxlan::new(conf);
-        let name = backend.device_name();
-        let Some(link) = nl.vxlan_by_name(&name).await? else {
-            return Ok(None);
-        };
-        if link.kind.as_deref() != Some("vxlan") {
-            return Err(BackendError::Unsupported(format!(
-                "{name} is a {} device, not vxlan",
-                link.kind.as_deref().unwrap_or("unknown")
-            )));
-        }
-        let mac = link
-            .mac
-            .ok_or_else(|| BackendError::Unsupported(format!("{name} has no MAC address")))?;
-        let dev = VxlanDevice {
-            index: link.index,
-            name,
-            mac,
-            mtu: link.mtu,
-        };
-        Ok(Some((backend.with_device(dev), link)))
-    }
-
     /// Test and tooling hook: use an already known device (as [`Backend::prepare`] would set it).
-    pub fn with_device(mut self, dev: VxlanDevice) -> Self {
+    pub fn with_device(mut self, dev: Device) -> Self {
+        self.mac = dev.mac;
         self.dev = Some(dev);
+        self
+    }
+
+    /// Test and tooling hook: the node's subnet, as [`Backend::configure`] would set it.
+    pub fn with_own(mut self, own: Ipv4Net) -> Self {
+        self.own = Some(own);
         self
     }
 }
@@ -507,12 +391,12 @@ mod tests {
         }
     }
 
-    fn dev() -> VxlanDevice {
-        VxlanDevice {
+    fn dev() -> Device {
+        Device {
             index: 9,
-            name: "flannel.1".into(),
-            mac: [0x02, 0, 0, 0, 0, 0x01],
-            mtu: 1450,
+            ..Vxlan::new(VxlanConf::default())
+                .spec(&ext(), Some([0x02, 0, 0, 0, 0, 0x01]))
+                .expect("spec")
         }
     }
 
@@ -597,6 +481,8 @@ mod tests {
             ],
         );
         assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        assert_eq!(d.state.devices["flannel.1"], dev());
+        assert!(d.state.addrs.is_empty(), "no own subnet yet");
         let gw2 = Ipv4Addr::new(10, 244, 2, 0);
         assert_eq!(
             d.state.neighs.values().cloned().collect::<Vec<_>>(),
@@ -698,43 +584,38 @@ mod tests {
         assert_eq!(d.skipped.len(), 1);
     }
 
-    fn link(kind: &str) -> VxlanLink {
-        VxlanLink {
-            index: 9,
-            name: "flannel.1".into(),
-            kind: Some(kind.into()),
-            mtu: 1450,
-            up: true,
-            mac: Some(MAC2),
-            vni: Some(1),
-            link: Some(3),
-            local: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            group: None,
-            port: Some(8472),
-            learning: Some(false),
-            gbp: false,
-            l2miss: Some(false),
-            l3miss: Some(false),
+    /// The device as the kernel reports it (what weft makes, at index 9).
+    fn link(kind: &str) -> Device {
+        let mut d = dev();
+        d.mac = Some(MAC2);
+        if kind != "vxlan" {
+            d.kind = DeviceKind::Other(kind.into());
         }
+        d
     }
 
     #[test]
     fn device_compared_field_by_field() {
-        let want = vx(false).spec(&ext(), MAC2).expect("spec");
+        let want = vx(false).spec(&ext(), Some(MAC2)).expect("spec");
         assert_eq!(want.mtu, 1450);
-        assert!(incompatibilities(&link("vxlan"), &want).is_empty());
+        assert_eq!(want.name, "flannel.1");
+        assert!(want.up);
+        assert!(want.differences(&link("vxlan")).is_empty());
         assert_eq!(
-            incompatibilities(&link("veth"), &want),
+            want.differences(&link("veth")).fixed,
             vec!["type veth (want vxlan)"]
         );
         let mut l = link("vxlan");
-        l.vni = Some(2);
-        l.port = Some(4789);
-        l.local = Some(Ipv4Addr::new(198, 18, 0, 9));
-        l.learning = Some(true);
-        l.mtu = 1400; // not compared: fixed in place
+        if let DeviceKind::Vxlan(v) = &mut l.kind {
+            v.vni = 2;
+            v.port = 4789;
+            v.local = Ipv4Addr::new(198, 18, 0, 9);
+            v.learning = true;
+        }
+        l.mtu = 1400; // fixed in place
+        let d = want.differences(&l);
         assert_eq!(
-            incompatibilities(&l, &want),
+            d.fixed,
             vec![
                 "id 2 (want 1)",
                 "local 198.18.0.9 (want 198.18.0.1)",
@@ -742,15 +623,50 @@ mod tests {
                 "learning true (want false)",
             ]
         );
+        assert_eq!(d.settable, vec!["mtu 1400 (want 1450)"]);
         let mut small = ext();
         small.mtu = 100;
-        assert!(vx(false).spec(&small, MAC2).is_err());
+        assert!(vx(false).spec(&small, Some(MAC2)).is_err());
         let mut conf_mtu = Vxlan::new(VxlanConf {
             mtu: Some(9000),
             ..VxlanConf::default()
         });
         conf_mtu.dev = None;
-        assert_eq!(conf_mtu.spec(&ext(), MAC2).expect("spec").mtu, 8950);
+        assert_eq!(conf_mtu.spec(&ext(), Some(MAC2)).expect("spec").mtu, 8950);
+    }
+
+    #[test]
+    fn desired_holds_the_device_and_its_slash32() {
+        let d = vx(false)
+            .with_own("10.244.1.0/24".parse().expect("own"))
+            .desired(&ext(), &[]);
+        assert_eq!(d.state.devices.len(), 1);
+        let flannel = &d.state.devices["flannel.1"];
+        assert_eq!(flannel.index, 9);
+        assert_eq!(flannel.mac, Some([0x02, 0, 0, 0, 0, 0x01]));
+        assert_eq!(
+            d.state
+                .addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            vec!["10.244.1.0/32 dev flannel.1"]
+        );
+        // Bound to the index the reconciler made the device under: entries follow.
+        let mut b = vx(false);
+        b.bind(&|name| (name == "flannel.1").then_some(12));
+        let d = b.desired(
+            &ext(),
+            &[peer(
+                "10.244.2.0/24",
+                "198.18.0.2",
+                "vxlan",
+                Some(r#"{"VNI":1,"VtepMAC":"02:00:00:00:00:02"}"#),
+            )],
+        );
+        assert_eq!(d.state.devices["flannel.1"].index, 12);
+        assert!(d.state.neighs.keys().all(|(i, _)| *i == 12));
+        assert!(d.state.routes.values().all(|r| r.oif == 12));
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn spawn_node<B: Backend + Send + 'static>(
             let eth0 = nl.link_by_name("eth0").await.unwrap().unwrap();
             let ext = ext_of(eth0.index, addr);
             let attrs = backend.prepare(&nl, &ext).await.unwrap();
-            backend.configure(&nl, &ext, own).await.unwrap();
+            backend.configure(&ext, own).unwrap();
             publish
                 .send(Peer {
                     key: SubnetKey { v4: own, v6: None },
@@ -184,7 +184,8 @@ fn vxlan_pods_reach_each_other() {
         return;
     }
     let (a, b) = run_pair("vxlan", || Vxlan::new(VxlanConf::default()), |_, _| {});
-    // configure put <subnet>.0/32 on flannel.1: the node's own overlay address.
+    // The apply put <subnet>.0/32 on flannel.1 (the desired state of configure): the node's own
+    // overlay address.
     ping(&a, "10.244.1.0", "10.244.2.0");
     ping(&b, "10.244.2.0", "10.244.1.0");
     // The traffic really went through the tunnel: flannel.1 counted packets both ways.

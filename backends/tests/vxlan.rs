@@ -111,13 +111,54 @@ fn s3<A: Into<String>, B: Into<String>, C: Into<String>>(
     (a.into(), b.into(), c.into())
 }
 
+/// The wanted device with its address, for `own`, planned by `prepare` and `configure`.
+async fn planned(nl: &Netlink, eth0: u32, own: &str) -> (Vxlan, LeaseAttrs) {
+    let mut vx = Vxlan::new(VxlanConf::default());
+    let attrs = vx.prepare(nl, &ext(eth0)).await.unwrap();
+    vx.configure(&ext(eth0), own.parse().unwrap()).unwrap();
+    (vx, attrs)
+}
+
+/// (address, prefix length) of the IPv4 addresses of `dev`.
+fn v4_addrs(dev: &str) -> Vec<(String, u64)> {
+    ip_json(&format!("addr show dev {dev}"))[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .map(|a| {
+            (
+                a["local"].as_str().unwrap().to_string(),
+                a["prefixlen"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn is_up(dev: &str) -> bool {
+    link(dev)["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "UP")
+}
+
 #[test]
 fn device_created_reused_and_recreated() {
     in_netns("device_created_reused_and_recreated", || async {
         let eth0 = underlay();
         let nl = Netlink::connect().unwrap();
-        let mut vx = Vxlan::new(VxlanConf::default());
-        let attrs = vx.prepare(&nl, &ext(eth0)).await.unwrap();
+        let (mut vx, attrs) = planned(&nl, eth0, "10.244.1.0/24").await;
+        assert!(
+            nl.device_by_name("flannel.1").await.unwrap().is_none(),
+            "prepare only plans the device"
+        );
+        let mut rec = Reconciler::new(nl.clone());
+        let report = rec.apply(&vx.desired(&ext(eth0), &[]).state).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.writes, 2, "ip link add (up), ip addr add");
+        let index = rec.device_index("flannel.1").unwrap();
+        vx.bind(&|name| rec.device_index(name));
         let dev = vx.device().unwrap().clone();
         let l = link("flannel.1");
         let data = &l["linkinfo"]["info_data"];
@@ -128,75 +169,168 @@ fn device_created_reused_and_recreated() {
         assert_eq!(data["port"], 8472);
         assert_eq!(data["learning"], false);
         assert_eq!(l["mtu"], 1450);
-        assert_eq!(l["ifindex"], dev.index);
+        assert_eq!(l["ifindex"], index);
+        assert_eq!(dev.index, index);
+        assert!(is_up("flannel.1"));
+        assert_eq!(v4_addrs("flannel.1"), vec![("10.244.1.0".to_string(), 32)]);
         let mac = l["address"].as_str().unwrap().to_string();
         assert_eq!(attrs.backend_type, "vxlan");
         assert_eq!(attrs.public_ip, Ipv4Addr::new(198, 18, 0, 1));
         let (vni, published) = parse_backend_data(attrs.backend_data.as_deref().unwrap()).unwrap();
         assert_eq!(vni, 1);
-        assert_eq!(published, dev.mac);
-        assert_eq!(backends::plan::fmt_mac(&dev.mac), mac);
+        assert_eq!(Some(published), dev.mac);
+        assert_eq!(backends::plan::fmt_mac(&published), mac);
+        assert_eq!(
+            rec.apply(&vx.desired(&ext(eth0), &[]).state).await.writes,
+            0
+        );
 
-        // Compatible: reused as is (same index, same MAC), its MTU corrected in place.
+        // Compatible: a new agent reuses it as is (same index, same MAC), its MTU corrected in
+        // place, a stale address replaced by the /32.
         ip("link set flannel.1 mtu 1400");
-        let mut again = Vxlan::new(VxlanConf::default());
-        again.prepare(&nl, &ext(eth0)).await.unwrap();
-        assert_eq!(again.device(), Some(&dev));
+        ip("addr add 10.244.77.0/24 dev flannel.1");
+        let (again, attrs2) = planned(&nl, eth0, "10.244.1.0/24").await;
+        assert_eq!(attrs2, attrs, "the MAC of the existing device is published");
+        assert_eq!(again.device().unwrap().index, index);
+        let mut rec = Reconciler::new(nl.clone());
+        let report = rec.apply(&again.desired(&ext(eth0), &[]).state).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.writes, 2, "ip link set mtu, ip addr del");
         assert_eq!(link("flannel.1")["mtu"], 1450);
+        assert_eq!(link("flannel.1")["ifindex"], index);
+        assert_eq!(v4_addrs("flannel.1"), vec![("10.244.1.0".to_string(), 32)]);
 
-        // Incompatible (other port and learning on): deleted and recreated.
+        // Incompatible (other port and learning on): deleted and recreated, with the MAC of
+        // the previous lease.
         ip("link del flannel.1");
         ip("link add flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 4789 learning");
         let old_index = link("flannel.1")["ifindex"].as_u64().unwrap();
         let mut fresh = Vxlan::new(VxlanConf::default());
-        fresh.prepare(&nl, &ext(eth0)).await.unwrap();
+        fresh.adopt_previous(&attrs);
+        assert_eq!(fresh.prepare(&nl, &ext(eth0)).await.unwrap(), attrs);
+        fresh
+            .configure(&ext(eth0), "10.244.1.0/24".parse().unwrap())
+            .unwrap();
+        let mut rec = Reconciler::new(nl.clone());
+        let report = rec.apply(&fresh.desired(&ext(eth0), &[]).state).await;
+        assert!(report.is_ok(), "{report:?}");
         let l = link("flannel.1");
         assert_ne!(l["ifindex"].as_u64().unwrap(), old_index);
         assert_eq!(l["linkinfo"]["info_data"]["port"], 8472);
         assert_eq!(l["linkinfo"]["info_data"]["learning"], false);
+        assert_eq!(l["address"].as_str().unwrap(), mac);
 
         // Not a vxlan device at all: replaced too.
         ip("link del flannel.1");
         ip("link add flannel.1 type veth peer name flpeer");
         let mut fresh = Vxlan::new(VxlanConf::default());
         fresh.prepare(&nl, &ext(eth0)).await.unwrap();
+        let mut rec = Reconciler::new(nl.clone());
+        let report = rec.apply(&fresh.desired(&ext(eth0), &[]).state).await;
+        assert!(report.is_ok(), "{report:?}");
         assert_eq!(link("flannel.1")["linkinfo"]["info_kind"], "vxlan");
+
+        // No one wants it any more (a backend switch, `weft cleanup`): deleted.
+        let report = rec.apply(&KernelState::default()).await;
+        assert!(report.is_ok(), "{report:?}");
+        assert!(nl.device_by_name("flannel.1").await.unwrap().is_none());
     });
 }
 
+/// Drift on the device itself is repaired from notifications by the same diff as a deleted
+/// route: deleted (re-created with every entry on it, same MAC), set down, its address removed,
+/// its MTU changed. A pass with nothing changed makes no write.
 #[test]
-fn configure_sets_one_slash32_and_up() {
-    in_netns("configure_sets_one_slash32_and_up", || async {
-        let eth0 = underlay();
-        let nl = Netlink::connect().unwrap();
-        let mut vx = Vxlan::new(VxlanConf::default());
-        vx.prepare(&nl, &ext(eth0)).await.unwrap();
-        ip("addr add 10.244.77.0/24 dev flannel.1"); // stale, e.g. an old lease
-        let mtu = vx
-            .configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(mtu, 1450);
-        let l = &ip_json("addr show dev flannel.1")[0];
-        assert!(l["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
-        let v4: Vec<(String, u64)> = l["addr_info"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["family"] == "inet")
-            .map(|a| {
-                (
-                    a["local"].as_str().unwrap().to_string(),
-                    a["prefixlen"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(v4, vec![("10.244.1.0".to_string(), 32)]);
-        // Idempotent.
-        vx.configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
-            .await
-            .unwrap();
-    });
+fn device_drift_repaired_from_notifications() {
+    in_netns_each_mode(
+        "device_drift_repaired_from_notifications",
+        |mode| async move {
+            let eth0 = underlay();
+            let nl = Netlink::connect().unwrap();
+            let mut events = nl::subscribe().unwrap();
+            let (mut vx, _) = planned(&nl, eth0, "10.244.1.0/24").await;
+            let peers = [
+                peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+                peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
+            ];
+            let mut rec = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
+            let want = vx.desired(&ext(eth0), &peers).state;
+            let report = rec.apply(&want).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(report.writes, 2 + 6, "device, address, 3 per peer");
+            vx.bind(&|name| rec.device_index(name));
+            let want = vx.desired(&ext(eth0), &peers).state;
+            assert_eq!(rec.apply(&want).await.writes, 0, "no change, no write");
+            let mac = link("flannel.1")["address"].as_str().unwrap().to_string();
+            let all_there = || {
+                is_up("flannel.1")
+                    && v4_addrs("flannel.1") == vec![("10.244.1.0".to_string(), 32)]
+                    && link("flannel.1")["mtu"] == 1450
+                    && link("flannel.1")["address"] == mac.as_str()
+                    && neighs("flannel.1").len() == 2
+                    && fdb("flannel.1").len() == 2
+                    && weft_routes().len() == 2
+            };
+            assert!(all_there());
+
+            ip("link set flannel.1 down");
+            drive_until(&mut rec, &mut events, &want, "set up again", all_there).await;
+
+            ip("addr del 10.244.1.0/32 dev flannel.1");
+            drive_until(&mut rec, &mut events, &want, "address re-added", all_there).await;
+
+            ip("link set flannel.1 mtu 1300");
+            drive_until(&mut rec, &mut events, &want, "MTU restored", all_there).await;
+
+            ip("addr add 10.244.99.0/24 dev flannel.1");
+            drive_until(
+                &mut rec,
+                &mut events,
+                &want,
+                "foreign address removed",
+                || v4_addrs("flannel.1") == vec![("10.244.1.0".to_string(), 32)],
+            )
+            .await;
+
+            let old = rec.device_index("flannel.1").unwrap();
+            ip("link del flannel.1");
+            // `want` still names the old index: the reconciler moves its entries to the new one.
+            drive_until(
+                &mut rec,
+                &mut events,
+                &want,
+                "re-created with its entries",
+                || nl_has("flannel.1") && all_there(),
+            )
+            .await;
+            let new = rec.device_index("flannel.1").unwrap();
+            assert_ne!(new, old);
+            assert_written(mode);
+            vx.bind(&|name| rec.device_index(name));
+            assert_eq!(vx.device().unwrap().index, new);
+            let want = vx.desired(&ext(eth0), &peers).state;
+            let report = rec.apply(&want).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(report.writes, 0, "a pass after the repair writes nothing");
+            let mut fresh = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
+            fresh.refresh().await.unwrap();
+            assert_eq!(
+                fresh.current(),
+                &want,
+                "a dump reads back the desired state"
+            );
+        },
+    );
+}
+
+/// Whether a link named `dev` exists.
+fn nl_has(dev: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["link", "show", "dev", dev])
+        .output()
+        .unwrap()
+        .status
+        .success()
 }
 
 #[test]
@@ -207,11 +341,11 @@ fn peers_applied_updated_removed_and_repaired() {
             let eth0 = underlay();
             let nl = Netlink::connect().unwrap();
             let mut events = nl::subscribe().unwrap();
-            let mut vx = Vxlan::new(VxlanConf::default());
-            vx.prepare(&nl, &ext(eth0)).await.unwrap();
-            vx.configure(&nl, &ext(eth0), "10.244.1.0/24".parse().unwrap())
-                .await
-                .unwrap();
+            let (mut vx, _) = planned(&nl, eth0, "10.244.1.0/24").await;
+            let mut rec = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
+            let report = rec.apply(&vx.desired(&ext(eth0), &[]).state).await;
+            assert!(report.is_ok(), "{report:?}");
+            vx.bind(&|name| rec.device_index(name));
             // Left over from an earlier run: an ARP and an FDB entry on weft's device.
             ip("neigh replace 10.244.9.0 lladdr 02:00:00:00:00:09 dev flannel.1 nud permanent");
             run(
@@ -219,8 +353,7 @@ fn peers_applied_updated_removed_and_repaired() {
                 "fdb replace 02:00:00:00:00:09 dev flannel.1 dst 198.18.0.9 self permanent",
             );
 
-            let mut rec = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
-            rec.own_device(vx.device().unwrap().index);
+            rec.refresh().await.unwrap();
             let peers = [
                 peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
                 peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
@@ -269,7 +402,6 @@ fn peers_applied_updated_removed_and_repaired() {
             // Nothing changed: nothing written; a dump reads back what was written.
             assert_eq!(rec.apply(&want.state).await.writes, 0);
             let mut fresh = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
-            fresh.own_device(vx.device().unwrap().index);
             fresh.refresh().await.unwrap();
             assert_eq!(fresh.current(), &want.state);
 
@@ -319,11 +451,18 @@ fn peers_applied_updated_removed_and_repaired() {
             assert_eq!(weft_routes().len(), 1);
             assert_written(mode);
 
-            // Everything gone (what `weft cleanup` does).
-            let report = rec.apply(&KernelState::default()).await;
+            // No peer: the entries go, the device and its address stay.
+            let report = rec.apply(&vx.desired(&ext(eth0), &[]).state).await;
             assert!(report.is_ok(), "{report:?}");
             assert!(neighs("flannel.1").is_empty());
             assert!(fdb("flannel.1").is_empty());
+            assert!(weft_routes().is_empty());
+            assert_written(mode);
+
+            // Everything gone (what `weft cleanup` does): the device with the rest.
+            let report = rec.apply(&KernelState::default()).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert!(!nl_has("flannel.1"));
             assert!(weft_routes().is_empty());
             assert_written(mode);
         },

@@ -1188,19 +1188,31 @@ fn cpu_ticks(pid: i32) -> Result<(u64, u64)> {
     Ok((num(14)? + num(15)?, num(16)? + num(17)?))
 }
 
-/// Voluntary + involuntary context switches summed over every thread, and the thread count.
-fn context_switches(pid: i32) -> Result<(u64, usize)> {
-    let mut total = 0;
-    let mut threads = 0;
+/// Voluntary + involuntary context switches of every thread, by thread id.
+fn context_switches(pid: i32) -> Result<HashMap<u32, u64>> {
+    let mut out = HashMap::new();
     for entry in fs::read_dir(format!("/proc/{pid}/task")).context("read task dir")? {
-        let dir = entry.context("task entry")?.path();
-        let status = dir.join("status");
+        let entry = entry.context("task entry")?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let status = entry.path().join("status");
         let status = status.to_string_lossy();
-        total += proc_status(&status, "voluntary_ctxt_switches").unwrap_or(0)
+        let n = proc_status(&status, "voluntary_ctxt_switches").unwrap_or(0)
             + proc_status(&status, "nonvoluntary_ctxt_switches").unwrap_or(0);
-        threads += 1;
+        out.insert(tid, n);
     }
-    Ok((total, threads))
+    Ok(out)
+}
+
+/// Context switches between two samples: per thread, so a thread that ends in between (a
+/// blocking-pool thread after its keep-alive, a peer-cache writer) does not make the sum go
+/// down; its switches after the first sample are lost, an undercount of at most a few.
+fn switches_between(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 fn children(pid: i32) -> Vec<u32> {
@@ -1421,7 +1433,7 @@ fn scenario(
     let notes = seen.notifications;
     let rpcs0 = etcd.rpcs()?;
     let (cpu0, child0) = cpu_ticks(agent.pid)?;
-    let (ctx0, _) = context_switches(agent.pid)?;
+    let ctx0 = context_switches(agent.pid)?;
     let t0 = Instant::now();
     let mut kids: HashSet<u32> = HashSet::new();
     while t0.elapsed() < cfg.idle {
@@ -1429,13 +1441,14 @@ fn scenario(
         seen.drain(&listener, Duration::from_millis(250));
     }
     let (cpu1, child1) = cpu_ticks(agent.pid)?;
-    let (ctx1, threads) = context_switches(agent.pid)?;
+    let ctx1 = context_switches(agent.pid)?;
+    let threads = ctx1.len();
     let window = secs(t0.elapsed());
     seen.drain(&listener, Duration::from_millis(1));
     d.idle_rpcs = rpc_delta(&rpcs0, &etcd.rpcs()?);
     d.idle_secs = window;
     d.idle_cpu_percent = (cpu1 - cpu0) as f64 / USER_HZ / window * 100.0;
-    d.idle_wakeups_per_s = (ctx1 - ctx0) as f64 / window;
+    d.idle_wakeups_per_s = switches_between(&ctx0, &ctx1) as f64 / window;
     d.idle_children_seen = kids.len();
     d.idle_child_cpu_ticks = child1 - child0;
     d.idle_notifications = seen.notifications - notes;

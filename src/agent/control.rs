@@ -6,7 +6,6 @@
 use anyhow::Result;
 use backends::nl::KernelEvent;
 use futures::{FutureExt, StreamExt};
-use net_conf::LeaseAttrs;
 use tracing::{debug, error, info, warn};
 
 use super::config_watch::{ConfigChange, FileStamp, classify};
@@ -73,10 +72,7 @@ impl<S: LeaseSource> Agent<S> {
                     while let Some(Some(ev)) = kernel.next().now_or_never() {
                         dirty |= self.dp.on_kernel_event(&ev);
                     }
-                    let own = self.leases.own().key.v4;
-                    let repair = self.dp.after_kernel_events(own).await;
-                    if dirty || repair.repaired {
-                        self.republish_if_changed(repair.new_attrs);
+                    if dirty {
                         self.reconcile(ReconcileReason::DriftRepair).await;
                     }
                 }
@@ -86,8 +82,7 @@ impl<S: LeaseSource> Agent<S> {
                     self.audit("audit (SIGHUP)").await;
                 }
                 _ = retry.tick(), if self.dp.pending_retry() => {
-                    let repaired = self.dp.before_retry(self.leases.own().key.v4).await;
-                    self.republish_if_changed(repaired);
+                    self.dp.before_retry().await;
                     self.reconcile(ReconcileReason::Retry).await;
                 }
                 _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
@@ -262,7 +257,7 @@ impl<S: LeaseSource> Agent<S> {
         if let Err(e) = self.firewall.apply().await {
             error!("{} rules for {own}: {e:#}", self.firewall.mode());
         }
-        match self.dp.move_to(own.v4).await {
+        match self.dp.move_to(own.v4) {
             Ok(mtu) => self
                 .write_subnet_env(mtu)
                 .await
@@ -272,21 +267,10 @@ impl<S: LeaseSource> Agent<S> {
         self.cache.mark_dirty();
     }
 
-    /// A re-created device came back with other lease attributes (not expected: the device
-    /// keeps its MAC): peers need the new value.
-    fn republish_if_changed(&mut self, attrs: Option<LeaseAttrs>) {
-        if let Some(attrs) = attrs.filter(|a| a != self.leases.attrs()) {
-            warn!("the re-created device changed our lease attributes; re-publishing");
-            self.leases.republish(self.conf.clone(), attrs);
-        }
-    }
-
     /// Re-reads weft's kernel objects (a dump) and applies the difference: the backstop to
     /// netlink notifications. A no-change audit makes zero writes (target P6).
     pub(super) async fn audit(&mut self, why: &str) {
         let started = std::time::Instant::now();
-        let repaired = self.dp.check_devices(why, self.leases.own().key.v4).await;
-        self.republish_if_changed(repaired);
         match self.dp.refresh().await {
             Ok(()) => {
                 self.reconcile_as(ReconcileReason::Audit, why).await;

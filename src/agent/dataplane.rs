@@ -6,6 +6,12 @@
 //! also a retiring one), so one plan covers normal running, a switch rolling through the
 //! cluster and mixed clusters. A retiring backend goes away, devices and all, once no peer has
 //! needed it for [`LEGACY_GRACE`].
+//!
+//! The backends' devices and their addresses are part of that desired state: the reconciler
+//! makes them, deletes those no backend wants (a retired backend's, a previous backend's left at
+//! start), and repairs them after a kernel event like any route. The control loop reconciles
+//! when the reconciler says an event touched what weft owns, and retries failed writes on a
+//! timer; there is no device repair of its own.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -15,7 +21,7 @@ use backends::reconcile::{ApplyReport, Reconciler};
 use backends::{AnyBackend, Backend, ExternalInterface, KernelState, Peer};
 use ipnet::Ipv4Net;
 use net_conf::{BackendConf, LeaseAttrs, SubnetKey};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics::{Metrics, ReconcileReason};
 use crate::lease::table::{Change, LeaseTable};
@@ -56,14 +62,9 @@ pub struct DataPlane {
     reconciler: Reconciler,
     /// Peers left out by the last plan, with the reason: logged when it changes, not per pass.
     skipped: BTreeMap<SubnetKey, String>,
-    /// True while a failed write, a lost device or a peer of our own type waits for a retry.
+    /// The last pass left failed writes (devices included) or a skipped peer of our own type:
+    /// the retry timer reconciles again.
     pending_retry: bool,
-    /// A backend device was deleted out of band and is not re-created yet.
-    device_lost: bool,
-    /// A backend device was set down or lost its address out of band.
-    device_changed: bool,
-    /// Notifications were lost (socket overrun): a device change may have gone unseen.
-    devices_in_doubt: bool,
 }
 
 impl DataPlane {
@@ -73,10 +74,7 @@ impl DataPlane {
         primary: AnyBackend,
         route_nexthops: bool,
     ) -> DataPlane {
-        let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(route_nexthops);
-        for index in primary.devices() {
-            reconciler.own_device(index);
-        }
+        let reconciler = Reconciler::new(nl.clone()).with_route_nexthops(route_nexthops);
         DataPlane {
             nl,
             ext,
@@ -86,9 +84,6 @@ impl DataPlane {
             reconciler,
             skipped: BTreeMap::new(),
             pending_retry: false,
-            device_lost: false,
-            device_changed: false,
-            devices_in_doubt: false,
         }
     }
 
@@ -248,7 +243,7 @@ impl DataPlane {
     ) {
         let started = std::time::Instant::now();
         let mut plan = self.plan(table);
-        if self.retire_unused(&plan.used).await {
+        if self.retire_unused(&plan.used) {
             plan = self.plan(table);
         }
         for (key, reason) in &plan.skipped {
@@ -277,7 +272,7 @@ impl DataPlane {
     /// Removes the retiring backends no peer has needed for [`LEGACY_GRACE`], devices and all.
     /// The grace covers peers that published their new lease but have not yet programmed ours:
     /// until they do, they still send to us over the old path. True when one was removed.
-    async fn retire_unused(&mut self, used: &BTreeSet<&'static str>) -> bool {
+    fn retire_unused(&mut self, used: &BTreeSet<&'static str>) -> bool {
         let now = tokio::time::Instant::now();
         let mut retired = false;
         let mut keep = Vec::new();
@@ -292,14 +287,11 @@ impl DataPlane {
                 keep.push(legacy);
                 continue;
             }
-            let mut backend = legacy.backend;
-            info!("no peer uses {} any more: removing it", backend.type_name());
-            for index in backend.devices() {
-                self.reconciler.disown_device(index);
-            }
-            if let Err(e) = backend.teardown(&self.nl).await {
-                warn!("removing the {} backend: {e}", backend.type_name());
-            }
+            // Its devices leave the desired state: the next apply deletes them.
+            info!(
+                "no peer uses {} any more: removing it",
+                legacy.backend.type_name()
+            );
             retired = true;
         }
         self.legacy = keep;
@@ -321,11 +313,11 @@ impl DataPlane {
         skipped: BTreeMap<SubnetKey, String>,
         metrics: &Metrics,
     ) {
+        self.bind_backends();
         let own_type = self.primary.type_name();
         // Failed writes are retried; so are peers of our own type that were skipped (an address
         // may be added to the interface). Peers of another backend type wait for a new lease.
-        self.pending_retry = self.device_lost
-            || !report.failures.is_empty()
+        self.pending_retry = !report.failures.is_empty()
             || !report.nexthop_failures.is_empty()
             || skipped.keys().any(|key| {
                 table
@@ -372,15 +364,9 @@ impl DataPlane {
         let mut next = match self.legacy.iter().position(|l| l.conf == *new) {
             Some(i) => self.legacy.remove(i).backend,
             None => {
-                // A held backend of the same type would share the device name: retire it.
-                for mut old in self.take_legacy_of_type(to) {
-                    for index in old.devices() {
-                        self.reconciler.disown_device(index);
-                    }
-                    if let Err(e) = old.teardown(&self.nl).await {
-                        warn!("removing the old {to} backend: {e}");
-                    }
-                }
+                // A held backend of the same type would share the device name: retire it (its
+                // device leaves the desired state, or is replaced by the new one's).
+                drop(self.take_legacy_of_type(to));
                 AnyBackend::from_conf(new).map_err(|e| format!("refusing the new backend: {e}"))?
             }
         };
@@ -389,28 +375,13 @@ impl DataPlane {
             .prepare(&self.nl, &self.ext)
             .await
             .map_err(|e| format!("cannot bring up the {to} backend: {e}; staying on {from}"))?;
-        let mtu = match next.configure(&self.nl, &self.ext, own).await {
-            Ok(mtu) => mtu,
-            Err(e) => {
-                if let Err(e) = next.teardown(&self.nl).await {
-                    warn!("removing the half-made {to} backend: {e}");
-                }
-                return Err(format!(
-                    "cannot configure the {to} backend: {e}; staying on {from}"
-                ));
-            }
-        };
-        for index in next.devices() {
-            self.reconciler.own_device(index);
-        }
+        let mtu = next
+            .configure(&self.ext, own)
+            .map_err(|e| format!("cannot configure the {to} backend: {e}; staying on {from}"))?;
         let old = std::mem::replace(&mut self.primary, next);
         if old.type_name() == to {
-            // Same type, other options: the device was reused or re-created by `prepare`.
-            for index in old.devices() {
-                if !self.primary.devices().contains(&index) {
-                    self.reconciler.disown_device(index);
-                }
-            }
+            // Same type, other options: the old backend's device leaves the desired state (or
+            // is replaced by the new one of the same name) with the next reconcile.
         } else {
             self.legacy.push(Legacy {
                 conf: running,
@@ -429,172 +400,37 @@ impl DataPlane {
         same.into_iter().map(|l| l.backend).collect()
     }
 
-    /// After our lease moved to another subnet: the primary's device address follows it.
-    /// Returns the MTU for subnet.env.
-    pub async fn move_to(&mut self, own: Ipv4Net) -> Result<u32, backends::BackendError> {
-        self.primary.configure(&self.nl, &self.ext, own).await
+    /// After our lease moved to another subnet: the primary's device address follows it (with
+    /// the next reconcile). Returns the MTU for subnet.env.
+    pub fn move_to(&mut self, own: Ipv4Net) -> Result<u32, backends::BackendError> {
+        self.primary.configure(&self.ext, own)
     }
 
-    /// Feeds one netlink notification to the reconciler; true when something weft owns changed.
+    /// Gives the backends the ifindexes of their devices as the reconciler knows them (a device
+    /// made anew has a new one), so their next plans use them.
+    fn bind_backends(&mut self) {
+        let rec = &self.reconciler;
+        let index_of = |name: &str| rec.device_index(name);
+        self.primary.bind(&index_of);
+        for legacy in &mut self.legacy {
+            legacy.backend.bind(&index_of);
+        }
+    }
+
+    /// Feeds one netlink notification to the reconciler; true when something weft owns (or
+    /// wants: a device, its address, a route, an ARP/FDB entry) changed.
     pub fn on_kernel_event(&mut self, ev: &KernelEvent) -> bool {
-        let ours = |index: &u32| self.primary.devices().contains(index);
-        match ev {
-            KernelEvent::LinkDeleted { index, name } if ours(index) => {
-                warn!("{name} was deleted by someone else; re-creating it with every peer entry");
-                self.reconciler.disown_device(*index);
-                self.device_lost = true;
-            }
-            KernelEvent::LinkChanged {
-                index,
-                name,
-                up: false,
-                ..
-            } if ours(index) => {
-                warn!("{name} was set down by someone else; setting it up again");
-                self.device_changed = true;
-            }
-            KernelEvent::AddressDeleted {
-                index,
-                addr,
-                prefix_len,
-            } if ours(index) => {
-                warn!(
-                    "{addr}/{prefix_len} was removed from our device by someone else; restoring it"
-                );
-                self.device_changed = true;
-            }
-            KernelEvent::Overrun => {
-                warn!(
-                    "netlink notifications were lost (socket overrun); re-reading the devices and weft's entries"
-                );
-                self.devices_in_doubt = true;
-            }
-            _ => {}
+        if matches!(ev, KernelEvent::Overrun) {
+            warn!(
+                "netlink notifications were lost (socket overrun); re-reading the devices and weft's entries"
+            );
         }
         self.reconciler.observe(ev)
     }
 
-    /// After a batch of notifications: repairs what they showed of our devices and re-reads
-    /// the kernel state when the reconciler lost track.
-    pub async fn after_kernel_events(&mut self, own: Ipv4Net) -> DeviceRepair {
-        let mut repair = DeviceRepair::default();
-        if std::mem::take(&mut self.devices_in_doubt) {
-            repair.repaired = true;
-            repair.new_attrs = self.check_devices("netlink notifications lost", own).await;
-        }
-        if self.device_lost {
-            repair.repaired = true;
-            repair.new_attrs = self.recreate_devices(own).await.or(repair.new_attrs);
-        } else if self.device_changed {
-            repair.repaired = true;
-            repair.new_attrs = self.reconfigure_devices(own).await.or(repair.new_attrs);
-        }
-        if self.reconciler.needs_refresh()
-            && let Err(e) = self.reconciler.refresh().await
-        {
-            warn!("re-reading weft's kernel state failed: {e}");
-        }
-        repair
-    }
-
-    /// Checks the primary's devices in a link dump (audits, lost notifications) and repairs
-    /// them. Returns lease attributes to publish, as [`Self::after_kernel_events`].
-    pub async fn check_devices(&mut self, why: &str, own: Ipv4Net) -> Option<LeaseAttrs> {
-        let devices = self.primary.devices();
-        if devices.is_empty() {
-            return None;
-        }
-        let links = match self.nl.links().await {
-            Ok(links) => links,
-            Err(e) => {
-                warn!("{why}: reading the links failed: {e}");
-                return None;
-            }
-        };
-        for index in devices {
-            match device_health(&links, index, own) {
-                DeviceHealth::Missing => {
-                    warn!(
-                        "{why}: our device (index {index}) is gone; re-creating it with every peer entry"
-                    );
-                    self.reconciler.disown_device(index);
-                    self.device_lost = true;
-                }
-                DeviceHealth::Down(name) => {
-                    warn!("{why}: {name} is down; setting it up again");
-                    self.device_changed = true;
-                }
-                DeviceHealth::NoAddress(name) => {
-                    warn!(
-                        "{why}: {name} lacks its address {}/32; restoring it",
-                        own.network()
-                    );
-                    self.device_changed = true;
-                }
-                DeviceHealth::Ok => {}
-            }
-        }
-        if self.device_lost {
-            self.recreate_devices(own).await
-        } else if self.device_changed {
-            self.reconfigure_devices(own).await
-        } else {
-            None
-        }
-    }
-
-    /// Re-applies the primary backend's device configuration (address, up, MAC check) after an
-    /// out-of-band change; a device that can't be configured as it is gets re-created.
-    async fn reconfigure_devices(&mut self, own: Ipv4Net) -> Option<LeaseAttrs> {
-        self.device_changed = false;
-        if let Err(e) = self.primary.configure(&self.nl, &self.ext, own).await {
-            warn!("the device no longer matches our lease ({e}); re-creating it");
-            for index in self.primary.devices() {
-                self.reconciler.disown_device(index);
-            }
-            self.device_lost = true;
-            return self.recreate_devices(own).await;
-        }
-        None
-    }
-
-    /// Re-creates the primary backend's devices (same MAC, same address) after an out-of-band
-    /// delete; the next reconcile re-adds every peer's entries on the new device.
-    async fn recreate_devices(&mut self, own: Ipv4Net) -> Option<LeaseAttrs> {
-        let attrs = match self.primary.prepare(&self.nl, &self.ext).await {
-            Ok(attrs) => attrs,
-            Err(e) => {
-                error!(
-                    "re-creating the backend device failed: {e}; retrying in {:?}",
-                    super::RETRY_INTERVAL
-                );
-                self.pending_retry = true;
-                return None;
-            }
-        };
-        if let Err(e) = self.primary.configure(&self.nl, &self.ext, own).await {
-            error!(
-                "configuring the re-created device failed: {e}; retrying in {:?}",
-                super::RETRY_INTERVAL
-            );
-            self.pending_retry = true;
-            return None;
-        }
-        for index in self.primary.devices() {
-            self.reconciler.own_device(index);
-        }
-        self.device_lost = false;
-        Some(attrs)
-    }
-
-    /// Before a retry pass: a lost device is re-created, and the external interface's
-    /// addresses are read again (a peer may have become adjacent).
-    pub async fn before_retry(&mut self, own: Ipv4Net) -> Option<LeaseAttrs> {
-        let republish = if self.device_lost {
-            self.recreate_devices(own).await
-        } else {
-            None
-        };
+    /// Before a retry pass: the external interface's addresses are read again (a peer may have
+    /// become adjacent).
+    pub async fn before_retry(&mut self) {
         match self.nl.link_by_name(&self.ext.name).await {
             Ok(Some(link)) => {
                 self.ext.prefixes = link.addrs.iter().filter_map(|a| a.v4_net()).collect();
@@ -603,18 +439,7 @@ impl DataPlane {
             Ok(None) => warn!("external interface {} is gone", self.ext.name),
             Err(e) => warn!("re-reading {}: {e}", self.ext.name),
         }
-        republish
     }
-}
-
-/// What [`DataPlane::after_kernel_events`] did to our devices.
-#[derive(Debug, Default)]
-pub struct DeviceRepair {
-    /// A device was re-created or reconfigured: its entries need a reconcile.
-    pub repaired: bool,
-    /// Lease attributes of a re-created device, to publish when they changed (not expected:
-    /// the device keeps its MAC).
-    pub new_attrs: Option<LeaseAttrs>,
 }
 
 /// One reconcile pass, for the book-keeping after it.
@@ -625,110 +450,4 @@ struct Pass<'a> {
     started: std::time::Instant,
     planned: Duration,
     incremental: Option<usize>,
-}
-
-/// What a backend device looks like in a link dump.
-#[derive(Debug, PartialEq, Eq)]
-enum DeviceHealth {
-    Ok,
-    Missing,
-    Down(String),
-    /// Without the `<own subnet network>/32` address that vxlan and ipip devices carry.
-    NoAddress(String),
-}
-
-fn device_health(links: &[backends::nl::LinkInfo], index: u32, own: Ipv4Net) -> DeviceHealth {
-    let addr = std::net::IpAddr::V4(own.network());
-    match links.iter().find(|l| l.index == index) {
-        None => DeviceHealth::Missing,
-        Some(link) if !link.up => DeviceHealth::Down(link.name.clone()),
-        Some(link)
-            if !link
-                .addrs
-                .iter()
-                .any(|a| a.addr == addr && a.prefix_len == 32) =>
-        {
-            DeviceHealth::NoAddress(link.name.clone())
-        }
-        Some(_) => DeviceHealth::Ok,
-    }
-}
-
-/// Devices weft's backends make (`flannel.<VNI>`, `flannel-v6.<VNI>`, `flannel.ipip`).
-fn is_backend_device(name: &str) -> bool {
-    name.starts_with("flannel.") || name.starts_with("flannel-v6.")
-}
-
-/// Removes the devices a previous backend left (the config changed while weft was down), with
-/// their routes, ARP and FDB entries; `keep` are the current backend's.
-pub async fn remove_other_devices(nl: &Netlink, keep: &[u32]) {
-    let links = match nl.links().await {
-        Ok(links) => links,
-        Err(e) => {
-            warn!("listing devices to remove a previous backend's: {e}");
-            return;
-        }
-    };
-    for link in links {
-        if is_backend_device(&link.name) && !keep.contains(&link.index) {
-            match nl.link_del(link.index).await {
-                Ok(()) => info!("ip link del {} (left by a previous backend)", link.name),
-                Err(e) => warn!("removing {} left by a previous backend: {e}", link.name),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use backends::nl::{AddrInfo, LinkInfo};
-
-    use super::*;
-
-    fn link(index: u32, up: bool, addrs: &[(&str, u8)]) -> LinkInfo {
-        LinkInfo {
-            index,
-            name: format!("flannel.{index}"),
-            mtu: 1450,
-            up,
-            carrier: up,
-            addrs: addrs
-                .iter()
-                .map(|(a, p)| AddrInfo {
-                    addr: a.parse().expect("addr"),
-                    prefix_len: *p,
-                    permanent: true,
-                    deprecated: false,
-                    temporary: false,
-                    scope_global: true,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn device_health_reads_the_link_dump() {
-        let own: Ipv4Net = "10.244.7.0/24".parse().expect("net");
-        let links = [
-            link(1, true, &[("127.0.0.1", 8)]),
-            link(5, true, &[("10.244.7.0", 32)]),
-            link(6, false, &[("10.244.7.0", 32)]),
-            link(7, true, &[("10.244.7.0", 24)]),
-            link(8, true, &[]),
-        ];
-        assert_eq!(device_health(&links, 5, own), DeviceHealth::Ok);
-        assert_eq!(device_health(&links, 9, own), DeviceHealth::Missing);
-        assert_eq!(
-            device_health(&links, 6, own),
-            DeviceHealth::Down("flannel.6".into())
-        );
-        assert_eq!(
-            device_health(&links, 7, own),
-            DeviceHealth::NoAddress("flannel.7".into())
-        );
-        assert_eq!(
-            device_health(&links, 8, own),
-            DeviceHealth::NoAddress("flannel.8".into())
-        );
-    }
 }

@@ -403,7 +403,8 @@ impl Metrics {
         }
     }
 
-    /// Counts kernel writes made outside a reconcile pass (device creation, addresses).
+    /// Counts kernel writes made outside a reconcile pass (none in the agent since devices are
+    /// part of the desired state; kept for callers that write on their own).
     pub fn kernel_writes(&self, writes: u64, errors: u64) {
         self.inner.kernel_writes.inc_by(writes);
         self.inner.kernel_write_errors.inc_by(errors);

@@ -156,11 +156,8 @@ async fn boot_from_cache(
     let mut backend = AnyBackend::from_conf(&conf.backend)?;
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
-    let mtu = backend.configure(nl, &ext, own.v4).await?;
+    let mtu = backend.configure(&ext, own.v4)?;
     let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
-    for index in backend.devices() {
-        reconciler.own_device(index);
-    }
     reconciler.refresh().await?;
     let peers: Vec<Peer> = cache
         .peers()
@@ -335,8 +332,9 @@ impl Start {
                 }
             }
         };
-        let mtu = primary.configure(&nl, &ext, own.key.v4).await?;
-        super::dataplane::remove_other_devices(&nl, &primary.devices()).await;
+        // The device and its address come with the initial sync (as does the removal of devices
+        // a previous backend left, which no backend wants now).
+        let mtu = primary.configure(&ext, own.key.v4)?;
         let firewall = start_firewall(&opts, &conf, own.key.v4).await?;
 
         let leases = Leases::start(

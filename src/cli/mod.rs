@@ -146,6 +146,26 @@ pub enum CliError {
     Other(String),
 }
 
+/// Flags whose value is configuration rather than syntax: a bad one (an etcd endpoint that is
+/// not an `http(s)://host:port` URL) is a config error, exit 1 like flanneld's config errors,
+/// where a malformed command line exits 2 as Go's `flag` package does.
+const CONFIG_FLAGS: &[&str] = &["etcd-endpoints"];
+
+impl CliError {
+    /// The process exit code for this error: 1 for a bad configuration value, 2 for a usage
+    /// error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::InvalidValue { flag, .. } | CliError::InvalidEnv { flag, .. }
+                if CONFIG_FLAGS.contains(&flag.as_str()) =>
+            {
+                1
+            }
+            _ => 2,
+        }
+    }
+}
+
 /// The clap command with every flag, as `--help` shows it (environment variable names shown,
 /// their values never: one of them is the etcd password).
 pub fn command() -> clap::Command {

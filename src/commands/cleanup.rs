@@ -3,25 +3,30 @@
 //! agent first: a running agent re-creates what this removes.
 //!
 //! What goes, in this order, each logged like the `ip` command:
-//! 1. the devices `flannel.<VNI>`, `flannel-v6.<VNI>` and `flannel.ipip` (`ip link del`); the
-//!    routes, ARP and FDB entries on them go with them;
-//! 2. every route with weft's protocol 87 in table main (`ip route del … proto 87`, or
-//!    `ip route del … nhid N proto 87` for a route on a nexthop object), e.g. host-gw routes via
-//!    the external interface; then weft's nexthop objects (`ip nexthop del id N`, protocol 87),
-//!    except one someone else's route or nexthop group still uses (reported as a failure);
-//! 3. masquerade and forward rules of both modes (iptables chains `FLANNEL-POSTRTG` and
+//! 1. weft's kernel state, by the agent's own reconciler applying the empty desired state
+//!    ([`Reconciler::apply`]): every route with weft's protocol 87 in table main that is not on a
+//!    weft device (`ip route del … proto 87`, or `ip route del … nhid N proto 87` for a route on
+//!    a nexthop object), e.g. host-gw routes via the external interface; then the devices
+//!    `flannel.<VNI>`, `flannel-v6.<VNI>` and `flannel.ipip`, flanneld's included (`ip link
+//!    del`), with the addresses, routes, ARP and FDB entries on them; then weft's nexthop objects
+//!    (`ip nexthop del id N`, protocol 87), except one someone else's route or nexthop group
+//!    still uses (kept, and reported as a failure);
+//! 2. masquerade and forward rules of both modes (iptables chains `FLANNEL-POSTRTG` and
 //!    `FLANNEL-FWD` with the jumps to them; nftables tables `flannel-ipv4`/`flannel-ipv6`),
 //!    logged by the firewall module;
-//! 4. with `--release-lease`: this node's lease in etcd (the key whose PublicIP is this node's,
+//! 3. with `--release-lease`: this node's lease in etcd (the key whose PublicIP is this node's,
 //!    found by `--public-ip` or by interface selection as the agent does), deleted by
 //!    compare-and-swap on the mod revision read, then its etcd lease revoked;
-//! 5. with `--remove-subnet-env`: the subnet file (`--subnet-file`).
+//! 4. with `--remove-subnet-env`: the subnet file (`--subnet-file`).
 //!
 //! Idempotent: a second run finds nothing and says so. It keeps going after a failure and
 //! reports every one; the exit code is 0 when nothing failed, 1 otherwise, 2 on usage errors.
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
+use backends::nl::Nexthop;
+use backends::plan::{self, KernelOp, KernelState};
+use backends::reconcile::Reconciler;
 use backends::{Netlink, RTPROT_WEFT};
 
 use crate::cli::{CleanupArgs, Options};
@@ -96,10 +101,7 @@ pub fn run_command(args: CleanupArgs) -> u8 {
 /// Whether a link name is one of the devices weft or flanneld create: `flannel.<VNI>`,
 /// `flannel-v6.<VNI>`, `flannel.ipip`.
 pub fn is_flannel_device(name: &str) -> bool {
-    let numbered = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit());
-    name == "flannel.ipip"
-        || name.strip_prefix("flannel.").is_some_and(numbered)
-        || name.strip_prefix("flannel-v6.").is_some_and(numbered)
+    backends::device::is_device_name(name)
 }
 
 /// Runs every step; never stops early.
@@ -133,35 +135,21 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
     out
 }
 
-/// Steps 1 and 2: the devices, then weft's routes that are left, then weft's nexthops.
+/// Step 1: a reconcile to the empty desired state, then a look at the weft nexthops left.
 async fn kernel_cleanup(nl: &Netlink, out: &mut Outcome) {
-    match nl.links().await {
-        Ok(links) => {
-            for l in links.iter().filter(|l| is_flannel_device(&l.name)) {
-                match nl.link_del(l.index).await {
-                    Ok(()) => out.done(format!("ip link del {}", l.name)),
-                    Err(e) => out.failed(format!("ip link del {}: {e}", l.name)),
-                }
-            }
-        }
-        Err(e) => out.failed(format!("list interfaces: {e}")),
+    let mut rec = Reconciler::new(nl.clone());
+    if let Err(e) = rec.refresh().await {
+        out.failed(format!("read weft's kernel state: {e}"));
+        return;
     }
     let names: std::collections::HashMap<u32, String> = match nl.links().await {
         Ok(links) => links.into_iter().map(|l| (l.index, l.name)).collect(),
         Err(_) => Default::default(),
     };
-    // Read before the routes go: a route on a nexthop object is logged with the nexthop's hop.
-    let nexthops = match nl.dump_nexthops().await {
-        Ok(n) => n,
-        // A kernel without nexthop objects: nothing of that kind to remove.
-        Err(e) if backends::nl::nexthops_unsupported(&e) => Vec::new(),
-        Err(e) => {
-            out.failed(format!("ip nexthop show: {e}"));
-            Vec::new()
-        }
-    };
+    // Read before anything goes: removed nexthops are reported with their hop.
+    let before = weft_nexthops(nl, out).await;
     let hop_of = |id: u32| -> String {
-        match nexthops.iter().find(|n| n.id == id).and_then(|n| n.hop()) {
+        match before.iter().find(|n| n.id == id).and_then(|n| n.hop()) {
             Some(hop) => format!(
                 "  # {}",
                 hop.display_with(names.get(&hop.oif).map(String::as_str))
@@ -169,80 +157,78 @@ async fn kernel_cleanup(nl: &Netlink, out: &mut Outcome) {
             None => String::new(),
         }
     };
-    match nl.dump_owned_routes().await {
-        Ok(routes) => {
-            for ev in routes {
-                let r = &ev.route;
-                let (cmd, result) = match ev.nhid {
-                    Some(id) => (
-                        format!(
-                            "ip route del {} nhid {id} proto {RTPROT_WEFT}{}",
-                            r.dst,
-                            hop_of(id)
-                        ),
-                        nl.route_del_nhid(r.dst, id).await.map(drop),
+    let empty = KernelState::default();
+    // The commands of the plan, as the reconciler logs them (a route by its nexthop).
+    let planned: Vec<(KernelOp, String)> = plan::diff(&empty, rec.current())
+        .into_iter()
+        .map(|op| {
+            let cmd = match &op {
+                KernelOp::RouteDel(r) => match rec.route_nexthop(&r.dst) {
+                    Some(id) => format!(
+                        "ip route del {} nhid {id} proto {RTPROT_WEFT}{}",
+                        r.dst,
+                        hop_of(id)
                     ),
-                    None => {
-                        let name = names.get(&r.oif).map(String::as_str);
-                        (
-                            format!("ip route del {} proto {RTPROT_WEFT}", r.display_with(name)),
-                            nl.route_del(r).await,
-                        )
-                    }
-                };
-                match result {
-                    Ok(()) => out.done(cmd),
-                    Err(e) => out.failed(format!("{cmd}: {e}")),
-                }
-            }
-        }
-        Err(e) => out.failed(format!("ip route show table main proto {RTPROT_WEFT}: {e}")),
-    }
-    nexthop_cleanup(nl, &nexthops, &hop_of, out).await;
-}
-
-/// Step 2, last: weft's nexthop objects (protocol 87), once weft's routes are gone. One that
-/// someone else's route or nexthop group still uses is kept (deleting it would delete their
-/// route), and reported.
-async fn nexthop_cleanup(
-    nl: &Netlink,
-    nexthops: &[backends::nl::Nexthop],
-    hop_of: &dyn Fn(u32) -> String,
-    out: &mut Outcome,
-) {
-    if !nexthops.iter().any(|n| n.is_weft()) {
-        return;
-    }
-    let mut used: std::collections::HashSet<u32> = nexthops
-        .iter()
-        .filter(|n| !n.is_weft())
-        .flat_map(|n| n.group.iter().copied())
+                    None => op.command(|i| names.get(&i).cloned()),
+                },
+                _ => op.command(|i| names.get(&i).cloned()),
+            };
+            (op, cmd)
+        })
         .collect();
-    match nl.dump_routes().await {
-        Ok(routes) => used.extend(routes.iter().filter_map(|r| r.nhid)),
-        Err(e) => {
-            out.failed(format!(
-                "ip -4 route show table all (to see who uses weft's nexthops): {e}"
-            ));
-            return;
+    let deleted_devices: Vec<u32> = planned
+        .iter()
+        .filter_map(|(op, _)| match op {
+            KernelOp::LinkDel(d) => Some(d.index),
+            _ => None,
+        })
+        .collect();
+    let report = rec.apply(&empty).await;
+    for (op, cmd) in planned {
+        if !report.failures.iter().any(|(failed, _)| *failed == op) {
+            out.removed.push(cmd);
         }
     }
-    for n in nexthops.iter().filter(|n| n.is_weft()) {
-        let cmd = format!("ip nexthop del id {}{}", n.id, hop_of(n.id));
-        if used.contains(&n.id) {
-            out.failed(format!(
-                "{cmd}: kept, someone else's route or nexthop group uses it"
-            ));
+    for (op, e) in &report.failures {
+        out.failed(format!("{}: {e}", op.command(|i| names.get(&i).cloned())));
+    }
+    if let Some(e) = &report.refresh_error {
+        out.failed(format!("re-read weft's kernel state: {e}"));
+    }
+    // Nexthops: those through a deleted device went with it (not counted); the others the
+    // reconciler deleted, or kept because someone else's route or group uses them.
+    let after = weft_nexthops(nl, out).await;
+    for n in &before {
+        if deleted_devices.contains(&n.oif) || after.iter().any(|a| a.id == n.id) {
             continue;
         }
-        match nl.nexthop_del(n.id).await {
-            Ok(()) => out.done(cmd),
-            Err(e) => out.failed(format!("{cmd}: {e}")),
+        out.removed
+            .push(format!("ip nexthop del id {}{}", n.id, hop_of(n.id)));
+    }
+    for n in &after {
+        let cmd = format!("ip nexthop del id {}{}", n.id, hop_of(n.id));
+        match report.nexthop_failures.iter().find(|(id, _)| *id == n.id) {
+            Some((_, e)) => out.failed(format!("{cmd}: {e}")),
+            None => out.failed(format!(
+                "{cmd}: kept, someone else's route or nexthop group uses it"
+            )),
         }
     }
 }
 
-/// Step 3: masquerade and forward rules of both modes ([`crate::agent::firewall::cleanup_all`]:
+/// weft's nexthop objects (protocol 87); none on a kernel without nexthop objects.
+async fn weft_nexthops(nl: &Netlink, out: &mut Outcome) -> Vec<Nexthop> {
+    match nl.dump_nexthops().await {
+        Ok(n) => n.into_iter().filter(Nexthop::is_weft).collect(),
+        Err(e) if backends::nl::nexthops_unsupported(&e) => Vec::new(),
+        Err(e) => {
+            out.failed(format!("ip nexthop show: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+/// Step 2: masquerade and forward rules of both modes ([`crate::agent::firewall::cleanup_all`]:
 /// iptables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them, nftables tables
 /// `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal itself; they are not
 /// counted in the summary. A missing tool means nothing of that mode to remove.
@@ -252,7 +238,7 @@ async fn firewall_cleanup(out: &mut Outcome) {
     }
 }
 
-/// Step 4: delete this node's lease key (compare-and-swap on the mod revision read) and revoke
+/// Step 3: delete this node's lease key (compare-and-swap on the mod revision read) and revoke
 /// its etcd lease.
 async fn release_own_lease(nl: Option<&Netlink>, opts: &Options, out: &mut Outcome) -> Result<()> {
     let public_ip = match opts.public_ip {
@@ -293,7 +279,7 @@ async fn release_own_lease(nl: Option<&Netlink>, opts: &Options, out: &mut Outco
     Ok(())
 }
 
-/// Step 5: `rm <path>`; a missing file is nothing to do.
+/// Step 4: `rm <path>`; a missing file is nothing to do.
 fn remove_file(path: &Path, out: &mut Outcome) {
     match std::fs::remove_file(path) {
         Ok(()) => out.done(format!("rm {}", path.display())),

@@ -6,10 +6,12 @@
 //! external interface, then computes the required kernel state with the agent's own code:
 //! interface selection ([`crate::agent::iface::select_interface`]), the peer set
 //! ([`crate::lease::table::LeaseTable`]), the backend's [`Backend::desired`], the reconciler's
-//! read-only dump ([`Reconciler::refresh`]) and [`plan::diff`]. For vxlan the existing device
-//! `flannel.<VNI>` is attached read-only ([`Vxlan::attach_existing`]), for ipip `flannel.ipip`;
-//! when the device is missing, every ARP/FDB/route entry on it is reported missing (shown on the
-//! device's name, ifindex 0).
+//! read-only dump ([`Reconciler::refresh`]) and [`plan::diff`]. The backend's device
+//! (`flannel.<VNI>`, `flannel.ipip`) is planned as the agent plans it, with the VTEP MAC of the
+//! node's lease and on the ifindex of the kernel's device of that name, but without
+//! [`Backend::prepare`] (which may write); the device's problems are the device operations of
+//! the same diff, described by [`Device::differences`]. When the device is missing, every
+//! ARP/FDB/route entry on it is reported missing (shown on the device's name, ifindex 0).
 //!
 //! Expiry of each lease comes from one `LeaseTimeToLive` per distinct etcd lease.
 //!
@@ -61,18 +63,19 @@
 //!          fdb: "mac", "dst"}
 //! ```
 //! "missing": required but absent; "extra": weft's (route protocol 87 in table main; permanent
-//! ARP/FDB entries on weft's device) but not required; "different": the same key (route
-//! destination, neighbour IP, FDB MAC) with other attributes.
+//! ARP/FDB entries on weft's device; a device with a weft name, kind "device", that the backend
+//! does not use, such as a previous backend's) but not required; "different": the same key
+//! (route destination, neighbour IP, FDB MAC) with other attributes.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow};
-use backends::ipip::{self, IpIp, IpIpDevice};
-use backends::plan::{self, Fdb, KernelOp, KernelState, Neigh, fmt_mac};
+use backends::ipip::IpIp;
+use backends::plan::{self, Device, Fdb, KernelOp, KernelState, Neigh, fmt_mac};
 use backends::reconcile::Reconciler;
-use backends::vxlan::{Vxlan, VxlanDevice, incompatibilities, parse_backend_data};
-use backends::{Backend, Desired, ExternalInterface, Netlink, Route};
+use backends::vxlan::{Vxlan, parse_backend_data};
+use backends::{AnyBackend, Backend, Desired, ExternalInterface, HostGw, Netlink, Route};
 use net_conf::{BackendConf, NetConf};
 use serde::Serialize;
 use serde_json::Value;
@@ -340,6 +343,15 @@ impl Entry {
         }
     }
 
+    /// A device with a weft name that no backend uses (`flannel.ipip type ipip local …`).
+    fn device(dev: &Device, names: &dyn Fn(u32) -> String) -> Entry {
+        Entry::bare(
+            "device",
+            dev.name.clone(),
+            dev.spec_with(&|i| Some(names(i))),
+        )
+    }
+
     fn neigh(n: &Neigh, names: &dyn Fn(u32) -> String) -> Entry {
         let dev = names(n.ifindex);
         let text = format!("{} lladdr {} dev {dev} PERMANENT", n.ip, fmt_mac(&n.mac));
@@ -374,6 +386,13 @@ pub fn classify(
     let mut d = Drift::default();
     for op in plan::diff(required, current) {
         match op {
+            // The backend's device: its problems are reported with the device (`device_info`).
+            KernelOp::LinkAdd(_)
+            | KernelOp::LinkSet(_)
+            | KernelOp::AddrAdd(_)
+            | KernelOp::AddrDel(_) => {}
+            KernelOp::LinkDel(dev) if required.devices.contains_key(&dev.name) => {}
+            KernelOp::LinkDel(dev) => d.extra.push(Entry::device(&dev, names)),
             KernelOp::RouteDel(r) => d.extra.push(Entry::route(&r, nhid(&r.dst), names)),
             KernelOp::NeighDel(n) => d.extra.push(Entry::neigh(&n, names)),
             KernelOp::FdbDel(e) => d.extra.push(Entry::fdb(&e, names)),
@@ -690,139 +709,27 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     table.reset(&snapshot);
     let peers = table.peers();
     let mut reconciler = Reconciler::new(nl.clone());
-
-    let (desired, device) = match &conf.backend {
-        BackendConf::HostGw => (backends::HostGw::new().desired(&ext, &peers), None),
-        BackendConf::Vxlan(vx) => {
-            match Vxlan::attach_existing(vx.clone(), &nl)
-                .await
-                .context("read the vxlan device")?
-            {
-                Some((backend, link)) => {
-                    reconciler.own_device(link.index);
-                    let mut problems = Vec::new();
-                    let mac = link.mac.unwrap_or_default();
-                    match backend.spec(&ext, mac) {
-                        Ok(want) => {
-                            problems.extend(incompatibilities(&link, &want));
-                            if link.mtu != want.mtu {
-                                problems.push(format!("mtu {} (want {})", link.mtu, want.mtu));
-                            }
-                        }
-                        Err(e) => problems.push(e.to_string()),
-                    }
-                    if !link.up {
-                        problems.push("link is down".to_string());
-                    }
-                    problems.extend(address_problem(&nl, &link.name, own.as_ref()).await?);
-                    if let Some(own) = &own {
-                        if let Some(Ok((_, lease_mac))) =
-                            own.attrs.backend_data.as_deref().map(parse_backend_data)
-                        {
-                            if lease_mac != mac {
-                                problems.push(format!(
-                                    "mac {} but the lease publishes VtepMAC {}",
-                                    fmt_mac(&mac),
-                                    fmt_mac(&lease_mac)
-                                ));
-                            }
-                        }
-                    }
-                    let info = DeviceInfo {
-                        name: link.name.clone(),
-                        present: true,
-                        ifindex: Some(link.index),
-                        up: link.up,
-                        mtu: Some(link.mtu),
-                        mac: link.mac.map(|m| fmt_mac(&m)),
-                        problems,
-                    };
-                    (backend.desired(&ext, &peers), Some(info))
-                }
-                None => {
-                    // Plan on a placeholder device (ifindex 0) so every entry it needs shows as
-                    // missing, named after the device.
-                    let name = format!("flannel.{}", vx.vni);
-                    names.insert(0, name.clone());
-                    let backend = Vxlan::new(vx.clone()).with_device(VxlanDevice {
-                        index: 0,
-                        name: name.clone(),
-                        mac: [0; 6],
-                        mtu: 0,
-                    });
-                    (backend.desired(&ext, &peers), Some(missing_device(&name)))
-                }
-            }
-        }
-        BackendConf::IpIp(c) => {
-            let name = ipip::DEVICE_NAME;
-            let link = nl
-                .ipip_by_name(name)
-                .await
-                .context("read the ipip device")?;
-            match link {
-                Some(link) if link.kind.as_deref() == Some("ipip") => {
-                    reconciler.own_device(link.index);
-                    let mut problems = Vec::new();
-                    match IpIp::spec(&ext) {
-                        Ok(want) => match ipip::assess(&link, &want) {
-                            ipip::Existing::Reuse { set_mtu: None } => {}
-                            ipip::Existing::Reuse { set_mtu: Some(mtu) } => {
-                                problems.push(format!("mtu {} (want {mtu})", link.mtu));
-                            }
-                            ipip::Existing::Recreate(why) => problems.extend(why),
-                            ipip::Existing::WrongType => {
-                                problems.push(format!("{name} is not an ipip device"));
-                            }
-                        },
-                        Err(e) => problems.push(e.to_string()),
-                    }
-                    if !link.up {
-                        problems.push("link is down".to_string());
-                    }
-                    problems.extend(address_problem(&nl, name, own.as_ref()).await?);
-                    let backend = IpIp::new(c.clone()).with_device(IpIpDevice {
-                        index: link.index,
-                        name: name.to_string(),
-                        mtu: link.mtu,
-                    });
-                    let info = DeviceInfo {
-                        name: name.to_string(),
-                        present: true,
-                        ifindex: Some(link.index),
-                        up: link.up,
-                        mtu: Some(link.mtu),
-                        mac: None,
-                        problems,
-                    };
-                    (backend.desired(&ext, &peers), Some(info))
-                }
-                other => {
-                    // Missing, or someone else's link of that name (weft never takes it over):
-                    // plan on a placeholder so every route the tunnel needs shows as missing.
-                    names.insert(0, name.to_string());
-                    let backend = IpIp::new(c.clone()).with_device(IpIpDevice {
-                        index: 0,
-                        name: name.to_string(),
-                        mtu: 0,
-                    });
-                    let mut info = missing_device(name);
-                    if let Some(l) = other {
-                        info.problems = vec![format!(
-                            "{name} is a {} device, not ipip",
-                            l.kind.as_deref().unwrap_or("unknown")
-                        )];
-                    }
-                    (backend.desired(&ext, &peers), Some(info))
-                }
-            }
-        }
-    };
     reconciler
         .refresh()
         .await
-        .context("read weft's routes, neighbours and FDB entries from the kernel")?;
+        .context("read weft's devices, routes, neighbours and FDB entries from the kernel")?;
     let current = reconciler.current().clone();
+    let (backend, spec_problem) = planned_backend(&conf, &ext, &current, own.as_ref());
+    let desired = backend.desired(&ext, &peers);
+    let device = match desired.state.devices.values().next() {
+        Some(want) => {
+            if !current.devices.contains_key(&want.name) {
+                // Plan on a placeholder (ifindex 0) so every entry it needs shows as missing,
+                // named after the device.
+                names.insert(want.index, want.name.clone());
+            }
+            Some(device_info(want, &desired.state, &current))
+        }
+        None => spec_problem.map(|(name, problem)| DeviceInfo {
+            problems: vec![problem],
+            ..missing_device(&name)
+        }),
+    };
     let route_nexthops: BTreeMap<ipnet::Ipv4Net, u32> = current
         .routes
         .keys()
@@ -874,30 +781,105 @@ fn missing_device(name: &str) -> DeviceInfo {
     }
 }
 
-/// A weft device holds exactly one IPv4 address, `<own network>/32` (what `configure` sets);
-/// the problem when it does not. Nothing to check without an own lease.
-async fn address_problem(
-    nl: &Netlink,
-    name: &str,
+/// The backend as the agent would plan it, without writing: its device from the config and the
+/// interface, on the ifindex of the kernel's device of that name, with the VTEP MAC of the
+/// node's lease (vxlan), carrying the lease's subnet. A device that cannot be planned (an MTU too
+/// small) comes back as (name, problem), with a backend that programs no peer.
+fn planned_backend(
+    conf: &NetConf,
+    ext: &ExternalInterface,
+    current: &KernelState,
     own: Option<&LeaseEntry>,
-) -> Result<Option<String>> {
-    let Some(own) = own else {
-        return Ok(None);
+) -> (AnyBackend, Option<(String, String)>) {
+    let bound = |mut dev: Device| {
+        dev.index = current.devices.get(&dev.name).map_or(0, |d| d.index);
+        dev
     };
-    let want = format!("{}/32", own.key.v4.network());
-    let addrs = nl
-        .link_by_name(name)
-        .await
-        .with_context(|| format!("read the addresses of {name}"))?
-        .map(|l| l.addrs)
-        .unwrap_or_default();
-    let v4: Vec<String> = addrs
-        .iter()
-        .filter(|a| a.addr.is_ipv4())
-        .map(|a| format!("{}/{}", a.addr, a.prefix_len))
-        .collect();
-    Ok((v4 != [want.as_str()])
-        .then(|| format!("addresses [{}] (want exactly {want})", v4.join(", "))))
+    match &conf.backend {
+        BackendConf::HostGw => (AnyBackend::HostGw(HostGw::new()), None),
+        BackendConf::Vxlan(vx) => {
+            let backend = Vxlan::new(vx.clone());
+            let name = backend.device_name();
+            let lease_mac = own
+                .and_then(|o| o.attrs.backend_data.as_deref())
+                .and_then(|data| parse_backend_data(data).ok())
+                .filter(|(vni, _)| *vni == vx.vni)
+                .map(|(_, mac)| mac);
+            let mac = lease_mac.or_else(|| current.devices.get(&name).and_then(|d| d.mac));
+            match backend.spec(ext, mac) {
+                Ok(dev) => {
+                    let mut b = backend.with_device(bound(dev));
+                    if let Some(own) = own {
+                        b = b.with_own(own.key.v4);
+                    }
+                    (AnyBackend::Vxlan(b), None)
+                }
+                Err(e) => (AnyBackend::Vxlan(backend), Some((name, e.to_string()))),
+            }
+        }
+        BackendConf::IpIp(c) => match IpIp::spec(ext) {
+            Ok(dev) => {
+                let mut b = IpIp::new(c.clone()).with_device(bound(dev));
+                if let Some(own) = own {
+                    b = b.with_own(own.key.v4);
+                }
+                (AnyBackend::IpIp(b), None)
+            }
+            Err(e) => (
+                AnyBackend::IpIp(IpIp::new(c.clone())),
+                Some((backends::ipip::DEVICE_NAME.to_string(), e.to_string())),
+            ),
+        },
+    }
+}
+
+/// The wanted device as the kernel has it, with its problems: the device operations of
+/// [`plan::diff`] (made anew, replaced, changed in place, addresses added or removed), each
+/// described by [`Device::differences`]. Pure.
+pub fn device_info(want: &Device, desired: &KernelState, current: &KernelState) -> DeviceInfo {
+    let Some(have) = current.devices.get(&want.name) else {
+        return missing_device(&want.name);
+    };
+    let ops = plan::diff_devices(desired, current);
+    let mut problems = Vec::new();
+    let touches = |op: &KernelOp| match op {
+        KernelOp::LinkAdd(d) | KernelOp::LinkSet(d) | KernelOp::LinkDel(d) => d.name == want.name,
+        _ => false,
+    };
+    if ops.iter().any(touches) {
+        let d = want.differences(have);
+        problems.extend(d.all().into_iter().map(|p| {
+            if p.starts_with("state down") {
+                "link is down".to_string()
+            } else {
+                p
+            }
+        }));
+    }
+    let addr_op = |op: &KernelOp| matches!(op, KernelOp::AddrAdd(a) | KernelOp::AddrDel(a) if a.dev == want.name);
+    if ops.iter().any(addr_op) {
+        let list = |s: &KernelState| -> Vec<String> {
+            s.addrs
+                .iter()
+                .filter(|a| a.dev == want.name)
+                .map(|a| a.addr.to_string())
+                .collect()
+        };
+        problems.push(format!(
+            "addresses [{}] (want exactly {})",
+            list(current).join(", "),
+            list(desired).join(", ")
+        ));
+    }
+    DeviceInfo {
+        name: want.name.clone(),
+        present: true,
+        ifindex: Some(have.index),
+        up: have.up,
+        mtu: Some(have.mtu),
+        mac: have.mac.map(|m| fmt_mac(&m)),
+        problems,
+    }
 }
 
 /// Everything [`build`] needs.
@@ -1177,6 +1159,85 @@ mod tests {
             "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink"
         );
         assert_eq!(routes[0].want.nhid, None);
+    }
+
+    fn vxlan_device(index: u32) -> Device {
+        let ext = ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            iface_addr: Ipv4Addr::new(198, 18, 0, 1),
+            ext_addr: Ipv4Addr::new(198, 18, 0, 1),
+            mtu: 1500,
+            prefixes: vec![],
+        };
+        Device {
+            index,
+            ..Vxlan::new(net_conf::VxlanConf::default())
+                .spec(&ext, Some([2, 0, 0, 0, 0, 1]))
+                .expect("spec")
+        }
+    }
+
+    #[test]
+    fn device_problems_come_from_the_diff() {
+        let want = vxlan_device(7);
+        let addr = backends::plan::Addr {
+            dev: "flannel.1".into(),
+            addr: "10.244.1.0/32".parse().expect("addr"),
+        };
+        let mut desired = KernelState::default();
+        desired.add_device(want.clone());
+        desired.add_addr(addr.clone());
+        let info = |current: &KernelState| device_info(&want, &desired, current);
+        assert!(info(&desired).problems.is_empty());
+        assert_eq!(
+            info(&KernelState::default()).problems,
+            vec!["flannel.1 does not exist"]
+        );
+        let mut sick = desired.clone();
+        let dev = sick.devices.get_mut("flannel.1").expect("dev");
+        dev.up = false;
+        dev.mtu = 1400;
+        sick.addrs.clear();
+        sick.add_addr(backends::plan::Addr {
+            dev: "flannel.1".into(),
+            addr: "10.244.9.0/24".parse().expect("addr"),
+        });
+        let i = info(&sick);
+        assert!(i.present && !i.up);
+        assert_eq!(
+            i.problems,
+            vec![
+                "mtu 1400 (want 1450)",
+                "link is down",
+                "addresses [10.244.9.0/24] (want exactly 10.244.1.0/32)"
+            ]
+        );
+        // A device of another backend is extra drift; the wanted one's changes are not.
+        let ipip = Device {
+            name: "flannel.ipip".into(),
+            index: 8,
+            kind: backends::plan::DeviceKind::IpIp {
+                local: Ipv4Addr::new(198, 18, 0, 1),
+                remote: None,
+            },
+            mtu: 1480,
+            mac: None,
+            up: true,
+        };
+        sick.add_device(ipip);
+        let d = classify(&desired, &sick, &|_| None, &names);
+        assert!(d.missing.is_empty() && d.different.is_empty(), "{d:?}");
+        assert_eq!(
+            d.extra
+                .iter()
+                .map(|e| (e.kind, e.text.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(
+                "device",
+                "flannel.ipip type ipip local 198.18.0.1 remote any mtu 1480"
+            )]
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
+use crate::device::{Device, DeviceKind, VxlanParams, is_device_name};
+use crate::plan::{Fdb, Mac, Neigh};
 use crate::{BackendError, KernelOp, RTPROT_WEFT, Route};
 
 mod dump;
@@ -62,6 +63,8 @@ pub struct LinkInfo {
     /// Has a carrier (`IFF_LOWER_UP` or `IFF_RUNNING`; `NO-CARRIER` in `ip link` when not).
     pub carrier: bool,
     pub addrs: Vec<AddrInfo>,
+    /// The link read as a weft device, when it has a weft device name ([`is_device_name`]).
+    pub device: Option<Device>,
 }
 
 /// One address of a link, IPv4 or IPv6.
@@ -146,9 +149,17 @@ pub enum KernelEvent {
         name: String,
         up: bool,
         carrier: bool,
+        /// The link read as a weft device, when it has a weft device name.
+        device: Option<Device>,
     },
     /// RTM_DELLINK.
     LinkDeleted { index: u32, name: String },
+    /// RTM_NEWADDR of an IPv4 address.
+    AddressAdded {
+        index: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    },
     /// RTM_DELADDR of an IPv4 address: routes through `index` may have been flushed silently.
     AddressDeleted {
         index: u32,
@@ -530,6 +541,102 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         up: m.header.flags.contains(LinkFlags::Up),
         carrier: has_carrier(m),
         addrs: Vec::new(),
+        device: device_of(m),
+    }
+}
+
+/// A link with a weft device name read as a [`Device`] (vxlan and ipip attributes; another
+/// kind as [`DeviceKind::Other`]); None for other names.
+fn device_of(m: &LinkMessage) -> Option<Device> {
+    let name = link_name(m);
+    if !is_device_name(&name) {
+        return None;
+    }
+    let mut mac = None;
+    let mut mtu = 0;
+    let mut kind = DeviceKind::Other(String::new());
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::Address(raw) => mac = Mac::try_from(raw.as_slice()).ok(),
+            LinkAttribute::Mtu(v) => mtu = *v,
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfoAttr::Kind(k) => {
+                            let k = k.to_string();
+                            kind = match k.as_str() {
+                                "vxlan" => DeviceKind::Vxlan(VxlanParams {
+                                    vni: 0,
+                                    link: 0,
+                                    local: Ipv4Addr::UNSPECIFIED,
+                                    port: 0,
+                                    learning: true,
+                                    gbp: false,
+                                    group: None,
+                                    l2miss: false,
+                                    l3miss: false,
+                                }),
+                                "ipip" => DeviceKind::IpIp {
+                                    local: Ipv4Addr::UNSPECIFIED,
+                                    remote: None,
+                                },
+                                _ => DeviceKind::Other(k),
+                            };
+                        }
+                        LinkInfoAttr::Data(InfoData::Vxlan(attrs)) => {
+                            if let DeviceKind::Vxlan(v) = &mut kind {
+                                read_vxlan(attrs, v);
+                            }
+                        }
+                        LinkInfoAttr::Data(InfoData::IpTunnel(attrs)) => {
+                            if let DeviceKind::IpIp { local, remote } = &mut kind {
+                                for t in attrs {
+                                    match t {
+                                        InfoIpTunnel::Local(IpAddr::V4(ip)) => *local = *ip,
+                                        InfoIpTunnel::Remote(IpAddr::V4(ip)) => {
+                                            *remote = Some(*ip).filter(|r| !r.is_unspecified());
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !matches!(kind, DeviceKind::Vxlan(_)) {
+        // ipip reports its local address as the link-layer address; only vxlan has a MAC.
+        mac = None;
+    }
+    Some(Device {
+        name,
+        index: m.header.index,
+        kind,
+        mtu,
+        mac,
+        up: m.header.flags.contains(LinkFlags::Up),
+    })
+}
+
+/// The vxlan attributes weft compares (the kernel reports each of them).
+fn read_vxlan(attrs: &[InfoVxlan], v: &mut VxlanParams) {
+    for a in attrs {
+        match a {
+            InfoVxlan::Id(id) => v.vni = *id,
+            InfoVxlan::Link(l) => v.link = *l,
+            InfoVxlan::Local(ip) => v.local = *ip,
+            InfoVxlan::Group(ip) => v.group = Some(*ip).filter(|g| !g.is_unspecified()),
+            InfoVxlan::Port(p) => v.port = *p,
+            InfoVxlan::Learning(b) => v.learning = *b,
+            InfoVxlan::Gbp => v.gbp = true,
+            InfoVxlan::L2Miss(b) => v.l2miss = *b,
+            InfoVxlan::L3Miss(b) => v.l3miss = *b,
+            _ => {}
+        }
     }
 }
 
@@ -577,6 +684,7 @@ fn kernel_event(msg: NetlinkMessage<RtMessage>) -> Option<KernelEvent> {
                 name: link_name(&m),
                 up: m.header.flags.contains(LinkFlags::Up),
                 carrier: has_carrier(&m),
+                device: device_of(&m),
             }),
             RouteNetlinkMessage::DelLink(m) => Some(KernelEvent::LinkDeleted {
                 index: m.header.index,
@@ -584,6 +692,14 @@ fn kernel_event(msg: NetlinkMessage<RtMessage>) -> Option<KernelEvent> {
             }),
             RouteNetlinkMessage::NewNeighbour(m) => neigh_event(&m, true),
             RouteNetlinkMessage::DelNeighbour(m) => neigh_event(&m, false),
+            RouteNetlinkMessage::NewAddress(m) => match addr_info(&m)?.addr {
+                IpAddr::V4(addr) => Some(KernelEvent::AddressAdded {
+                    index: m.header.index,
+                    addr,
+                    prefix_len: m.header.prefix_len,
+                }),
+                IpAddr::V6(_) => None,
+            },
             RouteNetlinkMessage::DelAddress(m) => match addr_info(&m)?.addr {
                 IpAddr::V4(addr) => Some(KernelEvent::AddressDeleted {
                     index: m.header.index,
@@ -712,67 +828,6 @@ pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, Bac
 
 // ===== neighbours, FDB, vxlan devices, addresses =====
 
-/// A vxlan device as the kernel reports it (`ip -d link show <name>`). Fields the kernel did not
-/// report are None.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanLink {
-    pub index: u32,
-    pub name: String,
-    /// The link kind (`vxlan`, `veth`, ...); None when the kernel reports no kind.
-    pub kind: Option<String>,
-    pub mtu: u32,
-    pub up: bool,
-    pub mac: Option<Mac>,
-    pub vni: Option<u32>,
-    /// `dev`: the underlay interface index.
-    pub link: Option<u32>,
-    pub local: Option<Ipv4Addr>,
-    pub group: Option<Ipv4Addr>,
-    pub port: Option<u16>,
-    pub learning: Option<bool>,
-    pub gbp: bool,
-    pub l2miss: Option<bool>,
-    pub l3miss: Option<bool>,
-}
-
-/// What [`Netlink::vxlan_add`] creates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub vni: u32,
-    pub link: u32,
-    pub local: Ipv4Addr,
-    /// 0 = the kernel's default (8472).
-    pub port: u16,
-    pub learning: bool,
-    pub gbp: bool,
-    pub mtu: u32,
-    pub mac: Mac,
-}
-
-impl std::fmt::Display for VxlanSpec {
-    /// `flannel.1 type vxlan id 1 dev 2 local 198.18.0.1 dstport 8472 nolearning mtu 1450 address ..`
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} type vxlan id {} dev {} local {}",
-            self.name, self.vni, self.link, self.local
-        )?;
-        if self.port != 0 {
-            write!(f, " dstport {}", self.port)?;
-        }
-        f.write_str(if self.learning {
-            " learning"
-        } else {
-            " nolearning"
-        })?;
-        if self.gbp {
-            f.write_str(" gbp")?;
-        }
-        write!(f, " mtu {} address {}", self.mtu, fmt_mac(&self.mac))
-    }
-}
-
 impl Netlink {
     /// `ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`.
     pub async fn neigh_replace(&self, n: &Neigh) -> Result<(), BackendError> {
@@ -900,83 +955,71 @@ impl Netlink {
         }
     }
 
-    /// `ip -d link show <name>`, read as a vxlan device; `None` when there is no such link.
-    pub async fn vxlan_by_name(&self, name: &str) -> Result<Option<VxlanLink>, BackendError> {
-        let Some(msg) = self.link_message(name).await? else {
-            return Ok(None);
-        };
-        let base = link_info(&msg);
-        let mut out = VxlanLink {
-            index: base.index,
-            name: base.name,
-            kind: None,
-            mtu: base.mtu,
-            up: base.up,
-            mac: None,
-            vni: None,
-            link: None,
-            local: None,
-            group: None,
-            port: None,
-            learning: None,
-            gbp: false,
-            l2miss: None,
-            l3miss: None,
-        };
-        for a in &msg.attributes {
-            match a {
-                LinkAttribute::Address(mac) => out.mac = Mac::try_from(mac.as_slice()).ok(),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfoAttr::Kind(kind) => out.kind = Some(kind.to_string()),
-                            LinkInfoAttr::Data(InfoData::Vxlan(attrs)) => {
-                                for v in attrs {
-                                    match v {
-                                        InfoVxlan::Id(id) => out.vni = Some(*id),
-                                        InfoVxlan::Link(l) => out.link = Some(*l),
-                                        InfoVxlan::Local(ip) => out.local = Some(*ip),
-                                        InfoVxlan::Group(ip) => out.group = Some(*ip),
-                                        InfoVxlan::Port(p) => out.port = Some(*p),
-                                        InfoVxlan::Learning(b) => out.learning = Some(*b),
-                                        InfoVxlan::Gbp => out.gbp = true,
-                                        InfoVxlan::L2Miss(b) => out.l2miss = Some(*b),
-                                        InfoVxlan::L3Miss(b) => out.l3miss = Some(*b),
-                                        _ => {}
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(Some(out))
+    /// `ip -d link show <name>` read as a weft device ([`Device`]); `None` when there is no
+    /// such link or the name is not a weft device name.
+    pub async fn device_by_name(&self, name: &str) -> Result<Option<Device>, BackendError> {
+        Ok(self.link_message(name).await?.as_ref().and_then(device_of))
     }
 
-    /// `ip link add <name> type vxlan id <vni> dev <link> local <ip> [dstport <port>]
-    /// [no]learning [gbp] mtu <mtu> address <mac>` (created down). EEXIST when the name is taken.
-    pub async fn vxlan_add(&self, spec: &VxlanSpec) -> Result<(), BackendError> {
-        let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.link)
-            .local(spec.local)
-            .learning(spec.learning)
-            .mtu(spec.mtu)
-            .address(spec.mac.to_vec());
-        if spec.port != 0 {
-            b = b.port(spec.port);
-        }
-        if spec.gbp {
-            b = b.gbp();
-        }
+    /// `ip link add <device>` (vxlan or ipip; up in the same message when `dev.up`). EEXIST when
+    /// the name is taken; EOPNOTSUPP when the kernel lacks the kind.
+    pub async fn device_add(&self, dev: &Device) -> Result<(), BackendError> {
+        let op = || format!("ip link add {}", dev.spec_with(&|_| None));
+        let msg = match &dev.kind {
+            DeviceKind::Vxlan(v) => {
+                let mut b = LinkVxlan::new(&dev.name, v.vni)
+                    .dev(v.link)
+                    .local(v.local)
+                    .learning(v.learning)
+                    .port(v.port)
+                    .mtu(dev.mtu);
+                if let Some(mac) = dev.mac {
+                    b = b.address(mac.to_vec());
+                }
+                if v.gbp {
+                    b = b.gbp();
+                }
+                if dev.up {
+                    b = b.up();
+                }
+                b.build()
+            }
+            DeviceKind::IpIp { local, .. } => {
+                let mut b = LinkIpIp::new(&dev.name).local(*local).mtu(dev.mtu);
+                if dev.up {
+                    b = b.up();
+                }
+                b.build()
+            }
+            DeviceKind::Other(kind) => {
+                return Err(BackendError::Unsupported(format!(
+                    "{}: weft does not make {kind} devices",
+                    op()
+                )));
+            }
+        };
         self.handle
             .link()
-            .add(b.build())
+            .add(msg)
             .execute()
             .await
-            .map_err(|e| nl_err(format!("ip link add {spec}"), e))
+            .map_err(|e| nl_err(op(), e))
+    }
+
+    /// `ip link set <index> mtu <mtu> [address <mac>] up|down`: the attributes of `dev` that
+    /// can change in place, on the link at `dev.index`.
+    pub async fn device_set(&self, dev: &Device) -> Result<(), BackendError> {
+        let mut b = LinkUnspec::new_with_index(dev.index).mtu(dev.mtu);
+        if let Some(mac) = dev.mac {
+            b = b.address(mac.to_vec());
+        }
+        b = if dev.up { b.up() } else { b.down() };
+        self.handle
+            .link()
+            .change(b.build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(KernelOp::LinkSet(dev.clone()).to_string(), e))
     }
 
     /// `ip link del <index>`; "already gone" is success.
@@ -986,26 +1029,6 @@ impl Netlink {
             Err(e) if errno_of(&e) == Some(ENODEV) => Ok(()),
             Err(e) => Err(nl_err(format!("ip link del {index}"), e)),
         }
-    }
-
-    /// `ip link set <index> up`.
-    pub async fn link_set_up(&self, index: u32) -> Result<(), BackendError> {
-        self.handle
-            .link()
-            .change(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("ip link set {index} up"), e))
-    }
-
-    /// `ip link set <index> mtu <mtu>`.
-    pub async fn link_set_mtu(&self, index: u32, mtu: u32) -> Result<(), BackendError> {
-        self.handle
-            .link()
-            .change(LinkUnspec::new_with_index(index).mtu(mtu).build())
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("ip link set {index} mtu {mtu}"), e))
     }
 
     /// `ip addr replace <ip>/<prefix_len> dev <index>`.
@@ -1046,107 +1069,8 @@ impl Netlink {
     }
 }
 
-// ===== ipip devices =====
+// ===== link kinds =====
 
 /// The kernel's errno when it does not know a link kind (`ip link add t0 type ipip` on a kernel
 /// without CONFIG_NET_IPIP and no module to load: iproute2 prints "Unknown device type").
 pub const EOPNOTSUPP: i32 = 95;
-
-/// An ipip device as the kernel reports it (`ip -d link show <name>`). Fields the kernel did not
-/// report are None.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpIpLink {
-    pub index: u32,
-    pub name: String,
-    /// The link kind (`ipip`, `veth`, ...); None when the kernel reports no kind.
-    pub kind: Option<String>,
-    pub mtu: u32,
-    pub up: bool,
-    /// `local`: the source address of the outer header (None or 0.0.0.0 = any).
-    pub local: Option<Ipv4Addr>,
-    /// `remote`: the fixed peer (None or 0.0.0.0 = any, a point-to-multipoint tunnel).
-    pub remote: Option<Ipv4Addr>,
-    /// `dev`: the underlay interface index the tunnel is bound to (None or 0 = none).
-    pub link: Option<u32>,
-}
-
-/// What [`Netlink::ipip_add`] creates: `remote any`, not bound to a device, the kernel's defaults
-/// for ttl (inherit) and pmtudisc (on).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpIpSpec {
-    pub name: String,
-    pub local: Ipv4Addr,
-    pub mtu: u32,
-}
-
-impl std::fmt::Display for IpIpSpec {
-    /// `flannel.ipip type ipip local 198.18.0.1 remote any mtu 1480`
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} type ipip local {} remote any mtu {}",
-            self.name, self.local, self.mtu
-        )
-    }
-}
-
-impl Netlink {
-    /// `ip -d link show <name>`, read as an ipip device; `None` when there is no such link.
-    pub async fn ipip_by_name(&self, name: &str) -> Result<Option<IpIpLink>, BackendError> {
-        let Some(msg) = self.link_message(name).await? else {
-            return Ok(None);
-        };
-        let base = link_info(&msg);
-        let mut out = IpIpLink {
-            index: base.index,
-            name: base.name,
-            kind: None,
-            mtu: base.mtu,
-            up: base.up,
-            local: None,
-            remote: None,
-            link: None,
-        };
-        let v4 = |ip: &IpAddr| match ip {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        };
-        for a in &msg.attributes {
-            let LinkAttribute::LinkInfo(infos) = a else {
-                continue;
-            };
-            for info in infos {
-                match info {
-                    LinkInfoAttr::Kind(kind) => out.kind = Some(kind.to_string()),
-                    LinkInfoAttr::Data(InfoData::IpTunnel(attrs)) => {
-                        for t in attrs {
-                            match t {
-                                InfoIpTunnel::Local(ip) => out.local = v4(ip),
-                                InfoIpTunnel::Remote(ip) => out.remote = v4(ip),
-                                InfoIpTunnel::Link(l) => out.link = Some(*l),
-                                _ => {}
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(Some(out))
-    }
-
-    /// `ip link add <name> type ipip local <ip> remote any mtu <mtu>` (created down). EEXIST
-    /// when the name is taken; EOPNOTSUPP ([`EOPNOTSUPP`]) when the kernel has no ipip.
-    pub async fn ipip_add(&self, spec: &IpIpSpec) -> Result<(), BackendError> {
-        let msg = LinkIpIp::new(&spec.name)
-            .local(spec.local)
-            .mtu(spec.mtu)
-            .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("ip link add {spec}"), e))
-    }
-}

@@ -8,18 +8,22 @@
 //! - [`SubnetManager::reacquire`]: after the own key was deleted, the same subnet if still free.
 //! - [`SubnetManager::watch`]: every lease change as [`WatchEvent`]s, resuming after a
 //!   disconnect from the last seen revision and re-listing after a compaction. No RPC per event.
+//!
+//! The renewal loop lives in `renew.rs`, the watch loop in `watch.rs`; this file
+//! holds the acquire/re-acquire policy.
 use std::future::Future;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use etcd_client::EventType;
 use ipnet::Ipv4Net;
 use net_conf::alloc::{self, Choice, ExistingLease};
 use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::lease::etcd::registry::{Registry, RegistryError, is_lease_not_found};
+use crate::lease::etcd::registry::{Registry, RegistryError};
+use crate::lease::etcd::renew::{expiry, renew_loop};
+use crate::lease::etcd::watch::watch_loop;
 pub use crate::lease::{
     Backoff, LeaseEntry, OwnLease, Reacquired, RenewalEnd, Snapshot, WatchEvent, retry_until,
     sleep_or_shutdown,
@@ -31,12 +35,6 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_RENEW_MARGIN: Duration = Duration::from_secs(60 * 60);
 /// Retry period of a failed renewal (flannel: 1 min).
 pub const DEFAULT_RENEW_RETRY: Duration = Duration::from_secs(60);
-
-/// Watch reconnect backoff. flannel caps at 5 s; weft caps at 1 s so a watch resumes within
-/// about a second of etcd's return (docs/targets.md R1). A refused connection costs next to
-/// nothing.
-const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Attempts of one acquire when other nodes keep winning the races.
 const ACQUIRE_ATTEMPTS: u32 = 40;
@@ -420,10 +418,6 @@ impl SubnetManager {
     }
 }
 
-fn expiry(ttl_secs: i64) -> SystemTime {
-    SystemTime::now() + Duration::from_secs(u64::try_from(ttl_secs.max(0)).unwrap_or(0))
-}
-
 /// Errors a retry may cure (etcd unreachable, timeouts).
 pub fn is_transient(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -440,299 +434,6 @@ fn is_race(e: &anyhow::Error) -> bool {
             Some(RegistryError::Conflict { .. })
         )
     })
-}
-
-fn fmt_time(t: SystemTime) -> String {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => format!("{}s since the epoch", d.as_secs()),
-        Err(_) => "before the epoch".into(),
-    }
-}
-
-async fn renew_loop(
-    reg: Registry,
-    own: OwnLease,
-    timing: LeaseTiming,
-    shutdown: CancellationToken,
-    metrics: Option<crate::agent::metrics::Metrics>,
-) -> RenewalEnd {
-    let report = |at: Option<SystemTime>| {
-        if let Some(m) = &metrics {
-            m.set_lease_expiry(at);
-        }
-    };
-    let Some(mut expires) = own.expires.filter(|_| own.lease_id != 0) else {
-        report(None);
-        tracing::info!("lease {} is a reservation: nothing to renew", own.key);
-        shutdown.cancelled().await;
-        return RenewalEnd::Shutdown;
-    };
-    // What a KeepAlive restores; the configured TTL if etcd did not say.
-    let ttl = if own.granted_ttl > 0 {
-        own.granted_ttl
-    } else {
-        i64::try_from(timing.ttl.as_secs()).unwrap_or(i64::MAX)
-    };
-    let mut renewed = false;
-    report(Some(expires));
-    loop {
-        let due = expires
-            .checked_sub(timing.renew_margin)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut wait = due
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        if renewed {
-            // A margin as long as the TTL must not turn into a KeepAlive loop.
-            wait = wait.max(Duration::from_secs(1));
-        }
-        tracing::info!("Waiting for {wait:.1?} to renew lease {}", own.key);
-        if !sleep_or_shutdown(&shutdown, wait).await {
-            return RenewalEnd::Shutdown;
-        }
-        loop {
-            let res = tokio::select! {
-                _ = shutdown.cancelled() => return RenewalEnd::Shutdown,
-                r = reg.keep_alive_once(own.lease_id) => r,
-            };
-            match res {
-                Ok(()) => {
-                    expires = expiry(ttl);
-                    report(Some(expires));
-                    renewed = true;
-                    tracing::info!(
-                        "Lease renewed, new expiration: {} (TTL {ttl}s, lease {})",
-                        fmt_time(expires),
-                        own.key
-                    );
-                    break;
-                }
-                Err(e) if is_lease_not_found(&e) => {
-                    tracing::warn!(
-                        "etcd lease {:x} of {} is gone (expired or revoked): {e}",
-                        own.lease_id,
-                        own.key
-                    );
-                    return RenewalEnd::LeaseLost {
-                        lease_id: own.lease_id,
-                    };
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        "Error renewing lease (trying again in {:.0?}): {e}",
-                        timing.renew_retry
-                    );
-                    if !sleep_or_shutdown(&shutdown, timing.renew_retry).await {
-                        return RenewalEnd::Shutdown;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Turns one etcd watch event into a [`WatchEvent`].
-fn convert_event(reg: &Registry, ev: &etcd_client::Event) -> Option<WatchEvent> {
-    let kv = ev.kv()?;
-    let key_text = String::from_utf8_lossy(kv.key()).into_owned();
-    if key_text == reg.config_key() {
-        return Some(WatchEvent::Config(match ev.event_type() {
-            EventType::Put => Some(String::from_utf8_lossy(kv.value()).into_owned()),
-            EventType::Delete => None,
-        }));
-    }
-    if !key_text.starts_with(&reg.subnets_prefix()) {
-        // Something else under the prefix (another tool's key): not ours to judge.
-        tracing::debug!("ignoring {key_text}: neither the config nor a lease");
-        return None;
-    }
-    match ev.event_type() {
-        EventType::Put => {
-            match reg.parse_entry(kv.key(), kv.value(), kv.lease(), kv.mod_revision()) {
-                Ok(entry) => Some(WatchEvent::Put(entry)),
-                Err(m) => {
-                    tracing::warn!("ignoring malformed lease {}: {}", m.key, m.reason);
-                    Some(WatchEvent::Malformed {
-                        key: m.key,
-                        reason: m.reason,
-                        subnet: m.subnet,
-                    })
-                }
-            }
-        }
-        EventType::Delete => match reg.parse_key(&key_text) {
-            Ok(key) => Some(WatchEvent::Delete(key)),
-            Err(reason) => {
-                let key_text = net_conf::excerpt(&key_text, 400);
-                tracing::warn!("ignoring delete of malformed key {key_text}: {reason}");
-                Some(WatchEvent::Malformed {
-                    key: key_text,
-                    reason,
-                    subnet: None,
-                })
-            }
-        },
-    }
-}
-
-/// Why a watch stream ended.
-enum StreamEnd {
-    Shutdown,
-    /// The receiver is gone.
-    Closed,
-    /// Broken: reconnect from `next_rev`.
-    Broken(String),
-    /// Fell behind a compaction: re-list.
-    Compacted(i64),
-}
-
-async fn watch_loop(
-    reg: Registry,
-    from_revision: i64,
-    tx: mpsc::Sender<WatchEvent>,
-    shutdown: CancellationToken,
-) {
-    let mut next_rev = from_revision;
-    let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
-    let mut connected = true;
-    let mut need_resync = false;
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
-        if need_resync {
-            match reg.list_leases().await {
-                Ok(snapshot) => {
-                    tracing::info!(
-                        "re-listed {} leases at revision {}",
-                        snapshot.leases.len(),
-                        snapshot.revision
-                    );
-                    next_rev = snapshot.revision + 1;
-                    need_resync = false;
-                    if tx.send(WatchEvent::Resync(snapshot)).await.is_err() {
-                        return;
-                    }
-                    // Changes of the config during the gap are folded into the current value.
-                    match reg.get_config().await {
-                        Ok(text) => {
-                            if tx.send(WatchEvent::Config(Some(text))).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing::warn!("re-reading the config after a resync: {e}"),
-                    }
-                }
-                Err(e) => {
-                    if connected {
-                        connected = false;
-                        if tx.send(WatchEvent::Disconnected).await.is_err() {
-                            return;
-                        }
-                    }
-                    let d = backoff.next_delay();
-                    tracing::warn!("re-listing leases failed (retrying in {d:.1?}): {e}");
-                    if !sleep_or_shutdown(&shutdown, d).await {
-                        return;
-                    }
-                    continue;
-                }
-            }
-        }
-        let end = match reg.watch_network(next_rev).await {
-            Ok(stream) => {
-                run_stream(
-                    &reg,
-                    stream,
-                    &mut next_rev,
-                    &tx,
-                    &shutdown,
-                    &mut connected,
-                    &mut backoff,
-                )
-                .await
-            }
-            Err(e) => StreamEnd::Broken(e.to_string()),
-        };
-        match end {
-            StreamEnd::Shutdown | StreamEnd::Closed => return,
-            StreamEnd::Compacted(compact_rev) => {
-                tracing::warn!(
-                    "watch from revision {next_rev} fell behind compaction \
-                     (compacted at {compact_rev}): re-listing"
-                );
-                need_resync = true;
-            }
-            StreamEnd::Broken(reason) => {
-                if connected {
-                    connected = false;
-                    if tx.send(WatchEvent::Disconnected).await.is_err() {
-                        return;
-                    }
-                }
-                let d = backoff.next_delay();
-                tracing::warn!(
-                    "etcd watch lost ({reason}); reconnecting from revision {next_rev} in {d:.1?}"
-                );
-                if !sleep_or_shutdown(&shutdown, d).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn run_stream(
-    reg: &Registry,
-    mut stream: etcd_client::WatchStream,
-    next_rev: &mut i64,
-    tx: &mpsc::Sender<WatchEvent>,
-    shutdown: &CancellationToken,
-    connected: &mut bool,
-    backoff: &mut Backoff,
-) -> StreamEnd {
-    loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => return StreamEnd::Shutdown,
-            m = stream.message() => m,
-        };
-        let resp = match msg {
-            Ok(Some(resp)) => resp,
-            Ok(None) => return StreamEnd::Broken("stream closed by etcd".into()),
-            Err(e) => return StreamEnd::Broken(e.to_string()),
-        };
-        if resp.compact_revision() != 0 {
-            return StreamEnd::Compacted(resp.compact_revision());
-        }
-        if resp.canceled() {
-            let reason = resp.cancel_reason();
-            if reason.contains("compacted") {
-                return StreamEnd::Compacted(0);
-            }
-            return StreamEnd::Broken(format!("watch canceled by etcd: {reason}"));
-        }
-        if resp.created() {
-            backoff.reset();
-            if !*connected {
-                *connected = true;
-                tracing::info!("etcd watch re-established at revision {next_rev}");
-                if tx.send(WatchEvent::Reconnected).await.is_err() {
-                    return StreamEnd::Closed;
-                }
-            }
-        }
-        for ev in resp.events() {
-            if let Some(kv) = ev.kv() {
-                *next_rev = (*next_rev).max(kv.mod_revision() + 1);
-            }
-            let Some(we) = convert_event(reg, ev) else {
-                continue;
-            };
-            if tx.send(we).await.is_err() {
-                return StreamEnd::Closed;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,13 +3,18 @@
 //! Everything here is pure. [`diff`] compares what a backend wants ([`KernelState`] from
 //! [`crate::Backend::desired`]) with what the reconciler last saw in the kernel and returns the
 //! writes that make the kernel match, and nothing else: equal states give zero operations.
-use std::collections::BTreeMap;
+//! The state holds weft's devices and their addresses ([`crate::device`]) as well as the routes,
+//! neighbours and FDB entries on them, so one diff creates, fixes or removes a device in the
+//! right order around the entries that need it.
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
 use crate::RTPROT_WEFT;
+pub use crate::device::{Addr, Device, DeviceDiff, DeviceKind, VxlanParams};
 
 /// An IPv4 route in table main with protocol [`RTPROT_WEFT`] and metric 0: the only kind of route
 /// weft writes.
@@ -118,10 +123,17 @@ impl fmt::Display for Fdb {
 }
 
 /// The kernel objects weft owns (or wants to own), keyed so that two objects with one key cannot
-/// coexist in the kernel: routes by destination (table main, metric 0), neighbours by device and
-/// IP, FDB entries by device and MAC.
+/// coexist in the kernel: devices by name, their addresses by device name and address, routes by
+/// destination (table main, metric 0), neighbours by device and IP, FDB entries by device and
+/// MAC.
+///
+/// Devices and addresses belong to the backends, not to peers: the per-peer operations
+/// ([`remove_keys`](Self::remove_keys), [`collides`](Self::collides), [`diff_at`]) leave them
+/// alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelState {
+    pub devices: BTreeMap<String, Device>,
+    pub addrs: BTreeSet<Addr>,
     pub routes: BTreeMap<Ipv4Net, Route>,
     pub neighs: BTreeMap<(u32, Ipv4Addr), Neigh>,
     pub fdb: BTreeMap<(u32, Mac), Fdb>,
@@ -133,6 +145,64 @@ impl KernelState {
         KernelState {
             routes: routes.into_iter().map(|r| (r.dst, r)).collect(),
             ..KernelState::default()
+        }
+    }
+
+    pub fn add_device(&mut self, d: Device) {
+        self.devices.insert(d.name.clone(), d);
+    }
+
+    pub fn add_addr(&mut self, a: Addr) {
+        self.addrs.insert(a);
+    }
+
+    /// The device with ifindex `index`, if this state holds it.
+    pub fn device_at(&self, index: u32) -> Option<&Device> {
+        self.devices.values().find(|d| d.index == index)
+    }
+
+    /// Forgets everything on the device `name` with ifindex `index` and the device itself (what
+    /// the kernel removes with a link): its addresses, neighbours, FDB entries and the routes
+    /// through it.
+    pub fn forget_device(&mut self, name: &str, index: u32) {
+        if self.devices.get(name).is_some_and(|d| d.index == index) {
+            self.devices.remove(name);
+        }
+        self.addrs.retain(|a| a.dev != name);
+        self.forget_entries_on(index);
+    }
+
+    /// Forgets the neighbours, FDB entries and routes on ifindex `index`.
+    pub fn forget_entries_on(&mut self, index: u32) {
+        self.neighs.retain(|(i, _), _| *i != index);
+        self.fdb.retain(|(i, _), _| *i != index);
+        self.routes.retain(|_, r| r.oif != index);
+    }
+
+    /// Moves every entry planned on ifindex `from` to `to` (a device the backend planned on
+    /// index `from` exists at `to`): routes through it, neighbours and FDB entries.
+    pub fn move_entries(&mut self, from: u32, to: u32) {
+        for r in self.routes.values_mut() {
+            if r.oif == from {
+                r.oif = to;
+            }
+        }
+        let keys: Vec<(u32, Ipv4Addr)> = self
+            .neighs
+            .keys()
+            .filter(|k| k.0 == from)
+            .copied()
+            .collect();
+        for k in keys {
+            if let Some(n) = self.neighs.remove(&k) {
+                self.add_neigh(Neigh { ifindex: to, ..n });
+            }
+        }
+        let keys: Vec<(u32, Mac)> = self.fdb.keys().filter(|k| k.0 == from).copied().collect();
+        for k in keys {
+            if let Some(e) = self.fdb.remove(&k) {
+                self.add_fdb(Fdb { ifindex: to, ..e });
+            }
         }
     }
 
@@ -156,6 +226,10 @@ impl KernelState {
             *self = other;
             return;
         }
+        for (k, v) in other.devices {
+            self.devices.entry(k).or_insert(v);
+        }
+        self.addrs.extend(other.addrs);
         for (k, v) in other.routes {
             self.routes.entry(k).or_insert(v);
         }
@@ -169,12 +243,15 @@ impl KernelState {
 
     /// Adds everything of `other`, replacing entries with the same key (unlike [`merge`](Self::merge)).
     pub fn extend(&mut self, other: KernelState) {
+        self.devices.extend(other.devices);
+        self.addrs.extend(other.addrs);
         self.routes.extend(other.routes);
         self.neighs.extend(other.neighs);
         self.fdb.extend(other.fdb);
     }
 
-    /// Removes the entries at the keys of `keys` (its values are ignored).
+    /// Removes the entries at the keys of `keys` (its values are ignored); devices and addresses
+    /// stay.
     pub fn remove_keys(&mut self, keys: &KernelState) {
         for dst in keys.routes.keys() {
             self.routes.remove(dst);
@@ -187,8 +264,9 @@ impl KernelState {
         }
     }
 
-    /// True when some key of this state is held by `taken` and not by `freed` (values ignored):
-    /// two writers would want one kernel object.
+    /// True when some entry key of this state is held by `taken` and not by `freed` (values
+    /// ignored): two writers would want one kernel object. Devices and addresses are not
+    /// compared (backends share them by design).
     pub fn collides(&self, taken: &KernelState, freed: &KernelState) -> bool {
         fn any<K: Ord, V>(
             mine: &BTreeMap<K, V>,
@@ -204,12 +282,38 @@ impl KernelState {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty() && self.neighs.is_empty() && self.fdb.is_empty()
+        self.devices.is_empty()
+            && self.addrs.is_empty()
+            && self.routes.is_empty()
+            && self.neighs.is_empty()
+            && self.fdb.is_empty()
+    }
+
+    /// The same state without devices and addresses (what peers need).
+    pub fn entries_only(mut self) -> KernelState {
+        self.devices.clear();
+        self.addrs.clear();
+        self
     }
 
     /// Records the effect of a successful operation.
     pub fn record(&mut self, op: &KernelOp) {
         match op {
+            KernelOp::LinkAdd(d) => self.add_device(d.clone()),
+            KernelOp::LinkSet(d) => {
+                if let Some(have) = self.devices.get_mut(&d.name) {
+                    have.mtu = d.mtu;
+                    if d.mac.is_some() {
+                        have.mac = d.mac;
+                    }
+                    have.up = d.up;
+                }
+            }
+            KernelOp::LinkDel(d) => self.forget_device(&d.name, d.index),
+            KernelOp::AddrAdd(a) => self.add_addr(a.clone()),
+            KernelOp::AddrDel(a) => {
+                self.addrs.remove(a);
+            }
             KernelOp::RouteReplace(r) => self.add_route(r.clone()),
             KernelOp::RouteDel(r) => {
                 self.routes.remove(&r.dst);
@@ -229,6 +333,18 @@ impl KernelState {
 /// One kernel write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelOp {
+    /// `ip link add <device>`, then `ip link set <name> up` when it is wanted up (one message).
+    /// The device's `index` is the planned one; the kernel picks the real one.
+    LinkAdd(Device),
+    /// `ip link set <name> mtu <mtu> [address <mac>] up|down` on the existing device at `index`.
+    LinkSet(Device),
+    /// `ip link del <name>` (the device at `index`): its addresses, neighbours, FDB entries and
+    /// routes go with it. "Already gone" is success.
+    LinkDel(Device),
+    /// `ip addr add <addr> dev <dev>`.
+    AddrAdd(Addr),
+    /// `ip addr del <addr> dev <dev>` ("already gone" is success).
+    AddrDel(Addr),
     /// `ip route replace <route> proto 87`: creates the route or replaces the one with its
     /// destination (idempotent).
     RouteReplace(Route),
@@ -250,6 +366,24 @@ impl KernelOp {
     pub fn command(&self, name_of: impl Fn(u32) -> Option<String>) -> String {
         let dev = |i: u32| name_of(i).unwrap_or_else(|| i.to_string());
         match self {
+            KernelOp::LinkAdd(d) => {
+                let spec = d.spec_with(&|i| name_of(i));
+                if d.up {
+                    format!("ip link add {spec} && ip link set {} up", d.name)
+                } else {
+                    format!("ip link add {spec}")
+                }
+            }
+            KernelOp::LinkSet(d) => {
+                let mut s = format!("ip link set {} mtu {}", d.name, d.mtu);
+                if let Some(mac) = &d.mac {
+                    s += &format!(" address {}", fmt_mac(mac));
+                }
+                s + if d.up { " up" } else { " down" }
+            }
+            KernelOp::LinkDel(d) => format!("ip link del {}", d.name),
+            KernelOp::AddrAdd(a) => format!("ip addr add {a}"),
+            KernelOp::AddrDel(a) => format!("ip addr del {a}"),
             KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) => {
                 let verb = if matches!(self, KernelOp::RouteDel(_)) {
                     "del"
@@ -296,18 +430,110 @@ impl fmt::Display for KernelOp {
 ///
 /// - An object in `current` that `desired` does not have is deleted.
 /// - An object in `desired` that `current` lacks, or has with other attributes, is replaced
-///   (a replace overwrites the old object in one step, so no delete precedes it).
+///   (a replace overwrites the old object in one step, so no delete precedes it). A device is
+///   created when missing, changed in place (`ip link set`) when only its MTU, MAC or state
+///   differ, and deleted and created again when an attribute fixed at creation differs
+///   ([`Device::differences`]).
 /// - Equal states give no operations.
 ///
-/// Order: route deletes, then neighbour and FDB replaces, then route replaces, then FDB and
-/// neighbour deletes; within each kind by key (ascending). Routes are removed before, and added
-/// after, the ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic to a
-/// gateway it would have to resolve (flannel's per-peer order). Entries a route no longer needs
-/// go last: a peer moving to another path (a vxlan peer that switched to host-gw, a new VTEP MAC)
-/// gets its new route in one replace while its old ARP/FDB entries still back the old one, so no
-/// packet meets a half-removed path. Deterministic, so tests and `weft status` output are
-/// stable.
+/// Order: first the devices ([`diff_devices`]: replacements, creations, in-place changes, then
+/// address deletes and adds), so every entry finds its device; then the entries
+/// ([`diff_entries`]): route deletes, neighbour and FDB replaces, route replaces, FDB and
+/// neighbour deletes; last the deletes of devices no one wants. Routes are removed before, and
+/// added after, the ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic
+/// to a gateway it would have to resolve (flannel's per-peer order). Entries a route no longer
+/// needs go late: a peer moving to another path (a vxlan peer that switched to host-gw, a new
+/// VTEP MAC) gets its new route in one replace while its old ARP/FDB entries still back the old
+/// one, so no packet meets a half-removed path. Entries on a device that is deleted (unwanted or
+/// replaced) are not deleted one by one: the kernel removes them with the device, after the
+/// entries elsewhere have moved. Within each kind by key (ascending). Deterministic, so tests and
+/// `weft status` output are stable.
+///
+/// Entries on a device being created carry the index the backend planned (see
+/// [`Device::index`]); the reconciler moves them to the real index before writing them.
 pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
+    let mut ops = diff_devices(desired, current);
+    ops.extend(diff_entries(desired, current));
+    ops
+}
+
+/// The device part of [`diff`], which runs before any entry: for each wanted device (by name) a
+/// replacement (`LinkDel` + `LinkAdd`), a creation or an in-place change, then the address
+/// deletes and adds of the wanted devices.
+pub fn diff_devices(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
+    let mut ops = Vec::new();
+    // Devices made anew (missing or replaced): none of their addresses exist then.
+    let mut fresh: BTreeSet<&str> = BTreeSet::new();
+    for (name, want) in &desired.devices {
+        match current.devices.get(name) {
+            None => {
+                ops.push(KernelOp::LinkAdd(want.clone()));
+                fresh.insert(name);
+            }
+            Some(have) => {
+                let d = want.differences(have);
+                if !d.fixed.is_empty() {
+                    ops.push(KernelOp::LinkDel(have.clone()));
+                    ops.push(KernelOp::LinkAdd(want.clone()));
+                    fresh.insert(name);
+                } else if !d.settable.is_empty() {
+                    ops.push(KernelOp::LinkSet(Device {
+                        index: have.index,
+                        ..want.clone()
+                    }));
+                }
+            }
+        }
+    }
+    let kept = |dev: &str| desired.devices.contains_key(dev) && !fresh.contains(dev);
+    ops.extend(
+        current
+            .addrs
+            .iter()
+            .filter(|a| kept(&a.dev) && !desired.addrs.contains(*a))
+            .cloned()
+            .map(KernelOp::AddrDel),
+    );
+    ops.extend(
+        desired
+            .addrs
+            .iter()
+            .filter(|a| fresh.contains(a.dev.as_str()) || !current.addrs.contains(*a))
+            .cloned()
+            .map(KernelOp::AddrAdd),
+    );
+    ops
+}
+
+/// The entry part of [`diff`], after the devices: the route, neighbour and FDB operations in
+/// their order, then `LinkDel` for each device of `current` no one wants. Entries of `current`
+/// on a device that goes (unwanted, or replaced by [`diff_devices`]) are left to the kernel,
+/// which removes them with it.
+pub fn diff_entries(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
+    let mut gone: BTreeSet<u32> = BTreeSet::new();
+    let mut unwanted = Vec::new();
+    for (name, have) in &current.devices {
+        match desired.devices.get(name) {
+            None => {
+                gone.insert(have.index);
+                unwanted.push(have.clone());
+            }
+            Some(want) if !want.differences(have).fixed.is_empty() => {
+                gone.insert(have.index);
+            }
+            Some(_) => {}
+        }
+    }
+    let current = if gone.is_empty() {
+        Cow::Borrowed(current)
+    } else {
+        let mut after = current.clone();
+        for index in &gone {
+            after.forget_entries_on(*index);
+        }
+        Cow::Owned(after)
+    };
+    let current = current.as_ref();
     let mut ops = Vec::new();
     ops.extend(extra(&desired.routes, &current.routes).map(KernelOp::RouteDel));
     ops.extend(changed(&desired.neighs, &current.neighs).map(KernelOp::NeighReplace));
@@ -315,6 +541,7 @@ pub fn diff(desired: &KernelState, current: &KernelState) -> Vec<KernelOp> {
     ops.extend(changed(&desired.routes, &current.routes).map(KernelOp::RouteReplace));
     ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
     ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
+    ops.extend(unwanted.into_iter().map(KernelOp::LinkDel));
     ops
 }
 
@@ -398,271 +625,4 @@ fn changed<'a, K: Ord, V: Clone + PartialEq>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn route(dst: &str, gw: &str, oif: u32) -> Route {
-        Route {
-            dst: dst.parse().expect("dst"),
-            gateway: gw.parse().expect("gw"),
-            oif,
-            onlink: false,
-        }
-    }
-
-    fn state<const N: usize>(routes: [Route; N]) -> KernelState {
-        KernelState::from_routes(routes)
-    }
-
-    #[test]
-    fn diff_table() {
-        let a = route("10.244.1.0/24", "198.18.0.1", 2);
-        let b = route("10.244.2.0/24", "198.18.0.2", 2);
-        let c = route("10.244.3.0/24", "198.18.0.3", 2);
-        let b_moved = route("10.244.2.0/24", "198.18.0.22", 2);
-        let b_other_dev = route("10.244.2.0/24", "198.18.0.2", 5);
-        let b_onlink = Route {
-            onlink: true,
-            ..b.clone()
-        };
-        use KernelOp::{RouteDel as Del, RouteReplace as Rep};
-        let cases: Vec<(&str, KernelState, KernelState, Vec<KernelOp>)> = vec![
-            ("both empty", state([]), state([]), vec![]),
-            (
-                "equal",
-                state([a.clone(), b.clone()]),
-                state([b.clone(), a.clone()]),
-                vec![],
-            ),
-            (
-                "missing",
-                state([a.clone(), b.clone()]),
-                state([a.clone()]),
-                vec![Rep(b.clone())],
-            ),
-            (
-                "extra",
-                state([a.clone()]),
-                state([a.clone(), c.clone()]),
-                vec![Del(c.clone())],
-            ),
-            (
-                "everything gone",
-                state([]),
-                state([a.clone(), b.clone()]),
-                vec![Del(a.clone()), Del(b.clone())],
-            ),
-            (
-                "new gateway",
-                state([b_moved.clone()]),
-                state([b.clone()]),
-                vec![Rep(b_moved.clone())],
-            ),
-            (
-                "new device",
-                state([b_other_dev.clone()]),
-                state([b.clone()]),
-                vec![Rep(b_other_dev.clone())],
-            ),
-            (
-                "onlink differs",
-                state([b_onlink.clone()]),
-                state([b.clone()]),
-                vec![Rep(b_onlink.clone())],
-            ),
-            (
-                "deletes before replaces, each by dst",
-                state([c.clone(), a.clone()]),
-                state([b.clone()]),
-                vec![Del(b.clone()), Rep(a.clone()), Rep(c.clone())],
-            ),
-        ];
-        for (name, desired, current, want) in cases {
-            assert_eq!(diff(&desired, &current), want, "case {name}");
-        }
-    }
-
-    #[test]
-    fn diff_orders_kinds_for_onlink_routes() {
-        let mac = [2, 0, 0, 0, 0, 2];
-        let old_mac = [2, 0, 0, 0, 0, 9];
-        let n = Neigh {
-            ifindex: 7,
-            ip: Ipv4Addr::new(10, 244, 2, 0),
-            mac,
-        };
-        let e = Fdb {
-            ifindex: 7,
-            mac,
-            dst: Ipv4Addr::new(198, 18, 0, 2),
-        };
-        let old_e = Fdb {
-            mac: old_mac,
-            ..e.clone()
-        };
-        let rt = Route {
-            onlink: true,
-            ..route("10.244.2.0/24", "10.244.2.0", 7)
-        };
-        let gone = route("10.244.3.0/24", "10.244.3.0", 7);
-        let gone_n = Neigh {
-            ip: Ipv4Addr::new(10, 244, 3, 0),
-            ..n.clone()
-        };
-        let mut desired = KernelState::from_routes([rt.clone()]);
-        desired.add_neigh(n.clone());
-        desired.add_fdb(e.clone());
-        let mut current = KernelState::from_routes([gone.clone()]);
-        current.add_neigh(gone_n.clone());
-        current.add_fdb(old_e.clone());
-        let ops = diff(&desired, &current);
-        assert_eq!(
-            ops,
-            vec![
-                KernelOp::RouteDel(gone),
-                KernelOp::NeighReplace(n.clone()),
-                KernelOp::FdbReplace(e.clone()),
-                KernelOp::RouteReplace(rt),
-                KernelOp::FdbDel(old_e),
-                KernelOp::NeighDel(gone_n),
-            ]
-        );
-        for op in &ops {
-            current.record(op);
-        }
-        assert_eq!(current, desired);
-        assert_eq!(
-            KernelOp::NeighReplace(n).command(|_| Some("flannel.1".into())),
-            "ip neigh replace 10.244.2.0 lladdr 02:00:00:00:00:02 dev flannel.1 nud permanent"
-        );
-        assert_eq!(
-            KernelOp::FdbReplace(e).to_string(),
-            "bridge fdb replace 02:00:00:00:00:02 dev 7 dst 198.18.0.2 self permanent"
-        );
-    }
-
-    #[test]
-    fn applying_the_diff_reaches_desired() {
-        let desired = state([
-            route("10.244.1.0/24", "198.18.0.1", 2),
-            route("10.244.2.0/24", "198.18.0.9", 2),
-        ]);
-        let mut current = state([
-            route("10.244.2.0/24", "198.18.0.2", 2),
-            route("10.244.7.0/24", "198.18.0.7", 2),
-        ]);
-        for op in diff(&desired, &current) {
-            current.record(&op);
-        }
-        assert_eq!(current, desired);
-        assert!(diff(&desired, &current).is_empty());
-    }
-
-    #[test]
-    fn diff_at_is_diff_restricted_to_the_touched_keys() {
-        let a = route("10.244.1.0/24", "198.18.0.1", 2);
-        let b = route("10.244.2.0/24", "198.18.0.2", 2);
-        let b_moved = route("10.244.2.0/24", "198.18.0.22", 2);
-        let c = route("10.244.3.0/24", "198.18.0.3", 2);
-        let d = route("10.244.4.0/24", "198.18.0.4", 2);
-        // b moved, c left, d is new; a is untouched and in sync.
-        let desired = state([a.clone(), b_moved.clone(), d.clone()]);
-        let current = state([a.clone(), b.clone(), c.clone()]);
-        let touched = state([b_moved.clone(), c.clone(), d.clone()]);
-        assert_eq!(
-            diff_at(&desired, &current, &touched),
-            diff(&desired, &current)
-        );
-        // Only the touched keys: the out-of-sync c is left to a full diff.
-        let only_d = state([d.clone()]);
-        assert_eq!(
-            diff_at(&desired, &current, &only_d),
-            vec![KernelOp::RouteReplace(d)]
-        );
-        assert!(diff_at(&desired, &current, &state([a])).is_empty());
-    }
-
-    #[test]
-    fn remove_keys_and_collides_go_by_key() {
-        let a = route("10.244.1.0/24", "198.18.0.1", 2);
-        let a_other = route("10.244.1.0/24", "198.18.0.9", 2);
-        let b = route("10.244.2.0/24", "198.18.0.2", 2);
-        let mut s = state([a.clone(), b.clone()]);
-        let want = state([a_other.clone()]);
-        assert!(want.collides(&s, &KernelState::default()));
-        assert!(!want.collides(&s, &state([a.clone()])), "a is being freed");
-        assert!(
-            !state([route("10.244.3.0/24", "198.18.0.3", 2)]).collides(&s, &KernelState::default())
-        );
-        s.remove_keys(&want);
-        assert_eq!(s, state([b]));
-    }
-
-    /// One slot per key: absent, or one of a few values (so equal and different values occur).
-    fn slots_state(
-        slots: &[(Option<u8>, bool)],
-        pick: impl Fn(usize) -> Option<u8>,
-    ) -> KernelState {
-        let mut s = KernelState::default();
-        for (i, _) in slots.iter().enumerate() {
-            let Some(v) = pick(i) else { continue };
-            let i = u8::try_from(i).expect("few keys");
-            s.add_route(route(
-                &format!("10.244.{i}.0/24"),
-                &format!("198.18.0.{v}"),
-                2,
-            ));
-            s.add_neigh(Neigh {
-                ifindex: 7,
-                ip: Ipv4Addr::new(10, 244, i, 0),
-                mac: [2, 0, 0, 0, i, v],
-            });
-            s.add_fdb(Fdb {
-                ifindex: 7,
-                mac: [2, 0, 0, 0, 0, i],
-                dst: Ipv4Addr::new(198, 18, 0, v),
-            });
-        }
-        s
-    }
-
-    proptest::proptest! {
-        /// Wherever the kernel agrees with the desired state outside the touched keys, the
-        /// incremental diff makes exactly the full diff's writes, in its order.
-        #[test]
-        fn diff_at_equals_diff_when_the_rest_agrees(
-            slots in proptest::collection::vec(
-                (proptest::option::of(0u8..3), proptest::bool::ANY), 0..24),
-            current_at_touched in proptest::collection::vec(proptest::option::of(0u8..3), 24),
-        ) {
-            let desired = slots_state(&slots, |i| slots[i].0);
-            let current = slots_state(&slots, |i| {
-                if slots[i].1 { current_at_touched[i] } else { slots[i].0 }
-            });
-            let touched = slots_state(&slots, |i| slots[i].1.then_some(0));
-            proptest::prop_assert_eq!(diff_at(&desired, &current, &touched), diff(&desired, &current));
-        }
-    }
-
-    #[test]
-    fn display_reads_like_ip() {
-        let r = Route {
-            onlink: true,
-            ..route("10.244.2.0/24", "198.18.0.2", 3)
-        };
-        assert_eq!(r.to_string(), "10.244.2.0/24 via 198.18.0.2 dev 3 onlink");
-        assert_eq!(
-            KernelOp::RouteReplace(route("10.244.2.0/24", "198.18.0.2", 3)).to_string(),
-            "ip route replace 10.244.2.0/24 via 198.18.0.2 dev 3 proto 87"
-        );
-        assert_eq!(
-            KernelOp::RouteDel(route("10.244.2.0/24", "198.18.0.2", 3))
-                .command(|i| (i == 3).then(|| "eth0".to_string())),
-            "ip route del 10.244.2.0/24 via 198.18.0.2 dev eth0 proto 87"
-        );
-        assert_eq!(
-            route("10.244.2.0/24", "0.0.0.0", 0).to_string(),
-            "10.244.2.0/24"
-        );
-    }
-}
+mod tests;

@@ -1,9 +1,19 @@
 //! The reconciler: the only stateful writer of kernel objects.
 //!
-//! It keeps a cache of the kernel objects weft owns (routes with protocol 87 in table main),
-//! diffs the desired state against that cache ([`plan::diff`]) and executes only the difference.
-//! The cache is filled by [`Reconciler::refresh`] (a dump), updated by every successful write,
-//! and corrected by kernel notifications through [`Reconciler::observe`].
+//! It keeps a cache of the kernel objects weft owns (its devices — every link with a weft device
+//! name, [`crate::device::is_device_name`] — with their IPv4 addresses and permanent ARP/FDB
+//! entries, and the routes with protocol 87 in table main), diffs the desired state against that
+//! cache ([`plan::diff`]) and executes only the difference. The cache is filled by
+//! [`Reconciler::refresh`] (a dump), updated by every successful write, and corrected by kernel
+//! notifications through [`Reconciler::observe`]: a device deleted, set down, changed or
+//! stripped of its address out of band is repaired by the next apply like a deleted route.
+//!
+//! **Devices first.** An apply runs the device part of the diff ([`plan::diff_devices`]) first.
+//! A device made anew gets an ifindex the backend could not know when it planned: the entries
+//! planned on the device's [`Device::index`](crate::device::Device::index) are moved to the real
+//! index before the entry part runs ([`Reconciler::device_index`] tells the planner, for its next
+//! plan). Entries on a wanted device that could not be made are not tried; they are reported as
+//! failed, so the caller's retry comes back to them.
 //!
 //! Usage by the daemon's control task:
 //! ```text
@@ -39,15 +49,17 @@
 //! [`Reconciler::refresh`] themselves. The kernel refuses new nexthops on a link without
 //! carrier but keeps plain routes there (`linkdown`): a route for such a link is written plain
 //! and moved onto a nexthop once the carrier is back.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use tracing::{debug, info, warn};
 
 use crate::nhtable::NexthopTable;
 use crate::nl::{self, Hop, KernelEvent, Netlink, Nexthop, RouteEvent};
-use crate::plan::{self, KernelOp, KernelState};
+use crate::plan::{self, Addr, KernelOp, KernelState};
 use crate::{BackendError, RTPROT_WEFT, Route};
+
+mod devices;
 
 const ENETDOWN: i32 = 100;
 /// Attempts at a free nexthop id when others take them meanwhile (EEXIST).
@@ -63,8 +75,8 @@ pub struct Reconciler {
     needs_refresh: bool,
     /// Interface names by index, for log lines that read like `ip` commands.
     names: HashMap<u32, String>,
-    /// weft's devices (`flannel.<VNI>`): their permanent ARP and FDB entries are weft's.
-    devices: BTreeSet<u32>,
+    /// weft devices a notification showed other than cached: re-read before the next diff.
+    stale_devices: BTreeSet<String>,
     /// Write routes on nexthop objects where the kernel has them (`--route-nexthops`).
     want_nexthops: bool,
     /// Whether the kernel has nexthop objects: None until the first dump.
@@ -119,7 +131,7 @@ impl Reconciler {
             last_desired: KernelState::default(),
             needs_refresh: true,
             names: HashMap::new(),
-            devices: BTreeSet::new(),
+            stale_devices: BTreeSet::new(),
             want_nexthops: true,
             nexthops_supported: None,
             nh: NexthopTable::default(),
@@ -146,30 +158,13 @@ impl Reconciler {
         self.want_nexthops && self.nexthops_supported == Some(true)
     }
 
-    /// Declares `ifindex` a weft device (vxlan's `flannel.<VNI>`): its permanent IPv4 neighbours
-    /// and its `self permanent` FDB entries with a `dst` become weft's, so stale ones are purged.
-    /// Devices used by a desired ARP/FDB entry are adopted by [`apply`](Self::apply) anyway; call
-    /// this at start so a purge happens even when no peer is known yet. Sets
-    /// [`needs_refresh`](Self::needs_refresh).
-    pub fn own_device(&mut self, ifindex: u32) {
-        if self.devices.insert(ifindex) {
-            self.needs_refresh = true;
-        }
-    }
-
-    /// Stops treating `ifindex` as a weft device (it was deleted or recreated under a new index):
-    /// its entries leave the cache without kernel writes.
-    pub fn disown_device(&mut self, ifindex: u32) {
-        self.devices.remove(&ifindex);
-        self.cache.neighs.retain(|(i, _), _| *i != ifindex);
-        self.cache.fdb.retain(|(i, _), _| *i != ifindex);
-    }
-
-    /// Re-reads the objects weft owns from the kernel into the cache (`ip nexthop show`, `ip
-    /// route show table main proto 87`, and for weft's devices `ip neigh`/`bridge fdb`). Use at
-    /// start, on an audit timer, and after link events. A route on a nexthop is read through the
-    /// nexthop dump (not through `net.ipv4.nexthop_compat_mode`).
+    /// Re-reads the objects weft owns from the kernel into the cache (`ip -d addr show` for
+    /// weft's devices and their IPv4 addresses, `ip nexthop show`, `ip route show table main
+    /// proto 87`, and for weft's devices `ip neigh`/`bridge fdb`). Use at start, on an audit
+    /// timer, and after link events. A route on a nexthop is read through the nexthop dump (not
+    /// through `net.ipv4.nexthop_compat_mode`).
     pub async fn refresh(&mut self) -> Result<(), BackendError> {
+        let links = self.nl.links().await?;
         let nexthops = match self.nl.dump_nexthops().await {
             Ok(n) => {
                 self.nexthops_supported = Some(true);
@@ -221,32 +216,41 @@ impl Reconciler {
             table.set_route(route.dst, ev.nhid);
             state.routes.insert(route.dst, route);
         }
-        for &dev in &self.devices {
-            for n in self.nl.dump_permanent_neighs(dev).await? {
+        for link in &links {
+            let Some(dev) = &link.device else { continue };
+            for a in &link.addrs {
+                if let std::net::IpAddr::V4(ip) = a.addr {
+                    if let Ok(addr) = ipnet::Ipv4Net::new(ip, a.prefix_len) {
+                        state.add_addr(Addr {
+                            dev: dev.name.clone(),
+                            addr,
+                        });
+                    }
+                }
+            }
+            for n in self.nl.dump_permanent_neighs(dev.index).await? {
                 state.add_neigh(n);
             }
-            for e in self.nl.dump_fdb(dev).await? {
+            for e in self.nl.dump_fdb(dev.index).await? {
                 state.add_fdb(e);
             }
+            state.add_device(dev.clone());
         }
-        match self.nl.links().await {
-            Ok(links) => {
-                self.links_down = links
-                    .iter()
-                    .filter(|l| !(l.up && l.carrier))
-                    .map(|l| l.index)
-                    .collect();
-                self.names = links.into_iter().map(|l| (l.index, l.name)).collect();
-            }
-            Err(e) => debug!(error = %e, "could not read link names for logging"),
-        }
+        self.links_down = links
+            .iter()
+            .filter(|l| !(l.up && l.carrier))
+            .map(|l| l.index)
+            .collect();
+        self.names = links.into_iter().map(|l| (l.index, l.name)).collect();
         debug!(
+            devices = state.devices.len(),
             routes = state.routes.len(),
             nexthops = table.len(),
             "read weft's routes from the kernel"
         );
         self.nh = table;
         self.cache = state;
+        self.stale_devices.clear();
         self.recompute_misfits();
         self.needs_refresh = false;
         Ok(())
@@ -264,25 +268,45 @@ impl Reconciler {
     /// every peer's entries per lease change).
     pub async fn apply_owned(&mut self, desired: KernelState) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let used = desired.neighs.keys().map(|(i, _)| *i);
-        let used: BTreeSet<u32> = used.chain(desired.fdb.keys().map(|(i, _)| *i)).collect();
-        for dev in used {
-            self.own_device(dev);
-        }
         self.last_desired = desired;
         // A second pass only when a write found the cache wrong (a nexthop the kernel dropped
         // without telling): dump, and diff again.
         for _ in 0..2 {
             if self.needs_refresh {
                 if let Err(e) = self.refresh().await {
-                    warn!(error = %e, "could not re-read weft's routes; diffing against the cached state");
+                    warn!(error = %e, "could not re-read weft's kernel state; diffing against the cached state");
+                    report.refresh_error = Some(e);
+                }
+            } else if !self.stale_devices.is_empty() {
+                if let Err(e) = self.reread_devices().await {
+                    warn!(error = %e, "could not re-read weft's devices; diffing against the cached state");
                     report.refresh_error = Some(e);
                 }
             }
-            let mut ops = plan::diff(&self.last_desired, &self.cache);
-            ops.extend(self.conversions());
-            for op in ops {
+            for op in plan::diff_devices(&self.last_desired, &self.cache) {
                 self.execute(op, &mut report).await;
+            }
+            self.bind_devices();
+            let missing = self.missing_devices();
+            let mut ops = plan::diff_entries(&self.last_desired, &self.cache);
+            ops.extend(self.conversions());
+            let mut waiting: BTreeMap<u32, usize> = BTreeMap::new();
+            for op in ops {
+                match op_index(&op).filter(|i| missing.contains_key(i)) {
+                    Some(index) => {
+                        *waiting.entry(index).or_default() += 1;
+                        let name = &missing[&index];
+                        let e = BackendError::Unsupported(format!("{name} does not exist"));
+                        report.failures.push((op, e));
+                    }
+                    None => self.execute(op, &mut report).await,
+                }
+            }
+            for (index, n) in waiting {
+                warn!(
+                    "{n} writes wait for the device {}; will retry",
+                    missing[&index]
+                );
             }
             if !self.needs_refresh {
                 break;
@@ -303,15 +327,11 @@ impl Reconciler {
     /// ([`needs_refresh`](Self::needs_refresh)), before or after the writes, this falls back to
     /// a full apply of the updated desired state, dump first.
     pub async fn apply_delta(&mut self, removed: &KernelState, added: KernelState) -> ApplyReport {
+        // A device not as wanted (or not yet re-read) needs the full apply, devices first.
+        let full = self.needs_refresh || !self.stale_devices.is_empty() || !self.devices_in_sync();
         let mut desired = std::mem::take(&mut self.last_desired);
         desired.remove_keys(removed);
         let mut touched = removed.clone();
-        let devices = added.neighs.keys().map(|(i, _)| *i);
-        let devices: BTreeSet<u32> = devices.chain(added.fdb.keys().map(|(i, _)| *i)).collect();
-        for dev in devices {
-            // A device not yet weft's needs a dump first (its stale entries): a full apply below.
-            self.own_device(dev);
-        }
         for (dst, r) in &added.routes {
             desired.routes.insert(*dst, r.clone());
             touched.routes.insert(*dst, r.clone());
@@ -324,7 +344,7 @@ impl Reconciler {
             desired.fdb.insert(key, e.clone());
             touched.fdb.insert(key, e);
         }
-        if self.needs_refresh {
+        if full {
             return self.apply_owned(desired).await;
         }
         let ops = plan::diff_at(&desired, &self.cache, &touched);
@@ -373,6 +393,31 @@ impl Reconciler {
     /// [`drop_unused_nexthops`](Self::drop_unused_nexthops), to be called after the routes.
     pub async fn execute(&mut self, op: KernelOp, report: &mut ApplyReport) {
         let result = match &op {
+            KernelOp::LinkAdd(d) => self.add_device(d).await,
+            KernelOp::LinkSet(d) => self.nl.device_set(d).await,
+            KernelOp::LinkDel(d) => {
+                let done = self.nl.link_del(d.index).await;
+                if done.is_ok() {
+                    self.forget_link(d.index);
+                }
+                done
+            }
+            KernelOp::AddrAdd(a) | KernelOp::AddrDel(a) => match self.device_index(&a.dev) {
+                None => Err(BackendError::Unsupported(format!(
+                    "{} does not exist",
+                    a.dev
+                ))),
+                Some(index) if matches!(op, KernelOp::AddrAdd(_)) => {
+                    self.nl
+                        .addr_replace(index, a.addr.addr(), a.addr.prefix_len())
+                        .await
+                }
+                Some(index) => {
+                    self.nl
+                        .addr_del(index, a.addr.addr(), a.addr.prefix_len())
+                        .await
+                }
+            },
             KernelOp::RouteReplace(r) => self.replace_route(r, report).await,
             KernelOp::RouteDel(r) => self.delete_route(r).await,
             KernelOp::NeighReplace(n) => self.nl.neigh_replace(n).await,
@@ -386,7 +431,10 @@ impl Reconciler {
                     info!("{}", op.command(|i| self.names.get(&i).cloned()));
                 }
                 report.writes += 1;
-                self.cache.record(&op);
+                if !matches!(op, KernelOp::LinkAdd(_)) {
+                    // A new device is recorded as the kernel made it (by `add_device`).
+                    self.cache.record(&op);
+                }
                 if let KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) = &op {
                     self.update_misfit(r.dst);
                 }
@@ -729,9 +777,11 @@ impl Reconciler {
                 name,
                 up,
                 carrier,
+                device,
             } => {
                 self.names.insert(*index, name.clone());
-                if *up && *carrier {
+                let device_changed = device.as_ref().is_some_and(|d| self.device_seen(d));
+                let entries = if *up && *carrier {
                     self.links_down.remove(index);
                     let d = &self.last_desired;
                     let c = &self.cache;
@@ -757,16 +807,60 @@ impl Reconciler {
                     } else {
                         self.forget_routes_via(*index)
                     }
-                }
+                };
+                device_changed || entries
             }
-            KernelEvent::LinkDeleted { index, .. } => {
+            KernelEvent::LinkDeleted { index, name } => {
                 self.names.remove(index);
                 self.links_down.remove(index);
-                self.forget_routes_via(*index)
+                let routes = self.forget_routes_via(*index);
+                let ours = self
+                    .cache
+                    .devices
+                    .get(name)
+                    .is_some_and(|d| d.index == *index);
+                let wanted = ours && self.last_desired.devices.contains_key(name);
+                if ours {
+                    self.cache.forget_device(name, *index);
+                }
+                if wanted {
+                    warn!(
+                        "{name} was deleted by someone else; re-creating it with every entry on it"
+                    );
+                }
+                routes || wanted
             }
-            KernelEvent::AddressDeleted { index, .. } => self.forget_routes_via(*index),
+            KernelEvent::AddressAdded {
+                index,
+                addr,
+                prefix_len,
+            } => match self.owned_addr(*index, *addr, *prefix_len) {
+                Some(a) if !self.cache.addrs.contains(&a) => {
+                    let unwanted = !self.last_desired.addrs.contains(&a);
+                    self.cache.add_addr(a);
+                    unwanted
+                }
+                _ => false,
+            },
+            KernelEvent::AddressDeleted {
+                index,
+                addr,
+                prefix_len,
+            } => {
+                let routes = self.forget_routes_via(*index);
+                let wanted = match self.owned_addr(*index, *addr, *prefix_len) {
+                    Some(a)
+                        if self.cache.addrs.remove(&a) && self.last_desired.addrs.contains(&a) =>
+                    {
+                        warn!("ip addr: {a} was removed by someone else; restoring it");
+                        true
+                    }
+                    _ => false,
+                };
+                routes || wanted
+            }
             KernelEvent::NeighAdded { neigh, permanent } => {
-                if !self.devices.contains(&neigh.ifindex) {
+                if !self.owns_index(neigh.ifindex) {
                     return false;
                 }
                 let key = (neigh.ifindex, neigh.ip);
@@ -795,7 +889,7 @@ impl Reconciler {
                 }
             }
             KernelEvent::FdbAdded { entry, owned_kind } => {
-                if !self.devices.contains(&entry.ifindex) {
+                if !self.owns_index(entry.ifindex) {
                     return false;
                 }
                 let key = (entry.ifindex, entry.mac);
@@ -930,6 +1024,16 @@ impl Reconciler {
 
 const MAIN: u8 = 254;
 
+/// The device an entry operation writes on (a route's output interface).
+fn op_index(op: &KernelOp) -> Option<u32> {
+    match op {
+        KernelOp::RouteReplace(r) | KernelOp::RouteDel(r) => Some(r.oif),
+        KernelOp::NeighReplace(n) | KernelOp::NeighDel(n) => Some(n.ifindex),
+        KernelOp::FdbReplace(e) | KernelOp::FdbDel(e) => Some(e.ifindex),
+        _ => None,
+    }
+}
+
 /// A route with weft's protocol in table main.
 fn is_weft_route(ev: &RouteEvent) -> bool {
     ev.table == u32::from(MAIN) && ev.protocol == RTPROT_WEFT
@@ -966,146 +1070,4 @@ fn resolve_dumped(ev: &RouteEvent, nexthops: &[Nexthop]) -> Route {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-    use crate::RTPROT_WEFT;
-    use crate::nl::RouteEvent;
-
-    fn route(dst: &str, gw: [u8; 4], oif: u32) -> Route {
-        Route {
-            dst: dst.parse().expect("dst"),
-            gateway: Ipv4Addr::from(gw),
-            oif,
-            onlink: false,
-        }
-    }
-
-    fn ev(route: Route, protocol: u8, table: u32, priority: u32) -> RouteEvent {
-        RouteEvent {
-            route,
-            nhid: None,
-            protocol,
-            table,
-            priority,
-        }
-    }
-
-    /// A reconciler whose cache holds `routes` (observe never touches the socket; creating an
-    /// rtnetlink socket needs no privilege).
-    fn with_cache(routes: &[Route]) -> (tokio::runtime::Runtime, Reconciler) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let nl = rt.block_on(async { Netlink::connect() }).expect("netlink");
-        let mut rec = Reconciler::new(nl);
-        rec.cache = KernelState::from_routes(routes.iter().cloned());
-        rec.last_desired = rec.cache.clone();
-        rec.needs_refresh = false;
-        (rt, rec)
-    }
-
-    #[test]
-    fn observe_route_events() {
-        let a = route("10.244.2.0/24", [198, 18, 0, 2], 3);
-        let (_rt, mut rec) = with_cache(std::slice::from_ref(&a));
-        let main = 254;
-
-        // Echo of weft's own write, and routes elsewhere: nothing to do.
-        assert!(!rec.observe(&KernelEvent::RouteAdded(ev(
-            a.clone(),
-            RTPROT_WEFT,
-            main,
-            0
-        ))));
-        let other_table = ev(route("10.244.2.0/24", [198, 18, 0, 9], 3), 4, 100, 0);
-        assert!(!rec.observe(&KernelEvent::RouteAdded(other_table)));
-        let other_metric = ev(route("10.244.2.0/24", [198, 18, 0, 9], 3), 4, main, 10);
-        assert!(!rec.observe(&KernelEvent::RouteAdded(other_metric)));
-        let unrelated = ev(route("10.1.0.0/16", [198, 18, 0, 1], 3), 4, main, 0);
-        assert!(!rec.observe(&KernelEvent::RouteAdded(unrelated.clone())));
-        assert!(!rec.observe(&KernelEvent::RouteDeleted(unrelated)));
-        // A delete of a route that differs from weft's (someone else's at that dst) is not ours.
-        let not_ours = ev(
-            route("10.244.2.0/24", [198, 18, 0, 9], 3),
-            RTPROT_WEFT,
-            main,
-            0,
-        );
-        assert!(!rec.observe(&KernelEvent::RouteDeleted(not_ours)));
-        assert_eq!(rec.current().routes.len(), 1);
-
-        // `ip route replace` by someone else: weft's route is gone.
-        let foreign = ev(route("10.244.2.0/24", [198, 18, 0, 33], 3), 3, main, 0);
-        assert!(rec.observe(&KernelEvent::RouteAdded(foreign)));
-        assert!(rec.current().is_empty());
-
-        // A weft-protocol route weft did not write enters the cache (to be deleted if unwanted).
-        let stray = route("10.244.9.0/24", [198, 18, 0, 9], 3);
-        assert!(rec.observe(&KernelEvent::RouteAdded(ev(
-            stray.clone(),
-            RTPROT_WEFT,
-            main,
-            0
-        ))));
-        assert_eq!(rec.current().routes.get(&stray.dst), Some(&stray));
-
-        // Deleted out of band.
-        assert!(rec.observe(&KernelEvent::RouteDeleted(ev(stray, RTPROT_WEFT, main, 0))));
-        assert!(rec.current().is_empty());
-        assert!(!rec.needs_refresh());
-    }
-
-    #[test]
-    fn observe_link_events() {
-        let a = route("10.244.2.0/24", [198, 18, 0, 2], 3);
-        let b = route("10.244.3.0/24", [198, 18, 1, 3], 4);
-        let (_rt, mut rec) = with_cache(&[a.clone(), b.clone()]);
-
-        // A link without weft routes: nothing.
-        let down = |index| KernelEvent::LinkChanged {
-            index,
-            name: format!("if{index}"),
-            up: false,
-            carrier: false,
-        };
-        let up = |index| KernelEvent::LinkChanged {
-            index,
-            name: format!("if{index}"),
-            up: true,
-            carrier: true,
-        };
-        assert!(!rec.observe(&down(7)));
-        assert!(
-            !rec.observe(&up(3)),
-            "link up with every desired route present"
-        );
-        assert!(!rec.needs_refresh());
-
-        // Link 3 down: its routes were flushed silently.
-        assert!(rec.observe(&down(3)));
-        assert!(rec.needs_refresh());
-        assert_eq!(rec.current(), &KernelState::from_routes([b.clone()]));
-        // Coming back up: a desired route on it is missing, so re-apply.
-        assert!(rec.observe(&up(3)));
-
-        // Link 4 deleted, then an address deletion and an overrun.
-        assert!(rec.observe(&KernelEvent::LinkDeleted {
-            index: 4,
-            name: "if4".into()
-        }));
-        assert!(rec.current().is_empty());
-        rec.cache = KernelState::from_routes([a.clone()]);
-        assert!(rec.observe(&KernelEvent::AddressDeleted {
-            index: 3,
-            addr: Ipv4Addr::new(198, 18, 0, 1),
-            prefix_len: 24
-        }));
-        assert!(rec.current().is_empty());
-        rec.needs_refresh = false;
-        assert!(rec.observe(&KernelEvent::Overrun));
-        assert!(rec.needs_refresh());
-    }
-}
+mod tests;
