@@ -522,16 +522,15 @@ fn metrics_scraped_from_a_lab_node_parse() {
         if code != 200 {
             return Err(format!("status {code}: {body}"));
         }
-        let (samples, _) = weft::agent::metrics::parse::exposition(&body)?;
-        let ready = weft::agent::metrics::parse::value(&samples, "weft_ready", &[]);
+        let (samples, _) = weft_testkit::prom::exposition(&body)?;
+        let ready = weft_testkit::prom::value(&samples, "weft_ready", &[]);
         if ready != Some(1.0) {
             return Err(format!("weft_ready {ready:?}"));
         }
         Ok(samples)
     })
     .expect("scrape");
-    let value =
-        |name, labels: &[(&str, &str)]| weft::agent::metrics::parse::value(&samples, name, labels);
+    let value = |name, labels: &[(&str, &str)]| weft_testkit::prom::value(&samples, name, labels);
     assert_eq!(
         value("weft_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)
@@ -574,8 +573,8 @@ fn metrics_scraped_from_a_lab_node_parse() {
     lab.ip(1, &["route", "del", &s2]).expect("route del");
     wait_until(CONVERGE, || {
         let (_, body) = http_get_in_netns(&ns, port, "/metrics")?;
-        let (samples, _) = weft::agent::metrics::parse::exposition(&body)?;
-        let repairs = weft::agent::metrics::parse::value(&samples, "weft_drift_repairs_total", &[]);
+        let (samples, _) = weft_testkit::prom::exposition(&body)?;
+        let repairs = weft_testkit::prom::value(&samples, "weft_drift_repairs_total", &[]);
         match repairs {
             Some(n) if n >= 1.0 => Ok(()),
             other => Err(format!("weft_drift_repairs_total {other:?}")),

@@ -10,6 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::config_watch::{ConfigChange, FileStamp, classify};
 use super::leases::{Effect, Update};
+use super::metrics::ReconcileReason;
 use super::start::{start_firewall, write_subnet_env};
 use super::{
     AUDIT_INTERVAL, Agent, CACHE_WRITE, CONFIG_FILE_POLL, HEARTBEAT, RETRY_INTERVAL, firewall,
@@ -72,7 +73,7 @@ impl<S: LeaseSource> Agent<S> {
                         dirty |= self.dp.on_kernel_event(&ev);
                     }
                     if dirty {
-                        self.reconcile("drift repair").await;
+                        self.reconcile(ReconcileReason::DriftRepair).await;
                     }
                 }
                 _ = audit.tick() => self.audit("audit").await,
@@ -82,10 +83,10 @@ impl<S: LeaseSource> Agent<S> {
                 }
                 _ = retry.tick(), if self.dp.pending_retry() => {
                     self.dp.before_retry().await;
-                    self.reconcile("retry").await;
+                    self.reconcile(ReconcileReason::Retry).await;
                 }
                 _ = config_poll.tick(), if watch_file => self.poll_config_file().await,
-                _ = sleep_until_or_never(self.dp.legacy_due()) => self.reconcile("legacy backend unused").await,
+                _ = sleep_until_or_never(self.dp.legacy_due()) => self.reconcile(ReconcileReason::LegacyUnused).await,
                 _ = cache_write.tick(), if self.cache.is_dirty() => self.save_cache(),
                 what = fw_watch.changed(), if self.firewall.is_active() => {
                     debug!("nf_tables changed ({what}); checking our rules");
@@ -136,7 +137,7 @@ impl<S: LeaseSource> Agent<S> {
             }
             Effect::Full => {
                 self.cache.mark_dirty();
-                self.reconcile("lease change").await;
+                self.reconcile(ReconcileReason::LeaseChange).await;
             }
         }
     }
@@ -174,7 +175,7 @@ impl<S: LeaseSource> Agent<S> {
             Ok(text) => {
                 info!("{} changed", path.display());
                 if self.on_config(&text).await {
-                    self.reconcile("config change").await;
+                    self.reconcile(ReconcileReason::ConfigChange).await;
                 }
             }
             Err(e) => warn!(
@@ -272,7 +273,7 @@ impl<S: LeaseSource> Agent<S> {
         let started = std::time::Instant::now();
         match self.dp.refresh().await {
             Ok(()) => {
-                self.reconcile(why).await;
+                self.reconcile_as(ReconcileReason::Audit, why).await;
                 debug!("{why}: dump and diff in {:?}", started.elapsed());
             }
             Err(e) => warn!("{why}: re-reading weft's kernel state failed: {e}"),
@@ -280,9 +281,16 @@ impl<S: LeaseSource> Agent<S> {
     }
 
     /// Plans the whole table and applies the difference.
-    pub(super) async fn reconcile(&mut self, why: &str) {
+    pub(super) async fn reconcile(&mut self, why: ReconcileReason) {
+        self.reconcile_as(why, why.as_str()).await;
+    }
+
+    /// [`reconcile`](Self::reconcile), the log line saying `said` (e.g. `audit (SIGHUP)`).
+    pub(super) async fn reconcile_as(&mut self, why: ReconcileReason, said: &str) {
         let metrics = self.health.metrics().clone();
-        self.dp.reconcile(self.leases.table(), why, &metrics).await;
+        self.dp
+            .reconcile(self.leases.table(), why, said, &metrics)
+            .await;
     }
 
     pub(super) async fn write_subnet_env(&self, mtu: u32) -> Result<()> {

@@ -23,7 +23,7 @@ use ipnet::Ipv4Net;
 use net_conf::{BackendConf, LeaseAttrs, SubnetKey};
 use tracing::{debug, info, warn};
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, ReconcileReason};
 use crate::lease::table::{Change, LeaseTable};
 
 /// How long a backend from before a switch stays after the last peer stopped advertising it:
@@ -175,13 +175,15 @@ impl DataPlane {
     ) {
         let started = std::time::Instant::now();
         let Some((removed, added)) = self.plan_changes(changes) else {
-            self.reconcile(table, "lease change", metrics).await;
+            let why = ReconcileReason::LeaseChange;
+            self.reconcile(table, why, why.as_str(), metrics).await;
             return;
         };
         let planned = started.elapsed();
         let report = self.reconciler.apply_delta(&removed, added).await;
         let pass = Pass {
-            why: "lease change",
+            why: ReconcileReason::LeaseChange,
+            said: ReconcileReason::LeaseChange.as_str(),
             started,
             planned,
             incremental: Some(changes.len()),
@@ -230,8 +232,15 @@ impl DataPlane {
         Some((removed, added))
     }
 
-    /// Computes the desired state from the lease table and applies the difference.
-    pub async fn reconcile(&mut self, table: &LeaseTable, why: &str, metrics: &Metrics) {
+    /// Computes the desired state from the lease table and applies the difference; `said` is
+    /// the reason as the log line words it (`audit (SIGHUP)`; see [`ReconcileReason::as_str`]).
+    pub async fn reconcile(
+        &mut self,
+        table: &LeaseTable,
+        why: ReconcileReason,
+        said: &str,
+        metrics: &Metrics,
+    ) {
         let started = std::time::Instant::now();
         let mut plan = self.plan(table);
         if self.retire_unused(&plan.used) {
@@ -252,6 +261,7 @@ impl DataPlane {
         let report = self.reconciler.apply_owned(plan.state).await;
         let pass = Pass {
             why,
+            said,
             started,
             planned,
             incremental: None,
@@ -328,7 +338,7 @@ impl DataPlane {
         };
         debug!(
             "reconcile ({}): {} peers, {} writes, {} nexthop writes, {} failures in {:?} ({plan})",
-            pass.why,
+            pass.said,
             table.len(),
             report.writes,
             report.nexthop_writes,
@@ -434,7 +444,9 @@ impl DataPlane {
 
 /// One reconcile pass, for the book-keeping after it.
 struct Pass<'a> {
-    why: &'a str,
+    why: ReconcileReason,
+    /// The log line's wording of `why`.
+    said: &'a str,
     started: std::time::Instant,
     planned: Duration,
     incremental: Option<usize>,

@@ -1,4 +1,5 @@
-//! Health endpoints: a minimal HTTP/1.1 server (no framework) for `--healthz-port`.
+//! Health endpoints for `--healthz-port`: an axum router served by hyper's HTTP/1.1 server
+//! on the agent's (current-thread) runtime.
 //!
 //! - `GET /healthz` → 200 `weft is running` while the control loop has called
 //!   [`Health::beat`] within the staleness bound, else 503 saying how long ago it last ran.
@@ -7,18 +8,38 @@
 //!   subnet.env written, initial sync done), else 503 `weft is not ready yet`.
 //! - `GET /metrics` → 200, the agent's [`Metrics`] in the Prometheus text format 0.0.4
 //!   (`Content-Type: text/plain; version=0.0.4; charset=utf-8`); see [`crate::agent::metrics`].
-//! - Anything else → 404; methods other than GET/HEAD → 405.
+//! - `HEAD` of each: the same status and headers, no body. Anything else → 404; methods other
+//!   than GET/HEAD → 405 with `Allow: GET,HEAD`; a malformed request → 400.
 //!
-//! Each connection runs in its own task with a bounded request head (8 KiB) and a read and
-//! write deadline, and the number of open connections is capped, so a slow or hostile client
-//! cannot stall the server or grow its memory. One request per connection (`Connection: close`).
+//! Limits, so a slow or hostile client can neither stall the server nor grow its memory:
+//! - the request head is at most 8 KiB (hyper's read buffer; larger → 431);
+//! - the whole head must arrive within 5 s (hyper's header read timeout; then the connection
+//!   is closed without a response, as Go's `net/http` does);
+//! - a connection lives at most read + write deadline (10 s) in all, which bounds the time to
+//!   send the response to a client that does not read;
+//! - one request per connection (`Connection: close`);
+//! - at most 64 open connections: more are closed as soon as they are accepted.
+//!
+//! The cap counts connections, not requests, so it sits in the accept loop: a tower
+//! concurrency limit would only count requests in the service, and a client that never sends
+//! a whole head never becomes one. The deadlines are on the socket for the same reason (the
+//! handlers answer from memory, without waiting; there is nothing for a service timeout to cut).
+//!
+//! On shutdown the server stops accepting, idle connections close at once, and a request in
+//! flight gets its answer within [`SHUTDOWN_GRACE`], after which it is dropped.
 
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -61,8 +82,10 @@ impl Health {
         }
     }
 
+    /// Sets the `/readyz` state (and the `weft_ready` gauge).
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Release);
+        self.inner.metrics.set_ready(ready);
     }
 
     pub fn is_ready(&self) -> bool {
@@ -105,14 +128,17 @@ impl Health {
     }
 }
 
+/// Time a request in flight at shutdown still gets to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// Bounds of the server; [`serve`] uses [`Limits::default`].
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     /// Time allowed to receive the whole request head.
     read_timeout: Duration,
-    /// Time allowed to send the response.
+    /// Time allowed, beyond `read_timeout`, to send the response.
     write_timeout: Duration,
-    /// Largest request head accepted.
+    /// Largest request head accepted (at least hyper's minimum read buffer, 8 KiB).
     max_head: usize,
     /// Open connections at once; more are closed at once.
     max_conns: usize,
@@ -129,8 +155,8 @@ impl Default for Limits {
     }
 }
 
-/// Serve the health endpoints on `listener` until `shutdown` is cancelled; then stop accepting
-/// and drop in-flight connections. Accept errors are logged and retried.
+/// Serve the health endpoints on `listener` until `shutdown` is cancelled (see the module doc
+/// for what happens to open connections then). Accept errors are logged and retried.
 pub async fn serve(listener: TcpListener, health: Health, shutdown: CancellationToken) {
     serve_with(listener, health, shutdown, Limits::default()).await;
 }
@@ -145,6 +171,13 @@ async fn serve_with(
         Ok(addr) => tracing::info!(%addr, "health server listening (/healthz, /readyz, /metrics)"),
         Err(e) => tracing::info!(error = %e, "health server listening"),
     }
+    let router = router(health);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_buf_size(limits.max_head)
+        .keep_alive(false)
+        .title_case_headers(true);
     let permits = Arc::new(Semaphore::new(limits.max_conns));
     let mut conns = JoinSet::new();
     loop {
@@ -169,216 +202,121 @@ async fn serve_with(
             drop(stream);
             continue;
         };
-        let health = health.clone();
+        let conn = serve_connection(&http, stream, router.clone(), limits, shutdown.clone());
         conns.spawn(async move {
-            if let Err(e) = handle(stream, &health, limits).await {
-                tracing::debug!(%peer, error = %e, "health server: connection failed");
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "health server: {e}");
             }
             drop(permit);
         });
+    }
+    // Idle connections have seen the cancellation and close; give requests in flight a moment.
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::debug!("health server: dropping connections still open after the grace period");
     }
     conns.shutdown().await;
     tracing::debug!("health server stopped");
 }
 
-enum Head {
-    Complete(Vec<u8>),
-    TooLarge,
-    /// The client closed before sending a whole head.
-    Closed,
-}
-
-/// Read until the blank line ending the request head, at most `max` bytes.
-async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<Head> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(Head::Closed);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_head_end(&buf) {
-            buf.truncate(end);
-            return Ok(Head::Complete(buf));
-        }
-        if buf.len() > max {
-            return Ok(Head::TooLarge);
-        }
-    }
-}
-
-/// Index just past the first empty line (`\r\n\r\n` or a bare `\n\n`).
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-struct Response {
-    status: u16,
-    body: String,
-    /// HEAD: headers only.
-    head_only: bool,
-    allow: bool,
-    content_type: &'static str,
-}
-
-const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
-/// The Prometheus text exposition format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-fn plain(status: u16, body: impl Into<String>) -> Response {
-    Response {
-        status,
-        body: body.into(),
-        head_only: false,
-        allow: false,
-        content_type: TEXT_PLAIN,
-    }
-}
-
-/// Decide the response to a request head (pure apart from reading `health` and the clock).
-fn respond(head: &[u8], health: &Health, now: Instant) -> Response {
-    let line_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
-    let line = String::from_utf8_lossy(&head[..line_end]);
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return plain(400, "malformed request line\n");
-    };
-    if !version.starts_with("HTTP/1.") {
-        return plain(400, "unsupported HTTP version\n");
-    }
-    let head_only = match method {
-        "GET" => false,
-        "HEAD" => true,
-        _ => {
-            return Response {
-                allow: true,
-                ..plain(405, "method not allowed\n")
-            };
-        }
-    };
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let mut r = match path {
-        "/healthz" => {
-            if health.is_alive(now) {
-                plain(200, "weft is running")
-            } else {
-                plain(
-                    503,
-                    format!(
-                        "weft control loop last ran {:.1}s ago (limit {}s)",
-                        health.since_beat(now).as_secs_f64(),
-                        health.stale_after().as_secs()
-                    ),
-                )
+/// One connection: a single request, within the read and write deadlines; on `shutdown` it
+/// closes when idle or once the request in flight is answered.
+fn serve_connection(
+    http: &http1::Builder,
+    stream: TcpStream,
+    router: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> impl Future<Output = Result<(), String>> + use<> {
+    let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    async move {
+        let mut conn = std::pin::pin!(conn);
+        let served = async {
+            tokio::select! {
+                r = conn.as_mut() => return r,
+                () = shutdown.cancelled() => {}
             }
-        }
-        "/readyz" => {
-            if health.is_ready() {
-                plain(200, "weft is ready")
-            } else {
-                plain(503, "weft is not ready yet")
-            }
-        }
-        "/metrics" => Response {
-            content_type: PROMETHEUS_TEXT,
-            ..plain(200, health.metrics().render(health.is_ready()))
-        },
-        _ => plain(404, "404 page not found\n"),
-    };
-    r.head_only = head_only;
-    r
-}
-
-fn render(r: &Response) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        r.status,
-        reason(r.status),
-        r.content_type,
-        r.body.len()
-    );
-    if r.allow {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !r.head_only {
-        out.push_str(&r.body);
-    }
-    out.into_bytes()
-}
-
-async fn handle(mut stream: TcpStream, health: &Health, limits: Limits) -> io::Result<()> {
-    let response =
-        match tokio::time::timeout(limits.read_timeout, read_head(&mut stream, limits.max_head))
-            .await
-        {
-            Err(_elapsed) => plain(408, "timed out reading the request\n"),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(Head::Closed)) => return Ok(()),
-            Ok(Ok(Head::TooLarge)) => plain(431, "request head too large\n"),
-            Ok(Ok(Head::Complete(head))) => respond(&head, health, Instant::now()),
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
         };
-    let bytes = render(&response);
-    let write = async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    };
-    match tokio::time::timeout(limits.write_timeout, write).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "timed out writing the response",
-            ));
+        match tokio::time::timeout(limits.read_timeout + limits.write_timeout, served).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("connection failed: {e}")),
+            Err(_) => Err("connection closed at its deadline".to_string()),
         }
     }
-    // Lingering close: closing with unread input makes the kernel send a reset, which can
-    // destroy the response before the client reads it (e.g. after a 431). Read and discard
-    // what the client still sends, bounded in bytes and time.
-    let mut sink = [0u8; 1024];
-    let mut left = LINGER_BYTES;
-    let drain = async {
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    Ok(())
 }
 
-/// Bounds of the lingering close.
-const LINGER_BYTES: usize = 64 * 1024;
-const LINGER_TIME: Duration = Duration::from_secs(1);
+/// The routes. `get` answers HEAD too (same headers, no body) and 405 to other methods.
+fn router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(health)
+}
+
+async fn healthz(State(health): State<Health>) -> (StatusCode, String) {
+    liveness(&health, Instant::now())
+}
+
+/// The `/healthz` answer at `now`.
+fn liveness(health: &Health, now: Instant) -> (StatusCode, String) {
+    if health.is_alive(now) {
+        (StatusCode::OK, "weft is running".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "weft control loop last ran {:.1}s ago (limit {}s)",
+                health.since_beat(now).as_secs_f64(),
+                health.stale_after().as_secs()
+            ),
+        )
+    }
+}
+
+async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
+    if health.is_ready() {
+        (StatusCode::OK, "weft is ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "weft is not ready yet")
+    }
+}
+
+async fn metrics(State(health): State<Health>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::agent::metrics::CONTENT_TYPE)],
+        health.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Unknown paths: 404, or 405 for a method that no path allows (as before the router).
+async fn not_found(method: Method) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+    } else {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET,HEAD")],
+            "method not allowed\n",
+        )
+            .into_response()
+    }
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
     use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -451,7 +389,11 @@ mod tests {
         assert_eq!(get(srv.addr, "/readyz?verbose=1").await.0, 200);
         health.set_ready(false);
         assert_eq!(get(srv.addr, "/readyz").await.0, 503);
-        assert_eq!(get(srv.addr, "/").await.0, 404);
+        assert_eq!(
+            get(srv.addr, "/").await,
+            (404, "404 page not found\n".into())
+        );
+        assert_eq!(get(srv.addr, "/healthz/x").await.0, 404);
     }
 
     #[tokio::test]
@@ -470,38 +412,65 @@ mod tests {
             head.contains(&format!("Content-Length: {}\r\n", body.len())),
             "{head}"
         );
-        let (samples, _) =
-            crate::agent::metrics::parse::exposition(&body).expect("valid exposition");
-        let value = |name, labels| crate::agent::metrics::parse::value(&samples, name, labels);
+        let (samples, _) = weft_testkit::prom::exposition(&body).expect("valid exposition");
+        let value = |name, labels| weft_testkit::prom::value(&samples, name, labels);
         assert_eq!(value("weft_peers", &[("backend", "vxlan")]), Some(2.0));
         assert_eq!(value("weft_ready", &[]), Some(1.0));
         // HEAD: headers only.
-        let (status, _, body) = raw(srv.addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
-        assert_eq!((status, body.as_str()), (200, ""));
+        let (status, head, body) = raw(srv.addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!((status, body.as_str()), (200, ""), "{head}");
+        assert!(
+            head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{head}"
+        );
     }
 
     #[tokio::test]
     async fn headers_head_and_methods() {
         let srv = start(Health::new(DEFAULT_STALE_AFTER), Limits::default()).await;
-        let (status, head, body) = raw(srv.addr, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+        let (status, head, body) = raw(srv.addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
         assert_eq!(status, 200);
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("Content-Length: 15\r\n"), "{head}");
+        assert!(
+            head.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+            "{head}"
+        );
         assert!(head.contains("Connection: close\r\n"), "{head}");
+        assert_eq!(body, "weft is running");
+        // HTTP/1.0: answered in HTTP/1.0 (hyper speaks the client's version), then closed
+        // (`raw` reads to the end).
+        let (status, head, body) = raw(srv.addr, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+        assert_eq!(status, 200);
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
         assert_eq!(body, "weft is running");
         // HEAD: headers only.
         let (status, head, body) = raw(srv.addr, b"HEAD /healthz HTTP/1.1\r\n\r\n").await;
         assert_eq!(status, 200);
-        assert!(head.contains("Content-Length: 15\r\n"));
+        assert!(head.contains("Content-Length: 15\r\n"), "{head}");
         assert_eq!(body, "");
         // Bare LF line endings are accepted.
         assert_eq!(raw(srv.addr, b"GET /healthz HTTP/1.1\n\n").await.0, 200);
-        let (status, head, _) = raw(srv.addr, b"POST /healthz HTTP/1.1\r\n\r\n").await;
-        assert_eq!(status, 405);
-        assert!(head.contains("Allow: GET, HEAD\r\n"));
+        // Other methods: 405 naming the allowed ones, on known and unknown paths.
+        for req in [
+            &b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n"[..],
+            b"DELETE /metrics HTTP/1.1\r\n\r\n",
+            b"PUT /nowhere HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let (status, head, _) = raw(srv.addr, req).await;
+            assert_eq!(status, 405, "{head}");
+            let allow = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Allow: "))
+                .unwrap_or_else(|| panic!("no Allow header: {head}"));
+            let mut allowed: Vec<&str> = allow.split(',').map(str::trim).collect();
+            allowed.sort_unstable();
+            assert_eq!(allowed, ["GET", "HEAD"], "{head}");
+        }
+        // Malformed request lines: no version, an unknown protocol, a method that is no token.
         assert_eq!(raw(srv.addr, b"GET /healthz\r\n\r\n").await.0, 400);
         assert_eq!(raw(srv.addr, b"GET /healthz SPDY/3\r\n\r\n").await.0, 400);
-        assert_eq!(raw(srv.addr, b"\xff\xfe /x HTTP/1.1\r\n\r\n").await.0, 405);
+        assert_eq!(raw(srv.addr, b"\xff\xfe /x HTTP/1.1\r\n\r\n").await.0, 400);
     }
 
     #[tokio::test]
@@ -545,15 +514,12 @@ mod tests {
         let c = h.clone();
         c.set_ready(true);
         assert!(h.is_ready());
-        let body = respond(
-            b"GET /healthz HTTP/1.1\r\n\r\n",
-            &h,
-            t0 + Duration::from_secs(200),
-        );
-        assert_eq!(body.status, 503);
         assert_eq!(
-            body.body,
-            "weft control loop last ran 100.0s ago (limit 60s)"
+            liveness(&h, t0 + Duration::from_secs(200)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "weft control loop last ran 100.0s ago (limit 60s)".to_string()
+            )
         );
     }
 
@@ -564,17 +530,24 @@ mod tests {
             ..Limits::default()
         };
         let srv = start(Health::new(DEFAULT_STALE_AFTER), limits).await;
+        let connected = Instant::now();
         let mut silent = TcpStream::connect(srv.addr).await.unwrap();
         // A partial request line, never finished.
         silent.write_all(b"GET /hea").await.unwrap();
         assert_eq!(get(srv.addr, "/healthz").await.0, 200);
-        // The silent one gets 408 after the read timeout, then EOF.
+        // The silent one is closed, without a response, once the read deadline has passed
+        // (and well before the connection's overall deadline).
         let mut out = Vec::new();
-        tokio::time::timeout(DEADLINE, silent.read_to_end(&mut out))
+        let _ = tokio::time::timeout(DEADLINE, silent.read_to_end(&mut out))
             .await
-            .expect("closed within deadline")
-            .unwrap();
-        assert_eq!(parse_response(&out).0, 408);
+            .expect("closed within deadline");
+        let took = connected.elapsed();
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+        assert!(took >= limits.read_timeout, "closed after {took:?}");
+        assert!(
+            took < limits.read_timeout + limits.write_timeout,
+            "closed after {took:?}"
+        );
     }
 
     #[tokio::test]
@@ -642,10 +615,40 @@ mod tests {
     async fn shutdown_stops_the_server() {
         let srv = start(Health::new(DEFAULT_STALE_AFTER), Limits::default()).await;
         // An idle connection must not keep the server from stopping.
-        let _idle = TcpStream::connect(srv.addr).await.unwrap();
+        let mut idle = TcpStream::connect(srv.addr).await.unwrap();
         assert_eq!(get(srv.addr, "/healthz").await.0, 200);
         let mut srv = srv;
         srv.shutdown.cancel();
+        let task = srv.task.take().unwrap();
+        tokio::time::timeout(DEADLINE, task)
+            .await
+            .expect("serve returned within deadline")
+            .unwrap();
+        // The idle connection was closed, and nothing listens any more.
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, idle.read_to_end(&mut out))
+            .await
+            .expect("idle connection closed");
+        assert!(out.is_empty());
+        assert!(TcpStream::connect(srv.addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_the_request_in_flight() {
+        let srv = start(Health::new(DEFAULT_STALE_AFTER), Limits::default()).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        // Half a request when the shutdown comes; the rest after it.
+        s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut srv = srv;
+        srv.shutdown.cancel();
+        s.write_all(b"Host: x\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(DEADLINE, s.read_to_end(&mut out))
+            .await
+            .expect("answered within deadline")
+            .unwrap();
+        assert_eq!(parse_response(&out).0, 200);
         let task = srv.task.take().unwrap();
         tokio::time::timeout(DEADLINE, task)
             .await

@@ -1,10 +1,23 @@
 //! Prometheus metrics of the agent, served as `GET /metrics` on the health port
 //! ([`crate::agent::http::serve`]) in the Prometheus text format, version 0.0.4.
 //!
-//! [`Metrics`] is a cheap handle (an `Arc` of atomics): the control loop and the tasks beside it
-//! update it without locks, and a scrape reads it with [`Metrics::render`]. Label values come
-//! from fixed sets (a lease's `BackendType` is free text from etcd, so unknown types count under
-//! `backend="other"` instead of growing the label set).
+//! The metric types and their text encoding are the Prometheus project's Rust client,
+//! `prometheus-client`: a [`Registry`] of counters and gauges (atomics), one histogram and one
+//! info metric, encoded with its `prometheus_text` encoder. [`Metrics`] is a cheap handle (an
+//! `Arc`) over the registry and over clones of every series: each labelled series is created
+//! once, at [`Metrics::new`], and the handle keeps it, so an update from the control loop is one
+//! atomic operation (no label-map lookup, no lock). The one exception is the reconcile-duration
+//! histogram, which takes the crate's short uncontended mutex once per reconcile pass; the
+//! agent's runtime has one thread, so it never waits. Creating every series up front also means
+//! a fresh agent exposes every series at 0 rather than omitting it.
+//!
+//! Labels are enums with fixed values ([`PeerBackend`], [`WatchEventKind`],
+//! [`ReconcileReason`]): a label set cannot grow with input. A lease's `BackendType` is free
+//! text from etcd, so unknown types count under `backend="other"`.
+//!
+//! Names: `prometheus-client` adds the `_total` suffix of counters and the `_seconds` unit
+//! itself, so counters are registered without `_total` and timings with their unit; the names
+//! exposed are exactly the ones in the table.
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -12,23 +25,84 @@
 //! | `weft_lease_expiry_timestamp_seconds` | gauge | Unix time the own etcd lease expires (0 = unknown or a reservation) |
 //! | `weft_etcd_reconnects_total` | counter | lease-watch reconnects after etcd was lost |
 //! | `weft_watch_events_total{type}` | counter | lease watch events: `put`, `delete`, `malformed`, `resync` |
-//! | `weft_reconcile_runs_total{reason}` | counter | reconcile passes by reason (`initial_sync`, `lease_change`, `reacquire`, `drift_repair`, `audit`, `retry`, `config_change`, `other`) |
+//! | `weft_reconcile_runs_total{reason}` | counter | reconcile passes by reason (`initial_sync`, `lease_change` (also the pass after the own lease was re-acquired), `drift_repair`, `audit`, `retry`, `config_change`, `legacy_unused`) |
 //! | `weft_reconcile_duration_seconds` | histogram | time of one reconcile pass (diff + kernel writes) |
 //! | `weft_kernel_writes_total` | counter | successful kernel writes (route/neigh/FDB replace and delete) |
 //! | `weft_kernel_write_errors_total` | counter | kernel writes the kernel refused |
 //! | `weft_drift_repairs_total` | counter | reconcile passes after an out-of-band change that wrote something |
 //! | `weft_ready` | gauge | 1 once `/readyz` answers 200, else 0 |
 //! | `weft_build_info{version}` | gauge | always 1; the version of this build |
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The backend label values of `weft_peers`.
-pub const PEER_BACKENDS: &[&str] = &["host-gw", "vxlan", "ipip", "other"];
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 
-/// The type label values of `weft_watch_events_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The `Content-Type` of [`Metrics::render`]'s output (text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds (seconds) of the `weft_reconcile_duration_seconds` buckets; `+Inf` is implied.
+pub const DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+
+/// Implements [`EncodeLabelValue`] with the type's `label()` (the derive would write the
+/// variant's Rust name, `HostGw`, where the exposition has `host-gw`).
+macro_rules! label_value {
+    ($t:ty) => {
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                fmt::Write::write_str(encoder, self.label())
+            }
+        }
+    };
+}
+
+/// The `backend` label of `weft_peers`: the backend type a peer's lease advertises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerBackend {
+    HostGw,
+    Vxlan,
+    Ipip,
+    /// Any other `BackendType` (free text in etcd).
+    Other,
+}
+
+impl PeerBackend {
+    pub const ALL: [PeerBackend; 4] = [
+        PeerBackend::HostGw,
+        PeerBackend::Vxlan,
+        PeerBackend::Ipip,
+        PeerBackend::Other,
+    ];
+
+    /// The label for a lease's `BackendType`.
+    pub fn of(backend_type: &str) -> Self {
+        match backend_type {
+            "host-gw" => PeerBackend::HostGw,
+            "vxlan" => PeerBackend::Vxlan,
+            "ipip" => PeerBackend::Ipip,
+            _ => PeerBackend::Other,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            PeerBackend::HostGw => "host-gw",
+            PeerBackend::Vxlan => "vxlan",
+            PeerBackend::Ipip => "ipip",
+            PeerBackend::Other => "other",
+        }
+    }
+}
+label_value!(PeerBackend);
+
+/// The `type` label of `weft_watch_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WatchEventKind {
     Put,
     Delete,
@@ -37,7 +111,7 @@ pub enum WatchEventKind {
 }
 
 impl WatchEventKind {
-    const ALL: [WatchEventKind; 4] = [
+    pub const ALL: [WatchEventKind; 4] = [
         WatchEventKind::Put,
         WatchEventKind::Delete,
         WatchEventKind::Malformed,
@@ -53,85 +127,246 @@ impl WatchEventKind {
         }
     }
 }
+label_value!(WatchEventKind);
 
-/// The reason label values of `weft_reconcile_runs_total`; see [`reason_label`].
-pub const RECONCILE_REASONS: &[&str] = &[
-    "initial_sync",
-    "lease_change",
-    "reacquire",
-    "drift_repair",
-    "audit",
-    "retry",
-    "config_change",
-    "other",
-];
-
-/// The label for a reconcile reason as the control loop words it: `"drift repair"` →
-/// `drift_repair`, `"audit (SIGHUP)"` and `"audit after subscribing"` → `audit`,
-/// `"re-acquired"` → `reacquire`; reasons outside [`RECONCILE_REASONS`] count as `other`.
-pub fn reason_label(why: &str) -> &'static str {
-    let why = why.trim().to_ascii_lowercase();
-    let norm: String = why.replace([' ', '-'], "_");
-    if norm.starts_with("audit") {
-        return "audit";
-    }
-    if norm.starts_with("re_acquire") || norm.starts_with("reacquire") {
-        return "reacquire";
-    }
-    RECONCILE_REASONS
-        .iter()
-        .find(|r| **r == norm)
-        .copied()
-        .unwrap_or("other")
+/// Why the control loop ran a reconcile pass: the `reason` label of `weft_reconcile_runs_total`
+/// ([`label`](Self::label)); [`as_str`](Self::as_str) is the wording of the log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReconcileReason {
+    /// The first pass after the lease is held.
+    InitialSync,
+    /// Peer leases changed in etcd, or the own lease was re-acquired or moved.
+    LeaseChange,
+    /// A netlink notification showed an out-of-band change to weft's kernel objects.
+    DriftRepair,
+    /// The periodic or on-demand (SIGHUP) dump and diff.
+    Audit,
+    /// Failed writes or skipped peers are tried again.
+    Retry,
+    /// The network config changed (backend switch).
+    ConfigChange,
+    /// A backend of an earlier config is no longer used by any peer and is removed.
+    LegacyUnused,
 }
 
-/// Upper bounds (seconds) of the `weft_reconcile_duration_seconds` buckets; `+Inf` is implied.
-pub const DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+impl ReconcileReason {
+    pub const ALL: [ReconcileReason; 7] = [
+        ReconcileReason::InitialSync,
+        ReconcileReason::LeaseChange,
+        ReconcileReason::DriftRepair,
+        ReconcileReason::Audit,
+        ReconcileReason::Retry,
+        ReconcileReason::ConfigChange,
+        ReconcileReason::LegacyUnused,
+    ];
 
-/// The agent's metrics. Cheap to clone; all clones share the counters.
-#[derive(Debug, Clone, Default)]
+    pub fn label(self) -> &'static str {
+        match self {
+            ReconcileReason::InitialSync => "initial_sync",
+            ReconcileReason::LeaseChange => "lease_change",
+            ReconcileReason::DriftRepair => "drift_repair",
+            ReconcileReason::Audit => "audit",
+            ReconcileReason::Retry => "retry",
+            ReconcileReason::ConfigChange => "config_change",
+            ReconcileReason::LegacyUnused => "legacy_unused",
+        }
+    }
+}
+label_value!(ReconcileReason);
+
+impl ReconcileReason {
+    /// The wording of the agent's log lines (`reconcile (lease change): …`), which the
+    /// benchmark reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconcileReason::InitialSync => "initial sync",
+            ReconcileReason::LeaseChange => "lease change",
+            ReconcileReason::DriftRepair => "drift repair",
+            ReconcileReason::Audit => "audit",
+            ReconcileReason::Retry => "retry",
+            ReconcileReason::ConfigChange => "config change",
+            ReconcileReason::LegacyUnused => "legacy backend unused",
+        }
+    }
+}
+
+impl fmt::Display for ReconcileReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabels {
+    backend: PeerBackend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WatchLabels {
+    r#type: WatchEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: ReconcileReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The agent's metrics. Cheap to clone; all clones share the series.
+#[derive(Debug, Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    peers: [AtomicU64; 4],
-    lease_expiry: AtomicU64,
-    etcd_reconnects: AtomicU64,
-    watch_events: [AtomicU64; 4],
-    reconcile_runs: [AtomicU64; 8],
-    /// Per bucket (not cumulative), the last one is `+Inf`.
-    duration_buckets: [AtomicU64; 9],
-    duration_sum_nanos: AtomicU64,
-    duration_count: AtomicU64,
-    kernel_writes: AtomicU64,
-    kernel_write_errors: AtomicU64,
-    drift_repairs: AtomicU64,
+    registry: Registry,
+    /// One series per [`PeerBackend::ALL`], in that order.
+    peers: [Gauge; 4],
+    lease_expiry: Gauge,
+    etcd_reconnects: Counter,
+    /// One series per [`WatchEventKind::ALL`], in that order.
+    watch_events: [Counter; 4],
+    /// One series per [`ReconcileReason::ALL`], in that order.
+    reconcile_runs: [Counter; 7],
+    reconcile_duration: Histogram,
+    kernel_writes: Counter,
+    kernel_write_errors: Counter,
+    drift_repairs: Counter,
+    ready: Gauge,
 }
 
-fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
-fn get(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
+/// Registers a labelled family with a series for each label set, returning the series.
+fn family<L, M, const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    labels: [L; N],
+) -> [M; N]
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Clone
+        + fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Family::<L, M>::default();
+    let series = labels.map(|l| family.get_or_create_owned(&l));
+    registry.register(name, help, family);
+    series
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        Metrics::default()
+        let mut r = Registry::default();
+        let peers = family(
+            &mut r,
+            "weft_peers",
+            "Peers in the lease table, by the backend type their lease advertises",
+            PeerBackend::ALL.map(|backend| PeerLabels { backend }),
+        );
+        let lease_expiry = Gauge::default();
+        r.register_with_unit(
+            "weft_lease_expiry_timestamp",
+            "Unix time the node's etcd lease expires (0 = unknown or a reservation)",
+            Unit::Seconds,
+            lease_expiry.clone(),
+        );
+        let etcd_reconnects = Counter::default();
+        r.register(
+            "weft_etcd_reconnects",
+            "Lease watch reconnects after the etcd connection was lost",
+            etcd_reconnects.clone(),
+        );
+        let watch_events = family(
+            &mut r,
+            "weft_watch_events",
+            "Lease watch events by type",
+            WatchEventKind::ALL.map(|r#type| WatchLabels { r#type }),
+        );
+        let reconcile_runs = family(
+            &mut r,
+            "weft_reconcile_runs",
+            "Reconcile passes by reason",
+            ReconcileReason::ALL.map(|reason| ReasonLabels { reason }),
+        );
+        let reconcile_duration = Histogram::new(DURATION_BUCKETS.iter().copied());
+        r.register_with_unit(
+            "weft_reconcile_duration",
+            "Duration of one reconcile pass (diff and kernel writes)",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let kernel_writes = Counter::default();
+        r.register(
+            "weft_kernel_writes",
+            "Successful kernel writes (routes, neighbours, FDB entries)",
+            kernel_writes.clone(),
+        );
+        let kernel_write_errors = Counter::default();
+        r.register(
+            "weft_kernel_write_errors",
+            "Kernel writes the kernel refused",
+            kernel_write_errors.clone(),
+        );
+        let drift_repairs = Counter::default();
+        r.register(
+            "weft_drift_repairs",
+            "Reconcile passes after an out-of-band kernel change that wrote something",
+            drift_repairs.clone(),
+        );
+        let ready = Gauge::default();
+        r.register(
+            "weft_ready",
+            "1 when the agent is ready (lease held, initial sync done), else 0",
+            ready.clone(),
+        );
+        r.register(
+            "weft_build",
+            "Always 1; labelled with the version of this build",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: r,
+                peers,
+                lease_expiry,
+                etcd_reconnects,
+                watch_events,
+                reconcile_runs,
+                reconcile_duration,
+                kernel_writes,
+                kernel_write_errors,
+                drift_repairs,
+                ready,
+            }),
+        }
     }
 
     /// Sets `weft_peers` from the backend types of the peers' leases (every peer once).
     pub fn set_peers<'a>(&self, backend_types: impl IntoIterator<Item = &'a str>) {
-        let mut counts = [0u64; 4];
+        let mut counts = [0i64; 4];
         for t in backend_types {
-            let slot = PEER_BACKENDS[..3].iter().position(|b| *b == t).unwrap_or(3);
-            counts[slot] += 1;
+            counts[PeerBackend::of(t) as usize] += 1;
         }
         for (gauge, n) in self.inner.peers.iter().zip(counts) {
-            gauge.store(n, Ordering::Relaxed);
+            gauge.set(n);
         }
     }
 
@@ -139,8 +374,8 @@ impl Metrics {
     pub fn set_lease_expiry(&self, at: Option<SystemTime>) {
         let secs = at
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs());
-        self.inner.lease_expiry.store(secs, Ordering::Relaxed);
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.inner.lease_expiry.set(secs);
     }
 
     /// Sets the lease expiry to `ttl` from now (the TTL etcd granted or reported).
@@ -149,396 +384,58 @@ impl Metrics {
     }
 
     pub fn etcd_reconnected(&self) {
-        add(&self.inner.etcd_reconnects, 1);
+        self.inner.etcd_reconnects.inc();
     }
 
     pub fn watch_event(&self, kind: WatchEventKind) {
-        add(&self.inner.watch_events[kind as usize], 1);
+        self.inner.watch_events[kind as usize].inc();
     }
 
-    /// Records one reconcile pass: its reason (see [`reason_label`]), how long it took, and the
-    /// kernel writes it made and had refused. A `drift repair` pass that wrote something also
-    /// counts in `weft_drift_repairs_total`.
-    pub fn reconcile_run(&self, why: &str, took: Duration, writes: u64, errors: u64) {
-        let label = reason_label(why);
-        let slot = RECONCILE_REASONS
-            .iter()
-            .position(|r| *r == label)
-            .unwrap_or(RECONCILE_REASONS.len() - 1);
-        add(&self.inner.reconcile_runs[slot], 1);
-        let secs = took.as_secs_f64();
-        let bucket = DURATION_BUCKETS
-            .iter()
-            .position(|le| secs <= *le)
-            .unwrap_or(DURATION_BUCKETS.len());
-        add(&self.inner.duration_buckets[bucket], 1);
-        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        add(&self.inner.duration_sum_nanos, nanos);
-        add(&self.inner.duration_count, 1);
-        add(&self.inner.kernel_writes, writes);
-        add(&self.inner.kernel_write_errors, errors);
-        if label == "drift_repair" && writes > 0 {
-            add(&self.inner.drift_repairs, 1);
+    /// Records one reconcile pass: why it ran, how long it took, and the kernel writes it made
+    /// and had refused. A drift-repair pass that wrote something also counts in
+    /// `weft_drift_repairs_total`.
+    pub fn reconcile_run(&self, why: ReconcileReason, took: Duration, writes: u64, errors: u64) {
+        self.inner.reconcile_runs[why as usize].inc();
+        self.inner.reconcile_duration.observe(took.as_secs_f64());
+        self.kernel_writes(writes, errors);
+        if why == ReconcileReason::DriftRepair && writes > 0 {
+            self.inner.drift_repairs.inc();
         }
     }
 
     /// Counts kernel writes made outside a reconcile pass (none in the agent since devices are
     /// part of the desired state; kept for callers that write on their own).
     pub fn kernel_writes(&self, writes: u64, errors: u64) {
-        add(&self.inner.kernel_writes, writes);
-        add(&self.inner.kernel_write_errors, errors);
+        self.inner.kernel_writes.inc_by(writes);
+        self.inner.kernel_write_errors.inc_by(errors);
     }
 
-    /// The metrics in the Prometheus text format 0.0.4; `ready` is the `/readyz` state.
-    pub fn render(&self, ready: bool) -> String {
-        let m = &self.inner;
+    /// Sets `weft_ready` (the `/readyz` state).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.set(i64::from(ready));
+    }
+
+    /// The metrics in the Prometheus text format 0.0.4 ([`CONTENT_TYPE`]).
+    pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        family(
-            &mut out,
-            "weft_peers",
-            "gauge",
-            "Peers in the lease table, by the backend type their lease advertises.",
-        );
-        for (b, g) in PEER_BACKENDS.iter().zip(&m.peers) {
-            sample(&mut out, "weft_peers", &[("backend", b)], get(g));
+        // Writing to a String cannot fail, and every registered metric encodes.
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry)
+        {
+            tracing::error!("encoding the metrics failed: {e}");
         }
-        family(
-            &mut out,
-            "weft_lease_expiry_timestamp_seconds",
-            "gauge",
-            "Unix time the node's etcd lease expires (0 = unknown or a reservation).",
-        );
-        sample(
-            &mut out,
-            "weft_lease_expiry_timestamp_seconds",
-            &[],
-            get(&m.lease_expiry),
-        );
-        family(
-            &mut out,
-            "weft_etcd_reconnects_total",
-            "counter",
-            "Lease watch reconnects after the etcd connection was lost.",
-        );
-        sample(
-            &mut out,
-            "weft_etcd_reconnects_total",
-            &[],
-            get(&m.etcd_reconnects),
-        );
-        family(
-            &mut out,
-            "weft_watch_events_total",
-            "counter",
-            "Lease watch events by type.",
-        );
-        for k in WatchEventKind::ALL {
-            sample(
-                &mut out,
-                "weft_watch_events_total",
-                &[("type", k.label())],
-                get(&m.watch_events[k as usize]),
-            );
-        }
-        family(
-            &mut out,
-            "weft_reconcile_runs_total",
-            "counter",
-            "Reconcile passes by reason.",
-        );
-        for (r, c) in RECONCILE_REASONS.iter().zip(&m.reconcile_runs) {
-            sample(
-                &mut out,
-                "weft_reconcile_runs_total",
-                &[("reason", r)],
-                get(c),
-            );
-        }
-        family(
-            &mut out,
-            "weft_reconcile_duration_seconds",
-            "histogram",
-            "Duration of one reconcile pass (diff and kernel writes).",
-        );
-        let mut cumulative = 0;
-        for (i, c) in m.duration_buckets.iter().enumerate() {
-            cumulative += get(c);
-            let le = DURATION_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-            sample(
-                &mut out,
-                "weft_reconcile_duration_seconds_bucket",
-                &[("le", &le)],
-                cumulative,
-            );
-        }
-        let sum = Duration::from_nanos(get(&m.duration_sum_nanos)).as_secs_f64();
-        let _ = writeln!(out, "weft_reconcile_duration_seconds_sum {sum}");
-        sample(
-            &mut out,
-            "weft_reconcile_duration_seconds_count",
-            &[],
-            get(&m.duration_count),
-        );
-        for (name, help, c) in [
-            (
-                "weft_kernel_writes_total",
-                "Successful kernel writes (routes, neighbours, FDB entries).",
-                &m.kernel_writes,
-            ),
-            (
-                "weft_kernel_write_errors_total",
-                "Kernel writes the kernel refused.",
-                &m.kernel_write_errors,
-            ),
-            (
-                "weft_drift_repairs_total",
-                "Reconcile passes after an out-of-band kernel change that wrote something.",
-                &m.drift_repairs,
-            ),
-        ] {
-            family(&mut out, name, "counter", help);
-            sample(&mut out, name, &[], get(c));
-        }
-        family(
-            &mut out,
-            "weft_ready",
-            "gauge",
-            "1 when the agent is ready (lease held, initial sync done), else 0.",
-        );
-        sample(&mut out, "weft_ready", &[], u64::from(ready));
-        family(
-            &mut out,
-            "weft_build_info",
-            "gauge",
-            "Always 1; labelled with the version of this build.",
-        );
-        sample(
-            &mut out,
-            "weft_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            1,
-        );
         out
-    }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// Label values escape `\`, `"` and newlines (text format 0.0.4).
-fn escape_label(v: &str) -> String {
-    v.replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
-}
-
-/// A parsed text-format exposition, for tests (unit tests here and the end-to-end scrape):
-/// every sample as `(name, labels, value)`, checked against the format's rules.
-pub mod parse {
-    use std::collections::{BTreeMap, BTreeSet};
-
-    /// One sample line.
-    #[derive(Debug, Clone, PartialEq)]
-    pub struct Sample {
-        pub name: String,
-        pub labels: BTreeMap<String, String>,
-        pub value: f64,
-    }
-
-    /// Parses the text format 0.0.4 strictly: `# HELP`/`# TYPE` lines, then samples of that
-    /// family; metric and label names valid; label values quoted with escapes; values floats;
-    /// a family declared once, its samples contiguous, no sample repeated. Returns the samples
-    /// and the declared type per family.
-    pub fn exposition(text: &str) -> Result<(Vec<Sample>, BTreeMap<String, String>), String> {
-        let mut samples = Vec::new();
-        let mut types: BTreeMap<String, String> = BTreeMap::new();
-        let mut seen = BTreeSet::new();
-        let mut current: Option<String> = None;
-        let mut finished: BTreeSet<String> = BTreeSet::new();
-        for (n, line) in text.lines().enumerate() {
-            let at = |e: String| format!("line {}: {e}: {line:?}", n + 1);
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# ") {
-                let mut parts = rest.splitn(3, ' ');
-                let (kw, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                if !valid_name(name) {
-                    return Err(at(format!("bad metric name {name:?}")));
-                }
-                match kw {
-                    "HELP" => {}
-                    "TYPE" => {
-                        let t = parts.next().unwrap_or("");
-                        if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) {
-                            return Err(at(format!("unknown type {t:?}")));
-                        }
-                        if types.insert(name.to_string(), t.to_string()).is_some() {
-                            return Err(at("family declared twice".into()));
-                        }
-                        if let Some(prev) = current.replace(name.to_string()) {
-                            finished.insert(prev);
-                        }
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
-            let s = sample_line(line).map_err(at)?;
-            let family = family_of(&s.name, &types)
-                .ok_or_else(|| at(format!("sample {} has no # TYPE", s.name)))?;
-            if finished.contains(&family) || current.as_deref() != Some(family.as_str()) {
-                return Err(at(format!("samples of {family} are not contiguous")));
-            }
-            if types[&family] == "counter" && !s.name.ends_with("_total") {
-                return Err(at("counter without _total".into()));
-            }
-            if !seen.insert((s.name.clone(), format!("{:?}", s.labels))) {
-                return Err(at("sample repeated".into()));
-            }
-            samples.push(s);
-        }
-        Ok((samples, types))
-    }
-
-    fn family_of(name: &str, types: &BTreeMap<String, String>) -> Option<String> {
-        if types.contains_key(name) {
-            return Some(name.to_string());
-        }
-        for suffix in ["_bucket", "_sum", "_count"] {
-            if let Some(base) = name.strip_suffix(suffix) {
-                if types.get(base).map(String::as_str) == Some("histogram") {
-                    return Some(base.to_string());
-                }
-            }
-        }
-        None
-    }
-
-    fn valid_name(s: &str) -> bool {
-        let mut chars = s.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    }
-
-    fn sample_line(line: &str) -> Result<Sample, String> {
-        let name_end = line
-            .find(['{', ' '])
-            .ok_or_else(|| "no value".to_string())?;
-        let name = &line[..name_end];
-        if !valid_name(name) {
-            return Err(format!("bad metric name {name:?}"));
-        }
-        let mut labels = BTreeMap::new();
-        let mut rest = &line[name_end..];
-        if let Some(body) = rest.strip_prefix('{') {
-            let mut chars = body.char_indices().peekable();
-            loop {
-                let start = chars.peek().map(|(i, _)| *i).ok_or("unterminated labels")?;
-                if body[start..].starts_with('}') {
-                    rest = &body[start + 1..];
-                    break;
-                }
-                let eq = body[start..].find('=').ok_or("label without =")? + start;
-                let key = &body[start..eq];
-                if !valid_name(key) || key.contains(':') {
-                    return Err(format!("bad label name {key:?}"));
-                }
-                if !body[eq + 1..].starts_with('"') {
-                    return Err("label value not quoted".into());
-                }
-                while chars.peek().is_some_and(|(i, _)| *i <= eq + 1) {
-                    chars.next();
-                }
-                let mut value = String::new();
-                loop {
-                    match chars.next() {
-                        None => return Err("unterminated label value".into()),
-                        Some((_, '"')) => break,
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, '\\')) => value.push('\\'),
-                            Some((_, '"')) => value.push('"'),
-                            Some((_, 'n')) => value.push('\n'),
-                            other => return Err(format!("bad escape {other:?}")),
-                        },
-                        Some((_, c)) => value.push(c),
-                    }
-                }
-                if labels.insert(key.to_string(), value).is_some() {
-                    return Err(format!("label {key} repeated"));
-                }
-                if chars.peek().is_some_and(|(_, c)| *c == ',') {
-                    chars.next();
-                }
-            }
-        }
-        let mut parts = rest.split_whitespace();
-        let value = parts.next().ok_or("no value")?;
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            v => v.parse().map_err(|e| format!("value {v:?}: {e}"))?,
-        };
-        if let Some(ts) = parts.next() {
-            ts.parse::<i64>()
-                .map_err(|e| format!("timestamp {ts:?}: {e}"))?;
-        }
-        if parts.next().is_some() {
-            return Err("trailing text".into());
-        }
-        Ok(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        })
-    }
-
-    /// The value of the sample `name` with exactly `labels`.
-    pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        samples
-            .iter()
-            .find(|s| {
-                s.name == name
-                    && s.labels.len() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse::{exposition, value};
     use super::*;
+    use weft_testkit::prom::{exposition, value};
 
     #[test]
     fn fresh_metrics_render_every_family_with_zeroes() {
-        let (samples, types) = exposition(&Metrics::new().render(false)).expect("valid");
+        let (samples, types) = exposition(&Metrics::new().render()).expect("valid");
         let families: Vec<&str> = types.keys().map(String::as_str).collect();
         assert_eq!(
             families,
@@ -558,6 +455,7 @@ mod tests {
         );
         assert_eq!(types["weft_reconcile_duration_seconds"], "histogram");
         assert_eq!(types["weft_peers"], "gauge");
+        assert_eq!(types["weft_build_info"], "gauge");
         assert_eq!(types["weft_kernel_writes_total"], "counter");
         assert_eq!(value(&samples, "weft_ready", &[]), Some(0.0));
         assert_eq!(
@@ -568,8 +466,17 @@ mod tests {
             ),
             Some(1.0)
         );
-        for b in PEER_BACKENDS {
-            assert_eq!(value(&samples, "weft_peers", &[("backend", b)]), Some(0.0));
+        for b in PeerBackend::ALL {
+            assert_eq!(
+                value(&samples, "weft_peers", &[("backend", b.label())]),
+                Some(0.0)
+            );
+        }
+        for k in WatchEventKind::ALL {
+            assert_eq!(
+                value(&samples, "weft_watch_events_total", &[("type", k.label())]),
+                Some(0.0)
+            );
         }
         assert_eq!(
             value(
@@ -591,12 +498,23 @@ mod tests {
         m.watch_event(WatchEventKind::Put);
         m.watch_event(WatchEventKind::Put);
         m.watch_event(WatchEventKind::Malformed);
-        m.reconcile_run("initial sync", Duration::from_micros(500), 4, 0);
-        m.reconcile_run("drift repair", Duration::from_millis(20), 1, 1);
-        m.reconcile_run("drift repair", Duration::from_millis(2), 0, 0);
-        m.reconcile_run("something new", Duration::from_secs(9), 0, 0);
+        m.reconcile_run(
+            ReconcileReason::InitialSync,
+            Duration::from_micros(500),
+            4,
+            0,
+        );
+        m.reconcile_run(
+            ReconcileReason::DriftRepair,
+            Duration::from_millis(20),
+            1,
+            1,
+        );
+        m.reconcile_run(ReconcileReason::DriftRepair, Duration::from_millis(2), 0, 0);
+        m.reconcile_run(ReconcileReason::LegacyUnused, Duration::from_secs(9), 0, 0);
         m.kernel_writes(2, 0);
-        let (s, _) = exposition(&m.render(true)).expect("valid");
+        m.set_ready(true);
+        let (s, _) = exposition(&m.render()).expect("valid");
         let v = |name: &str, labels: &[(&str, &str)]| {
             value(&s, name, labels).unwrap_or_else(|| panic!("{name} {labels:?} missing"))
         };
@@ -617,7 +535,10 @@ mod tests {
             v("weft_reconcile_runs_total", &[("reason", "drift_repair")]),
             2.0
         );
-        assert_eq!(v("weft_reconcile_runs_total", &[("reason", "other")]), 1.0);
+        assert_eq!(
+            v("weft_reconcile_runs_total", &[("reason", "legacy_unused")]),
+            1.0
+        );
         assert_eq!(v("weft_kernel_writes_total", &[]), 7.0);
         assert_eq!(v("weft_kernel_write_errors_total", &[]), 1.0);
         assert_eq!(v("weft_drift_repairs_total", &[]), 1.0);
@@ -636,69 +557,73 @@ mod tests {
         // Peers are a gauge: setting again replaces.
         m.set_peers([]);
         m.set_lease_expiry(None);
-        let (s, _) = exposition(&m.render(true)).expect("valid");
+        m.set_ready(false);
+        let (s, _) = exposition(&m.render()).expect("valid");
         assert_eq!(value(&s, "weft_peers", &[("backend", "vxlan")]), Some(0.0));
         assert_eq!(
             value(&s, "weft_lease_expiry_timestamp_seconds", &[]),
             Some(0.0)
         );
+        assert_eq!(value(&s, "weft_ready", &[]), Some(0.0));
     }
 
     #[test]
     fn reason_labels() {
-        assert_eq!(reason_label("initial sync"), "initial_sync");
-        assert_eq!(reason_label("lease change"), "lease_change");
-        assert_eq!(reason_label("Drift Repair"), "drift_repair");
-        assert_eq!(reason_label("audit"), "audit");
-        assert_eq!(reason_label("audit (SIGHUP)"), "audit");
-        assert_eq!(reason_label("audit after subscribing"), "audit");
-        assert_eq!(reason_label("re-acquired"), "reacquire");
-        assert_eq!(reason_label("retry"), "retry");
-        assert_eq!(reason_label("config change"), "config_change");
-        assert_eq!(reason_label("whatever"), "other");
-        // Every label has its counter.
+        let labels: Vec<&str> = ReconcileReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "initial_sync",
+                "lease_change",
+                "drift_repair",
+                "audit",
+                "retry",
+                "config_change",
+                "legacy_unused",
+            ]
+        );
+        // The log wording the control loop used before reasons were an enum.
+        assert_eq!(ReconcileReason::InitialSync.to_string(), "initial sync");
+        assert_eq!(ReconcileReason::DriftRepair.to_string(), "drift repair");
+        // Every reason has its own series, and `ALL` is in discriminant order (the index of
+        // each series).
         let m = Metrics::new();
-        for r in RECONCILE_REASONS {
+        for (i, r) in ReconcileReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
             m.reconcile_run(r, Duration::ZERO, 0, 0);
         }
-        let (s, _) = parse::exposition(&m.render(false)).expect("valid");
-        for r in RECONCILE_REASONS {
+        let (s, _) = exposition(&m.render()).expect("valid");
+        for r in ReconcileReason::ALL {
             assert_eq!(
-                parse::value(&s, "weft_reconcile_runs_total", &[("reason", r)]),
+                value(&s, "weft_reconcile_runs_total", &[("reason", r.label())]),
                 Some(1.0),
-                "{r}"
+                "{r:?}"
             );
         }
-    }
-
-    #[test]
-    fn parser_rejects_broken_expositions() {
-        let bad = [
-            "weft_x 1\n",                                           // no TYPE
-            "# TYPE weft_x gauge\nweft_x{a=\"1} 1\n",               // unterminated
-            "# TYPE weft_x gauge\nweft_x{a=1} 1\n",                 // unquoted
-            "# TYPE weft_x gauge\nweft_x one\n",                    // bad value
-            "# TYPE weft_x counter\nweft_x 1\n",                    // counter without _total
-            "# TYPE weft_x gauge\nweft_x 1\nweft_x 2\n",            // repeated
-            "# TYPE weft_x gauge\n# TYPE weft_y gauge\nweft_x 1\n", // not contiguous
-            "# TYPE weft_x gauge\nweft_x{a=\"\\q\"} 1\n",           // bad escape
-            "# TYPE 1x gauge\n",                                    // bad name
-        ];
-        for text in bad {
-            assert!(exposition(text).is_err(), "accepted {text:?}");
+        for (i, b) in PeerBackend::ALL.into_iter().enumerate() {
+            assert_eq!(b as usize, i, "{b:?}");
+            assert_eq!(PeerBackend::of(b.label()), b);
         }
-        let (s, _) = exposition(
-            "# HELP weft_x x\n# TYPE weft_x gauge\nweft_x{a=\"q\\\"\\\\\\n\",b=\"\"} 1.5 123\n",
-        )
-        .expect("valid");
-        assert_eq!(s[0].labels["a"], "q\"\\\n");
-        assert_eq!(s[0].value, 1.5);
+        for (i, k) in WatchEventKind::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i, "{k:?}");
+        }
     }
 
     #[test]
     fn label_values_are_escaped() {
+        // Label values here are fixed enums; the escaping is the crate's, checked once with a
+        // value that needs it.
+        let mut r = Registry::default();
+        let f = Family::<BuildLabels, Gauge>::default();
+        f.get_or_create(&BuildLabels { version: "q\"\\\n" }).set(1);
+        r.register("weft_x", "x", f);
         let mut out = String::new();
-        sample(&mut out, "weft_x", &[("a", "q\"\\\n")], 1);
-        assert_eq!(out, "weft_x{a=\"q\\\"\\\\\\n\"} 1\n");
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &r).expect("encode");
+        assert!(
+            out.contains("weft_x{version=\"q\\\"\\\\\\n\"} 1\n"),
+            "{out}"
+        );
+        let (s, _) = exposition(&out).expect("valid");
+        assert_eq!(s[0].labels["version"], "q\"\\\n");
     }
 }

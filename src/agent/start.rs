@@ -16,6 +16,7 @@ use super::dataplane::DataPlane;
 use super::firewall::{self, Firewall};
 use super::http::Health;
 use super::leases::{Leases, RETRY_MAX};
+use super::metrics::ReconcileReason;
 use super::peer_cache::PeerCache;
 use super::{Agent, iface, subnet_file};
 use crate::cli::Options;
@@ -76,8 +77,14 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
                     Err(e) => warn!("the peer cache is unusable: {e:#}"),
                 }
             }
-            let Some(registry) =
-                retry_until(&shutdown, "connecting to etcd", || Registry::connect(&etcd)).await
+            // Each attempt is a liveness beat, as in fetch_config: waiting for etcd at start is
+            // not a stuck agent (with user/password, connecting is an RPC that fails while
+            // etcd is down).
+            let Some(registry) = retry_until(&shutdown, "connecting to etcd", || {
+                health.beat();
+                Registry::connect(&etcd)
+            })
+            .await
             else {
                 return Ok(());
             };
@@ -362,7 +369,7 @@ impl Start {
             .refresh()
             .await
             .context("read weft's routes from the kernel")?;
-        agent.reconcile("initial sync").await;
+        agent.reconcile(ReconcileReason::InitialSync).await;
         agent.write_subnet_env(mtu).await?;
         let attrs = agent.leases.attrs().clone();
         let table = agent.leases.take_table();

@@ -7,8 +7,10 @@
 //! - [`memory`]: an in-memory lease source for tests of the agent's lease decisions without
 //!   root, a kernel or etcd;
 //! - [`need`]: the rule for a test whose requirement (root, a tool, a kernel feature) is missing:
-//!   a failure under `CI=true`, `SKIPPED` elsewhere.
+//!   a failure under `CI=true`, `SKIPPED` elsewhere;
+//! - [`prom`]: a strict parser of the Prometheus text format, for the `/metrics` tests.
 pub mod etcd_server;
 pub mod lab;
 pub mod memory;
 pub mod need;
+pub mod prom;
