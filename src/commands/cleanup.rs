@@ -98,12 +98,6 @@ pub fn run_command(args: CleanupArgs) -> u8 {
     outcome.exit_code()
 }
 
-/// Whether a link name is one of the devices weft or flanneld create: `flannel.<VNI>`,
-/// `flannel-v6.<VNI>`, `flannel.ipip`.
-pub fn is_flannel_device(name: &str) -> bool {
-    backends::device::is_device_name(name)
-}
-
 /// Runs every step; never stops early.
 pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -> Outcome {
     let mut out = Outcome::default();
@@ -292,26 +286,6 @@ fn remove_file(path: &Path, out: &mut Outcome) {
 #[allow(clippy::unwrap_used)] // tests fail loudly by design
 mod tests {
     use super::*;
-
-    #[test]
-    fn flannel_device_names() {
-        for yes in ["flannel.1", "flannel.4096", "flannel-v6.1", "flannel.ipip"] {
-            assert!(is_flannel_device(yes), "{yes}");
-        }
-        for no in [
-            "flannel.",
-            "flannel",
-            "flannel.1a",
-            "flannel-v6.",
-            "flannel.ipip0",
-            "cni0",
-            "eth0",
-            "xflannel.1",
-            "flannel-v6.ipip",
-        ] {
-            assert!(!is_flannel_device(no), "{no}");
-        }
-    }
 
     #[test]
     fn remove_file_is_idempotent_and_reports_failures() {

@@ -76,6 +76,37 @@ pub trait LeaseSource: Clone + Send + Sync + 'static {
     fn watch(&self, from_revision: i64, shutdown: CancellationToken) -> mpsc::Receiver<WatchEvent>;
 }
 
+/// Parses one key and value under `<prefix>/subnets/` as flannel stores them (every source
+/// keeps the etcd layout's text): a key that is not a subnet, or a value that is not a lease,
+/// is [`Malformed`] (with its subnet when only the value was bad), never an error that stops a
+/// list or a watch. A bad key can be huge: the report shows an excerpt.
+pub fn parse_entry(
+    prefix: &str,
+    key: &[u8],
+    value: &[u8],
+    lease_id: i64,
+    mod_revision: i64,
+) -> std::result::Result<LeaseEntry, Malformed> {
+    let key_full = String::from_utf8_lossy(key);
+    let key_text = net_conf::excerpt(&key_full, 400);
+    let subnet = SubnetKey::from_etcd_key(&key_full, prefix).map_err(|e| Malformed {
+        key: key_text.clone(),
+        reason: e.to_string(),
+        subnet: None,
+    })?;
+    let attrs = LeaseAttrs::parse(value).map_err(|e| Malformed {
+        key: key_text.clone(),
+        reason: e.to_string(),
+        subnet: Some(subnet),
+    })?;
+    Ok(LeaseEntry {
+        key: subnet,
+        attrs,
+        lease_id,
+        mod_revision,
+    })
+}
+
 /// One well-formed lease under `<prefix>/subnets/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseEntry {

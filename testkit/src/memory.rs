@@ -122,25 +122,16 @@ impl Store {
     }
 }
 
-/// Parses one stored lease like the etcd source does.
+/// Parses one stored lease as the etcd source does.
 fn entry(key: &str, stored: &Stored) -> std::result::Result<LeaseEntry, Malformed> {
     let full = format!("{PREFIX}/subnets/{key}");
-    let subnet = SubnetKey::from_etcd_key(&full, PREFIX).map_err(|e| Malformed {
-        key: full.clone(),
-        reason: e.to_string(),
-        subnet: None,
-    })?;
-    let attrs = LeaseAttrs::parse(stored.value.as_bytes()).map_err(|e| Malformed {
-        key: full.clone(),
-        reason: e.to_string(),
-        subnet: Some(subnet),
-    })?;
-    Ok(LeaseEntry {
-        key: subnet,
-        attrs,
-        lease_id: stored.lease_id,
-        mod_revision: stored.mod_revision,
-    })
+    weft::lease::parse_entry(
+        PREFIX,
+        full.as_bytes(),
+        stored.value.as_bytes(),
+        stored.lease_id,
+        stored.mod_revision,
+    )
 }
 
 /// The in-memory lease source. See the module doc.

@@ -131,7 +131,7 @@ impl Registry {
         })
     }
 
-    /// Parses one key/value under `<prefix>/subnets`.
+    /// Parses one key/value under `<prefix>/subnets` ([`crate::lease::parse_entry`]).
     pub fn parse_entry(
         &self,
         key: &[u8],
@@ -139,28 +139,9 @@ impl Registry {
         lease_id: i64,
         mod_revision: i64,
     ) -> std::result::Result<LeaseEntry, Malformed> {
-        // A bad key or value can be huge: errors and logs show an excerpt.
-        let key_full = String::from_utf8_lossy(key);
-        let key_text = net_conf::excerpt(&key_full, 400);
-        let subnet = self.parse_key(&key_full).map_err(|reason| Malformed {
-            key: key_text.clone(),
-            reason,
-            subnet: None,
-        })?;
-        let attrs = LeaseAttrs::parse(value).map_err(|e| Malformed {
-            key: key_text.clone(),
-            reason: e.to_string(),
-            subnet: Some(subnet),
-        })?;
-        Ok(LeaseEntry {
-            key: subnet,
-            attrs,
-            lease_id,
-            mod_revision,
-        })
+        crate::lease::parse_entry(&self.prefix, key, value, lease_id, mod_revision)
     }
 
-    /// The subnet key of a full etcd key `<prefix>/subnets/<key>`.
     pub fn parse_key(&self, full: &str) -> std::result::Result<SubnetKey, String> {
         SubnetKey::from_etcd_key(full, &self.prefix).map_err(|e| e.to_string())
     }
