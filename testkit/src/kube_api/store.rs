@@ -1,0 +1,216 @@
+//! The test API server's object store: Node objects as JSON, one global resourceVersion
+//! counter (as etcd's revision behind the real API server), a history of changes for watches
+//! and for lists at an older resourceVersion, and compaction.
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+/// The kind of a change, as a watch event's `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Added => "ADDED",
+            Kind::Modified => "MODIFIED",
+            Kind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change: the object after it (for a delete: the last state, with the delete's
+/// resourceVersion) and the object before it (to reconstruct older states).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub rv: u64,
+    pub kind: Kind,
+    pub name: String,
+    pub object: Value,
+    pub before: Option<Value>,
+}
+
+/// Why a read at a resourceVersion cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum At {
+    /// Older than the compaction horizon: 410 Gone / Expired.
+    Compacted { requested: u64, oldest: u64 },
+    /// Newer than anything written: the real server waits, then 504 "Too large resource
+    /// version"; we answer at once.
+    TooLarge { requested: u64, current: u64 },
+}
+
+pub struct Store {
+    rv: u64,
+    objects: BTreeMap<String, Value>,
+    history: VecDeque<Change>,
+    /// Changes at or below this resourceVersion are gone.
+    compacted: u64,
+    uid_counter: u64,
+    pub tx: broadcast::Sender<Change>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(65_536);
+        Store {
+            // The real server's first resourceVersion is well above 1; start somewhere that
+            // tells a resourceVersion from a count.
+            rv: 1000,
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted: 1000,
+            uid_counter: 0,
+            tx,
+        }
+    }
+
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    pub fn oldest(&self) -> u64 {
+        self.compacted
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.objects.get(name)
+    }
+
+    pub fn next_uid(&mut self) -> String {
+        self.uid_counter += 1;
+        format!("00000000-0000-4000-8000-{:012x}", self.uid_counter)
+    }
+
+    /// Stores `object` under `name` with a new resourceVersion (set in its metadata).
+    pub fn put(&mut self, name: &str, mut object: Value) -> Value {
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
+        let before = self.objects.insert(name.to_string(), object.clone());
+        let kind = if before.is_some() {
+            Kind::Modified
+        } else {
+            Kind::Added
+        };
+        self.record(kind, name, object.clone(), before);
+        object
+    }
+
+    pub fn delete(&mut self, name: &str) -> Option<Value> {
+        let before = self.objects.remove(name)?;
+        self.rv += 1;
+        let mut last = before.clone();
+        last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
+        self.record(Kind::Deleted, name, last.clone(), Some(before));
+        Some(last)
+    }
+
+    fn record(&mut self, kind: Kind, name: &str, object: Value, before: Option<Value>) {
+        let change = Change {
+            rv: self.rv,
+            kind,
+            name: name.to_string(),
+            object,
+            before,
+        };
+        self.history.push_back(change.clone());
+        // No receiver is not an error.
+        let _ = self.tx.send(change);
+    }
+
+    /// Forgets every change up to the current resourceVersion, as etcd's compaction: a watch
+    /// or list from an older resourceVersion gets 410 Gone.
+    pub fn compact(&mut self) {
+        self.compacted = self.rv;
+        self.history.clear();
+    }
+
+    /// Checks that `rv` can be served.
+    pub fn check(&self, rv: u64) -> Result<(), At> {
+        if rv < self.compacted {
+            return Err(At::Compacted {
+                requested: rv,
+                oldest: self.compacted,
+            });
+        }
+        if rv > self.rv {
+            return Err(At::TooLarge {
+                requested: rv,
+                current: self.rv,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every object as it was at `rv` (current objects with later changes undone), by name.
+    pub fn objects_at(&self, rv: u64) -> Result<BTreeMap<String, Value>, At> {
+        self.check(rv)?;
+        let mut objects = self.objects.clone();
+        for change in self.history.iter().rev().take_while(|c| c.rv > rv) {
+            match &change.before {
+                Some(before) => {
+                    objects.insert(change.name.clone(), before.clone());
+                }
+                None => {
+                    objects.remove(&change.name);
+                }
+            }
+        }
+        Ok(objects)
+    }
+
+    /// The changes after `rv`, in order (`rv` must pass [`check`](Self::check)).
+    pub fn changes_after(&self, rv: u64) -> Vec<Change> {
+        self.history.iter().filter(|c| c.rv > rv).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn objects_at_undoes_later_changes_and_compaction_expires_old_versions() {
+        let mut s = Store::new();
+        let a = s.put("a", json!({"metadata": {"name": "a"}, "v": 1}));
+        let rv1: u64 = a["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        s.put("a", json!({"metadata": {"name": "a"}, "v": 2}));
+        s.put("b", json!({"metadata": {"name": "b"}}));
+        s.delete("a");
+        let at1 = s.objects_at(rv1).unwrap();
+        assert_eq!(at1.len(), 1);
+        assert_eq!(at1["a"]["v"], 1);
+        let now = s.objects_at(s.resource_version()).unwrap();
+        assert_eq!(now.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(s.changes_after(rv1).len(), 3);
+        s.compact();
+        assert_eq!(
+            s.check(rv1),
+            Err(At::Compacted {
+                requested: rv1,
+                oldest: s.resource_version()
+            })
+        );
+        assert!(matches!(
+            s.check(s.resource_version() + 1),
+            Err(At::TooLarge { .. })
+        ));
+    }
+}
