@@ -71,7 +71,8 @@ impl Default for Options {
 
 /// A running (or stopped) test API server.
 pub struct KubeApi {
-    rt: tokio::runtime::Runtime,
+    /// Taken on drop (shut down in the background: a test may drop it inside its own runtime).
+    rt: Option<tokio::runtime::Runtime>,
     shared: Arc<Shared>,
     opts: Options,
     addr: SocketAddr,
@@ -111,7 +112,7 @@ impl KubeApi {
         let addr = listener.local_addr().context("local address")?;
         opts.port = addr.port();
         let mut api = KubeApi {
-            rt,
+            rt: Some(rt),
             shared,
             opts,
             addr,
@@ -130,10 +131,11 @@ impl KubeApi {
         let router = axum::Router::new()
             .fallback(api::handle)
             .with_state(Arc::clone(&self.shared));
-        let _guard = self.rt.enter();
+        let rt = self.rt.as_ref().context("the server's runtime is gone")?;
+        let _guard = rt.enter();
         let listener = tokio::net::TcpListener::from_std(listener).context("listener")?;
         let token = stop.clone();
-        self.rt.spawn(async move {
+        rt.spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
                     _ = token.cancelled() => return,
@@ -313,6 +315,9 @@ impl KubeApi {
 impl Drop for KubeApi {
     fn drop(&mut self) {
         self.stop();
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
