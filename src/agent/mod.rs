@@ -31,6 +31,7 @@ pub mod leases;
 pub mod metrics;
 pub mod peer_cache;
 mod start;
+mod start_kube;
 pub mod subnet_file;
 
 use std::time::Duration;

@@ -22,20 +22,16 @@ use super::{Agent, iface, subnet_file};
 use crate::cli::Options;
 use crate::lease::etcd::manager::{LeaseTiming, SubnetManager};
 use crate::lease::etcd::registry::{EtcdOptions, Registry};
+use crate::lease::kube::Fatal;
 use crate::lease::{Backoff, LeaseSource, Snapshot, retry_until, sleep_or_shutdown};
 
 /// How long the first contact with etcd may take before a node with a peer cache programs the
 /// cached peers instead of waiting.
-const FIRST_CONTACT: Duration = Duration::from_secs(3);
+pub(super) const FIRST_CONTACT: Duration = Duration::from_secs(3);
 
 /// Runs the agent until `shutdown` is cancelled. `Ok(())` on a clean shutdown; an error ends
 /// the process with exit code 1 (bad config, no usable interface, backend precondition).
 pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
-    if opts.kube_subnet_mgr {
-        return Err(anyhow!(
-            "--kube-subnet-mgr: the Kubernetes subnet manager is not supported by weft yet; lease from etcd (--etcd-endpoints)"
-        ));
-    }
     let health = Health::new(super::http::DEFAULT_STALE_AFTER);
     if let Some(addr) = opts.healthz_addr() {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -47,6 +43,9 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             health.clone(),
             shutdown.clone(),
         ));
+    }
+    if opts.kube_subnet_mgr {
+        return super::start_kube::run(opts, health, shutdown).await;
     }
 
     let nl = Netlink::connect().context("open a netlink socket")?;
@@ -144,7 +143,7 @@ async fn first_contact(etcd: &EtcdOptions) -> Result<(Registry, Option<String>, 
 /// Boot without etcd (target R3): the cached config, own subnet and peers are programmed and
 /// subnet.env is written, so pods start and reach the last known peers. Nothing is deleted:
 /// only a real etcd list may say a peer is gone. Readiness waits for etcd.
-async fn boot_from_cache(
+pub(super) async fn boot_from_cache(
     nl: &Netlink,
     opts: &Options,
     cache: &PeerCache,
@@ -262,20 +261,24 @@ async fn fetch_config<S: LeaseSource>(source: &S, health: &Health) -> String {
 }
 
 /// What start-up has settled before the lease: config, interface and backend.
-struct Start {
-    opts: Options,
-    conf: NetConf,
-    config_text: String,
-    nl: Netlink,
-    ext: ExternalInterface,
-    primary: AnyBackend,
-    health: Health,
-    shutdown: CancellationToken,
+pub(super) struct Start {
+    pub opts: Options,
+    pub conf: NetConf,
+    pub config_text: String,
+    pub nl: Netlink,
+    pub ext: ExternalInterface,
+    pub primary: AnyBackend,
+    pub health: Health,
+    pub shutdown: CancellationToken,
 }
 
 impl Start {
     /// The lease, the initial sync, subnet.env and readiness; then the control loop.
-    async fn run<S: LeaseSource>(self, mut source: S, mut listed: Option<Snapshot>) -> Result<()> {
+    pub(super) async fn run<S: LeaseSource>(
+        self,
+        mut source: S,
+        mut listed: Option<Snapshot>,
+    ) -> Result<()> {
         let Start {
             opts,
             conf,
@@ -323,6 +326,8 @@ impl Start {
             };
             match res {
                 Ok(acquired) => break acquired,
+                // A podCIDR outside the network, say: waiting cannot fix it.
+                Err(e) if e.downcast_ref::<Fatal>().is_some() => return Err(e),
                 Err(e) => {
                     let wait = backoff.next_delay();
                     warn!("acquiring a subnet lease failed (retrying in {wait:.1?}): {e:#}");
@@ -337,6 +342,8 @@ impl Start {
         let mtu = primary.configure(&ext, own.key.v4)?;
         let firewall = start_firewall(&opts, &conf, own.key.v4).await?;
 
+        let starter =
+            (opts.kube_subnet_mgr && opts.set_node_network_unavailable).then(|| source.clone());
         let leases = Leases::start(
             source,
             own,
@@ -379,6 +386,17 @@ impl Start {
             .await;
         agent.leases.restore_table(table);
         agent.health.set_ready(true);
+        if let Some(source) = starter {
+            let shutdown = agent.shutdown.clone();
+            tokio::spawn(async move {
+                retry_until(
+                    &shutdown,
+                    "setting the node's NetworkUnavailable condition",
+                    || source.started(),
+                )
+                .await
+            });
+        }
         info!(
             "weft is ready: subnet {} with {} peers",
             agent.leases.own().key,

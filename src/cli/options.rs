@@ -156,7 +156,7 @@ pub struct Options {
           action = ArgAction::Set, default_value = "false", value_parser = parse_bool)]
     pub ip_masq_fully_random_disable: bool,
 
-    /// Contact the Kubernetes API for subnet assignment instead of etcd (not supported yet)
+    /// Contact the Kubernetes API for subnet assignment instead of etcd
     #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", value_name = "BOOL", action = ArgAction::Set,
           default_value = "false", value_parser = parse_bool)]
     pub kube_subnet_mgr: bool,

@@ -2,11 +2,12 @@
 //! calls this the subnet manager), and the [`table::LeaseTable`] the agent keeps of the peers.
 //!
 //! [`LeaseSource`] is the one interface the agent uses. Implementations: [`etcd`] (flannel's
-//! keys and values in etcd v3) and, for tests of the agent's decision logic without root or
+//! keys and values in etcd v3), [`kube`] (Kubernetes Nodes: podCIDRs and flannel's annotations) and, for tests of the agent's decision logic without root or
 //! etcd, an in-memory one in the `weft-testkit` crate. A source is cheap to clone (clones share
 //! the connection); the agent runs every call of it in a task of its own, never in its control
 //! task.
 pub mod etcd;
+pub mod kube;
 pub mod table;
 
 use std::fmt::Display;
@@ -74,6 +75,12 @@ pub trait LeaseSource: Clone + Send + Sync + 'static {
     /// from a task of the source's own that stops on `shutdown` or when the receiver is
     /// dropped.
     fn watch(&self, from_revision: i64, shutdown: CancellationToken) -> mpsc::Receiver<WatchEvent>;
+
+    /// Called once the node is ready (subnet.env written, first sync done): kube mode sets the
+    /// Node's `NetworkUnavailable` condition to False here. Nothing by default.
+    fn started(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Parses one key and value under `<prefix>/subnets/` as flannel stores them (every source

@@ -20,7 +20,20 @@ impl Lab {
         let node = self.node(k)?;
         let bin = self.spec.weft_bin.to_string_lossy().into_owned();
         let mut cmd = sys::netns_exec(&node.ns, &bin, &[]);
-        cmd.arg(format!("--etcd-endpoints={}", self.etcd_endpoint()?));
+        if self.spec.kube {
+            cmd.arg("--kube-subnet-mgr");
+            cmd.arg(format!(
+                "--kubeconfig-file={}",
+                self.kubeconfig_path().display()
+            ));
+            cmd.arg(format!(
+                "--net-config-path={}",
+                self.net_conf_path().display()
+            ));
+            cmd.env("NODE_NAME", Self::node_name(k));
+        } else {
+            cmd.arg(format!("--etcd-endpoints={}", self.etcd_endpoint()?));
+        }
         cmd.arg(format!("--subnet-file={}", self.subnet_file(k)?.display()));
         // Each node its own peer cache (they share one filesystem).
         cmd.arg(format!(

@@ -34,6 +34,7 @@ use crate::etcd_server::EtcdServer;
 
 mod agents;
 mod cli;
+mod kube;
 mod pods;
 mod query;
 mod sys;
@@ -41,6 +42,7 @@ mod teardown;
 mod topology;
 
 pub use cli::run_cli;
+pub use kube::{FLANNEL_USER, KUBE_API_PORT, KubeLab, pod_cidr};
 pub use net_conf::SubnetEnv;
 pub use teardown::cleanup;
 
@@ -98,6 +100,9 @@ pub struct LabSpec {
     pub healthz_port: u16,
     /// Extra environment variables for every agent (e.g. `WEFT_FIREWALL_AUDIT_SECS`).
     pub agent_env: Vec<(String, String)>,
+    /// Kube mode: the test API server instead of etcd, agents with `--kube-subnet-mgr`, the
+    /// config in net-conf.json (see `kube.rs`).
+    pub kube: bool,
 }
 
 impl LabSpec {
@@ -113,6 +118,7 @@ impl LabSpec {
             config: None,
             healthz_port: DEFAULT_HEALTHZ_PORT,
             agent_env: Vec::new(),
+            kube: false,
         }
     }
 
@@ -169,6 +175,7 @@ pub struct Lab {
     /// The "external" host's namespace, once [`Lab::add_external`] made it.
     external: Option<String>,
     etcd: Option<EtcdServer>,
+    kube: Option<KubeLab>,
     nodes: Vec<Node>,
     keep: bool,
     torn_down: bool,
@@ -254,7 +261,7 @@ impl Lab {
     pub fn etcd(&mut self) -> Result<&mut EtcdServer> {
         self.etcd
             .as_mut()
-            .ok_or_else(|| anyhow!("etcd is not running"))
+            .ok_or_else(|| anyhow!("etcd is not running (a kube-mode lab has none)"))
     }
 
     /// etcd's client URL, reachable from the node namespaces.
@@ -273,8 +280,11 @@ impl Lab {
         self.etcd_ref()?.etcdctl(args)
     }
 
-    /// Writes `<prefix>/config`.
+    /// Writes `<prefix>/config` (kube mode: net-conf.json).
     pub fn put_config(&self, json: &str) -> Result<()> {
+        if self.spec.kube {
+            return self.write_net_conf(json);
+        }
         let key = format!("{}/config", self.spec.etcd_prefix);
         self.etcdctl(&["put", &key, json])
             .with_context(|| format!("writing {key}"))?;

@@ -45,8 +45,10 @@ impl Lab {
                 errors.push(format!("{e:#}"));
             }
         }
-        // EtcdServer's Drop kills etcd and removes its files.
+        // EtcdServer's Drop kills etcd and removes its files; the API server stops with its
+        // runtime.
         self.etcd = None;
+        self.kube = None;
         for node in &self.nodes {
             if let Some(pod) = &node.pod {
                 if let Err(e) = sys::netns_purge(&pod.ns) {

@@ -26,6 +26,7 @@ impl Lab {
             underlay,
             external: None,
             etcd: None,
+            kube: None,
             nodes: Vec::new(),
             keep: false,
             torn_down: false,
@@ -52,6 +53,27 @@ impl Lab {
         sys::ip(Some(&u), &["addr", "add", &gw, "dev", "br0"])?;
         sys::ip(Some(&u), &["link", "set", "br0", "up"])?;
 
+        if self.spec.kube {
+            self.start_kube()?;
+        } else {
+            self.start_etcd()?;
+        }
+
+        for k in 1..=self.spec.nodes {
+            let node = self.build_node(k)?;
+            self.nodes.push(node);
+        }
+        tracing::info!(
+            lab = %self.name,
+            nodes = self.spec.nodes,
+            elapsed = ?started.elapsed(),
+            "lab built"
+        );
+        Ok(())
+    }
+
+    fn start_etcd(&mut self) -> Result<()> {
+        let u = self.underlay.clone();
         let etcd = EtcdServer::start(EtcdServerOpts {
             netns: Some(u.clone()),
             listen_ip: UNDERLAY_GATEWAY.into(),
@@ -73,17 +95,6 @@ impl Lab {
         if !config.is_empty() {
             self.put_config(&config)?;
         }
-
-        for k in 1..=self.spec.nodes {
-            let node = self.build_node(k)?;
-            self.nodes.push(node);
-        }
-        tracing::info!(
-            lab = %self.name,
-            nodes = self.spec.nodes,
-            elapsed = ?started.elapsed(),
-            "lab built"
-        );
         Ok(())
     }
 

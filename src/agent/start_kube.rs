@@ -1,0 +1,182 @@
+//! Start-up in kube mode (`--kube-subnet-mgr`): the client, the node's name, the config file
+//! (`--net-config-path`, default `/etc/kube-flannel/net-conf.json`, watched for ConfigMap
+//! updates), a bounded first contact (a node whose API server does not answer boots from its
+//! peer cache), then the same start as etcd mode with the Kubernetes lease source.
+use anyhow::{Context as _, Result, anyhow};
+use backends::AnyBackend;
+use backends::nl::Netlink;
+use net_conf::BackendConf;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::config_watch::parse_config;
+use super::http::Health;
+use super::iface;
+use super::peer_cache::PeerCache;
+use super::start::{FIRST_CONTACT, Start, boot_from_cache};
+use crate::cli::Options;
+use crate::lease::kube::node::NodeLite;
+use crate::lease::kube::{Fatal, KubeOptions, KubeSource, api_error, client};
+use crate::lease::retry_until;
+
+pub(super) async fn run(
+    mut opts: Options,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let config_path = opts.net_config_path_or_default();
+    // The file is the config in kube mode, and it is watched (a ConfigMap update).
+    opts.net_config_path = Some(config_path.clone());
+    let kopts = KubeOptions {
+        kubeconfig: opts.kubeconfig_file.clone(),
+        api_url: opts.kube_api_url.clone(),
+        annotation_prefix: opts.kube_annotation_prefix.clone(),
+    };
+    let client = client(&kopts).await?;
+    let Some(node_name) = node_name(&client, &shutdown).await? else {
+        return Ok(());
+    };
+    info!(
+        "kube subnet manager: node {node_name}, config {}",
+        config_path.display()
+    );
+    let source = KubeSource::new(
+        client,
+        &node_name,
+        &opts.kube_annotation_prefix,
+        config_path.clone(),
+    );
+    let nl = Netlink::connect().context("open a netlink socket")?;
+
+    // First contact, bounded: a node with a peer cache programs the cached peers rather than
+    // wait for an API server that does not answer.
+    let first = tokio::time::timeout(FIRST_CONTACT, source.get_node(&node_name)).await;
+    let node = match first {
+        Ok(Ok(node)) => node,
+        failed => {
+            match failed {
+                Ok(Err(e)) => warn!("{}", api_error("at start", &e)),
+                _ => warn!("the API server did not answer within {FIRST_CONTACT:?} at start"),
+            }
+            if let Some(path) = opts.peer_cache_file.as_deref() {
+                match PeerCache::load(path) {
+                    Ok(Some(cache)) => {
+                        if let Err(e) = boot_from_cache(&nl, &opts, &cache, path).await {
+                            warn!("programming the cached peers failed: {e:#}");
+                        }
+                    }
+                    Ok(None) => info!("no peer cache at {} to boot from", path.display()),
+                    Err(e) => warn!("the peer cache is unusable: {e:#}"),
+                }
+            }
+            let got = retry_until(&shutdown, "reading this node from the API server", || {
+                health.beat();
+                let source = source.clone();
+                let name = node_name.clone();
+                async move {
+                    source
+                        .get_node(&name)
+                        .await
+                        .map_err(|e| anyhow!(api_error(&format!("get node {name:?}"), &e)))
+                }
+            })
+            .await;
+            let Some(node) = got else { return Ok(()) };
+            node
+        }
+    };
+    apply_node_public_ip(&mut opts, &source, &node)?;
+
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        Fatal(format!(
+            "read network config {}: {e}",
+            config_path.display()
+        ))
+    })?;
+    let conf = parse_config(&text)?;
+    info!(
+        "Found network config - Backend type: {}, Network: {}",
+        conf.backend.type_name(),
+        conf.network.map(|n| n.to_string()).unwrap_or_default()
+    );
+    let backend = AnyBackend::from_conf(&conf.backend)?;
+    match &conf.backend {
+        BackendConf::Vxlan(vxlan) => info!("VXLAN config: {vxlan}"),
+        BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
+        BackendConf::HostGw => {}
+    }
+    let ext = iface::select_interface(&nl, &opts).await?;
+    let start = Start {
+        opts,
+        conf,
+        config_text: text,
+        nl,
+        ext,
+        primary: backend,
+        health,
+        shutdown,
+    };
+    start.run(source, None).await
+}
+
+/// `node-public-ip` on the Node, set by an admin, chooses the public IP as `--public-ip`
+/// would (the command line wins).
+fn apply_node_public_ip(opts: &mut Options, source: &KubeSource, node: &NodeLite) -> Result<()> {
+    match source.annotations().node_public_ip(node) {
+        Ok(Some(ip)) if opts.public_ip.is_none() => {
+            info!(
+                "using public IP {ip} from the node's annotation {}",
+                source.annotations().node_public_ip
+            );
+            opts.public_ip = Some(ip);
+        }
+        Ok(_) => {}
+        Err(e) => warn!("ignoring it: {e}"),
+    }
+    Ok(())
+}
+
+/// `NODE_NAME`, else the node of the pod `POD_NAMESPACE/POD_NAME` (as flanneld finds it).
+/// `None` on shutdown while the API server does not answer.
+async fn node_name(client: &kube::Client, shutdown: &CancellationToken) -> Result<Option<String>> {
+    if let Some(name) = std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()) {
+        return Ok(Some(name));
+    }
+    let (Some(pod), Some(ns)) = (
+        std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()),
+        std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    ) else {
+        return Err(Fatal(
+            "env variables POD_NAME and POD_NAMESPACE must be set (or NODE_NAME)".to_string(),
+        )
+        .into());
+    };
+    let path = format!("/api/v1/namespaces/{ns}/pods/{pod}");
+    let got = retry_until(
+        shutdown,
+        "reading this pod's node from the API server",
+        || {
+            let client = client.clone();
+            let path = path.clone();
+            let (ns, pod) = (ns.clone(), pod.clone());
+            async move {
+                let req = http::Request::get(&path)
+                    .body(Vec::new())
+                    .map_err(|e| anyhow!("build request {path}: {e}"))?;
+                let pod: serde_json::Value = client
+                    .request(req)
+                    .await
+                    .map_err(|e| anyhow!(api_error(&format!("get pod {ns}/{pod}"), &e)))?;
+                pod["spec"]["nodeName"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("pod {ns}/{pod} has no spec.nodeName yet"))
+            }
+        },
+    )
+    .await;
+    Ok(got)
+}

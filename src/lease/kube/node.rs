@@ -1,0 +1,355 @@
+//! Nodes as leases: the few fields of a Node that a subnet manager reads (decoded straight
+//! from the JSON; the rest of a multi-KiB Node is skipped by the decoder, never kept), flannel's
+//! annotations, and the patches weft writes. Pure: no I/O.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::{IpNet, Ipv4Net};
+use net_conf::{LeaseAttrs, SubnetKey};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::lease::{LeaseEntry, Malformed};
+
+/// The fields of a Node that are read; everything else is skipped while decoding.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NodeLite {
+    pub metadata: Meta,
+    #[serde(default)]
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Meta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, rename = "resourceVersion")]
+    pub resource_version: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Spec {
+    #[serde(default, rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+}
+
+impl NodeLite {
+    /// The node's IPv4 pod CIDR: the IPv4 entry of `spec.podCIDRs`, else `spec.podCIDR`.
+    /// `Ok(None)` when none is assigned; an error names a value that is not a CIDR.
+    pub fn pod_cidr_v4(&self) -> Result<Option<Ipv4Net>, String> {
+        let mut all: Vec<&str> = self.spec.pod_cidrs.iter().map(String::as_str).collect();
+        if all.is_empty()
+            && let Some(single) = self.spec.pod_cidr.as_deref().filter(|s| !s.is_empty())
+        {
+            all.push(single);
+        }
+        for text in all {
+            match text.parse::<IpNet>() {
+                Ok(IpNet::V4(net)) => return Ok(Some(net.trunc())),
+                Ok(IpNet::V6(_)) => {}
+                Err(_) => return Err(format!("podCIDR {text:?} is not a CIDR")),
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn resource_version(&self) -> i64 {
+        self.metadata.resource_version.parse().unwrap_or(0)
+    }
+}
+
+/// flannel's annotation names under a prefix (`--kube-annotation-prefix`, default
+/// `flannel.alpha.coreos.com`).
+#[derive(Debug, Clone)]
+pub struct Annotations {
+    pub backend_type: String,
+    pub backend_data: String,
+    pub backend_v6_data: String,
+    pub public_ip: String,
+    pub public_ipv6: String,
+    pub subnet_manager: String,
+    pub public_ip_overwrite: String,
+    pub node_public_ip: String,
+}
+
+impl Annotations {
+    pub fn new(prefix: &str) -> Self {
+        let p = prefix.trim_end_matches('/');
+        let k = |name: &str| format!("{p}/{name}");
+        Annotations {
+            backend_type: k("backend-type"),
+            backend_data: k("backend-data"),
+            backend_v6_data: k("backend-v6-data"),
+            public_ip: k("public-ip"),
+            public_ipv6: k("public-ipv6"),
+            subnet_manager: k("kube-subnet-manager"),
+            public_ip_overwrite: k("public-ip-overwrite"),
+            node_public_ip: k("node-public-ip"),
+        }
+    }
+
+    /// What a Node says as a lease.
+    pub fn as_lease(&self, node: &NodeLite) -> NodeLease {
+        let a = &node.metadata.annotations;
+        if a.get(&self.subnet_manager).map(String::as_str) != Some("true") {
+            return NodeLease::NotALease;
+        }
+        let malformed = |reason: String, subnet: Option<SubnetKey>| {
+            NodeLease::Malformed(Malformed {
+                key: format!("node {}", node.metadata.name),
+                reason,
+                subnet,
+            })
+        };
+        let subnet = match node.pod_cidr_v4() {
+            Ok(Some(net)) => SubnetKey::new(net),
+            Ok(None) => return NodeLease::NotALease,
+            Err(e) => return malformed(e, None),
+        };
+        // An admin-set overwrite replaces the advertised address (NAT).
+        let (ip_key, ip_text) = match a.get(&self.public_ip_overwrite).filter(|s| !s.is_empty()) {
+            Some(v) => (&self.public_ip_overwrite, Some(v)),
+            None => (&self.public_ip, a.get(&self.public_ip)),
+        };
+        let Some(ip_text) = ip_text else {
+            return malformed(format!("annotation {ip_key} is missing"), Some(subnet));
+        };
+        let public_ip: Ipv4Addr = match ip_text.parse() {
+            Ok(ip) => ip,
+            Err(_) => {
+                return malformed(
+                    format!("annotation {ip_key} {ip_text:?} is not an IPv4 address"),
+                    Some(subnet),
+                );
+            }
+        };
+        // Through the lease value's own parser, so the same rules hold as for etcd leases.
+        let data = a
+            .get(&self.backend_data)
+            .map(String::as_str)
+            .unwrap_or("null");
+        if serde_json::from_str::<Value>(data).is_err() {
+            return malformed(
+                format!(
+                    "annotation {} {:?} is not JSON",
+                    self.backend_data,
+                    net_conf::excerpt(data, 200)
+                ),
+                Some(subnet),
+            );
+        }
+        let backend_type = a.get(&self.backend_type).cloned().unwrap_or_default();
+        let value = format!(
+            "{{\"PublicIP\":{},\"BackendType\":{},\"BackendData\":{data}}}",
+            json!(public_ip.to_string()),
+            json!(backend_type),
+        );
+        match LeaseAttrs::parse(value.as_bytes()) {
+            Ok(attrs) => NodeLease::Lease(LeaseEntry {
+                key: subnet,
+                attrs,
+                lease_id: 0,
+                mod_revision: node.resource_version(),
+            }),
+            Err(e) => malformed(e.to_string(), Some(subnet)),
+        }
+    }
+
+    /// The annotations this node publishes for `attrs`, as flanneld writes them
+    /// (`backend-data` is `null` when the backend has none).
+    pub fn own(&self, attrs: &LeaseAttrs) -> Vec<(String, String)> {
+        vec![
+            (
+                self.backend_data.clone(),
+                attrs
+                    .backend_data
+                    .clone()
+                    .unwrap_or_else(|| "null".to_string()),
+            ),
+            (self.backend_type.clone(), attrs.backend_type.clone()),
+            (self.subnet_manager.clone(), "true".to_string()),
+            (self.public_ip.clone(), attrs.public_ip.to_string()),
+        ]
+    }
+
+    /// Whether `node` already carries [`own`](Self::own)`(attrs)`.
+    pub fn carries(&self, node: &NodeLite, attrs: &LeaseAttrs) -> bool {
+        self.own(attrs)
+            .iter()
+            .all(|(k, v)| node.metadata.annotations.get(k) == Some(v))
+    }
+
+    /// The strategic merge patch (on `nodes/status`) that sets [`own`](Self::own)`(attrs)`.
+    pub fn patch(&self, attrs: &LeaseAttrs) -> Value {
+        let map: serde_json::Map<String, Value> = self
+            .own(attrs)
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        json!({"metadata": {"annotations": map}})
+    }
+
+    /// `node-public-ip`, set by an admin to choose this node's public IP (as `--public-ip`).
+    pub fn node_public_ip(&self, node: &NodeLite) -> Result<Option<Ipv4Addr>, String> {
+        match node.metadata.annotations.get(&self.node_public_ip) {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(|_| {
+                format!(
+                    "annotation {} {s:?} is not an IPv4 address",
+                    self.node_public_ip
+                )
+            }),
+        }
+    }
+}
+
+/// The condition patch after start: `NetworkUnavailable=False`, reason `FlannelIsUp`.
+pub fn network_available_patch(now: &str) -> Value {
+    json!({"status": {"conditions": [{
+        "type": "NetworkUnavailable",
+        "status": "False",
+        "reason": "FlannelIsUp",
+        "message": "Flannel is running on this node",
+        "lastTransitionTime": now,
+        "lastHeartbeatTime": now
+    }]}})
+}
+
+/// What one Node is as a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeLease {
+    Lease(LeaseEntry),
+    /// Not a flannel node (no `kube-subnet-manager: "true"`) or no podCIDR yet: ignored.
+    NotALease,
+    /// A flannel node whose annotations or podCIDR cannot be read: skipped with a warning.
+    Malformed(Malformed),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+    use net_conf::VxlanData;
+
+    fn node(annotations: &[(&str, &str)], cidrs: &[&str]) -> NodeLite {
+        let v = json!({
+            "kind": "Node",
+            "metadata": {"name": "n2", "resourceVersion": "42",
+                         "annotations": annotations.iter().map(|(k, v)| (k.to_string(), json!(v)))
+                             .collect::<serde_json::Map<_, _>>(),
+                         "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"podCIDR": cidrs.first(), "podCIDRs": cidrs},
+            "status": {"images": [{"names": ["x"], "sizeBytes": 1}]}
+        });
+        serde_json::from_value(v).unwrap()
+    }
+
+    const P: &str = "flannel.alpha.coreos.com";
+
+    fn flannel_node(extra: &[(&str, &str)]) -> NodeLite {
+        let mut a = vec![
+            (
+                "flannel.alpha.coreos.com/backend-data",
+                r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e3"}"#,
+            ),
+            ("flannel.alpha.coreos.com/backend-type", "vxlan"),
+            ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+            ("flannel.alpha.coreos.com/public-ip", "198.18.0.2"),
+        ];
+        a.extend_from_slice(extra);
+        node(&a, &["10.244.2.0/24"])
+    }
+
+    #[test]
+    fn a_flannel_node_is_a_lease_with_its_pod_cidr_and_annotations() {
+        let ann = Annotations::new(P);
+        let NodeLease::Lease(l) = ann.as_lease(&flannel_node(&[])) else {
+            panic!("not a lease")
+        };
+        assert_eq!(l.key.v4.to_string(), "10.244.2.0/24");
+        assert_eq!(l.attrs.public_ip.to_string(), "198.18.0.2");
+        assert_eq!(l.attrs.backend_type, "vxlan");
+        assert_eq!(
+            l.attrs.vxlan_data().unwrap().unwrap().vtep_mac_string(),
+            "12:c6:65:89:b4:e3"
+        );
+        assert_eq!(l.mod_revision, 42);
+        // The admin's overwrite wins.
+        let NodeLease::Lease(l) = ann.as_lease(&flannel_node(&[(
+            "flannel.alpha.coreos.com/public-ip-overwrite",
+            "203.0.113.9",
+        )])) else {
+            panic!("not a lease")
+        };
+        assert_eq!(l.attrs.public_ip.to_string(), "203.0.113.9");
+    }
+
+    #[test]
+    fn nodes_without_the_marker_or_a_pod_cidr_are_ignored_and_bad_ones_malformed() {
+        let ann = Annotations::new(P);
+        assert_eq!(
+            ann.as_lease(&node(&[], &["10.244.2.0/24"])),
+            NodeLease::NotALease
+        );
+        let mut n = flannel_node(&[]);
+        n.spec = Spec::default();
+        assert_eq!(ann.as_lease(&n), NodeLease::NotALease);
+        for (k, v) in [
+            ("flannel.alpha.coreos.com/public-ip", "not-an-ip"),
+            ("flannel.alpha.coreos.com/backend-data", "{broken"),
+        ] {
+            let mut n = flannel_node(&[]);
+            n.metadata.annotations.insert(k.to_string(), v.to_string());
+            let NodeLease::Malformed(m) = ann.as_lease(&n) else {
+                panic!("{k}={v} is not malformed")
+            };
+            assert_eq!(m.subnet.unwrap().v4.to_string(), "10.244.2.0/24");
+            assert!(m.key.contains("n2") && m.reason.contains(k), "{m:?}");
+        }
+        let mut n = flannel_node(&[]);
+        n.metadata
+            .annotations
+            .remove("flannel.alpha.coreos.com/public-ip");
+        assert!(
+            matches!(ann.as_lease(&n), NodeLease::Malformed(m) if m.reason.contains("missing"))
+        );
+        let mut n = flannel_node(&[]);
+        n.spec.pod_cidrs = vec!["nonsense".into()];
+        assert!(matches!(ann.as_lease(&n), NodeLease::Malformed(m) if m.subnet.is_none()));
+    }
+
+    #[test]
+    fn own_annotations_are_flannels_and_dual_stack_pod_cidrs_pick_ipv4() {
+        let ann = Annotations::new(P);
+        let mac = [0x12, 0xc6, 0x65, 0x89, 0xb4, 0xe3];
+        let attrs = LeaseAttrs::vxlan(
+            "198.18.0.1".parse().unwrap(),
+            VxlanData {
+                vni: 1,
+                vtep_mac: mac,
+            },
+        );
+        assert_eq!(
+            ann.patch(&attrs),
+            json!({"metadata": {"annotations": {
+                "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"12:c6:65:89:b4:e3\"}",
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": "198.18.0.1"
+            }}})
+        );
+        let hostgw = LeaseAttrs::host_gw("198.18.0.1".parse().unwrap());
+        assert_eq!(ann.own(&hostgw)[0].1, "null");
+        let n = node(&[], &["fd00:10:244:2::/64", "10.244.2.0/24"]);
+        assert_eq!(
+            n.pod_cidr_v4().unwrap().unwrap().to_string(),
+            "10.244.2.0/24"
+        );
+        assert!(!ann.carries(&n, &hostgw));
+    }
+}

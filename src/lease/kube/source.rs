@@ -1,0 +1,330 @@
+//! [`KubeSource`]: the [`LeaseSource`] of kube mode. The node's lease is its own Node (subnet
+//! = podCIDR, attributes = flannel's annotations, which it writes); there is no TTL, so renewal
+//! only waits for shutdown; "re-acquiring" after the Node was deleted waits for it to be
+//! registered again.
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{Result, anyhow};
+use ipnet::Ipv4Net;
+use kube::api::{GetParams, ListParams, Patch, PatchParams};
+use kube::core::Request;
+use net_conf::{LeaseAttrs, NetConf, SubnetKey};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::node::{Annotations, NodeLease, NodeLite, network_available_patch};
+use super::{Fatal, api_error, status_code};
+use crate::lease::{LeaseSource, OwnLease, Reacquired, RenewalEnd, Snapshot, WatchEvent};
+
+/// Nodes per page of a list (client-go's informers use 500).
+const PAGE: u32 = 500;
+
+#[derive(Clone)]
+pub struct KubeSource {
+    client: kube::Client,
+    node: Arc<str>,
+    ann: Arc<Annotations>,
+    config_path: PathBuf,
+    /// The network and attributes of the last acquire (for re-acquiring).
+    held: Arc<Mutex<Option<Held>>>,
+}
+
+/// The network and attributes of the last acquire.
+type Held = (Option<Ipv4Net>, LeaseAttrs);
+
+#[derive(Deserialize)]
+struct NodeList {
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<NodeLite>,
+}
+
+#[derive(Deserialize)]
+struct ListMeta {
+    #[serde(default, rename = "resourceVersion")]
+    resource_version: String,
+    #[serde(default, rename = "continue")]
+    continue_: Option<String>,
+}
+
+impl KubeSource {
+    pub fn new(
+        client: kube::Client,
+        node: &str,
+        annotation_prefix: &str,
+        config_path: PathBuf,
+    ) -> Self {
+        KubeSource {
+            client,
+            node: node.into(),
+            ann: Arc::new(Annotations::new(annotation_prefix)),
+            config_path,
+            held: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn annotations(&self) -> &Annotations {
+        &self.ann
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    fn api() -> Request {
+        Request::new("/api/v1/nodes")
+    }
+
+    /// GET the node `name`.
+    pub async fn get_node(&self, name: &str) -> Result<NodeLite, kube::Error> {
+        let req = Self::api()
+            .get(name, &GetParams::default())
+            .map_err(kube::Error::BuildRequest)?;
+        self.client.request::<NodeLite>(req).await
+    }
+
+    async fn patch_status(&self, patch: serde_json::Value) -> Result<(), kube::Error> {
+        let req = Self::api()
+            .patch_subresource(
+                "status",
+                &self.node,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .map_err(kube::Error::BuildRequest)?;
+        self.client
+            .request::<serde_json::Value>(req)
+            .await
+            .map(|_| ())
+    }
+
+    /// Every Node, paged, at one resourceVersion; a page whose continue token expired restarts
+    /// the list.
+    pub async fn list_nodes(&self) -> Result<Snapshot> {
+        'list: loop {
+            let mut snapshot = Snapshot::default();
+            let mut cont: Option<String> = None;
+            loop {
+                let mut lp = ListParams::default().limit(PAGE);
+                if let Some(c) = &cont {
+                    lp = lp.continue_token(c);
+                }
+                let req = Self::api().list(&lp).map_err(kube::Error::BuildRequest)?;
+                let page: NodeList = match self.client.request(req).await {
+                    Ok(p) => p,
+                    Err(e) if cont.is_some() && status_code(&e) == Some(410) => {
+                        info!("listing nodes: the continue token expired; listing again");
+                        continue 'list;
+                    }
+                    Err(e) => return Err(anyhow!(api_error("list nodes", &e))),
+                };
+                if cont.is_none() {
+                    snapshot.revision = page.metadata.resource_version.parse().unwrap_or(0);
+                }
+                for node in &page.items {
+                    match self.ann.as_lease(node) {
+                        NodeLease::Lease(l) => snapshot.leases.push(l),
+                        NodeLease::Malformed(m) => {
+                            warn!("skipping {}: {}", m.key, m.reason);
+                            snapshot.malformed.push(m);
+                        }
+                        NodeLease::NotALease => {}
+                    }
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(c) => cont = Some(c),
+                    None => return Ok(snapshot),
+                }
+            }
+        }
+    }
+
+    /// Reads our Node, checks its podCIDR against `network` and publishes `attrs` on it.
+    async fn claim(&self, network: Option<Ipv4Net>, attrs: &LeaseAttrs) -> Result<SubnetKey> {
+        let node = self
+            .get_node(&self.node)
+            .await
+            .map_err(|e| anyhow!(api_error(&format!("get node {:?}", &*self.node), &e)))?;
+        let cidr = match node.pod_cidr_v4() {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(anyhow!(
+                    "node \"{}\" pod cidr not assigned (waiting for the controller manager to \
+                     assign spec.podCIDR)",
+                    &*self.node
+                ));
+            }
+            Err(e) => return Err(Fatal(format!("node \"{}\": {e}", &*self.node)).into()),
+        };
+        if let Some(net) = network
+            && !net.contains(&cidr)
+        {
+            return Err(Fatal(format!(
+                "subnet \"{net}\" specified in the flannel net config doesn't contain \"{cidr}\" \
+                 PodCIDR of the \"{}\" node",
+                &*self.node
+            ))
+            .into());
+        }
+        if !self.ann.carries(&node, attrs) {
+            self.patch_status(self.ann.patch(attrs))
+                .await
+                .map_err(|e| {
+                    anyhow!(api_error(
+                        &format!("patch nodes/status {:?}", &*self.node),
+                        &e
+                    ))
+                })?;
+            info!(
+                "published {} on node {} (backend {}, public IP {})",
+                cidr, &*self.node, attrs.backend_type, attrs.public_ip
+            );
+        }
+        Ok(SubnetKey::new(cidr))
+    }
+
+    fn own(key: SubnetKey) -> OwnLease {
+        OwnLease {
+            key,
+            lease_id: 0,
+            expires: None,
+            granted_ttl: 0,
+        }
+    }
+
+    /// Sets the Node's `NetworkUnavailable` condition to False (`FlannelIsUp`).
+    pub async fn set_network_available(&self) -> Result<()> {
+        let now = jiff_now();
+        self.patch_status(network_available_patch(&now))
+            .await
+            .map_err(|e| {
+                anyhow!(api_error(
+                    &format!("patch nodes/status {:?}", &*self.node),
+                    &e
+                ))
+            })?;
+        info!(
+            "node {}: set condition NetworkUnavailable=False (FlannelIsUp)",
+            &*self.node
+        );
+        Ok(())
+    }
+}
+
+/// The current time as RFC 3339 in UTC, seconds precision (the API's `Time`).
+fn jiff_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LeaseSource for KubeSource {
+    fn config_location(&self) -> String {
+        format!("file {}", self.config_path.display())
+    }
+
+    async fn config(&self) -> Result<Option<String>> {
+        match tokio::fs::read_to_string(&self.config_path).await {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow!("read {}: {e}", self.config_path.display())),
+        }
+    }
+
+    async fn list_network(&self) -> Result<(Option<String>, Snapshot)> {
+        let config = self.config().await?;
+        Ok((config, self.list_nodes().await?))
+    }
+
+    async fn list(&self) -> Result<Snapshot> {
+        self.list_nodes().await
+    }
+
+    async fn acquire(
+        &mut self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        _previous: Option<Ipv4Net>,
+        _listed: Option<Snapshot>,
+    ) -> Result<(OwnLease, Snapshot)> {
+        let key = self.claim(conf.network, attrs).await?;
+        *lock(&self.held) = Some((conf.network, attrs.clone()));
+        let snapshot = self.list_nodes().await?;
+        Ok((Self::own(key), snapshot))
+    }
+
+    async fn reacquire(&mut self, prefer: Ipv4Net) -> Result<Reacquired> {
+        let (network, attrs) = lock(&self.held)
+            .clone()
+            .ok_or_else(|| anyhow!("re-acquire before acquire"))?;
+        let key = self.claim(network, &attrs).await?;
+        let snapshot = self.list_nodes().await?;
+        if key.v4 != prefer {
+            warn!(
+                "node {}: podCIDR is now {} (was {prefer})",
+                &*self.node, key.v4
+            );
+        }
+        Ok(Reacquired {
+            lease: Self::own(key),
+            snapshot,
+            subnet_changed: key.v4 != prefer,
+        })
+    }
+
+    async fn reassert(&self, own: &OwnLease, attrs: &LeaseAttrs) -> Result<bool> {
+        let node = match self.get_node(&self.node).await {
+            Ok(n) => n,
+            Err(e) if status_code(&e) == Some(404) => return Ok(false),
+            Err(e) => return Err(anyhow!(api_error("get own node", &e))),
+        };
+        if node.pod_cidr_v4().ok().flatten() != Some(own.key.v4) {
+            return Ok(false);
+        }
+        if !self.ann.carries(&node, attrs) {
+            self.patch_status(self.ann.patch(attrs))
+                .await
+                .map_err(|e| anyhow!(api_error("patch nodes/status", &e)))?;
+        }
+        Ok(true)
+    }
+
+    // A Node has no TTL: nothing to renew. (Not an `async fn`: the future must not borrow
+    // `self`, it outlives the call.)
+    #[allow(clippy::manual_async_fn)]
+    fn renewal(
+        &self,
+        _own: OwnLease,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = RenewalEnd> + Send + 'static {
+        async move {
+            shutdown.cancelled().await;
+            RenewalEnd::Shutdown
+        }
+    }
+
+    fn watch(&self, from_revision: i64, shutdown: CancellationToken) -> mpsc::Receiver<WatchEvent> {
+        super::watch::spawn(self.clone(), from_revision - 1, shutdown)
+    }
+
+    async fn started(&self) -> Result<()> {
+        self.set_network_available().await
+    }
+}
+
+impl KubeSource {
+    pub(super) fn client(&self) -> &kube::Client {
+        &self.client
+    }
+}
