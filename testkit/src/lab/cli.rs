@@ -36,7 +36,12 @@ struct CliArgs {
     /// Network written to <prefix>/config
     #[arg(long, value_name = "CIDR", default_value = DEFAULT_NETWORK)]
     network: String,
-    /// Leave the lab running and print how to use and remove it
+    /// Kube mode: a test Kubernetes API server instead of etcd, one Node per node with its
+    /// podCIDR, agents with --kube-subnet-mgr and the config in net-conf.json
+    #[arg(long)]
+    kube: bool,
+    /// Leave the lab running and print how to use and remove it (with --kube: until Ctrl-C,
+    /// as the API server runs in weft-lab)
     #[arg(long)]
     keep: bool,
     /// The weft binary the nodes run [default: `weft` beside this binary]
@@ -56,6 +61,7 @@ impl Default for CliArgs {
             nodes: 3,
             backend: "host-gw".to_owned(),
             network: DEFAULT_NETWORK.to_owned(),
+            kube: false,
             keep: false,
             weft: None,
             cleanup: None,
@@ -144,9 +150,13 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     let mut spec = LabSpec::new(args.nodes, weft);
     spec.backend = args.backend.clone();
     spec.network = args.network.clone();
+    spec.kube = args.kube;
     eprintln!(
-        "weft-lab: building {} node(s), backend {}, network {}",
-        spec.nodes, spec.backend, spec.network
+        "weft-lab: building {} node(s), backend {}, network {}{}",
+        spec.nodes,
+        spec.backend,
+        spec.network,
+        if args.kube { ", kube mode" } else { "" }
     );
     let mut lab = Lab::build(spec)?;
     eprintln!(
@@ -165,7 +175,17 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
             lab.dump_logs();
         }
     }
-    if args.keep {
+    if args.keep && args.kube {
+        print_keep_help(&lab)?;
+        println!("The API server runs in weft-lab: press Ctrl-C to tear the lab down.");
+        while !INTERRUPTED.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let name = lab.name().to_owned();
+        lab.teardown()?;
+        eprintln!("weft-lab: lab {name} torn down");
+        return Ok(130);
+    } else if args.keep {
         print_keep_help(&lab)?;
     } else {
         let name = lab.name().to_owned();
@@ -268,13 +288,26 @@ fn print_keep_help(lab: &Lab) -> Result<()> {
             lab.node_ns(k)?
         );
     }
-    println!("etcd:");
-    println!(
-        "  ip netns exec {} env ETCDCTL_API=3 etcdctl --endpoints={} get --prefix {}",
-        lab.underlay_ns(),
-        lab.etcd_endpoint()?,
-        lab.spec().etcd_prefix
-    );
+    if lab.spec().kube {
+        let ca = lab.dir().join("ca.pem");
+        println!("The Nodes (the test API server, docs/kube-test-server.md):");
+        println!(
+            "  ip netns exec {} curl -s --cacert {} -H \"Authorization: Bearer $(cat {}/token)\" https://{}:{}/api/v1/nodes",
+            lab.underlay_ns(),
+            ca.display(),
+            lab.dir().display(),
+            super::UNDERLAY_GATEWAY,
+            super::KUBE_API_PORT
+        );
+    } else {
+        println!("etcd:");
+        println!(
+            "  ip netns exec {} env ETCDCTL_API=3 etcdctl --endpoints={} get --prefix {}",
+            lab.underlay_ns(),
+            lab.etcd_endpoint()?,
+            lab.spec().etcd_prefix
+        );
+    }
     println!("Logs: {}/n<k>/weft.log", lab.dir().display());
     println!("Remove it: {me} --cleanup {}", lab.name());
     Ok(())
@@ -347,8 +380,10 @@ mod tests {
             "--weft",
             "/x/weft",
             "--network=10.1.0.0/16",
+            "--kube",
         ]))
         .unwrap();
+        assert!(a.kube);
         assert_eq!(a.nodes, 5);
         assert_eq!(a.backend, "vxlan");
         assert!(a.keep);

@@ -52,6 +52,9 @@ impl Lab {
         let token = api.add_token(FLANNEL_USER, FLANNEL_GRANTS);
         fs::write(self.kubeconfig_path(), api.kubeconfig(&token))
             .with_context(|| format!("writing {}", self.kubeconfig_path().display()))?;
+        // For curl and friends (weft-lab --kube --keep prints how).
+        fs::write(self.dir.join("ca.pem"), api.ca_pem()).context("writing ca.pem")?;
+        fs::write(self.dir.join("token"), &token).context("writing token")?;
         self.kube = Some(KubeLab { api, token });
         self.write_net_conf(&self.spec.config_json())?;
         for k in 1..=self.spec.nodes {
