@@ -381,3 +381,51 @@ fn a_kubeconfig_that_does_not_parse_exits_1_naming_the_file() {
         "{log}"
     );
 }
+
+#[test]
+fn a_configmap_update_switches_the_backend_live_and_republishes_the_annotations() {
+    if !common::need::root(
+        "a_configmap_update_switches_the_backend_live_and_republishes_the_annotations",
+    ) {
+        return;
+    }
+    let mut lab = started_lab(2);
+    let subnets: Vec<_> = (1..=2).map(|k| lab.subnet(k).expect("subnet")).collect();
+    assert_pings(&lab);
+    lab.put_config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
+        .expect("net-conf.json");
+    for k in 1..=2 {
+        wait_until(CONVERGE, || {
+            match (
+                annotation(&mut lab, k, "backend-type").as_deref(),
+                annotation(&mut lab, k, "backend-data").as_deref(),
+            ) {
+                (Some("host-gw"), Some("null")) => Ok(()),
+                other => Err(format!("node {k}: {other:?}")),
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(k, 30)));
+    }
+    // host-gw routes via the peer's eth0, the old vxlan device gone.
+    for (k, j) in [(1, 2), (2, 1)] {
+        let dst = lab.subnet(j).expect("subnet").to_string();
+        let via = format!("via {} dev eth0", lab.node_ip(j).expect("ip"));
+        wait_until(CONVERGE, || {
+            let routes = lab.routes_text(k).map_err(|e| e.to_string())?;
+            let links = lab.ip(k, &["link", "show"]).map_err(|e| e.to_string())?;
+            if routes
+                .lines()
+                .any(|l| l.starts_with(&dst) && l.contains(&via))
+                && !links.contains("flannel.1")
+            {
+                Ok(())
+            } else {
+                Err(format!("node {k}: routes\n{routes}\nlinks\n{links}"))
+            }
+        })
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(k, 30)));
+    }
+    let after: Vec<_> = (1..=2).map(|k| lab.subnet(k).expect("subnet")).collect();
+    assert_eq!(subnets, after, "the podCIDRs stay the subnets");
+    assert_pings(&lab);
+}
