@@ -429,3 +429,70 @@ fn a_configmap_update_switches_the_backend_live_and_republishes_the_annotations(
     assert_eq!(subnets, after, "the podCIDRs stay the subnets");
     assert_pings(&lab);
 }
+
+/// `weft status --json` in node k, in kube mode: (exit code, report).
+fn kube_status(lab: &Lab, k: usize) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.node_ns(k).expect("ns")])
+        .arg(common::weft_bin())
+        .args(["status", "--json", "--kube-subnet-mgr"])
+        .arg(format!(
+            "--kubeconfig-file={}",
+            lab.kubeconfig_path().display()
+        ))
+        .arg(format!(
+            "--net-config-path={}",
+            lab.net_conf_path().display()
+        ))
+        .arg(format!(
+            "--subnet-file={}",
+            lab.subnet_file(k).expect("path").display()
+        ))
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("weft status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+#[test]
+fn status_reads_the_nodes_in_kube_mode_and_reports_drift() {
+    if !common::need::root("status_reads_the_nodes_in_kube_mode_and_reports_drift") {
+        return;
+    }
+    let mut lab = started_lab(2);
+    let peer = lab.subnet(2).expect("subnet").to_string();
+    let (code, report) = wait_until(CONVERGE, || {
+        let (code, report) = kube_status(&lab, 1);
+        if code == 0 {
+            Ok((code, report))
+        } else {
+            Err(format!("exit {code}: {report}"))
+        }
+    })
+    .expect("in sync");
+    assert_eq!(code, 0);
+    assert_eq!(report["own_lease"]["subnet"], "10.244.1.0/24", "{report}");
+    assert_eq!(report["own_lease"]["node"], true, "{report}");
+    assert_eq!(
+        report["own_lease"]["key"], "Node with podCIDR 10.244.1.0/24",
+        "{report}"
+    );
+    assert_eq!(report["peers"][0]["subnet"], json!(peer), "{report}");
+    assert_eq!(report["peers"][0]["public_ip"], "198.18.0.2", "{report}");
+    // A route taken away behind the agent's back is drift until it repairs it; stop the agent
+    // first so that the drift stays.
+    lab.stop_node(1, Signal::SIGTERM).expect("stop");
+    lab.ip(1, &["route", "del", &peer]).expect("ip route del");
+    let (code, report) = kube_status(&lab, 1);
+    assert_eq!(code, 1, "{report}");
+    let missing = report["drift"]["missing"].to_string();
+    assert!(missing.contains(&peer), "{report}");
+}

@@ -235,6 +235,12 @@ async fn firewall_cleanup(out: &mut Outcome) {
 /// Step 3: delete this node's lease key (compare-and-swap on the mod revision read) and revoke
 /// its etcd lease.
 async fn release_own_lease(nl: Option<&Netlink>, opts: &Options, out: &mut Outcome) -> Result<()> {
+    if opts.kube_subnet_mgr {
+        anyhow::bail!(
+            "--kube-subnet-mgr: the subnet is the Node's spec.podCIDR, which weft does not own; \
+             `kubectl delete node <name>` releases it"
+        );
+    }
     let public_ip = match opts.public_ip {
         Some(ip) => ip,
         None => {

@@ -2,3 +2,4 @@
 pub mod cleanup;
 pub mod docker_opts;
 pub mod status;
+pub mod status_leases;

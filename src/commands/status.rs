@@ -56,7 +56,8 @@
 //!          "public_ip": "198.18.0.2", "backend": "vxlan", "vni": 1 | null,
 //!          "vtep_mac": "aa:..." | null, "lease_id": "694d7d…" (hex) | null,
 //!          "reservation": bool, "ttl_seconds": n | null,
-//!          "expires_at": "2026-11-25T10:41:34Z" | null, "expires_at_unix": n | null}
+//!          "expires_at": "2026-11-25T10:41:34Z" | null, "expires_at_unix": n | null,
+//!          "node": bool}   // kube mode: the lease is a Node ("key": "Node with podCIDR …")
 //! Entry = {"kind": "route" | "neigh" | "fdb", "dev": "flannel.1", "text": "<ip-style line>",
 //!          route: "dst", "gateway", "onlink", and "nhid" for a kernel route on a nexthop object
 //!          (its gateway, device and onlink are the nexthop's); neigh: "ip", "lladdr";
@@ -81,7 +82,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::{Options, StatusArgs};
-use crate::lease::etcd::registry::{LeaseEntry, Registry, Snapshot};
+use crate::lease::etcd::registry::{LeaseEntry, Snapshot};
 use crate::lease::table::LeaseTable;
 
 /// Version of the `--json` schema (see the module documentation).
@@ -217,6 +218,8 @@ pub struct LeaseInfo {
     pub ttl_seconds: Option<i64>,
     pub expires_at: Option<String>,
     pub expires_at_unix: Option<i64>,
+    /// A Node of kube mode (no etcd lease, never expires).
+    pub node: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -447,7 +450,18 @@ pub fn lease_info(e: &LeaseEntry, prefix: &str, ttl: Option<i64>, now: SystemTim
         ttl_seconds: ttl,
         expires_at: expires_unix.map(rfc3339),
         expires_at_unix: expires_unix,
+        node: false,
     }
+}
+
+/// A kube-mode lease (a Node: no etcd key, no TTL).
+pub fn node_lease_info(e: &LeaseEntry) -> LeaseInfo {
+    let mut info = lease_info(e, "", None, UNIX_EPOCH);
+    info.key = format!("Node with podCIDR {}", e.key.v4);
+    info.reservation = false;
+    info.lease_id = None;
+    info.node = true;
+    info
 }
 
 /// `2026-11-25T10:41:34Z` for Unix seconds (proleptic Gregorian, UTC).
@@ -518,6 +532,7 @@ impl Report {
         let _ = writeln!(o, "found:   {}", n.found_by.describe());
         let expiry = |l: &LeaseInfo| match (&l.expires_at, l.ttl_seconds) {
             _ if l.reservation => "reservation".to_string(),
+            _ if l.node => "never (a Node)".to_string(),
             (Some(at), Some(ttl)) => format!("{at} (in {})", human_duration(ttl)),
             _ => "unknown (etcd lease gone)".to_string(),
         };
@@ -653,45 +668,19 @@ impl Report {
 
 /// Reads etcd and the kernel and builds the report. Never writes.
 pub async fn gather(opts: &Options) -> Result<Report> {
-    if opts.kube_subnet_mgr {
-        return Err(anyhow!(
-            "--kube-subnet-mgr: weft status reads leases from etcd only"
-        ));
-    }
     let now = SystemTime::now();
     let nl = Netlink::connect().context("open a netlink socket")?;
-    let registry = Registry::connect(&opts.etcd_options())
-        .await
-        .context("etcd client")?;
-    let (source, text) = match opts.net_config_path.as_deref() {
-        Some(path) => (
-            format!("file {}", path.display()),
-            std::fs::read_to_string(path)
-                .with_context(|| format!("read network config {}", path.display()))?,
-        ),
-        None => (
-            format!("etcd {}", registry.config_key()),
-            registry
-                .get_config()
-                .await
-                .context("read the network config")?,
-        ),
-    };
+    let super::status_leases::Read {
+        source,
+        text,
+        snapshot,
+        ttls,
+        prefix,
+    } = super::status_leases::read(opts).await?;
     let conf = NetConf::parse(&text)
         .map_err(|e| anyhow!("network config: {e}"))?
         .conf;
     let options = backend_options(&text);
-    let snapshot = registry.list_leases().await.context("list the leases")?;
-    let mut ttls: BTreeMap<i64, Option<i64>> = BTreeMap::new();
-    for e in &snapshot.leases {
-        if e.lease_id != 0 && !ttls.contains_key(&e.lease_id) {
-            let ttl = registry
-                .lease_time_to_live(e.lease_id)
-                .await
-                .with_context(|| format!("etcd lease {:x} of {}", e.lease_id, e.key))?;
-            ttls.insert(e.lease_id, ttl.map(|(remaining, _)| remaining));
-        }
-    }
     let previous = crate::agent::subnet_file::read_previous(&opts.subnet_file)
         .as_deref()
         .and_then(net_conf::subnet_env::previous_subnet);
@@ -735,9 +724,12 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .keys()
         .filter_map(|dst| Some((*dst, reconciler.route_nexthop(dst)?)))
         .collect();
-    let prefix = registry.prefix().to_string();
     let ttl_of = |e: &LeaseEntry| ttls.get(&e.lease_id).copied().flatten();
-    let own_info = own.as_ref().map(|e| lease_info(e, &prefix, ttl_of(e), now));
+    let info = |e: &LeaseEntry| match &prefix {
+        Some(prefix) => lease_info(e, prefix, ttl_of(e), now),
+        None => node_lease_info(e),
+    };
+    let own_info = own.as_ref().map(info);
     let mut peer_entries: Vec<&LeaseEntry> = snapshot
         .leases
         .iter()
@@ -745,10 +737,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .collect();
     // By subnet (etcd lists keys in byte order: 10.244.100.0 before 10.244.20.0).
     peer_entries.sort_by_key(|e| e.key.v4);
-    let peer_infos = peer_entries
-        .into_iter()
-        .map(|e| lease_info(e, &prefix, ttl_of(e), now))
-        .collect();
+    let peer_infos = peer_entries.into_iter().map(info).collect();
     Ok(build(
         BuildInput {
             ext: &ext,
