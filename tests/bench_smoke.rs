@@ -4,6 +4,8 @@
 #[path = "../benches/agent/bench.rs"]
 #[allow(dead_code)]
 mod bench;
+#[path = "../benches/agent/kube.rs"]
+mod kube;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +31,7 @@ fn bench_runs_every_measurement_with_50_peers() {
         iperf_secs: 1,
         iperf_rounds: 1,
         underlay_gro: true,
+        kube: true,
     };
     let report = bench::run(&cfg).expect("benchmark run");
     println!("{}", bench::markdown(&cfg, &report));
@@ -64,6 +67,17 @@ fn bench_runs_every_measurement_with_50_peers() {
         assert!(d.resync_total.is_some(), "{d:?}");
         assert!(d.idle_secs >= 2.0, "{d:?}");
         assert_eq!(d.idle_children_seen, 0, "the agent forks nothing: {d:?}");
+    }
+    // Kube mode beside etcd mode at the detail size, for both backends.
+    assert_eq!(report.kube.len(), 2);
+    for k in &report.kube {
+        assert_eq!(k.nodes, 50, "{k:?}");
+        assert!(k.programmed > Duration::ZERO && k.vm_hwm_kib > 0, "{k:?}");
+        assert_eq!((k.add_latency.len(), k.del_latency.len()), (5, 5), "{k:?}");
+        assert!(
+            k.etcd_programmed > Duration::ZERO && k.etcd_add_p99.is_some(),
+            "{k:?}"
+        );
     }
     let t = report.throughput.expect("iperf3 figures");
     assert_eq!(t.vxlan_mtu + 50, t.hostgw_mtu, "{t:?}");

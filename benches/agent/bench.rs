@@ -15,6 +15,8 @@
 //! nothing is routed outside the namespace.
 #![allow(clippy::print_stdout)]
 
+use crate::kube;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -43,8 +45,8 @@ const USER_HZ: f64 = 100.0;
 /// etcd's default `--max-txn-ops`.
 const TXN_OPS: usize = 128;
 /// How long one cold start may take before the run counts as failed.
-const PROGRAM_DEADLINE: Duration = Duration::from_secs(300);
-const EVENT_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const PROGRAM_DEADLINE: Duration = Duration::from_secs(300);
+pub(crate) const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -92,6 +94,8 @@ pub struct Config {
     /// Also measure every round with GRO and UDP GRO forwarding on the underlay veths (both
     /// paths), as a NIC would have them.
     pub underlay_gro: bool,
+    /// Also run kube mode at the detail size (`--kube`).
+    pub kube: bool,
 }
 
 // ===== results =====
@@ -236,6 +240,8 @@ fn min_max(v: impl Iterator<Item = f64>) -> (f64, f64) {
 pub struct Report {
     pub cold: Vec<ColdStart>,
     pub detail: Vec<Detail>,
+    /// Kube mode beside etcd mode, at the detail size.
+    pub kube: Vec<kube::KubeRun>,
     pub throughput: Option<Throughput>,
 }
 
@@ -292,9 +298,18 @@ pub fn run(cfg: &Config) -> Result<Report> {
             cold.ip_batch = batch;
             cold.ip_batch_plain = plain;
             print_cold(&cold);
+            if let Some(d) = &detail {
+                print_detail(d);
+            }
+            if cfg.kube && n == cfg.detail_at {
+                println!("## {} with {n} Nodes in kube mode", kind.name());
+                let run = kube::scenario(cfg, kind, n, &cold, detail.as_ref())
+                    .with_context(|| format!("kube mode, {} with {n} Nodes", kind.name()))?;
+                kube::print(&run);
+                report.kube.push(run);
+            }
             report.cold.push(cold);
             if let Some(d) = detail {
-                print_detail(&d);
                 report.detail.push(d);
             }
         }
@@ -406,22 +421,22 @@ pub fn fmt_rpcs(m: &BTreeMap<String, u64>) -> String {
 
 // ===== peers =====
 
-fn peer_subnet(i: usize) -> Ipv4Net {
+pub(crate) fn peer_subnet(i: usize) -> Ipv4Net {
     let s = u32::try_from(i + 1).unwrap_or(u32::MAX) & 0xffff;
     Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (s << 8)), 24).unwrap_or_default()
 }
 
-fn peer_ip(i: usize) -> Ipv4Addr {
+pub(crate) fn peer_ip(i: usize) -> Ipv4Addr {
     let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
     Ipv4Addr::from(base + u32::try_from(i + 2).unwrap_or(0))
 }
 
-fn peer_mac(i: usize) -> [u8; 6] {
+pub(crate) fn peer_mac(i: usize) -> [u8; 6] {
     let b = u32::try_from(i + 1).unwrap_or(0).to_be_bytes();
     [0x02, 0x42, b[0], b[1], b[2], b[3]]
 }
 
-fn fmt_mac(m: &[u8; 6]) -> String {
+pub(crate) fn fmt_mac(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -447,7 +462,7 @@ fn lease_value(kind: Kind, i: usize) -> String {
     }
 }
 
-fn config_json(kind: Kind) -> String {
+pub(crate) fn config_json(kind: Kind) -> String {
     format!(
         r#"{{"Network":"{NETWORK}","Backend":{{"Type":"{}"}}}}"#,
         kind.name()
@@ -475,12 +490,12 @@ fn run_cmd(prog: &str, args: &[&str]) -> Result<String> {
 
 /// A namespace with `eth0` 198.18.0.1/16 (veth, the peer end `ueth0` up beside it so eth0 has
 /// carrier). Deleted on drop.
-struct Netns {
-    name: String,
+pub(crate) struct Netns {
+    pub(crate) name: String,
 }
 
 impl Netns {
-    fn node(tag: &str) -> Result<Netns> {
+    pub(crate) fn node(tag: &str) -> Result<Netns> {
         let name = format!(
             "wb{}{tag}{}",
             std::process::id() % 10000,
@@ -823,14 +838,14 @@ enum Obs {
     Overrun,
 }
 
-struct Listener {
+pub(crate) struct Listener {
     rx: mpsc::Receiver<(Instant, Obs)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Listener {
-    fn start(ns: &str) -> Result<Listener> {
+    pub(crate) fn start(ns: &str) -> Result<Listener> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let stop = Arc::new(AtomicBool::new(false));
@@ -985,7 +1000,7 @@ fn parse_notifications(buf: &[u8]) -> Vec<Obs> {
 
 /// The kernel entries of weft seen so far (from notifications), with their last change time.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     routes: HashMap<Ipv4Net, Instant>,
     neighs: HashMap<Ipv4Addr, Instant>,
     fdb: HashMap<[u8; 6], Instant>,
@@ -994,9 +1009,9 @@ struct Seen {
     gone_neighs: HashMap<Ipv4Addr, Instant>,
     gone_fdb: HashMap<[u8; 6], Instant>,
     first: Option<Instant>,
-    last: Option<Instant>,
+    pub(crate) last: Option<Instant>,
     notifications: usize,
-    overrun: bool,
+    pub(crate) overrun: bool,
 }
 
 impl Seen {
@@ -1035,7 +1050,7 @@ impl Seen {
     }
 
     /// Drains what the listener has, waiting up to `wait` for the first item.
-    fn drain(&mut self, l: &Listener, wait: Duration) {
+    pub(crate) fn drain(&mut self, l: &Listener, wait: Duration) {
         if let Ok((at, obs)) = l.rx.recv_timeout(wait) {
             self.observe(at, obs);
             while let Ok((at, obs)) = l.rx.try_recv() {
@@ -1044,12 +1059,12 @@ impl Seen {
         }
     }
 
-    fn entries(&self) -> usize {
+    pub(crate) fn entries(&self) -> usize {
         self.routes.len() + self.neighs.len() + self.fdb.len()
     }
 
     /// When every entry of peer `i` is present: the latest of their times.
-    fn peer_present(&self, kind: Kind, i: usize) -> Option<Instant> {
+    pub(crate) fn peer_present(&self, kind: Kind, i: usize) -> Option<Instant> {
         let s = peer_subnet(i);
         let r = *self.routes.get(&s)?;
         if kind == Kind::HostGw {
@@ -1061,7 +1076,7 @@ impl Seen {
     }
 
     /// When every entry of peer `i` is gone: the latest removal time.
-    fn peer_gone(&self, kind: Kind, i: usize) -> Option<Instant> {
+    pub(crate) fn peer_gone(&self, kind: Kind, i: usize) -> Option<Instant> {
         let s = peer_subnet(i);
         if self.routes.contains_key(&s) {
             return None;
@@ -1081,10 +1096,10 @@ impl Seen {
 
 // ===== the agent process =====
 
-struct Agent {
-    child: Child,
-    pid: i32,
-    log: PathBuf,
+pub(crate) struct Agent {
+    pub(crate) child: Child,
+    pub(crate) pid: i32,
+    pub(crate) log: PathBuf,
 }
 
 impl Agent {
@@ -1117,7 +1132,7 @@ impl Agent {
         Ok(Agent { child, pid, log })
     }
 
-    fn alive(&mut self) -> Result<()> {
+    pub(crate) fn alive(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait().context("wait weft")? {
             bail!("weft exited ({status}); log tail:\n{}", self.log_tail(30));
         }
@@ -1128,7 +1143,7 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn log_tail(&self, n: usize) -> String {
+    pub(crate) fn log_tail(&self, n: usize) -> String {
         let text = self.log_text();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
@@ -1139,7 +1154,7 @@ impl Agent {
             .with_context(|| format!("kill -{sig} {}", self.pid))
     }
 
-    fn status(&self, field: &str) -> Result<u64> {
+    pub(crate) fn status(&self, field: &str) -> Result<u64> {
         proc_status(&format!("/proc/{}/status", self.pid), field)
     }
 }
@@ -1159,7 +1174,7 @@ impl Drop for Agent {
     }
 }
 
-fn proc_status(path: &str, field: &str) -> Result<u64> {
+pub(crate) fn proc_status(path: &str, field: &str) -> Result<u64> {
     let text = fs::read_to_string(path).with_context(|| format!("read {path}"))?;
     text.lines()
         .find_map(|l| {
@@ -1469,7 +1484,7 @@ fn own_subnet(path: &Path) -> Result<Ipv4Net> {
 }
 
 /// weft's own entries in the namespace, counted by dumps (the fallback after an overrun).
-fn count_entries(ns: &Netns, kind: Kind) -> Result<usize> {
+pub(crate) fn count_entries(ns: &Netns, kind: Kind) -> Result<usize> {
     let routes = ns
         .ip(&["-4", "route", "show", "proto", "87"])?
         .lines()
@@ -1909,6 +1924,7 @@ pub fn markdown(cfg: &Config, r: &Report) -> String {
     if !r.cold.is_empty() {
         cold_tables(&mut s, cfg, r);
     }
+    kube::markdown(&mut s, &r.kube);
     if let Some(t) = &r.throughput {
         let _ = writeln!(
             s,
@@ -2017,6 +2033,6 @@ fn cold_tables(s: &mut String, cfg: &Config, r: &Report) {
     }
 }
 
-fn met(ok: bool) -> &'static str {
+pub(crate) fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "missed" }
 }

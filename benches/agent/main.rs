@@ -1,6 +1,9 @@
 //! `cargo bench --bench agent -- [--quick | --smoke] [--sizes 100,1000 | --sizes none]
 //! [--backends host-gw,vxlan] [--detail-at N] [--events N] [--idle SECS] [--iperf SECS]
-//! [--iperf-rounds N] [--underlay-gro] [--weft PATH]`
+//! [--iperf-rounds N] [--underlay-gro] [--no-kube] [--weft PATH]`
+//!
+//! Kube mode (the test API server instead of etcd) runs beside etcd mode at the detail size
+//! unless `--no-kube`.
 //!
 //! `--sizes none` skips the cold-start scenarios (and with them the detail ones): only the
 //! pod-to-pod iperf3 (D1) runs.
@@ -10,6 +13,7 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod kube;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +43,7 @@ fn real_main() -> Result<()> {
         iperf_secs: 5,
         iperf_rounds: 5,
         underlay_gro: false,
+        kube: true,
     };
     let mut args = std::env::args().skip(1);
     let mut detail_set = false;
@@ -103,6 +108,7 @@ fn real_main() -> Result<()> {
                 }
             }
             "--underlay-gro" => cfg.underlay_gro = true,
+            "--no-kube" => cfg.kube = false,
             "--weft" => cfg.weft_bin = PathBuf::from(val("--weft")?),
             other => bail!("unknown argument {other:?}"),
         }
