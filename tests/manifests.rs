@@ -121,11 +121,11 @@ fn manifests_pass_the_offline_validators() {
     }
 }
 
-/// The documents of kube-weft.yml as JSON (PyYAML through the script), for `test`.
-fn kube_weft_docs(test: &str) -> Option<Vec<Value>> {
+/// The documents of `manifests/<file>` as JSON (PyYAML through the script), for `test`.
+fn manifest_docs(test: &str, file: &str) -> Option<Vec<Value>> {
     let out = Command::new(root().join("scripts/check-manifests.sh"))
         .args(["json"])
-        .arg(root().join("manifests/kube-weft.yml"))
+        .arg(root().join("manifests").join(file))
         .output()
         .expect("run check-manifests.sh json");
     if out.status.code() == Some(3) {
@@ -147,7 +147,7 @@ fn kube_weft_docs(test: &str) -> Option<Vec<Value>> {
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in kube-weft.yml"))
+        .unwrap_or_else(|| panic!("no {kind} in the manifest"))
 }
 
 fn run_options(args: &[String], env: &HashMap<String, String>) -> Options {
@@ -158,10 +158,81 @@ fn run_options(args: &[String], env: &HashMap<String, String>) -> Options {
 }
 
 #[test]
-fn daemonset_and_configmap_are_what_weft_understands() {
-    let Some(docs) = kube_weft_docs("daemonset_and_configmap_are_what_weft_understands") else {
+fn kube_mode_daemonset_runs_the_kube_subnet_manager_with_kube_flannels_rbac() {
+    let test = "kube_mode_daemonset_runs_the_kube_subnet_manager_with_kube_flannels_rbac";
+    let Some(docs) = manifest_docs(test, "kube-weft.yml") else {
         return;
     };
+    let (opts, mounts, env) = daemonset_checks(&docs);
+    assert!(opts.kube_subnet_mgr, "kube-weft.yml runs --kube-subnet-mgr");
+    // The config is the ConfigMap's file at flannel's default path.
+    assert_eq!(opts.net_config_path, None);
+    assert_eq!(
+        opts.net_config_path_or_default(),
+        Path::new("/etc/kube-flannel/net-conf.json")
+    );
+    assert!(mounts.keys().all(|m| m != "etcd-tls"), "{mounts:?}");
+    // The node is found by NODE_NAME or through the pod, both from the downward API.
+    for name in ["NODE_NAME", "POD_NAME", "POD_NAMESPACE"] {
+        assert!(env.contains(&name.to_string()), "{name} not in {env:?}");
+    }
+    // RBAC: exactly what kube-flannel's ClusterRole grants, which is all kube mode calls.
+    let rules = &find(&docs, "ClusterRole")["rules"];
+    let mut grants: Vec<(String, String)> = Vec::new();
+    for r in rules.as_array().expect("rules") {
+        assert_eq!(r["apiGroups"], serde_json::json!([""]), "{r}");
+        for res in r["resources"].as_array().expect("resources") {
+            for verb in r["verbs"].as_array().expect("verbs") {
+                grants.push((
+                    verb.as_str().expect("verb").to_owned(),
+                    res.as_str().expect("resource").to_owned(),
+                ));
+            }
+        }
+    }
+    grants.sort();
+    let mut want: Vec<(String, String)> = weft_testkit::kube_api::FLANNEL_GRANTS
+        .iter()
+        .map(|(v, r)| (v.to_string(), r.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(grants, want);
+}
+
+#[test]
+fn etcd_mode_daemonset_and_configmap_are_what_weft_understands() {
+    let test = "etcd_mode_daemonset_and_configmap_are_what_weft_understands";
+    let Some(docs) = manifest_docs(test, "kube-weft-etcd.yml") else {
+        return;
+    };
+    let (opts, mounts, _) = daemonset_checks(&docs);
+    assert!(!opts.kube_subnet_mgr, "kube-weft-etcd.yml is etcd mode");
+    assert_eq!(opts.etcd_endpoints.len(), 3, "{:?}", opts.etcd_endpoints);
+    assert!(
+        opts.etcd_endpoints
+            .iter()
+            .all(|e| e.starts_with("https://"))
+    );
+    assert_eq!(
+        opts.net_config_path.as_deref(),
+        Some(Path::new("/etc/kube-flannel/net-conf.json"))
+    );
+    // The etcd certificates are where the flags point.
+    for file in [&opts.etcd_cafile, &opts.etcd_certfile, &opts.etcd_keyfile] {
+        let file = file.as_deref().expect("TLS file flag");
+        assert_eq!(
+            file.parent(),
+            Some(Path::new(mounts["etcd-tls"].as_str())),
+            "{file:?}"
+        );
+    }
+}
+
+/// What both DaemonSets share: namespace, ConfigMap, pod settings, the container's arguments
+/// as weft parses them (returned with the container's mounts and env names), host paths,
+/// probes, resources and init containers.
+fn daemonset_checks(docs: &[Value]) -> (Options, HashMap<String, String>, Vec<String>) {
+    let docs = docs.to_vec();
     let ns = find(&docs, "Namespace");
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
@@ -230,31 +301,26 @@ fn daemonset_and_configmap_are_what_weft_understands() {
         };
         env.insert(name, value);
     }
+    let env_names: Vec<String> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| e["name"].as_str().expect("env name").to_owned())
+        .collect();
     let opts = run_options(&args, &env);
-    assert!(!opts.kube_subnet_mgr, "weft has no kube subnet manager yet");
-    assert_eq!(opts.etcd_endpoints.len(), 3, "{:?}", opts.etcd_endpoints);
-    assert!(
-        opts.etcd_endpoints
-            .iter()
-            .all(|e| e.starts_with("https://"))
-    );
     assert_eq!(opts.healthz_ip.to_string(), "0.0.0.0");
     assert_eq!(opts.healthz_port, 8081);
     assert!(opts.ip_masq);
-    assert_eq!(
-        opts.net_config_path.as_deref(),
-        Some(Path::new("/etc/kube-flannel/net-conf.json"))
-    );
 
-    // Mounts: the config and the etcd certificates are where the flags point.
-    let mounts: HashMap<&str, &str> = container["volumeMounts"]
+    // Mounts: the config where --net-config-path points.
+    let mounts: HashMap<String, String> = container["volumeMounts"]
         .as_array()
         .expect("mounts")
         .iter()
         .map(|m| {
             (
-                m["name"].as_str().expect("n"),
-                m["mountPath"].as_str().expect("p"),
+                m["name"].as_str().expect("n").to_owned(),
+                m["mountPath"].as_str().expect("p").to_owned(),
             )
         })
         .collect();
@@ -264,14 +330,13 @@ fn daemonset_and_configmap_are_what_weft_understands() {
     );
     assert_eq!(mounts["run"], "/run/flannel");
     assert_eq!(mounts["xtables-lock"], "/run/xtables.lock");
-    for file in [&opts.etcd_cafile, &opts.etcd_certfile, &opts.etcd_keyfile] {
-        let file = file.as_deref().expect("TLS file flag");
-        assert_eq!(
-            file.parent(),
-            Some(Path::new(mounts["etcd-tls"])),
-            "{file:?}"
-        );
-    }
+    // The peer cache survives the pod (a boot without etcd or API server uses it).
+    let cache = opts.peer_cache_file.as_deref().expect("peer cache file");
+    assert_eq!(
+        cache.parent(),
+        Some(Path::new(mounts["peer-cache"].as_str())),
+        "{cache:?} is not on the peer-cache mount: {mounts:?}"
+    );
     let host_paths: Vec<&str> = pod["volumes"]
         .as_array()
         .expect("volumes")
@@ -283,6 +348,7 @@ fn daemonset_and_configmap_are_what_weft_understands() {
         "/opt/cni/bin",
         "/etc/cni/net.d",
         "/run/xtables.lock",
+        "/var/lib/weft",
     ] {
         assert!(host_paths.contains(&p), "{p} not in {host_paths:?}");
     }
@@ -308,6 +374,7 @@ fn daemonset_and_configmap_are_what_weft_understands() {
     ] {
         assert!(init.contains(needle), "{needle} not in init containers");
     }
+    (opts, mounts, env_names)
 }
 
 #[test]
