@@ -230,6 +230,30 @@ async fn own_lease_overwritten_or_malformed_is_written_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_write_back_that_keeps_failing_is_retried_until_the_source_takes_it() {
+    // E.g. kube mode while a rotated token is not read yet (kube-rs re-reads it within a
+    // minute): the write-back fails for a while, and must not give up.
+    let source = MemorySource::new(Some(&config_text(NETWORK, "host-gw")));
+    let shutdown = CancellationToken::new();
+    let mut leases = start(&source, &shutdown).await;
+    let own = leases.own().key;
+    let ours = attrs(1).to_json();
+    source.set_writes_fail(true);
+    source.put_lease(own, &attrs(5));
+    drive_until(&mut leases, "a few failed write-backs", |_, _| {
+        source.calls("reassert") >= 8
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    source.set_writes_fail(false);
+    drive_until(&mut leases, "our value written back once writes work", |_, _| {
+        source.value(own).as_deref() == Some(&ours)
+    })
+    .await;
+    assert_eq!(leases.own().key, own);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_config_change_is_handed_to_the_agent() {
     let source = MemorySource::new(Some(&config_text(NETWORK, "host-gw")));
     let shutdown = CancellationToken::new();

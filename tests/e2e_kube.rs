@@ -496,3 +496,58 @@ fn status_reads_the_nodes_in_kube_mode_and_reports_drift() {
     let missing = report["drift"]["missing"].to_string();
     assert!(missing.contains(&peer), "{report}");
 }
+
+#[test]
+fn a_rotated_token_file_is_read_again() {
+    if !common::need::root("a_rotated_token_file_is_read_again") {
+        return;
+    }
+    let mut lab = kube_lab(1, VXLAN);
+    let old = lab.kube_token().expect("token");
+    let token_file = lab.dir().join("sa-token");
+    std::fs::write(&token_file, &old).expect("token file");
+    let kubeconfig = lab.kube().expect("kube").kubeconfig_token_file(&token_file);
+    std::fs::write(lab.kubeconfig_path(), kubeconfig).expect("kubeconfig");
+    lab.start_node(1).expect("start");
+    lab.wait_subnet_env(1, READY)
+        .unwrap_or_else(|e| panic!("{e:#}; log:\n{}", lab.log_tail(1, 20)));
+    // The token rotates: the new one in the file, the old one revoked.
+    let new = lab.kube().expect("kube").add_token(
+        weft_testkit::lab::FLANNEL_USER,
+        weft_testkit::kube_api::FLANNEL_GRANTS,
+    );
+    std::fs::write(&token_file, &new).expect("rotate");
+    lab.kube().expect("kube").remove_token(&old);
+    // Someone overwrites our annotation: writing it back takes new requests, which only the
+    // new token can make (kube-rs re-reads the file at least once a minute).
+    lab.kube()
+        .expect("kube")
+        .modify_node("node1", |n| {
+            n["metadata"]["annotations"][format!("{P}/public-ip")] = json!("203.0.113.1");
+        })
+        .expect("modify");
+    wait_until(Duration::from_secs(120), || {
+        match annotation(&mut lab, 1, "public-ip").as_deref() {
+            Some("198.18.0.1") => Ok(()),
+            other => Err(format!("public-ip is {other:?}")),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(1, 30)));
+    assert!(lab.node_running(1).expect("status"));
+}
+
+#[test]
+fn kube_mode_outside_a_cluster_without_a_kubeconfig_exits_1_saying_what_to_set() {
+    // No namespace, no root: the client fails before anything else is touched.
+    let out = std::process::Command::new(common::weft_bin())
+        .args(["--kube-subnet-mgr", "--subnet-file=/nonexistent/subnet.env"])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("weft");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kubeconfig-file"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -34,7 +34,8 @@ use crate::lease::{Backoff, LeaseSource, OwnLease, Reacquired, RenewalEnd, Snaps
 /// a second of the source's return.
 pub const RETRY_MAX: Duration = Duration::from_secs(1);
 /// Attempts of a write-back of our lease value before it is left to the next event on the key.
-const REASSERT_ATTEMPTS: u32 = 5;
+/// The longest wait between two attempts to write our value back.
+const REASSERT_RETRY_MAX: Duration = Duration::from_secs(10);
 /// A burst with more peer changes than this is planned in full (one pass over the table beats
 /// that many per-peer plans, and a resync-sized burst is rare).
 pub const MAX_DELTA_CHANGES: usize = 64;
@@ -483,8 +484,10 @@ impl<S: LeaseSource> Leases<S> {
         let shutdown = self.shutdown.clone();
         self.reasserting = Some(tokio::spawn(async move {
             let key = own.key;
-            let mut backoff = Backoff::new(Duration::from_millis(50), RETRY_MAX);
-            for attempt in 1..=REASSERT_ATTEMPTS {
+            // Until the source takes it (or says the key is gone): giving up would leave peers
+            // with another value until something else changes it.
+            let mut backoff = Backoff::new(Duration::from_millis(50), REASSERT_RETRY_MAX);
+            for attempt in 1u64.. {
                 let res = tokio::select! {
                     r = source.reassert(&own, &attrs) => r,
                     () = shutdown.cancelled() => return,
@@ -501,7 +504,7 @@ impl<S: LeaseSource> Leases<S> {
                     Err(e) => {
                         let wait = backoff.next_delay();
                         warn!(
-                            "writing our lease {key} back failed (attempt {attempt}/{REASSERT_ATTEMPTS}, retrying in {wait:.1?}): {e:#}"
+                            "writing our lease {key} back failed (attempt {attempt}, retrying in {wait:.1?}): {e:#}"
                         );
                         if !crate::lease::sleep_or_shutdown(&shutdown, wait).await {
                             return;
@@ -509,9 +512,6 @@ impl<S: LeaseSource> Leases<S> {
                     }
                 }
             }
-            error!(
-                "could not write our lease {key} back; peers may see another value until it changes again"
-            );
         }));
     }
 

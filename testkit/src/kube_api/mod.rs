@@ -233,6 +233,15 @@ impl KubeApi {
         )
     }
 
+    /// A kubeconfig whose user reads its token from `path` (`tokenFile`, as a projected
+    /// service-account token is read, and re-read when it rotates).
+    pub fn kubeconfig_token_file(&self, path: &std::path::Path) -> String {
+        self.kubeconfig("PLACEHOLDER").replace(
+            "    token: PLACEHOLDER",
+            &format!("    tokenFile: {}", path.display()),
+        )
+    }
+
     /// Creates a Node as the kubelet and the controller manager would leave it.
     pub fn create_node(&self, spec: &NodeSpec) -> Result<Value> {
         let obj = node::node_json(spec);
