@@ -551,3 +551,198 @@ fn kube_mode_outside_a_cluster_without_a_kubeconfig_exits_1_saying_what_to_set()
     assert!(err.contains("--kubeconfig-file"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_hand_made_flanneld_node_and_weft_nodes_share_one_cluster() {
+    if !common::need::root("a_hand_made_flanneld_node_and_weft_nodes_share_one_cluster") {
+        return;
+    }
+    // Node 3 runs no weft: it is programmed as flanneld does it in kube mode (its podCIDR as the
+    // subnet, flannel.1, its annotations on its Node as flanneld's strategic merge patch leaves
+    // them), and it programs the weft nodes from their annotations, read strictly.
+    let mut lab = kube_lab(3, VXLAN);
+    let n3 = lab.node_ns(3).expect("ns").to_owned();
+    let net3 = pod_cidr("10.244.0.0/16", 3).expect("cidr");
+    let gw3 = net3.network().to_string();
+    let mac3 = "0e:2a:fa:00:00:03";
+    let fl = |args: &[&str]| common::run_in(&n3, "ip", args).expect("ip on node 3");
+    fl(&[
+        "link",
+        "add",
+        common::VXLAN_DEV,
+        "address",
+        mac3,
+        "mtu",
+        "1450",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        "198.18.0.3",
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    fl(&[
+        "addr",
+        "add",
+        &format!("{gw3}/32"),
+        "dev",
+        common::VXLAN_DEV,
+    ]);
+    fl(&["link", "set", common::VXLAN_DEV, "up"]);
+    lab.kube()
+        .expect("kube")
+        .modify_node("node3", |n| {
+            let a = &mut n["metadata"]["annotations"];
+            a[format!("{P}/backend-data")] = json!(format!("{{\"VNI\":1,\"VtepMAC\":\"{mac3}\"}}"));
+            a[format!("{P}/backend-type")] = json!("vxlan");
+            a[format!("{P}/kube-subnet-manager")] = json!("true");
+            a[format!("{P}/public-ip")] = json!("198.18.0.3");
+        })
+        .expect("node 3's annotations");
+    std::fs::write(
+        lab.subnet_file(3).expect("path"),
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={}/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+            net3.hosts().next().expect("host")
+        ),
+    )
+    .expect("node 3's subnet.env");
+    for k in 1..=2 {
+        lab.start_node(k).expect("start");
+    }
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY)
+            .unwrap_or_else(|e| panic!("{e:#}; log:\n{}", lab.log_tail(k, 30)));
+    }
+    let node3 = VxlanPeer {
+        subnet: net3,
+        ip: "198.18.0.3".parse().expect("ip"),
+        mac: mac3.to_owned(),
+    };
+    for k in 1..=2 {
+        let ns = lab.node_ns(k).expect("ns").to_owned();
+        wait_until(CONVERGE, || vxlan_peer_present(&ns, &node3))
+            .unwrap_or_else(|e| panic!("node {k}: {e}; log:\n{}", lab.log_tail(k, 30)));
+    }
+    // "flanneld" on node 3 reads the weft nodes' annotations as flanneld does (strict JSON).
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct BackendData {
+        #[serde(rename = "VNI")]
+        vni: u32,
+        #[serde(rename = "VtepMAC")]
+        vtep_mac: String,
+    }
+    for k in 1..=2 {
+        let data = annotation(&mut lab, k, "backend-data").expect("backend-data");
+        let data: BackendData = serde_json::from_str(&data).expect("flannel's backend-data");
+        assert_eq!(data.vni, 1);
+        let ip = annotation(&mut lab, k, "public-ip").expect("public-ip");
+        let net = lab.subnet(k).expect("subnet");
+        let gw = net.network().to_string();
+        common::run_in(
+            &n3,
+            "bridge",
+            &[
+                "fdb",
+                "append",
+                &data.vtep_mac,
+                "dev",
+                common::VXLAN_DEV,
+                "dst",
+                &ip,
+                "self",
+                "permanent",
+            ],
+        )
+        .expect("bridge fdb append");
+        fl(&[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &data.vtep_mac,
+            "dev",
+            common::VXLAN_DEV,
+            "nud",
+            "permanent",
+        ]);
+        fl(&[
+            "route",
+            "replace",
+            &net.to_string(),
+            "via",
+            &gw,
+            "dev",
+            common::VXLAN_DEV,
+            "onlink",
+        ]);
+    }
+    lab.add_pods().expect("pods");
+    assert_pings(&lab);
+    for k in 1..=2 {
+        assert!(
+            lab.node_running(k).expect("status"),
+            "node {k}:\n{}",
+            lab.log_tail(k, 30)
+        );
+    }
+}
+
+#[test]
+fn a_node_that_starts_while_the_api_server_is_down_boots_from_its_peer_cache() {
+    if !common::need::root(
+        "a_node_that_starts_while_the_api_server_is_down_boots_from_its_peer_cache",
+    ) {
+        return;
+    }
+    let mut lab = started_lab(2);
+    let peer = lab.subnet(2).expect("subnet").to_string();
+    // Node 1 goes down with its cache written, the routes stay; then they are lost too (a
+    // reboot), and the API server is unreachable when it comes back.
+    let cache = lab.peer_cache_file(1).expect("cache");
+    wait_until(CONVERGE, || {
+        let text = std::fs::read_to_string(&cache).map_err(|e| e.to_string())?;
+        if text.contains(&peer) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .expect("node 1's peer cache holds node 2");
+    lab.stop_node(1, Signal::SIGTERM).expect("stop");
+    lab.ip(1, &["link", "del", "flannel.1"])
+        .expect("reboot: device gone");
+    assert!(!route_to(&lab, 1, &peer));
+    lab.kube().expect("kube").stop();
+    let ready_before = lab.log(1).expect("log").matches("weft is ready").count();
+    lab.start_node(1).expect("start");
+    wait_until(READY, || {
+        if route_to(&lab, 1, &peer) {
+            Ok(())
+        } else {
+            Err("no route from the cache yet".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(1, 30)));
+    let log = lab.log(1).expect("log");
+    assert!(log.contains("cached peers"), "{log}");
+    assert_pings(&lab);
+    // The API server returns: node 1 gets ready the normal way.
+    lab.kube().expect("kube").restart().expect("restart");
+    wait_until(READY, || {
+        let log = lab.log(1).map_err(|e| e.to_string())?;
+        if log.contains("weft is ready") {
+            Ok(())
+        } else {
+            Err("not ready".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(1, 30)));
+    assert_pings(&lab);
+}

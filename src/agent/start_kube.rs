@@ -15,7 +15,8 @@ use super::iface;
 use super::peer_cache::PeerCache;
 use super::start::{FIRST_CONTACT, Start, boot_from_cache};
 use crate::cli::Options;
-use crate::lease::kube::node::NodeLite;
+use crate::lease::Snapshot;
+use crate::lease::kube::node::{NodeLease, NodeLite};
 use crate::lease::kube::{Fatal, KubeOptions, KubeSource, api_error, client};
 use crate::lease::retry_until;
 
@@ -86,6 +87,17 @@ pub(super) async fn run(
         }
     };
     apply_node_public_ip(&mut opts, &source, &node)?;
+    // Our previous lease (vxlan: the VTEP MAC to keep) is on our own Node: no list of every
+    // Node for it.
+    let own_only = Snapshot {
+        revision: node.resource_version(),
+        leases: match source.annotations().as_lease(&node) {
+            NodeLease::Lease(l) => vec![l],
+            _ => Vec::new(),
+        },
+        malformed: Vec::new(),
+    };
+    drop(node);
 
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
         Fatal(format!(
@@ -116,7 +128,7 @@ pub(super) async fn run(
         health,
         shutdown,
     };
-    start.run(source, None).await
+    start.run(source, Some(own_only)).await
 }
 
 /// `node-public-ip` on the Node, set by an admin, chooses the public IP as `--public-ip`

@@ -397,32 +397,11 @@ fn list(shared: &Shared, q: &HashMap<String, String>) -> Reply {
             (at, None)
         }
     };
-    let objects = store.objects_at(at).map_err(at_error)?;
+    let page = store
+        .page(at, start.as_deref(), limit, only.as_deref())
+        .map_err(at_error)?;
     drop(store);
-    let mut items = Vec::new();
-    let mut next = None;
-    let mut remaining = 0usize;
-    for (name, obj) in objects.range(start.clone().unwrap_or_default()..) {
-        if start.as_deref() == Some(name.as_str()) {
-            continue;
-        }
-        if only.as_deref().is_some_and(|o| o != name) {
-            continue;
-        }
-        if limit.is_some_and(|l| items.len() >= l) {
-            if next.is_none() {
-                next = Some(
-                    items
-                        .last()
-                        .map(|(n, _): &(String, Value)| n.clone())
-                        .unwrap_or_default(),
-                );
-            }
-            remaining += 1;
-            continue;
-        }
-        items.push((name.clone(), obj.clone()));
-    }
+    let (items, next, remaining) = (page.items, page.next, page.remaining);
     let mut metadata = json!({"resourceVersion": at.to_string()});
     if let Some(last) = next {
         let token = serde_json::to_vec(&ContinueToken {

@@ -144,6 +144,9 @@ impl KubeApi {
                         Err(_) => continue,
                     },
                 };
+                // Watch events are small writes: no Nagle delay on them (the real server's
+                // Go net package sets TCP_NODELAY too).
+                let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let router = router.clone();
                 let token = token.clone();

@@ -35,6 +35,15 @@ pub struct Change {
     pub before: Option<Value>,
 }
 
+/// One page of a list: see [`Store::page`].
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub items: Vec<(String, Value)>,
+    /// The last name of this page when more follow (the continue token's start).
+    pub next: Option<String>,
+    pub remaining: usize,
+}
+
 /// Why a read at a resourceVersion cannot be served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum At {
@@ -170,6 +179,54 @@ impl Store {
         Ok(objects)
     }
 
+    /// One page of the objects as they were at `rv`, in name order: the objects after `after`
+    /// (exclusive), at most `limit` of them (all if None), only `only` if given. Returns the
+    /// page, the last name of the page when more follow, and how many follow. Clones only the
+    /// page's objects (a list of thousands of Nodes must not copy them all per page).
+    pub fn page(
+        &self,
+        rv: u64,
+        after: Option<&str>,
+        limit: Option<usize>,
+        only: Option<&str>,
+    ) -> Result<Page, At> {
+        self.check(rv)?;
+        // The state at `rv` = the current objects, with each name changed since then taken
+        // back to its value before its first later change.
+        let mut overlay: BTreeMap<&str, Option<&Value>> = BTreeMap::new();
+        for change in self.history.iter().filter(|c| c.rv > rv) {
+            overlay
+                .entry(change.name.as_str())
+                .or_insert(change.before.as_ref());
+        }
+        let names: std::collections::BTreeSet<&str> = self
+            .objects
+            .keys()
+            .map(String::as_str)
+            .chain(overlay.keys().copied())
+            .filter(|n| after.is_none_or(|a| *n > a))
+            .filter(|n| only.is_none_or(|o| *n == o))
+            .collect();
+        let mut page = Page::default();
+        for name in names {
+            let value = match overlay.get(name) {
+                Some(Some(v)) => Some(*v),
+                Some(None) => None,
+                None => self.objects.get(name),
+            };
+            let Some(value) = value else { continue };
+            if limit.is_some_and(|l| page.items.len() >= l) {
+                if page.next.is_none() {
+                    page.next = page.items.last().map(|(n, _)| n.clone());
+                }
+                page.remaining += 1;
+                continue;
+            }
+            page.items.push((name.to_string(), value.clone()));
+        }
+        Ok(page)
+    }
+
     /// The changes after `rv`, in order (`rv` must pass [`check`](Self::check)).
     pub fn changes_after(&self, rv: u64) -> Vec<Change> {
         self.history.iter().filter(|c| c.rv > rv).cloned().collect()
@@ -197,6 +254,14 @@ mod tests {
         let at1 = s.objects_at(rv1).unwrap();
         assert_eq!(at1.len(), 1);
         assert_eq!(at1["a"]["v"], 1);
+        let page = s.page(rv1, None, Some(1), None).unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].1["v"], 1, "the state at rv1, not now");
+        assert_eq!((page.next, page.remaining), (None, 0));
+        let page = s
+            .page(s.resource_version(), None, Some(1), Some("b"))
+            .unwrap();
+        assert_eq!(page.items[0].0, "b");
         let now = s.objects_at(s.resource_version()).unwrap();
         assert_eq!(now.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(s.changes_after(rv1).len(), 3);
