@@ -708,7 +708,8 @@ fn a_node_that_starts_while_the_api_server_is_down_boots_from_its_peer_cache() {
     let cache = lab.peer_cache_file(1).expect("cache");
     wait_until(CONVERGE, || {
         let text = std::fs::read_to_string(&cache).map_err(|e| e.to_string())?;
-        if text.contains(&peer) {
+        // Keys as flannel writes them: 10.244.2.0-24.
+        if text.contains(&peer.replace('/', "-")) {
             Ok(())
         } else {
             Err(text)
@@ -737,7 +738,7 @@ fn a_node_that_starts_while_the_api_server_is_down_boots_from_its_peer_cache() {
     lab.kube().expect("kube").restart().expect("restart");
     wait_until(READY, || {
         let log = lab.log(1).map_err(|e| e.to_string())?;
-        if log.contains("weft is ready") {
+        if log.matches("weft is ready").count() > ready_before {
             Ok(())
         } else {
             Err("not ready".into())
