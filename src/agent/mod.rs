@@ -30,6 +30,7 @@ pub mod iface;
 pub mod leases;
 pub mod metrics;
 pub mod peer_cache;
+pub mod sd_notify;
 mod start;
 mod start_kube;
 pub mod subnet_file;

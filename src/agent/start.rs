@@ -18,6 +18,7 @@ use super::http::Health;
 use super::leases::{Leases, RETRY_MAX};
 use super::metrics::ReconcileReason;
 use super::peer_cache::PeerCache;
+use super::sd_notify::Notifier;
 use super::{Agent, iface, subnet_file};
 use crate::cli::Options;
 use crate::lease::etcd::manager::{LeaseTiming, SubnetManager};
@@ -44,8 +45,10 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
         ));
     }
+    let notifier = Notifier::from_env();
+    spawn_sd_notify(&notifier, &health, &shutdown);
     if opts.kube_subnet_mgr {
-        return super::start_kube::run(opts, health, shutdown).await;
+        return super::start_kube::run(opts, health, notifier, shutdown).await;
     }
 
     let nl = Netlink::connect().context("open a netlink socket")?;
@@ -127,9 +130,41 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         ext,
         primary: backend,
         health,
+        notifier,
         shutdown,
     };
     start.run(source, listed).await
+}
+
+/// systemd: `STOPPING=1` when shutdown begins, and `WATCHDOG=1` every half `WATCHDOG_USEC`
+/// while the control loop beats (a stuck loop stops the pings, and systemd restarts weft).
+fn spawn_sd_notify(notifier: &Notifier, health: &Health, shutdown: &CancellationToken) {
+    if !notifier.enabled() {
+        return;
+    }
+    let (n, s) = (notifier.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        s.cancelled().await;
+        n.stopping();
+    });
+    if let Some(every) = notifier.watchdog_every() {
+        info!("systemd watchdog: WATCHDOG=1 every {every:?} while the control loop runs");
+        let (n, h, s) = (notifier.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = s.cancelled() => return,
+                    _ = tick.tick() => {
+                        if h.is_alive(std::time::Instant::now()) {
+                            n.watchdog();
+                        }
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Connects and reads `<prefix>/config` and the leases in one Range: config `None` when etcd
@@ -269,6 +304,7 @@ pub(super) struct Start {
     pub ext: ExternalInterface,
     pub primary: AnyBackend,
     pub health: Health,
+    pub notifier: Notifier,
     pub shutdown: CancellationToken,
 }
 
@@ -287,6 +323,7 @@ impl Start {
             ext,
             mut primary,
             health,
+            notifier,
             shutdown,
         } = self;
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
@@ -386,6 +423,7 @@ impl Start {
             .await;
         agent.leases.restore_table(table);
         agent.health.set_ready(true);
+        notifier.ready();
         if let Some(source) = starter {
             let shutdown = agent.shutdown.clone();
             tokio::spawn(async move {
