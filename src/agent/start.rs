@@ -1,5 +1,6 @@
 //! Start-up: health server, first contact with etcd (or a boot from the peer cache), the
 //! config, the interface, the backend, the lease, the initial sync, subnet.env and readiness.
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -295,6 +296,28 @@ async fn fetch_config<S: LeaseSource>(source: &S, health: &Health) -> String {
     }
 }
 
+/// The sysctl that exists only while bridged traffic passes iptables (`br_netfilter`).
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// As flanneld: in iptables mode, refuse to start without `br_netfilter` (kube-proxy's rules
+/// would not see pod traffic that crosses the bridge), with flanneld's message. nftables mode
+/// does not need it.
+fn check_br_netfilter(enable_nftables: bool, sysctl: &Path) -> Result<()> {
+    if enable_nftables {
+        return Ok(());
+    }
+    std::fs::metadata(sysctl).map(|_| ()).map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            _ => e.to_string(),
+        };
+        anyhow!(
+            "Failed to check br_netfilter: stat {}: {reason} (load the module: modprobe br_netfilter)",
+            sysctl.display()
+        )
+    })
+}
+
 /// What start-up has settled before the lease: config, interface and backend.
 pub(super) struct Start {
     pub opts: Options,
@@ -326,6 +349,7 @@ impl Start {
             notifier,
             shutdown,
         } = self;
+        check_br_netfilter(conf.enable_nftables, Path::new(BRIDGE_NF_CALL_IPTABLES))?;
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
         if primary.wants_previous_lease() {
             // A rebooted node keeps what its peers know (vxlan: the VTEP MAC of its lease). The
@@ -449,5 +473,28 @@ impl Start {
         agent.audit("audit after subscribing").await;
 
         agent.run(kernel).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+
+    #[test]
+    fn br_netfilter_is_required_in_iptables_mode_only_with_flanneld_s_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("bridge-nf-call-iptables");
+        let err = check_br_netfilter(false, &missing).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "Failed to check br_netfilter: stat {}: no such file or directory",
+                missing.display()
+            )),
+            "{err}"
+        );
+        check_br_netfilter(true, &missing).unwrap();
+        std::fs::write(&missing, "1\n").unwrap();
+        check_br_netfilter(false, &missing).unwrap();
     }
 }
