@@ -262,6 +262,8 @@ pub(super) async fn write_subnet_env(
         subnet: Some(subnet),
         ipv6_network: None,
         ipv6_subnet: None,
+        more_networks: Vec::new(),
+        more_ipv6_networks: Vec::new(),
         mtu,
         ipmasq: opts.ip_masq,
     };
