@@ -246,9 +246,11 @@ async fn a_write_back_that_keeps_failing_is_retried_until_the_source_takes_it() 
     .await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     source.set_writes_fail(false);
-    drive_until(&mut leases, "our value written back once writes work", |_, _| {
-        source.value(own).as_deref() == Some(&ours)
-    })
+    drive_until(
+        &mut leases,
+        "our value written back once writes work",
+        |_, _| source.value(own).as_deref() == Some(&ours),
+    )
     .await;
     assert_eq!(leases.own().key, own);
 }

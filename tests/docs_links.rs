@@ -3,11 +3,16 @@
 use std::path::{Path, PathBuf};
 
 fn markdown_files(root: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = ["README.md", "CHANGELOG.md", "BENCHMARKS.md", "RELIABILITY.md"]
-        .iter()
-        .map(|f| root.join(f))
-        .filter(|p| p.is_file())
-        .collect();
+    let mut files: Vec<PathBuf> = [
+        "README.md",
+        "CHANGELOG.md",
+        "BENCHMARKS.md",
+        "RELIABILITY.md",
+    ]
+    .iter()
+    .map(|f| root.join(f))
+    .filter(|p| p.is_file())
+    .collect();
     let docs = std::fs::read_dir(root.join("docs")).expect("docs/");
     for e in docs {
         let p = e.expect("entry").path();
@@ -52,7 +57,11 @@ fn relative_markdown_links_point_to_files_of_the_repository() {
             }
         }
     }
-    assert!(broken.is_empty(), "links to files that do not exist:\n{}", broken.join("\n"));
+    assert!(
+        broken.is_empty(),
+        "links to files that do not exist:\n{}",
+        broken.join("\n")
+    );
 }
 
 #[test]

@@ -20,7 +20,8 @@ fn ready_after_subnet_env_watchdog_pings_and_stopping_on_sigterm() {
     let mut lab = Lab::build(spec).expect("lab");
     let sock_path = lab.dir().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).expect("bind NOTIFY_SOCKET");
-    sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let subnet_file = lab.subnet_file(1).expect("path");
     // Each datagram, when it arrived, and whether subnet.env existed then.
     let (tx, rx) = mpsc::channel::<(String, Instant, bool)>();
@@ -31,7 +32,11 @@ fn ready_after_subnet_env_watchdog_pings_and_stopping_on_sigterm() {
             if let Ok(n) = sock.recv(&mut buf) {
                 let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let stop = msg.contains("STOPPING=1");
-                if tx.send((msg, Instant::now(), subnet_file.exists())).is_err() || stop {
+                if tx
+                    .send((msg, Instant::now(), subnet_file.exists()))
+                    .is_err()
+                    || stop
+                {
                     return;
                 }
             }
@@ -77,7 +82,10 @@ fn ready_after_subnet_env_watchdog_pings_and_stopping_on_sigterm() {
     // About every 200 ms (half of WATCHDOG_USEC): never more than the full interval apart.
     for w in pings.windows(2) {
         let gap = w[1] - w[0];
-        assert!(gap <= Duration::from_millis(400), "watchdog gap {gap:?}: {got:?}");
+        assert!(
+            gap <= Duration::from_millis(400),
+            "watchdog gap {gap:?}: {got:?}"
+        );
     }
 
     lab.stop_node(1, Signal::SIGTERM).expect("stop");
@@ -88,6 +96,10 @@ fn ready_after_subnet_env_watchdog_pings_and_stopping_on_sigterm() {
             Err(_) => break false,
         }
     };
-    assert!(stopping, "no STOPPING=1 after SIGTERM; log:\n{}", lab.log_tail(1, 20));
+    assert!(
+        stopping,
+        "no STOPPING=1 after SIGTERM; log:\n{}",
+        lab.log_tail(1, 20)
+    );
     reader.join().expect("reader");
 }

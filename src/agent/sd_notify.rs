@@ -123,18 +123,35 @@ mod tests {
 
     #[test]
     fn socket_and_watchdog_variables_are_read_as_libsystemd_reads_them() {
-        let n = Notifier::from_vars(Some("/run/systemd/notify"), Some("30000000"), Some("42"), 42);
+        let n = Notifier::from_vars(
+            Some("/run/systemd/notify"),
+            Some("30000000"),
+            Some("42"),
+            42,
+        );
         assert_eq!(n.addr, Some(Target::Path("/run/systemd/notify".into())));
         assert_eq!(n.watchdog_every(), Some(Duration::from_secs(15)));
         let n = Notifier::from_vars(Some("@weft-test"), Some("1000"), None, 7);
         assert_eq!(n.addr, Some(Target::Abstract(b"weft-test".to_vec())));
         assert_eq!(n.watchdog_every(), Some(Duration::from_micros(500)));
         // Another process's watchdog, a zero or bad interval, no socket: nothing.
-        assert_eq!(Notifier::from_vars(Some("/x"), Some("1000"), Some("8"), 7).watchdog_every(), None);
-        assert_eq!(Notifier::from_vars(Some("/x"), Some("0"), None, 7).watchdog_every(), None);
-        assert_eq!(Notifier::from_vars(None, Some("1000"), None, 7).watchdog_every(), None);
+        assert_eq!(
+            Notifier::from_vars(Some("/x"), Some("1000"), Some("8"), 7).watchdog_every(),
+            None
+        );
+        assert_eq!(
+            Notifier::from_vars(Some("/x"), Some("0"), None, 7).watchdog_every(),
+            None
+        );
+        assert_eq!(
+            Notifier::from_vars(None, Some("1000"), None, 7).watchdog_every(),
+            None
+        );
         for bad in ["", "relative/path", "@"] {
-            assert!(!Notifier::from_vars(Some(bad), None, None, 7).enabled(), "{bad:?}");
+            assert!(
+                !Notifier::from_vars(Some(bad), None, None, 7).enabled(),
+                "{bad:?}"
+            );
         }
     }
 

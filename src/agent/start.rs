@@ -100,10 +100,15 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     };
     let mut source = SubnetManager::new(registry, timing);
     source.set_metrics(health.metrics().clone());
-    // `--net-config-path` given: the file is the config (etcd still holds the leases).
+    // `--net-config-path` given: the file is the config (etcd still holds the leases); etcd's
+    // own config is kept to warn while the two disagree.
+    let mut store_config = None;
     let text = match (opts.net_config_path.as_deref(), source_text) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("read network config {}", path.display()))?,
+        (Some(path), store) => {
+            store_config = store;
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read network config {}", path.display()))?
+        }
         (None, Some(text)) => text,
         (None, None) => tokio::select! {
             text = fetch_config(&source, &health) => text,
@@ -132,6 +137,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         primary: backend,
         health,
         notifier,
+        store_config,
         shutdown,
     };
     start.run(source, listed).await
@@ -330,6 +336,8 @@ pub(super) struct Start {
     pub primary: AnyBackend,
     pub health: Health,
     pub notifier: Notifier,
+    /// The lease store's own config when the config comes from a file (etcd mode).
+    pub store_config: Option<String>,
     pub shutdown: CancellationToken,
 }
 
@@ -349,6 +357,7 @@ impl Start {
             mut primary,
             health,
             notifier,
+            store_config,
             shutdown,
         } = self;
         check_br_netfilter(conf.enable_nftables, Path::new(BRIDGE_NF_CALL_IPTABLES))?;
@@ -428,9 +437,11 @@ impl Start {
             dp,
             health,
             config_file,
+            store_config,
             firewall,
             shutdown,
         };
+        agent.warn_if_store_config_disagrees();
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
         // successful list above, so an etcd failure never empties the kernel.

@@ -117,6 +117,8 @@ pub(super) async fn run(
         primary: backend,
         health,
         notifier,
+        // The file is the only config in kube mode.
+        store_config: None,
         shutdown,
     };
     start.run(source, None).await
