@@ -370,3 +370,69 @@ fn a_switch_while_etcd_is_down_is_published_when_it_returns() {
     );
     lab.teardown().expect("teardown");
 }
+
+/// With `--net-config-path` in etcd mode weft follows the file while flanneld nodes follow
+/// etcd's `<prefix>/config`: while the two disagree, every node says so, naming the fields, at
+/// start and at each change of either.
+#[test]
+fn a_config_file_and_etcd_config_that_disagree_are_named_at_start_and_on_every_change() {
+    if !common::need::root(
+        "a_config_file_and_etcd_config_that_disagree_are_named_at_start_and_on_every_change",
+    ) {
+        return;
+    }
+    let mut cm = ConfigMapDir::new(VXLAN);
+    let lab = vxlan_file_lab(&cm, Some(HOST_GW));
+    let mismatches = |k: usize| {
+        lab.log(k)
+            .expect("log")
+            .lines()
+            .filter(|l| l.contains("CONFIG MISMATCH"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    for k in 1..=2 {
+        let m = mismatches(k);
+        assert_eq!(m.len(), 1, "node {k}: {m:?}");
+        assert!(m[0].contains("Backend (file vxlan"), "{m:?}");
+        assert!(m[0].contains("store host-gw)"), "{m:?}");
+    }
+    // etcd agrees now: nothing more to say.
+    lab.put_config(VXLAN).expect("etcd config");
+    // etcd moves away on another field: said again, naming it.
+    let other = r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    lab.put_config(other).expect("etcd config");
+    for k in 1..=2 {
+        wait_until(CONVERGE, || {
+            let m = mismatches(k);
+            match m.last() {
+                Some(l)
+                    if m.len() == 2
+                        && l.contains("Network (file 10.244.0.0/16, store 10.245.0.0/16)") =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("node {k}: {m:?}")),
+            }
+        })
+        .expect("the new disagreement is named");
+    }
+    // The file changes (to host-gw): said again with both fields.
+    cm.update(HOST_GW);
+    for k in 1..=2 {
+        wait_until(CONVERGE, || {
+            let m = mismatches(k);
+            match m.last() {
+                Some(l)
+                    if m.len() == 3
+                        && l.contains("Network (file")
+                        && l.contains("Backend (file host-gw") =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("node {k}: {m:?}")),
+            }
+        })
+        .expect("named after the file changed");
+    }
+}

@@ -403,6 +403,9 @@ fn systemd_env_file_is_weft_configuration() {
         .expect("weft.service");
     assert!(unit.contains("EnvironmentFile=/etc/weft/weft.env"));
     assert!(unit.contains("ExecStart=/usr/local/bin/weft\n"));
+    // weft sends READY=1 (tests/e2e_sd_notify.rs), as flanneld does for its Type=notify units.
+    assert!(unit.contains("\nType=notify\n"), "{unit}");
+    assert!(unit.contains("\nWatchdogSec="), "{unit}");
 }
 
 // ===== the binary-deployment walk-through of docs/deploy.md, run for real =====

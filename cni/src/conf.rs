@@ -312,10 +312,10 @@ pub fn build_ipam(conf: &NetConf, env: &SubnetEnv) -> Result<Map<String, Value>,
     ipam.insert("ranges".into(), Value::Array(ranges));
 
     let mut routes = user_routes(ipam.get("routes"))?;
-    if let Some(n) = env.network {
+    for n in env.network.iter().chain(&env.more_networks) {
         routes.push(json!({"dst": n.to_string()}));
     }
-    if let Some(n) = env.ipv6_network {
+    for n in env.ipv6_network.iter().chain(&env.more_ipv6_networks) {
         routes.push(json!({"dst": n.to_string()}));
     }
     ipam.insert("routes".into(), Value::Array(routes));
@@ -520,6 +520,27 @@ mod tests {
             d["ipam"]["routes"],
             json!([{"dst": "10.42.0.0/16"}, {"dst": "2001:cafe:42::/56"}])
         );
+    }
+
+    #[test]
+    fn several_networks_in_flannel_network_each_get_a_route() {
+        // As flannel's plugin reads FLANNEL_NETWORK: a comma-separated list.
+        let e = env(
+            "FLANNEL_NETWORK=10.42.0.0/16,10.43.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        );
+        let d = build_delegate(&conf(r#"{"name":"n"}"#), &e).unwrap();
+        assert_eq!(
+            d["ipam"]["routes"],
+            json!([{"dst": "10.42.0.0/16"}, {"dst": "10.43.0.0/16"}])
+        );
+        let bad = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.42.0.0/16,nonsense\nFLANNEL_SUBNET=10.42.0.1/24\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("\"nonsense\" is not an IPv4 CIDR"), "{bad}");
     }
 
     #[test]

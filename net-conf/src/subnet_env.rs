@@ -13,6 +13,11 @@ pub struct SubnetEnv {
     pub subnet: Option<Ipv4Net>,
     pub ipv6_network: Option<Ipv6Net>,
     pub ipv6_subnet: Option<Ipv6Net>,
+    /// Further networks of a `FLANNEL_NETWORK` that lists several, comma-separated (flannel's
+    /// CNI plugin routes each of them); weft writes one.
+    pub more_networks: Vec<Ipv4Net>,
+    /// The same for `FLANNEL_IPV6_NETWORK`.
+    pub more_ipv6_networks: Vec<Ipv6Net>,
     pub mtu: u32,
     pub ipmasq: bool,
 }
@@ -71,6 +76,8 @@ impl SubnetEnv {
             subnet: None,
             ipv6_network: None,
             ipv6_subnet: None,
+            more_networks: Vec::new(),
+            more_ipv6_networks: Vec::new(),
             mtu: 0,
             ipmasq: false,
         };
@@ -88,15 +95,26 @@ impl SubnetEnv {
                 reason: reason.to_string(),
             };
             match key {
+                // Several networks, comma-separated, as flannel's CNI plugin reads them.
                 "FLANNEL_NETWORK" => {
-                    env.network = Some(value.parse().map_err(|_| bad("not an IPv4 CIDR"))?);
+                    let mut nets = split_list(value).map(|v| {
+                        v.parse::<Ipv4Net>()
+                            .map_err(|_| bad(&list_reason(value, v, "not an IPv4 CIDR")))
+                    });
+                    env.network = nets.next().transpose()?;
+                    env.more_networks = nets.collect::<Result<_, _>>()?;
                 }
                 "FLANNEL_SUBNET" => {
                     let n: Ipv4Net = value.parse().map_err(|_| bad("not an IPv4 CIDR"))?;
                     env.subnet = Some(n.trunc());
                 }
                 "FLANNEL_IPV6_NETWORK" => {
-                    env.ipv6_network = Some(value.parse().map_err(|_| bad("not an IPv6 CIDR"))?);
+                    let mut nets = split_list(value).map(|v| {
+                        v.parse::<Ipv6Net>()
+                            .map_err(|_| bad(&list_reason(value, v, "not an IPv6 CIDR")))
+                    });
+                    env.ipv6_network = nets.next().transpose()?;
+                    env.more_ipv6_networks = nets.collect::<Result<_, _>>()?;
                 }
                 "FLANNEL_IPV6_SUBNET" => {
                     let n: Ipv6Net = value.parse().map_err(|_| bad("not an IPv6 CIDR"))?;
@@ -132,6 +150,20 @@ impl SubnetEnv {
             Err(SubnetEnvError::Missing { keys: missing })
         }
     }
+}
+
+/// `reason`, naming the bad item when the value is a list.
+fn list_reason(value: &str, item: &str, reason: &str) -> String {
+    if value.contains(',') {
+        format!("{item:?} is {reason}")
+    } else {
+        reason.to_string()
+    }
+}
+
+/// The items of a comma-separated value, trimmed, empty ones dropped.
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty())
 }
 
 /// `KEY=VALUE` → (key, value), both trimmed; None for blank lines, comments and lines without

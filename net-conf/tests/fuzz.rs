@@ -289,6 +289,8 @@ proptest! {
             subnet: Some(sub),
             ipv6_network: None,
             ipv6_subnet: None,
+            more_networks: Vec::new(),
+            more_ipv6_networks: Vec::new(),
             mtu,
             ipmasq: masq,
         };

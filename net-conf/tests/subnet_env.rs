@@ -17,6 +17,8 @@ fn dual_stack() -> SubnetEnv {
         subnet: Some(v4("10.42.0.0/24")),
         ipv6_network: Some(v6("2001:cafe:42::/56")),
         ipv6_subnet: Some(v6("2001:cafe:42::/64")),
+        more_networks: Vec::new(),
+        more_ipv6_networks: Vec::new(),
         mtu: 1450,
         ipmasq: true,
     }
@@ -43,6 +45,8 @@ fn renders_ipv4_only() {
         subnet: Some(v4("10.244.1.0/24")),
         ipv6_network: None,
         ipv6_subnet: None,
+        more_networks: Vec::new(),
+        more_ipv6_networks: Vec::new(),
         mtu: 1500,
         ipmasq: false,
     };

@@ -24,6 +24,82 @@ pub fn parse_config(text: &str) -> Result<NetConf> {
     Ok(conf)
 }
 
+/// The fields on which the `--net-config-path` file and the lease store's own config (etcd's
+/// `<prefix>/config`, which flanneld nodes read and weft, given a file, does not) disagree, as
+/// `Field (file X, store Y)`. Pure. In a mixed cluster each disagreement splits the overlay:
+/// flanneld nodes and weft nodes would program different networks or backends.
+pub fn disagreements(file: &NetConf, store: &NetConf) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut field = |name: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{name} (file {a}, store {b})"));
+        }
+    };
+    let net = |c: &NetConf| {
+        c.network
+            .map_or_else(|| "none".to_string(), |n| n.to_string())
+    };
+    field("Network", net(file), net(store));
+    field(
+        "SubnetLen",
+        file.subnet_len.to_string(),
+        store.subnet_len.to_string(),
+    );
+    field(
+        "SubnetMin",
+        file.subnet_min.to_string(),
+        store.subnet_min.to_string(),
+    );
+    field(
+        "SubnetMax",
+        file.subnet_max.to_string(),
+        store.subnet_max.to_string(),
+    );
+    field(
+        "Backend",
+        backend_text(&file.backend),
+        backend_text(&store.backend),
+    );
+    out
+}
+
+fn backend_text(b: &net_conf::BackendConf) -> String {
+    match b {
+        net_conf::BackendConf::Vxlan(v) => format!("vxlan {v}"),
+        net_conf::BackendConf::IpIp(i) => format!("ipip DirectRouting={}", i.direct_routing),
+        net_conf::BackendConf::HostGw => "host-gw".to_string(),
+    }
+}
+
+/// The loud warning for a file and a store config that disagree (None when they agree or the
+/// store has none). A store config that does not parse is reported too: flanneld nodes fail on
+/// it while weft runs on the file.
+pub fn disagreement_warning(
+    file: &NetConf,
+    file_path: &std::path::Path,
+    store_location: &str,
+    store_text: Option<&str>,
+) -> Option<String> {
+    let store_text = store_text?;
+    let store = match NetConf::parse(store_text) {
+        Ok(p) => p.conf,
+        Err(e) => {
+            return Some(format!(
+                "the network config in {store_location} does not parse ({e}) while weft runs on                  {}: flanneld nodes reading {store_location} cannot join this overlay",
+                file_path.display()
+            ));
+        }
+    };
+    let diff = disagreements(file, &store);
+    (!diff.is_empty()).then(|| {
+        format!(
+            "CONFIG MISMATCH: {} and {store_location} disagree on {}; weft follows the file,              flanneld reads {store_location}: in a mixed cluster the overlay splits until they              agree",
+            file_path.display(),
+            diff.join(", ")
+        )
+    })
+}
+
 /// What a new config text asks of the running agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigChange {
@@ -106,6 +182,36 @@ mod tests {
 
     fn running() -> NetConf {
         parse_config(VXLAN).expect("config")
+    }
+
+    #[test]
+    fn file_and_store_disagreements_name_each_field_with_both_values() {
+        let store = parse_config(
+            r#"{"Network":"10.245.0.0/16","SubnetLen":25,"Backend":{"Type":"host-gw"}}"#,
+        )
+        .expect("store");
+        let diff = disagreements(&running(), &store);
+        assert_eq!(diff.len(), 5, "{diff:?}");
+        assert_eq!(diff[0], "Network (file 10.244.0.0/16, store 10.245.0.0/16)");
+        assert_eq!(diff[1], "SubnetLen (file 24, store 25)");
+        assert_eq!(diff[2], "SubnetMin (file 10.244.1.0, store 10.245.0.128)");
+        assert_eq!(
+            diff[3],
+            "SubnetMax (file 10.244.255.0, store 10.245.255.128)"
+        );
+        assert!(diff[4].starts_with("Backend (file vxlan VNI=1"), "{diff:?}");
+        assert!(diff[4].ends_with("store host-gw)"), "{diff:?}");
+        // The same config in other words: no warning; no store config: none either.
+        let same = r#"{"network":"10.244.0.0/16","backend":{"type":"vxlan","vni":1}}"#;
+        let path = std::path::Path::new("/etc/kube-flannel/net-conf.json");
+        assert_eq!(
+            disagreement_warning(&running(), path, "etcd", Some(same)),
+            None
+        );
+        assert_eq!(disagreement_warning(&running(), path, "etcd", None), None);
+        let w = disagreement_warning(&running(), path, "etcd /x/config", Some("{bad"))
+            .expect("a warning");
+        assert!(w.contains("does not parse"), "{w}");
     }
 
     #[test]

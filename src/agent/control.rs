@@ -145,7 +145,10 @@ impl<S: LeaseSource> Agent<S> {
     /// The source's config changed. True when peers need a full plan.
     async fn on_source_config(&mut self, text: Option<String>) -> bool {
         if self.opts.net_config_path.is_some() {
-            // The file is the source of truth; the source's copy is not ours to follow.
+            // The file is the source of truth; the source's copy is not ours to follow, but
+            // flanneld nodes follow it: say so while the two disagree.
+            self.store_config = text;
+            self.warn_if_store_config_disagrees();
             return false;
         }
         match text {
@@ -157,6 +160,23 @@ impl<S: LeaseSource> Agent<S> {
                 );
                 false
             }
+        }
+    }
+
+    /// Warns (loudly, at every change of either) while the config file and the lease store's
+    /// own config disagree on what every node must share.
+    pub(super) fn warn_if_store_config_disagrees(&self) {
+        let Some(path) = self.opts.net_config_path.as_deref() else {
+            return;
+        };
+        let location = self.leases.source().config_location();
+        if let Some(w) = super::config_watch::disagreement_warning(
+            &self.conf,
+            path,
+            &location,
+            self.store_config.as_deref(),
+        ) {
+            warn!("{w}");
         }
     }
 
@@ -177,6 +197,7 @@ impl<S: LeaseSource> Agent<S> {
                 if self.on_config(&text).await {
                     self.reconcile(ReconcileReason::ConfigChange).await;
                 }
+                self.warn_if_store_config_disagrees();
             }
             Err(e) => warn!(
                 "reading {}: {e}; keeping the running config",

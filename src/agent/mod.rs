@@ -30,6 +30,7 @@ pub mod iface;
 pub mod leases;
 pub mod metrics;
 pub mod peer_cache;
+pub mod sd_notify;
 mod start;
 mod start_kube;
 pub mod subnet_file;
@@ -74,6 +75,9 @@ struct Agent<S: LeaseSource> {
     health: Health,
     /// The config file's identity when the config comes from `--net-config-path`.
     config_file: Option<FileStamp>,
+    /// With a config file in etcd mode: the lease store's own config text as last seen
+    /// (flanneld nodes follow it), to warn while the two disagree.
+    store_config: Option<String>,
     cache: CacheWriter,
     /// Masquerade / forward rules (iptables or nftables), checked on nf_tables change
     /// notifications and on a slow audit timer.

@@ -1,5 +1,6 @@
 //! Start-up: health server, first contact with etcd (or a boot from the peer cache), the
 //! config, the interface, the backend, the lease, the initial sync, subnet.env and readiness.
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -18,6 +19,7 @@ use super::http::Health;
 use super::leases::{Leases, RETRY_MAX};
 use super::metrics::ReconcileReason;
 use super::peer_cache::PeerCache;
+use super::sd_notify::Notifier;
 use super::{Agent, iface, subnet_file};
 use crate::cli::Options;
 use crate::lease::etcd::manager::{LeaseTiming, SubnetManager};
@@ -44,8 +46,10 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             shutdown.clone(),
         ));
     }
+    let notifier = Notifier::from_env();
+    spawn_sd_notify(&notifier, &health, &shutdown);
     if opts.kube_subnet_mgr {
-        return super::start_kube::run(opts, health, shutdown).await;
+        return super::start_kube::run(opts, health, notifier, shutdown).await;
     }
 
     let nl = Netlink::connect().context("open a netlink socket")?;
@@ -96,10 +100,15 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     };
     let mut source = SubnetManager::new(registry, timing);
     source.set_metrics(health.metrics().clone());
-    // `--net-config-path` given: the file is the config (etcd still holds the leases).
+    // `--net-config-path` given: the file is the config (etcd still holds the leases); etcd's
+    // own config is kept to warn while the two disagree.
+    let mut store_config = None;
     let text = match (opts.net_config_path.as_deref(), source_text) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .with_context(|| format!("read network config {}", path.display()))?,
+        (Some(path), store) => {
+            store_config = store;
+            std::fs::read_to_string(path)
+                .with_context(|| format!("read network config {}", path.display()))?
+        }
         (None, Some(text)) => text,
         (None, None) => tokio::select! {
             text = fetch_config(&source, &health) => text,
@@ -127,9 +136,42 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         ext,
         primary: backend,
         health,
+        notifier,
+        store_config,
         shutdown,
     };
     start.run(source, listed).await
+}
+
+/// systemd: `STOPPING=1` when shutdown begins, and `WATCHDOG=1` every half `WATCHDOG_USEC`
+/// while the control loop beats (a stuck loop stops the pings, and systemd restarts weft).
+fn spawn_sd_notify(notifier: &Notifier, health: &Health, shutdown: &CancellationToken) {
+    if !notifier.enabled() {
+        return;
+    }
+    let (n, s) = (notifier.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        s.cancelled().await;
+        n.stopping();
+    });
+    if let Some(every) = notifier.watchdog_every() {
+        info!("systemd watchdog: WATCHDOG=1 every {every:?} while the control loop runs");
+        let (n, h, s) = (notifier.clone(), health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = s.cancelled() => return,
+                    _ = tick.tick() => {
+                        if h.is_alive(std::time::Instant::now()) {
+                            n.watchdog();
+                        }
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Connects and reads `<prefix>/config` and the leases in one Range: config `None` when etcd
@@ -226,6 +268,8 @@ pub(super) async fn write_subnet_env(
         subnet: Some(subnet),
         ipv6_network: None,
         ipv6_subnet: None,
+        more_networks: Vec::new(),
+        more_ipv6_networks: Vec::new(),
         mtu,
         ipmasq: opts.ip_masq,
     };
@@ -260,6 +304,28 @@ async fn fetch_config<S: LeaseSource>(source: &S, health: &Health) -> String {
     }
 }
 
+/// The sysctl that exists only while bridged traffic passes iptables (`br_netfilter`).
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// As flanneld: in iptables mode, refuse to start without `br_netfilter` (kube-proxy's rules
+/// would not see pod traffic that crosses the bridge), with flanneld's message. nftables mode
+/// does not need it.
+fn check_br_netfilter(enable_nftables: bool, sysctl: &Path) -> Result<()> {
+    if enable_nftables {
+        return Ok(());
+    }
+    std::fs::metadata(sysctl).map(|_| ()).map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            _ => e.to_string(),
+        };
+        anyhow!(
+            "Failed to check br_netfilter: stat {}: {reason} (load the module: modprobe br_netfilter)",
+            sysctl.display()
+        )
+    })
+}
+
 /// What start-up has settled before the lease: config, interface and backend.
 pub(super) struct Start {
     pub opts: Options,
@@ -269,6 +335,9 @@ pub(super) struct Start {
     pub ext: ExternalInterface,
     pub primary: AnyBackend,
     pub health: Health,
+    pub notifier: Notifier,
+    /// The lease store's own config when the config comes from a file (etcd mode).
+    pub store_config: Option<String>,
     pub shutdown: CancellationToken,
 }
 
@@ -287,8 +356,11 @@ impl Start {
             ext,
             mut primary,
             health,
+            notifier,
+            store_config,
             shutdown,
         } = self;
+        check_br_netfilter(conf.enable_nftables, Path::new(BRIDGE_NF_CALL_IPTABLES))?;
         let config_file = opts.net_config_path.as_deref().and_then(FileStamp::of);
         if primary.wants_previous_lease() {
             // A rebooted node keeps what its peers know (vxlan: the VTEP MAC of its lease). The
@@ -365,9 +437,11 @@ impl Start {
             dp,
             health,
             config_file,
+            store_config,
             firewall,
             shutdown,
         };
+        agent.warn_if_store_config_disagrees();
         // Start: dump what weft owns, then one diff that programs every peer and purges what no
         // lease explains (stale routes of peers that left while weft was down). Only after the
         // successful list above, so an etcd failure never empties the kernel.
@@ -386,6 +460,7 @@ impl Start {
             .await;
         agent.leases.restore_table(table);
         agent.health.set_ready(true);
+        notifier.ready();
         if let Some(source) = starter {
             let shutdown = agent.shutdown.clone();
             tokio::spawn(async move {
@@ -411,5 +486,28 @@ impl Start {
         agent.audit("audit after subscribing").await;
 
         agent.run(kernel).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests fail loudly by design
+mod tests {
+    use super::*;
+
+    #[test]
+    fn br_netfilter_is_required_in_iptables_mode_only_with_flanneld_s_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("bridge-nf-call-iptables");
+        let err = check_br_netfilter(false, &missing).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "Failed to check br_netfilter: stat {}: no such file or directory",
+                missing.display()
+            )),
+            "{err}"
+        );
+        check_br_netfilter(true, &missing).unwrap();
+        std::fs::write(&missing, "1\n").unwrap();
+        check_br_netfilter(false, &missing).unwrap();
     }
 }

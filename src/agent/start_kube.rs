@@ -13,6 +13,7 @@ use super::config_watch::parse_config;
 use super::http::Health;
 use super::iface;
 use super::peer_cache::PeerCache;
+use super::sd_notify::Notifier;
 use super::start::{FIRST_CONTACT, Start, boot_from_cache};
 use crate::cli::Options;
 use crate::lease::Snapshot;
@@ -23,6 +24,7 @@ use crate::lease::retry_until;
 pub(super) async fn run(
     mut opts: Options,
     health: Health,
+    notifier: Notifier,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let config_path = opts.net_config_path_or_default();
@@ -126,6 +128,9 @@ pub(super) async fn run(
         ext,
         primary: backend,
         health,
+        notifier,
+        // The file is the only config in kube mode.
+        store_config: None,
         shutdown,
     };
     start.run(source, Some(own_only)).await

@@ -202,6 +202,12 @@ impl Lab {
         self.spec.extra_flags = flags;
     }
 
+    /// Changes the environment given to agents started from now on (`agent_env`), e.g. a
+    /// `NOTIFY_SOCKET` inside the lab's directory.
+    pub fn set_agent_env(&mut self, env: Vec<(String, String)>) {
+        self.spec.agent_env = env;
+    }
+
     /// Number of nodes.
     pub fn nodes(&self) -> usize {
         self.nodes.len()
