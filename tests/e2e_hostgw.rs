@@ -347,3 +347,36 @@ fn bad_config_exits_1_naming_the_field_and_value() {
         "10.244.1.128",
     );
 }
+
+/// A node moved from kube-flannel kept `10.244.0.0/24` in subnet.env, below flannel's default
+/// SubnetMin: it gets another subnet (its pods must restart), and the log says why in one line
+/// and how to keep the old one.
+#[test]
+fn a_refused_previous_subnet_is_explained_with_how_to_keep_it() {
+    if !common::need::root("a_refused_previous_subnet_is_explained_with_how_to_keep_it") {
+        return;
+    }
+    let mut lab = Lab::build(spec(1)).expect("lab");
+    std::fs::write(
+        lab.subnet_file(1).expect("path"),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.0.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .expect("old subnet.env");
+    lab.start_node(1).expect("start");
+    wait_until(READY, || {
+        let s = lab.subnet(1).map_err(|e| e.to_string())?;
+        if s.to_string() != "10.244.0.0/24" {
+            Ok(())
+        } else {
+            Err("still the old subnet".into())
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(1, 20)));
+    let log = lab.log(1).expect("log");
+    let line = log
+        .lines()
+        .find(|l| l.contains("previous subnet 10.244.0.0/24"))
+        .unwrap_or_else(|| panic!("no explanation:\n{log}"));
+    assert!(line.contains("below SubnetMin 10.244.1.0"), "{line}");
+    assert!(line.contains(r#""SubnetMin": "10.244.0.0""#), "{line}");
+}

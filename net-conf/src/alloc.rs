@@ -150,6 +150,57 @@ pub fn free_subnets(conf: &NetConf, taken: &[Ipv4Net], limit: usize) -> Vec<Ipv4
     out
 }
 
+/// Why the previous subnet (from subnet.env) cannot be reused, in one sentence with how to
+/// keep it where a config change can: None when it can be (or there is none). A node that
+/// loses its subnet this way renumbers its running pods, so the agent logs this (a node moved
+/// from kube-flannel, whose first node held `10.244.0.0/24`, below the default SubnetMin).
+pub fn previous_refusal(
+    conf: &NetConf,
+    existing: &[ExistingLease],
+    previous: Option<Ipv4Net>,
+) -> Option<String> {
+    let prev = previous?;
+    let Some(network) = conf.network else {
+        return Some(format!(
+            "the previous subnet {prev} cannot be used: no IPv4 Network"
+        ));
+    };
+    let why = if !network.contains(&prev) {
+        format!("is outside Network {network}")
+    } else if prev.prefix_len() != conf.subnet_len {
+        format!(
+            "is a /{} while SubnetLen is {}; set \"SubnetLen\": {} to keep it",
+            prev.prefix_len(),
+            conf.subnet_len,
+            prev.prefix_len()
+        )
+    } else if prev.addr() < conf.subnet_min {
+        format!(
+            "is below SubnetMin {} (flannel's default leaves the network's first subnet free); \
+             set \"SubnetMin\": \"{}\" in the network config to keep it",
+            conf.subnet_min,
+            prev.addr()
+        )
+    } else if prev.addr() > conf.subnet_max {
+        format!(
+            "is above SubnetMax {}; set \"SubnetMax\": \"{}\" to keep it",
+            conf.subnet_max,
+            prev.addr()
+        )
+    } else if let Some(other) = existing.iter().find(|l| overlaps(l.key.v4, prev)) {
+        match other.public_ip {
+            Some(ip) => format!("is held by the lease of {ip} ({})", other.key),
+            None => format!("is held by another lease ({})", other.key),
+        }
+    } else {
+        return None;
+    };
+    Some(format!(
+        "the previous subnet {prev} (from subnet.env) {why}; this node gets a new subnet and its \
+         running pods must be restarted"
+    ))
+}
+
 /// Decides how this node gets its lease (flannel's order):
 /// 1. a lease with our public IP: reuse it if it fits the config, else delete it;
 /// 2. the previous subnet from subnet.env, if it fits and no lease overlaps it;

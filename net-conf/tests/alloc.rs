@@ -340,3 +340,46 @@ fn existing_lease_from_attrs() {
     );
     assert_eq!(got, Ok(Choice::Allocate(net("10.244.2.0/24"))));
 }
+
+#[test]
+fn a_refused_previous_subnet_says_why_and_how_to_keep_it() {
+    use net_conf::alloc::previous_refusal;
+    let c = conf(r#"{"Network":"10.244.0.0/16"}"#);
+    // kube-flannel's first node held 10.244.0.0/24, below flannel's default SubnetMin.
+    let why = previous_refusal(&c, &[], Some(net("10.244.0.0/24"))).expect("refused");
+    assert_eq!(
+        why,
+        "the previous subnet 10.244.0.0/24 (from subnet.env) is below SubnetMin 10.244.1.0 \
+         (flannel's default leaves the network's first subnet free); set \"SubnetMin\": \
+         \"10.244.0.0\" in the network config to keep it; this node gets a new subnet and its \
+         running pods must be restarted"
+    );
+    let why = previous_refusal(
+        &c,
+        &[lease("10.244.7.0/24", "198.18.0.9")],
+        Some(net("10.244.7.0/24")),
+    )
+    .expect("refused");
+    assert!(
+        why.contains("is held by the lease of 198.18.0.9 (10.244.7.0-24)"),
+        "{why}"
+    );
+    assert!(
+        previous_refusal(&c, &[], Some(net("10.245.1.0/24")))
+            .expect("r")
+            .contains("outside Network")
+    );
+    assert!(
+        previous_refusal(&c, &[], Some(net("10.244.1.0/25")))
+            .expect("r")
+            .contains("SubnetLen")
+    );
+    // Fits and free, or none: nothing to say.
+    assert_eq!(previous_refusal(&c, &[], Some(net("10.244.9.0/24"))), None);
+    assert_eq!(previous_refusal(&c, &[], None), None);
+    let keep = conf(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.0.0"}"#);
+    assert_eq!(
+        previous_refusal(&keep, &[], Some(net("10.244.0.0/24"))),
+        None
+    );
+}

@@ -233,6 +233,11 @@ impl SubnetManager {
         let mut pick = |n: usize| fastrand::usize(..n.max(1));
         let choice = alloc::choose(conf, &existing, attrs.public_ip, previous, &mut pick)
             .map_err(|e| anyhow!("failed to acquire lease: {e}"))?;
+        if matches!(choice, Choice::Allocate(_))
+            && let Some(why) = alloc::previous_refusal(conf, &existing, previous)
+        {
+            tracing::warn!("{why}");
+        }
         match choice {
             Choice::ReuseOwn(key) => {
                 let Some(entry) = snapshot.leases.iter().find(|l| l.key == key) else {
