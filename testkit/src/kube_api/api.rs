@@ -307,15 +307,6 @@ fn label_selector(q: &HashMap<String, String>) -> Result<(), Response> {
     }
 }
 
-/// The list item form: no kind/apiVersion.
-fn item(mut v: Value) -> Value {
-    if let Some(o) = v.as_object_mut() {
-        o.remove("kind");
-        o.remove("apiVersion");
-    }
-    v
-}
-
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContinueToken {
     rv: u64,
@@ -412,11 +403,25 @@ fn list(shared: &Shared, q: &HashMap<String, String>) -> Reply {
         metadata["continue"] = json!(base64::engine::general_purpose::STANDARD.encode(token));
         metadata["remainingItemCount"] = json!(remaining);
     }
-    let body = json!({
-        "kind": "NodeList", "apiVersion": "v1", "metadata": metadata,
-        "items": items.into_iter().map(|(_, o)| item(o)).collect::<Vec<_>>()
-    });
-    Ok(json_response(StatusCode::OK, &body))
+    // The items as encoded at write time, joined: no JSON tree per list.
+    let mut body =
+        String::with_capacity(64 + items.iter().map(|(_, t)| t.len() + 1).sum::<usize>());
+    body.push_str(r#"{"kind":"NodeList","apiVersion":"v1","metadata":"#);
+    body.push_str(&metadata.to_string());
+    body.push_str(r#","items":["#);
+    for (i, (_, text)) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(text);
+    }
+    body.push_str("]}");
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
 }
 
 fn get(shared: &Shared, name: &str) -> Reply {

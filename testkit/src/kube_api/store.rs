@@ -2,6 +2,7 @@
 //! counter (as etcd's revision behind the real API server), a history of changes for watches
 //! and for lists at an older resourceVersion, and compaction.
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -38,7 +39,8 @@ pub struct Change {
 /// One page of a list: see [`Store::page`].
 #[derive(Debug, Clone, Default)]
 pub struct Page {
-    pub items: Vec<(String, Value)>,
+    /// Each object's list-item JSON (no kind/apiVersion), by name.
+    pub items: Vec<(String, Arc<str>)>,
     /// The last name of this page when more follow (the continue token's start).
     pub next: Option<String>,
     pub remaining: usize,
@@ -57,6 +59,10 @@ pub enum At {
 pub struct Store {
     rv: u64,
     objects: BTreeMap<String, Value>,
+    /// Each current object's list-item JSON, encoded once per write (as the real server's
+    /// watch cache keeps serialized objects): a list of thousands of Nodes copies text, not
+    /// JSON trees.
+    encoded: BTreeMap<String, Arc<str>>,
     history: VecDeque<Change>,
     /// Changes at or below this resourceVersion are gone.
     compacted: u64,
@@ -78,6 +84,7 @@ impl Store {
             // tells a resourceVersion from a count.
             rv: 1000,
             objects: BTreeMap::new(),
+            encoded: BTreeMap::new(),
             history: VecDeque::new(),
             compacted: 1000,
             uid_counter: 0,
@@ -106,6 +113,7 @@ impl Store {
     pub fn put(&mut self, name: &str, mut object: Value) -> Value {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
+        self.encoded.insert(name.to_string(), encode_item(&object));
         let before = self.objects.insert(name.to_string(), object.clone());
         let kind = if before.is_some() {
             Kind::Modified
@@ -118,6 +126,7 @@ impl Store {
 
     pub fn delete(&mut self, name: &str) -> Option<Value> {
         let before = self.objects.remove(name)?;
+        self.encoded.remove(name);
         self.rv += 1;
         let mut last = before.clone();
         last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
@@ -210,9 +219,9 @@ impl Store {
         let mut page = Page::default();
         for name in names {
             let value = match overlay.get(name) {
-                Some(Some(v)) => Some(*v),
+                Some(Some(v)) => Some(encode_item(v)),
                 Some(None) => None,
-                None => self.objects.get(name),
+                None => self.encoded.get(name).cloned(),
             };
             let Some(value) = value else { continue };
             if limit.is_some_and(|l| page.items.len() >= l) {
@@ -222,7 +231,7 @@ impl Store {
                 page.remaining += 1;
                 continue;
             }
-            page.items.push((name.to_string(), value.clone()));
+            page.items.push((name.to_string(), value));
         }
         Ok(page)
     }
@@ -231,6 +240,16 @@ impl Store {
     pub fn changes_after(&self, rv: u64) -> Vec<Change> {
         self.history.iter().filter(|c| c.rv > rv).cloned().collect()
     }
+}
+
+/// An object as a list item: its JSON without `kind` and `apiVersion`.
+fn encode_item(object: &Value) -> Arc<str> {
+    let mut v = object.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("kind");
+        o.remove("apiVersion");
+    }
+    Arc::from(v.to_string())
 }
 
 #[cfg(test)]
@@ -256,7 +275,8 @@ mod tests {
         assert_eq!(at1["a"]["v"], 1);
         let page = s.page(rv1, None, Some(1), None).unwrap();
         assert_eq!(page.items.len(), 1);
-        assert_eq!(page.items[0].1["v"], 1, "the state at rv1, not now");
+        let item: Value = serde_json::from_str(&page.items[0].1).unwrap();
+        assert_eq!(item["v"], 1, "the state at rv1, not now");
         assert_eq!((page.next, page.remaining), (None, 0));
         let page = s
             .page(s.resource_version(), None, Some(1), Some("b"))
