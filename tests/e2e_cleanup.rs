@@ -189,6 +189,14 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         lab.ip(1, &args.split(' ').collect::<Vec<_>>()).expect(args);
     }
     assert_eq!(weft_routes(&lab, 1).len(), 3);
+    // A host-gw peer route as flanneld writes it (no protocol of weft's: `proto boot`), and an
+    // operator's static route outside the network, which must stay.
+    for args in [
+        "route add 10.244.77.0/24 via 198.18.0.2 dev eth0",
+        "route add 10.96.0.0/24 via 198.18.0.2 dev eth0",
+    ] {
+        lab.ip(1, &args.split(' ').collect::<Vec<_>>()).expect(args);
+    }
     // flanneld-style masquerade/forward rules (iptables) and an nftables-mode table. The agent
     // may have made FLANNEL-FWD itself (forward rules are on by default).
     let ns1 = lab.node_ns(1).expect("ns").to_owned();
@@ -239,9 +247,24 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         "{}",
         text(&out)
     );
-    // flannel.1, the two routes, nexthop 900 (weft's nexthop on flannel.1 went with the device).
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("removed 4 object(s), 0 failure(s)"),
+        stderr.contains("ip route del 10.244.77.0/24 via 198.18.0.2 dev eth0 (flanneld's)"),
+        "{}",
+        text(&out)
+    );
+    let left = routes_in(lab.node_ns(1).expect("ns")).expect("routes");
+    assert!(
+        left.iter().all(|r| r["dst"] != "10.244.77.0/24"),
+        "flanneld's route stayed: {left:?}"
+    );
+    assert!(
+        left.iter().any(|r| r["dst"] == "10.96.0.0/24"),
+        "the operator's route outside the network went: {left:?}"
+    );
+    // flannel.1, the two routes, nexthop 900 (weft's nexthop on flannel.1 went with the
+    // device), flanneld's route.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 5 object(s), 0 failure(s)"),
         "{}",
         text(&out)
     );

@@ -11,6 +11,9 @@
 //!    del`), with the addresses, routes, ARP and FDB entries on them; then weft's nexthop objects
 //!    (`ip nexthop del id N`, protocol 87), except one someone else's route or nexthop group
 //!    still uses (kept, and reported as a failure);
+//!    Then flanneld's own peer routes, which carry no protocol of weft's: routes via a gateway
+//!    to a subnet of the network config (`cleanup_flanneld.rs` says exactly which); an
+//!    operator's routes outside the network, or of another protocol, stay;
 //! 2. masquerade and forward rules of both modes (iptables chains `FLANNEL-POSTRTG` and
 //!    `FLANNEL-FWD` with the jumps to them; nftables tables `flannel-ipv4`/`flannel-ipv6`),
 //!    logged by the firewall module;
@@ -46,12 +49,12 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn done(&mut self, what: String) {
+    pub(super) fn done(&mut self, what: String) {
         tracing::info!("{what}");
         self.removed.push(what);
     }
 
-    fn failed(&mut self, what: String) {
+    pub(super) fn failed(&mut self, what: String) {
         tracing::error!("{what}");
         self.failures.push(what);
     }
@@ -110,6 +113,7 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
     };
     if let Some(nl) = &nl {
         kernel_cleanup(nl, &mut out).await;
+        super::cleanup_flanneld::remove(nl, opts, &mut out).await;
     }
     firewall_cleanup(&mut out).await;
     if release_lease {

@@ -409,6 +409,26 @@ impl Netlink {
             .map_err(|e| nl_err(format!("ip route replace {r} proto {RTPROT_WEFT}"), e))
     }
 
+    /// `ip route del <dst> via <gw> dev <oif> proto <protocol>` for a route weft did not write
+    /// (flanneld's, `proto boot`: see `weft cleanup`). "Already gone" is success.
+    pub async fn route_del_with_protocol(
+        &self,
+        r: &Route,
+        protocol: u8,
+    ) -> Result<(), BackendError> {
+        match self
+            .handle
+            .route()
+            .del(route_msg_proto(r, protocol))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
+            Err(e) => Err(nl_err(format!("ip route del {r} proto {protocol}"), e)),
+        }
+    }
+
     /// `ip route del <dst> via <gw> dev <oif> proto 87`: the kernel only removes a route that
     /// matches all of these, so a route someone else put at the same destination stays.
     /// "Already gone" (ENOENT/ESRCH) is success.
@@ -445,9 +465,13 @@ const MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// The message for [`Netlink::route_replace`] / [`Netlink::route_del`].
 fn route_msg(r: &Route) -> RouteMessage {
+    route_msg_proto(r, RTPROT_WEFT)
+}
+
+fn route_msg_proto(r: &Route, protocol: u8) -> RouteMessage {
     let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(r.dst.network(), r.dst.prefix_len())
-        .protocol(RouteProtocol::Other(RTPROT_WEFT));
+        .protocol(RouteProtocol::from(protocol));
     if !r.gateway.is_unspecified() {
         b = b.gateway(r.gateway);
     }
