@@ -1276,41 +1276,16 @@ fn scenario(
     let mut agent = Agent::spawn(&cfg.weft_bin, &ns.name, &server.endpoint(), dir.path())?;
     let subnet_env = dir.path().join("subnet.env");
     let want = n * kind.entries_per_peer();
-    let mut ready = None;
-    let mut last_poll = Instant::now();
-    loop {
-        seen.drain(&listener, Duration::from_millis(2));
-        if ready.is_none() && subnet_env.exists() {
-            ready = Some(started.elapsed());
-        }
-        if seen.overrun && last_poll.elapsed() > Duration::from_millis(100) {
-            // Notifications were lost: count the kernel's entries instead (coarser timing).
-            last_poll = Instant::now();
-            if count_entries(&ns, kind)? >= want {
-                seen.last = Some(Instant::now());
-                break;
-            }
-        }
-        if ready.is_some() && seen.entries() >= want {
-            break;
-        }
-        agent.alive()?;
-        if started.elapsed() > PROGRAM_DEADLINE {
-            bail!(
-                "not programmed after {PROGRAM_DEADLINE:?}: {} of {want} entries, ready: {ready:?}; log tail:\n{}",
-                seen.entries(),
-                agent.log_tail(20)
-            );
-        }
-    }
-    // The agent may still be writing subnet.env after its last kernel write.
-    while ready.is_none() {
-        if subnet_env.exists() {
-            ready = Some(started.elapsed());
-        }
-        agent.alive()?;
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let ready = wait_programmed(
+        &ns,
+        kind,
+        want,
+        &subnet_env,
+        &listener,
+        &mut seen,
+        &mut agent,
+        started,
+    )?;
     let last = seen.last.unwrap_or(started);
     let first = seen.first.unwrap_or(started);
     // Let the start settle (watch, keep-alive) before reading the RPC counters.
@@ -1320,7 +1295,7 @@ fn scenario(
     let cold = ColdStart {
         kind: Some(kind),
         peers: n,
-        ready: ready.unwrap_or_default(),
+        ready,
         programmed: last.saturating_duration_since(started),
         program_phase: last.saturating_duration_since(first),
         ip_batch: Duration::ZERO,
@@ -1471,6 +1446,60 @@ fn scenario(
     d.vm_hwm_kib = agent.status("VmHWM")?;
     agent.alive()?;
     Ok((cold, Some(d)))
+}
+
+/// Polls until subnet.env exists and the kernel holds `want` entries (counted from the
+/// listener's notifications, or by dumps after an overrun); returns start → subnet.env. Both
+/// modes' cold starts (etcd, kube) wait with it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn wait_programmed(
+    ns: &Netns,
+    kind: Kind,
+    want: usize,
+    subnet_env: &Path,
+    listener: &Listener,
+    seen: &mut Seen,
+    agent: &mut Agent,
+    started: Instant,
+) -> Result<Duration> {
+    let mut ready = None;
+    let mut last_poll = Instant::now();
+    loop {
+        seen.drain(listener, Duration::from_millis(2));
+        if ready.is_none() && subnet_env.exists() {
+            ready = Some(started.elapsed());
+        }
+        if seen.overrun && last_poll.elapsed() > Duration::from_millis(100) {
+            // Notifications were lost: count the kernel's entries instead (coarser timing).
+            last_poll = Instant::now();
+            if count_entries(ns, kind)? >= want {
+                seen.last = Some(Instant::now());
+                break;
+            }
+        }
+        if ready.is_some() && seen.entries() >= want {
+            break;
+        }
+        agent.alive()?;
+        if started.elapsed() > PROGRAM_DEADLINE {
+            bail!(
+                "not programmed after {PROGRAM_DEADLINE:?}: {} of {want} entries, ready: {ready:?}; log tail:\n{}",
+                seen.entries(),
+                agent.log_tail(20)
+            );
+        }
+    }
+    // The agent may still be writing subnet.env after its last kernel write.
+    loop {
+        if let Some(r) = ready {
+            return Ok(r);
+        }
+        if subnet_env.exists() {
+            ready = Some(started.elapsed());
+        }
+        agent.alive()?;
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// `FLANNEL_SUBNET` of subnet.env as the /24 network (`10.0.7.1/24` → `10.0.7.0/24`).

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::bench::{
-    Agent, ColdStart, Config, Detail, EVENT_DEADLINE, Kind, Listener, Netns, PROGRAM_DEADLINE,
-    Seen, config_json, count_entries, fmt_mac, met, ms, peer_ip, peer_mac, peer_subnet, percentile,
-    secs,
+    Agent, ColdStart, Config, Detail, EVENT_DEADLINE, Kind, Listener, Netns, Seen, config_json,
+    fmt_mac, met, ms, peer_ip, peer_mac, peer_subnet, percentile, secs, wait_programmed,
 };
 use weft_testkit::kube_api::{FLANNEL_GRANTS, KubeApi, NodeSpec, Options};
 
@@ -125,39 +124,17 @@ pub fn scenario(
     let mut agent = spawn_agent(&cfg.weft_bin, &ns.name, dir.path())?;
     let subnet_env = dir.path().join("subnet.env");
     let want = n * kind.entries_per_peer();
-    let mut ready = None;
-    let mut last_poll = Instant::now();
-    loop {
-        seen.drain(&listener, Duration::from_millis(2));
-        if ready.is_none() && subnet_env.exists() {
-            ready = Some(started.elapsed());
-        }
-        if seen.overrun && last_poll.elapsed() > Duration::from_millis(100) {
-            last_poll = Instant::now();
-            if count_entries(&ns, kind)? >= want {
-                seen.last = Some(Instant::now());
-                break;
-            }
-        }
-        if ready.is_some() && seen.entries() >= want {
-            break;
-        }
-        agent.alive()?;
-        if started.elapsed() > PROGRAM_DEADLINE {
-            bail!(
-                "kube mode: not programmed after {PROGRAM_DEADLINE:?}: {} of {want} entries; log tail:\n{}",
-                seen.entries(),
-                agent.log_tail(20)
-            );
-        }
-    }
-    while ready.is_none() {
-        if subnet_env.exists() {
-            ready = Some(started.elapsed());
-        }
-        agent.alive()?;
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let ready = wait_programmed(
+        &ns,
+        kind,
+        want,
+        &subnet_env,
+        &listener,
+        &mut seen,
+        &mut agent,
+        started,
+    )
+    .context("kube mode")?;
     let programmed = seen
         .last
         .unwrap_or(started)
@@ -165,7 +142,7 @@ pub fn scenario(
     let mut run = KubeRun {
         kind: Some(kind),
         nodes: n,
-        ready: ready.unwrap_or_default(),
+        ready,
         programmed,
         vm_hwm_kib: agent.status("VmHWM")?,
         etcd_programmed: etcd.programmed,

@@ -115,31 +115,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             () = shutdown.cancelled() => return Ok(()),
         },
     };
-    let conf = parse_config(&text)?;
-    info!(
-        "Found network config - Backend type: {}, Network: {}",
-        conf.backend.type_name(),
-        conf.network.map(|n| n.to_string()).unwrap_or_default()
-    );
-    let backend = AnyBackend::from_conf(&conf.backend)?;
-    match &conf.backend {
-        BackendConf::Vxlan(vxlan) => info!("VXLAN config: {vxlan}"),
-        BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
-        BackendConf::HostGw => {}
-    }
-    let ext = iface::select_interface(&nl, &opts).await?;
-    let start = Start {
-        opts,
-        conf,
-        config_text: text,
-        nl,
-        ext,
-        primary: backend,
-        health,
-        notifier,
-        store_config,
-        shutdown,
-    };
+    let start = Start::settle(opts, text, nl, health, notifier, store_config, shutdown).await?;
     start.run(source, listed).await
 }
 
@@ -342,6 +318,46 @@ pub(super) struct Start {
 }
 
 impl Start {
+    /// The config text parsed and checked (logged as flanneld logs it), the backend made from
+    /// it, the external interface chosen: everything before the lease, in either mode.
+    pub(super) async fn settle(
+        opts: Options,
+        text: String,
+        nl: Netlink,
+        health: Health,
+        notifier: Notifier,
+        store_config: Option<String>,
+        shutdown: CancellationToken,
+    ) -> Result<Start> {
+        let conf = parse_config(&text)?;
+        info!(
+            "Found network config - Backend type: {}, Network: {}",
+            conf.backend.type_name(),
+            conf.network.map(|n| n.to_string()).unwrap_or_default()
+        );
+        let primary = AnyBackend::from_conf(&conf.backend)?;
+        match &conf.backend {
+            BackendConf::Vxlan(vxlan) => info!("VXLAN config: {vxlan}"),
+            BackendConf::IpIp(ipip) => {
+                info!("IPIP config: DirectRouting={}", ipip.direct_routing)
+            }
+            BackendConf::HostGw => {}
+        }
+        let ext = iface::select_interface(&nl, &opts).await?;
+        Ok(Start {
+            opts,
+            conf,
+            config_text: text,
+            nl,
+            ext,
+            primary,
+            health,
+            notifier,
+            store_config,
+            shutdown,
+        })
+    }
+
     /// The lease, the initial sync, subnet.env and readiness; then the control loop.
     pub(super) async fn run<S: LeaseSource>(
         self,

@@ -3,15 +3,11 @@
 //! updates), a bounded first contact (a node whose API server does not answer boots from its
 //! peer cache), then the same start as etcd mode with the Kubernetes lease source.
 use anyhow::{Context as _, Result, anyhow};
-use backends::AnyBackend;
 use backends::nl::Netlink;
-use net_conf::BackendConf;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::config_watch::parse_config;
 use super::http::Health;
-use super::iface;
 use super::peer_cache::PeerCache;
 use super::sd_notify::Notifier;
 use super::start::{FIRST_CONTACT, Start, boot_from_cache};
@@ -107,32 +103,8 @@ pub(super) async fn run(
             config_path.display()
         ))
     })?;
-    let conf = parse_config(&text)?;
-    info!(
-        "Found network config - Backend type: {}, Network: {}",
-        conf.backend.type_name(),
-        conf.network.map(|n| n.to_string()).unwrap_or_default()
-    );
-    let backend = AnyBackend::from_conf(&conf.backend)?;
-    match &conf.backend {
-        BackendConf::Vxlan(vxlan) => info!("VXLAN config: {vxlan}"),
-        BackendConf::IpIp(ipip) => info!("IPIP config: DirectRouting={}", ipip.direct_routing),
-        BackendConf::HostGw => {}
-    }
-    let ext = iface::select_interface(&nl, &opts).await?;
-    let start = Start {
-        opts,
-        conf,
-        config_text: text,
-        nl,
-        ext,
-        primary: backend,
-        health,
-        notifier,
-        // The file is the only config in kube mode.
-        store_config: None,
-        shutdown,
-    };
+    // The file is the only config in kube mode: no store config to compare it with.
+    let start = Start::settle(opts, text, nl, health, notifier, None, shutdown).await?;
     start.run(source, Some(own_only)).await
 }
 

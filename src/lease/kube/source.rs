@@ -86,7 +86,10 @@ impl KubeSource {
         self.client.request::<NodeLite>(req).await
     }
 
-    async fn patch_status(&self, patch: serde_json::Value) -> Result<(), kube::Error> {
+    /// A strategic merge patch of our Node's `nodes/status`; a refusal is one line naming the
+    /// verb and resource (`patch nodes/status "<node>": 403 Forbidden: …`).
+    async fn patch_status(&self, patch: serde_json::Value) -> Result<()> {
+        let what = format!("patch nodes/status {:?}", &*self.node);
         let req = Self::api()
             .patch_subresource(
                 "status",
@@ -94,11 +97,12 @@ impl KubeSource {
                 &PatchParams::default(),
                 &Patch::Strategic(patch),
             )
-            .map_err(kube::Error::BuildRequest)?;
+            .map_err(|e| anyhow!("{what}: {e}"))?;
         self.client
             .request::<serde_json::Value>(req)
             .await
             .map(|_| ())
+            .map_err(|e| anyhow!(api_error(&what, &e)))
     }
 
     /// Every Node, paged, at one resourceVersion; a page whose continue token expired restarts
@@ -170,14 +174,7 @@ impl KubeSource {
             .into());
         }
         if !self.ann.carries(&node, attrs) {
-            self.patch_status(self.ann.patch(attrs))
-                .await
-                .map_err(|e| {
-                    anyhow!(api_error(
-                        &format!("patch nodes/status {:?}", &*self.node),
-                        &e
-                    ))
-                })?;
+            self.patch_status(self.ann.patch(attrs)).await?;
             info!(
                 "published {} on node {} (backend {}, public IP {})",
                 cidr, &*self.node, attrs.backend_type, attrs.public_ip
@@ -198,14 +195,7 @@ impl KubeSource {
     /// Sets the Node's `NetworkUnavailable` condition to False (`FlannelIsUp`).
     pub async fn set_network_available(&self) -> Result<()> {
         let now = jiff_now();
-        self.patch_status(network_available_patch(&now))
-            .await
-            .map_err(|e| {
-                anyhow!(api_error(
-                    &format!("patch nodes/status {:?}", &*self.node),
-                    &e
-                ))
-            })?;
+        self.patch_status(network_available_patch(&now)).await?;
         info!(
             "node {}: set condition NetworkUnavailable=False (FlannelIsUp)",
             &*self.node
@@ -293,9 +283,7 @@ impl LeaseSource for KubeSource {
             return Ok(false);
         }
         if !self.ann.carries(&node, attrs) {
-            self.patch_status(self.ann.patch(attrs))
-                .await
-                .map_err(|e| anyhow!(api_error("patch nodes/status", &e)))?;
+            self.patch_status(self.ann.patch(attrs)).await?;
         }
         Ok(true)
     }
