@@ -1104,13 +1104,26 @@ pub(crate) struct Agent {
 
 impl Agent {
     fn spawn(bin: &Path, ns: &str, endpoint: &str, dir: &Path) -> Result<Agent> {
+        Agent::spawn_with(bin, ns, dir, &[format!("--etcd-endpoints={endpoint}")], &[])
+    }
+
+    /// `ip netns exec <ns> <bin> <mode_args> --iface=eth0 --subnet-file=<dir>/subnet.env
+    /// --peer-cache-file=<dir>/peers.json` with `env`, logging to `<dir>/weft.log` at debug
+    /// (the bench reads the agent's reconcile lines).
+    pub(crate) fn spawn_with(
+        bin: &Path,
+        ns: &str,
+        dir: &Path,
+        mode_args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let log = dir.join("weft.log");
         let out = File::create(&log).context("create weft.log")?;
         let err = out.try_clone().context("dup log")?;
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(bin)
-            .arg(format!("--etcd-endpoints={endpoint}"))
+            .args(mode_args)
             .arg("--iface=eth0")
             .arg(format!(
                 "--subnet-file={}",
@@ -1121,6 +1134,7 @@ impl Agent {
                 "--peer-cache-file={}",
                 dir.join("peers.json").display()
             ))
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,weft=debug,backends=debug")
             .stdin(Stdio::null())

@@ -5,9 +5,8 @@
 //! subnet.env, start → every kernel entry (netlink listener), VmHWM, and event → kernel for
 //! Nodes added and deleted one at a time.
 use std::fmt::Write as _;
-use std::fs::{self, File};
+use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -53,40 +52,17 @@ fn node_spec(kind: Kind, i: usize) -> NodeSpec {
 }
 
 fn spawn_agent(bin: &Path, ns: &str, dir: &Path) -> Result<Agent> {
-    let log = dir.join("weft.log");
-    let out = File::create(&log).context("create weft.log")?;
-    let err = out.try_clone().context("dup log")?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(bin)
-        .arg("--kube-subnet-mgr")
-        .arg(format!(
-            "--kubeconfig-file={}",
-            dir.join("kubeconfig").display()
-        ))
-        .arg(format!(
-            "--net-config-path={}",
-            dir.join("net-conf.json").display()
-        ))
-        .arg("--iface=eth0")
-        .arg(format!(
-            "--subnet-file={}",
-            dir.join("subnet.env").display()
-        ))
-        .arg(format!(
-            "--peer-cache-file={}",
-            dir.join("peers.json").display()
-        ))
-        .env("NODE_NAME", "bench")
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info,weft=debug,backends=debug")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .context("start weft")?;
-    let pid = i32::try_from(child.id()).context("pid")?;
-    Ok(Agent { child, pid, log })
+    Agent::spawn_with(
+        bin,
+        ns,
+        dir,
+        &[
+            "--kube-subnet-mgr".to_string(),
+            format!("--kubeconfig-file={}", dir.join("kubeconfig").display()),
+            format!("--net-config-path={}", dir.join("net-conf.json").display()),
+        ],
+        &[("NODE_NAME", "bench")],
+    )
 }
 
 /// Runs kube mode with `n` Nodes of `kind`; `etcd` is the etcd-mode cold start of the same

@@ -69,17 +69,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
                 Ok(Err(e)) => warn!("etcd is unreachable at start: {e:#}"),
                 _ => warn!("etcd did not answer within {FIRST_CONTACT:?} at start"),
             }
-            if let Some(path) = opts.peer_cache_file.as_deref() {
-                match PeerCache::load(path) {
-                    Ok(Some(cache)) => {
-                        if let Err(e) = boot_from_cache(&nl, &opts, &cache, path).await {
-                            warn!("programming the cached peers failed: {e:#}");
-                        }
-                    }
-                    Ok(None) => info!("no peer cache at {} to boot from", path.display()),
-                    Err(e) => warn!("the peer cache is unusable: {e:#}"),
-                }
-            }
+            boot_from_cache_if_any(&nl, &opts).await;
             // Each attempt is a liveness beat, as in fetch_config: waiting for etcd at start is
             // not a stuck agent (with user/password, connecting is an RPC that fails while
             // etcd is down).
@@ -158,10 +148,27 @@ async fn first_contact(etcd: &EtcdOptions) -> Result<(Registry, Option<String>, 
     Ok((registry, config, snapshot))
 }
 
+/// The lease source does not answer at start: program the peers of the cache, if there is a
+/// usable one (logged either way).
+pub(super) async fn boot_from_cache_if_any(nl: &Netlink, opts: &Options) {
+    let Some(path) = opts.peer_cache_file.as_deref() else {
+        return;
+    };
+    match PeerCache::load(path) {
+        Ok(Some(cache)) => {
+            if let Err(e) = boot_from_cache(nl, opts, &cache, path).await {
+                warn!("programming the cached peers failed: {e:#}");
+            }
+        }
+        Ok(None) => info!("no peer cache at {} to boot from", path.display()),
+        Err(e) => warn!("the peer cache is unusable: {e:#}"),
+    }
+}
+
 /// Boot without etcd (target R3): the cached config, own subnet and peers are programmed and
 /// subnet.env is written, so pods start and reach the last known peers. Nothing is deleted:
 /// only a real etcd list may say a peer is gone. Readiness waits for etcd.
-pub(super) async fn boot_from_cache(
+async fn boot_from_cache(
     nl: &Netlink,
     opts: &Options,
     cache: &PeerCache,

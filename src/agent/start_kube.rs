@@ -8,9 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::http::Health;
-use super::peer_cache::PeerCache;
 use super::sd_notify::Notifier;
-use super::start::{FIRST_CONTACT, Start, boot_from_cache};
+use super::start::{FIRST_CONTACT, Start, boot_from_cache_if_any};
 use crate::cli::Options;
 use crate::lease::Snapshot;
 use crate::lease::kube::node::{NodeLease, NodeLite};
@@ -57,17 +56,7 @@ pub(super) async fn run(
                 Ok(Err(e)) => warn!("{}", api_error("at start", &e)),
                 _ => warn!("the API server did not answer within {FIRST_CONTACT:?} at start"),
             }
-            if let Some(path) = opts.peer_cache_file.as_deref() {
-                match PeerCache::load(path) {
-                    Ok(Some(cache)) => {
-                        if let Err(e) = boot_from_cache(&nl, &opts, &cache, path).await {
-                            warn!("programming the cached peers failed: {e:#}");
-                        }
-                    }
-                    Ok(None) => info!("no peer cache at {} to boot from", path.display()),
-                    Err(e) => warn!("the peer cache is unusable: {e:#}"),
-                }
-            }
+            boot_from_cache_if_any(&nl, &opts).await;
             let got = retry_until(&shutdown, "reading this node from the API server", || {
                 health.beat();
                 let source = source.clone();
