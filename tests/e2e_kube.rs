@@ -644,44 +644,12 @@ fn a_hand_made_flanneld_node_and_weft_nodes_share_one_cluster() {
         assert_eq!(data.vni, 1);
         let ip = annotation(&mut lab, k, "public-ip").expect("public-ip");
         let net = lab.subnet(k).expect("subnet");
-        let gw = net.network().to_string();
-        common::run_in(
-            &n3,
-            "bridge",
-            &[
-                "fdb",
-                "append",
-                &data.vtep_mac,
-                "dev",
-                common::VXLAN_DEV,
-                "dst",
-                &ip,
-                "self",
-                "permanent",
-            ],
-        )
-        .expect("bridge fdb append");
-        fl(&[
-            "neigh",
-            "replace",
-            &gw,
-            "lladdr",
-            &data.vtep_mac,
-            "dev",
-            common::VXLAN_DEV,
-            "nud",
-            "permanent",
-        ]);
-        fl(&[
-            "route",
-            "replace",
-            &net.to_string(),
-            "via",
-            &gw,
-            "dev",
-            common::VXLAN_DEV,
-            "onlink",
-        ]);
+        let peer = VxlanPeer {
+            subnet: net,
+            ip: ip.parse().expect("public ip"),
+            mac: data.vtep_mac,
+        };
+        common::program_peer_as_flanneld(&n3, &peer).expect("program the weft node by hand");
     }
     lab.add_pods().expect("pods");
     assert_pings(&lab);

@@ -440,45 +440,12 @@ fn a_hand_made_flanneld_node_and_weft_nodes_interoperate() {
         assert_eq!(lease.backend_data.vni, 1);
         let mac = lease.backend_data.vtep_mac;
         assert_eq!(mac, vxlan_mac(lab.node_ns(k).expect("ns")).expect("mac"));
-        let gw = net.network().to_string();
-        let dst = lease.public_ip.to_string();
-        run_in(
-            &n4,
-            "bridge",
-            &[
-                "fdb",
-                "append",
-                &mac,
-                "dev",
-                VXLAN_DEV,
-                "dst",
-                &dst,
-                "self",
-                "permanent",
-            ],
-        )
-        .expect("bridge fdb append");
-        fl(&[
-            "neigh",
-            "replace",
-            &gw,
-            "lladdr",
-            &mac,
-            "dev",
-            VXLAN_DEV,
-            "nud",
-            "permanent",
-        ]);
-        fl(&[
-            "route",
-            "replace",
-            &net.to_string(),
-            "via",
-            &gw,
-            "dev",
-            VXLAN_DEV,
-            "onlink",
-        ]);
+        let peer = VxlanPeer {
+            subnet: net,
+            ip: lease.public_ip,
+            mac,
+        };
+        common::program_peer_as_flanneld(&n4, &peer).expect("program the weft node by hand");
     }
 
     // Pods everywhere (node 4's from its hand-written subnet.env); all ping each other.

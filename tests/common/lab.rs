@@ -281,6 +281,52 @@ pub fn vxlan_link(ns: &str) -> Result<serde_json::Value, String> {
     }
 }
 
+/// Programs `peer` on `flannel.1` in `ns` exactly as flanneld's vxlan backend does (FDB entry,
+/// permanent ARP entry, onlink route, with iproute2's default protocol): for the tests'
+/// hand-made flanneld nodes.
+pub fn program_peer_as_flanneld(ns: &str, peer: &VxlanPeer) -> Result<(), String> {
+    let (mac, gw, dst) = (peer.mac.as_str(), peer.gateway(), peer.ip.to_string());
+    let net = peer.subnet.to_string();
+    run_in(
+        ns,
+        "bridge",
+        &[
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            VXLAN_DEV,
+            "dst",
+            &dst,
+            "self",
+            "permanent",
+        ],
+    )?;
+    run_in(
+        ns,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            mac,
+            "dev",
+            VXLAN_DEV,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    run_in(
+        ns,
+        "ip",
+        &[
+            "route", "replace", &net, "via", &gw, "dev", VXLAN_DEV, "onlink",
+        ],
+    )?;
+    Ok(())
+}
+
 /// The MAC of `flannel.1` in `ns`.
 pub fn vxlan_mac(ns: &str) -> Result<String, String> {
     let link = vxlan_link(ns)?;
