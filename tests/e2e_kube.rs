@@ -715,3 +715,77 @@ fn a_node_that_starts_while_the_api_server_is_down_boots_from_its_peer_cache() {
     .unwrap_or_else(|e| panic!("{e}; log:\n{}", lab.log_tail(1, 30)));
     assert_pings(&lab);
 }
+
+#[test]
+fn the_node_found_through_its_pod_waits_for_its_pod_cidr_and_can_leave_the_condition_alone() {
+    if !common::need::root(
+        "the_node_found_through_its_pod_waits_for_its_pod_cidr_and_can_leave_the_condition_alone",
+    ) {
+        return;
+    }
+    let mut lab = kube_lab(1, VXLAN);
+    // No NODE_NAME: the node comes from the pod (as in kube-flannel.yml); the controller
+    // manager has not assigned the podCIDR yet.
+    lab.kube()
+        .expect("kube")
+        .create_pod("kube-weft", "kube-weft-ds-abcde", "node1");
+    lab.kube()
+        .expect("kube")
+        .modify_node("node1", |n| n["spec"] = json!({}))
+        .expect("no podCIDR yet");
+    lab.set_agent_env(vec![
+        ("NODE_NAME".into(), String::new()),
+        ("POD_NAME".into(), "kube-weft-ds-abcde".into()),
+        ("POD_NAMESPACE".into(), "kube-weft".into()),
+    ]);
+    lab.set_extra_flags(vec!["--set-node-network-unavailable=false".into()]);
+    lab.start_node(1).expect("start");
+    wait_until(READY, || {
+        let log = lab.log(1).map_err(|e| e.to_string())?;
+        if log.contains(r#"node "node1" pod cidr not assigned"#) {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .expect("waits for the podCIDR, saying so");
+    assert!(
+        lab.node_running(1).expect("status"),
+        "{}",
+        lab.log_tail(1, 20)
+    );
+    lab.kube()
+        .expect("kube")
+        .modify_node("node1", |n| {
+            n["spec"] = json!({"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]});
+        })
+        .expect("podCIDR assigned");
+    lab.wait_subnet_env(1, READY)
+        .unwrap_or_else(|e| panic!("{e:#}; log:\n{}", lab.log_tail(1, 20)));
+    assert_eq!(lab.subnet(1).expect("subnet").to_string(), "10.244.1.0/24");
+    wait_until(CONVERGE, || {
+        let log = lab.log(1).map_err(|e| e.to_string())?;
+        if log.contains("weft is ready") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .expect("ready");
+    let node = lab.kube().expect("kube").node("node1").expect("node");
+    let conds = node["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        conds.iter().all(|c| c["type"] != "NetworkUnavailable"),
+        "--set-node-network-unavailable=false still set it: {conds:?}"
+    );
+    let requests = lab.kube().expect("kube").requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r == "GET /api/v1/namespaces/kube-weft/pods/kube-weft-ds-abcde"),
+        "{requests:?}"
+    );
+}

@@ -45,6 +45,8 @@ pub(super) async fn run(
         config_path.clone(),
     );
     let nl = Netlink::connect().context("open a netlink socket")?;
+    // The list of every Node runs while the rest of the start does (taken by the acquire).
+    source.prefetch_list();
 
     // First contact, bounded: a node with a peer cache programs the cached peers rather than
     // wait for an API server that does not answer.

@@ -30,6 +30,9 @@ pub struct KubeSource {
     config_path: PathBuf,
     /// The network and attributes of the last acquire (for re-acquiring).
     held: Arc<Mutex<Option<Held>>>,
+    /// A list of every Node started early (at start-up, while the backend is prepared), taken
+    /// by the first acquire.
+    prefetched: Arc<Mutex<Option<tokio::task::JoinHandle<Result<Snapshot>>>>>,
 }
 
 /// The network and attributes of the last acquire.
@@ -63,6 +66,7 @@ impl KubeSource {
             ann: Arc::new(Annotations::new(annotation_prefix)),
             config_path,
             held: Arc::new(Mutex::new(None)),
+            prefetched: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -144,6 +148,37 @@ impl KubeSource {
                 }
             }
         }
+    }
+
+    /// Starts listing every Node in the background, for the first acquire: at 5,000 Nodes the
+    /// list (about 20 MB of JSON) is most of kube mode's start, and it need not wait for the
+    /// backend's device. The list may predate our own annotations; the watch from it brings
+    /// them.
+    pub fn prefetch_list(&self) {
+        let me = self.clone();
+        *lock(&self.prefetched) = Some(tokio::spawn(async move { me.list_nodes().await }));
+    }
+
+    /// The prefetched list if there is one and it worked, else a new list.
+    async fn list_for_acquire(&self) -> Result<Snapshot> {
+        let pending = lock(&self.prefetched).take();
+        if let Some(mut task) = pending {
+            // Bounded: a list stuck on a server that accepted and never answered is dropped.
+            match tokio::time::timeout(std::time::Duration::from_secs(30), &mut task).await {
+                Ok(Ok(Ok(snapshot))) => return Ok(snapshot),
+                Ok(Ok(Err(e))) => {
+                    warn!("the early list of the Nodes failed ({e:#}); listing again")
+                }
+                Ok(Err(e)) => {
+                    warn!("the early list of the Nodes did not finish ({e}); listing again")
+                }
+                Err(_) => {
+                    task.abort();
+                    warn!("the early list of the Nodes took over 30 s; listing again");
+                }
+            }
+        }
+        self.list_nodes().await
     }
 
     /// Reads our Node, checks its podCIDR against `network` and publishes `attrs` on it.
@@ -250,7 +285,7 @@ impl LeaseSource for KubeSource {
     ) -> Result<(OwnLease, Snapshot)> {
         let key = self.claim(conf.network, attrs).await?;
         *lock(&self.held) = Some((conf.network, attrs.clone()));
-        let snapshot = self.list_nodes().await?;
+        let snapshot = self.list_for_acquire().await?;
         Ok((Self::own(key), snapshot))
     }
 
