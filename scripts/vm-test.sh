@@ -50,8 +50,9 @@ VM_DIR=$ROOT/scripts/vm
 CACHE=$ROOT/target/vm
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio kmod)
 # Loaded at boot, in this order (dependencies from modules.dep first). Anything else is loaded
-# on demand through the host's kmod (see scripts/vm/modprobe).
-MODULES=(virtio_pci virtio_net 9pnet_virtio 9p ipip vxlan veth bridge tun)
+# on demand through the host's kmod (see scripts/vm/modprobe). br_netfilter: weft, like
+# flanneld, refuses to start in iptables mode without it.
+MODULES=(virtio_pci virtio_net 9pnet_virtio 9p ipip vxlan veth bridge br_netfilter tun)
 
 log() { printf 'vm-test: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
