@@ -4,21 +4,19 @@
 // The error of these handlers is the HTTP response itself, made once per request.
 #![allow(clippy::result_large_err)]
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::patch::{self, PatchError};
-use super::store::{At, Change, Store};
+use super::store::{At, Store};
 use super::validate::{self, Refused, Target};
 
 /// What one token may do: its user name and the `(verb, resource)` pairs granted, e.g.
@@ -54,10 +52,10 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-type Reply = Result<Response, Response>;
+pub(super) type Reply = Result<Response, Response>;
 
 /// A `Status` object response.
-fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Response {
+pub(super) fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Response {
     let mut body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": if code < 400 { "Success" } else { "Failure" },
@@ -70,7 +68,7 @@ fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Res
     json_response(code, &body)
 }
 
-fn json_response(code: StatusCode, body: &Value) -> Response {
+pub(super) fn json_response(code: StatusCode, body: &Value) -> Response {
     let mut r = (code, body.to_string()).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -92,7 +90,7 @@ fn not_found(name: &str) -> Response {
     )
 }
 
-fn bad_request(message: &str) -> Response {
+pub(super) fn bad_request(message: &str) -> Response {
     status(400, "BadRequest", message, None)
 }
 
@@ -147,7 +145,7 @@ async fn serve(shared: &Arc<Shared>, req: Request) -> Reply {
     match (path.as_slice(), &method) {
         (["api", "v1", "nodes"], &Method::GET) if watching => {
             authorize(&grants, "watch", "nodes", None)?;
-            watch(shared, &q)
+            super::watch::watch(shared, &q)
         }
         (["api", "v1", "nodes"], &Method::GET) => {
             authorize(&grants, "list", "nodes", None)?;
@@ -251,12 +249,12 @@ fn authorize(
     Err(status(403, "Forbidden", &message, Some(details)))
 }
 
-fn parse_rv(s: &str) -> Result<u64, Response> {
+pub(super) fn parse_rv(s: &str) -> Result<u64, Response> {
     s.parse()
         .map_err(|_| bad_request(&format!("invalid resource version \"{s}\"")))
 }
 
-fn expired(requested: u64, oldest: u64) -> Value {
+pub(super) fn expired(requested: u64, oldest: u64) -> Value {
     json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": format!("too old resource version: {requested} ({oldest})"),
@@ -264,7 +262,7 @@ fn expired(requested: u64, oldest: u64) -> Value {
     })
 }
 
-fn at_error(at: At) -> Response {
+pub(super) fn at_error(at: At) -> Response {
     match at {
         At::Compacted { requested, oldest } => {
             json_response(StatusCode::GONE, &expired(requested, oldest))
@@ -282,7 +280,7 @@ fn at_error(at: At) -> Response {
 
 /// `fieldSelector`: only `metadata.name=<name>` (and `==`) is served; anything else is 400
 /// as for a field the Node type does not index.
-fn name_selector(q: &HashMap<String, String>) -> Result<Option<String>, Response> {
+pub(super) fn name_selector(q: &HashMap<String, String>) -> Result<Option<String>, Response> {
     let Some(sel) = q.get("fieldSelector").filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
@@ -298,7 +296,7 @@ fn name_selector(q: &HashMap<String, String>) -> Result<Option<String>, Response
     }
 }
 
-fn label_selector(q: &HashMap<String, String>) -> Result<(), Response> {
+pub(super) fn label_selector(q: &HashMap<String, String>) -> Result<(), Response> {
     match q.get("labelSelector").filter(|s| !s.is_empty()) {
         None => Ok(()),
         Some(s) => Err(bad_request(&format!(
@@ -502,158 +500,4 @@ fn delete(shared: &Shared, name: &str) -> Reply {
     let mut store = lock(&shared.store);
     let last = store.delete(name).ok_or_else(|| not_found(name))?;
     Ok(json_response(StatusCode::OK, &last))
-}
-
-fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({"type": kind, "object": object}).to_string();
-    line.push('\n');
-    Bytes::from(line)
-}
-
-/// `?watch=true`: a chunked stream of one JSON event per line.
-fn watch(shared: &Arc<Shared>, q: &HashMap<String, String>) -> Reply {
-    label_selector(q)?;
-    let only = name_selector(q)?;
-    if q.get("sendInitialEvents").is_some_and(|v| v == "true") {
-        return Err(status(
-            422,
-            "Invalid",
-            "sendInitialEvents: Forbidden: sendInitialEvents is not served by this test API server (WatchList)",
-            None,
-        ));
-    }
-    let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
-    let timeout = match q.get("timeoutSeconds").filter(|s| !s.is_empty()) {
-        Some(t) => Duration::from_secs(
-            t.parse()
-                .map_err(|_| bad_request(&format!("invalid timeoutSeconds \"{t}\"")))?,
-        ),
-        None => shared.default_watch_timeout,
-    };
-    let rv_param = q.get("resourceVersion").filter(|s| !s.is_empty()).cloned();
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(1024);
-    let store = lock(&shared.store);
-    let live = store.tx.subscribe();
-    // What to send first: synthetic ADDED events for the current state (no resourceVersion,
-    // or "0"), or the changes after the given one.
-    let mut first: Vec<Bytes> = Vec::new();
-    let mut last_sent = store.resource_version();
-    let keep = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    match rv_param.as_deref() {
-        None | Some("0") => {
-            for (name, obj) in store.objects_at(last_sent).unwrap_or_default() {
-                if keep(&name) {
-                    first.push(event_line("ADDED", &obj));
-                }
-            }
-        }
-        Some(r) => {
-            let rv = parse_rv(r)?;
-            match store.check(rv) {
-                Ok(()) => {
-                    for c in store.changes_after(rv) {
-                        if keep(&c.name) {
-                            first.push(event_line(c.kind.as_str(), &c.object));
-                        }
-                    }
-                }
-                Err(At::Compacted { requested, oldest }) => {
-                    first.push(event_line("ERROR", &expired(requested, oldest)));
-                    last_sent = u64::MAX;
-                }
-                Err(e @ At::TooLarge { .. }) => return Err(at_error(e)),
-            }
-        }
-    }
-    drop(store);
-    let stopped = lock(&shared.stopped).clone();
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        for line in first {
-            if tx.send(Ok(line)).await.is_err() {
-                return;
-            }
-        }
-        if last_sent == u64::MAX {
-            return;
-        }
-        stream_changes(
-            &shared, tx, live, last_sent, only, bookmarks, timeout, stopped,
-        )
-        .await;
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let mut r = Response::new(Body::from_stream(stream));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r.headers_mut().insert(
-        header::TRANSFER_ENCODING,
-        HeaderValue::from_static("chunked"),
-    );
-    Ok(r)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn stream_changes(
-    shared: &Shared,
-    tx: mpsc::Sender<Result<Bytes, Infallible>>,
-    mut live: broadcast::Receiver<Change>,
-    mut last_sent: u64,
-    only: Option<String>,
-    bookmarks: bool,
-    timeout: Duration,
-    stopped: CancellationToken,
-) {
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(shared.bookmark_interval);
-    tick.tick().await;
-    let send = |c: &Change| {
-        (only.as_deref().is_none_or(|o| o == c.name))
-            .then(|| event_line(c.kind.as_str(), &c.object))
-    };
-    loop {
-        tokio::select! {
-            _ = stopped.cancelled() => return,
-            _ = &mut deadline => return,
-            _ = tx.closed() => return,
-            change = live.recv() => match change {
-                Ok(c) if c.rv > last_sent => {
-                    last_sent = c.rv;
-                    if let Some(line) = send(&c)
-                        && tx.send(Ok(line)).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                // A watcher too slow for the event rate is dropped, as the watch cache does.
-                Err(_) => return,
-            },
-            _ = tick.tick(), if bookmarks => {
-                // Every change up to `current` is already in the channel (changes are sent
-                // under the store lock): send them, then the bookmark.
-                let current = lock(&shared.store).resource_version();
-                while let Ok(c) = live.try_recv() {
-                    if c.rv > last_sent {
-                        last_sent = c.rv;
-                        if let Some(line) = send(&c)
-                            && tx.send(Ok(line)).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                let bookmark = json!({"kind": "Node", "apiVersion": "v1",
-                    "metadata": {"resourceVersion": current.max(last_sent).to_string()}});
-                if tx.send(Ok(event_line("BOOKMARK", &bookmark))).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
 }

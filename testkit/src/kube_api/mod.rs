@@ -13,6 +13,7 @@ pub mod patch;
 pub mod store;
 mod tls;
 pub mod validate;
+mod watch;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
