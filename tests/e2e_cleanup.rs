@@ -189,13 +189,23 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         lab.ip(1, &args.split(' ').collect::<Vec<_>>()).expect(args);
     }
     assert_eq!(weft_routes(&lab, 1).len(), 3);
-    // A host-gw peer route as flanneld writes it (no protocol of weft's: `proto boot`), and an
-    // operator's static route outside the network, which must stay.
+    // A host-gw peer route as flanneld writes it (no protocol of weft's: `proto boot`), to a
+    // subnet neither node holds (they are allocated at random), and an operator's static route
+    // outside the network, which must stay.
+    let held = [
+        lab.subnet(1).expect("subnet"),
+        lab.subnet(2).expect("subnet"),
+    ];
+    let flanneld_dst = ["10.244.250.0/24", "10.244.251.0/24", "10.244.252.0/24"]
+        .into_iter()
+        .find(|d| held.iter().all(|h| h.to_string() != *d))
+        .expect("a free subnet");
     for args in [
-        "route add 10.244.77.0/24 via 198.18.0.2 dev eth0",
-        "route add 10.96.0.0/24 via 198.18.0.2 dev eth0",
+        format!("route add {flanneld_dst} via 198.18.0.2 dev eth0"),
+        "route add 10.96.0.0/24 via 198.18.0.2 dev eth0".to_string(),
     ] {
-        lab.ip(1, &args.split(' ').collect::<Vec<_>>()).expect(args);
+        lab.ip(1, &args.split(' ').collect::<Vec<_>>())
+            .expect(&args);
     }
     // flanneld-style masquerade/forward rules (iptables) and an nftables-mode table. The agent
     // may have made FLANNEL-FWD itself (forward rules are on by default).
@@ -248,13 +258,15 @@ fn cleanup_removes_weft_state_idempotently_and_releases_the_lease() {
         text(&out)
     );
     assert!(
-        stderr.contains("ip route del 10.244.77.0/24 via 198.18.0.2 dev eth0 (flanneld's)"),
+        stderr.contains(&format!(
+            "ip route del {flanneld_dst} via 198.18.0.2 dev eth0 (flanneld's)"
+        )),
         "{}",
         text(&out)
     );
     let left = routes_in(lab.node_ns(1).expect("ns")).expect("routes");
     assert!(
-        left.iter().all(|r| r["dst"] != "10.244.77.0/24"),
+        left.iter().all(|r| r["dst"] != flanneld_dst),
         "flanneld's route stayed: {left:?}"
     );
     assert!(
