@@ -1288,18 +1288,18 @@ fn scenario(
     let mut seen = Seen::default();
     let started = Instant::now();
     let mut agent = Agent::spawn(&cfg.weft_bin, &ns.name, &server.endpoint(), dir.path())?;
-    let subnet_env = dir.path().join("subnet.env");
-    let want = n * kind.entries_per_peer();
     let ready = wait_programmed(
         &ns,
         kind,
-        want,
-        &subnet_env,
+        n,
+        dir.path(),
         &listener,
         &mut seen,
         &mut agent,
         started,
     )?;
+    let subnet_env = dir.path().join("subnet.env");
+    let want = n * kind.entries_per_peer();
     let last = seen.last.unwrap_or(started);
     let first = seen.first.unwrap_or(started);
     // Let the start settle (watch, keep-alive) before reading the RPC counters.
@@ -1462,20 +1462,22 @@ fn scenario(
     Ok((cold, Some(d)))
 }
 
-/// Polls until subnet.env exists and the kernel holds `want` entries (counted from the
-/// listener's notifications, or by dumps after an overrun); returns start → subnet.env. Both
-/// modes' cold starts (etcd, kube) wait with it.
+/// Polls until `<dir>/subnet.env` exists and the kernel holds every entry of `peers` peers
+/// (counted from the listener's notifications, or by dumps after an overrun); returns start →
+/// subnet.env. Both modes' cold starts (etcd, kube) wait with it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn wait_programmed(
     ns: &Netns,
     kind: Kind,
-    want: usize,
-    subnet_env: &Path,
+    peers: usize,
+    dir: &Path,
     listener: &Listener,
     seen: &mut Seen,
     agent: &mut Agent,
     started: Instant,
 ) -> Result<Duration> {
+    let subnet_env = dir.join("subnet.env");
+    let want = peers * kind.entries_per_peer();
     let mut ready = None;
     let mut last_poll = Instant::now();
     loop {

@@ -98,13 +98,11 @@ pub fn scenario(
     let mut seen = Seen::default();
     let started = Instant::now();
     let mut agent = spawn_agent(&cfg.weft_bin, &ns.name, dir.path())?;
-    let subnet_env = dir.path().join("subnet.env");
-    let want = n * kind.entries_per_peer();
     let ready = wait_programmed(
         &ns,
         kind,
-        want,
-        &subnet_env,
+        n,
+        dir.path(),
         &listener,
         &mut seen,
         &mut agent,

@@ -24,43 +24,31 @@ pub fn parse_config(text: &str) -> Result<NetConf> {
     Ok(conf)
 }
 
+/// A field of a config as text, to compare and to show.
+type Shown = fn(&NetConf) -> String;
+
 /// The fields on which the `--net-config-path` file and the lease store's own config (etcd's
 /// `<prefix>/config`, which flanneld nodes read and weft, given a file, does not) disagree, as
 /// `Field (file X, store Y)`. Pure. In a mixed cluster each disagreement splits the overlay:
 /// flanneld nodes and weft nodes would program different networks or backends.
 pub fn disagreements(file: &NetConf, store: &NetConf) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut field = |name: &str, a: String, b: String| {
-        if a != b {
-            out.push(format!("{name} (file {a}, store {b})"));
-        }
-    };
-    let net = |c: &NetConf| {
-        c.network
-            .map_or_else(|| "none".to_string(), |n| n.to_string())
-    };
-    field("Network", net(file), net(store));
-    field(
-        "SubnetLen",
-        file.subnet_len.to_string(),
-        store.subnet_len.to_string(),
-    );
-    field(
-        "SubnetMin",
-        file.subnet_min.to_string(),
-        store.subnet_min.to_string(),
-    );
-    field(
-        "SubnetMax",
-        file.subnet_max.to_string(),
-        store.subnet_max.to_string(),
-    );
-    field(
-        "Backend",
-        backend_text(&file.backend),
-        backend_text(&store.backend),
-    );
-    out
+    let fields: [(&str, Shown); 5] = [
+        ("Network", |c| {
+            c.network
+                .map_or_else(|| "none".to_string(), |n| n.to_string())
+        }),
+        ("SubnetLen", |c| c.subnet_len.to_string()),
+        ("SubnetMin", |c| c.subnet_min.to_string()),
+        ("SubnetMax", |c| c.subnet_max.to_string()),
+        ("Backend", |c| backend_text(&c.backend)),
+    ];
+    fields
+        .iter()
+        .filter_map(|(name, text)| {
+            let (a, b) = (text(file), text(store));
+            (a != b).then(|| format!("{name} (file {a}, store {b})"))
+        })
+        .collect()
 }
 
 fn backend_text(b: &net_conf::BackendConf) -> String {

@@ -13,7 +13,7 @@ use super::start::{FIRST_CONTACT, Start, boot_from_cache_if_any};
 use crate::cli::Options;
 use crate::lease::Snapshot;
 use crate::lease::kube::node::{NodeLease, NodeLite};
-use crate::lease::kube::{Fatal, KubeOptions, KubeSource, api_error, client};
+use crate::lease::kube::{Fatal, KubeSource, api_error, client};
 use crate::lease::retry_until;
 
 pub(super) async fn run(
@@ -25,12 +25,7 @@ pub(super) async fn run(
     let config_path = opts.net_config_path_or_default();
     // The file is the config in kube mode, and it is watched (a ConfigMap update).
     opts.net_config_path = Some(config_path.clone());
-    let kopts = KubeOptions {
-        kubeconfig: opts.kubeconfig_file.clone(),
-        api_url: opts.kube_api_url.clone(),
-        annotation_prefix: opts.kube_annotation_prefix.clone(),
-    };
-    let client = client(&kopts).await?;
+    let client = client(&opts.kube_options()).await?;
     let Some(node_name) = node_name(&client, &shutdown).await? else {
         return Ok(());
     };

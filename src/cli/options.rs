@@ -278,6 +278,14 @@ impl Options {
         }
     }
 
+    /// How to reach the Kubernetes API, from the `--kube*` flags (agent, `weft status`).
+    pub fn kube_options(&self) -> crate::lease::kube::KubeOptions {
+        crate::lease::kube::KubeOptions {
+            kubeconfig: self.kubeconfig_file.clone(),
+            api_url: self.kube_api_url.clone(),
+        }
+    }
+
     /// `--net-config-path` if given, else flannel's default path.
     pub fn net_config_path_or_default(&self) -> PathBuf {
         self.net_config_path

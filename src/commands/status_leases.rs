@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, anyhow};
 use crate::cli::Options;
 use crate::lease::Snapshot;
 use crate::lease::etcd::registry::Registry;
-use crate::lease::kube::{KubeOptions, KubeSource, client};
+use crate::lease::kube::{KubeSource, client};
 
 /// What status reads from the lease source.
 pub struct Read {
@@ -73,12 +73,9 @@ async fn read_kube(opts: &Options) -> Result<Read> {
     let path = opts.net_config_path_or_default();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("read network config {}", path.display()))?;
-    let kopts = KubeOptions {
-        kubeconfig: opts.kubeconfig_file.clone(),
-        api_url: opts.kube_api_url.clone(),
-        annotation_prefix: opts.kube_annotation_prefix.clone(),
-    };
-    let client = client(&kopts).await.map_err(|e| anyhow!("{e:#}"))?;
+    let client = client(&opts.kube_options())
+        .await
+        .map_err(|e| anyhow!("{e:#}"))?;
     // The node's name is not needed: its lease is found by address, as in etcd mode.
     let source = KubeSource::new(client, "", &opts.kube_annotation_prefix, path.clone());
     let snapshot = source.list_nodes().await.context("list the nodes")?;

@@ -37,7 +37,6 @@ impl std::error::Error for Fatal {}
 pub struct KubeOptions {
     pub kubeconfig: Option<PathBuf>,
     pub api_url: Option<String>,
-    pub annotation_prefix: String,
 }
 
 /// A client from `--kubeconfig-file`, else the in-cluster config (service-account token, CA,

@@ -146,10 +146,7 @@ async fn watch_once(
             KubeEvent::Deleted(n) => {
                 *rv = n.metadata.resource_version.clone();
                 debug!("node {} deleted", n.metadata.name);
-                n.pod_cidr_v4()
-                    .ok()
-                    .flatten()
-                    .map(|c| WatchEvent::Delete(net_conf::SubnetKey::new(c)))
+                delete_of(&n)
             }
             KubeEvent::Bookmark(b) => {
                 *rv = b.metadata.resource_version;
@@ -189,10 +186,14 @@ fn put(source: &KubeSource, node: &NodeLite) -> Option<WatchEvent> {
                 subnet: m.subnet,
             })
         }
-        NodeLease::NotALease => node
-            .pod_cidr_v4()
-            .ok()
-            .flatten()
-            .map(|c| WatchEvent::Delete(net_conf::SubnetKey::new(c))),
+        NodeLease::NotALease => delete_of(node),
     }
+}
+
+/// The delete of the subnet a Node held (its podCIDR), if it had one.
+fn delete_of(node: &NodeLite) -> Option<WatchEvent> {
+    node.pod_cidr_v4()
+        .ok()
+        .flatten()
+        .map(|c| WatchEvent::Delete(net_conf::SubnetKey::new(c)))
 }
