@@ -137,37 +137,9 @@ fn a_hand_made_flanneld_node_and_weft_nodes_share_one_cluster() {
     let mut lab = kube_lab(3, VXLAN);
     let n3 = lab.node_ns(3).expect("ns").to_owned();
     let net3 = pod_cidr("10.244.0.0/16", 3).expect("cidr");
-    let gw3 = net3.network().to_string();
     let mac3 = "0e:2a:fa:00:00:03";
-    let fl = |args: &[&str]| common::run_in(&n3, "ip", args).expect("ip on node 3");
-    fl(&[
-        "link",
-        "add",
-        common::VXLAN_DEV,
-        "address",
-        mac3,
-        "mtu",
-        "1450",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "198.18.0.3",
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    fl(&[
-        "addr",
-        "add",
-        &format!("{gw3}/32"),
-        "dev",
-        common::VXLAN_DEV,
-    ]);
-    fl(&["link", "set", common::VXLAN_DEV, "up"]);
+    common::make_device_as_flanneld(&n3, mac3, "198.18.0.3".parse().expect("ip"), net3)
+        .expect("node 3's flannel.1");
     lab.kube()
         .expect("kube")
         .modify_node("node3", |n| {

@@ -340,30 +340,7 @@ fn a_hand_made_flanneld_node_and_weft_nodes_interoperate() {
     let ip4 = lab.node_ip(4).expect("ip");
     let net4: Ipv4Net = "10.244.250.0/24".parse().expect("net");
     let mac4 = "0e:2a:fa:00:00:04";
-    let fl = |args: &[&str]| run_in(&n4, "ip", args).expect("ip on node 4");
-    let ip4_s = ip4.to_string();
-    fl(&[
-        "link",
-        "add",
-        VXLAN_DEV,
-        "address",
-        mac4,
-        "mtu",
-        "1450",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &ip4_s,
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    fl(&["addr", "add", "10.244.250.0/32", "dev", VXLAN_DEV]);
-    fl(&["link", "set", VXLAN_DEV, "up"]);
+    common::make_device_as_flanneld(&n4, mac4, ip4, net4).expect("node 4's flannel.1");
     let granted = lab
         .etcdctl(&["lease", "grant", "86400"])
         .expect("lease grant");

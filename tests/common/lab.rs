@@ -281,6 +281,46 @@ pub fn vxlan_link(ns: &str) -> Result<serde_json::Value, String> {
     }
 }
 
+/// Makes `flannel.1` in `ns` exactly as flanneld's vxlan backend does (VNI 1, port 8472, no
+/// learning, MTU 1450, `local` the node's address, `<subnet>.0/32` on it, up): for the tests'
+/// hand-made flanneld nodes.
+pub fn make_device_as_flanneld(
+    ns: &str,
+    mac: &str,
+    local: std::net::Ipv4Addr,
+    subnet: ipnet::Ipv4Net,
+) -> Result<(), String> {
+    let local = local.to_string();
+    run_in(
+        ns,
+        "ip",
+        &[
+            "link",
+            "add",
+            VXLAN_DEV,
+            "address",
+            mac,
+            "mtu",
+            "1450",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ],
+    )?;
+    let addr = format!("{}/32", subnet.network());
+    run_in(ns, "ip", &["addr", "add", &addr, "dev", VXLAN_DEV])?;
+    run_in(ns, "ip", &["link", "set", VXLAN_DEV, "up"])?;
+    Ok(())
+}
+
 /// Programs `peer` on `flannel.1` in `ns` exactly as flanneld's vxlan backend does (FDB entry,
 /// permanent ARP entry, onlink route, with iproute2's default protocol): for the tests'
 /// hand-made flanneld nodes.
