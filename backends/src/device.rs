@@ -7,10 +7,12 @@
 //! given another MTU or MAC, or loses its `/32`, is repaired by the same diff as a deleted route,
 //! and `weft cleanup` is a reconcile to the empty state.
 //!
-//! Ownership goes by name: every link named like a device of weft or flanneld
-//! ([`is_device_name`]: `flannel.<VNI>`, `flannel-v6.<VNI>`, `flannel.ipip`) is weft's, so a
-//! device of a previous backend (or of flanneld) that no backend wants is deleted, and a link
-//! of the wrong kind under one of these names is replaced.
+//! Ownership goes by name and network: a link named like a device of weft or flanneld
+//! ([`is_device_name`]: `flannel.<VNI>`, `flannel-v6.<VNI>`, `flannel.ipip`) is this daemon's
+//! when its backends want it or it carries an address of the daemon's network
+//! ([`crate::owner`]). So a device of a previous backend or VNI (or flanneld's, of the same
+//! network) that no backend wants is deleted, a link of the wrong kind under a wanted name is
+//! replaced, and another network's device on the same host is left alone.
 use std::fmt;
 use std::net::Ipv4Addr;
 

@@ -12,6 +12,7 @@ pub mod hostgw;
 pub mod ipip;
 mod nhtable;
 pub mod nl;
+pub mod owner;
 pub mod plan;
 pub mod reconcile;
 pub mod vxlan;
@@ -26,6 +27,7 @@ pub use any::AnyBackend;
 pub use error::BackendError;
 pub use hostgw::HostGw;
 pub use nl::{KernelEvent, Netlink};
+pub use owner::Ownership;
 pub use plan::{KernelOp, KernelState, Route};
 pub use reconcile::{ApplyReport, Reconciler};
 

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::Ipv4Net;
 
 use crate::nl::{Hop, Nexthop};
+use crate::owner::Ownership;
 
 /// See the module doc.
 #[derive(Debug, Default)]
@@ -37,6 +38,11 @@ pub(crate) struct NexthopTable {
     /// Where the search for a free id starts: ids are not reused at once, so a late
     /// notification about a deleted nexthop cannot be mistaken for its successor.
     next: u32,
+    /// Which protocol-87 nexthops are weft's (this network's id range, or all).
+    owner: Ownership,
+    /// Protocol-87 nexthops outside this network's id range (an older weft's, or another
+    /// network's): someone else's unless only our routes use them ([`adopt`](Self::adopt)).
+    adoptable: BTreeMap<u32, Option<Hop>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,13 +67,17 @@ impl NexthopTable {
     /// Starts over from a dump of every nexthop (`ip nexthop show`). Route uses are counted
     /// again through [`set_route`](Self::set_route); until then every nexthop of weft's is unused.
     pub fn reset(&mut self, dump: &[Nexthop]) {
-        let next = self.next;
+        let (next, owner) = (self.next, self.owner);
         *self = NexthopTable {
             next,
+            owner,
             ..NexthopTable::default()
         };
         for nh in dump {
-            if nh.is_weft() {
+            if nh.is_weft() && !owner.owns_nexthop_id(nh.id) {
+                self.theirs.insert(nh.id);
+                self.adoptable.insert(nh.id, nh.hop());
+            } else if nh.is_weft() {
                 let hop = nh.hop();
                 self.ours.insert(nh.id, Owned { hop, users: 0 });
                 self.unused.insert(nh.id);
@@ -83,6 +93,38 @@ impl NexthopTable {
         for nh in dump.iter().filter(|nh| !nh.is_weft()) {
             for member in &nh.group {
                 self.pin(*member);
+            }
+        }
+    }
+
+    /// A table that owns the protocol-87 nexthops `owner` says.
+    pub fn with_owner(owner: Ownership) -> Self {
+        NexthopTable {
+            owner,
+            ..NexthopTable::default()
+        }
+    }
+
+    /// Whether a nexthop seen in a notification is weft's by its protocol and id.
+    pub fn owns(&self, nh: &Nexthop) -> bool {
+        nh.is_weft() && self.owner.owns_nexthop_id(nh.id)
+    }
+
+    /// True when `id` is a protocol-87 nexthop outside this network's range (see
+    /// [`adopt`](Self::adopt)).
+    pub fn is_adoptable(&self, id: u32) -> bool {
+        self.adoptable.contains_key(&id)
+    }
+
+    /// Takes the protocol-87 nexthop `id` from outside this network's range as weft's: the
+    /// caller found that only this network's routes use it (made by an older weft, which
+    /// allocated ids from 1).
+    pub fn adopt(&mut self, id: u32) {
+        if let Some(hop) = self.adoptable.remove(&id) {
+            self.added(id, hop);
+            if let Some(hop) = hop {
+                let first = self.by_hop.entry(hop).or_insert(id);
+                *first = (*first).min(id);
             }
         }
     }
@@ -129,8 +171,16 @@ impl NexthopTable {
     /// still has the last word: a nexthop add with it fails with EEXIST if it is taken (then
     /// [`taken`](Self::taken) and allocate again).
     pub fn allocate(&mut self) -> u32 {
+        let range = match self.owner.nexthop_ids() {
+            Some(r) => r.start..=r.end - 1,
+            None => 1..=u32::MAX,
+        };
         loop {
-            let id = self.next.max(1);
+            let id = if range.contains(&self.next) {
+                self.next
+            } else {
+                *range.start()
+            };
             self.next = id.wrapping_add(1);
             if !self.ours.contains_key(&id) && !self.theirs.contains(&id) {
                 return id;
@@ -148,6 +198,7 @@ impl NexthopTable {
     /// Someone else's nexthop `id` is gone: its id is free again.
     pub fn released(&mut self, id: u32) {
         self.theirs.remove(&id);
+        self.adoptable.remove(&id);
     }
 
     /// weft added nexthop `id` for `hop` (or found one of weft's it did not know). It is
@@ -225,6 +276,7 @@ impl NexthopTable {
         let Some(owned) = self.ours.remove(&id) else {
             if !still_taken {
                 self.theirs.remove(&id);
+                self.adoptable.remove(&id);
             }
             return Vec::new();
         };
@@ -425,5 +477,43 @@ mod tests {
         };
         assert_eq!(t.allocate(), u32::MAX);
         assert_eq!(t.allocate(), 1);
+    }
+
+    #[test]
+    fn a_network_allocates_in_its_range_and_adopts_only_what_the_caller_says() {
+        let owner = Ownership::network(net("10.244.0.0/16"));
+        let range = owner.nexthop_ids().expect("range");
+        let mut t = NexthopTable::with_owner(owner);
+        let other = range.end + 7;
+        t.reset(&[
+            nh(range.start, RTPROT_WEFT, Some(hop(2, 2))),
+            nh(5, RTPROT_WEFT, Some(hop(5, 2))),
+            nh(other, RTPROT_WEFT, Some(hop(6, 2))),
+        ]);
+        assert!(t.is_ours(range.start));
+        assert!(!t.is_ours(5) && t.is_adoptable(5), "an older weft's id");
+        assert!(
+            !t.is_ours(other) && t.is_adoptable(other),
+            "another network's"
+        );
+        assert_eq!(
+            t.id_for(&hop(6, 2)),
+            None,
+            "another network's nexthop is not reused"
+        );
+        t.adopt(5);
+        assert!(t.is_ours(5) && !t.is_adoptable(5));
+        assert_eq!(t.id_for(&hop(5, 2)), Some(5));
+        assert_eq!(t.unused().len(), 2, "unused until a route is written on it");
+        assert_eq!(
+            t.allocate(),
+            range.start + 1,
+            "in range, past the one taken"
+        );
+        t.next = range.end - 1;
+        assert_eq!(t.allocate(), range.end - 1);
+        assert_eq!(t.allocate(), range.start + 1, "wraps inside the range");
+        assert!(t.owns(&nh(range.start + 9, RTPROT_WEFT, None)));
+        assert!(!t.owns(&nh(other, RTPROT_WEFT, None)));
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Result;
 use backends::nl::{KernelEvent, Netlink};
 use backends::reconcile::{ApplyReport, Reconciler};
-use backends::{AnyBackend, Backend, ExternalInterface, KernelState, Peer};
+use backends::{AnyBackend, Backend, ExternalInterface, KernelState, Ownership, Peer};
 use ipnet::Ipv4Net;
 use net_conf::{BackendConf, LeaseAttrs, SubnetKey};
 use tracing::{debug, info, warn};
@@ -73,8 +73,11 @@ impl DataPlane {
         ext: ExternalInterface,
         primary: AnyBackend,
         route_nexthops: bool,
+        owner: Ownership,
     ) -> DataPlane {
-        let reconciler = Reconciler::new(nl.clone()).with_route_nexthops(route_nexthops);
+        let reconciler = Reconciler::new(nl.clone())
+            .with_route_nexthops(route_nexthops)
+            .with_ownership(owner);
         DataPlane {
             nl,
             ext,

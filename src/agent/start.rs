@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use backends::nl::Netlink;
 use backends::reconcile::Reconciler;
-use backends::{AnyBackend, Backend, ExternalInterface, Peer};
+use backends::{AnyBackend, Backend, ExternalInterface, Ownership, Peer};
 use net_conf::{BackendConf, NetConf, SubnetEnv};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -181,7 +181,9 @@ async fn boot_from_cache(
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
     let mtu = backend.configure(&ext, own.v4)?;
-    let mut reconciler = Reconciler::new(nl.clone()).with_route_nexthops(opts.route_nexthops);
+    let mut reconciler = Reconciler::new(nl.clone())
+        .with_route_nexthops(opts.route_nexthops)
+        .with_ownership(ownership(&conf));
     reconciler.refresh().await?;
     let peers: Vec<Peer> = cache
         .peers()
@@ -202,6 +204,13 @@ async fn boot_from_cache(
         opts.subnet_file.display()
     );
     Ok(())
+}
+
+/// The kernel objects this daemon owns: its network's (other flannel networks on this host keep
+/// theirs: `backends::owner`).
+pub(super) fn ownership(conf: &NetConf) -> Ownership {
+    conf.network
+        .map_or_else(Ownership::everything, Ownership::network)
 }
 
 /// Installs the masquerade (`--ip-masq`) and forward (`--iptables-forward-rules`) rules in the
@@ -450,7 +459,7 @@ impl Start {
         );
         // The table holds the leases now; don't keep a second copy through the start.
         drop(snapshot);
-        let dp = DataPlane::new(nl, ext, primary, opts.route_nexthops);
+        let dp = DataPlane::new(nl, ext, primary, opts.route_nexthops, ownership(&conf));
         let mut agent = Agent {
             cache: CacheWriter::new(opts.peer_cache_file.clone()),
             opts,

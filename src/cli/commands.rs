@@ -49,8 +49,27 @@ pub struct CleanupArgs {
           value_parser = parse_bool, help_heading = "Cleanup flags")]
     pub remove_subnet_env: bool,
 
+    /// Clean up only this flannel network's objects (routes to destinations inside it, the
+    /// devices and nexthops that are its, its masquerade and forward rules), for a host that
+    /// runs several networks; without it, every network's
+    #[arg(long, value_name = "CIDR", value_parser = parse_network, help_heading = "Cleanup flags")]
+    pub network: Option<ipnet::Ipv4Net>,
+
     #[command(flatten)]
     pub opts: Options,
+}
+
+fn parse_network(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let net: ipnet::Ipv4Net = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not an IPv4 network such as 10.244.0.0/16: {e}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set: did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
 }
 
 /// `weft docker-opts`: the options of flannel's `mk-docker-opts.sh`, with its letters.

@@ -667,13 +667,26 @@ fn cleanup_args() {
         Ok(Command::Cleanup(CleanupArgs {
             release_lease,
             remove_subnet_env,
+            network,
             opts,
         })) => {
             assert!(release_lease && remove_subnet_env);
+            assert_eq!(network, None, "every network by default");
             assert_eq!(opts.subnet_file, std::path::Path::new("/tmp/x.env"));
         }
         other => panic!("{other:?}"),
     }
+    match parse_sub("cleanup", &["--network", "10.245.0.0/16"], &env) {
+        Ok(Command::Cleanup(CleanupArgs { network, .. })) => {
+            assert_eq!(network, Some("10.245.0.0/16".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = parse_sub("cleanup", &["--network=10.245.1.0/16"], &env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("did you mean 10.245.0.0/16"), "{err}");
+    assert!(parse_sub("cleanup", &["--network=10.245.0.0"], &env).is_err());
     match parse_sub("cleanup", &[], &env) {
         Ok(Command::Cleanup(CleanupArgs {
             release_lease,

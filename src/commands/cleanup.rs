@@ -30,7 +30,8 @@ use anyhow::{Context as _, Result};
 use backends::nl::Nexthop;
 use backends::plan::{self, KernelOp, KernelState};
 use backends::reconcile::Reconciler;
-use backends::{Netlink, RTPROT_WEFT};
+use backends::{Netlink, Ownership, RTPROT_WEFT};
+use ipnet::Ipv4Net;
 
 use crate::cli::{CleanupArgs, Options};
 use crate::lease::etcd::registry::Registry;
@@ -73,6 +74,7 @@ pub fn run_command(args: CleanupArgs) -> u8 {
     let CleanupArgs {
         release_lease,
         remove_subnet_env,
+        network,
         opts,
     } = args;
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -85,7 +87,7 @@ pub fn run_command(args: CleanupArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
-    let outcome = rt.block_on(run(&opts, release_lease, remove_subnet_env));
+    let outcome = rt.block_on(run(&opts, network, release_lease, remove_subnet_env));
     if outcome.removed.is_empty() && outcome.failures.is_empty() {
         println!("weft cleanup: nothing to do");
     } else {
@@ -101,8 +103,14 @@ pub fn run_command(args: CleanupArgs) -> u8 {
     outcome.exit_code()
 }
 
-/// Runs every step; never stops early.
-pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -> Outcome {
+/// Runs every step; never stops early. `network`: only that network's objects.
+pub async fn run(
+    opts: &Options,
+    network: Option<Ipv4Net>,
+    release_lease: bool,
+    remove_subnet_env: bool,
+) -> Outcome {
+    let owner = network.map_or_else(Ownership::everything, Ownership::network);
     let mut out = Outcome::default();
     let nl = match Netlink::connect() {
         Ok(nl) => Some(nl),
@@ -112,10 +120,10 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
         }
     };
     if let Some(nl) = &nl {
-        kernel_cleanup(nl, &mut out).await;
-        super::cleanup_flanneld::remove(nl, opts, &mut out).await;
+        kernel_cleanup(nl, owner, &mut out).await;
+        super::cleanup_flanneld::remove(nl, opts, network, &mut out).await;
     }
-    firewall_cleanup(&mut out).await;
+    firewall_cleanup(network, &mut out).await;
     if release_lease {
         match release_own_lease(nl.as_ref(), opts, &mut out).await {
             // A node without a lease must not boot into its old peers from the cache.
@@ -134,18 +142,27 @@ pub async fn run(opts: &Options, release_lease: bool, remove_subnet_env: bool) -
 }
 
 /// Step 1: a reconcile to the empty desired state, then a look at the weft nexthops left.
-async fn kernel_cleanup(nl: &Netlink, out: &mut Outcome) {
-    let mut rec = Reconciler::new(nl.clone());
+async fn kernel_cleanup(nl: &Netlink, owner: Ownership, out: &mut Outcome) {
+    let mut rec = Reconciler::new(nl.clone()).with_ownership(owner);
     if let Err(e) = rec.refresh().await {
         out.failed(format!("read weft's kernel state: {e}"));
         return;
     }
+    // The nexthops this cleanup owns: in its range, or under one of its routes.
+    let on_routes: std::collections::BTreeSet<u32> = rec
+        .current()
+        .routes
+        .keys()
+        .filter_map(|dst| rec.route_nexthop(dst))
+        .collect();
+    let mine = |n: &Nexthop| owner.owns_nexthop_id(n.id) || on_routes.contains(&n.id);
     let names: std::collections::HashMap<u32, String> = match nl.links().await {
         Ok(links) => links.into_iter().map(|l| (l.index, l.name)).collect(),
         Err(_) => Default::default(),
     };
     // Read before anything goes: removed nexthops are reported with their hop.
-    let before = weft_nexthops(nl, out).await;
+    let mut before = weft_nexthops(nl, out).await;
+    before.retain(mine);
     let hop_of = |id: u32| -> String {
         match before.iter().find(|n| n.id == id).and_then(|n| n.hop()) {
             Some(hop) => format!(
@@ -195,7 +212,8 @@ async fn kernel_cleanup(nl: &Netlink, out: &mut Outcome) {
     }
     // Nexthops: those through a deleted device went with it (not counted); the others the
     // reconciler deleted, or kept because someone else's route or group uses them.
-    let after = weft_nexthops(nl, out).await;
+    let mut after = weft_nexthops(nl, out).await;
+    after.retain(|n| before.iter().any(|b| b.id == n.id));
     for n in &before {
         if deleted_devices.contains(&n.oif) || after.iter().any(|a| a.id == n.id) {
             continue;
@@ -230,8 +248,8 @@ async fn weft_nexthops(nl: &Netlink, out: &mut Outcome) -> Vec<Nexthop> {
 /// iptables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them, nftables tables
 /// `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal itself; they are not
 /// counted in the summary. A missing tool means nothing of that mode to remove.
-async fn firewall_cleanup(out: &mut Outcome) {
-    if let Err(e) = crate::agent::firewall::cleanup_all().await {
+async fn firewall_cleanup(network: Option<Ipv4Net>, out: &mut Outcome) {
+    if let Err(e) = crate::agent::firewall::cleanup_all(network).await {
         out.failed(format!("{e:#}"));
     }
 }

@@ -83,8 +83,23 @@ async fn network_config(opts: &Options) -> anyhow::Result<(Ipv4Net, u8)> {
 }
 
 /// Removes flanneld's peer routes (see the module doc), each logged as the `ip` command.
-pub async fn remove(nl: &backends::Netlink, opts: &Options, out: &mut Outcome) {
+/// With `only` (`--network`), the network config must be that network's.
+pub async fn remove(
+    nl: &backends::Netlink,
+    opts: &Options,
+    only: Option<Ipv4Net>,
+    out: &mut Outcome,
+) {
     let (network, subnet_len) = match network_config(opts).await {
+        Ok((network, _)) if only.is_some_and(|n| n != network) => {
+            out.failed(format!(
+                "flanneld's routes of --network {} not looked for: the network config read is \
+                 {network}'s; give that network's --subnet-file, --etcd-prefix or \
+                 --net-config-path",
+                only.unwrap_or(network)
+            ));
+            return;
+        }
         Ok(c) => c,
         Err(e) => {
             out.failed(format!(

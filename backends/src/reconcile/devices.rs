@@ -135,7 +135,15 @@ impl Reconciler {
                     return Err(e);
                 }
             };
-            if let Some(old) = self.cache.devices.get(&name).map(|d| d.index) {
+            let known = self.cache.devices.get(&name).map(|d| d.index);
+            let wanted = self.last_desired.devices.contains_key(&name);
+            if known.is_none() && !self.owner.owns_device(wanted, []) {
+                // Another network's device, or one that is not ours yet (an address of this
+                // network makes it ours at the next dump).
+                debug!(device = %name, "a weft-named device of another network; left alone");
+                continue;
+            }
+            if let Some(old) = known {
                 if now.as_ref().map(|d| d.index) != Some(old) {
                     self.forget_link(old);
                     self.cache.forget_device(&name, old);

@@ -1,8 +1,9 @@
 //! The reconciler: the only stateful writer of kernel objects.
 //!
-//! It keeps a cache of the kernel objects weft owns (its devices — every link with a weft device
-//! name, [`crate::device::is_device_name`] — with their IPv4 addresses and permanent ARP/FDB
-//! entries, and the routes with protocol 87 in table main), diffs the desired state against that
+//! It keeps a cache of the kernel objects weft owns (its devices — links with a weft device
+//! name, [`crate::device::is_device_name`], that are its network's — with their IPv4 addresses
+//! and permanent ARP/FDB entries, the routes with protocol 87 in table main to destinations
+//! inside its network, and its nexthops: [`crate::owner`]), diffs the desired state against that
 //! cache ([`plan::diff`]) and executes only the difference. The cache is filled by
 //! [`Reconciler::refresh`] (a dump), updated by every successful write, and corrected by kernel
 //! notifications through [`Reconciler::observe`]: a device deleted, set down, changed or
@@ -56,6 +57,7 @@ use tracing::{debug, info, warn};
 
 use crate::nhtable::NexthopTable;
 use crate::nl::{self, Hop, KernelEvent, Netlink, Nexthop, RouteEvent};
+use crate::owner::Ownership;
 use crate::plan::{self, Addr, KernelOp, KernelState};
 use crate::{BackendError, RTPROT_WEFT, Route};
 
@@ -88,6 +90,8 @@ pub struct Reconciler {
     misfits: BTreeSet<ipnet::Ipv4Net>,
     /// Links down or without carrier as far as weft knows: the kernel refuses nexthops there.
     links_down: BTreeSet<u32>,
+    /// Which routes, devices and nexthops are this daemon's ([`crate::owner`]).
+    owner: Ownership,
 }
 
 /// What one [`Reconciler::apply`] did.
@@ -137,7 +141,26 @@ impl Reconciler {
             nh: NexthopTable::default(),
             misfits: BTreeSet::new(),
             links_down: BTreeSet::new(),
+            owner: Ownership::everything(),
         }
+    }
+
+    /// Owns only what `owner` says (the agent: its own network's routes, devices and nexthops,
+    /// so daemons of other flannel networks on this host keep theirs). Without this call the
+    /// reconciler owns every object of weft's protocol and device names.
+    pub fn with_ownership(mut self, owner: Ownership) -> Self {
+        if let Some(net) = owner.scope() {
+            debug!(network = %net, nexthop_ids = ?owner.nexthop_ids(), "owning the kernel objects of one network");
+        }
+        self.owner = owner;
+        self.nh = NexthopTable::with_owner(owner);
+        self.needs_refresh = true;
+        self
+    }
+
+    /// A route of weft's protocol in table main to a destination this daemon owns.
+    fn owns_route(&self, e: &RouteEvent) -> bool {
+        e.is_weft() && self.owner.owns_dst(&e.route.dst)
     }
 
     /// `false`: write plain routes even where the kernel has nexthop objects
@@ -190,14 +213,38 @@ impl Reconciler {
             .nl
             .dump_routes_where(
                 &format!("ip route show table main proto {RTPROT_WEFT}"),
-                |ev| is_weft_route(ev) || ev.nhid.is_some_and(|id| table.is_ours(id)),
+                |ev| {
+                    is_weft_route(ev)
+                        || ev
+                            .nhid
+                            .is_some_and(|id| table.is_ours(id) || table.is_adoptable(id))
+                },
             )
             .await?;
+        let owner = self.owner;
+        let ours = |ev: &RouteEvent| is_weft_route(ev) && owner.owns_dst(&ev.route.dst);
+        // Protocol-87 nexthops outside this network's id range that only its routes use: an
+        // older weft's (ids from 1), adopted.
+        let mut only_ours: BTreeMap<u32, bool> = BTreeMap::new();
+        for ev in &routes {
+            if let Some(id) = ev.nhid.filter(|id| table.is_adoptable(*id)) {
+                *only_ours.entry(id).or_insert(true) &= ours(ev);
+            }
+        }
+        for (id, _) in only_ours.into_iter().filter(|(_, only)| *only) {
+            table.adopt(id);
+        }
         let mut state = KernelState::default();
         for ev in routes {
-            if !is_weft_route(&ev) {
+            if !ours(&ev) {
                 // Someone else's route on one of weft's nexthops keeps that nexthop alive.
-                if let Some(id) = ev.nhid {
+                if let Some(id) = ev.nhid.filter(|id| table.is_ours(*id)) {
+                    if is_weft_route(&ev) {
+                        warn!(
+                            "route {} of another network uses nexthop {id} of this network's id range: another weft on this host shares the range; run one of them with --route-nexthops=false",
+                            ev.route.dst
+                        );
+                    }
                     table.pin(id);
                 }
                 continue;
@@ -218,6 +265,14 @@ impl Reconciler {
         }
         for link in &links {
             let Some(dev) = &link.device else { continue };
+            let wanted = self.last_desired.devices.contains_key(&dev.name);
+            if !self
+                .owner
+                .owns_device(wanted, link.addrs.iter().map(|a| &a.addr))
+            {
+                debug!(device = %dev.name, "a weft-named device of another network; left alone");
+                continue;
+            }
             for a in &link.addrs {
                 if let std::net::IpAddr::V4(ip) = a.addr {
                     if let Ok(addr) = ipnet::Ipv4Net::new(ip, a.prefix_len) {
@@ -690,7 +745,8 @@ impl Reconciler {
     pub fn observe(&mut self, ev: &KernelEvent) -> bool {
         match ev {
             KernelEvent::RouteAdded(e) => {
-                if !e.is_weft() {
+                let owned = self.owns_route(e);
+                if !owned {
                     // Someone else's route on one of weft's nexthops keeps that nexthop alive.
                     if let Some(id) = e.nhid {
                         self.nh.pin(id);
@@ -703,10 +759,10 @@ impl Reconciler {
                 let dst = route.dst;
                 let same_writing = self.nh.route_nh(&dst) == e.nhid;
                 match self.cache.routes.get(&dst) {
-                    Some(cached) if e.is_weft() && *cached == route && same_writing => false,
+                    Some(cached) if owned && *cached == route && same_writing => false,
                     Some(cached) => {
                         debug!(ours = %cached, now = %route, nhid = ?e.nhid, protocol = e.protocol, "weft's route was replaced");
-                        if e.is_weft() {
+                        if owned {
                             self.cache.routes.insert(dst, route);
                             self.nh.set_route(dst, e.nhid);
                         } else {
@@ -716,7 +772,7 @@ impl Reconciler {
                         self.update_misfit(dst);
                         true
                     }
-                    None if e.is_weft() => {
+                    None if owned => {
                         debug!(route = %route, nhid = ?e.nhid, "a weft-protocol route appeared");
                         self.cache.routes.insert(dst, route);
                         self.nh.set_route(dst, e.nhid);
@@ -728,7 +784,7 @@ impl Reconciler {
             }
             KernelEvent::RouteDeleted(e) => {
                 let dst = e.route.dst;
-                let ours = e.is_weft()
+                let ours = self.owns_route(e)
                     && self.nh.route_nh(&dst) == e.nhid
                     && match e.nhid {
                         Some(_) => self.cache.routes.contains_key(&dst),
@@ -751,7 +807,7 @@ impl Reconciler {
                     self.nexthop_lost(n.id, true);
                     return true;
                 }
-                if n.is_weft() {
+                if self.nh.owns(n) {
                     debug!(nexthop = %n, "a weft-protocol nexthop appeared");
                     self.nh.added(n.id, n.hop());
                     return true;

@@ -11,10 +11,17 @@
 //! ```
 //! Rules are rendered exactly as `iptables-save` prints them, so the read-back is compared line
 //! by line with what is wanted.
+//!
+//! Several flannel networks on one host share the chains (as flanneld's daemons do): only the
+//! lines of this daemon's network ([`super::Rule::owned_by`]) are compared; a rewrite puts this
+//! network's rules first and keeps every other network's line after them, in their order, and
+//! a removal keeps the chain and its jump while other networks' rules are in it.
 
 use tracing::{debug, info};
 
 use super::exec::{self, ToolError};
+use ipnet::Ipv4Net;
+
 use super::{FORWARD_COMMENT, MASQ_COMMENT, Parts, Rule, Verdict};
 
 /// One of flanneld's chains and where it hangs.
@@ -124,26 +131,54 @@ fn targets(line: &str, name: &str) -> bool {
         .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == name)
 }
 
+/// The networks a rule line matches on (`-s`/`-d`, negated or not).
+fn line_nets(line: &str) -> impl Iterator<Item = Ipv4Net> + '_ {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let nets: Vec<Ipv4Net> = words
+        .windows(2)
+        .filter(|w| w[0] == "-s" || w[0] == "-d")
+        .filter_map(|w| {
+            w[1].parse::<Ipv4Net>()
+                .ok()
+                .or_else(|| w[1].parse::<std::net::Ipv4Addr>().ok().map(Ipv4Net::from))
+        })
+        .collect();
+    nets.into_iter()
+}
+
+/// Whether a rule line is the daemon's of `owner` (see [`super::Rule::owned_by`]).
+fn line_owned(line: &str, owner: Option<Ipv4Net>) -> bool {
+    super::owned_by(line_nets(line), owner)
+}
+
 /// What to write for one chain: `None` when it is as wanted, else the differences found and
 /// the `iptables-restore --noflush` batch that fixes them. `want`: `Some(rules)` = exactly these
-/// rules plus our jump; `None` = the chain and every jump to it must be gone.
+/// rules plus our jump; `None` = the chain and every jump to it must be gone. Only the lines
+/// of `owner`'s network count (None: every line); other networks' lines are kept.
 pub fn plan(
     chain: &Chain,
     want: Option<&[Rule]>,
     seen: &Observed,
+    owner: Option<Ipv4Net>,
 ) -> Option<(Vec<String>, String)> {
     let what = format!("{} {}", chain.table, chain.name);
     let mut diffs = Vec::new();
     let mut batch = vec![format!("*{}", chain.table)];
+    let (ours, others): (Vec<&String>, Vec<&String>) =
+        seen.rules.iter().partition(|l| line_owned(l, owner));
     match want {
         Some(rules) => {
             let lines: Vec<String> = rules.iter().map(|r| rule_line(chain, r)).collect();
             if !seen.chain_exists {
                 diffs.push(format!("{what}: chain missing"));
-            } else if seen.rules != lines {
+            } else if ours
+                .iter()
+                .map(|l| l.as_str())
+                .ne(lines.iter().map(String::as_str))
+            {
                 diffs.push(format!(
                     "{what}: {} rules differ from the {} wanted",
-                    seen.rules.len(),
+                    ours.len(),
                     lines.len()
                 ));
             }
@@ -155,9 +190,23 @@ pub fn plan(
             }
             batch.push(format!(":{} - [0:0]", chain.name));
             batch.extend(lines);
+            batch.extend(others.into_iter().cloned());
             if !seen.jump_present {
                 batch.push(jump_line(chain));
             }
+        }
+        None if !others.is_empty() => {
+            // Other networks' rules stay, with the rules every network shares (no address).
+            let shared = |l: &&String| line_nets(l).next().is_none();
+            if ours.iter().all(shared) {
+                return None;
+            }
+            diffs.push(format!(
+                "{what}: this network's rules present but not wanted, removed"
+            ));
+            batch.push(format!(":{} - [0:0]", chain.name));
+            batch.extend(ours.into_iter().filter(shared).cloned());
+            batch.extend(others.into_iter().cloned());
         }
         None => {
             if !seen.chain_exists && seen.references.is_empty() {
@@ -184,15 +233,19 @@ pub(crate) async fn reconcile(parts: Parts<'_>) -> anyhow::Result<Vec<String>> {
     let mut diffs = Vec::new();
     for (chain, want) in [(MASQ_CHAIN, parts.masq), (FORWARD_CHAIN, parts.forward)] {
         let Some(want) = want else { continue };
-        diffs.extend(sync_chain(&chain, want).await?);
+        diffs.extend(sync_chain(&chain, want, parts.owner).await?);
     }
     Ok(diffs)
 }
 
-async fn sync_chain(chain: &Chain, want: Option<&[Rule]>) -> Result<Vec<String>, ToolError> {
+async fn sync_chain(
+    chain: &Chain,
+    want: Option<&[Rule]>,
+    owner: Option<Ipv4Net>,
+) -> Result<Vec<String>, ToolError> {
     let save = exec::run("iptables-save", &["-t", chain.table], None).await?;
     let seen = observe(&save, chain);
-    let Some((diffs, batch)) = plan(chain, want, &seen) else {
+    let Some((diffs, batch)) = plan(chain, want, &seen, owner) else {
         debug!("iptables -t {} {}: in place", chain.table, chain.name);
         return Ok(Vec::new());
     };
@@ -209,11 +262,12 @@ async fn sync_chain(chain: &Chain, want: Option<&[Rule]>) -> Result<Vec<String>,
     Ok(diffs)
 }
 
-/// Removes both chains and every jump to them; returns every failure.
-pub(crate) async fn cleanup() -> Vec<String> {
+/// Removes both chains and every jump to them (with `owner`: that network's rules, and the
+/// chains once no other network's rules are left in them); returns every failure.
+pub(crate) async fn cleanup(owner: Option<Ipv4Net>) -> Vec<String> {
     let mut errors = Vec::new();
     for chain in [MASQ_CHAIN, FORWARD_CHAIN] {
-        match sync_chain(&chain, None).await {
+        match sync_chain(&chain, None, owner).await {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {
                 debug!("iptables cleanup: {e}; nothing to remove");
@@ -301,7 +355,7 @@ mod tests {
         let seen = observe(&save, &MASQ_CHAIN);
         assert!(seen.chain_exists && seen.jump_present);
         assert_eq!(seen.rules.len(), 6);
-        assert_eq!(plan(&MASQ_CHAIN, want, &seen), None);
+        assert_eq!(plan(&MASQ_CHAIN, want, &seen, None), None);
         // Same text under the filter table is not ours to see.
         assert_eq!(observe(&save, &FORWARD_CHAIN), Observed::default());
     }
@@ -310,7 +364,7 @@ mod tests {
     fn empty_table_gets_chain_rules_and_jump_in_one_batch() {
         let r = RuleSet::new(Mode::Iptables, &settings());
         let seen = observe(&save_of(""), &MASQ_CHAIN);
-        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen).unwrap();
+        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen, None).unwrap();
         assert_eq!(
             diffs,
             [
@@ -336,7 +390,7 @@ mod tests {
             &save_of(&format!(":FLANNEL-POSTRTG - [0:0]\n{}", body.join("\n"))),
             &MASQ_CHAIN,
         );
-        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen).unwrap();
+        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen, None).unwrap();
         assert_eq!(
             diffs,
             ["nat FLANNEL-POSTRTG: 2 rules differ from the 6 wanted"]
@@ -354,7 +408,7 @@ mod tests {
             &save_of(&format!(":FLANNEL-POSTRTG - [0:0]\n{}", body.join("\n"))),
             &MASQ_CHAIN,
         );
-        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen).unwrap();
+        let (diffs, batch) = plan(&MASQ_CHAIN, r.masq.as_deref(), &seen, None).unwrap();
         assert_eq!(
             diffs,
             ["nat FLANNEL-POSTRTG: jump from POSTROUTING missing"]
@@ -370,7 +424,7 @@ mod tests {
         ));
         let seen = observe(&save, &MASQ_CHAIN);
         assert_eq!(seen.references.len(), 2);
-        let (_, batch) = plan(&MASQ_CHAIN, None, &seen).unwrap();
+        let (_, batch) = plan(&MASQ_CHAIN, None, &seen, None).unwrap();
         assert_eq!(
             batch,
             "*nat\n-D PREROUTING -s 10.0.0.0/8 -j FLANNEL-POSTRTG\n\
@@ -379,7 +433,78 @@ mod tests {
         );
         // Nothing there: nothing to do.
         assert_eq!(
-            plan(&MASQ_CHAIN, None, &observe(&save_of(""), &MASQ_CHAIN)),
+            plan(&MASQ_CHAIN, None, &observe(&save_of(""), &MASQ_CHAIN), None),
+            None
+        );
+    }
+
+    #[test]
+    fn another_networks_rules_are_kept_and_do_not_count() {
+        let mine = RuleSet::new(Mode::Iptables, &settings());
+        let mut theirs_settings = settings();
+        theirs_settings.network = "10.245.0.0/16".parse().unwrap();
+        theirs_settings.subnet = "10.245.1.0/24".parse().unwrap();
+        let theirs = RuleSet::new(Mode::Iptables, &theirs_settings);
+        let their_lines: Vec<String> = theirs.masq.as_ref().unwrap()[1..]
+            .iter()
+            .map(|r| rule_line(&MASQ_CHAIN, r))
+            .collect();
+        let owner = Some(mine.network);
+        // Their daemon wrote its rules after ours (each set begins with the shared mark rule,
+        // which the chain holds once): ours are in place, theirs do not count.
+        let save = save_of(&format!(
+            ":FLANNEL-POSTRTG - [0:0]\n{GOLDEN_NAT}\n{}",
+            their_lines.join("\n")
+        ));
+        let seen = observe(&save, &MASQ_CHAIN);
+        assert_eq!(seen.rules.len(), 11);
+        assert_eq!(plan(&MASQ_CHAIN, mine.masq.as_deref(), &seen, owner), None);
+        assert_eq!(
+            plan(
+                &MASQ_CHAIN,
+                theirs.masq.as_deref(),
+                &seen,
+                Some(theirs.network)
+            ),
+            None,
+            "their daemon sees its own rules in place too"
+        );
+        // One of ours deleted: the rewrite puts ours first and keeps theirs after them.
+        let without: Vec<&str> = save
+            .lines()
+            .filter(|l| !l.starts_with("-A FLANNEL-POSTRTG -s 10.244.1.0/24"))
+            .collect();
+        let seen = observe(&without.join("\n"), &MASQ_CHAIN);
+        let (diffs, batch) = plan(&MASQ_CHAIN, mine.masq.as_deref(), &seen, owner).unwrap();
+        assert_eq!(
+            diffs,
+            ["nat FLANNEL-POSTRTG: 5 rules differ from the 6 wanted"]
+        );
+        let mut expected = vec!["*nat".to_owned(), ":FLANNEL-POSTRTG - [0:0]".to_owned()];
+        expected.extend(GOLDEN_NAT.lines().skip(1).map(str::to_owned));
+        expected.extend(their_lines.iter().cloned());
+        expected.push("COMMIT".to_owned());
+        assert_eq!(batch, expected.join("\n") + "\n");
+        // Our removal keeps the chain, its jump, the shared mark rule and their rules.
+        let (diffs, batch) = plan(&MASQ_CHAIN, None, &observe(&save, &MASQ_CHAIN), owner).unwrap();
+        assert_eq!(
+            diffs,
+            ["nat FLANNEL-POSTRTG: this network's rules present but not wanted, removed"]
+        );
+        let mut expected = vec!["*nat".to_owned(), ":FLANNEL-POSTRTG - [0:0]".to_owned()];
+        expected.push(GOLDEN_NAT.lines().nth(1).unwrap().to_owned());
+        expected.extend(their_lines.iter().cloned());
+        expected.push("COMMIT".to_owned());
+        assert_eq!(batch, expected.join("\n") + "\n");
+        // Once only theirs are left, our removal has nothing to do.
+        let left = save_of(&format!(
+            ":FLANNEL-POSTRTG - [0:0]\n{}\n{}\n{}",
+            GOLDEN_NAT.lines().next().unwrap(),
+            GOLDEN_NAT.lines().nth(1).unwrap(),
+            their_lines.join("\n")
+        ));
+        assert_eq!(
+            plan(&MASQ_CHAIN, None, &observe(&left, &MASQ_CHAIN), owner),
             None
         );
     }

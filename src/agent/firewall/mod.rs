@@ -157,6 +157,17 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether this rule is the one of the daemon of `network` (None: every rule is): one of
+    /// its address matches lies inside the network, or it has none (the kube-proxy mark rule,
+    /// which every network's set begins with). Several flannel networks on one host share the
+    /// chains (as flanneld's daemons do); each daemon writes and removes only its own rules.
+    pub fn owned_by(&self, network: Option<Ipv4Net>) -> bool {
+        owned_by(
+            [self.src, self.dst].into_iter().flatten().map(|m| m.net),
+            network,
+        )
+    }
+
     fn new(src: Option<AddrMatch>, dst: Option<AddrMatch>, verdict: Verdict) -> Rule {
         Rule {
             mark: None,
@@ -167,11 +178,28 @@ impl Rule {
     }
 }
 
+/// A rule with these address matches is the daemon's of `network` (see [`Rule::owned_by`]).
+pub(crate) fn owned_by(nets: impl Iterator<Item = Ipv4Net>, network: Option<Ipv4Net>) -> bool {
+    let Some(network) = network else {
+        return true;
+    };
+    let mut any = false;
+    for n in nets {
+        if network.contains(&n) {
+            return true;
+        }
+        any = true;
+    }
+    !any
+}
+
 /// The rules one mode wants: `None` for a part that is switched off (and must be absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
     pub masq: Option<Vec<Rule>>,
     pub forward: Option<Vec<Rule>>,
+    /// The network whose rules these are: other networks' rules in the same chains stay.
+    pub network: Ipv4Net,
 }
 
 impl RuleSet {
@@ -224,7 +252,11 @@ impl RuleSet {
                 Rule::new(None, Some(AddrMatch::is(net)), Verdict::Accept),
             ]
         });
-        RuleSet { masq, forward }
+        RuleSet {
+            masq,
+            forward,
+            network: net,
+        }
     }
 
     /// True when some part is switched on (there is something to keep in place).
@@ -237,6 +269,7 @@ impl RuleSet {
         Parts {
             masq: self.masq.as_deref().map(Some),
             forward: self.forward.as_deref().map(Some),
+            owner: Some(self.network),
         }
     }
 
@@ -245,24 +278,39 @@ impl RuleSet {
         Parts {
             masq: Some(self.masq.as_deref()),
             forward: Some(self.forward.as_deref()),
+            owner: Some(self.network),
         }
     }
 }
 
 /// Which parts one pass looks at: `None` = leave alone, `Some(None)` = must be absent,
-/// `Some(Some(rules))` = must be exactly these rules.
+/// `Some(Some(rules))` = must be exactly these rules. Only the rules of `owner`'s network count
+/// ([`Rule::owned_by`]; None: every rule): others' rules in the chains are kept as they are.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Parts<'a> {
     pub masq: Option<Option<&'a [Rule]>>,
     pub forward: Option<Option<&'a [Rule]>>,
+    pub owner: Option<Ipv4Net>,
+}
+
+impl Parts<'_> {
+    /// Both parts must be absent: every rule (`owner` None), or `owner`'s network's.
+    pub(crate) fn absent(owner: Option<Ipv4Net>) -> Parts<'static> {
+        Parts {
+            masq: Some(None),
+            forward: Some(None),
+            owner,
+        }
+    }
 }
 
 #[cfg(test)]
 impl Parts<'_> {
-    /// Both parts must be absent.
+    /// Both parts must be absent, whoever's rules they are.
     pub(crate) const ABSENT: Parts<'static> = Parts {
         masq: Some(None),
         forward: Some(None),
+        owner: None,
     };
 }
 
@@ -364,7 +412,7 @@ impl Firewall {
     /// Agent start: removes what the other mode left (flanneld does the same; a failure there
     /// is only logged), then [`Firewall::apply`].
     pub async fn start(&self) -> Result<Outcome> {
-        if let Err(e) = cleanup(self.mode.other()).await {
+        if let Err(e) = cleanup(self.mode.other(), Some(self.rules.network)).await {
             warn!(
                 "removing {} rules of an earlier run: {e:#}",
                 self.mode.other()
@@ -415,13 +463,14 @@ impl Firewall {
 }
 
 /// Removes every rule `mode` may have left (iptables: the jumps and both chains; nftables: the
-/// tables `ip flannel-ipv4` and `ip6 flannel-ipv6`). Idempotent; a tool that is not installed
-/// means there is nothing of that mode to remove. Keeps going after a failure and reports
-/// every one.
-pub async fn cleanup(mode: Mode) -> Result<()> {
+/// tables `ip flannel-ipv4` and `ip6 flannel-ipv6`), or with `network` only that network's rules
+/// (the chains, jumps and table stay while other networks' rules are in them). Idempotent; a
+/// tool that is not installed means there is nothing of that mode to remove. Keeps going after
+/// a failure and reports every one.
+pub async fn cleanup(mode: Mode, network: Option<Ipv4Net>) -> Result<()> {
     let errors = match mode {
-        Mode::Iptables => iptables::cleanup().await,
-        Mode::Nftables => nftables::cleanup().await,
+        Mode::Iptables => iptables::cleanup(network).await,
+        Mode::Nftables => nftables::cleanup(network).await,
     };
     if errors.is_empty() {
         Ok(())
@@ -430,10 +479,11 @@ pub async fn cleanup(mode: Mode) -> Result<()> {
     }
 }
 
-/// Removes both modes' rules (`weft cleanup`); reports every failure of both.
-pub async fn cleanup_all() -> Result<()> {
-    let mut errors = iptables::cleanup().await;
-    errors.extend(nftables::cleanup().await);
+/// Removes both modes' rules, or with `network` only that network's (`weft cleanup
+/// [--network]`); reports every failure of both.
+pub async fn cleanup_all(network: Option<Ipv4Net>) -> Result<()> {
+    let mut errors = iptables::cleanup(network).await;
+    errors.extend(nftables::cleanup(network).await);
     if errors.is_empty() {
         Ok(())
     } else {

@@ -353,20 +353,55 @@ fn cleanup_removes_both_modes_and_is_idempotent() {
         );
 
         // Start in nftables mode: the iptables mode is cleaned, FLANNEL-FWD in filter too.
-        cleanup(Mode::Iptables).await.unwrap();
+        cleanup(Mode::Iptables, None).await.unwrap();
         assert!(!chains_in("nat").contains(&"FLANNEL-POSTRTG".to_owned()));
         assert!(!chains_in("filter").contains(&"FLANNEL-FWD".to_owned()));
         assert_eq!(rules_in("filter"), ["-A FORWARD -s 192.0.2.0/24 -j DROP"]);
         assert!(rules_in("nat").is_empty());
         assert!(nft_table().is_some(), "the nftables mode is not touched");
 
-        cleanup_all().await.unwrap();
+        cleanup_all(None).await.unwrap();
         assert!(nft_table().is_none());
         let tables = sh("nft", &["list", "tables"]);
         assert!(!tables.contains("flannel"), "{tables}");
         assert_eq!(rules_in("filter"), ["-A FORWARD -s 192.0.2.0/24 -j DROP"]);
         // Again, with nothing left.
-        cleanup_all().await.unwrap();
+        cleanup_all(None).await.unwrap();
+    });
+}
+
+#[test]
+fn two_networks_share_the_chains_without_a_fight() {
+    in_netns("fw-two-networks", || async {
+        let mut b = settings();
+        b.network = "10.245.0.0/16".parse().unwrap();
+        b.subnet = "10.245.1.0/24".parse().unwrap();
+        for mode in [Mode::Iptables, Mode::Nftables] {
+            let fw_a = Firewall::new(mode, settings()).await;
+            let fw_b = Firewall::new(mode, b).await;
+            assert!(matches!(fw_a.start().await.unwrap(), Outcome::Repaired(_)));
+            assert!(matches!(fw_b.start().await.unwrap(), Outcome::Repaired(_)));
+            // Each sees its own rules in place: no repair loop between the two daemons.
+            assert_eq!(fw_a.check().await.unwrap(), Outcome::InSync, "{mode}");
+            assert_eq!(fw_b.check().await.unwrap(), Outcome::InSync, "{mode}");
+            // `weft cleanup --network` of B: A's rules stay as they are.
+            cleanup(mode, Some(b.network)).await.unwrap();
+            assert_eq!(fw_a.check().await.unwrap(), Outcome::InSync, "{mode}");
+            assert!(matches!(fw_b.check().await.unwrap(), Outcome::Repaired(_)));
+            cleanup_all(None).await.unwrap();
+        }
+        // Mixed modes: B in nftables mode starts after A in iptables mode; B's start removes
+        // only B's own iptables rules (none), not A's.
+        let fw_a = Firewall::new(Mode::Iptables, settings()).await;
+        fw_a.start().await.unwrap();
+        Firewall::new(Mode::Nftables, b)
+            .await
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(fw_a.check().await.unwrap(), Outcome::InSync);
+        assert!(chains_in("nat").contains(&"FLANNEL-POSTRTG".to_owned()));
+        cleanup_all(None).await.unwrap();
     });
 }
 

@@ -233,15 +233,35 @@ fn parse_net(v: &Value) -> Option<Ipv4Net> {
     Ipv4Net::new(addr, len).ok()
 }
 
+/// One chain's rules split by owner: this network's (and the ones weft would never write,
+/// which a rewrite drops), and other networks' (kept; see [`super::Rule::owned_by`]).
+fn split(c: &ObservedChain, owner: Option<Ipv4Net>) -> (Vec<Option<Rule>>, Vec<Rule>) {
+    let mut ours = Vec::new();
+    let mut others = Vec::new();
+    for r in &c.rules {
+        match r {
+            Some(rule) if !rule.owned_by(owner) => others.push(*rule),
+            _ => ours.push(*r),
+        }
+    }
+    (ours, others)
+}
+
+/// A rule every network's set has (no address match: the kube-proxy mark rule).
+fn shared(r: &Option<Rule>) -> bool {
+    r.is_some_and(|r| r.src.is_none() && r.dst.is_none())
+}
+
 /// What to write: `None` when the table is as wanted, else the differences found and the one
-/// `nft -f -` transaction that fixes them. `seen`: `None` when the table does not exist.
+/// `nft -f -` transaction that fixes them. `seen`: `None` when the table does not exist. Only
+/// the rules of `parts.owner`'s network count; other networks' rules in the chains stay (after
+/// ours on a rewrite), and so do the chains and the table while they hold any.
 pub(crate) fn plan(
     parts: Parts<'_>,
     seen: Option<&ObservedTable>,
 ) -> Option<(Vec<String>, String)> {
     let wanted = [(MASQ_CHAIN, parts.masq), (FORWARD_CHAIN, parts.forward)];
     let mut diffs = Vec::new();
-    let mut script = Vec::new();
     let any_rules = wanted.iter().any(|(_, w)| matches!(w, Some(Some(_))));
     let all_absent = wanted.iter().all(|(_, w)| matches!(w, Some(None)));
     let Some(seen) = seen else {
@@ -249,14 +269,17 @@ pub(crate) fn plan(
             return None;
         }
         diffs.push(format!("table {FAMILY} {TABLE} missing"));
-        return Some((diffs, ensure_script(&wanted, None)));
+        return Some((diffs, ensure_script(&wanted, None, parts.owner)));
     };
-    if all_absent {
+    let others_anywhere = seen
+        .chains
+        .values()
+        .any(|c| !split(c, parts.owner).1.is_empty());
+    if all_absent && !others_anywhere {
         diffs.push(format!(
             "table {FAMILY} {TABLE} present but not wanted, removed"
         ));
-        script.push(format!("delete table {FAMILY} {TABLE}"));
-        return Some((diffs, script.join("\n") + "\n"));
+        return Some((diffs, format!("delete table {FAMILY} {TABLE}\n")));
     }
     for (spec, want) in &wanted {
         let Some(want) = want else { continue };
@@ -268,45 +291,60 @@ pub(crate) fn plan(
                 spec.name, spec.kind, spec.hook, spec.priority
             )),
             (Some(rules), Some(c)) => {
-                if c.rules.len() != rules.len()
-                    || c.rules
-                        .iter()
-                        .zip(rules.iter())
-                        .any(|(a, b)| *a != Some(*b))
+                let (ours, _) = split(c, parts.owner);
+                if ours.len() != rules.len()
+                    || ours.iter().zip(rules.iter()).any(|(a, b)| *a != Some(*b))
                 {
                     diffs.push(format!(
                         "chain {}: {} rules differ from the {} wanted",
                         spec.name,
-                        c.rules.len(),
+                        ours.len(),
                         rules.len()
                     ));
                 }
             }
-            (None, Some(_)) => diffs.push(format!(
-                "chain {} present but not wanted, removed",
-                spec.name
-            )),
+            (None, Some(c)) => {
+                let (ours, others) = split(c, parts.owner);
+                if others.is_empty() {
+                    diffs.push(format!(
+                        "chain {} present but not wanted, removed",
+                        spec.name
+                    ));
+                } else if !ours.iter().all(shared) {
+                    diffs.push(format!(
+                        "chain {}: this network's rules present but not wanted, removed",
+                        spec.name
+                    ));
+                }
+            }
             (None, None) => {}
         }
     }
     if diffs.is_empty() {
         return None;
     }
-    Some((diffs, ensure_script(&wanted, Some(seen))))
+    Some((diffs, ensure_script(&wanted, Some(seen), parts.owner)))
 }
 
 type Wanted<'a> = [(ChainSpec, Option<Option<&'a [Rule]>>); 2];
 
-/// The transaction: the table, then per chain either (re)declare + flush + rules, or remove.
-fn ensure_script(wanted: &Wanted<'_>, seen: Option<&ObservedTable>) -> String {
+/// The transaction: the table, then per chain either (re)declare + flush + our rules + other
+/// networks' rules, or remove (or, while other networks' rules are in it, keep only theirs).
+fn ensure_script(
+    wanted: &Wanted<'_>,
+    seen: Option<&ObservedTable>,
+    owner: Option<Ipv4Net>,
+) -> String {
     let mut s = vec![format!(
         "add table {FAMILY} {TABLE} {{ comment \"rules for {TABLE}\" ; }}"
     )];
     for (spec, want) in wanted {
         let Some(want) = want else { continue };
         let existing = seen.and_then(|t| t.chains.get(spec.name));
+        let (ours, others) = existing.map(|c| split(c, owner)).unwrap_or_default();
         let flush = format!("flush chain {FAMILY} {TABLE} {}", spec.name);
         let delete = format!("delete chain {FAMILY} {TABLE} {}", spec.name);
+        let add = |r: &Rule| format!("add rule {FAMILY} {TABLE} {} {}", spec.name, rule_text(r));
         match want {
             Some(rules) => {
                 if existing.is_some_and(|c| !c.is(spec)) {
@@ -316,13 +354,12 @@ fn ensure_script(wanted: &Wanted<'_>, seen: Option<&ObservedTable>) -> String {
                 }
                 s.push(chain_decl(spec));
                 s.push(flush);
-                for r in *rules {
-                    s.push(format!(
-                        "add rule {FAMILY} {TABLE} {} {}",
-                        spec.name,
-                        rule_text(r)
-                    ));
-                }
+                s.extend(rules.iter().chain(&others).map(add));
+            }
+            None if !others.is_empty() => {
+                s.push(flush);
+                s.extend(ours.iter().filter(|r| shared(r)).flatten().map(add));
+                s.extend(others.iter().map(add));
             }
             None => {
                 if existing.is_some() {
@@ -364,8 +401,23 @@ pub(crate) async fn reconcile(parts: Parts<'_>) -> Result<Vec<String>> {
     Ok(diffs)
 }
 
-/// Deletes `ip flannel-ipv4` and `ip6 flannel-ipv6` if they exist; returns every failure.
-pub(crate) async fn cleanup() -> Vec<String> {
+/// Deletes `ip flannel-ipv4` and `ip6 flannel-ipv6` if they exist (with `owner`: that
+/// network's rules of `ip flannel-ipv4`, and the table once no other network's rules are in
+/// it); returns every failure.
+pub(crate) async fn cleanup(owner: Option<Ipv4Net>) -> Vec<String> {
+    if owner.is_some() {
+        return match reconcile(Parts::absent(owner)).await {
+            Ok(_) => Vec::new(),
+            Err(e)
+                if e.downcast_ref::<ToolError>()
+                    .is_some_and(ToolError::is_not_found) =>
+            {
+                debug!("nftables cleanup: {e}; nothing to remove");
+                Vec::new()
+            }
+            Err(e) => vec![format!("{e:#}")],
+        };
+    }
     let tables = match exec::run("nft", &["-j", "list", "tables"], None).await {
         Ok(json) => json,
         Err(e) if e.is_not_found() => {

@@ -1,0 +1,157 @@
+//! What one weft daemon owns on a host it may share with other flannel networks (flannel's
+//! "multiple networks": one daemon per etcd prefix, each with its own `Network`, subnet file and
+//! VNI). Pure, no I/O.
+//!
+//! A daemon scoped to its network ([`Ownership::network`]) owns:
+//! - **routes** with weft's protocol 87 in table main whose destination lies inside its
+//!   `Network` (networks on one host are disjoint, so no two daemons claim one route);
+//! - **devices** with a weft device name that its backends want now, or that carry an IPv4
+//!   address inside its `Network` (the device of its previous backend or VNI, or flanneld's
+//!   device of the same network); another network's `flannel.2` is left alone;
+//! - **nexthop objects** with protocol 87 whose id lies in the network's id range
+//!   ([`Ownership::nexthop_ids`]: 2^20 ids chosen by a hash of the network), plus protocol-87
+//!   nexthops outside every range that only its own routes use (those an older weft made).
+//!
+//! [`Ownership::everything`] owns every route, device and nexthop of weft's protocol and names,
+//! whatever network: `weft cleanup` without `--network`, and `weft status`.
+use std::net::IpAddr;
+use std::ops::Range;
+
+use ipnet::Ipv4Net;
+
+/// Ids per network: 2^20 (a million distinct hops, far more than nodes in any cluster).
+const RANGE_BITS: u32 = 20;
+/// Ranges 1..=4094 (range 0, ids below 2^20, is where weft allocated before ownership by network).
+const RANGES: u32 = (u32::MAX >> RANGE_BITS) - 1;
+
+/// See the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ownership {
+    network: Option<Ipv4Net>,
+}
+
+impl Ownership {
+    /// Owns only the objects of `network` (the agent; `weft cleanup --network`).
+    pub fn network(network: Ipv4Net) -> Self {
+        Ownership {
+            network: Some(network.trunc()),
+        }
+    }
+
+    /// Owns every object of weft's protocol and names.
+    pub fn everything() -> Self {
+        Ownership { network: None }
+    }
+
+    /// The network owned, None for everything.
+    pub fn scope(&self) -> Option<Ipv4Net> {
+        self.network
+    }
+
+    /// A protocol-87 route to `dst` in table main is this daemon's.
+    pub fn owns_dst(&self, dst: &Ipv4Net) -> bool {
+        self.network.is_none_or(|n| n.contains(dst))
+    }
+
+    /// A link with a weft device name is this daemon's: `wanted` by its backends, or carrying
+    /// an IPv4 address inside the network.
+    pub fn owns_device<'a>(
+        &self,
+        wanted: bool,
+        addrs: impl IntoIterator<Item = &'a IpAddr>,
+    ) -> bool {
+        let Some(net) = self.network else {
+            return true;
+        };
+        wanted
+            || addrs
+                .into_iter()
+                .any(|a| matches!(a, IpAddr::V4(v4) if net.contains(v4)))
+    }
+
+    /// The nexthop ids this daemon allocates and owns; None: every id (owns every protocol-87
+    /// nexthop).
+    pub fn nexthop_ids(&self) -> Option<Range<u32>> {
+        let net = self.network?;
+        // FNV-1a over the network address and prefix length: stable across releases and hosts.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in u32::from(net.network())
+            .to_be_bytes()
+            .into_iter()
+            .chain([net.prefix_len()])
+        {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let tag = 1 + h % RANGES;
+        let start = tag << RANGE_BITS;
+        Some(start..start + (1 << RANGE_BITS))
+    }
+
+    /// Nexthop `id` lies in this daemon's id range.
+    pub fn owns_nexthop_id(&self, id: u32) -> bool {
+        self.nexthop_ids().is_none_or(|r| r.contains(&id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("net")
+    }
+
+    #[test]
+    fn routes_inside_the_network_only() {
+        let o = Ownership::network(net("10.244.0.0/16"));
+        assert!(o.owns_dst(&net("10.244.3.0/24")));
+        assert!(!o.owns_dst(&net("10.245.3.0/24")));
+        assert!(
+            !o.owns_dst(&net("10.0.0.0/8")),
+            "a wider route is not inside"
+        );
+        assert!(Ownership::everything().owns_dst(&net("192.0.2.0/24")));
+    }
+
+    #[test]
+    fn devices_wanted_or_with_an_address_of_the_network() {
+        let o = Ownership::network(net("10.244.0.0/16"));
+        let ours = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 0));
+        let theirs = IpAddr::V4(Ipv4Addr::new(10, 245, 1, 0));
+        assert!(o.owns_device(true, []));
+        assert!(o.owns_device(false, [&theirs, &ours]));
+        assert!(!o.owns_device(false, [&theirs]));
+        assert!(
+            !o.owns_device(false, []),
+            "no address, not wanted: someone else's"
+        );
+        assert!(Ownership::everything().owns_device(false, []));
+    }
+
+    #[test]
+    fn nexthop_ranges_are_disjoint_stable_and_above_the_old_ids() {
+        let a = Ownership::network(net("10.244.0.0/16"))
+            .nexthop_ids()
+            .expect("range");
+        let b = Ownership::network(net("10.245.0.0/16"))
+            .nexthop_ids()
+            .expect("range");
+        assert_eq!(a.end - a.start, 1 << 20);
+        assert!(
+            a.start >= 1 << 20,
+            "range 0 is the ids of older weft releases"
+        );
+        assert!(a.end <= b.start || b.end <= a.start, "{a:?} {b:?}");
+        // The same network (also written with host bits) always gets the same range.
+        assert_eq!(
+            Ownership::network(net("10.244.1.0/16")).nexthop_ids(),
+            Some(a.clone())
+        );
+        let o = Ownership::network(net("10.244.0.0/16"));
+        assert!(o.owns_nexthop_id(a.start) && !o.owns_nexthop_id(a.end) && !o.owns_nexthop_id(7));
+        assert!(Ownership::everything().owns_nexthop_id(7));
+    }
+}
