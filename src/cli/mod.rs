@@ -275,6 +275,16 @@ fn parse_go_style(
         .try_get_matches_from(argv)
         .and_then(|m| Cli::from_arg_matches(&m))
         .map_err(|e| go_flags::map_error(&e, &table, &occurrences))?;
+    let mut cli = cli;
+    let cache_given = occurrences.iter().any(|o| o.name == "peer-cache-file");
+    if !cache_given {
+        let opts = match &mut cli.command {
+            Some(Sub::Cleanup(a)) => &mut a.opts,
+            Some(Sub::Status(a)) => &mut a.opts,
+            _ => &mut cli.opts,
+        };
+        opts.peer_cache_file = Some(options::default_peer_cache_file(&opts.etcd_prefix));
+    }
     Ok(match cli.command {
         None => Command::Run(cli.opts),
         Some(Sub::Status(a)) => Command::Status(a),

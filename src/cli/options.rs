@@ -14,6 +14,28 @@ use std::path::PathBuf;
 use clap::{ArgAction, FromArgMatches as _};
 use regex::Regex;
 
+/// The `--peer-cache-file` of a daemon that was given none: [`DEFAULT_PEER_CACHE_FILE`] for
+/// flannel's default `--etcd-prefix`; for another prefix (a second network on the host: flannel's
+/// "multiple networks") a file of its own, `peers-<prefix with / as _>.json` beside it, so two
+/// daemons never boot from each other's peers.
+pub fn default_peer_cache_file(etcd_prefix: &str) -> PathBuf {
+    let prefix = etcd_prefix.trim_matches('/');
+    if prefix == "coreos.com/network" {
+        return PathBuf::from(DEFAULT_PEER_CACHE_FILE);
+    }
+    let name: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from(DEFAULT_PEER_CACHE_FILE).with_file_name(format!("peers-{name}.json"))
+}
+
 /// weft's default for `--peer-cache-file`: on disk, so it survives a reboot.
 pub const DEFAULT_PEER_CACHE_FILE: &str = "/var/lib/weft/peers.json";
 

@@ -875,3 +875,36 @@ fn help_wins_over_a_bad_value_and_version_over_the_environment() {
         r#"invalid boolean value "maybe" for -version: parse error"#
     );
 }
+
+#[test]
+fn a_second_network_gets_a_peer_cache_of_its_own() {
+    use std::path::Path;
+    assert_eq!(
+        run(&[]).peer_cache_file.as_deref(),
+        Some(Path::new("/var/lib/weft/peers.json"))
+    );
+    assert_eq!(
+        run(&["-etcd-prefix=/coreos.com/network/"])
+            .peer_cache_file
+            .as_deref(),
+        Some(Path::new("/var/lib/weft/peers.json"))
+    );
+    assert_eq!(
+        run(&["-etcd-prefix=/coreos.com/network2"])
+            .peer_cache_file
+            .as_deref(),
+        Some(Path::new("/var/lib/weft/peers-coreos.com_network2.json"))
+    );
+    let o = run_env(&[], &[("FLANNELD_ETCD_PREFIX", "/blue net")]).unwrap();
+    assert_eq!(
+        o.peer_cache_file.as_deref(),
+        Some(Path::new("/var/lib/weft/peers-blue_net.json"))
+    );
+    // Given, it wins; given empty, no cache.
+    let o = run(&["-etcd-prefix=/two", "-peer-cache-file=/tmp/p.json"]);
+    assert_eq!(o.peer_cache_file.as_deref(), Some(Path::new("/tmp/p.json")));
+    assert_eq!(
+        run(&["-etcd-prefix=/two", "-peer-cache-file="]).peer_cache_file,
+        None
+    );
+}

@@ -1,6 +1,11 @@
-//! `weft cleanup [--release-lease] [--remove-subnet-env] [flanneld flags…]`: removes the kernel
-//! state weft (or flanneld) made on this node, for uninstalling or migrating away. Stop the
-//! agent first: a running agent re-creates what this removes.
+//! `weft cleanup [--release-lease] [--remove-subnet-env] [--network CIDR] [flanneld flags…]`:
+//! removes the kernel state weft (or flanneld) made on this node, for uninstalling or migrating
+//! away. Stop the agent first: a running agent re-creates what this removes.
+//!
+//! With `--network`, only that flannel network's objects go (a host running several networks,
+//! one daemon each): routes to destinations inside it, the devices that are its (wanted by
+//! none now, so those carrying an address inside it), its nexthops, and its masquerade and
+//! forward rules; other networks' objects, chains and tables stay (`backends::owner`).
 //!
 //! What goes, in this order, each logged like the `ip` command:
 //! 1. weft's kernel state, by the agent's own reconciler applying the empty desired state
