@@ -380,3 +380,98 @@ fn a_refused_previous_subnet_is_explained_with_how_to_keep_it() {
     assert!(line.contains("below SubnetMin 10.244.1.0"), "{line}");
     assert!(line.contains(r#""SubnetMin": "10.244.0.0""#), "{line}");
 }
+
+/// `ip route show table main type blackhole` in node k's namespace: (dst, protocol, metric).
+fn blackholes(lab: &Lab, k: usize) -> Result<Vec<(String, String, u64)>, String> {
+    let v = lab
+        .ip_json(k, &["route", "show", "table", "main", "type", "blackhole"])
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["dst"].as_str().unwrap_or("").to_owned(),
+                        r["protocol"].as_str().unwrap_or("").to_owned(),
+                        r["metric"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[test]
+fn ip_blackhole_route_adds_repairs_and_removes_the_own_subnet_blackhole() {
+    if !common::need::root("ip_blackhole_route_adds_repairs_and_removes_the_own_subnet_blackhole") {
+        return;
+    }
+    let mut s = spec(2);
+    s.extra_flags = vec!["--ip-blackhole-route".into()];
+    let mut lab = Lab::build(s).expect("build lab");
+    lab.start_all().expect("start agents");
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    let own = |lab: &Lab, k: usize| {
+        (
+            lab.subnet(k).expect("subnet").to_string(),
+            "87".to_owned(),
+            4096,
+        )
+    };
+    for k in 1..=2 {
+        wait_until(CONVERGE, || match blackholes(&lab, k)? {
+            b if b == [own(&lab, k)] => Ok(()),
+            b => Err(format!("node {k}: blackholes {b:?}")),
+        })
+        .expect("the node's blackhole");
+        wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("host-gw routes");
+    }
+    // The pods' bridge route (metric 0) wins over the blackhole: pods reach each other.
+    lab.add_pods().expect("pods");
+    assert_all_pods_reach_each_other(&lab);
+
+    // Deleted out of band: repaired from the notification.
+    let dst = own(&lab, 1).0;
+    lab.ip(
+        1,
+        &[
+            "route",
+            "del",
+            "blackhole",
+            &dst,
+            "proto",
+            "87",
+            "metric",
+            "4096",
+        ],
+    )
+    .expect("delete the blackhole");
+    wait_until(CONVERGE, || match blackholes(&lab, 1)? {
+        b if b == [own(&lab, 1)] => Ok(()),
+        b => Err(format!("node 1: blackholes {b:?}")),
+    })
+    .expect("the blackhole restored");
+    assert!(
+        lab.log(1).expect("log").contains(&format!(
+            "ip route replace blackhole {dst} proto 87 metric 4096"
+        )),
+        "{}",
+        lab.log_tail(1, 20)
+    );
+
+    // Node 1 restarts without the flag: its blackhole goes; node 2's stays.
+    lab.stop_node(1, Signal::SIGTERM)
+        .expect("stop")
+        .expect("was running");
+    lab.set_extra_flags(Vec::new());
+    lab.start_node(1).expect("start node 1");
+    wait_until(CONVERGE, || match blackholes(&lab, 1)? {
+        b if b.is_empty() => Ok(()),
+        b => Err(format!("node 1: blackholes {b:?}")),
+    })
+    .expect("the blackhole removed");
+    assert_eq!(blackholes(&lab, 2).expect("node 2"), [own(&lab, 2)]);
+    assert_all_pods_reach_each_other(&lab);
+}

@@ -65,6 +65,10 @@ pub struct DataPlane {
     /// The last pass left failed writes (devices included) or a skipped peer of our own type:
     /// the retry timer reconciles again.
     pending_retry: bool,
+    /// `--ip-blackhole-route`: `blackhole <own subnet>` is part of the desired state.
+    blackhole_route: bool,
+    /// The node's own subnet (the blackhole's destination).
+    own: Option<Ipv4Net>,
 }
 
 impl DataPlane {
@@ -87,7 +91,18 @@ impl DataPlane {
             reconciler,
             skipped: BTreeMap::new(),
             pending_retry: false,
+            blackhole_route: false,
+            own: None,
         }
+    }
+
+    /// With `on` (`--ip-blackhole-route`), the desired state holds `blackhole <own>` (weft's
+    /// metric: `backends::plan::BLACKHOLE_METRIC`), which follows the subnet when it moves;
+    /// without, a blackhole an earlier run left is removed.
+    pub fn with_blackhole_route(mut self, own: Ipv4Net, on: bool) -> Self {
+        self.blackhole_route = on;
+        self.own = Some(own);
+        self
     }
 
     /// Re-reads weft's kernel objects (a dump).
@@ -156,6 +171,9 @@ impl DataPlane {
                 )
             });
             skipped.insert(peer.key, reason);
+        }
+        if self.blackhole_route {
+            state.blackholes.extend(self.own);
         }
         Plan {
             state,
@@ -406,6 +424,7 @@ impl DataPlane {
     /// After our lease moved to another subnet: the primary's device address follows it (with
     /// the next reconcile). Returns the MTU for subnet.env.
     pub fn move_to(&mut self, own: Ipv4Net) -> Result<u32, backends::BackendError> {
+        self.own = Some(own);
         self.primary.configure(&self.ext, own)
     }
 

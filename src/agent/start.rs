@@ -191,6 +191,9 @@ async fn boot_from_cache(
         .filter(|p| p.attrs.backend_type == backend.type_name() && p.key != own)
         .collect();
     let mut state = backend.desired(&ext, &peers).state;
+    if opts.ip_blackhole_route {
+        state.blackholes.insert(own.v4);
+    }
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;
     start_firewall(opts, &conf, own.v4).await?;
@@ -459,7 +462,8 @@ impl Start {
         );
         // The table holds the leases now; don't keep a second copy through the start.
         drop(snapshot);
-        let dp = DataPlane::new(nl, ext, primary, opts.route_nexthops, ownership(&conf));
+        let dp = DataPlane::new(nl, ext, primary, opts.route_nexthops, ownership(&conf))
+            .with_blackhole_route(own.key.v4, opts.ip_blackhole_route);
         let mut agent = Agent {
             cache: CacheWriter::new(opts.peer_cache_file.clone()),
             opts,

@@ -149,6 +149,7 @@ mod tests {
             protocol,
             table,
             priority: 0,
+            blackhole: false,
         }
     }
 

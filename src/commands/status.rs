@@ -58,7 +58,7 @@
 //!          "reservation": bool, "ttl_seconds": n | null,
 //!          "expires_at": "2026-11-25T10:41:34Z" | null, "expires_at_unix": n | null,
 //!          "node": bool}   // kube mode: the lease is a Node ("key": "Node with podCIDR …")
-//! Entry = {"kind": "route" | "neigh" | "fdb", "dev": "flannel.1", "text": "<ip-style line>",
+//! Entry = {"kind": "route" | "neigh" | "fdb" | "blackhole", "dev": "flannel.1", "text": "<ip-style line>",
 //!          route: "dst", "gateway", "onlink", and "nhid" for a kernel route on a nexthop object
 //!          (its gateway, device and onlink are the nexthop's); neigh: "ip", "lladdr";
 //!          fdb: "mac", "dst"}
@@ -325,6 +325,19 @@ impl Entry {
         }
     }
 
+    /// weft's blackhole route (`--ip-blackhole-route`), as `ip route` shows it.
+    fn blackhole(dst: ipnet::Ipv4Net) -> Entry {
+        let text = format!(
+            "blackhole {dst} proto {} metric {}",
+            backends::RTPROT_WEFT,
+            backends::plan::BLACKHOLE_METRIC
+        );
+        Entry {
+            dst: Some(dst.to_string()),
+            ..Entry::bare("blackhole", String::new(), text)
+        }
+    }
+
     /// A route; `nhid` for a kernel route on a nexthop object, shown as `ip route` shows it
     /// (`10.244.2.0/24 nhid 5 via 198.18.0.2 dev eth0`).
     fn route(r: &Route, nhid: Option<u32>, names: &dyn Fn(u32) -> String) -> Entry {
@@ -399,6 +412,8 @@ pub fn classify(
             KernelOp::RouteDel(r) => d.extra.push(Entry::route(&r, nhid(&r.dst), names)),
             KernelOp::NeighDel(n) => d.extra.push(Entry::neigh(&n, names)),
             KernelOp::FdbDel(e) => d.extra.push(Entry::fdb(&e, names)),
+            KernelOp::BlackholeDel(dst) => d.extra.push(Entry::blackhole(dst)),
+            KernelOp::BlackholeReplace(dst) => d.missing.push(Entry::blackhole(dst)),
             KernelOp::RouteReplace(r) => match current.routes.get(&r.dst) {
                 Some(have) => d.different.push(Changed {
                     want: Entry::route(&r, None, names),
@@ -697,14 +712,25 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     let mut table = LeaseTable::new(own.as_ref().map(|o| o.key));
     table.reset(&snapshot);
     let peers = table.peers();
-    let mut reconciler = Reconciler::new(nl.clone());
+    // Only this network's objects: other flannel networks on the host are not drift.
+    let owner = conf.network.map_or_else(
+        backends::Ownership::everything,
+        backends::Ownership::network,
+    );
+    let mut reconciler = Reconciler::new(nl.clone()).with_ownership(owner);
     reconciler
         .refresh()
         .await
         .context("read weft's devices, routes, neighbours and FDB entries from the kernel")?;
     let current = reconciler.current().clone();
     let (backend, spec_problem) = planned_backend(&conf, &ext, &current, own.as_ref());
-    let desired = backend.desired(&ext, &peers);
+    let mut desired = backend.desired(&ext, &peers);
+    if opts.ip_blackhole_route {
+        desired
+            .state
+            .blackholes
+            .extend(own.as_ref().map(|o| o.key.v4));
+    }
     let device = match desired.state.devices.values().next() {
         Some(want) => {
             if !current.devices.contains_key(&want.name) {

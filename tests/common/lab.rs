@@ -149,9 +149,10 @@ pub fn hostgw_routes_ok(lab: &weft_testkit::lab::Lab, k: usize) -> Result<(), St
         expected.push((net.to_string(), via.to_string(), "eth0".to_owned()));
     }
     let field = |r: &serde_json::Value, name: &str| r[name].as_str().unwrap_or("-").to_owned();
+    // Peer routes only: the node's own blackhole (`--ip-blackhole-route`) is not one.
     let mut ours: Vec<(String, String, String)> = routes
         .iter()
-        .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL))
+        .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL) && r["type"] != "blackhole")
         .map(|r| (field(r, "dst"), field(r, "gateway"), field(r, "dev")))
         .collect();
     if let Some(bad) = routes

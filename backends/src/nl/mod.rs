@@ -21,7 +21,8 @@ use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{
@@ -117,6 +118,8 @@ pub struct RouteEvent {
     pub table: u32,
     /// Metric (`metric N`), 0 when absent.
     pub priority: u32,
+    /// A `blackhole` route (no gateway, no device), not a unicast one.
+    pub blackhole: bool,
 }
 
 impl RouteEvent {
@@ -124,6 +127,15 @@ impl RouteEvent {
     /// protocol). Such a route with weft's destination replaces weft's route.
     pub fn in_weft_slot(&self) -> bool {
         self.table == u32::from(RouteHeader::RT_TABLE_MAIN) && self.priority == 0
+    }
+
+    /// True when it is weft's blackhole route (`--ip-blackhole-route`): `blackhole <dst> proto 87
+    /// metric` [`crate::plan::BLACKHOLE_METRIC`] in table main.
+    pub fn is_weft_blackhole(&self) -> bool {
+        self.blackhole
+            && self.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+            && self.priority == crate::plan::BLACKHOLE_METRIC
+            && self.protocol == RTPROT_WEFT
     }
 
     /// True when it is a route weft owns: [`in_weft_slot`](Self::in_weft_slot) and protocol 87.
@@ -409,6 +421,26 @@ impl Netlink {
             .map_err(|e| nl_err(format!("ip route replace {r} proto {RTPROT_WEFT}"), e))
     }
 
+    /// `ip route replace blackhole <dst> proto 87 metric 4096` (table main).
+    pub async fn blackhole_replace(&self, dst: Ipv4Net) -> Result<(), BackendError> {
+        self.handle
+            .route()
+            .add(blackhole_msg(dst))
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(KernelOp::BlackholeReplace(dst).to_string(), e))
+    }
+
+    /// `ip route del blackhole <dst> proto 87 metric 4096`; "already gone" is success.
+    pub async fn blackhole_del(&self, dst: Ipv4Net) -> Result<(), BackendError> {
+        match self.handle.route().del(blackhole_msg(dst)).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
+            Err(e) => Err(nl_err(KernelOp::BlackholeDel(dst).to_string(), e)),
+        }
+    }
+
     /// `ip route del <dst> via <gw> dev <oif> proto <protocol>` for a route weft did not write
     /// (flanneld's, `proto boot`: see `weft cleanup`). "Already gone" is success.
     pub async fn route_del_with_protocol(
@@ -484,6 +516,17 @@ fn route_msg_proto(r: &Route, protocol: u8) -> RouteMessage {
     b.build()
 }
 
+fn blackhole_msg(dst: Ipv4Net) -> RouteMessage {
+    let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.network(), dst.prefix_len())
+        .protocol(RouteProtocol::from(RTPROT_WEFT))
+        .priority(crate::plan::BLACKHOLE_METRIC)
+        .build();
+    m.header.kind = RouteType::BlackHole;
+    m.header.scope = RouteScope::Universe;
+    m
+}
+
 fn table_of(m: &RouteMessage) -> u32 {
     m.attributes
         .iter()
@@ -497,7 +540,12 @@ fn table_of(m: &RouteMessage) -> u32 {
 /// A unicast IPv4 route message as a [`RouteEvent`]; None for other families and kinds
 /// (local, broadcast, blackhole, ...) and for cloned cache entries.
 fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
-    if m.header.address_family != AddressFamily::Inet || m.header.kind != RouteType::Unicast {
+    let blackhole = match m.header.kind {
+        RouteType::Unicast => false,
+        RouteType::BlackHole => true,
+        _ => return None,
+    };
+    if m.header.address_family != AddressFamily::Inet {
         return None;
     }
     if m.header.flags.contains(RouteFlags::Cloned) {
@@ -530,6 +578,7 @@ fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
         protocol: u8::from(m.header.protocol),
         table: table_of(m),
         priority,
+        blackhole,
     })
 }
 

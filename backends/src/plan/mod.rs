@@ -69,6 +69,15 @@ impl fmt::Display for Route {
     }
 }
 
+/// The metric of weft's blackhole route (`--ip-blackhole-route`): `blackhole <own subnet> proto
+/// 87 metric 4096` in table main. Not flanneld's metric 0: the bridge's connected route to the
+/// same subnet (`10.244.1.0/24 dev cni0 proto kernel`) holds metric 0, and a blackhole there would
+/// be refused (or, written with replace, would replace it and cut the node's own pods off). At
+/// a higher metric it sits behind that route and catches the subnet's traffic only when no
+/// device serves it (cni0 missing or flushed, or with Canal's per-pod /32 routes the addresses
+/// no pod holds), so that traffic is dropped instead of following the default route.
+pub const BLACKHOLE_METRIC: u32 = 4096;
+
 /// A MAC address.
 pub type Mac = [u8; 6];
 
@@ -137,6 +146,9 @@ pub struct KernelState {
     pub routes: BTreeMap<Ipv4Net, Route>,
     pub neighs: BTreeMap<(u32, Ipv4Addr), Neigh>,
     pub fdb: BTreeMap<(u32, Mac), Fdb>,
+    /// `blackhole <dst> proto 87 metric` [`BLACKHOLE_METRIC`] routes in table main (the node's
+    /// own subnet with `--ip-blackhole-route`).
+    pub blackholes: BTreeSet<Ipv4Net>,
 }
 
 impl KernelState {
@@ -239,6 +251,7 @@ impl KernelState {
         for (k, v) in other.fdb {
             self.fdb.entry(k).or_insert(v);
         }
+        self.blackholes.extend(other.blackholes);
     }
 
     /// Adds everything of `other`, replacing entries with the same key (unlike [`merge`](Self::merge)).
@@ -248,6 +261,7 @@ impl KernelState {
         self.routes.extend(other.routes);
         self.neighs.extend(other.neighs);
         self.fdb.extend(other.fdb);
+        self.blackholes.extend(other.blackholes);
     }
 
     /// Removes the entries at the keys of `keys` (its values are ignored); devices and addresses
@@ -287,12 +301,14 @@ impl KernelState {
             && self.routes.is_empty()
             && self.neighs.is_empty()
             && self.fdb.is_empty()
+            && self.blackholes.is_empty()
     }
 
-    /// The same state without devices and addresses (what peers need).
+    /// The same state without devices, addresses and blackholes (what peers need).
     pub fn entries_only(mut self) -> KernelState {
         self.devices.clear();
         self.addrs.clear();
+        self.blackholes.clear();
         self
     }
 
@@ -325,6 +341,12 @@ impl KernelState {
             KernelOp::FdbReplace(e) => self.add_fdb(e.clone()),
             KernelOp::FdbDel(e) => {
                 self.fdb.remove(&(e.ifindex, e.mac));
+            }
+            KernelOp::BlackholeReplace(dst) => {
+                self.blackholes.insert(*dst);
+            }
+            KernelOp::BlackholeDel(dst) => {
+                self.blackholes.remove(dst);
             }
         }
     }
@@ -359,6 +381,10 @@ pub enum KernelOp {
     FdbReplace(Fdb),
     /// `bridge fdb del <mac> dev <dev> dst <ip> self` ("already gone" is success).
     FdbDel(Fdb),
+    /// `ip route replace blackhole <dst> proto 87 metric 4096` ([`BLACKHOLE_METRIC`]).
+    BlackholeReplace(Ipv4Net),
+    /// `ip route del blackhole <dst> proto 87 metric 4096` ("already gone" is success).
+    BlackholeDel(Ipv4Net),
 }
 
 impl KernelOp {
@@ -415,6 +441,12 @@ impl KernelOp {
                 dev(e.ifindex),
                 e.dst
             ),
+            KernelOp::BlackholeReplace(dst) => format!(
+                "ip route replace blackhole {dst} proto {RTPROT_WEFT} metric {BLACKHOLE_METRIC}"
+            ),
+            KernelOp::BlackholeDel(dst) => format!(
+                "ip route del blackhole {dst} proto {RTPROT_WEFT} metric {BLACKHOLE_METRIC}"
+            ),
         }
     }
 }
@@ -439,7 +471,7 @@ impl fmt::Display for KernelOp {
 /// Order: first the devices ([`diff_devices`]: replacements, creations, in-place changes, then
 /// address deletes and adds), so every entry finds its device; then the entries
 /// ([`diff_entries`]): route deletes, neighbour and FDB replaces, route replaces, FDB and
-/// neighbour deletes; last the deletes of devices no one wants. Routes are removed before, and
+/// neighbour deletes, blackhole deletes and replaces; last the deletes of devices no one wants. Routes are removed before, and
 /// added after, the ARP/FDB entries their onlink gateway needs, so the kernel never sends traffic
 /// to a gateway it would have to resolve (flannel's per-peer order). Entries a route no longer
 /// needs go late: a peer moving to another path (a vxlan peer that switched to host-gw, a new
@@ -541,6 +573,20 @@ pub fn diff_entries(desired: &KernelState, current: &KernelState) -> Vec<KernelO
     ops.extend(changed(&desired.routes, &current.routes).map(KernelOp::RouteReplace));
     ops.extend(extra(&desired.fdb, &current.fdb).map(KernelOp::FdbDel));
     ops.extend(extra(&desired.neighs, &current.neighs).map(KernelOp::NeighDel));
+    ops.extend(
+        current
+            .blackholes
+            .difference(&desired.blackholes)
+            .copied()
+            .map(KernelOp::BlackholeDel),
+    );
+    ops.extend(
+        desired
+            .blackholes
+            .difference(&current.blackholes)
+            .copied()
+            .map(KernelOp::BlackholeReplace),
+    );
     ops.extend(unwanted.into_iter().map(KernelOp::LinkDel));
     ops
 }

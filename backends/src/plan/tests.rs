@@ -540,3 +540,34 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn blackholes_are_added_removed_and_recorded() {
+    let own: Ipv4Net = "10.244.1.0/24".parse().expect("net");
+    let old: Ipv4Net = "10.244.7.0/24".parse().expect("net");
+    let a = route("10.244.2.0/24", "198.18.0.2", 2);
+    let mut desired = state([a.clone()]);
+    desired.blackholes.insert(own);
+    let mut current = state([a]);
+    current.blackholes.insert(old);
+    let ops = diff(&desired, &current);
+    assert_eq!(
+        ops,
+        [KernelOp::BlackholeDel(old), KernelOp::BlackholeReplace(own)],
+        "the subnet moved: the old blackhole goes, the new one comes"
+    );
+    assert_eq!(
+        ops[1].to_string(),
+        "ip route replace blackhole 10.244.1.0/24 proto 87 metric 4096"
+    );
+    for op in &ops {
+        current.record(op);
+    }
+    assert_eq!(current, desired);
+    assert!(diff(&desired, &current).is_empty());
+    assert!(!current.clone().entries_only().blackholes.contains(&own));
+    let mut merged = KernelState::default();
+    merged.merge(state([]));
+    merged.merge(current);
+    assert!(merged.blackholes.contains(&own));
+}

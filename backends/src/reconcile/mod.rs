@@ -214,7 +214,8 @@ impl Reconciler {
             .dump_routes_where(
                 &format!("ip route show table main proto {RTPROT_WEFT}"),
                 |ev| {
-                    is_weft_route(ev)
+                    ev.is_weft_blackhole()
+                        || is_weft_route(ev)
                         || ev
                             .nhid
                             .is_some_and(|id| table.is_ours(id) || table.is_adoptable(id))
@@ -222,7 +223,8 @@ impl Reconciler {
             )
             .await?;
         let owner = self.owner;
-        let ours = |ev: &RouteEvent| is_weft_route(ev) && owner.owns_dst(&ev.route.dst);
+        let ours =
+            |ev: &RouteEvent| !ev.blackhole && is_weft_route(ev) && owner.owns_dst(&ev.route.dst);
         // Protocol-87 nexthops outside this network's id range that only its routes use: an
         // older weft's (ids from 1), adopted.
         let mut only_ours: BTreeMap<u32, bool> = BTreeMap::new();
@@ -236,6 +238,12 @@ impl Reconciler {
         }
         let mut state = KernelState::default();
         for ev in routes {
+            if ev.blackhole {
+                if ev.is_weft_blackhole() && owner.owns_dst(&ev.route.dst) {
+                    state.blackholes.insert(ev.route.dst);
+                }
+                continue;
+            }
             if !ours(&ev) {
                 // Someone else's route on one of weft's nexthops keeps that nexthop alive.
                 if let Some(id) = ev.nhid.filter(|id| table.is_ours(*id)) {
@@ -479,6 +487,8 @@ impl Reconciler {
             KernelOp::NeighDel(n) => self.nl.neigh_del(n).await,
             KernelOp::FdbReplace(e) => self.nl.fdb_replace(e).await,
             KernelOp::FdbDel(e) => self.nl.fdb_del(e).await,
+            KernelOp::BlackholeReplace(dst) => self.nl.blackhole_replace(*dst).await,
+            KernelOp::BlackholeDel(dst) => self.nl.blackhole_del(*dst).await,
         };
         match result {
             Ok(()) => {
@@ -744,6 +754,9 @@ impl Reconciler {
     /// Notifications caused by weft's own writes return false.
     pub fn observe(&mut self, ev: &KernelEvent) -> bool {
         match ev {
+            KernelEvent::RouteAdded(e) | KernelEvent::RouteDeleted(e) if e.blackhole => {
+                self.observe_blackhole(e, matches!(ev, KernelEvent::RouteAdded(_)))
+            }
             KernelEvent::RouteAdded(e) => {
                 let owned = self.owns_route(e);
                 if !owned {
@@ -975,6 +988,27 @@ impl Reconciler {
                 self.needs_refresh = true;
                 true
             }
+        }
+    }
+
+    /// A blackhole route added (`added`) or deleted: weft's (`--ip-blackhole-route`) updates the
+    /// cache; true when the kernel now differs from the desired state. Others' blackholes are not
+    /// weft's business.
+    fn observe_blackhole(&mut self, e: &RouteEvent, added: bool) -> bool {
+        let dst = e.route.dst;
+        if !e.is_weft_blackhole() || !self.owner.owns_dst(&dst) {
+            return false;
+        }
+        let wanted = self.last_desired.blackholes.contains(&dst);
+        if added {
+            // An echo of weft's own write changes nothing; one weft did not write is unwanted.
+            self.cache.blackholes.insert(dst) && !wanted
+        } else {
+            if self.cache.blackholes.remove(&dst) && wanted {
+                warn!("ip route: blackhole {dst} was removed by someone else; restoring it");
+                return true;
+            }
+            false
         }
     }
 

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::RTPROT_WEFT;
 use crate::nl::RouteEvent;
+use crate::owner::Ownership;
 
 fn route(dst: &str, gw: [u8; 4], oif: u32) -> Route {
     Route {
@@ -21,6 +22,7 @@ fn ev(route: Route, protocol: u8, table: u32, priority: u32) -> RouteEvent {
         protocol,
         table,
         priority,
+        blackhole: false,
     }
 }
 
@@ -254,4 +256,36 @@ fn observe_device_events() {
     assert!(rec.stale_devices.contains("flannel.ipip"));
     rec.cache.add_device(ipip.clone()); // what the re-read finds
     assert!(plan::diff(&rec.last_desired, &rec.cache).contains(&KernelOp::LinkDel(ipip)));
+}
+
+#[test]
+fn observe_blackhole_events() {
+    let (_rt, mut rec) = with_cache(&[]);
+    rec.owner = Ownership::network("10.244.0.0/16".parse().expect("net"));
+    let own: ipnet::Ipv4Net = "10.244.1.0/24".parse().expect("net");
+    rec.last_desired.blackholes.insert(own);
+    let hole = |dst: &str, protocol: u8, metric: u32| RouteEvent {
+        blackhole: true,
+        ..ev(route(dst, [0, 0, 0, 0], 0), protocol, 254, metric)
+    };
+    let mine = hole("10.244.1.0/24", RTPROT_WEFT, plan::BLACKHOLE_METRIC);
+    // Our own write echoed: cached, nothing to do.
+    assert!(!rec.observe(&KernelEvent::RouteAdded(mine.clone())));
+    assert!(rec.current().blackholes.contains(&own));
+    // Deleted by someone else: to be restored.
+    assert!(rec.observe(&KernelEvent::RouteDeleted(mine.clone())));
+    assert!(rec.current().blackholes.is_empty());
+    // An unwanted one of weft's kind appears: to be removed.
+    let stale = hole("10.244.9.0/24", RTPROT_WEFT, plan::BLACKHOLE_METRIC);
+    assert!(rec.observe(&KernelEvent::RouteAdded(stale)));
+    // Others' blackholes (another protocol, metric or network) are not weft's business.
+    for other in [
+        hole("10.244.1.0/24", 3, 0),
+        hole("10.244.1.0/24", RTPROT_WEFT, 0),
+        hole("10.245.1.0/24", RTPROT_WEFT, plan::BLACKHOLE_METRIC),
+    ] {
+        assert!(!rec.observe(&KernelEvent::RouteAdded(other.clone())));
+        assert!(!rec.observe(&KernelEvent::RouteDeleted(other)));
+    }
+    assert_eq!(rec.current().blackholes.len(), 1);
 }
