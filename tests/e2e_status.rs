@@ -188,21 +188,27 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
         ],
     )
     .expect("route replace");
-    lab.ip(
-        1,
-        &[
-            "route",
-            "add",
-            "10.99.0.0/24",
-            "via",
-            "198.18.0.3",
-            "dev",
-            "eth0",
-            "proto",
-            "87",
-        ],
-    )
-    .expect("route add");
+    // A stray weft route in the network, and one of another network (another daemon's: not
+    // this one's drift).
+    let stray = free_subnet(&lab, 0);
+    let stray2 = free_subnet(&lab, 1);
+    for dst in [stray.as_str(), "10.99.0.0/24"] {
+        lab.ip(
+            1,
+            &[
+                "route",
+                "add",
+                dst,
+                "via",
+                "198.18.0.3",
+                "dev",
+                "eth0",
+                "proto",
+                "87",
+            ],
+        )
+        .expect("route add");
+    }
     // And a stray weft route on a nexthop object of weft's protocol.
     lab.ip(
         1,
@@ -220,11 +226,8 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
         ],
     )
     .expect("nexthop add");
-    lab.ip(
-        1,
-        &["route", "add", "10.98.0.0/24", "nhid", "900", "proto", "87"],
-    )
-    .expect("route add");
+    lab.ip(1, &["route", "add", &stray2, "nhid", "900", "proto", "87"])
+        .expect("route add");
     let (code, report) = status(&lab, 1);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["in_sync"], false);
@@ -235,8 +238,8 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
     assert_eq!(
         drift(&report, "extra"),
         [
-            "route 10.98.0.0/24 nhid 900 via 198.18.0.3 dev eth0",
-            "route 10.99.0.0/24 via 198.18.0.3 dev eth0"
+            format!("route {stray2} nhid 900 via 198.18.0.3 dev eth0"),
+            format!("route {stray} via 198.18.0.3 dev eth0")
         ]
     );
     assert_eq!(report["drift"]["extra"][0]["nhid"], 900);
@@ -257,6 +260,7 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
     });
     // Status wrote nothing: the drift is still there.
     let routes = routes_in(lab.node_ns(1).expect("ns")).expect("routes");
+    assert!(routes.iter().any(|r| r["dst"] == stray.as_str()));
     assert!(routes.iter().any(|r| r["dst"] == "10.99.0.0/24"));
     assert!(!routes.iter().any(|r| r["dst"] == s2.as_str()));
     lab.teardown().expect("teardown");
@@ -418,12 +422,13 @@ fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stray = free_subnet(&lab, 0);
     lab.ip(
         1,
         &[
             "route",
             "add",
-            "10.99.0.0/24",
+            &stray,
             "via",
             "198.18.0.3",
             "dev",
@@ -444,7 +449,7 @@ fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
     );
     assert_eq!(
         drift(&report, "extra"),
-        ["route 10.99.0.0/24 via 198.18.0.3 dev eth0"]
+        [format!("route {stray} via 198.18.0.3 dev eth0")]
     );
     assert!(drift(&report, "different").is_empty(), "{report:#}");
 
@@ -475,9 +480,23 @@ fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
     );
     assert_eq!(
         drift(&report, "extra"),
-        ["route 10.99.0.0/24 via 198.18.0.3 dev eth0"]
+        [format!("route {stray} via 198.18.0.3 dev eth0")]
     );
     lab.teardown().expect("teardown");
+}
+
+/// The `nth` /24 of the lab's network 10.244.0.0/16 (from 10.244.250.0 down) that no node
+/// holds: a stray weft route there is this network's drift.
+fn free_subnet(lab: &Lab, nth: usize) -> String {
+    let held: Vec<String> = (1..=lab.nodes())
+        .map(|k| lab.subnet(k).expect("subnet").to_string())
+        .collect();
+    (0..=250u8)
+        .rev()
+        .map(|third| format!("10.244.{third}.0/24"))
+        .filter(|s| !held.contains(s))
+        .nth(nth)
+        .expect("a free /24")
 }
 
 /// `GET <path>` on 127.0.0.1:`port` inside network namespace `ns` (from a thread that joins

@@ -18,6 +18,17 @@ pub enum AnyBackend {
 }
 
 impl AnyBackend {
+    /// DirectRouting's answers (vxlan and ipip with `DirectRouting: true`), for the agent to
+    /// fill by `ip route get` ([`crate::direct::look_up`]); None when the backend does not route
+    /// directly.
+    pub fn direct_paths_mut(&mut self) -> Option<&mut crate::direct::DirectPaths> {
+        match self {
+            AnyBackend::HostGw(_) => None,
+            AnyBackend::Vxlan(b) => b.direct_paths_mut(),
+            AnyBackend::IpIp(b) => b.direct_paths_mut(),
+        }
+    }
+
     /// The backend `Backend` of the config asks for.
     pub fn from_conf(conf: &BackendConf) -> Result<AnyBackend, BackendError> {
         match conf {

@@ -16,9 +16,9 @@
 //! ```text
 //! ip route replace S via P dev flannel.ipip onlink proto 87
 //! ```
-//! With `DirectRouting`, a peer whose PublicIP is on a directly connected subnet of the external
-//! interface gets `ip route replace S via P dev <ext>` instead, as host-gw would (flannel asks
-//! `ip route get`; the connected prefixes of the interface give the same answer without I/O).
+//! With `DirectRouting`, a peer whose PublicIP the kernel reaches without a gateway (`ip route
+//! get`, as flannel decides: [`crate::direct`]) gets `ip route replace S via P dev <dev>` instead,
+//! as host-gw would.
 //!
 //! The device and its address are part of the desired state ([`crate::device`]): the reconciler
 //! creates, fixes or replaces them. A kernel without ipip (no CONFIG_NET_IPIP, no module) refuses
@@ -35,6 +35,7 @@ use net_conf::{IpIpConf, LeaseAttrs};
 use tracing::{info, warn};
 
 use crate::device::{Device, DeviceKind};
+use crate::direct::DirectPaths;
 use crate::nl::{EOPNOTSUPP, Netlink};
 use crate::{Backend, BackendError, Desired, ExternalInterface, Peer, Route};
 
@@ -59,14 +60,22 @@ pub struct IpIp {
     dev: Option<Device>,
     /// The node's own subnet: the device carries `<network>/32`.
     own: Option<Ipv4Net>,
+    /// DirectRouting: how the kernel reaches each peer ([`crate::direct`]).
+    paths: DirectPaths,
 }
 
 impl IpIp {
+    /// With DirectRouting on, the answers it decides by, for the agent to fill.
+    pub fn direct_paths_mut(&mut self) -> Option<&mut DirectPaths> {
+        self.conf.direct_routing.then_some(&mut self.paths)
+    }
+
     pub fn new(conf: IpIpConf) -> Self {
         IpIp {
             conf,
             dev: None,
             own: None,
+            paths: DirectPaths::default(),
         }
     }
 
@@ -232,7 +241,7 @@ impl IpIp {
     ) -> Result<Route, String> {
         let (subnet, ip) = crate::usable_peer(ext, peer, IPIP)?;
         if self.conf.direct_routing {
-            if let Some(route) = crate::direct_route(ext, subnet, ip) {
+            if let Some(route) = crate::direct::direct_route(ext, &self.paths, subnet, ip) {
                 return Ok(route);
             }
         }

@@ -7,6 +7,7 @@
 
 pub mod any;
 pub mod device;
+pub mod direct;
 pub mod error;
 pub mod hostgw;
 pub mod ipip;
@@ -93,7 +94,8 @@ pub(crate) fn usable_peer(
 }
 
 /// `<subnet> via <ip> dev <ext>` when `ip` is on a directly connected subnet of the external
-/// interface: host-gw's route, and DirectRouting's for vxlan and ipip.
+/// interface: host-gw's route, and DirectRouting's stand-in for a peer not looked up yet
+/// ([`crate::direct`]).
 pub(crate) fn direct_route(
     ext: &ExternalInterface,
     subnet: Ipv4Net,

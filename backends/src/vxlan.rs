@@ -8,9 +8,8 @@
 //! bridge fdb replace M dev flannel.v dst P self permanent
 //! ip route replace S via <S.network> dev flannel.v onlink proto 87
 //! ```
-//! With `DirectRouting`, a peer whose PublicIP is on a directly connected subnet of the external
-//! interface gets `ip route replace S via P dev <ext>` instead (flannel asks `ip route get`; the
-//! connected prefixes of the interface give the same answer without I/O).
+//! With `DirectRouting`, a peer whose PublicIP the kernel reaches without a gateway (`ip route
+//! get`, as flannel decides: [`crate::direct`]) gets `ip route replace S via P dev <dev>` instead.
 //!
 //! The device is part of the desired state too ([`crate::device`]): `flannel.<VNI>` with the
 //! attributes flannel gives it (`id <VNI> dev <ext> local <public ip> dstport <Port or 8472>
@@ -31,6 +30,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::device::{Addr, Device, DeviceKind, VxlanParams};
+use crate::direct::DirectPaths;
 use crate::nl::Netlink;
 use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
 use crate::{Backend, BackendError, Desired, ExternalInterface, Peer, Route};
@@ -54,15 +54,23 @@ pub struct Vxlan {
     mac: Option<Mac>,
     /// The node's own subnet: the device carries `<network>/32`.
     own: Option<Ipv4Net>,
+    /// DirectRouting: how the kernel reaches each peer ([`crate::direct`]).
+    paths: DirectPaths,
 }
 
 impl Vxlan {
+    /// With DirectRouting on, the answers it decides by, for the agent to fill.
+    pub fn direct_paths_mut(&mut self) -> Option<&mut DirectPaths> {
+        self.conf.direct_routing.then_some(&mut self.paths)
+    }
+
     pub fn new(conf: VxlanConf) -> Self {
         Vxlan {
             conf,
             dev: None,
             mac: None,
             own: None,
+            paths: DirectPaths::default(),
         }
     }
 
@@ -312,7 +320,7 @@ impl Vxlan {
     ) -> Result<(), String> {
         let (subnet, ip) = crate::usable_peer(ext, peer, VXLAN)?;
         if self.conf.direct_routing {
-            if let Some(route) = crate::direct_route(ext, subnet, ip) {
+            if let Some(route) = crate::direct::direct_route(ext, &self.paths, subnet, ip) {
                 out.state.add_route(route);
                 return Ok(());
             }

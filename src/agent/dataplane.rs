@@ -195,7 +195,27 @@ impl DataPlane {
         metrics: &Metrics,
     ) {
         let started = std::time::Instant::now();
-        let Some((removed, added)) = self.plan_changes(changes) else {
+        // DirectRouting is re-decided for each changed peer (as flanneld does per event); a
+        // new answer changes more than the peer's own keys: plan everything.
+        let changed_ips = changes.iter().filter_map(|c| match c {
+            Change::Added(p) | Change::Updated { new: p, .. } => Some(p.attrs.public_ip),
+            Change::Removed(_) => None,
+        });
+        let ips: Vec<std::net::Ipv4Addr> = changed_ips.collect();
+        let path_changed = match self.primary.direct_paths_mut() {
+            Some(paths) => {
+                let known: Vec<bool> = ips.iter().map(|ip| paths.contains(*ip)).collect();
+                backends::direct::look_up(&self.nl, paths, ips.iter().copied()).await
+                    && known.iter().any(|k| *k)
+            }
+            None => false,
+        };
+        let planned_changes = if path_changed {
+            None
+        } else {
+            self.plan_changes(changes)
+        };
+        let Some((removed, added)) = planned_changes else {
             let why = ReconcileReason::LeaseChange;
             self.reconcile(table, why, why.as_str(), metrics).await;
             return;
@@ -263,6 +283,8 @@ impl DataPlane {
         metrics: &Metrics,
     ) {
         let started = std::time::Instant::now();
+        self.look_up_paths(table, why == ReconcileReason::Audit)
+            .await;
         let mut plan = self.plan(table);
         if self.retire_unused(&plan.used) {
             plan = self.plan(table);
@@ -419,6 +441,32 @@ impl DataPlane {
             .partition(|l| l.backend.type_name() == type_name);
         self.legacy = other;
         same.into_iter().map(|l| l.backend).collect()
+    }
+
+    /// DirectRouting: `ip route get` for the peers of the primary's type not looked up yet (every
+    /// one on an audit), and forgets the answers for peers that left.
+    async fn look_up_paths(&mut self, table: &LeaseTable, all: bool) {
+        let own_type = self.primary.type_name();
+        let Some(paths) = self.primary.direct_paths_mut() else {
+            return;
+        };
+        let peers: BTreeSet<std::net::Ipv4Addr> = table
+            .peers()
+            .iter()
+            .filter(|p| p.attrs.backend_type == own_type)
+            .map(|p| p.attrs.public_ip)
+            .collect();
+        paths.retain(|ip| peers.contains(ip));
+        let todo: Vec<std::net::Ipv4Addr> = peers
+            .into_iter()
+            .filter(|ip| all || !paths.contains(*ip))
+            .collect();
+        if backends::direct::look_up(&self.nl, paths, todo).await {
+            debug!(
+                peers = paths.len(),
+                "DirectRouting: looked up the paths to the peers"
+            );
+        }
     }
 
     /// After our lease moved to another subnet: the primary's device address follows it (with

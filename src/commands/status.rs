@@ -723,7 +723,11 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .await
         .context("read weft's devices, routes, neighbours and FDB entries from the kernel")?;
     let current = reconciler.current().clone();
-    let (backend, spec_problem) = planned_backend(&conf, &ext, &current, own.as_ref());
+    let (mut backend, spec_problem) = planned_backend(&conf, &ext, &current, own.as_ref());
+    // DirectRouting decided as the agent decides it: by the kernel's route to each peer.
+    if let Some(paths) = backend.direct_paths_mut() {
+        backends::direct::look_up(&nl, paths, peers.iter().map(|p| p.attrs.public_ip)).await;
+    }
     let mut desired = backend.desired(&ext, &peers);
     if opts.ip_blackhole_route {
         desired

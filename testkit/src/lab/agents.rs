@@ -177,8 +177,8 @@ impl Lab {
         self.reap_node(k, signal, Instant::now() + STOP_GRACE)
     }
 
-    /// Sends `signal` to node k's agent if it is running.
-    pub(super) fn signal_node(&mut self, k: usize, signal: Signal) -> Result<()> {
+    /// Sends `signal` to node k's agent if it is running (SIGHUP: an audit at once).
+    pub fn signal_node(&mut self, k: usize, signal: Signal) -> Result<()> {
         let node = self.node_mut(k)?;
         let Some(child) = node.agent.as_mut() else {
             return Ok(());
