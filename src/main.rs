@@ -1,5 +1,5 @@
 //! `weft`: the agent (flanneld-style flags) and its one-shot commands (`status`, `cleanup`,
-//! `docker-opts`); the command line is parsed by `weft::cli`.
+//! `docker-opts`, `install-cni`); the command line is parsed by `weft::cli`.
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::DockerOpts(args) => ExitCode::from(weft::commands::docker_opts::run_command(args)),
+        Command::InstallCni(args) => ExitCode::from(weft::commands::install_cni::run_command(args)),
         Command::Status(args) => {
             // The report is the output; logs only for errors unless RUST_LOG says more.
             init_logging_default("error", args.opts.log_color);

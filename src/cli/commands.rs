@@ -72,6 +72,40 @@ fn parse_network(s: &str) -> Result<ipnet::Ipv4Net, String> {
     Ok(net)
 }
 
+/// `weft install-cni`: what kube-flannel.yml's init containers do (plain clap, long flags).
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    about = "Install the CNI plugin as <bin-dir>/flannel and <bin-dir>/weft-cni, and the CNI \
+             config as <conf-dir>/10-flannel.conflist, each atomically (the DaemonSet's init \
+             container)",
+    after_help = "Exit codes: 0 installed, 1 failed (nothing half-written), 2 usage error."
+)]
+pub struct InstallCniArgs {
+    /// The CNI plugin to install (in the image)
+    #[arg(long, value_name = "PATH", default_value = "/opt/bin/weft-cni")]
+    pub plugin: PathBuf,
+
+    /// Where the plugin goes (the host's /opt/cni/bin, mounted)
+    #[arg(long, value_name = "DIR", default_value = "/opt/cni/bin")]
+    pub bin_dir: PathBuf,
+
+    /// The CNI config to install (the ConfigMap's cni-conf.json, mounted)
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/kube-flannel/cni-conf.json"
+    )]
+    pub conf: PathBuf,
+
+    /// Where the config goes (the host's /etc/cni/net.d, mounted)
+    #[arg(long, value_name = "DIR", default_value = "/etc/cni/net.d")]
+    pub conf_dir: PathBuf,
+
+    /// The config's file name there
+    #[arg(long, value_name = "NAME", default_value = "10-flannel.conflist")]
+    pub conf_name: String,
+}
+
 /// `weft docker-opts`: the options of flannel's `mk-docker-opts.sh`, with its letters.
 #[derive(Debug, Clone, clap::Args)]
 #[command(

@@ -37,14 +37,14 @@ mod tests;
 
 use clap::{ArgAction, CommandFactory as _, FromArgMatches as _};
 
-pub use commands::{CleanupArgs, DockerOptsArgs, StatusArgs};
+pub use commands::{CleanupArgs, DockerOptsArgs, InstallCniArgs, StatusArgs};
 pub use options::{DEFAULT_NET_CONFIG_PATH, DEFAULT_PEER_CACHE_FILE, LogColor, Options, Secret};
 
 use crate::commands::docker_opts;
 use go_flags::{FlagTable, Occurrence, Tokens};
 
 /// The subcommands weft understands in first position.
-pub const SUBCOMMANDS: &[&str] = &["status", "cleanup", "docker-opts"];
+pub const SUBCOMMANDS: &[&str] = &["status", "cleanup", "docker-opts", "install-cni"];
 
 /// Prefix of the environment variables that set flags.
 pub const ENV_PREFIX: &str = "FLANNELD";
@@ -85,6 +85,8 @@ pub enum Sub {
     Cleanup(CleanupArgs),
     #[command(args_override_self = true)]
     DockerOpts(DockerOptsArgs),
+    #[command(args_override_self = true)]
+    InstallCni(InstallCniArgs),
 }
 
 /// What the command line asks for.
@@ -104,6 +106,8 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// `weft docker-opts`.
     DockerOpts(docker_opts::Args),
+    /// `weft install-cni`.
+    InstallCni(InstallCniArgs),
 }
 
 /// A command-line or environment error. Its `Display` is one line naming the flag and the
@@ -240,6 +244,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     }
     match sub {
         Some("docker-opts") => parse_docker_opts(rest),
+        Some("install-cni") => parse_install_cni(rest),
         _ => parse_go_style(sub, rest, env),
     }
 }
@@ -291,6 +296,33 @@ fn parse_go_style(
         Some(Sub::Cleanup(a)) => Command::Cleanup(a),
         Some(other) => return Err(CliError::Other(format!("unexpected subcommand {other:?}"))),
     })
+}
+
+/// `weft install-cni`: clap alone (no agent flags, no environment).
+fn parse_install_cni(args: &[String]) -> Result<Command, CliError> {
+    let argv = ["weft", "install-cni"]
+        .into_iter()
+        .map(str::to_string)
+        .chain(args.iter().cloned());
+    let err = match parse_command().try_get_matches_from(argv) {
+        Ok(m) => match Cli::from_arg_matches(&m) {
+            Ok(Cli {
+                command: Some(Sub::InstallCni(a)),
+                ..
+            }) => return Ok(Command::InstallCni(a)),
+            Ok(other) => return Err(CliError::Other(format!("unexpected parse {other:?}"))),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    };
+    if err.kind() == clap::error::ErrorKind::DisplayHelp {
+        return Ok(Command::Help(err.to_string()));
+    }
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    Err(CliError::Other(
+        line.strip_prefix("error: ").unwrap_or(line).to_string(),
+    ))
 }
 
 /// `weft docker-opts`: getopts-style letters, clap alone; errors in getopts' words.

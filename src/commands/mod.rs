@@ -2,5 +2,6 @@
 pub mod cleanup;
 pub mod cleanup_flanneld;
 pub mod docker_opts;
+pub mod install_cni;
 pub mod status;
 pub mod status_leases;

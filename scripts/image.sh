@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Builds the DaemonSet's image, localhost/weft:<version>, from manifests/Containerfile: the
+# release binaries (weft, weft-cni) on a minimal Debian root filesystem made by mmdebstrap from
+# the Debian mirror (no registry is needed). Works on a fresh Debian 12 machine as root: it
+# installs podman, mmdebstrap and runc when they are missing. Prints the image reference as its
+# last line; the size and build time go to stderr.
+#
+#   scripts/image.sh                 build (the base root filesystem is reused when cached)
+#   WEFT_IMAGE_REBUILD_BASE=1 ...    make the base again
+#   WEFT_IMAGE_SKIP_CARGO=1 ...      use target/release as it is (CI built it already)
+#
+# The base, localhost/weft-base:bookworm, carries a label with the package list and the
+# mirror it came from; a base whose label differs is rebuilt. podman runs with runc and a
+# containers.conf of ours (crun and podman's default ulimits fail on these machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUITE=bookworm
+MIRROR="${WEFT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+# What the agent execs (iptables, nft), what operators use on the node (ip), TLS roots.
+PACKAGES=iproute2,iptables,nftables,ca-certificates
+BASE=localhost/weft-base:$SUITE
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+IMAGE=localhost/weft:$VERSION
+STATE=/var/lib/weft-image
+start=$(date +%s)
+
+say() { echo "image.sh: $*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  say "run as root (podman's root storage, mmdebstrap)"
+  exit 1
+fi
+missing=()
+for tool in podman mmdebstrap runc; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq podman mmdebstrap runc >&2
+fi
+
+mkdir -p "$STATE"
+hard=$(ulimit -Hn)
+printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n[engine]\nruntime = "runc"\n' \
+  "$hard" "$hard" > "$STATE/containers.conf"
+export CONTAINERS_CONF="$STATE/containers.conf"
+
+stamp="$SUITE $MIRROR $PACKAGES trim-1"
+have=$(podman image inspect --format '{{ index .Labels "weft.base" }}' "$BASE" 2>/dev/null || true)
+if [ "${WEFT_IMAGE_REBUILD_BASE:-}" = 1 ] || [ "$have" != "$stamp" ]; then
+  say "making the base root filesystem ($stamp)"
+  tar="$STATE/rootfs.tar"
+  # minbase, without docs, man pages and locales; then apt and its caches go (the image never
+  # installs anything), and the log and cache directories are emptied.
+  mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+    --aptopt='APT::Install-Recommends "false"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    --customize-hook='chroot "$1" dpkg --purge --force-remove-essential --force-depends apt' \
+    --customize-hook='rm -rf "$1"/var/lib/apt "$1"/var/cache/* "$1"/var/log/* "$1"/usr/share/bash-completion' \
+    "$SUITE" "$tar" "deb $MIRROR $SUITE main" >&2
+  podman image rm -f "$BASE" >/dev/null 2>&1 || true
+  podman import --quiet --change "LABEL weft.base=\"$stamp\"" "$tar" "$BASE" >/dev/null
+  rm -f "$tar"
+else
+  say "base $BASE is cached"
+fi
+
+if [ "${WEFT_IMAGE_SKIP_CARGO:-}" != 1 ]; then
+  cargo build --release --locked -p weft -p weft-cni >&2
+fi
+ctx=$(mktemp -d)
+trap 'rm -rf "$ctx"' EXIT
+install -m 0755 target/release/weft target/release/weft-cni "$ctx/"
+podman build --quiet --file manifests/Containerfile --tag "$IMAGE" "$ctx" >/dev/null
+size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+base_size=$(podman image inspect --format '{{.Size}}' "$BASE")
+say "built $IMAGE: $((size / 1000000)) MB uncompressed (base $((base_size / 1000000)) MB, binaries $(((size - base_size) / 1000000)) MB) in $(($(date +%s) - start)) s"
+echo "$IMAGE"
