@@ -48,21 +48,34 @@ printf '[containers]\ndefault_ulimits = ["nofile=%s:%s", "nproc=32768:32768"]\n[
   "$hard" "$hard" > "$STATE/containers.conf"
 export CONTAINERS_CONF="$STATE/containers.conf"
 
-stamp="$SUITE $MIRROR $PACKAGES trim-1"
+stamp="$SUITE $MIRROR $PACKAGES trim-2"
 have=$(podman image inspect --format '{{ index .Labels "weft.base" }}' "$BASE" 2>/dev/null || true)
 if [ "${WEFT_IMAGE_REBUILD_BASE:-}" = 1 ] || [ "$have" != "$stamp" ]; then
   say "making the base root filesystem ($stamp)"
   tar="$STATE/rootfs.tar"
-  # minbase, without docs, man pages and locales; then apt and its caches go (the image never
-  # installs anything), and the log and cache directories are emptied.
+  # minbase, without docs (copyright files stay), man pages and locales. Then what neither the
+  # agent nor an operator's `ip`/`nft`/`iptables` needs goes (the image never runs apt or dpkg
+  # again): apt, perl, the shells' and tools' extras, PAM, tzdata, the e2fs/util-linux tools and
+  # their libraries, TLS libraries (weft links rustls statically), iconv modules; binaries left
+  # without their libraries (ss, arpd, logger) go too.
+  purge1="libapt-pkg6.0 libstdc++6 gpgv tzdata e2fsprogs libext2fs2 libss2 logsave login passwd
+    util-linux libgnutls30 libp11-kit0 libunistring2 openssl libssl3 libdb5.3 libpam-modules
+    libpam-modules-bin libpam-runtime libpam0g libsemanage2 libsemanage-common libsepol2
+    libsystemd0 libkrb5-3 libgssapi-krb5-2 libk5crypto3 libkrb5support0 libkeyutils1 libtirpc3
+    libtirpc-common libgcrypt20 libgpg-error0 liblz4-1"
+  # dpkg itself needs diff and tar, and maintainer scripts perl (debconf): these go last.
+  purge2="debconf perl-base bash diffutils tar"
+  purge="env DEBIAN_FRONTEND=noninteractive dpkg --purge --force-remove-essential --force-depends"
   mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
-    --customize-hook='chroot "$1" dpkg --purge --force-remove-essential --force-depends apt' \
-    --customize-hook='rm -rf "$1"/var/lib/apt "$1"/var/cache/* "$1"/var/log/* "$1"/usr/share/bash-completion' \
+    --customize-hook="chroot \"\$1\" $purge apt >/dev/null" \
+    --customize-hook="chroot \"\$1\" $purge $(echo $purge1) >/dev/null 2>&1" \
+    --customize-hook="chroot \"\$1\" $purge $purge2 >/dev/null 2>&1" \
+    --customize-hook='rm -rf "$1"/var/lib/apt "$1"/var/cache/* "$1"/var/log/* "$1"/usr/lib/x86_64-linux-gnu/gconv "$1"/usr/share/zoneinfo "$1"/usr/share/bash-completion "$1"/usr/bin/ss "$1"/usr/sbin/arpd "$1"/usr/bin/logger' \
     "$SUITE" "$tar" "deb $MIRROR $SUITE main" >&2
   podman image rm -f "$BASE" >/dev/null 2>&1 || true
   podman import --quiet --change "LABEL weft.base=\"$stamp\"" "$tar" "$BASE" >/dev/null

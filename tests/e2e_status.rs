@@ -4,13 +4,14 @@
 #[path = "common/lab.rs"]
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{WEFT_ROUTE_PROTOCOL, hostgw_routes_ok, route_protocol_is, routes_in, wait_until};
+use common::{
+    WEFT_ROUTE_PROTOCOL, hostgw_routes_ok, http_get_in_netns, route_protocol_is, routes_in,
+    wait_until,
+};
 use serde_json::Value;
 use weft_testkit::lab::{Lab, LabSpec, Signal};
 
@@ -497,32 +498,6 @@ fn free_subnet(lab: &Lab, nth: usize) -> String {
         .filter(|s| !held.contains(s))
         .nth(nth)
         .expect("a free /24")
-}
-
-/// `GET <path>` on 127.0.0.1:`port` inside network namespace `ns` (from a thread that joins
-/// the namespace; no curl needed). Returns (status code, body).
-fn http_get_in_netns(ns: &str, port: u16, path: &str) -> Result<(u16, String), String> {
-    let ns = ns.to_owned();
-    let path = path.to_owned();
-    std::thread::spawn(move || -> Result<(u16, String), String> {
-        let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("setns {ns}: {e}"))?;
-        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-        let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
-        let code = head
-            .get(9..12)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad status line in {head:?}"))?;
-        Ok((code, body.to_owned()))
-    })
-    .join()
-    .map_err(|_| "scrape thread panicked".to_owned())?
 }
 
 #[test]

@@ -364,16 +364,43 @@ fn daemonset_checks(docs: &[Value]) -> (Options, HashMap<String, String>, Vec<St
     let caps = &container["securityContext"]["capabilities"]["add"];
     assert_eq!(caps, &serde_json::json!(["NET_ADMIN", "NET_RAW"]));
 
-    // Init containers install the plugin under both names and the conflist flannel's way.
-    let init = serde_json::to_string(&pod["initContainers"]).expect("json");
-    for needle in [
-        "/opt/bin/weft-cni",
-        "for name in flannel weft-cni",
-        "/etc/cni/net.d/10-flannel.conflist",
-        "mv -f",
+    // One init container, `weft install-cni` of the same image, with its default paths
+    // mounted: the host's plugin and config directories and the ConfigMap.
+    let init = pod["initContainers"].as_array().expect("initContainers");
+    assert_eq!(init.len(), 1, "{init:?}");
+    assert_eq!(
+        init[0]["command"],
+        serde_json::json!(["/opt/bin/weft", "install-cni"])
+    );
+    assert_eq!(init[0]["image"], container["image"]);
+    let defaults = match weft::cli::parse(&["install-cni".to_owned()], &|_| None) {
+        Ok(weft::cli::Command::InstallCni(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    let init_mounts: Vec<&str> = init[0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .map(|p| p.trim_end_matches('/'))
+        .collect();
+    for dir in [
+        defaults.bin_dir.as_path(),
+        defaults.conf_dir.as_path(),
+        defaults.conf.parent().expect("dir"),
     ] {
-        assert!(init.contains(needle), "{needle} not in init containers");
+        assert!(
+            init_mounts.contains(&dir.to_str().expect("utf-8")),
+            "{} is not mounted in the init container: {init_mounts:?}",
+            dir.display()
+        );
     }
+    assert_eq!(defaults.conf_name, "10-flannel.conflist");
+    // The image scripts/image.sh builds.
+    assert_eq!(
+        container["image"],
+        format!("localhost/weft:{}", env!("CARGO_PKG_VERSION"))
+    );
     (opts, mounts, env_names)
 }
 

@@ -567,3 +567,33 @@ pub fn loadavg() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|e| format!("(unreadable: {e})"))
 }
+
+/// `GET <path>` on 127.0.0.1:`port` inside network namespace `ns` (from a thread that joins
+/// the namespace; no curl needed). Returns (status code, body).
+pub fn http_get_in_netns(ns: &str, port: u16, path: &str) -> Result<(u16, String), String> {
+    let ns = ns.to_owned();
+    let path = path.to_owned();
+    std::thread::spawn(move || -> Result<(u16, String), String> {
+        let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns {ns}: {e}"))?;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        std::io::Write::write_fmt(
+            &mut s,
+            format_args!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).map_err(|e| e.to_string())?;
+        let (head, body) = text.split_once("\r\n\r\n").ok_or("no header end")?;
+        let code = head
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("bad status line in {head:?}"))?;
+        Ok((code, body.to_owned()))
+    })
+    .join()
+    .map_err(|_| "scrape thread panicked".to_owned())?
+}
