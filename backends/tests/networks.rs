@@ -1,7 +1,8 @@
 //! Two flannel networks on one host (flannel's "multiple networks"), each with its own
-//! reconciler scoped to its network ([`Ownership::network`]), in one network namespace: neither
-//! removes, rewrites or adopts the other's device, routes or nexthops, at start, on a restart or
-//! when it cleans up; each purges its own leftovers. Skipped (with a message) when not root.
+//! reconciler scoped to its network ([`Ownership::network`]), in one network namespace, beside a
+//! third network's device and a fourth network programmed as flanneld does it: neither removes,
+//! rewrites or adopts another network's device, routes, ARP entries or nexthops, at start, on a
+//! restart or when it cleans up; each purges its own leftovers. Skipped (with a message) when not root.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -121,6 +122,23 @@ fn two_networks_on_one_host_keep_to_their_own_objects() {
             ip("nexthop add id 5 via 198.18.0.5 dev eth0 proto 87");
             ip("route add 10.244.5.0/24 nhid 5 proto 87");
             ip("link add flannel.3 type vxlan id 3 dstport 8472 dev eth0 nolearning");
+            // flanneld running a fourth network beside: its device with its address, its plain
+            // route (no protocol of weft's) and ARP entry.
+            ip("link add flannel.4 type vxlan id 4 dstport 8472 dev eth0 nolearning");
+            ip("addr add 10.246.1.0/32 dev flannel.4");
+            ip("link set flannel.4 up");
+            ip("neigh add 10.246.2.0 lladdr 0a:00:00:00:04:02 dev flannel.4 nud permanent");
+            ip("route add 10.246.2.0/24 via 10.246.2.0 dev flannel.4 onlink");
+            let flanneld = || {
+                let routes = ip("route show 10.246.2.0/24");
+                let neigh = ip("neigh show dev flannel.4");
+                (routes, neigh)
+            };
+            let flanneld_before = flanneld();
+            assert!(
+                flanneld_before.0.contains("flannel.4"),
+                "{flanneld_before:?}"
+            );
 
             let want_a = desired_a(&nl, eth0).await;
             let want_b = desired_b(eth0);
@@ -189,6 +207,9 @@ fn two_networks_on_one_host_keep_to_their_own_objects() {
             assert!(report.is_ok(), "{report:?}");
             assert!(weft_routes().is_empty());
             assert!(!link_exists("flannel.1") && link_exists("flannel.3"));
+            // flanneld's network went through all of it untouched.
+            assert!(link_exists("flannel.4"));
+            assert_eq!(flanneld(), flanneld_before);
         },
     );
 }

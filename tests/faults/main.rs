@@ -19,6 +19,7 @@ mod agents;
 #[path = "../common/lab.rs"]
 mod common;
 mod helpers;
+mod least_privilege;
 mod ping;
 mod r1_outage;
 mod r2_restarts;

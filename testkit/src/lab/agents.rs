@@ -14,12 +14,19 @@ use super::sys;
 use super::{DEFAULT_ETCD_PREFIX, Lab, POLL, STOP_GRACE, check_interrupted};
 
 impl Lab {
-    /// The agent's command line for node k: `ip netns exec <nk> <weft> --etcd-endpoints=…
+    /// The agent's command line for node k: `ip netns exec <nk> [<agent_prefix>…] <weft> --etcd-endpoints=…
     /// --subnet-file=… --peer-cache-file=… [--etcd-prefix=…] [--healthz-port=…] <extra flags>`.
     fn agent_command(&self, k: usize) -> Result<std::process::Command> {
         let node = self.node(k)?;
         let bin = self.spec.weft_bin.to_string_lossy().into_owned();
-        let mut cmd = sys::netns_exec(&node.ns, &bin, &[]);
+        let mut cmd = match self.spec.agent_prefix.split_first() {
+            Some((program, args)) => {
+                let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+                args.push(&bin);
+                sys::netns_exec(&node.ns, program, &args)
+            }
+            None => sys::netns_exec(&node.ns, &bin, &[]),
+        };
         if self.spec.kube {
             cmd.arg("--kube-subnet-mgr");
             cmd.arg(format!(

@@ -103,6 +103,9 @@ pub struct LabSpec {
     /// Kube mode: the test API server instead of etcd, agents with `--kube-subnet-mgr`, the
     /// config in net-conf.json (see `kube.rs`).
     pub kube: bool,
+    /// A command every agent runs under, inside its namespace (`setpriv --bounding-set=… --`):
+    /// `ip netns exec <node> <prefix…> <weft> <flags>`. Empty: the agent runs directly.
+    pub agent_prefix: Vec<String>,
 }
 
 impl LabSpec {
@@ -119,6 +122,7 @@ impl LabSpec {
             healthz_port: DEFAULT_HEALTHZ_PORT,
             agent_env: Vec::new(),
             kube: false,
+            agent_prefix: Vec::new(),
         }
     }
 
