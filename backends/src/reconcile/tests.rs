@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::RTPROT_WEFT;
-use crate::nl::RouteEvent;
+use crate::nl::{KernelEvent, RouteEvent};
 use crate::owner::Ownership;
 
 fn route(dst: &str, gw: [u8; 4], oif: u32) -> Route {
