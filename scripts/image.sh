@@ -85,7 +85,9 @@ else
 fi
 
 if [ "${WEFT_IMAGE_SKIP_CARGO:-}" != 1 ]; then
-  cargo build --release --locked -p weft -p weft-cni >&2
+  # The workspace's default members, as scripts/test.sh builds them: after test.sh this is a
+  # no-op (`-p weft -p weft-cni` would unify features differently and rebuild).
+  cargo build --release --locked >&2
 fi
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
