@@ -213,3 +213,36 @@ fn two_networks_on_one_host_keep_to_their_own_objects() {
         },
     );
 }
+
+#[test]
+fn a_wanted_device_without_an_address_is_adopted_after_an_early_dump() {
+    in_netns_each_mode(
+        "a_wanted_device_without_an_address_is_adopted_after_an_early_dump",
+        |mode| async move {
+            let eth0 = underlay();
+            let nl = Netlink::connect().unwrap();
+            // Left by a run that stopped between `ip link add` and `ip addr add`: our device,
+            // with no address of the network yet and another MTU.
+            ip(
+                "link add flannel.1 mtu 1400 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning",
+            );
+            let index = ip_json("link show dev flannel.1")[0]["ifindex"]
+                .as_u64()
+                .unwrap();
+            let want = desired_a(&nl, eth0).await;
+            let mut a = reconciler(mode, NET_A);
+            // The agent dumps once at start, before it knows which devices it wants.
+            a.refresh().await.unwrap();
+            let report = a.apply(&want).await;
+            assert!(report.is_ok(), "{report:?}");
+            let link = &ip_json("-d link show dev flannel.1")[0];
+            assert_eq!(
+                link["ifindex"].as_u64().unwrap(),
+                index,
+                "adopted, not made again"
+            );
+            assert_eq!(link["mtu"], 1450, "its MTU fixed in place");
+            assert!(ip("addr show dev flannel.1").contains("10.244.1.0/32"));
+        },
+    );
+}

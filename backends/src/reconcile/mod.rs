@@ -80,6 +80,10 @@ pub struct Reconciler {
     names: HashMap<u32, String>,
     /// weft devices a notification showed other than cached: re-read before the next diff.
     stale_devices: BTreeSet<String>,
+    /// The device names the last dump took as wanted (a link with such a name is this daemon's
+    /// whatever its addresses: [`crate::owner`]). A wanted name outside it, not cached, may be a
+    /// link of ours the dump left out: the next apply dumps again.
+    wanted_at_refresh: BTreeSet<String>,
     /// Write routes on nexthop objects where the kernel has them (`--route-nexthops`).
     want_nexthops: bool,
     /// Whether the kernel has nexthop objects: None until the first dump.
@@ -137,6 +141,7 @@ impl Reconciler {
             needs_refresh: true,
             names: HashMap::new(),
             stale_devices: BTreeSet::new(),
+            wanted_at_refresh: BTreeSet::new(),
             want_nexthops: true,
             nexthops_supported: None,
             nh: NexthopTable::default(),
@@ -315,6 +320,7 @@ impl Reconciler {
         self.nh = table;
         self.cache = state;
         self.stale_devices.clear();
+        self.wanted_at_refresh = self.last_desired.devices.keys().cloned().collect();
         self.recompute_misfits();
         self.needs_refresh = false;
         Ok(())
@@ -333,6 +339,16 @@ impl Reconciler {
     pub async fn apply_owned(&mut self, desired: KernelState) -> ApplyReport {
         let mut report = ApplyReport::default();
         self.last_desired = desired;
+        // A device wanted now that the last dump neither found nor took as wanted (a dump before
+        // the first apply, or before a backend switch) may exist without an address of our
+        // network: dump again, so it is adopted instead of made a second time (EEXIST).
+        if self.owner.scope().is_some()
+            && self.last_desired.devices.keys().any(|name| {
+                !self.wanted_at_refresh.contains(name) && !self.cache.devices.contains_key(name)
+            })
+        {
+            self.needs_refresh = true;
+        }
         // A second pass only when a write found the cache wrong (a nexthop the kernel dropped
         // without telling): dump, and diff again.
         for _ in 0..2 {
