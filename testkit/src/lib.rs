@@ -11,6 +11,7 @@
 //! - [`need`]: the rule for a test whose requirement (root, a tool, a kernel feature) is missing:
 //!   a failure under `CI=true`, `SKIPPED` elsewhere;
 //! - [`prom`]: a strict parser of the Prometheus text format, for the `/metrics` tests.
+pub mod delay_proxy;
 pub mod etcd_server;
 pub mod kube_api;
 pub mod lab;

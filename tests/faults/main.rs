@@ -29,6 +29,7 @@ mod r5_drift;
 mod r6_stale;
 mod r7_health;
 mod s1_storm;
+mod slow_etcd;
 mod underlay;
 
 use std::collections::BTreeSet;
