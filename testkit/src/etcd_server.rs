@@ -69,6 +69,10 @@ pub struct EtcdServer {
     /// Private temp directory holding `data/` and `etcd.log`.
     root: PathBuf,
     child: Option<Child>,
+    /// `--name`, and `--initial-cluster` when this is a member of a cluster
+    /// ([`crate::etcd_cluster`]); a lone server is `weft-test` alone.
+    name: String,
+    initial_cluster: Option<String>,
 }
 
 impl EtcdServer {
@@ -92,6 +96,8 @@ impl EtcdServer {
             root,
             child: None,
             opts,
+            name: "weft-test".into(),
+            initial_cluster: None,
         };
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
@@ -225,7 +231,40 @@ impl EtcdServer {
         }
     }
 
+    /// A member of a cluster, not started: its ports chosen, its data dir made.
+    pub(crate) fn member(
+        opts: EtcdServerOpts,
+        name: &str,
+        client_port: u16,
+        peer_port: u16,
+    ) -> Result<EtcdServer> {
+        Ok(EtcdServer {
+            client_port,
+            peer_port,
+            root: make_private_dir().context("creating etcd temp dir")?,
+            child: None,
+            opts,
+            name: name.to_owned(),
+            initial_cluster: None,
+        })
+    }
+
+    /// `name=http://127.0.0.1:<peer port>`, this member's entry of `--initial-cluster`.
+    pub(crate) fn peer_entry(&self) -> String {
+        format!("{}=http://127.0.0.1:{}", self.name, self.peer_port)
+    }
+
+    pub(crate) fn set_initial_cluster(&mut self, cluster: String) {
+        self.initial_cluster = Some(cluster);
+    }
+
     fn launch_and_wait(&mut self) -> Result<()> {
+        self.launch()?;
+        self.wait_healthy()
+    }
+
+    /// Spawns etcd (a cluster's members are all launched before any can be healthy).
+    pub(crate) fn launch(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -241,8 +280,12 @@ impl EtcdServer {
         debug_assert!(client_url.starts_with(scheme));
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let mut cmd = self.command("etcd");
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer_url}", self.name));
         cmd.arg("--name")
-            .arg("weft-test")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen-client-urls")
@@ -254,7 +297,7 @@ impl EtcdServer {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer_url)
             .arg("--initial-cluster")
-            .arg(format!("weft-test={peer_url}"))
+            .arg(initial_cluster)
             .arg("--heartbeat-interval")
             .arg("10")
             .arg("--election-timeout")
@@ -276,7 +319,12 @@ impl EtcdServer {
             .context("spawning etcd (is the Debian etcd-server package installed?)")?;
         self.child = Some(child);
         tracing::debug!(endpoint = %client_url, data_dir = %self.data_dir().display(), "etcd started");
+        Ok(())
+    }
 
+    /// Waits (up to 20 s) until `etcdctl endpoint health` succeeds on this server.
+    pub(crate) fn wait_healthy(&mut self) -> Result<()> {
+        let client_url = self.endpoint();
         let deadline = Instant::now() + HEALTH_DEADLINE;
         loop {
             let exited = match &mut self.child {

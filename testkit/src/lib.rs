@@ -12,6 +12,7 @@
 //!   a failure under `CI=true`, `SKIPPED` elsewhere;
 //! - [`prom`]: a strict parser of the Prometheus text format, for the `/metrics` tests.
 pub mod delay_proxy;
+pub mod etcd_cluster;
 pub mod etcd_server;
 pub mod kube_api;
 pub mod lab;

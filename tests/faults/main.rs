@@ -18,6 +18,7 @@
 mod agents;
 #[path = "../common/lab.rs"]
 mod common;
+mod etcd_members;
 mod helpers;
 mod least_privilege;
 mod ping;

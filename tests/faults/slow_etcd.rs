@@ -9,19 +9,6 @@ use weft_testkit::delay_proxy::DelayProxy;
 /// One-way delay the proxy adds.
 const DELAY: Duration = Duration::from_millis(100);
 
-/// `n` /24s of 10.244.0.0/16 that no node holds (from 10.244.240.0 down).
-fn free_subnets(lab: &Lab, n: usize) -> Vec<String> {
-    let held: Vec<String> = (1..=lab.nodes())
-        .map(|k| lab.subnet(k).expect("subnet").to_string())
-        .collect();
-    (0..=240u8)
-        .rev()
-        .map(|third| format!("10.244.{third}.0/24"))
-        .filter(|s| !held.contains(s))
-        .take(n)
-        .collect()
-}
-
 /// Writes a lease for each of `subnets` (a node that does not exist, on the underlay) and times
 /// put → route on every node, then deletes it again (and waits for the route to go). Sorted.
 fn event_to_kernel(lab: &Lab, subnets: &[String]) -> Vec<Duration> {

@@ -81,7 +81,10 @@ pub(super) async fn watch_loop(
 ) {
     let mut next_rev = from_revision;
     let mut backoff = Backoff::new(WATCH_BACKOFF_MIN, WATCH_BACKOFF_MAX);
-    let mut connected = true;
+    let mut link = Link {
+        connected: true,
+        member: None,
+    };
     let mut need_resync = false;
     loop {
         if shutdown.is_cancelled() {
@@ -111,8 +114,8 @@ pub(super) async fn watch_loop(
                     }
                 }
                 Err(e) => {
-                    if connected {
-                        connected = false;
+                    if link.connected {
+                        link.connected = false;
                         if tx.send(WatchEvent::Disconnected).await.is_err() {
                             return;
                         }
@@ -134,7 +137,7 @@ pub(super) async fn watch_loop(
                     &mut next_rev,
                     &tx,
                     &shutdown,
-                    &mut connected,
+                    &mut link,
                     &mut backoff,
                 )
                 .await
@@ -151,8 +154,8 @@ pub(super) async fn watch_loop(
                 need_resync = true;
             }
             StreamEnd::Broken(reason) => {
-                if connected {
-                    connected = false;
+                if link.connected {
+                    link.connected = false;
                     if tx.send(WatchEvent::Disconnected).await.is_err() {
                         return;
                     }
@@ -169,13 +172,20 @@ pub(super) async fn watch_loop(
     }
 }
 
+/// The watch's connection as the loop knows it: up or not, and the etcd member serving it.
+struct Link {
+    connected: bool,
+    /// `member_id` of the response headers of the current stream.
+    member: Option<u64>,
+}
+
 async fn run_stream(
     reg: &Registry,
     mut stream: etcd_client::WatchStream,
     next_rev: &mut i64,
     tx: &mpsc::Sender<WatchEvent>,
     shutdown: &CancellationToken,
-    connected: &mut bool,
+    link: &mut Link,
     backoff: &mut Backoff,
 ) -> StreamEnd {
     loop {
@@ -200,8 +210,20 @@ async fn run_stream(
         }
         if resp.created() {
             backoff.reset();
-            if !*connected {
-                *connected = true;
+            // Which member serves the watch: with several endpoints, a reconnect may move it.
+            let member = resp.header().map(|h| h.member_id());
+            if member != link.member {
+                match (link.member, member) {
+                    (Some(old), Some(new)) => tracing::info!(
+                        "etcd watch moved from member {old:016x} to member {new:016x}"
+                    ),
+                    (None, Some(new)) => tracing::info!("etcd watch on member {new:016x}"),
+                    _ => {}
+                }
+                link.member = member;
+            }
+            if !link.connected {
+                link.connected = true;
                 tracing::info!("etcd watch re-established at revision {next_rev}");
                 if tx.send(WatchEvent::Reconnected).await.is_err() {
                     return StreamEnd::Closed;
