@@ -16,6 +16,7 @@
 //! (firewall cut, HTTP from a namespace); each target group has its own file (`r1_outage.rs` …
 //! `s1_storm.rs`), so a test's full name is `<file>::<test>` (`r1_outage::r1_etcd_outage_…`).
 mod agents;
+mod churn_soak;
 #[path = "../common/lab.rs"]
 mod common;
 mod etcd_members;
