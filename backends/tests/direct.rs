@@ -11,51 +11,22 @@ use std::net::Ipv4Addr;
 
 use backends::reconcile::Reconciler;
 use backends::vxlan::Vxlan;
-use backends::{AnyBackend, Backend, ExternalInterface, Netlink, Peer};
-use net_conf::{BackendConf, LeaseAttrs, SubnetKey, VxlanConf};
+use backends::{AnyBackend, Backend, Netlink};
+use net_conf::{BackendConf, VxlanConf};
 
-use common::{in_netns, ip, ip_json, weft_route_list};
-
-fn peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
-    Peer {
-        key: SubnetKey {
-            v4: subnet.parse().unwrap(),
-            v6: None,
-        },
-        attrs: LeaseAttrs {
-            public_ip: public_ip.parse().unwrap(),
-            public_ipv6: None,
-            backend_type: "vxlan".into(),
-            backend_data: Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
-            backend_v6_data: None,
-        },
-    }
-}
+use common::{ext, in_netns, ip, underlay, vxlan_peer, weft_route_list};
 
 #[test]
 fn direct_routing_follows_the_kernels_route_to_each_peer() {
     in_netns(
         "direct_routing_follows_the_kernels_route_to_each_peer",
         || async {
-            ip("link add eth0 type veth peer name peer0");
-            ip("addr add 198.18.0.1/24 dev eth0");
-            ip("link set eth0 up");
-            ip("link set peer0 up");
+            let eth0 = underlay();
             // A peer network on the same wire without an address of ours (on-link), and one
             // behind a router.
             ip("route add 192.0.2.0/24 dev eth0");
             ip("route add 203.0.113.0/24 via 198.18.0.254 dev eth0");
-            let eth0 = ip_json("link show dev eth0")[0]["ifindex"]
-                .as_u64()
-                .unwrap() as u32;
-            let ext = ExternalInterface {
-                name: "eth0".into(),
-                index: eth0,
-                iface_addr: Ipv4Addr::new(198, 18, 0, 1),
-                ext_addr: Ipv4Addr::new(198, 18, 0, 1),
-                mtu: 1500,
-                prefixes: vec!["198.18.0.0/24".parse().unwrap()],
-            };
+            let ext = ext(eth0);
             let nl = Netlink::connect().unwrap();
             let conf = VxlanConf {
                 direct_routing: true,
@@ -66,9 +37,9 @@ fn direct_routing_follows_the_kernels_route_to_each_peer() {
             vx.configure(&ext, "10.244.1.0/24".parse().unwrap())
                 .unwrap();
             let peers = [
-                peer("10.244.2.0/24", "198.18.0.2", "0a:00:00:00:00:02"),
-                peer("10.244.3.0/24", "192.0.2.7", "0a:00:00:00:00:03"),
-                peer("10.244.4.0/24", "203.0.113.5", "0a:00:00:00:00:04"),
+                vxlan_peer("10.244.2.0/24", "198.18.0.2", "0a:00:00:00:00:02"),
+                vxlan_peer("10.244.3.0/24", "192.0.2.7", "0a:00:00:00:00:03"),
+                vxlan_peer("10.244.4.0/24", "203.0.113.5", "0a:00:00:00:00:04"),
             ];
             let paths = vx.direct_paths_mut().expect("DirectRouting is on");
             let changed =

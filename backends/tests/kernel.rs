@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use backends::hostgw::HostGw;
 use backends::nl::{self, Hop, KernelEvent, Netlink};
 use backends::reconcile::Reconciler;
-use backends::{Backend, ExternalInterface, KernelOp, KernelState, Peer, Route};
+use backends::{Backend, KernelOp, KernelState, Peer, Route};
 use futures::StreamExt;
 use net_conf::{LeaseAttrs, SubnetKey};
 use serde_json::Value;
 
 use common::{
-    Mode, WeftRoute, assert_written, in_netns, in_netns_each_mode, ip, ip_json, nexthops,
-    weft_nexthop_ids, weft_route_list,
+    Mode, WeftRoute, assert_written, ext, in_netns, in_netns_each_mode, ip, ip_json, nexthops,
+    underlay, weft_nexthop_ids, weft_route_list,
 };
 
 /// (dst, gateway, dev, protocol) of each route `ip -j route show <filter>` lists (other
@@ -55,29 +55,6 @@ fn weft_routes() -> BTreeSet<(String, String, String, String)> {
 
 fn r(dst: &str, gw: &str, dev: &str, proto: &str) -> (String, String, String, String) {
     (dst.into(), gw.into(), dev.into(), proto.into())
-}
-
-/// `eth0` (198.18.0.1/24, up) with its veth peer `peer0` (up) as the underlay; returns eth0's
-/// index.
-fn underlay() -> u32 {
-    ip("link add eth0 type veth peer name peer0");
-    ip("addr add 198.18.0.1/24 dev eth0");
-    ip("link set eth0 up");
-    ip("link set peer0 up");
-    ip_json("link show dev eth0")[0]["ifindex"]
-        .as_u64()
-        .unwrap() as u32
-}
-
-fn ext(index: u32) -> ExternalInterface {
-    ExternalInterface {
-        name: "eth0".into(),
-        index,
-        iface_addr: Ipv4Addr::new(198, 18, 0, 1),
-        ext_addr: Ipv4Addr::new(198, 18, 0, 1),
-        mtu: 1500,
-        prefixes: vec!["198.18.0.0/24".parse().unwrap()],
-    }
 }
 
 fn peer(subnet: &str, ip: &str) -> Peer {

@@ -8,39 +8,17 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 
 use backends::hostgw::HostGw;
 use backends::reconcile::Reconciler;
 use backends::vxlan::Vxlan;
-use backends::{Backend, ExternalInterface, KernelState, Netlink, Ownership, Peer};
+use backends::{Backend, KernelState, Netlink, Ownership, Peer};
 use net_conf::{LeaseAttrs, SubnetKey, VxlanConf};
 
-use common::{Mode, in_netns_each_mode, ip, ip_json, nexthops, weft_route_list};
+use common::{Mode, ext, in_netns_each_mode, ip, ip_json, nexthops, underlay, weft_route_list};
 
 const NET_A: &str = "10.244.0.0/16";
 const NET_B: &str = "10.245.0.0/16";
-
-fn underlay() -> u32 {
-    ip("link add eth0 type veth peer name peer0");
-    ip("addr add 198.18.0.1/24 dev eth0");
-    ip("link set eth0 up");
-    ip("link set peer0 up");
-    ip_json("link show dev eth0")[0]["ifindex"]
-        .as_u64()
-        .unwrap() as u32
-}
-
-fn ext(index: u32) -> ExternalInterface {
-    ExternalInterface {
-        name: "eth0".into(),
-        index,
-        iface_addr: Ipv4Addr::new(198, 18, 0, 1),
-        ext_addr: Ipv4Addr::new(198, 18, 0, 1),
-        mtu: 1500,
-        prefixes: vec!["198.18.0.0/24".parse().unwrap()],
-    }
-}
 
 fn peer(subnet: &str, backend: &str, data: Option<&str>) -> Peer {
     Peer {

@@ -12,52 +12,15 @@ use std::time::{Duration, Instant};
 use backends::nl::{self, Netlink};
 use backends::reconcile::Reconciler;
 use backends::vxlan::{Vxlan, parse_backend_data};
-use backends::{Backend, ExternalInterface, KernelState, Peer};
+use backends::{Backend, KernelState};
 use futures::StreamExt;
-use net_conf::{LeaseAttrs, SubnetKey, VxlanConf};
+use net_conf::{LeaseAttrs, VxlanConf};
 use serde_json::Value;
 
 use common::{
-    assert_written, in_netns, in_netns_each_mode, ip, ip_json, run, tool_json, weft_route_list,
+    assert_written, ext, in_netns, in_netns_each_mode, ip, ip_json, run, tool_json, underlay,
+    vxlan_peer, weft_route_list,
 };
-
-/// `eth0` (198.18.0.1/24, up) with its veth peer `peer0` (up); returns eth0's index.
-fn underlay() -> u32 {
-    ip("link add eth0 type veth peer name peer0");
-    ip("addr add 198.18.0.1/24 dev eth0");
-    ip("link set eth0 up");
-    ip("link set peer0 up");
-    ip_json("link show dev eth0")[0]["ifindex"]
-        .as_u64()
-        .unwrap() as u32
-}
-
-fn ext(index: u32) -> ExternalInterface {
-    ExternalInterface {
-        name: "eth0".into(),
-        index,
-        iface_addr: Ipv4Addr::new(198, 18, 0, 1),
-        ext_addr: Ipv4Addr::new(198, 18, 0, 1),
-        mtu: 1500,
-        prefixes: vec!["198.18.0.0/24".parse().unwrap()],
-    }
-}
-
-fn peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
-    Peer {
-        key: SubnetKey {
-            v4: subnet.parse().unwrap(),
-            v6: None,
-        },
-        attrs: LeaseAttrs {
-            public_ip: public_ip.parse().unwrap(),
-            public_ipv6: None,
-            backend_type: "vxlan".into(),
-            backend_data: Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
-            backend_v6_data: None,
-        },
-    }
-}
 
 fn link(name: &str) -> Value {
     ip_json(&format!("-d link show dev {name}"))
@@ -250,8 +213,8 @@ fn device_drift_repaired_from_notifications() {
             let mut events = nl::subscribe().unwrap();
             let (mut vx, _) = planned(&nl, eth0, "10.244.1.0/24").await;
             let peers = [
-                peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
-                peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
+                vxlan_peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+                vxlan_peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
             ];
             let mut rec = Reconciler::new(nl.clone()).with_route_nexthops(mode.nexthops());
             let want = vx.desired(&ext(eth0), &peers).state;
@@ -355,8 +318,8 @@ fn peers_applied_updated_removed_and_repaired() {
 
             rec.refresh().await.unwrap();
             let peers = [
-                peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
-                peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
+                vxlan_peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+                vxlan_peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:03"),
             ];
             let want = vx.desired(&ext(eth0), &peers);
             assert!(want.skipped.is_empty(), "{:?}", want.skipped);
@@ -423,8 +386,8 @@ fn peers_applied_updated_removed_and_repaired() {
 
             // Peer 3 rebooted with a new MAC: ARP replaced, old FDB entry removed, new one added.
             let peers = [
-                peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
-                peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:33"),
+                vxlan_peer("10.244.2.0/24", "198.18.0.2", "02:00:00:00:00:02"),
+                vxlan_peer("10.244.3.0/24", "198.18.5.3", "02:00:00:00:00:33"),
             ];
             let want = vx.desired(&ext(eth0), &peers);
             let report = rec.apply(&want.state).await;

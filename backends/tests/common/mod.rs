@@ -6,8 +6,11 @@
 pub use weft_testkit::need;
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::process::Command;
 
+use backends::{ExternalInterface, Peer};
+use net_conf::{LeaseAttrs, SubnetKey};
 use serde_json::Value;
 
 /// Runs `f` in a new network namespace on a dedicated thread with a current-thread runtime.
@@ -217,5 +220,46 @@ pub fn assert_written(mode: Mode) {
                 routes.iter().filter_map(|r| r.nhid).collect();
             assert_eq!(ids, used, "weft nexthops no route uses: {routes:?}");
         }
+    }
+}
+
+/// `eth0` (198.18.0.1/24, up) with its veth peer `peer0` (up) as the underlay; returns eth0's
+/// index.
+pub fn underlay() -> u32 {
+    ip("link add eth0 type veth peer name peer0");
+    ip("addr add 198.18.0.1/24 dev eth0");
+    ip("link set eth0 up");
+    ip("link set peer0 up");
+    ip_json("link show dev eth0")[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32
+}
+
+/// The external interface [`underlay`] makes, at ifindex `index`.
+pub fn ext(index: u32) -> ExternalInterface {
+    ExternalInterface {
+        name: "eth0".into(),
+        index,
+        iface_addr: Ipv4Addr::new(198, 18, 0, 1),
+        ext_addr: Ipv4Addr::new(198, 18, 0, 1),
+        mtu: 1500,
+        prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+    }
+}
+
+/// A vxlan peer (VNI 1) with lease subnet `subnet`, PublicIP `public_ip`, VTEP MAC `mac`.
+pub fn vxlan_peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
+    Peer {
+        key: SubnetKey {
+            v4: subnet.parse().unwrap(),
+            v6: None,
+        },
+        attrs: LeaseAttrs {
+            public_ip: public_ip.parse().unwrap(),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
+            backend_v6_data: None,
+        },
     }
 }
