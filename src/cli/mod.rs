@@ -298,21 +298,22 @@ fn parse_go_style(
     })
 }
 
-/// `weft install-cni`: clap alone (no agent flags, no environment).
-fn parse_install_cni(args: &[String]) -> Result<Command, CliError> {
-    let argv = ["weft", "install-cni"]
+/// Subcommand `sub` with `args` through clap alone (no Go-flag shim, no environment): what clap
+/// parsed, or its error for the caller to word.
+fn parse_clap_only(sub: &str, args: &[String]) -> Result<Option<Sub>, clap::Error> {
+    let argv = ["weft", sub]
         .into_iter()
         .map(str::to_string)
         .chain(args.iter().cloned());
-    let err = match parse_command().try_get_matches_from(argv) {
-        Ok(m) => match Cli::from_arg_matches(&m) {
-            Ok(Cli {
-                command: Some(Sub::InstallCni(a)),
-                ..
-            }) => return Ok(Command::InstallCni(a)),
-            Ok(other) => return Err(CliError::Other(format!("unexpected parse {other:?}"))),
-            Err(e) => e,
-        },
+    let m = parse_command().try_get_matches_from(argv)?;
+    Ok(Cli::from_arg_matches(&m)?.command)
+}
+
+/// `weft install-cni`: clap alone (no agent flags, no environment).
+fn parse_install_cni(args: &[String]) -> Result<Command, CliError> {
+    let err = match parse_clap_only("install-cni", args) {
+        Ok(Some(Sub::InstallCni(a))) => return Ok(Command::InstallCni(a)),
+        Ok(other) => return Err(CliError::Other(format!("unexpected parse {other:?}"))),
         Err(e) => e,
     };
     if err.kind() == clap::error::ErrorKind::DisplayHelp {
@@ -328,19 +329,9 @@ fn parse_install_cni(args: &[String]) -> Result<Command, CliError> {
 /// `weft docker-opts`: getopts-style letters, clap alone; errors in getopts' words.
 fn parse_docker_opts(args: &[String]) -> Result<Command, CliError> {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let argv = ["weft", "docker-opts"]
-        .into_iter()
-        .map(str::to_string)
-        .chain(args.iter().cloned());
-    let err = match parse_command().try_get_matches_from(argv) {
-        Ok(m) => match Cli::from_arg_matches(&m) {
-            Ok(Cli {
-                command: Some(Sub::DockerOpts(a)),
-                ..
-            }) => return Ok(Command::DockerOpts(a.into())),
-            Ok(other) => return Err(CliError::Other(format!("unexpected parse {other:?}"))),
-            Err(e) => e,
-        },
+    let err = match parse_clap_only("docker-opts", args) {
+        Ok(Some(Sub::DockerOpts(a))) => return Ok(Command::DockerOpts(a.into())),
+        Ok(other) => return Err(CliError::Other(format!("unexpected parse {other:?}"))),
         Err(e) => e,
     };
     let context = |kind| match err.get(kind) {
