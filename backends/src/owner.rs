@@ -43,6 +43,12 @@ impl Ownership {
         Ownership { network: None }
     }
 
+    /// [`network`](Self::network) when there is one (a config's IPv4 `Network`, `weft cleanup
+    /// --network`), else [`everything`](Self::everything).
+    pub fn of(network: Option<Ipv4Net>) -> Self {
+        network.map_or_else(Ownership::everything, Ownership::network)
+    }
+
     /// The network owned, None for everything.
     pub fn scope(&self) -> Option<Ipv4Net> {
         self.network

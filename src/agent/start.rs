@@ -183,7 +183,7 @@ async fn boot_from_cache(
     let mtu = backend.configure(&ext, own.v4)?;
     let mut reconciler = Reconciler::new(nl.clone())
         .with_route_nexthops(opts.route_nexthops)
-        .with_ownership(ownership(&conf));
+        .with_ownership(Ownership::of(conf.network));
     reconciler.refresh().await?;
     let peers: Vec<Peer> = cache
         .peers()
@@ -207,13 +207,6 @@ async fn boot_from_cache(
         opts.subnet_file.display()
     );
     Ok(())
-}
-
-/// The kernel objects this daemon owns: its network's (other flannel networks on this host keep
-/// theirs: `backends::owner`).
-pub(super) fn ownership(conf: &NetConf) -> Ownership {
-    conf.network
-        .map_or_else(Ownership::everything, Ownership::network)
 }
 
 /// Installs the masquerade (`--ip-masq`) and forward (`--iptables-forward-rules`) rules in the
@@ -462,8 +455,14 @@ impl Start {
         );
         // The table holds the leases now; don't keep a second copy through the start.
         drop(snapshot);
-        let dp = DataPlane::new(nl, ext, primary, opts.route_nexthops, ownership(&conf))
-            .with_blackhole_route(own.key.v4, opts.ip_blackhole_route);
+        let dp = DataPlane::new(
+            nl,
+            ext,
+            primary,
+            opts.route_nexthops,
+            Ownership::of(conf.network),
+        )
+        .with_blackhole_route(own.key.v4, opts.ip_blackhole_route);
         let mut agent = Agent {
             cache: CacheWriter::new(opts.peer_cache_file.clone()),
             opts,

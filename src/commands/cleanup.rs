@@ -115,7 +115,7 @@ pub async fn run(
     release_lease: bool,
     remove_subnet_env: bool,
 ) -> Outcome {
-    let owner = network.map_or_else(Ownership::everything, Ownership::network);
+    let owner = Ownership::of(network);
     let mut out = Outcome::default();
     let nl = match Netlink::connect() {
         Ok(nl) => Some(nl),

@@ -713,11 +713,8 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     table.reset(&snapshot);
     let peers = table.peers();
     // Only this network's objects: other flannel networks on the host are not drift.
-    let owner = conf.network.map_or_else(
-        backends::Ownership::everything,
-        backends::Ownership::network,
-    );
-    let mut reconciler = Reconciler::new(nl.clone()).with_ownership(owner);
+    let mut reconciler =
+        Reconciler::new(nl.clone()).with_ownership(backends::Ownership::of(conf.network));
     reconciler
         .refresh()
         .await
