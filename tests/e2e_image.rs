@@ -66,21 +66,6 @@ impl Drop for Container {
     }
 }
 
-/// `ping` from namespace `ns`: replies to `count` pings 100 ms apart.
-fn ping(ns: &str, to: &str, count: u32) -> u32 {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "ping", "-n", "-q", "-i", "0.1", "-W", "1",
-        ])
-        .args(["-c", &count.to_string(), to])
-        .output()
-        .expect("ping");
-    String::from_utf8_lossy(&out.stdout)
-        .split(',')
-        .find_map(|part| part.trim().strip_suffix(" received")?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn the_image_runs_as_a_lab_node_and_installs_the_cni_files() {
     if !common::need::root("the_image_runs_as_a_lab_node_and_installs_the_cni_files") {
@@ -158,7 +143,7 @@ fn the_image_runs_as_a_lab_node_and_installs_the_cni_files() {
         lab.pod_ns(2).expect("pod").to_owned(),
         lab.pod_ip(1).expect("pod").to_string(),
     );
-    let pinger = std::thread::spawn(move || ping(&from, &to, 100));
+    let pinger = std::thread::spawn(move || common::ping_replies(&from, &to, 100));
     std::thread::sleep(Duration::from_millis(500));
     let out = podman(&["restart", "--time", "10", &container.0]);
     assert!(out.status.success(), "podman restart: {}", text(&out));

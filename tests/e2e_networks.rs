@@ -148,26 +148,9 @@ impl NetworkB {
     }
 }
 
-/// `ping` from namespace `ns`: the number of replies to `count` pings 100 ms apart.
-fn ping(ns: &str, to: Ipv4Addr, count: u32) -> u32 {
-    let out = Command::new("ip")
-        .args([
-            "netns", "exec", ns, "ping", "-n", "-q", "-i", "0.1", "-W", "1",
-        ])
-        .arg("-c")
-        .arg(count.to_string())
-        .arg(to.to_string())
-        .output()
-        .expect("ping");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split(',')
-        .find_map(|part| part.trim().strip_suffix(" received")?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn pings_until_ok(ns: &str, to: Ipv4Addr) {
     wait_until(CONVERGE, || {
-        (ping(ns, to, 1) == 1)
+        (common::ping_replies(ns, to, 1) == 1)
             .then_some(())
             .ok_or(format!("{ns} → {to}"))
     })
@@ -205,7 +188,7 @@ fn restart_keeps_the_other_network(
 ) {
     let before = overlay(other.0, other.1, other.2);
     let (from, to) = (ping_from.to_string(), ping_to);
-    let pinger = std::thread::spawn(move || ping(&from, to, 60));
+    let pinger = std::thread::spawn(move || common::ping_replies(&from, to, 60));
     restart();
     let replies = pinger.join().expect("pinger");
     assert_eq!(replies, 60, "{what}: pings of the other network lost");
@@ -280,10 +263,12 @@ fn two_networks_on_two_nodes_ping_and_restart_independently() {
             b.stop(1);
             b.start(&lab, 1);
             wait_until(READY, || {
-                (ping(&pb1, pod_b[1], 1) == 1).then_some(()).ok_or(format!(
-                    "network B not back; its log:\n{}",
-                    std::fs::read_to_string(b.log(1)).unwrap_or_default()
-                ))
+                (common::ping_replies(&pb1, pod_b[1], 1) == 1)
+                    .then_some(())
+                    .ok_or(format!(
+                        "network B not back; its log:\n{}",
+                        std::fs::read_to_string(b.log(1)).unwrap_or_default()
+                    ))
             })
             .expect("network B back");
         },

@@ -191,8 +191,9 @@ fn status_host_gw_no_drift_then_exactly_the_drift_made_by_hand() {
     .expect("route replace");
     // A stray weft route in the network, and one of another network (another daemon's: not
     // this one's drift).
-    let stray = free_subnet(&lab, 0);
-    let stray2 = free_subnet(&lab, 1);
+    let [stray, stray2]: [String; 2] = common::free_subnets(&lab, 2)
+        .try_into()
+        .expect("two free /24s");
     for dst in [stray.as_str(), "10.99.0.0/24"] {
         lab.ip(
             1,
@@ -423,7 +424,7 @@ fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stray = free_subnet(&lab, 0);
+    let stray = common::free_subnets(&lab, 1).remove(0);
     lab.ip(
         1,
         &[
@@ -484,20 +485,6 @@ fn status_vxlan_no_drift_then_missing_neigh_fdb_and_extra_route() {
         [format!("route {stray} via 198.18.0.3 dev eth0")]
     );
     lab.teardown().expect("teardown");
-}
-
-/// The `nth` /24 of the lab's network 10.244.0.0/16 (from 10.244.250.0 down) that no node
-/// holds: a stray weft route there is this network's drift.
-fn free_subnet(lab: &Lab, nth: usize) -> String {
-    let held: Vec<String> = (1..=lab.nodes())
-        .map(|k| lab.subnet(k).expect("subnet").to_string())
-        .collect();
-    (0..=250u8)
-        .rev()
-        .map(|third| format!("10.244.{third}.0/24"))
-        .filter(|s| !held.contains(s))
-        .nth(nth)
-        .expect("a free /24")
 }
 
 #[test]

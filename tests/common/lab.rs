@@ -597,3 +597,33 @@ pub fn http_get_in_netns(ns: &str, port: u16, path: &str) -> Result<(u16, String
     .join()
     .map_err(|_| "scrape thread panicked".to_owned())?
 }
+
+/// `ping` from namespace `ns` to `to`: the replies to `count` pings 100 ms apart (each waits at
+/// most 1 s).
+pub fn ping_replies(ns: &str, to: impl std::fmt::Display, count: u32) -> u32 {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "ping", "-n", "-q", "-i", "0.1", "-W", "1",
+        ])
+        .args(["-c", &count.to_string(), &to.to_string()])
+        .output()
+        .expect("ping");
+    String::from_utf8_lossy(&out.stdout)
+        .split(',')
+        .find_map(|part| part.trim().strip_suffix(" received")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `n` /24s of the lab's 10.244.0.0/16 that no node holds, from 10.244.250.0 down (lab subnets
+/// are random: a fixed one may be a node's).
+pub fn free_subnets(lab: &weft_testkit::lab::Lab, n: usize) -> Vec<String> {
+    let held: Vec<String> = (1..=lab.nodes())
+        .map(|k| lab.subnet(k).expect("subnet").to_string())
+        .collect();
+    (0..=250u8)
+        .rev()
+        .map(|third| format!("10.244.{third}.0/24"))
+        .filter(|s| !held.contains(s))
+        .take(n)
+        .collect()
+}

@@ -196,16 +196,3 @@ impl GatewayWatch {
             .unwrap_or_else(|_| (0, vec!["gateway watch thread panicked".to_owned()]))
     }
 }
-
-/// `n` /24s of 10.244.0.0/16 that no node holds (from 10.244.240.0 down).
-pub(crate) fn free_subnets(lab: &Lab, n: usize) -> Vec<String> {
-    let held: Vec<String> = (1..=lab.nodes())
-        .map(|k| lab.subnet(k).expect("subnet").to_string())
-        .collect();
-    (0..=240u8)
-        .rev()
-        .map(|third| format!("10.244.{third}.0/24"))
-        .filter(|s| !held.contains(s))
-        .take(n)
-        .collect()
-}

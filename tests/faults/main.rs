@@ -47,7 +47,7 @@ use helpers::*;
 use ping::*;
 use underlay::*;
 
-use common::{RouteWatch, hostgw_routes_ok, routes_in, wait_until};
+use common::{RouteWatch, free_subnets, hostgw_routes_ok, routes_in, wait_until};
 use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 /// Agents are debug builds on a shared 2-core machine: generous, still bounded.
