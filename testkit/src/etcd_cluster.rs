@@ -87,16 +87,11 @@ impl EtcdCluster {
 
     /// The member ids, in member order, as etcd reports them (`member_id` in response headers).
     pub fn member_ids(&mut self) -> Result<Vec<u64>> {
-        let mut ids = Vec::new();
-        for i in 0..self.members.len() {
-            let m = self.member(i)?;
-            let endpoint = m.endpoint();
-            let json = m
-                .etcdctl(&["endpoint", "status", "-w", "json"])
-                .with_context(|| format!("endpoint status of {endpoint}"))?;
-            ids.push(status_field(&json, "member_id")?);
-        }
-        Ok(ids)
+        self.member_ids_running()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| id.ok_or_else(|| anyhow!("member {i} is not running")))
+            .collect()
     }
 
     /// The index of the current leader, asked of the first running member.
@@ -117,7 +112,10 @@ impl EtcdCluster {
                 ids.push(None);
                 continue;
             }
-            let json = m.etcdctl(&["endpoint", "status", "-w", "json"])?;
+            let endpoint = m.endpoint();
+            let json = m
+                .etcdctl(&["endpoint", "status", "-w", "json"])
+                .with_context(|| format!("endpoint status of {endpoint}"))?;
             ids.push(Some(status_field(&json, "member_id")?));
         }
         Ok(ids)

@@ -132,9 +132,9 @@ fn targets(line: &str, name: &str) -> bool {
 }
 
 /// The networks a rule line matches on (`-s`/`-d`, negated or not).
-fn line_nets(line: &str) -> impl Iterator<Item = Ipv4Net> + '_ {
+fn line_nets(line: &str) -> Vec<Ipv4Net> {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let nets: Vec<Ipv4Net> = words
+    words
         .windows(2)
         .filter(|w| w[0] == "-s" || w[0] == "-d")
         .filter_map(|w| {
@@ -142,13 +142,12 @@ fn line_nets(line: &str) -> impl Iterator<Item = Ipv4Net> + '_ {
                 .ok()
                 .or_else(|| w[1].parse::<std::net::Ipv4Addr>().ok().map(Ipv4Net::from))
         })
-        .collect();
-    nets.into_iter()
+        .collect()
 }
 
 /// Whether a rule line is the daemon's of `owner` (see [`super::Rule::owned_by`]).
 fn line_owned(line: &str, owner: Option<Ipv4Net>) -> bool {
-    super::owned_by(line_nets(line), owner)
+    super::owned_by(line_nets(line).into_iter(), owner)
 }
 
 /// What to write for one chain: `None` when it is as wanted, else the differences found and
@@ -197,7 +196,7 @@ pub fn plan(
         }
         None if !others.is_empty() => {
             // Other networks' rules stay, with the rules every network shares (no address).
-            let shared = |l: &&String| line_nets(l).next().is_none();
+            let shared = |l: &&String| line_nets(l).is_empty();
             if ours.iter().all(shared) {
                 return None;
             }
