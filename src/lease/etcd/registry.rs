@@ -83,6 +83,8 @@ pub struct Registry {
     client: Client,
     prefix: String,
     creds: std::sync::Arc<CredContext>,
+    /// How the client was made, to make another ([`Registry::with_fresh_client`]).
+    dial: std::sync::Arc<connect::Dial>,
 }
 
 impl std::fmt::Debug for Registry {

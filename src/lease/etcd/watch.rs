@@ -17,6 +17,15 @@ use crate::lease::{Backoff, WatchEvent, sleep_or_shutdown};
 /// nothing.
 const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A watch that heard nothing from its member for this long asks it for a progress report
+/// (etcd ≥ 3.4 answers at once), and a member that answers nothing within another period is
+/// taken as gone: a connection whose packets are dropped (a silent partition) is noticed within
+/// two periods of the last message, where HTTP/2 keepalive (30 s + 10 s) takes 40 s. Pinging
+/// faster is not the answer: etcd closes connections that ping more often than every 5 s
+/// (`--grpc-keepalive-min-time`), and a ping is answered by the member's HTTP/2 layer even when
+/// the member itself is stuck, where a progress report has to come from its watch machinery. A
+/// quiet healthy watch costs one small request and answer per period.
+const PROGRESS_PROBE: Duration = Duration::from_secs(3);
 
 /// Turns one etcd watch event into a [`WatchEvent`].
 fn convert_event(reg: &Registry, ev: &etcd_client::Event) -> Option<WatchEvent> {
@@ -69,12 +78,15 @@ enum StreamEnd {
     Closed,
     /// Broken: reconnect from `next_rev`.
     Broken(String),
+    /// The member stopped answering without closing the connection: reconnect from `next_rev`
+    /// on a new client ([`Registry::with_fresh_client`]).
+    Silent(String),
     /// Fell behind a compaction: re-list.
     Compacted(i64),
 }
 
 pub(super) async fn watch_loop(
-    reg: Registry,
+    mut reg: Registry,
     from_revision: i64,
     tx: mpsc::Sender<WatchEvent>,
     shutdown: CancellationToken,
@@ -153,6 +165,28 @@ pub(super) async fn watch_loop(
                 );
                 need_resync = true;
             }
+            StreamEnd::Silent(reason) => {
+                if link.connected {
+                    link.connected = false;
+                    if tx.send(WatchEvent::Disconnected).await.is_err() {
+                        return;
+                    }
+                }
+                tracing::warn!(
+                    "etcd watch lost ({reason}); reconnecting from revision {next_rev} \
+                     on new connections"
+                );
+                match reg.with_fresh_client().await {
+                    Ok(fresh) => reg = fresh,
+                    Err(e) => {
+                        let d = backoff.next_delay();
+                        tracing::warn!("new etcd client for the watch (retrying in {d:.1?}): {e}");
+                        if !sleep_or_shutdown(&shutdown, d).await {
+                            return;
+                        }
+                    }
+                }
+            }
             StreamEnd::Broken(reason) => {
                 if link.connected {
                     link.connected = false;
@@ -188,11 +222,31 @@ async fn run_stream(
     link: &mut Link,
     backoff: &mut Backoff,
 ) -> StreamEnd {
+    // Quiet until `deadline`: then ask for a progress report, or give up if one is out.
+    let mut deadline = tokio::time::Instant::now() + PROGRESS_PROBE;
+    let mut asked = false;
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => return StreamEnd::Shutdown,
             m = stream.message() => m,
+            _ = tokio::time::sleep_until(deadline) => {
+                if asked {
+                    return StreamEnd::Silent(format!(
+                        "no answer from etcd member {} for {PROGRESS_PROBE:?}",
+                        link.member.map_or_else(|| "?".into(), |m| format!("{m:016x}"))
+                    ));
+                }
+                if let Err(e) = stream.request_progress().await {
+                    return StreamEnd::Broken(format!("watch progress request: {e}"));
+                }
+                asked = true;
+                deadline = tokio::time::Instant::now() + PROGRESS_PROBE;
+                continue;
+            }
         };
+        // Anything at all (events, the creation, a progress report) shows the member is there.
+        asked = false;
+        deadline = tokio::time::Instant::now() + PROGRESS_PROBE;
         let resp = match msg {
             Ok(Some(resp)) => resp,
             Ok(None) => return StreamEnd::Broken("stream closed by etcd".into()),

@@ -208,25 +208,53 @@ impl Registry {
             copts = copts.with_user(user.clone(), opts.password.clone().unwrap_or_default());
             copts = copts.with_auto_token_refresh(true);
         }
-        let client =
-            match tokio::time::timeout(RPC_TIMEOUT, Client::connect(&endpoints, Some(copts))).await
-            {
-                Ok(Ok(c)) => c,
-                Ok(Err(error)) => {
-                    let op = format!("connect to {}", endpoints.join(","));
-                    return Err(client_error(&op, error, &CredContext::of(opts)));
-                }
-                Err(_) => {
-                    return Err(RegistryError::Timeout {
-                        op: format!("connect to {}", endpoints.join(",")),
-                    });
-                }
-            };
+        let creds = std::sync::Arc::new(CredContext::of(opts));
+        let dial = std::sync::Arc::new(Dial {
+            endpoints,
+            options: copts,
+            creds: creds.clone(),
+        });
         Ok(Registry {
-            client,
+            client: dial.client().await?,
             prefix: opts.prefix.trim_end_matches('/').to_string(),
-            creds: std::sync::Arc::new(CredContext::of(opts)),
+            creds,
+            dial,
         })
+    }
+
+    /// This registry on a client of its own: new connections to every endpoint. The watch takes
+    /// one after a member stopped answering without closing its connection (a silent
+    /// partition): the shared client's balancer still counts that connection as up and may put
+    /// the next watch on it again, while a new connection to that member cannot even open, so a
+    /// new client's first request goes to a member that answers.
+    pub async fn with_fresh_client(&self) -> Result<Registry> {
+        Ok(Registry {
+            client: self.dial.client().await?,
+            ..self.clone()
+        })
+    }
+}
+
+/// What [`Registry::connect`] made of the options, kept to connect again.
+pub(super) struct Dial {
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+    creds: std::sync::Arc<CredContext>,
+}
+
+impl Dial {
+    async fn client(&self) -> Result<Client> {
+        let op = || format!("connect to {}", self.endpoints.join(","));
+        match tokio::time::timeout(
+            RPC_TIMEOUT,
+            Client::connect(&self.endpoints, Some(self.options.clone())),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(error)) => Err(client_error(&op(), error, &self.creds)),
+            Err(_) => Err(RegistryError::Timeout { op: op() }),
+        }
     }
 }
 
