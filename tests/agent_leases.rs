@@ -5,6 +5,7 @@
 //! Each test plays the rest of the cluster (other nodes' leases, a foreign writer, an outage,
 //! an expiry) through the source's control methods and checks what the agent's lease half
 //! hands to the data plane and what it writes back to the source.
+use net_conf::alloc::Previous;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ async fn start(source: &MemorySource, shutdown: &CancellationToken) -> Leases<Me
     let mut mine = source.clone();
     let conf = conf("host-gw");
     let (own, snapshot) = mine
-        .acquire(&conf, &attrs(1), None, None)
+        .acquire(&conf, &attrs(1), Previous::none(), None)
         .await
         .expect("acquire");
     Leases::start(mine, own, attrs(1), conf, &snapshot, None, shutdown.clone())

@@ -3,6 +3,7 @@ mod common;
 
 use common::certs::make_certs;
 use common::*;
+use net_conf::alloc::Previous;
 use weft::lease::etcd::registry::{EtcdOptions, Registry, RegistryError};
 use weft_testkit::etcd_server::{EtcdServer, EtcdServerOpts, EtcdTls};
 
@@ -146,7 +147,7 @@ async fn username_and_password_authenticate() {
         r#"{"Network":"10.244.0.0/16"}"#
     );
     let mut m = weft::lease::etcd::manager::SubnetManager::new(reg, Default::default());
-    m.acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+    m.acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire with auth");
 

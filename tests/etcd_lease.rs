@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use common::*;
+use net_conf::alloc::Previous;
 use tokio_util::sync::CancellationToken;
 use weft::lease::etcd::manager::{LeaseTiming, RenewalEnd};
 
@@ -14,7 +15,7 @@ async fn acquire_creates_a_leased_key_in_flannel_format() {
     let etcd = start_etcd();
     let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (own, snap) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     assert!(snap.leases.is_empty());
@@ -48,13 +49,13 @@ async fn a_restarted_node_gets_its_subnet_back_on_the_same_etcd_lease() {
     let conf = host_gw_conf();
     let mut a = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (first, _) = a
-        .acquire(&conf, &attrs(node_ip(1)), None)
+        .acquire(&conf, &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     drop(a);
     let mut b = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (second, snap) = b
-        .acquire(&conf, &attrs(node_ip(1)), None)
+        .acquire(&conf, &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire again");
     assert_eq!(second.key, first.key);
@@ -71,7 +72,10 @@ async fn a_restarted_node_gets_its_subnet_back_on_the_same_etcd_lease() {
     // Changed attrs are written by CAS on the same lease.
     let mut vx = attrs(node_ip(1));
     vx.backend_type = "ipip".into();
-    let (third, _) = b.acquire(&conf, &vx, None).await.expect("acquire ipip");
+    let (third, _) = b
+        .acquire(&conf, &vx, Previous::none())
+        .await
+        .expect("acquire ipip");
     assert_eq!(third.key, first.key);
     let now = b.registry().list_leases().await.expect("list");
     assert_eq!(now.leases.len(), 1);
@@ -85,7 +89,14 @@ async fn previous_subnet_is_reused_when_free_and_not_when_taken() {
     let conf = host_gw_conf();
     let mut a = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (own, _) = a
-        .acquire(&conf, &attrs(node_ip(1)), Some(net("10.244.77.0/24")))
+        .acquire(
+            &conf,
+            &attrs(node_ip(1)),
+            Previous {
+                v4: Some(net("10.244.77.0/24")),
+                v6: None,
+            },
+        )
         .await
         .expect("acquire");
     assert_eq!(own.key, key("10.244.77.0-24"));
@@ -93,12 +104,26 @@ async fn previous_subnet_is_reused_when_free_and_not_when_taken() {
     // Another node whose subnet.env names the same subnet must not get it.
     let mut b = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (other, _) = b
-        .acquire(&conf, &attrs(node_ip(2)), Some(net("10.244.77.0/24")))
+        .acquire(
+            &conf,
+            &attrs(node_ip(2)),
+            Previous {
+                v4: Some(net("10.244.77.0/24")),
+                v6: None,
+            },
+        )
         .await
         .expect("acquire");
     assert_ne!(other.key, own.key);
     let (ours_again, _) = a
-        .acquire(&conf, &attrs(node_ip(1)), Some(net("10.244.5.0/24")))
+        .acquire(
+            &conf,
+            &attrs(node_ip(1)),
+            Previous {
+                v4: Some(net("10.244.5.0/24")),
+                v6: None,
+            },
+        )
         .await
         .expect("acquire");
     assert_eq!(
@@ -119,7 +144,7 @@ async fn incompatible_own_lease_is_deleted_and_replaced() {
     .expect("put");
     let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (own, _) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     assert_ne!(own.key, key("10.99.0.0-24"));
@@ -144,7 +169,7 @@ async fn fifty_nodes_at_once_get_fifty_distinct_subnets() {
         tasks.push(tokio::spawn(async move {
             start.wait().await;
             let ip = node_ip(u8::try_from(i + 1).expect("small"));
-            m.acquire(&conf, &attrs(ip), None)
+            m.acquire(&conf, &attrs(ip), Previous::none())
                 .await
                 .map(|(l, _)| (ip, l))
         }));
@@ -179,7 +204,7 @@ async fn a_reservation_is_honoured_and_kept_without_ttl() {
     .expect("put reservation");
     let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (own, _) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(9)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(9)), Previous::none())
         .await
         .expect("acquire");
     assert_eq!(own.key, key("10.244.42.0-24"));
@@ -213,7 +238,7 @@ async fn renewal_refreshes_the_one_etcd_lease() {
     };
     let mut m = manager(&etcd.endpoint(), timing).await;
     let (own, _) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     let reg = m.registry().clone();
@@ -261,7 +286,7 @@ async fn renewal_reports_a_revoked_lease() {
     };
     let mut m = manager(&etcd.endpoint(), timing).await;
     let (own, _) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     m.registry().revoke(own.lease_id).await.expect("revoke");
@@ -284,12 +309,12 @@ async fn deleted_own_key_is_reacquired_with_the_same_subnet() {
     let etcd = start_etcd();
     let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (own, _) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     let path = format!("{PREFIX}/subnets/{}", own.key);
     etcd.etcdctl(&["del", &path]).expect("del");
-    let again = m.reacquire(own.key.v4).await.expect("reacquire");
+    let again = m.reacquire(own.key).await.expect("reacquire");
     assert_eq!(again.lease.key, own.key);
     assert!(!again.subnet_changed);
     assert_ne!(again.lease.lease_id, own.lease_id);
@@ -307,7 +332,7 @@ async fn deleted_own_key_is_reacquired_with_the_same_subnet() {
         r#"{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"host-gw"}"#,
     ])
     .expect("put");
-    let moved = m.reacquire(own.key.v4).await.expect("reacquire");
+    let moved = m.reacquire(own.key).await.expect("reacquire");
     assert!(moved.subnet_changed);
     assert_ne!(moved.lease.key, own.key);
     let snap = m.registry().list_leases().await.expect("list");
@@ -329,7 +354,7 @@ async fn acquire_waits_for_an_unreachable_etcd() {
     let conf = host_gw_conf();
     let task = tokio::spawn(async move {
         let res = m
-            .acquire_retrying(&conf, &attrs(node_ip(1)), None, &stop)
+            .acquire_retrying(&conf, &attrs(node_ip(1)), Previous::none(), &stop)
             .await;
         (m, res)
     });
@@ -352,4 +377,109 @@ async fn acquire_waits_for_an_unreachable_etcd() {
         vec![own.lease_id]
     );
     drop(etcd);
+}
+
+/// A dual-stack network: flannel's key `<v4>-<len>&<v6>-<len>` (Go's compressed IPv6 text) and
+/// value with `PublicIPv6`; the previous IPv6 subnet from subnet.env is kept like the IPv4 one; a
+/// v4-only lease of the node from before the network became dual-stack is replaced by a
+/// dual-stack one on the same IPv4 subnet.
+#[tokio::test]
+async fn dual_stack_leases_have_flannels_key_and_value() {
+    let etcd = start_etcd();
+    let conf = conf(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#,
+    );
+    let dual = |n: u8| net_conf::LeaseAttrs {
+        public_ipv6: Some(format!("fd00:198:18::{n}").parse().expect("v6")),
+        ..attrs(node_ip(n))
+    };
+    let mut a = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (own, _) = a
+        .acquire(&conf, &dual(1), Previous::none())
+        .await
+        .expect("acquire");
+    let v6 = own.key.v6.expect("a dual-stack key");
+    assert_eq!(v6.prefix_len(), 64);
+    assert!(
+        "fd00:10:244::/56"
+            .parse::<ipnet::Ipv6Net>()
+            .expect("net")
+            .contains(&v6),
+        "{v6}"
+    );
+    let text = own.key.to_string();
+    assert!(
+        text.contains('&') && text.ends_with("::-64") && !text.contains(":0:"),
+        "Go's compressed text: {text}"
+    );
+    let value = etcd
+        .etcdctl(&[
+            "get",
+            &format!("{PREFIX}/subnets/{text}"),
+            "--print-value-only",
+        ])
+        .expect("get");
+    assert_eq!(
+        value.trim(),
+        r#"{"PublicIP":"198.18.0.1","PublicIPv6":"fd00:198:18::1","BackendType":"host-gw"}"#
+    );
+
+    // Another node with both previous subnets from its subnet.env gets exactly them (beyond
+    // the 100 candidates node 1 picked from, so they cannot be taken).
+    let mut b = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (second, _) = b
+        .acquire(
+            &conf,
+            &dual(2),
+            Previous {
+                v4: Some(net("10.244.177.0/24")),
+                v6: Some("fd00:10:244:b1::/64".parse().expect("v6")),
+            },
+        )
+        .await
+        .expect("acquire");
+    assert_eq!(second.key, key("10.244.177.0-24&fd00:10:244:b1::-64"));
+
+    // A v4-only lease of node 3 (written when the network was v4-only) is replaced: same IPv4
+    // subnet (subnet.env), a new IPv6 one.
+    etcd.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.244.233.0-24"),
+        r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"host-gw"}"#,
+    ])
+    .expect("put");
+    let mut c = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    let (third, snap) = c
+        .acquire(
+            &conf,
+            &dual(3),
+            Previous {
+                v4: Some(net("10.244.233.0/24")),
+                v6: None,
+            },
+        )
+        .await
+        .expect("acquire");
+    assert_eq!(third.key.v4, net("10.244.233.0/24"));
+    assert!(third.key.v6.is_some());
+    // The list the last decision was made on: the old key deleted, the two others.
+    let keys: BTreeSet<String> = snap.leases.iter().map(|l| l.key.to_string()).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([own.key.to_string(), second.key.to_string()])
+    );
+    let stored = etcd
+        .etcdctl(&[
+            "get",
+            &format!("{PREFIX}/subnets/"),
+            "--prefix",
+            "--keys-only",
+        ])
+        .expect("list");
+    let stored: BTreeSet<&str> = stored.split_whitespace().collect();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(
+        stored.contains(format!("{PREFIX}/subnets/{}", third.key).as_str()),
+        "{stored:?}"
+    );
 }

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use net_conf::alloc::Previous;
 use tokio_util::sync::CancellationToken;
 use weft::lease::etcd::manager::{LeaseTiming, WatchEvent};
 use weft::lease::table::{Change, LeaseTable};
@@ -22,7 +23,7 @@ async fn watch_reports_puts_deletes_and_malformed_entries_without_removals() {
     ])
     .expect("put");
     let (own, snap) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     let mut table = LeaseTable::new(Some(own.key));
@@ -119,7 +120,7 @@ async fn watch_resumes_after_etcd_restart_without_missing_events() {
     let mut etcd = start_etcd();
     let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
     let (own, snap) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     let stop = CancellationToken::new();
@@ -157,7 +158,7 @@ async fn changes_while_cut_off_arrive_on_reconnect() {
     let direct = registry(&etcd.endpoint()).await;
     let mut m = manager(&proxy.endpoint(), LeaseTiming::default()).await;
     let (_, snap) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     let stop = CancellationToken::new();
@@ -222,7 +223,7 @@ async fn compaction_while_cut_off_gives_a_resync_and_the_table_converges() {
     }
     let mut m = manager(&proxy.endpoint(), LeaseTiming::default()).await;
     let (own, snap) = m
-        .acquire(&host_gw_conf(), &attrs(node_ip(1)), None)
+        .acquire(&host_gw_conf(), &attrs(node_ip(1)), Previous::none())
         .await
         .expect("acquire");
     let mut table = LeaseTable::new(Some(own.key));

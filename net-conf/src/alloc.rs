@@ -2,9 +2,11 @@
 //!
 //! The caller lists the leases, asks [`choose`] what to do, does it in etcd (create by
 //! compare-and-swap, renew, or delete an incompatible own lease) and, after a delete or a lost
-//! race, lists again and asks again. Only IPv4 is allocated here; an IPv6 part of an existing
-//! key is checked for compatibility but not chosen.
-use std::net::Ipv4Addr;
+//! race, lists again and asks again. With `EnableIPv6` the IPv6 subnet is chosen the same way and
+//! independently (the previous one from subnet.env if it fits and is free, else a random free
+//! one), and the key becomes dual-stack, `10.244.1.0-24&fd00:10:244:1::-64`. etcd keys always
+//! have an IPv4 part, so an IPv6-only config cannot be allocated here (as in flannel's etcd mode).
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
@@ -40,10 +42,42 @@ pub enum Choice {
     /// A lease with our public IP exists but no longer fits the config: delete it, then list
     /// and call [`choose`] again.
     DeleteIncompatible(SubnetKey),
-    /// The subnet from the previous subnet.env fits and nobody holds it: create it.
-    ReusePrevious(Ipv4Net),
-    /// A free subnet picked from the candidates: create it.
-    Allocate(Ipv4Net),
+    /// No lease of ours: create `key`, made of the previous subnets where they fit and are free,
+    /// else of subnets picked from the free candidates.
+    Create(NewLease),
+}
+
+/// The key of a lease to create, and where each part came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewLease {
+    pub key: SubnetKey,
+    /// The IPv4 part is the previous subnet from subnet.env (else it was picked).
+    pub previous_v4: bool,
+    /// The IPv6 part (if any) is the previous one from subnet.env.
+    pub previous_v6: bool,
+}
+
+/// The subnets this node held before, from its subnet.env (`FLANNEL_SUBNET`,
+/// `FLANNEL_IPV6_SUBNET`), or the subnets a re-acquire prefers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Previous {
+    pub v4: Option<Ipv4Net>,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl Previous {
+    /// Nothing held before.
+    pub fn none() -> Self {
+        Previous::default()
+    }
+
+    /// The parts of `key`.
+    pub fn of(key: SubnetKey) -> Self {
+        Previous {
+            v4: Some(key.v4),
+            v6: key.v6,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -51,6 +85,15 @@ pub enum AllocError {
     /// Every subnet between SubnetMin and SubnetMax is taken.
     #[error("out of subnets")]
     OutOfSubnets,
+    /// Every IPv6 subnet between IPv6SubnetMin and IPv6SubnetMax is taken.
+    #[error("out of IPv6 subnets")]
+    OutOfIpv6Subnets,
+    /// etcd keys need an IPv4 part (`EnableIPv4` false).
+    #[error(
+        "an IPv6-only network (EnableIPv4 false) cannot be leased in etcd: flannel's lease keys \
+         always hold an IPv4 subnet; use --kube-subnet-mgr or enable IPv4"
+    )]
+    NoIpv4,
 }
 
 /// Whether an IPv4 subnet fits the config: the configured SubnetLen, aligned, and within
@@ -81,17 +124,16 @@ pub fn is_compatible_v6(conf: &NetConf, subnet: Ipv6Net) -> bool {
 }
 
 /// Whether an existing lease key fits the config, as flannel decides for reuse by public IP:
-/// the IPv4 part must fit; with IPv6 disabled the key must have no IPv6 part; with IPv6 enabled
-/// an IPv6 part, when present, must fit (weft does not allocate IPv6 yet, so a v4-only key
-/// stays usable).
+/// the IPv4 part must fit; with IPv6 disabled the key must have no IPv6 part, with IPv6 enabled
+/// it must have one that fits. A v4-only lease of a node whose network became dual-stack is
+/// therefore deleted and made again, keeping its IPv4 subnet through subnet.env.
 pub fn is_key_compatible(conf: &NetConf, key: &SubnetKey) -> bool {
     if !is_compatible(conf, key.v4) {
         return false;
     }
     match (conf.enable_ipv6, key.v6) {
         (false, None) => true,
-        (false, Some(_)) => false,
-        (true, None) => true,
+        (false, Some(_)) | (true, None) => false,
         (true, Some(v6)) => is_compatible_v6(conf, v6),
     }
 }
@@ -100,51 +142,99 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+fn overlaps_v6(a: Ipv6Net, b: Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
 /// Up to `limit` free subnets, scanning from SubnetMin upward in SubnetLen steps while
 /// ≤ SubnetMax and skipping any subnet that overlaps a taken network. Runs in
 /// O(t log t + limit) for t taken networks.
 pub fn free_subnets(conf: &NetConf, taken: &[Ipv4Net], limit: usize) -> Vec<Ipv4Net> {
-    let mut out = Vec::new();
-    if conf.network.is_none() || limit == 0 {
-        return out;
+    if conf.network.is_none() {
+        return Vec::new();
     }
-    // Taken address ranges [start, end], sorted by start (u64: no overflow at 255.255.255.255).
-    let mut ranges: Vec<(u64, u64)> = taken
+    let taken = taken
         .iter()
         .map(|n| {
             (
-                u64::from(u32::from(n.network())),
-                u64::from(u32::from(n.broadcast())),
+                u128::from(u32::from(n.network())),
+                u128::from(u32::from(n.broadcast())),
             )
         })
         .collect();
-    ranges.sort_unstable();
+    free_starts(
+        u128::from(u32::from(conf.subnet_min)),
+        u128::from(u32::from(conf.subnet_max)),
+        u128::from(conf.subnet_size()),
+        taken,
+        limit,
+    )
+    .into_iter()
+    // Start and length are valid by construction (aligned, SubnetLen ≤ 30).
+    .filter_map(|start| u32::try_from(start).ok())
+    .filter_map(|start| Ipv4Net::new(Ipv4Addr::from(start), conf.subnet_len).ok())
+    .collect()
+}
 
-    let size = conf.subnet_size();
-    let max = u64::from(u32::from(conf.subnet_max));
-    let mut cur = u64::from(u32::from(conf.subnet_min));
+/// [`free_subnets`] for IPv6: IPv6SubnetMin..=IPv6SubnetMax in IPv6SubnetLen steps.
+pub fn free_subnets_v6(conf: &NetConf, taken: &[Ipv6Net], limit: usize) -> Vec<Ipv6Net> {
+    let (Some(_), Some(min), Some(max)) = (
+        conf.ipv6_network,
+        conf.ipv6_subnet_min,
+        conf.ipv6_subnet_max,
+    ) else {
+        return Vec::new();
+    };
+    let Some(size) = 1u128.checked_shl(128 - u32::from(conf.ipv6_subnet_len)) else {
+        return Vec::new();
+    };
+    let taken = taken
+        .iter()
+        .map(|n| (u128::from(n.network()), u128::from(n.broadcast())))
+        .collect();
+    free_starts(u128::from(min), u128::from(max), size, taken, limit)
+        .into_iter()
+        .filter_map(|start| Ipv6Net::new(Ipv6Addr::from(start), conf.ipv6_subnet_len).ok())
+        .collect()
+}
+
+/// The first addresses of up to `limit` blocks of `size` addresses, aligned to `size`, from
+/// `min` while ≤ `max`, that overlap none of the `taken` ranges (`[first, last]`), for both
+/// families (u128 holds either; arithmetic saturates at the top of the IPv6 space).
+fn free_starts(
+    min: u128,
+    max: u128,
+    size: u128,
+    mut taken: Vec<(u128, u128)>,
+    limit: usize,
+) -> Vec<u128> {
+    let mut out = Vec::new();
+    if size == 0 || limit == 0 {
+        return out;
+    }
+    taken.sort_unstable();
+    let mut cur = min;
     let mut next = 0;
     // The largest end among ranges starting at or before the candidate's last address.
-    let mut covered_to: Option<u64> = None;
+    let mut covered_to: Option<u128> = None;
     while cur <= max && out.len() < limit {
-        let last = cur + size - 1;
-        while next < ranges.len() && ranges[next].0 <= last {
-            let end = ranges[next].1;
-            covered_to = Some(covered_to.map_or(end, |c: u64| c.max(end)));
+        let last = cur.saturating_add(size - 1);
+        while next < taken.len() && taken[next].0 <= last {
+            let end = taken[next].1;
+            covered_to = Some(covered_to.map_or(end, |c| c.max(end)));
             next += 1;
         }
-        match covered_to {
-            Some(end) if end >= cur => {
-                // Jump past the taken range to the next aligned candidate.
-                cur = (end / size + 1) * size;
-            }
+        let step_from = match covered_to {
+            // Jump past the taken range to the next aligned candidate.
+            Some(end) if end >= cur => (end / size).checked_add(1),
             _ => {
-                // Start and length are valid by construction (aligned, SubnetLen ≤ 30).
-                if let Ok(n) = Ipv4Net::new(Ipv4Addr::from(cur as u32), conf.subnet_len) {
-                    out.push(n);
-                }
-                cur += size;
+                out.push(cur);
+                (cur / size).checked_add(1)
             }
+        };
+        match step_from.and_then(|n| n.checked_mul(size)) {
+            Some(c) => cur = c,
+            None => break,
         }
     }
     out
@@ -203,15 +293,15 @@ pub fn previous_refusal(
 
 /// Decides how this node gets its lease (flannel's order):
 /// 1. a lease with our public IP: reuse it if it fits the config, else delete it;
-/// 2. the previous subnet from subnet.env, if it fits and no lease overlaps it;
-/// 3. one of up to [`MAX_CANDIDATES`] free subnets, `pick(n)` choosing the index (`< n`; a
-///    larger value is reduced modulo `n`);
-/// 4. none free: [`AllocError::OutOfSubnets`].
+/// 2. for each family enabled, the previous subnet from subnet.env if it fits and no lease
+///    overlaps it, else one of up to [`MAX_CANDIDATES`] free subnets, `pick(n)` choosing the
+///    index (`< n`; a larger value is reduced modulo `n`; IPv4 is picked first, then IPv6);
+/// 3. none free: [`AllocError::OutOfSubnets`] (or [`AllocError::OutOfIpv6Subnets`]).
 pub fn choose(
     conf: &NetConf,
     existing: &[ExistingLease],
     public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    previous: Previous,
     pick: &mut dyn FnMut(usize) -> usize,
 ) -> Result<Choice, AllocError> {
     if let Some(own) = existing.iter().find(|l| l.public_ip == Some(public_ip)) {
@@ -221,16 +311,50 @@ pub fn choose(
             Choice::DeleteIncompatible(own.key)
         });
     }
-    if let Some(prev) = previous {
-        if is_compatible(conf, prev) && !existing.iter().any(|l| overlaps(l.key.v4, prev)) {
-            return Ok(Choice::ReusePrevious(prev));
+    if conf.network.is_none() {
+        return Err(AllocError::NoIpv4);
+    }
+    let (v4, previous_v4) = match previous.v4 {
+        Some(prev)
+            if is_compatible(conf, prev) && !existing.iter().any(|l| overlaps(l.key.v4, prev)) =>
+        {
+            (prev, true)
         }
-    }
-    let taken: Vec<Ipv4Net> = existing.iter().map(|l| l.key.v4).collect();
-    let candidates = free_subnets(conf, &taken, MAX_CANDIDATES);
-    if candidates.is_empty() {
-        return Err(AllocError::OutOfSubnets);
-    }
-    let i = pick(candidates.len()) % candidates.len();
-    Ok(Choice::Allocate(candidates[i]))
+        _ => {
+            let taken: Vec<Ipv4Net> = existing.iter().map(|l| l.key.v4).collect();
+            let candidates = free_subnets(conf, &taken, MAX_CANDIDATES);
+            if candidates.is_empty() {
+                return Err(AllocError::OutOfSubnets);
+            }
+            (candidates[pick(candidates.len()) % candidates.len()], false)
+        }
+    };
+    let (v6, previous_v6) = if !conf.enable_ipv6 {
+        (None, false)
+    } else {
+        let taken_v6: Vec<Ipv6Net> = existing.iter().filter_map(|l| l.key.v6).collect();
+        match previous.v6 {
+            Some(prev)
+                if is_compatible_v6(conf, prev)
+                    && !taken_v6.iter().any(|t| overlaps_v6(*t, prev)) =>
+            {
+                (Some(prev), true)
+            }
+            _ => {
+                let candidates = free_subnets_v6(conf, &taken_v6, MAX_CANDIDATES);
+                if candidates.is_empty() {
+                    return Err(AllocError::OutOfIpv6Subnets);
+                }
+                (
+                    Some(candidates[pick(candidates.len()) % candidates.len()]),
+                    false,
+                )
+            }
+        }
+    };
+    Ok(Choice::Create(NewLease {
+        key: SubnetKey { v4, v6 },
+        previous_v4,
+        previous_v6,
+    }))
 }

@@ -8,7 +8,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use net_conf::{BackendConf, LeaseAttrs, NetConf, SubnetEnv, SubnetKey, VxlanData};
+use net_conf::alloc::{Previous, choose, is_key_compatible};
+use net_conf::{
+    BackendConf, Choice, ExistingLease, LeaseAttrs, NetConf, SubnetEnv, SubnetKey, VxlanData,
+};
 use proptest::prelude::*;
 
 // ===== generators =====
@@ -34,8 +37,14 @@ fn lease_attrs() -> impl Strategy<Value = LeaseAttrs> {
         (ipv4(), 1u32..(1 << 24), mac())
             .prop_map(|(ip, vni, mac)| { LeaseAttrs::vxlan(ip, VxlanData { vni, vtep_mac: mac }) }),
     ];
-    (base, proptest::option::of(ipv6())).prop_map(|(mut attrs, v6)| {
-        attrs.public_ipv6 = v6;
+    (base, proptest::option::of((ipv6(), 1u32..(1 << 24), mac()))).prop_map(|(mut attrs, v6)| {
+        if let Some((ip, vni, mac)) = v6 {
+            attrs.public_ipv6 = Some(ip);
+            // A dual-stack vxlan lease carries the v6 device's VNI and MAC in BackendV6Data.
+            if attrs.backend_type == "vxlan" {
+                attrs.backend_v6_data = Some(VxlanData { vni, vtep_mac: mac }.to_json());
+            }
+        }
         attrs
     })
 }
@@ -304,8 +313,89 @@ proptest! {
     }
 
     #[test]
+    fn dual_stack_subnet_env_round_trips(
+        net in v4_net(), sub in v4_net(), net6 in v6_net(), sub6 in v6_net(), mtu in 68u32..65536,
+    ) {
+        let env = SubnetEnv {
+            network: Some(net),
+            subnet: Some(sub),
+            ipv6_network: Some(net6),
+            ipv6_subnet: Some(sub6),
+            more_networks: Vec::new(),
+            more_ipv6_networks: Vec::new(),
+            mtu,
+            ipmasq: true,
+        };
+        let text = env.render();
+        let back = SubnetEnv::parse(&text);
+        prop_assert!(back.is_ok(), "{}: {:?}", text, back.err());
+        let back = back.unwrap();
+        prop_assert_eq!(back.ipv6_network, Some(net6));
+        // FLANNEL_IPV6_SUBNET is the first address with the prefix length; read back as the
+        // subnet (a /128 has no room for it and is written as the address itself).
+        if sub6.prefix_len() < 128 {
+            prop_assert_eq!(net_conf::subnet_env::previous_ipv6_subnet(&text), Some(sub6));
+        }
+    }
+
+    #[test]
     fn subnet_env_parse_never_panics(text in "\\PC{0,200}") {
         let _ = SubnetEnv::parse(&text);
         let _ = net_conf::previous_subnet(&text);
+    }
+}
+
+/// Random dual-stack leases already in etcd (some overlapping each other, some outside the
+/// ranges), never enough to fill either network: 40 at most, each covering at most one /24 of
+/// the 63 and four /64s of the 255 free.
+fn dual_leases() -> impl Strategy<Value = Vec<ExistingLease>> {
+    proptest::collection::vec((0u32..64, 24u8..=26, 0u128..260, 62u8..=66, ipv4()), 0..40).prop_map(
+        |items| {
+            items
+                .into_iter()
+                .map(|(i, len, j, len6, ip)| {
+                    let v4 = Ipv4Net::new(Ipv4Addr::from(0x0af4_0000 + (i << 8)), len)
+                        .unwrap()
+                        .trunc();
+                    let base6 = u128::from("fd00:10:244::".parse::<Ipv6Addr>().unwrap());
+                    let v6 = Ipv6Net::new(Ipv6Addr::from(base6 + (j << 64)), len6)
+                        .unwrap()
+                        .trunc();
+                    ExistingLease {
+                        key: SubnetKey { v4, v6: Some(v6) },
+                        public_ip: Some(ip),
+                    }
+                })
+                .collect()
+        },
+    )
+}
+
+proptest! {
+    /// Whatever is in etcd, a new dual-stack lease fits the config in both families and
+    /// overlaps no existing lease in either.
+    #[test]
+    fn dual_stack_allocation_fits_and_never_overlaps(
+        existing in dual_leases(), p4 in any::<usize>(), p6 in any::<usize>(),
+    ) {
+        let conf = NetConf::parse(
+            r#"{"Network":"10.244.0.0/18","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#,
+        ).unwrap().conf;
+        let mut picks = [p4, p6].into_iter();
+        let me = Ipv4Addr::new(203, 0, 113, 1);
+        let got = choose(&conf, &existing, me, Previous::none(), &mut |_| picks.next().unwrap_or(0));
+        match got {
+            Ok(Choice::Create(new)) => {
+                let v6 = new.key.v6.expect("a v6 part");
+                prop_assert!(is_key_compatible(&conf, &new.key), "{}", new.key);
+                for l in &existing {
+                    prop_assert!(!(l.key.v4.contains(&new.key.v4.network()) || new.key.v4.contains(&l.key.v4.network())), "{} overlaps {}", new.key, l.key);
+                    let o = l.key.v6.unwrap();
+                    prop_assert!(!(o.contains(&v6.network()) || v6.contains(&o.network())), "{} overlaps {}", new.key, l.key);
+                }
+            }
+            Err(e) => prop_assert!(false, "{e} with {} leases", existing.len()),
+            Ok(other) => prop_assert!(false, "{other:?}"),
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! - the config changed → handed to the agent ([`Update::config`]).
 use std::time::Duration;
 
+use net_conf::alloc::Previous;
 use net_conf::{LeaseAttrs, NetConf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -213,13 +214,13 @@ impl<S: LeaseSource> Leases<S> {
         self.republish_due = false;
         let mut source = self.source.clone();
         let (conf, attrs) = (self.conf.clone(), self.attrs.clone());
-        let prefer = self.own.key.v4;
+        let prefer = self.own.key;
         let shutdown = self.shutdown.clone();
         self.republishing = Some(tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), RETRY_MAX);
             loop {
                 let res = tokio::select! {
-                    r = source.acquire(&conf, &attrs, Some(prefer), None) => r,
+                    r = source.acquire(&conf, &attrs, Previous::of(prefer), None) => r,
                     () = shutdown.cancelled() => return None,
                 };
                 match res {
@@ -389,7 +390,7 @@ impl<S: LeaseSource> Leases<S> {
             self.republish_due = true;
         }
         let mut source = self.source.clone();
-        let prefer = self.own.key.v4;
+        let prefer = self.own.key;
         let shutdown = self.shutdown.clone();
         self.reacquiring = Some(tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), RETRY_MAX);

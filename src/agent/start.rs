@@ -414,9 +414,13 @@ impl Start {
             }
         }
         let attrs = primary.prepare(&nl, &ext).await?;
-        let previous = subnet_file::read_previous(&opts.subnet_file)
-            .as_deref()
-            .and_then(net_conf::subnet_env::previous_subnet);
+        let previous = subnet_file::read_previous(&opts.subnet_file).map_or_else(
+            net_conf::alloc::Previous::none,
+            |text| net_conf::alloc::Previous {
+                v4: net_conf::subnet_env::previous_subnet(&text),
+                v6: net_conf::subnet_env::previous_ipv6_subnet(&text),
+            },
+        );
         let mut backoff = Backoff::new(Duration::from_millis(100), RETRY_MAX);
         let (own, snapshot) = loop {
             health.beat();

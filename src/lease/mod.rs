@@ -15,7 +15,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use ipnet::Ipv4Net;
+use net_conf::alloc::Previous;
 use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,20 +41,20 @@ pub trait LeaseSource: Clone + Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<Snapshot>> + Send;
 
     /// Gets (or re-publishes with new `attrs`) the node's lease: the lease carrying our public
-    /// IP, else `previous` (the subnet in subnet.env) if free, else a free subnet of `conf`.
+    /// IP, else `previous` (the subnets in subnet.env) if free, else free subnets of `conf`.
     /// `listed` is a list to decide on (saves a read); the list returned is the one the
     /// decision was made on, to start the peer table and [`watch`](Self::watch) from.
     fn acquire(
         &mut self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
         listed: Option<Snapshot>,
     ) -> impl Future<Output = Result<(OwnLease, Snapshot)>> + Send;
 
-    /// Gets the lease again after it was lost (deleted, expired): `prefer` if still free, else
-    /// another subnet. Requires an earlier [`acquire`](Self::acquire) on this value.
-    fn reacquire(&mut self, prefer: Ipv4Net) -> impl Future<Output = Result<Reacquired>> + Send;
+    /// Gets the lease again after it was lost (deleted, expired): `prefer`'s subnets if still
+    /// free, else others. Requires an earlier [`acquire`](Self::acquire) on this value.
+    fn reacquire(&mut self, prefer: SubnetKey) -> impl Future<Output = Result<Reacquired>> + Send;
 
     /// Writes `attrs` back over another value on our key, keeping the key's lease. `Ok(false)`
     /// when the key is gone (the delete event leads to a re-acquire).
@@ -167,7 +167,7 @@ pub struct OwnLease {
 pub struct Reacquired {
     pub lease: OwnLease,
     pub snapshot: Snapshot,
-    /// True when the subnet differs from the preferred one: the caller must reconfigure
+    /// True when a subnet differs from the preferred ones: the caller must reconfigure
     /// (device address, subnet.env, routes).
     pub subnet_changed: bool,
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{Result, bail};
 use ipnet::Ipv4Net;
-use net_conf::alloc::{self, Choice, ExistingLease};
+use net_conf::alloc::{self, Choice, ExistingLease, Previous};
 use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -277,7 +277,7 @@ impl MemorySource {
         store: &mut Store,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
     ) -> Result<OwnLease> {
         let snap = store.snapshot();
         let existing: Vec<ExistingLease> = snap
@@ -288,7 +288,7 @@ impl MemorySource {
         let key = match alloc::choose(conf, &existing, attrs.public_ip, previous, &mut |_| 0)? {
             Choice::ReuseOwn(key) => key,
             Choice::DeleteIncompatible(key) => bail!("lease {key} does not fit the config"),
-            Choice::ReusePrevious(net) | Choice::Allocate(net) => SubnetKey::new(net),
+            Choice::Create(new) => new.key,
         };
         let lease_id = match store.leases.get(&key.to_string()) {
             Some(stored) if stored.lease_id != 0 && store.alive.contains(&stored.lease_id) => {
@@ -341,7 +341,7 @@ impl LeaseSource for MemorySource {
         &mut self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
         _listed: Option<Snapshot>,
     ) -> Result<(OwnLease, Snapshot)> {
         let (own, snap) = {
@@ -355,7 +355,7 @@ impl LeaseSource for MemorySource {
         Ok((own, snap))
     }
 
-    async fn reacquire(&mut self, prefer: Ipv4Net) -> Result<Reacquired> {
+    async fn reacquire(&mut self, prefer: SubnetKey) -> Result<Reacquired> {
         let Some((conf, attrs)) = self.last.clone() else {
             bail!("reacquire before acquire");
         };
@@ -365,13 +365,13 @@ impl LeaseSource for MemorySource {
             if let Some(id) = held {
                 store.alive.remove(&id);
             }
-            let own = Self::take(&mut store, &conf, &attrs, Some(prefer))?;
+            let own = Self::take(&mut store, &conf, &attrs, Previous::of(prefer))?;
             (own, store.snapshot())
         };
         self.changed.send_modify(|n| *n += 1);
         self.held = Some(lease.lease_id);
         Ok(Reacquired {
-            subnet_changed: lease.key.v4 != prefer,
+            subnet_changed: lease.key != prefer,
             lease,
             snapshot,
         })

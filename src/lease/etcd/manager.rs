@@ -15,8 +15,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use ipnet::Ipv4Net;
-use net_conf::alloc::{self, Choice, ExistingLease};
+use net_conf::alloc::{self, Choice, ExistingLease, NewLease, Previous};
 use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +125,7 @@ impl SubnetManager {
         &mut self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
     ) -> Result<(OwnLease, Snapshot)> {
         self.acquire_from(conf, attrs, previous, None).await
     }
@@ -139,7 +138,7 @@ impl SubnetManager {
         &mut self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
         mut listed: Option<Snapshot>,
     ) -> Result<(OwnLease, Snapshot)> {
         self.last = Some((conf.clone(), attrs.clone()));
@@ -183,7 +182,7 @@ impl SubnetManager {
         &mut self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
         shutdown: &CancellationToken,
     ) -> Option<Result<(OwnLease, Snapshot)>> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -215,7 +214,7 @@ impl SubnetManager {
         &self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
         snapshot: &Snapshot,
     ) -> Result<Option<OwnLease>> {
         let mut existing: Vec<ExistingLease> = snapshot
@@ -233,10 +232,20 @@ impl SubnetManager {
         let mut pick = |n: usize| fastrand::usize(..n.max(1));
         let choice = alloc::choose(conf, &existing, attrs.public_ip, previous, &mut pick)
             .map_err(|e| anyhow!("failed to acquire lease: {e}"))?;
-        if matches!(choice, Choice::Allocate(_))
-            && let Some(why) = alloc::previous_refusal(conf, &existing, previous)
-        {
-            tracing::warn!("{why}");
+        if let Choice::Create(new) = &choice {
+            if !new.previous_v4
+                && let Some(why) = alloc::previous_refusal(conf, &existing, previous.v4)
+            {
+                tracing::warn!("{why}");
+            }
+            if let (Some(prev), Some(got)) = (previous.v6, new.key.v6)
+                && !new.previous_v6
+            {
+                tracing::warn!(
+                    "the previous IPv6 subnet {prev} (from subnet.env) does not fit the \
+                     config or is held by another lease; this node gets {got}"
+                );
+            }
         }
         match choice {
             Choice::ReuseOwn(key) => {
@@ -277,19 +286,20 @@ impl SubnetManager {
                 }
                 Ok(None)
             }
-            Choice::ReusePrevious(net) => {
-                let key = SubnetKey::new(net);
+            Choice::Create(NewLease {
+                key,
+                previous_v4,
+                previous_v6,
+            }) => {
                 let lease = self.create(&key, attrs).await?;
-                tracing::info!("Found previously leased subnet ({net}), reusing");
-                Ok(Some(lease))
-            }
-            Choice::Allocate(net) => {
-                let key = SubnetKey::new(net);
-                let lease = self.create(&key, attrs).await?;
-                tracing::info!(
-                    "Allocated lease ({key}) to current node ({})",
-                    fmt_attrs(attrs)
-                );
+                if previous_v4 && (previous_v6 || key.v6.is_none()) {
+                    tracing::info!("Found previously leased subnet ({key}), reusing");
+                } else {
+                    tracing::info!(
+                        "Allocated lease ({key}) to current node ({})",
+                        fmt_attrs(attrs)
+                    );
+                }
                 Ok(Some(lease))
             }
         }
@@ -362,7 +372,7 @@ impl SubnetManager {
     /// Gets a lease again after the own key was deleted: `prefer` (the old subnet) if it is
     /// still free, else another one. The old etcd lease is revoked first (not-found ignored).
     /// Requires a previous [`Self::acquire`].
-    pub async fn reacquire(&mut self, prefer: Ipv4Net) -> Result<Reacquired> {
+    pub async fn reacquire(&mut self, prefer: SubnetKey) -> Result<Reacquired> {
         let Some((conf, attrs)) = self.last.clone() else {
             bail!("reacquire before acquire");
         };
@@ -376,8 +386,8 @@ impl SubnetManager {
                 }
             }
         }
-        let (lease, snapshot) = self.acquire(&conf, &attrs, Some(prefer)).await?;
-        let subnet_changed = lease.key.v4 != prefer;
+        let (lease, snapshot) = self.acquire(&conf, &attrs, Previous::of(prefer)).await?;
+        let subnet_changed = lease.key != prefer;
         if subnet_changed {
             tracing::warn!(
                 "subnet {prefer} is taken by another node; this node now has {}",

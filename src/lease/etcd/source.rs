@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use anyhow::{Context as _, Result};
-use ipnet::Ipv4Net;
-use net_conf::{LeaseAttrs, NetConf};
+use net_conf::alloc::Previous;
+use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -37,13 +37,13 @@ impl LeaseSource for SubnetManager {
         &mut self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: Previous,
         listed: Option<Snapshot>,
     ) -> Result<(OwnLease, Snapshot)> {
         self.acquire_from(conf, attrs, previous, listed).await
     }
 
-    async fn reacquire(&mut self, prefer: Ipv4Net) -> Result<Reacquired> {
+    async fn reacquire(&mut self, prefer: SubnetKey) -> Result<Reacquired> {
         SubnetManager::reacquire(self, prefer).await
     }
 

@@ -9,6 +9,7 @@ use anyhow::{Result, anyhow};
 use ipnet::Ipv4Net;
 use kube::api::{GetParams, ListParams, Patch, PatchParams};
 use kube::core::Request;
+use net_conf::alloc::Previous;
 use net_conf::{LeaseAttrs, NetConf, SubnetKey};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -280,7 +281,7 @@ impl LeaseSource for KubeSource {
         &mut self,
         conf: &NetConf,
         attrs: &LeaseAttrs,
-        _previous: Option<Ipv4Net>,
+        _previous: Previous,
         _listed: Option<Snapshot>,
     ) -> Result<(OwnLease, Snapshot)> {
         let key = self.claim(conf.network, attrs).await?;
@@ -289,22 +290,19 @@ impl LeaseSource for KubeSource {
         Ok((Self::own(key), snapshot))
     }
 
-    async fn reacquire(&mut self, prefer: Ipv4Net) -> Result<Reacquired> {
+    async fn reacquire(&mut self, prefer: SubnetKey) -> Result<Reacquired> {
         let (network, attrs) = lock(&self.held)
             .clone()
             .ok_or_else(|| anyhow!("re-acquire before acquire"))?;
         let key = self.claim(network, &attrs).await?;
         let snapshot = self.list_nodes().await?;
-        if key.v4 != prefer {
-            warn!(
-                "node {}: podCIDR is now {} (was {prefer})",
-                &*self.node, key.v4
-            );
+        if key != prefer {
+            warn!("node {}: podCIDR is now {key} (was {prefer})", &*self.node);
         }
         Ok(Reacquired {
             lease: Self::own(key),
             snapshot,
-            subnet_changed: key.v4 != prefer,
+            subnet_changed: key != prefer,
         })
     }
 
