@@ -32,9 +32,14 @@ type Shown = fn(&NetConf) -> String;
 /// `Field (file X, store Y)`. Pure. In a mixed cluster each disagreement splits the overlay:
 /// flanneld nodes and weft nodes would program different networks or backends.
 pub fn disagreements(file: &NetConf, store: &NetConf) -> Vec<String> {
-    let fields: [(&str, Shown); 5] = [
+    let fields: [(&str, Shown); 7] = [
         ("Network", |c| {
             c.network
+                .map_or_else(|| "none".to_string(), |n| n.to_string())
+        }),
+        ("EnableIPv6", |c| c.enable_ipv6.to_string()),
+        ("IPv6Network", |c| {
+            c.ipv6_network
                 .map_or_else(|| "none".to_string(), |n| n.to_string())
         }),
         ("SubnetLen", |c| c.subnet_len.to_string()),
@@ -115,17 +120,19 @@ pub fn classify(running: &NetConf, text: &str) -> ConfigChange {
     }
     let fixed = |c: &NetConf| {
         (
-            c.network,
-            c.subnet_len,
-            c.subnet_min,
-            c.subnet_max,
-            c.enable_ipv4,
-            c.enable_ipv6,
+            (c.network, c.subnet_len, c.subnet_min, c.subnet_max),
+            (c.enable_ipv4, c.enable_ipv6),
+            (
+                c.ipv6_network,
+                c.ipv6_subnet_len,
+                c.ipv6_subnet_min,
+                c.ipv6_subnet_max,
+            ),
         )
     };
     if fixed(&new) != fixed(running) {
         return ConfigChange::Refused(format!(
-            "Network, SubnetLen, SubnetMin/Max and the IP families cannot change while nodes hold leases ({} /{} → {} /{})",
+            "Network, SubnetLen, SubnetMin/Max, the IP families and their IPv6 counterparts cannot change while nodes hold leases ({} /{} → {} /{})",
             running.network.map(|n| n.to_string()).unwrap_or_default(),
             running.subnet_len,
             new.network.map(|n| n.to_string()).unwrap_or_default(),

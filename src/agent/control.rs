@@ -315,7 +315,7 @@ impl<S: LeaseSource> Agent<S> {
     }
 
     pub(super) async fn write_subnet_env(&self, mtu: u32) -> Result<()> {
-        write_subnet_env(&self.opts, &self.conf, self.leases.own().key.v4, mtu).await?;
+        write_subnet_env(&self.opts, &self.conf, self.leases.own().key, mtu).await?;
         info!("Wrote subnet file to {}", self.opts.subnet_file.display());
         Ok(())
     }

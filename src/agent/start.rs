@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow};
 use backends::nl::Netlink;
 use backends::reconcile::Reconciler;
 use backends::{AnyBackend, Backend, ExternalInterface, Ownership, Peer};
-use net_conf::{BackendConf, NetConf, SubnetEnv};
+use net_conf::{BackendConf, NetConf, SubnetEnv, SubnetKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -197,7 +197,7 @@ async fn boot_from_cache(
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;
     start_firewall(opts, &conf, own.v4).await?;
-    write_subnet_env(opts, &conf, own.v4, mtu).await?;
+    write_subnet_env(opts, &conf, own, mtu).await?;
     warn!(
         "etcd is unreachable: programmed {} cached peers from {} ({} writes, {} failures) and wrote {}; waiting for etcd",
         peers.len(),
@@ -243,19 +243,21 @@ pub(super) async fn start_firewall(
     Ok(fw)
 }
 
-/// Writes subnet.env (atomically, with its fsyncs) for `subnet` of `conf`'s network, on a
-/// blocking thread: never on the runtime's.
+/// Writes subnet.env (atomically, with its fsyncs) for the subnets of `own` in `conf`'s
+/// networks, on a blocking thread: never on the runtime's. The IPv6 lines are written when the
+/// network is dual-stack, as flanneld writes them.
 pub(super) async fn write_subnet_env(
     opts: &Options,
     conf: &NetConf,
-    subnet: ipnet::Ipv4Net,
+    own: SubnetKey,
     mtu: u32,
 ) -> Result<()> {
+    let v6 = conf.enable_ipv6;
     let env = SubnetEnv {
         network: conf.network,
-        subnet: Some(subnet),
-        ipv6_network: None,
-        ipv6_subnet: None,
+        subnet: Some(own.v4),
+        ipv6_network: conf.ipv6_network.filter(|_| v6),
+        ipv6_subnet: own.v6.filter(|_| v6),
         more_networks: Vec::new(),
         more_ipv6_networks: Vec::new(),
         mtu,

@@ -2,9 +2,9 @@
 //! from the JSON; the rest of a multi-KiB Node is skipped by the decoder, never kept), flannel's
 //! annotations, and the patches weft writes. Pure: no I/O.
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use net_conf::{LeaseAttrs, SubnetKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -41,20 +41,36 @@ impl NodeLite {
     /// The node's IPv4 pod CIDR: the IPv4 entry of `spec.podCIDRs`, else `spec.podCIDR`.
     /// `Ok(None)` when none is assigned; an error names a value that is not a CIDR.
     pub fn pod_cidr_v4(&self) -> Result<Option<Ipv4Net>, String> {
+        self.pod_cidrs().map(|(v4, _)| v4)
+    }
+
+    /// The node's IPv6 pod CIDR (the IPv6 entry of `spec.podCIDRs`, else `spec.podCIDR`), as
+    /// [`pod_cidr_v4`](Self::pod_cidr_v4).
+    pub fn pod_cidr_v6(&self) -> Result<Option<Ipv6Net>, String> {
+        self.pod_cidrs().map(|(_, v6)| v6)
+    }
+
+    /// The first IPv4 and the first IPv6 entry of the pod CIDRs.
+    fn pod_cidrs(&self) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
         let mut all: Vec<&str> = self.spec.pod_cidrs.iter().map(String::as_str).collect();
         if all.is_empty()
             && let Some(single) = self.spec.pod_cidr.as_deref().filter(|s| !s.is_empty())
         {
             all.push(single);
         }
+        let (mut v4, mut v6) = (None, None);
         for text in all {
             match text.parse::<IpNet>() {
-                Ok(IpNet::V4(net)) => return Ok(Some(net.trunc())),
-                Ok(IpNet::V6(_)) => {}
+                Ok(IpNet::V4(net)) => {
+                    v4.get_or_insert(net.trunc());
+                }
+                Ok(IpNet::V6(net)) => {
+                    v6.get_or_insert(net.trunc());
+                }
                 Err(_) => return Err(format!("podCIDR {text:?} is not a CIDR")),
             }
         }
-        Ok(None)
+        Ok((v4, v6))
     }
 
     pub fn resource_version(&self) -> i64 {
@@ -105,9 +121,11 @@ impl Annotations {
                 subnet,
             })
         };
-        let subnet = match node.pod_cidr_v4() {
-            Ok(Some(net)) => SubnetKey::new(net),
-            Ok(None) => return NodeLease::NotALease,
+        // A dual-stack node's key has both parts, as an etcd lease's (no IPv4 part: not a
+        // lease weft can use, as etcd keys always have one).
+        let subnet = match node.pod_cidrs() {
+            Ok((Some(v4), v6)) => SubnetKey { v4, v6 },
+            Ok((None, _)) => return NodeLease::NotALease,
             Err(e) => return malformed(e, None),
         };
         // An admin-set overwrite replaces the advertised address (NAT).
@@ -142,9 +160,38 @@ impl Annotations {
                 Some(subnet),
             );
         }
+        // The IPv6 side, for a node with an IPv6 pod CIDR: `public-ipv6` and `backend-v6-data`.
+        let mut v6_fields = String::new();
+        if subnet.v6.is_some() {
+            if let Some(text) = a.get(&self.public_ipv6).filter(|s| !s.is_empty()) {
+                if text.parse::<Ipv6Addr>().is_err() {
+                    return malformed(
+                        format!(
+                            "annotation {} {text:?} is not an IPv6 address",
+                            self.public_ipv6
+                        ),
+                        Some(subnet),
+                    );
+                }
+                v6_fields = format!(",\"PublicIPv6\":{}", json!(text));
+            }
+            if let Some(data6) = a.get(&self.backend_v6_data) {
+                if serde_json::from_str::<Value>(data6).is_err() {
+                    return malformed(
+                        format!(
+                            "annotation {} {:?} is not JSON",
+                            self.backend_v6_data,
+                            net_conf::excerpt(data6, 200)
+                        ),
+                        Some(subnet),
+                    );
+                }
+                v6_fields.push_str(&format!(",\"BackendV6Data\":{data6}"));
+            }
+        }
         let backend_type = a.get(&self.backend_type).cloned().unwrap_or_default();
         let value = format!(
-            "{{\"PublicIP\":{},\"BackendType\":{},\"BackendData\":{data}}}",
+            "{{\"PublicIP\":{},\"BackendType\":{},\"BackendData\":{data}{v6_fields}}}",
             json!(public_ip.to_string()),
             json!(backend_type),
         );
@@ -160,9 +207,10 @@ impl Annotations {
     }
 
     /// The annotations this node publishes for `attrs`, as flanneld writes them
-    /// (`backend-data` is `null` when the backend has none).
+    /// (`backend-data` is `null` when the backend has none); a dual-stack node adds
+    /// `backend-v6-data` (`null` likewise) and `public-ipv6`.
     pub fn own(&self, attrs: &LeaseAttrs) -> Vec<(String, String)> {
-        vec![
+        let mut out = vec![
             (
                 self.backend_data.clone(),
                 attrs
@@ -173,7 +221,18 @@ impl Annotations {
             (self.backend_type.clone(), attrs.backend_type.clone()),
             (self.subnet_manager.clone(), "true".to_string()),
             (self.public_ip.clone(), attrs.public_ip.to_string()),
-        ]
+        ];
+        if let Some(v6) = attrs.public_ipv6 {
+            out.push((
+                self.backend_v6_data.clone(),
+                attrs
+                    .backend_v6_data
+                    .clone()
+                    .unwrap_or_else(|| "null".to_string()),
+            ));
+            out.push((self.public_ipv6.clone(), v6.to_string()));
+        }
+        out
     }
 
     /// Whether `node` already carries [`own`](Self::own)`(attrs)`.
@@ -351,5 +410,71 @@ mod tests {
             "10.244.2.0/24"
         );
         assert!(!ann.carries(&n, &hostgw));
+    }
+
+    #[test]
+    fn a_dual_stack_node_is_a_dual_stack_lease() {
+        let ann = Annotations::new(P);
+        let mut n = flannel_node(&[
+            ("flannel.alpha.coreos.com/public-ipv6", "fd00:198:18::2"),
+            (
+                "flannel.alpha.coreos.com/backend-v6-data",
+                r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e4"}"#,
+            ),
+        ]);
+        n.spec.pod_cidrs = vec!["10.244.2.0/24".into(), "fd00:10:244:2::/64".into()];
+        let NodeLease::Lease(l) = ann.as_lease(&n) else {
+            panic!("not a lease")
+        };
+        assert_eq!(l.key.to_string(), "10.244.2.0-24&fd00:10:244:2::-64");
+        assert_eq!(l.attrs.public_ipv6, Some("fd00:198:18::2".parse().unwrap()));
+        assert_eq!(
+            l.attrs.backend_v6_data.as_deref(),
+            Some(r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e4"}"#)
+        );
+        // A bad public-ipv6 is malformed (the peer is skipped, not removed).
+        n.metadata.annotations.insert(
+            "flannel.alpha.coreos.com/public-ipv6".into(),
+            "10.0.0.1".into(),
+        );
+        let NodeLease::Malformed(m) = ann.as_lease(&n) else {
+            panic!("not malformed")
+        };
+        assert!(
+            m.reason.contains("public-ipv6") && m.subnet.is_some(),
+            "{m:?}"
+        );
+        // A v4-only node's v6 annotations are not read.
+        let v4_only = flannel_node(&[("flannel.alpha.coreos.com/public-ipv6", "junk")]);
+        let NodeLease::Lease(l) = ann.as_lease(&v4_only) else {
+            panic!("not a lease")
+        };
+        assert_eq!(l.key.v6, None);
+        assert_eq!(l.attrs.public_ipv6, None);
+    }
+
+    #[test]
+    fn a_dual_stack_node_publishes_its_ipv6_side() {
+        let ann = Annotations::new(P);
+        let attrs = LeaseAttrs {
+            public_ipv6: Some("fd00:198:18::1".parse().unwrap()),
+            ..LeaseAttrs::host_gw("198.18.0.1".parse().unwrap())
+        };
+        assert_eq!(
+            ann.patch(&attrs),
+            json!({"metadata": {"annotations": {
+                "flannel.alpha.coreos.com/backend-data": "null",
+                "flannel.alpha.coreos.com/backend-type": "host-gw",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": "198.18.0.1",
+                "flannel.alpha.coreos.com/backend-v6-data": "null",
+                "flannel.alpha.coreos.com/public-ipv6": "fd00:198:18::1"
+            }}})
+        );
+        let n = node(&[], &["fd00:10:244:2::/64", "10.244.2.0/24"]);
+        assert_eq!(
+            n.pod_cidr_v6().unwrap().unwrap().to_string(),
+            "fd00:10:244:2::/64"
+        );
     }
 }

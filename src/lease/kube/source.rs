@@ -37,7 +37,14 @@ pub struct KubeSource {
 }
 
 /// The network and attributes of the last acquire.
-type Held = (Option<Ipv4Net>, LeaseAttrs);
+type Held = (Networks, LeaseAttrs);
+
+/// The config's networks a node's pod CIDRs must lie in (`IPv6Network` only when IPv6 is on).
+#[derive(Debug, Clone, Copy)]
+struct Networks {
+    v4: Option<Ipv4Net>,
+    v6: Option<ipnet::Ipv6Net>,
+}
 
 #[derive(Deserialize)]
 struct NodeList {
@@ -183,11 +190,12 @@ impl KubeSource {
     }
 
     /// Reads our Node, checks its podCIDR against `network` and publishes `attrs` on it.
-    async fn claim(&self, network: Option<Ipv4Net>, attrs: &LeaseAttrs) -> Result<SubnetKey> {
+    async fn claim(&self, networks: Networks, attrs: &LeaseAttrs) -> Result<SubnetKey> {
         let node = self
             .get_node(&self.node)
             .await
             .map_err(|e| anyhow!(api_error(&format!("get node {:?}", &*self.node), &e)))?;
+        let network = networks.v4;
         let cidr = match node.pod_cidr_v4() {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -209,14 +217,40 @@ impl KubeSource {
             ))
             .into());
         }
+        let v6 = match networks.v6 {
+            None => None,
+            Some(net6) => {
+                let cidr6 = match node.pod_cidr_v6() {
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        return Err(anyhow!(
+                            "node \"{}\" has no IPv6 pod cidr (waiting for the controller manager \
+                             to assign an IPv6 entry of spec.podCIDRs: the network is dual-stack)",
+                            &*self.node
+                        ));
+                    }
+                    Err(e) => return Err(Fatal(format!("node \"{}\": {e}", &*self.node)).into()),
+                };
+                if !net6.contains(&cidr6) {
+                    return Err(Fatal(format!(
+                        "subnet \"{net6}\" specified in the flannel net config doesn't contain \
+                         \"{cidr6}\" PodCIDR of the \"{}\" node",
+                        &*self.node
+                    ))
+                    .into());
+                }
+                Some(cidr6)
+            }
+        };
+        let key = SubnetKey { v4: cidr, v6 };
         if !self.ann.carries(&node, attrs) {
             self.patch_status(self.ann.patch(attrs)).await?;
             info!(
-                "published {} on node {} (backend {}, public IP {})",
-                cidr, &*self.node, attrs.backend_type, attrs.public_ip
+                "published {key} on node {} (backend {}, public IP {})",
+                &*self.node, attrs.backend_type, attrs.public_ip
             );
         }
-        Ok(SubnetKey::new(cidr))
+        Ok(key)
     }
 
     fn own(key: SubnetKey) -> OwnLease {
@@ -284,17 +318,21 @@ impl LeaseSource for KubeSource {
         _previous: Previous,
         _listed: Option<Snapshot>,
     ) -> Result<(OwnLease, Snapshot)> {
-        let key = self.claim(conf.network, attrs).await?;
-        *lock(&self.held) = Some((conf.network, attrs.clone()));
+        let networks = Networks {
+            v4: conf.network,
+            v6: conf.ipv6_network.filter(|_| conf.enable_ipv6),
+        };
+        let key = self.claim(networks, attrs).await?;
+        *lock(&self.held) = Some((networks, attrs.clone()));
         let snapshot = self.list_for_acquire().await?;
         Ok((Self::own(key), snapshot))
     }
 
     async fn reacquire(&mut self, prefer: SubnetKey) -> Result<Reacquired> {
-        let (network, attrs) = lock(&self.held)
+        let (networks, attrs) = lock(&self.held)
             .clone()
             .ok_or_else(|| anyhow!("re-acquire before acquire"))?;
-        let key = self.claim(network, &attrs).await?;
+        let key = self.claim(networks, &attrs).await?;
         let snapshot = self.list_nodes().await?;
         if key != prefer {
             warn!("node {}: podCIDR is now {key} (was {prefer})", &*self.node);
