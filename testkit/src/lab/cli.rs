@@ -36,6 +36,10 @@ struct CliArgs {
     /// Network written to <prefix>/config
     #[arg(long, value_name = "CIDR", default_value = DEFAULT_NETWORK)]
     network: String,
+    /// Dual-stack: EnableIPv6 with this IPv6Network; the underlay, nodes and pods get IPv6
+    /// addresses too and the ping matrix runs over both families
+    #[arg(long, value_name = "CIDR")]
+    ipv6_network: Option<String>,
     /// Kube mode: a test Kubernetes API server instead of etcd, one Node per node with its
     /// podCIDR, agents with --kube-subnet-mgr and the config in net-conf.json
     #[arg(long)]
@@ -61,6 +65,7 @@ impl Default for CliArgs {
             nodes: 3,
             backend: "host-gw".to_owned(),
             network: DEFAULT_NETWORK.to_owned(),
+            ipv6_network: None,
             kube: false,
             keep: false,
             weft: None,
@@ -151,11 +156,16 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     spec.backend = args.backend.clone();
     spec.network = args.network.clone();
     spec.kube = args.kube;
+    spec.ipv6_network = args.ipv6_network.clone();
     eprintln!(
-        "weft-lab: building {} node(s), backend {}, network {}{}",
+        "weft-lab: building {} node(s), backend {}, network {}{}{}",
         spec.nodes,
         spec.backend,
         spec.network,
+        args.ipv6_network
+            .as_deref()
+            .map(|v6| format!(" and {v6}"))
+            .unwrap_or_default(),
         if args.kube { ", kube mode" } else { "" }
     );
     let mut lab = Lab::build(spec)?;
@@ -213,11 +223,18 @@ fn exercise(lab: &mut Lab) -> Result<bool> {
     );
     lab.add_pods()?;
 
+    let dual = lab.spec().ipv6_network.is_some();
     let until = Instant::now() + PING_DEADLINE;
-    let matrix = loop {
+    let (matrix, matrix6) = loop {
         let matrix = lab.ping_matrix()?;
-        if matrix.iter().all(|&(_, _, ok)| ok) || Instant::now() > until {
-            break matrix;
+        let matrix6 = if dual {
+            lab.ping6_matrix()?
+        } else {
+            Vec::new()
+        };
+        let all_ok = matrix.iter().chain(&matrix6).all(|&(_, _, ok)| ok);
+        if all_ok || Instant::now() > until {
+            break (matrix, matrix6);
         }
         check_interrupted()?;
     };
@@ -236,14 +253,28 @@ fn exercise(lab: &mut Lab) -> Result<bool> {
         print!("{env}");
         println!("-- ip route");
         print!("{}", lab.routes_text(k)?);
+        if dual {
+            println!("-- ip -6 route");
+            print!("{}", lab.routes6_text(k)?);
+        }
         println!();
     }
-    print!("{}", format_matrix(lab.nodes(), &matrix));
-    let failed = matrix.iter().filter(|&&(_, _, ok)| !ok).count();
-    if failed == 0 {
-        println!("all {} pod pairs reply", matrix.len());
-    } else {
-        println!("{failed} of {} pod pairs do NOT reply", matrix.len());
+    let mut failed = 0;
+    for (family, m) in [("", &matrix), ("IPv6 ", &matrix6)] {
+        if m.is_empty() {
+            continue;
+        }
+        print!("{family}{}", format_matrix(lab.nodes(), m));
+        let bad = m.iter().filter(|&&(_, _, ok)| !ok).count();
+        if bad == 0 {
+            println!("all {} pod pairs reply over {family}ping", m.len());
+        } else {
+            println!(
+                "{bad} of {} pod pairs do NOT reply over {family}ping",
+                m.len()
+            );
+        }
+        failed += bad;
     }
     Ok(failed == 0)
 }

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{Lab, LabSpec, UNDERLAY_GATEWAY};
 use crate::kube_api::{FLANNEL_GRANTS, KubeApi, NodeSpec, Options};
@@ -39,6 +39,17 @@ pub fn pod_cidr(network: &str, k: usize) -> Result<Ipv4Net> {
         .ok_or_else(|| anyhow!("network {network} has no {k}-th /24"))
 }
 
+/// Node k's IPv6 podCIDR in a dual-stack lab: the k-th /64 of `network`.
+pub fn pod_cidr6(network: &str, k: usize) -> Result<Ipv6Net> {
+    let net: Ipv6Net = network
+        .parse()
+        .with_context(|| format!("IPv6 network {network:?}"))?;
+    net.subnets(64)
+        .with_context(|| format!("IPv6 network {network} is smaller than a /64"))?
+        .nth(k)
+        .ok_or_else(|| anyhow!("IPv6 network {network} has no {k}-th /64"))
+}
+
 impl Lab {
     /// Starts the API server in the underlay namespace and registers every node.
     pub(super) fn start_kube(&mut self) -> Result<()> {
@@ -63,18 +74,18 @@ impl Lab {
         Ok(())
     }
 
-    /// Creates Node `node<k>` with its podCIDR, as kubelet and the controller manager would.
+    /// Creates Node `node<k>` with its podCIDR (and, dual-stack, its IPv6 podCIDR second, as
+    /// the controller manager lists them), as kubelet and the controller manager would.
     pub fn register_node(&self, k: usize) -> Result<()> {
         let cidr = pod_cidr(&self.spec.network, k)?;
         let ip = super::topology::node_ip(k)?;
-        self.kube_ref()?
-            .api
-            .create_node(
-                &NodeSpec::new(&Self::node_name(k))
-                    .pod_cidr(&cidr.to_string())
-                    .internal_ip(ip),
-            )
-            .map(|_| ())
+        let mut node = NodeSpec::new(&Self::node_name(k))
+            .pod_cidr(&cidr.to_string())
+            .internal_ip(ip);
+        if let Some(v6) = &self.spec.ipv6_network {
+            node = node.pod_cidr(&pod_cidr6(v6, k)?.to_string());
+        }
+        self.kube_ref()?.api.create_node(&node).map(|_| ())
     }
 
     /// The Node name of lab node k (`NODE_NAME` of its agent).
@@ -139,5 +150,10 @@ mod tests {
             "10.244.3.0/24"
         );
         assert!(pod_cidr("10.244.0.0/25", 1).is_err());
+        assert_eq!(
+            pod_cidr6("fd00:10:244::/56", 3).unwrap().to_string(),
+            "fd00:10:244:3::/64"
+        );
+        assert!(pod_cidr6("fd00::/65", 1).is_err());
     }
 }

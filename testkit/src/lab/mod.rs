@@ -20,7 +20,7 @@
 //! once. Dropping a [`Lab`] tears everything down (agents, namespaces, etcd, files) and reports
 //! every failure on stderr; [`Lab::keep`] leaves it running instead.
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,6 +51,10 @@ pub use teardown::cleanup;
 pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 /// Prefix length of the underlay network 198.18.0.0/24.
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+/// The underlay bridge's IPv6 address in a dual-stack lab (node k is `fd00:198:18::k/64`).
+pub const UNDERLAY_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, 0xfe);
+/// Prefix length of the dual-stack underlay's IPv6 network fd00:198:18::/64.
+pub const UNDERLAY_PREFIX_LEN6: u8 = 64;
 /// The pod network the lab configures unless told otherwise.
 pub const DEFAULT_NETWORK: &str = "10.244.0.0/16";
 /// flanneld's default `--etcd-prefix`.
@@ -106,6 +110,10 @@ pub struct LabSpec {
     /// A command every agent runs under, inside its namespace (`setpriv --bounding-set=… --`):
     /// `ip netns exec <node> <prefix…> <weft> <flags>`. Empty: the agent runs directly.
     pub agent_prefix: Vec<String>,
+    /// Dual-stack: the config's `IPv6Network` (with `EnableIPv6`); the underlay and every node
+    /// get IPv6 too (`br0` [`UNDERLAY_GATEWAY6`], node k `fd00:198:18::k`, an IPv6 default
+    /// route, forwarding), and pods an IPv6 address from `FLANNEL_IPV6_SUBNET`.
+    pub ipv6_network: Option<String>,
 }
 
 impl LabSpec {
@@ -123,6 +131,7 @@ impl LabSpec {
             agent_env: Vec::new(),
             kube: false,
             agent_prefix: Vec::new(),
+            ipv6_network: None,
         }
     }
 
@@ -132,7 +141,14 @@ impl LabSpec {
         if let Some(raw) = &self.config {
             return raw.clone();
         }
-        serde_json::json!({"Network": self.network, "Backend": {"Type": self.backend}}).to_string()
+        match &self.ipv6_network {
+            None => {
+                serde_json::json!({"Network": self.network, "Backend": {"Type": self.backend}})
+            }
+            Some(v6) => serde_json::json!({"Network": self.network, "EnableIPv6": true,
+                "IPv6Network": v6, "Backend": {"Type": self.backend}}),
+        }
+        .to_string()
     }
 
     fn validate(&self) -> Result<()> {
@@ -142,6 +158,10 @@ impl LabSpec {
         self.network
             .parse::<Ipv4Net>()
             .with_context(|| format!("network={:?} is not an IPv4 CIDR", self.network))?;
+        if let Some(v6) = &self.ipv6_network {
+            v6.parse::<ipnet::Ipv6Net>()
+                .with_context(|| format!("ipv6_network={v6:?} is not an IPv6 CIDR"))?;
+        }
         if !self.weft_bin.is_file() {
             bail!(
                 "weft binary {} does not exist (build it with `cargo build --release`)",
@@ -166,6 +186,8 @@ struct Node {
 struct Pod {
     ns: String,
     ip: Ipv4Addr,
+    /// The pod's IPv6 address in a dual-stack lab.
+    ip6: Option<Ipv6Addr>,
 }
 
 /// A running lab. Nodes are numbered from 1 (`node k` = namespace `<name>-n<k>` with
@@ -240,6 +262,19 @@ impl Lab {
     /// Node k's pod address (its subnet's .2), once [`Lab::add_pod`] made it.
     pub fn pod_ip(&self, k: usize) -> Result<Ipv4Addr> {
         Ok(self.pod(k)?.ip)
+    }
+
+    /// Node k's pod's IPv6 address (a dual-stack lab).
+    pub fn pod_ip6(&self, k: usize) -> Result<Ipv6Addr> {
+        self.pod(k)?
+            .ip6
+            .ok_or_else(|| anyhow::anyhow!("node {k}'s pod has no IPv6 address"))
+    }
+
+    /// Node k's underlay IPv6 address in a dual-stack lab, `fd00:198:18::k` (its PublicIPv6).
+    pub fn node_ip6(&self, k: usize) -> Result<Ipv6Addr> {
+        self.node(k)?;
+        topology::node_ip6(k)
     }
 
     /// The path given to node k's agent as `--peer-cache-file`.

@@ -1,10 +1,10 @@
 //! Pods and pings: one pod per node behind `cni0` (as the bridge CNI plugin builds it), the
 //! "external" host on the underlay, and pings between pods.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::sys;
 use super::{EXTERNAL_IP, Lab, Pod, UNDERLAY_PREFIX_LEN};
@@ -28,10 +28,15 @@ impl Lab {
         if !sys::netns_add(&p)? {
             bail!("namespace {p} already exists");
         }
+        let v6 = match env.ipv6_subnet {
+            Some(s6) => Some(pod_addresses6(s6)?),
+            None => None,
+        };
         // Registered before configuring, so a failure below still gets it deleted.
         self.node_mut(k)?.pod = Some(Pod {
             ns: p.clone(),
             ip: pod.addr(),
+            ip6: v6.map(|(_, pod6)| pod6.addr()),
         });
         let gw_s = gw.to_string();
         let pod_s = pod.to_string();
@@ -59,6 +64,21 @@ impl Lab {
             Some(&p),
             &["route", "add", "default", "via", &gw_ip, "dev", "eth0"],
         )?;
+        if let Some((gw6, pod6)) = v6 {
+            let (gw6_s, pod6_s, gw6_ip) =
+                (gw6.to_string(), pod6.to_string(), gw6.addr().to_string());
+            sys::ip(
+                Some(&n),
+                &["addr", "replace", &gw6_s, "dev", "cni0", "nodad"],
+            )?;
+            sys::ip(Some(&p), &["addr", "add", &pod6_s, "dev", "eth0", "nodad"])?;
+            sys::ip(
+                Some(&p),
+                &[
+                    "-6", "route", "add", "default", "via", &gw6_ip, "dev", "eth0",
+                ],
+            )?;
+        }
         tracing::info!(node = k, pod = %pod, "pod added in {p}");
         Ok(pod.addr())
     }
@@ -123,9 +143,34 @@ impl Lab {
         Ok(out.status.success())
     }
 
+    /// [`Lab::ping`] over IPv6, to pod `to`'s IPv6 address.
+    pub fn ping6(&self, from: usize, to: usize, count: u32, timeout: Duration) -> Result<bool> {
+        let src = self.pod_ns(from)?;
+        let dst = self.pod_ip6(to)?.to_string();
+        let count = count.max(1).to_string();
+        let secs = timeout.as_secs_f64().ceil().max(1.0).to_string();
+        let out = sys::output(&mut sys::netns_exec(
+            src,
+            "ping",
+            &[
+                "-6", "-n", "-q", "-i", "0.2", "-c", &count, "-w", &secs, &dst,
+            ],
+        ))?;
+        Ok(out.status.success())
+    }
+
     /// One ping (5 s budget) for every ordered pair of pods, run in parallel:
     /// `(from, to, replied)`, sorted.
     pub fn ping_matrix(&self) -> Result<Vec<(usize, usize, bool)>> {
+        self.ping_matrix_of(false)
+    }
+
+    /// [`Lab::ping_matrix`] over IPv6 (a dual-stack lab).
+    pub fn ping6_matrix(&self) -> Result<Vec<(usize, usize, bool)>> {
+        self.ping_matrix_of(true)
+    }
+
+    fn ping_matrix_of(&self, v6: bool) -> Result<Vec<(usize, usize, bool)>> {
         let pairs: Vec<(usize, usize)> = (1..=self.nodes.len())
             .flat_map(|i| (1..=self.nodes.len()).map(move |j| (i, j)))
             .filter(|(i, j)| i != j)
@@ -133,7 +178,15 @@ impl Lab {
         std::thread::scope(|s| {
             let handles: Vec<_> = pairs
                 .iter()
-                .map(|&(i, j)| s.spawn(move || self.ping(i, j, 1, Duration::from_secs(5))))
+                .map(|&(i, j)| {
+                    s.spawn(move || {
+                        if v6 {
+                            self.ping6(i, j, 1, Duration::from_secs(5))
+                        } else {
+                            self.ping(i, j, 1, Duration::from_secs(5))
+                        }
+                    })
+                })
                 .collect();
             pairs
                 .iter()
@@ -159,6 +212,17 @@ pub(super) fn pod_addresses(subnet: Ipv4Net) -> Result<(Ipv4Net, Ipv4Net)> {
     Ok((mk(1)?, mk(2)?))
 }
 
+/// [`pod_addresses`] for IPv6: (`cni0` = `::1`, pod = `::2`).
+pub(super) fn pod_addresses6(subnet: Ipv6Net) -> Result<(Ipv6Net, Ipv6Net)> {
+    let net = subnet.trunc();
+    let first = u128::from(net.network());
+    if net.prefix_len() > 125 {
+        bail!("subnet {net} is too small for a bridge and a pod address");
+    }
+    let mk = |n: u128| Ipv6Net::new(Ipv6Addr::from(first + n), net.prefix_len());
+    Ok((mk(1)?, mk(2)?))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -172,5 +236,8 @@ mod tests {
         let (gw, _) = pod_addresses("10.244.5.1/24".parse().unwrap()).unwrap();
         assert_eq!(gw.to_string(), "10.244.5.1/24");
         assert!(pod_addresses("10.244.5.0/30".parse().unwrap()).is_err());
+        let (gw, pod) = pod_addresses6("fd00:10:244:5::/64".parse().unwrap()).unwrap();
+        assert_eq!(gw.to_string(), "fd00:10:244:5::1/64");
+        assert_eq!(pod.to_string(), "fd00:10:244:5::2/64");
     }
 }

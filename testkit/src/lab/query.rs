@@ -101,6 +101,11 @@ impl Lab {
         sys::ip(Some(self.node_ns(k)?), &["route", "show"])
     }
 
+    /// `ip -6 route show` in node k (a dual-stack lab).
+    pub fn routes6_text(&self, k: usize) -> Result<String> {
+        sys::ip(Some(self.node_ns(k)?), &["-6", "route", "show"])
+    }
+
     /// `ip <args>` in node k; returns stdout.
     pub fn ip(&self, k: usize, args: &[&str]) -> Result<String> {
         sys::ip(Some(self.node_ns(k)?), args)

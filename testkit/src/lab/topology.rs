@@ -1,14 +1,17 @@
 //! Building a lab: the underlay namespace with its bridge and etcd, then one namespace per
 //! node (veth to the bridge, default route, forwarding on); and claiming a unique lab name.
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
 
 use super::sys;
-use super::{LAB_COUNTER, Lab, LabSpec, MAX_NODES, Node, UNDERLAY_GATEWAY, UNDERLAY_PREFIX_LEN};
+use super::{
+    LAB_COUNTER, Lab, LabSpec, MAX_NODES, Node, UNDERLAY_GATEWAY, UNDERLAY_GATEWAY6,
+    UNDERLAY_PREFIX_LEN, UNDERLAY_PREFIX_LEN6,
+};
 use crate::etcd_server::{EtcdServer, EtcdServerOpts};
 
 impl Lab {
@@ -52,6 +55,10 @@ impl Lab {
         sys::ip(Some(&u), &["link", "add", "br0", "type", "bridge"])?;
         sys::ip(Some(&u), &["addr", "add", &gw, "dev", "br0"])?;
         sys::ip(Some(&u), &["link", "set", "br0", "up"])?;
+        if self.spec.ipv6_network.is_some() {
+            let gw6 = format!("{UNDERLAY_GATEWAY6}/{UNDERLAY_PREFIX_LEN6}");
+            sys::ip(Some(&u), &["addr", "add", &gw6, "dev", "br0", "nodad"])?;
+        }
 
         if self.spec.kube {
             self.start_kube()?;
@@ -133,6 +140,16 @@ impl Lab {
                 Some(n),
                 &["route", "add", "default", "via", &gw, "dev", "eth0"],
             )?;
+            if self.spec.ipv6_network.is_some() {
+                let addr6 = format!("{}/{UNDERLAY_PREFIX_LEN6}", node_ip6(k)?);
+                let gw6 = UNDERLAY_GATEWAY6.to_string();
+                sys::ip(Some(n), &["addr", "add", &addr6, "dev", "eth0", "nodad"])?;
+                sys::ip(
+                    Some(n),
+                    &["-6", "route", "add", "default", "via", &gw6, "dev", "eth0"],
+                )?;
+                set_ip6_forward(n)?;
+            }
             set_ip_forward(n)
         };
         if let Err(e) = step() {
@@ -173,6 +190,22 @@ pub(super) fn node_ip(k: usize) -> Result<Ipv4Addr> {
     }
 }
 
+/// fd00:198:18::k, node k's underlay IPv6 address in a dual-stack lab.
+pub(super) fn node_ip6(k: usize) -> Result<Ipv6Addr> {
+    let b = u16::try_from(u8::from(node_ip(k)?.octets()[3]))?;
+    Ok(Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, b))
+}
+
+/// `net.ipv6.conf.all.forwarding=1` inside `ns`.
+pub(super) fn set_ip6_forward(ns: &str) -> Result<()> {
+    sys::run(&mut sys::netns_exec(
+        ns,
+        "sh",
+        &["-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"],
+    ))?;
+    Ok(())
+}
+
 /// `sysctl net.ipv4.ip_forward=1` inside `ns` (procfs shows the writer's namespace).
 pub(super) fn set_ip_forward(ns: &str) -> Result<()> {
     sys::run(&mut sys::netns_exec(
@@ -202,5 +235,7 @@ mod tests {
         assert_eq!(node_ip(253).unwrap(), Ipv4Addr::new(198, 18, 0, 253));
         assert!(node_ip(0).is_err());
         assert!(node_ip(254).is_err());
+        assert_eq!(node_ip6(7).unwrap().to_string(), "fd00:198:18::7");
+        assert!(node_ip6(254).is_err());
     }
 }
