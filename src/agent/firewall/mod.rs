@@ -31,11 +31,11 @@
 //!   (flanneld looks for it in `nat`).
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, info, warn};
 
 pub mod exec;
@@ -51,10 +51,15 @@ pub const MASQ_COMMENT: &str = "flanneld masq";
 pub const FORWARD_COMMENT: &str = "flanneld forward";
 /// kube-proxy's masquerade mark: packets carrying it are left to kube-proxy's own SNAT.
 pub const KUBE_PROXY_MARK: u32 = 0x4000;
-/// Multicast is never masqueraded.
-const MULTICAST: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4) {
+/// IPv4 multicast is never masqueraded.
+const MULTICAST_V4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4) {
     Ok(n) => n,
     Err(_) => panic!("224.0.0.0/4 is a valid prefix"),
+};
+/// IPv6 multicast is never masqueraded.
+const MULTICAST_V6: Ipv6Net = match Ipv6Net::new(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8) {
+    Ok(n) => n,
+    Err(_) => panic!("ff00::/8 is a valid prefix"),
 };
 /// The shortest audit period the agent uses, whatever `--iptables-resync` says, when no change
 /// notification covers the rules (iptables-legacy).
@@ -101,13 +106,54 @@ impl fmt::Display for Mode {
     }
 }
 
-/// What the rules are built from.
+/// The address family of one set of rules: a dual-stack network has one [`Firewall`] per
+/// family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// `iptables*`, nftables table `ip flannel-ipv4`.
+    V4,
+    /// `ip6tables*`, nftables table `ip6 flannel-ipv6`.
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The family of `net`.
+    pub fn of(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+
+    /// The multicast range, which is never masqueraded.
+    pub fn multicast(self) -> IpNet {
+        match self {
+            Family::V4 => IpNet::V4(MULTICAST_V4),
+            Family::V6 => IpNet::V6(MULTICAST_V6),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// What the rules are built from. `network` and `subnet` are of one family, which is the
+/// [`Firewall`]'s ([`Firewall::new`] refuses a mix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// The cluster network (`Network` of the config).
-    pub network: Ipv4Net,
-    /// This node's leased pod subnet.
-    pub subnet: Ipv4Net,
+    /// The cluster network (`Network`, or `IPv6Network`, of the config).
+    pub network: IpNet,
+    /// This node's leased pod subnet of that family.
+    pub subnet: IpNet,
     /// `--ip-masq`: masquerade traffic leaving the cluster network.
     pub ip_masq: bool,
     /// `--iptables-forward-rules`: accept forwarding to and from the cluster network.
@@ -117,22 +163,22 @@ pub struct Settings {
     pub fully_random: bool,
 }
 
-/// An address match: `[!] -s/-d <net>` or `ip saddr/daddr [!=] <net>`.
+/// An address match: `[!] -s/-d <net>` or `ip saddr/daddr [!=] <net>` (`ip6 …` for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddrMatch {
     pub negated: bool,
-    pub net: Ipv4Net,
+    pub net: IpNet,
 }
 
 impl AddrMatch {
-    pub fn is(net: Ipv4Net) -> AddrMatch {
+    pub fn is(net: IpNet) -> AddrMatch {
         AddrMatch {
             negated: false,
             net,
         }
     }
 
-    pub fn not(net: Ipv4Net) -> AddrMatch {
+    pub fn not(net: IpNet) -> AddrMatch {
         AddrMatch { negated: true, net }
     }
 }
@@ -161,7 +207,7 @@ impl Rule {
     /// its address matches lies inside the network, or it has none (the kube-proxy mark rule,
     /// which every network's set begins with). Several flannel networks on one host share the
     /// chains (as flanneld's daemons do); each daemon writes and removes only its own rules.
-    pub fn owned_by(&self, network: Option<Ipv4Net>) -> bool {
+    pub fn owned_by(&self, network: Option<IpNet>) -> bool {
         owned_by(
             [self.src, self.dst].into_iter().flatten().map(|m| m.net),
             network,
@@ -179,7 +225,7 @@ impl Rule {
 }
 
 /// A rule with these address matches is the daemon's of `network` (see [`Rule::owned_by`]).
-pub(crate) fn owned_by(nets: impl Iterator<Item = Ipv4Net>, network: Option<Ipv4Net>) -> bool {
+pub(crate) fn owned_by(nets: impl Iterator<Item = IpNet>, network: Option<IpNet>) -> bool {
     let Some(network) = network else {
         return true;
     };
@@ -199,12 +245,13 @@ pub struct RuleSet {
     pub masq: Option<Vec<Rule>>,
     pub forward: Option<Vec<Rule>>,
     /// The network whose rules these are: other networks' rules in the same chains stay.
-    pub network: Ipv4Net,
+    pub network: IpNet,
 }
 
 impl RuleSet {
     /// flanneld's rules (docs/flannel-compat.md §6.1 for iptables, §6.2 for nftables, which differ
-    /// in the fourth masquerade rule).
+    /// in the fourth masquerade rule), for the family of `s.network` (IPv6: multicast is
+    /// `ff00::/8`). `s.subnet` must be of the same family.
     pub fn new(mode: Mode, s: &Settings) -> RuleSet {
         let net = s.network.trunc();
         let pod = s.subnet.trunc();
@@ -242,7 +289,11 @@ impl RuleSet {
                     Verdict::Return,
                 ),
                 fourth,
-                Rule::new(Some(AddrMatch::is(net)), Some(AddrMatch::not(MULTICAST)), m),
+                Rule::new(
+                    Some(AddrMatch::is(net)),
+                    Some(AddrMatch::not(Family::of(&net).multicast())),
+                    m,
+                ),
                 Rule::new(Some(AddrMatch::not(net)), Some(AddrMatch::is(net)), m),
             ]
         });
@@ -290,12 +341,12 @@ impl RuleSet {
 pub(crate) struct Parts<'a> {
     pub masq: Option<Option<&'a [Rule]>>,
     pub forward: Option<Option<&'a [Rule]>>,
-    pub owner: Option<Ipv4Net>,
+    pub owner: Option<IpNet>,
 }
 
 impl Parts<'_> {
     /// Both parts must be absent: every rule (`owner` None), or `owner`'s network's.
-    pub(crate) fn absent(owner: Option<Ipv4Net>) -> Parts<'static> {
+    pub(crate) fn absent(owner: Option<IpNet>) -> Parts<'static> {
         Parts {
             masq: Some(None),
             forward: Some(None),
@@ -314,6 +365,45 @@ impl Parts<'_> {
     };
 }
 
+/// Whose rules a cleanup removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every rule of both families, whoever's (`weft cleanup` without `--network`).
+    All,
+    /// Only these networks' rules ([`Rule::owned_by`]): the chains, jumps and tables stay while
+    /// other networks' rules are in them. A family without a network here is left alone.
+    Networks {
+        v4: Option<Ipv4Net>,
+        v6: Option<Ipv6Net>,
+    },
+}
+
+impl Scope {
+    /// Only `network`'s rules, in its family; the other family is left alone.
+    pub fn only(network: IpNet) -> Scope {
+        match network {
+            IpNet::V4(n) => Scope::Networks {
+                v4: Some(n),
+                v6: None,
+            },
+            IpNet::V6(n) => Scope::Networks {
+                v4: None,
+                v6: Some(n),
+            },
+        }
+    }
+
+    /// What a cleanup does in `family`: `None` = nothing, `Some(None)` = removes every rule,
+    /// `Some(Some(net))` = removes `net`'s rules.
+    fn owner(self, family: Family) -> Option<Option<IpNet>> {
+        match (self, family) {
+            (Scope::All, _) => Some(None),
+            (Scope::Networks { v4, .. }, Family::V4) => v4.map(|n| Some(IpNet::V4(n))),
+            (Scope::Networks { v6, .. }, Family::V6) => v6.map(|n| Some(IpNet::V6(n))),
+        }
+    }
+}
+
 /// What a pass found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -323,10 +413,13 @@ pub enum Outcome {
     Repaired(Vec<String>),
 }
 
-/// The masquerade / forward rules of one node, kept in place.
+/// The masquerade / forward rules of one node in one family (the family of
+/// `Settings.network`), kept in place. A dual-stack network has two, one per family; each
+/// leaves the other's rules alone.
 #[derive(Debug, Clone)]
 pub struct Firewall {
     mode: Mode,
+    family: Family,
     /// The rules live in nf_tables (nftables mode, or iptables-nft), so [`ChangeWatch`] sees
     /// every change to them.
     in_nf_tables: bool,
@@ -336,26 +429,37 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    /// Builds the rule set. With masquerading on and fully-random wanted, asks the tool once
-    /// whether it supports it (`iptables -j MASQUERADE -h`, or `nft --check` of a test rule)
-    /// and drops it with a warning if not. Nothing is written yet: see [`Firewall::apply`].
-    pub async fn new(mode: Mode, mut settings: Settings) -> Firewall {
+    /// Builds the rule set for the family of `settings.network` (an error when
+    /// `settings.subnet` is of the other family). With masquerading on and fully-random
+    /// wanted, asks the tool once whether it supports it (`iptables -j MASQUERADE -h` /
+    /// `ip6tables …`, or `nft --check` of a test rule) and drops it with a warning if not.
+    /// Nothing is written yet: see [`Firewall::apply`].
+    pub async fn new(mode: Mode, mut settings: Settings) -> Result<Firewall> {
+        let family = Family::of(&settings.network);
+        if Family::of(&settings.subnet) != family {
+            bail!(
+                "firewall: subnet {} is not of the family of network {}",
+                settings.subnet,
+                settings.network
+            );
+        }
+        let label = label(mode, family);
         if settings.ip_masq && settings.fully_random {
             let supported = match mode {
-                Mode::Iptables => iptables::probe_random_fully().await,
-                Mode::Nftables => nftables::probe_fully_random().await,
+                Mode::Iptables => iptables::probe_random_fully(family).await,
+                Mode::Nftables => nftables::probe_fully_random(family).await,
             };
             match supported {
                 Ok(true) => {}
                 Ok(false) => {
                     warn!(
-                        "{mode}: masquerade fully-random is not supported; masquerading without it"
+                        "{label}: masquerade fully-random is not supported; masquerading without it"
                     );
                     settings.fully_random = false;
                 }
                 Err(e) => {
                     warn!(
-                        "{mode}: could not tell whether masquerade fully-random is supported ({e:#}); masquerading without it"
+                        "{label}: could not tell whether masquerade fully-random is supported ({e:#}); masquerading without it"
                     );
                     settings.fully_random = false;
                 }
@@ -364,33 +468,51 @@ impl Firewall {
         let in_nf_tables = match mode {
             Mode::Nftables => true,
             Mode::Iptables if settings.ip_masq || settings.forward => {
-                match iptables::is_nf_tables_flavour().await {
+                match iptables::is_nf_tables_flavour(family).await {
                     Ok(nft) => nft,
                     Err(e) => {
-                        warn!("iptables --version: {e:#}");
+                        warn!("{label} --version: {e:#}");
                         false
                     }
                 }
             }
             Mode::Iptables => false,
         };
-        Firewall {
+        Ok(Firewall {
             mode,
+            family,
             in_nf_tables,
             settings,
             rules: RuleSet::new(mode, &settings),
-        }
+        })
     }
 
     /// The node's subnet changed (lease lost and re-acquired elsewhere): rebuilds the rules;
-    /// [`Firewall::apply`] then writes them.
-    pub fn set_subnet(&mut self, subnet: Ipv4Net) {
+    /// [`Firewall::apply`] then writes them. An error (rules unchanged) when `subnet` is not
+    /// of this firewall's family.
+    pub fn set_subnet(&mut self, subnet: IpNet) -> Result<()> {
+        if Family::of(&subnet) != self.family {
+            bail!(
+                "firewall: subnet {subnet} is not of the family of network {}",
+                self.settings.network
+            );
+        }
         self.settings.subnet = subnet;
         self.rules = RuleSet::new(self.mode, &self.settings);
+        Ok(())
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// How logs name this firewall: `iptables`, `ip6tables`, `nftables`, `nftables ip6`.
+    pub fn label(&self) -> &'static str {
+        label(self.mode, self.family)
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -412,10 +534,11 @@ impl Firewall {
     /// Agent start: removes what the other mode left (flanneld does the same; a failure there
     /// is only logged), then [`Firewall::apply`].
     pub async fn start(&self) -> Result<Outcome> {
-        if let Err(e) = cleanup(self.mode.other(), Some(self.rules.network)).await {
+        let other = self.mode.other();
+        if let Err(e) = cleanup(other, Scope::only(self.rules.network)).await {
             warn!(
                 "removing {} rules of an earlier run: {e:#}",
-                self.mode.other()
+                label(other, self.family)
             );
         }
         self.apply().await
@@ -426,7 +549,7 @@ impl Firewall {
     pub async fn apply(&self) -> Result<Outcome> {
         let outcome = self.reconcile(self.rules.all()).await?;
         if let Outcome::Repaired(diffs) = &outcome {
-            info!("{}: rules written ({})", self.mode, diffs.join("; "));
+            info!("{}: rules written ({})", self.label(), diffs.join("; "));
         }
         Ok(outcome)
     }
@@ -441,7 +564,7 @@ impl Firewall {
         if let Outcome::Repaired(diffs) = &outcome {
             warn!(
                 "{}: rules were changed by someone else, re-applied ({})",
-                self.mode,
+                self.label(),
                 diffs.join("; ")
             );
         }
@@ -450,11 +573,11 @@ impl Firewall {
 
     async fn reconcile(&self, parts: Parts<'_>) -> Result<Outcome> {
         let diffs = match self.mode {
-            Mode::Iptables => iptables::reconcile(parts).await?,
-            Mode::Nftables => nftables::reconcile(parts).await?,
+            Mode::Iptables => iptables::reconcile(self.family, parts).await?,
+            Mode::Nftables => nftables::reconcile(self.family, parts).await?,
         };
         if diffs.is_empty() {
-            debug!("{}: rules in place", self.mode);
+            debug!("{}: rules in place", self.label());
             Ok(Outcome::InSync)
         } else {
             Ok(Outcome::Repaired(diffs))
@@ -462,16 +585,24 @@ impl Firewall {
     }
 }
 
-/// Removes every rule `mode` may have left (iptables: the jumps and both chains; nftables: the
-/// tables `ip flannel-ipv4` and `ip6 flannel-ipv6`), or with `network` only that network's rules
-/// (the chains, jumps and table stay while other networks' rules are in them). Idempotent; a
-/// tool that is not installed means there is nothing of that mode to remove. Keeps going after
-/// a failure and reports every one.
-pub async fn cleanup(mode: Mode, network: Option<Ipv4Net>) -> Result<()> {
-    let errors = match mode {
-        Mode::Iptables => iptables::cleanup(network).await,
-        Mode::Nftables => nftables::cleanup(network).await,
-    };
+/// How logs name `mode`'s rules of `family` (IPv4: the mode's name, as before IPv6).
+fn label(mode: Mode, family: Family) -> &'static str {
+    match (mode, family) {
+        (Mode::Iptables, Family::V4) => "iptables",
+        (Mode::Iptables, Family::V6) => "ip6tables",
+        (Mode::Nftables, Family::V4) => "nftables",
+        (Mode::Nftables, Family::V6) => "nftables ip6",
+    }
+}
+
+/// Removes the rules `mode` may have left in `scope`: iptables, the jumps and both chains of
+/// `iptables` and `ip6tables`; nftables, the tables `ip flannel-ipv4` and `ip6 flannel-ipv6`.
+/// With a network in the scope, only that network's rules go (the chains, jumps and table stay
+/// while other networks' rules are in them). Idempotent; a tool that is not installed means
+/// there is nothing of that mode and family to remove. Keeps going after a failure and reports
+/// every one.
+pub async fn cleanup(mode: Mode, scope: Scope) -> Result<()> {
+    let errors = cleanup_mode(mode, scope).await;
     if errors.is_empty() {
         Ok(())
     } else {
@@ -479,15 +610,30 @@ pub async fn cleanup(mode: Mode, network: Option<Ipv4Net>) -> Result<()> {
     }
 }
 
-/// Removes both modes' rules, or with `network` only that network's (`weft cleanup
-/// [--network]`); reports every failure of both.
-pub async fn cleanup_all(network: Option<Ipv4Net>) -> Result<()> {
-    let mut errors = iptables::cleanup(network).await;
-    errors.extend(nftables::cleanup(network).await);
+/// Removes both modes' rules of both families in `scope` (`weft cleanup [--network]`);
+/// reports every failure.
+pub async fn cleanup_all(scope: Scope) -> Result<()> {
+    let mut errors = cleanup_mode(Mode::Iptables, scope).await;
+    errors.extend(cleanup_mode(Mode::Nftables, scope).await);
     if errors.is_empty() {
         Ok(())
     } else {
         bail!("firewall cleanup failed:\n- {}", errors.join("\n- "))
+    }
+}
+
+async fn cleanup_mode(mode: Mode, scope: Scope) -> Vec<String> {
+    match mode {
+        Mode::Iptables => {
+            let mut errors = Vec::new();
+            for family in Family::BOTH {
+                if let Some(owner) = scope.owner(family) {
+                    errors.extend(iptables::cleanup(family, owner).await);
+                }
+            }
+            errors
+        }
+        Mode::Nftables => nftables::cleanup(scope.owner(Family::V4), scope.owner(Family::V6)).await,
     }
 }
 
@@ -536,6 +682,15 @@ pub(crate) mod tests {
         }
     }
 
+    /// The IPv6 half of a dual-stack network beside [`settings`].
+    pub(crate) fn settings_v6() -> Settings {
+        Settings {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet: "fd00:10:244:1::/64".parse().unwrap(),
+            ..settings()
+        }
+    }
+
     #[test]
     fn parts_follow_the_flags() {
         let mut s = settings();
@@ -575,6 +730,56 @@ pub(crate) mod tests {
             == Verdict::Masquerade {
                 fully_random: false
             }));
+    }
+
+    #[test]
+    fn v6_rules_exclude_ipv6_multicast() {
+        let r = RuleSet::new(Mode::Iptables, &settings_v6());
+        assert_eq!(r.network, "fd00:10:244::/56".parse::<IpNet>().unwrap());
+        let masq = r.masq.unwrap();
+        assert_eq!(
+            masq[4].dst,
+            Some(AddrMatch::not("ff00::/8".parse().unwrap()))
+        );
+        assert_eq!(Family::V4.multicast(), "224.0.0.0/4".parse().unwrap());
+        assert!(masq.iter().all(|r| r.owned_by(Some(settings_v6().network))));
+        // The IPv4 network owns only the shared mark rule of the IPv6 set.
+        let v4_owned = masq.iter().filter(|r| r.owned_by(Some(settings().network)));
+        assert_eq!(v4_owned.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_mixed_family_is_refused() {
+        let mut s = settings();
+        s.subnet = settings_v6().subnet;
+        let e = Firewall::new(Mode::Iptables, s).await.unwrap_err();
+        assert!(e.to_string().contains("not of the family"), "{e}");
+        // Without masquerading and forwarding, no tool is asked: builds anywhere.
+        let mut s = settings_v6();
+        s.ip_masq = false;
+        s.forward = false;
+        let mut fw = Firewall::new(Mode::Iptables, s).await.unwrap();
+        assert_eq!((fw.family(), fw.label()), (Family::V6, "ip6tables"));
+        assert!(fw.set_subnet(settings().subnet).is_err());
+        assert_eq!(fw.settings.subnet, settings_v6().subnet);
+        fw.set_subnet("fd00:10:244:7::/64".parse().unwrap())
+            .unwrap();
+        assert_eq!(fw.rules().network, settings_v6().network);
+    }
+
+    #[test]
+    fn scope_per_family() {
+        let v4: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let v6: Ipv6Net = "fd00:10:244::/56".parse().unwrap();
+        assert_eq!(Scope::All.owner(Family::V6), Some(None));
+        let only = Scope::only(IpNet::V4(v4));
+        assert_eq!(only.owner(Family::V4), Some(Some(IpNet::V4(v4))));
+        assert_eq!(only.owner(Family::V6), None);
+        let both = Scope::Networks {
+            v4: Some(v4),
+            v6: Some(v6),
+        };
+        assert_eq!(both.owner(Family::V6), Some(Some(IpNet::V6(v6))));
     }
 
     #[test]
