@@ -809,3 +809,5 @@ pub(crate) mod tests {
 
 #[cfg(test)]
 mod netns_tests;
+#[cfg(test)]
+mod netns_v6_tests;

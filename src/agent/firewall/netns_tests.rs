@@ -9,7 +9,7 @@ use std::process::Command;
 use super::tests::settings;
 use super::*;
 
-fn in_netns<F, Fut>(name: &str, f: F)
+pub(super) fn in_netns<F, Fut>(name: &str, f: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -34,7 +34,7 @@ where
 }
 
 /// `<tool> <args>` in the current thread's namespace; stdout, or panic with stderr.
-fn sh(tool: &str, args: &[&str]) -> String {
+pub(super) fn sh(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool).args(args).output().expect("run tool");
     assert!(
         out.status.success(),
@@ -46,15 +46,25 @@ fn sh(tool: &str, args: &[&str]) -> String {
 
 /// The `-A` lines of `iptables-save -t <table>`.
 fn rules_in(table: &str) -> Vec<String> {
-    sh("iptables-save", &["-t", table])
+    rules_of(Family::V4, table)
+}
+
+fn chains_in(table: &str) -> Vec<String> {
+    chains_of(Family::V4, table)
+}
+
+/// The `-A` lines of `iptables-save -t <table>` (`ip6tables-save` for IPv6).
+pub(super) fn rules_of(family: Family, table: &str) -> Vec<String> {
+    sh(iptables::tools(family).1, &["-t", table])
         .lines()
         .filter(|l| l.starts_with("-A "))
         .map(str::to_owned)
         .collect()
 }
 
-fn chains_in(table: &str) -> Vec<String> {
-    sh("iptables-save", &["-t", table])
+/// The chains `iptables-save -t <table>` (`ip6tables-save`) declares.
+pub(super) fn chains_of(family: Family, table: &str) -> Vec<String> {
+    sh(iptables::tools(family).1, &["-t", table])
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split_whitespace().next())
@@ -63,20 +73,26 @@ fn chains_in(table: &str) -> Vec<String> {
 }
 
 /// What iptables mode must leave: flanneld's golden lines, nothing else of ours.
-fn expected_lines(chain: &iptables::Chain, rules: &[Rule]) -> Vec<String> {
+pub(super) fn expected_lines(chain: &iptables::Chain, rules: &[Rule]) -> Vec<String> {
     let mut v = vec![iptables::jump_line(chain)];
     v.extend(rules.iter().map(|r| iptables::rule_line(chain, r)));
     v
 }
 
 fn nft_table() -> Option<nftables::ObservedTable> {
+    nft_table_of(Family::V4)
+}
+
+/// `nft -j list table` of `family`'s table, parsed; `None` when it does not exist.
+pub(super) fn nft_table_of(family: Family) -> Option<nftables::ObservedTable> {
+    let t = nftables::Table::of(family);
     let out = Command::new("nft")
-        .args(["-j", "list", "table", "ip", "flannel-ipv4"])
+        .args(["-j", "list", "table", t.family, t.name])
         .output()
         .unwrap();
-    out.status.success().then(|| {
-        nftables::parse_list(&nftables::TABLE_V4, &String::from_utf8_lossy(&out.stdout)).unwrap()
-    })
+    out.status
+        .success()
+        .then(|| nftables::parse_list(&t, &String::from_utf8_lossy(&out.stdout)).unwrap())
 }
 
 #[test]
@@ -409,7 +425,7 @@ fn two_networks_share_the_chains_without_a_fight() {
 }
 
 /// Waits up to `secs` for the watch to fire.
-async fn fired(w: &mut ChangeWatch, ms: u64) -> Option<String> {
+pub(super) async fn fired(w: &mut ChangeWatch, ms: u64) -> Option<String> {
     tokio::time::timeout(std::time::Duration::from_millis(ms), w.changed())
         .await
         .ok()
