@@ -19,9 +19,10 @@
 //!    Then flanneld's own peer routes, which carry no protocol of weft's: routes via a gateway
 //!    to a subnet of the network config (`cleanup_flanneld.rs` says exactly which); an
 //!    operator's routes outside the network, or of another protocol, stay;
-//! 2. masquerade and forward rules of both modes (iptables chains `FLANNEL-POSTRTG` and
-//!    `FLANNEL-FWD` with the jumps to them; nftables tables `flannel-ipv4`/`flannel-ipv6`),
-//!    logged by the firewall module;
+//! 2. masquerade and forward rules of both modes and both families (iptables and ip6tables
+//!    chains `FLANNEL-POSTRTG` and `FLANNEL-FWD` with the jumps to them; nftables tables
+//!    `ip flannel-ipv4`/`ip6 flannel-ipv6`), logged by the firewall module; with `--network`
+//!    (an IPv4 network) only that network's IPv4 rules;
 //! 3. with `--release-lease`: this node's lease in etcd (the key whose PublicIP is this node's,
 //!    found by `--public-ip` or by interface selection as the agent does), deleted by
 //!    compare-and-swap on the mod revision read, then its etcd lease revoked;
