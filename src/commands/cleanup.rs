@@ -251,9 +251,10 @@ async fn weft_nexthops(nl: &Netlink, out: &mut Outcome) -> Vec<Nexthop> {
 }
 
 /// Step 2: masquerade and forward rules of both modes ([`crate::agent::firewall::cleanup_all`]:
-/// iptables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them, nftables tables
-/// `flannel-ipv4`/`flannel-ipv6`; `ip6tables` chains too). The firewall module logs each removal itself; they are not
-/// counted in the summary. A missing tool means nothing of that mode to remove.
+/// iptables and ip6tables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them,
+/// nftables tables `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal
+/// itself; they are not counted in the summary. A missing tool means nothing of that mode to
+/// remove.
 async fn firewall_cleanup(network: Option<Ipv4Net>, out: &mut Outcome) {
     use crate::agent::firewall::{Scope, cleanup_all};
     // With `--network` (an IPv4 network), that network's IPv4 rules; its IPv6 rules, if it is
