@@ -304,7 +304,8 @@ fn iptables_masquerade_to_the_outside_not_between_pods_and_repaired() {
 /// `nft -j list table ip flannel-ipv4` in `ns`, parsed.
 fn nft_table(ns: &str) -> Result<weft::agent::firewall::nftables::ObservedTable, String> {
     let json = run_in(ns, "nft", &["-j", "list", "table", "ip", "flannel-ipv4"])?;
-    weft::agent::firewall::nftables::parse_list(&json).map_err(|e| format!("{e:#}"))
+    weft::agent::firewall::nftables::parse_list(&weft::agent::firewall::nftables::TABLE_V4, &json)
+        .map_err(|e| format!("{e:#}"))
 }
 
 #[test]

@@ -274,8 +274,9 @@ impl<S: LeaseSource> Agent<S> {
     /// subnet.env follow it.
     async fn take_new_subnet(&mut self) {
         let own = self.leases.own().key;
-        self.firewall.set_subnet(own.v4);
-        if let Err(e) = self.firewall.apply().await {
+        if let Err(e) = self.firewall.set_subnet(own.v4.into()) {
+            error!("{} rules for {own}: {e:#}", self.firewall.mode());
+        } else if let Err(e) = self.firewall.apply().await {
             error!("{} rules for {own}: {e:#}", self.firewall.mode());
         }
         match self.dp.move_to(own.v4) {

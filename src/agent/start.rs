@@ -225,14 +225,14 @@ pub(super) async fn start_firewall(
     let fw = Firewall::new(
         mode,
         firewall::Settings {
-            network,
-            subnet,
+            network: network.into(),
+            subnet: subnet.into(),
             ip_masq: opts.ip_masq,
             forward: opts.iptables_forward_rules,
             fully_random: !opts.ip_masq_fully_random_disable,
         },
     )
-    .await;
+    .await?;
     match fw.start().await {
         Ok(_) => {}
         Err(e) if opts.ip_masq => {

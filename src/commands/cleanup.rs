@@ -19,9 +19,10 @@
 //!    Then flanneld's own peer routes, which carry no protocol of weft's: routes via a gateway
 //!    to a subnet of the network config (`cleanup_flanneld.rs` says exactly which); an
 //!    operator's routes outside the network, or of another protocol, stay;
-//! 2. masquerade and forward rules of both modes (iptables chains `FLANNEL-POSTRTG` and
-//!    `FLANNEL-FWD` with the jumps to them; nftables tables `flannel-ipv4`/`flannel-ipv6`),
-//!    logged by the firewall module;
+//! 2. masquerade and forward rules of both modes and both families (iptables and ip6tables
+//!    chains `FLANNEL-POSTRTG` and `FLANNEL-FWD` with the jumps to them; nftables tables
+//!    `ip flannel-ipv4`/`ip6 flannel-ipv6`), logged by the firewall module; with `--network`
+//!    (an IPv4 network) only that network's IPv4 rules;
 //! 3. with `--release-lease`: this node's lease in etcd (the key whose PublicIP is this node's,
 //!    found by `--public-ip` or by interface selection as the agent does), deleted by
 //!    compare-and-swap on the mod revision read, then its etcd lease revoked;
@@ -250,11 +251,19 @@ async fn weft_nexthops(nl: &Netlink, out: &mut Outcome) -> Vec<Nexthop> {
 }
 
 /// Step 2: masquerade and forward rules of both modes ([`crate::agent::firewall::cleanup_all`]:
-/// iptables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them, nftables tables
-/// `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal itself; they are not
-/// counted in the summary. A missing tool means nothing of that mode to remove.
+/// iptables and ip6tables chains `FLANNEL-POSTRTG`/`FLANNEL-FWD` and the jumps to them,
+/// nftables tables `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal
+/// itself; they are not counted in the summary. A missing tool means nothing of that mode to
+/// remove.
 async fn firewall_cleanup(network: Option<Ipv4Net>, out: &mut Outcome) {
-    if let Err(e) = crate::agent::firewall::cleanup_all(network).await {
+    use crate::agent::firewall::{Scope, cleanup_all};
+    // With `--network` (an IPv4 network), that network's IPv4 rules; its IPv6 rules, if it is
+    // dual-stack, are left alone (the IPv6 network is not known here).
+    let scope = network.map_or(Scope::All, |n| Scope::Networks {
+        v4: Some(n),
+        v6: None,
+    });
+    if let Err(e) = cleanup_all(scope).await {
         out.failed(format!("{e:#}"));
     }
 }

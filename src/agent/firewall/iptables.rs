@@ -1,5 +1,6 @@
 //! iptables mode: flanneld's chains, written with `iptables-restore --noflush --wait` and read
-//! back with `iptables-save -t <table>`.
+//! back with `iptables-save -t <table>`; for IPv6 the same with `ip6tables-restore` and
+//! `ip6tables-save` (same chains, comments and jumps, IPv6 prefixes in `-s`/`-d`).
 //!
 //! One batch per table, applied atomically by iptables-restore:
 //! ```text
@@ -17,12 +18,22 @@
 //! network's rules first and keeps every other network's line after them, in their order, and
 //! a removal keeps the chain and its jump while other networks' rules are in it.
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use tracing::{debug, info};
 
 use super::exec::{self, ToolError};
-use ipnet::Ipv4Net;
+use super::{FORWARD_COMMENT, Family, MASQ_COMMENT, Parts, Rule, Verdict};
 
-use super::{FORWARD_COMMENT, MASQ_COMMENT, Parts, Rule, Verdict};
+/// The tools of one family: (`iptables`, `iptables-save`, `iptables-restore`) or the
+/// `ip6tables` ones.
+pub fn tools(family: Family) -> (&'static str, &'static str, &'static str) {
+    match family {
+        Family::V4 => ("iptables", "iptables-save", "iptables-restore"),
+        Family::V6 => ("ip6tables", "ip6tables-save", "ip6tables-restore"),
+    }
+}
 
 /// One of flanneld's chains and where it hangs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,22 +142,22 @@ fn targets(line: &str, name: &str) -> bool {
         .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == name)
 }
 
-/// The networks a rule line matches on (`-s`/`-d`, negated or not).
-fn line_nets(line: &str) -> Vec<Ipv4Net> {
+/// The networks a rule line matches on (`-s`/`-d`, negated or not; IPv4 or IPv6).
+fn line_nets(line: &str) -> Vec<IpNet> {
     let words: Vec<&str> = line.split_whitespace().collect();
     words
         .windows(2)
         .filter(|w| w[0] == "-s" || w[0] == "-d")
         .filter_map(|w| {
-            w[1].parse::<Ipv4Net>()
+            w[1].parse::<IpNet>()
                 .ok()
-                .or_else(|| w[1].parse::<std::net::Ipv4Addr>().ok().map(Ipv4Net::from))
+                .or_else(|| w[1].parse::<IpAddr>().ok().map(IpNet::from))
         })
         .collect()
 }
 
 /// Whether a rule line is the daemon's of `owner` (see [`super::Rule::owned_by`]).
-fn line_owned(line: &str, owner: Option<Ipv4Net>) -> bool {
+fn line_owned(line: &str, owner: Option<IpNet>) -> bool {
     super::owned_by(line_nets(line).into_iter(), owner)
 }
 
@@ -158,7 +169,7 @@ pub fn plan(
     chain: &Chain,
     want: Option<&[Rule]>,
     seen: &Observed,
-    owner: Option<Ipv4Net>,
+    owner: Option<IpNet>,
 ) -> Option<(Vec<String>, String)> {
     let what = format!("{} {}", chain.table, chain.name);
     let mut diffs = Vec::new();
@@ -227,30 +238,33 @@ pub fn plan(
     Some((diffs, text))
 }
 
-/// Reads each part's table and writes one batch per table that differs. Returns what differed.
-pub(crate) async fn reconcile(parts: Parts<'_>) -> anyhow::Result<Vec<String>> {
+/// Reads each part's table (of `family`'s tools) and writes one batch per table that differs.
+/// Returns what differed.
+pub(crate) async fn reconcile(family: Family, parts: Parts<'_>) -> anyhow::Result<Vec<String>> {
     let mut diffs = Vec::new();
     for (chain, want) in [(MASQ_CHAIN, parts.masq), (FORWARD_CHAIN, parts.forward)] {
         let Some(want) = want else { continue };
-        diffs.extend(sync_chain(&chain, want, parts.owner).await?);
+        diffs.extend(sync_chain(family, &chain, want, parts.owner).await?);
     }
     Ok(diffs)
 }
 
 async fn sync_chain(
+    family: Family,
     chain: &Chain,
     want: Option<&[Rule]>,
-    owner: Option<Ipv4Net>,
+    owner: Option<IpNet>,
 ) -> Result<Vec<String>, ToolError> {
-    let save = exec::run("iptables-save", &["-t", chain.table], None).await?;
-    let seen = observe(&save, chain);
+    let (cmd, save, restore) = tools(family);
+    let saved = exec::run(save, &["-t", chain.table], None).await?;
+    let seen = observe(&saved, chain);
     let Some((diffs, batch)) = plan(chain, want, &seen, owner) else {
-        debug!("iptables -t {} {}: in place", chain.table, chain.name);
+        debug!("{cmd} -t {} {}: in place", chain.table, chain.name);
         return Ok(Vec::new());
     };
-    exec::run("iptables-restore", &["--noflush", "--wait"], Some(&batch)).await?;
+    exec::run(restore, &["--noflush", "--wait"], Some(&batch)).await?;
     info!(
-        "iptables-restore --noflush -t {}: {}",
+        "{restore} --noflush -t {}: {}",
         chain.table,
         batch
             .lines()
@@ -261,33 +275,42 @@ async fn sync_chain(
     Ok(diffs)
 }
 
-/// Removes both chains and every jump to them (with `owner`: that network's rules, and the
-/// chains once no other network's rules are left in them); returns every failure.
-pub(crate) async fn cleanup(owner: Option<Ipv4Net>) -> Vec<String> {
+/// Removes both chains of `family` and every jump to them (with `owner`: that network's rules,
+/// and the chains once no other network's rules are left in them); returns every failure. A
+/// tool that is not installed, or (IPv6) a kernel without IPv6, has nothing to remove.
+pub(crate) async fn cleanup(family: Family, owner: Option<IpNet>) -> Vec<String> {
+    let cmd = tools(family).0;
     let mut errors = Vec::new();
     for chain in [MASQ_CHAIN, FORWARD_CHAIN] {
-        match sync_chain(&chain, None, owner).await {
+        match sync_chain(family, &chain, None, owner).await {
             Ok(_) => {}
-            Err(e) if e.is_not_found() => {
-                debug!("iptables cleanup: {e}; nothing to remove");
+            Err(e) if e.is_not_found() || no_family(family, &e) => {
+                debug!("{cmd} cleanup: {e}; nothing to remove");
                 return Vec::new();
             }
-            Err(e) => errors.push(format!("iptables -t {} {}: {e}", chain.table, chain.name)),
+            Err(e) => errors.push(format!("{cmd} -t {} {}: {e}", chain.table, chain.name)),
         }
     }
     errors
 }
 
-/// Whether `iptables` on PATH is iptables-nft (`iptables v1.8.9 (nf_tables)`), whose rules
-/// nf_tables announces; iptables-legacy says `(legacy)`.
-pub(crate) async fn is_nf_tables_flavour() -> anyhow::Result<bool> {
-    let v = exec::run("iptables", &["--version"], None).await?;
+/// `ip6tables-save` on a kernel without IPv6 (`ipv6.disable=1`) fails with EAFNOSUPPORT.
+fn no_family(family: Family, e: &ToolError) -> bool {
+    family == Family::V6
+        && e.stderr()
+            .is_some_and(|s| s.contains("Address family not supported"))
+}
+
+/// Whether `iptables` (`ip6tables`) on PATH is iptables-nft (`iptables v1.8.9 (nf_tables)`),
+/// whose rules nf_tables announces; iptables-legacy says `(legacy)`.
+pub(crate) async fn is_nf_tables_flavour(family: Family) -> anyhow::Result<bool> {
+    let v = exec::run(tools(family).0, &["--version"], None).await?;
     Ok(v.contains("nf_tables"))
 }
 
-/// Whether this iptables' MASQUERADE target knows `--random-fully` (iptables ≥ 1.6.2).
-pub(crate) async fn probe_random_fully() -> anyhow::Result<bool> {
-    let help = exec::run("iptables", &["-j", "MASQUERADE", "-h"], None).await?;
+/// Whether this iptables' (ip6tables') MASQUERADE target knows `--random-fully` (≥ 1.6.2).
+pub(crate) async fn probe_random_fully(family: Family) -> anyhow::Result<bool> {
+    let help = exec::run(tools(family).0, &["-j", "MASQUERADE", "-h"], None).await?;
     Ok(help.contains("--random-fully"))
 }
 
@@ -295,7 +318,7 @@ pub(crate) async fn probe_random_fully() -> anyhow::Result<bool> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::agent::firewall::tests::settings;
+    use crate::agent::firewall::tests::{settings, settings_v6};
     use crate::agent::firewall::{Mode, RuleSet};
 
     /// docs/flannel-compat.md §6.1: flanneld's e2e golden text (network 10.244.0.0/16, pod subnet
@@ -505,6 +528,99 @@ mod tests {
         assert_eq!(
             plan(&MASQ_CHAIN, None, &observe(&left, &MASQ_CHAIN), owner),
             None
+        );
+    }
+
+    /// §6.1 for IPv6 ("identical with `ff00::/8`"): network fd00:10:244::/56, pod subnet
+    /// fd00:10:244:1::/64.
+    const GOLDEN_NAT_V6: &str = r#"-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244:1::/64 -d fd00:10:244::/56 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:1::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:1::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully"#;
+
+    const GOLDEN_FILTER_V6: &str = r#"-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+-A FLANNEL-FWD -s fd00:10:244::/56 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d fd00:10:244::/56 -m comment --comment "flanneld forward" -j ACCEPT"#;
+
+    /// `ip6tables-save -t nat` (ip6tables-nft 1.8.9) in a scratch namespace after the golden
+    /// batch and two foreign rules, as written `-d 2001:db8::1` and `-d 2001:DB8:0:0::2/128`:
+    /// it prints hosts as `/128`, lower case and compressed, as `Ipv6Net` displays them.
+    const SAVED_V6: &str = r#"# Generated by ip6tables-save v1.8.9 (nf_tables) on Fri Dec  4 08:20:56 2026
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:FLANNEL-POSTRTG - [0:0]
+-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A POSTROUTING -d 2001:db8::1/128 -j ACCEPT
+-A POSTROUTING -d 2001:db8::2/128 -j ACCEPT
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244:1::/64 -d fd00:10:244::/56 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:1::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:1::/64 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+COMMIT
+# Completed on Fri Dec  4 08:20:56 2026
+"#;
+
+    #[test]
+    fn v6_rules_are_flannels_golden_text() {
+        let r = RuleSet::new(Mode::Iptables, &settings_v6());
+        assert_eq!(lines(&MASQ_CHAIN, r.masq.as_ref().unwrap()), GOLDEN_NAT_V6);
+        assert_eq!(
+            lines(&FORWARD_CHAIN, r.forward.as_ref().unwrap()),
+            GOLDEN_FILTER_V6
+        );
+        assert_eq!(tools(Family::V6).2, "ip6tables-restore");
+    }
+
+    #[test]
+    fn v6_read_back_is_in_place_and_owned() {
+        let r = RuleSet::new(Mode::Iptables, &settings_v6());
+        let seen = observe(SAVED_V6, &MASQ_CHAIN);
+        assert!(seen.chain_exists && seen.jump_present);
+        assert_eq!(seen.rules.len(), 6);
+        assert_eq!(
+            plan(&MASQ_CHAIN, r.masq.as_deref(), &seen, Some(r.network)),
+            None
+        );
+        assert_eq!(
+            line_nets("-A POSTROUTING -d 2001:db8::1/128 -j ACCEPT"),
+            ["2001:db8::1/128".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            line_nets(&seen.rules[4]),
+            ["fd00:10:244::/56", "ff00::/8"]
+                .map(|n| n.parse::<IpNet>().unwrap())
+                .to_vec()
+        );
+        // Ownership: the v6 network owns its lines; an IPv4 network, or another IPv6 network,
+        // owns only the shared mark rule.
+        let v6 = Some(r.network);
+        let v4 = Some(RuleSet::new(Mode::Iptables, &settings()).network);
+        let other = Some("fd00:10:245::/56".parse().unwrap());
+        assert!(seen.rules.iter().all(|l| line_owned(l, v6)));
+        for owner in [v4, other] {
+            let owned: Vec<_> = seen.rules.iter().filter(|l| line_owned(l, owner)).collect();
+            assert_eq!(owned, [&seen.rules[0]]);
+            // Their removal has nothing to do here.
+            assert_eq!(plan(&MASQ_CHAIN, None, &seen, owner), None);
+        }
+        // This network's removal: our chain and jump go, the foreign POSTROUTING rules stay.
+        let (diffs, batch) = plan(&MASQ_CHAIN, None, &seen, v6).unwrap();
+        assert_eq!(
+            diffs,
+            ["nat FLANNEL-POSTRTG: present but not wanted, removed"]
+        );
+        assert_eq!(
+            batch,
+            "*nat\n-D POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+             :FLANNEL-POSTRTG - [0:0]\n-X FLANNEL-POSTRTG\nCOMMIT\n"
         );
     }
 }

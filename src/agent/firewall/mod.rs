@@ -8,16 +8,27 @@
 //! - **nftables** (`EnableNFTables: true`): weft's own table `ip flannel-ipv4` with chains
 //!   `forward` and `postrtg`, written with ONE `nft -f -` transaction.
 //!
-//! Layout: this file holds the rule model and the one pure function that builds the rule set
+//! IPv6 (dual-stack networks): a [`Firewall`] serves one [`Family`], the family of its
+//! `Settings.network`; the agent makes one per family. The IPv6 rules are the IPv4 ones with
+//! the IPv6 network and subnet, and `ff00::/8` instead of `224.0.0.0/4` as the multicast range
+//! that is never masqueraded. In iptables mode they go through `ip6tables-save` /
+//! `ip6tables-restore` into the same chain names, comments and jumps of the IPv6 `nat` and
+//! `filter` tables; in nftables mode into the table `ip6 flannel-ipv6` (comment "rules for
+//! flannel-ipv6"), same chains, rules matching `ip6 saddr`/`ip6 daddr`. The two families never
+//! touch each other's rules: each firewall reads and writes only its own family's tools or
+//! table. [`cleanup`] and [`cleanup_all`] take a [`Scope`]: everything of both families, or
+//! the given IPv4 and/or IPv6 network's rules (a family without a network is left alone).
+//!
+//! Layout: `rules.rs` holds the rule model and the one pure function that builds the rule set
 //! ([`RuleSet::new`]); [`iptables`] and [`nftables`] render it into their tool's batch language,
 //! parse the read-back (`iptables-save -t <table>`, `nft -j list table`) and decide what
-//! differs (all pure, unit-tested against the spec's golden text); [`Firewall`] and
+//! differs (all pure, unit-tested against the spec's golden text); this file's [`Firewall`] and
 //! [`cleanup`] are the only code that runs the tools (through [`exec`]).
 //!
 //! Drift repair: [`Firewall::check`] reads the rules back once (one exec per table in iptables
 //! mode, one in nftables mode) and re-applies only what differs. The agent calls it when
 //! nf_tables announces a change to our tables or chains ([`ChangeWatch`], which covers
-//! nftables mode and iptables-nft: repair within ~100 ms, no polling) and on a slow timer
+//! nftables mode and iptables-nft, both families: repair within ~100 ms, no polling) and on a slow timer
 //! ([`audit_period`]) as a backstop; flanneld instead runs `iptables -C` for every rule every
 //! 5 s.
 //!
@@ -31,31 +42,25 @@
 //!   (flanneld looks for it in `nat`).
 
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, info, warn};
 
 pub mod exec;
 pub mod iptables;
 pub mod nftables;
+mod rules;
 pub mod watch;
 
+pub use rules::{
+    AddrMatch, FORWARD_COMMENT, Family, KUBE_PROXY_MARK, MASQ_COMMENT, Rule, RuleSet, Settings,
+    Verdict,
+};
+pub(crate) use rules::{Parts, owned_by};
 pub use watch::ChangeWatch;
 
-/// Comment on every masquerade rule (iptables mode), as flanneld writes it.
-pub const MASQ_COMMENT: &str = "flanneld masq";
-/// Comment on every forward rule (iptables mode), as flanneld writes it.
-pub const FORWARD_COMMENT: &str = "flanneld forward";
-/// kube-proxy's masquerade mark: packets carrying it are left to kube-proxy's own SNAT.
-pub const KUBE_PROXY_MARK: u32 = 0x4000;
-/// Multicast is never masqueraded.
-const MULTICAST: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4) {
-    Ok(n) => n,
-    Err(_) => panic!("224.0.0.0/4 is a valid prefix"),
-};
 /// The shortest audit period the agent uses, whatever `--iptables-resync` says, when no change
 /// notification covers the rules (iptables-legacy).
 pub const MIN_AUDIT_PERIOD: Duration = Duration::from_secs(60);
@@ -69,7 +74,7 @@ pub const AUDIT_ENV: &str = "WEFT_FIREWALL_AUDIT_SECS";
 pub enum Mode {
     /// iptables chains `FLANNEL-POSTRTG` / `FLANNEL-FWD` (flanneld's default).
     Iptables,
-    /// nftables table `ip flannel-ipv4` (`EnableNFTables: true`).
+    /// nftables table `ip flannel-ipv4` / `ip6 flannel-ipv6` (`EnableNFTables: true`).
     Nftables,
 }
 
@@ -100,218 +105,43 @@ impl fmt::Display for Mode {
         })
     }
 }
-
-/// What the rules are built from.
+/// Whose rules a cleanup removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
-    /// The cluster network (`Network` of the config).
-    pub network: Ipv4Net,
-    /// This node's leased pod subnet.
-    pub subnet: Ipv4Net,
-    /// `--ip-masq`: masquerade traffic leaving the cluster network.
-    pub ip_masq: bool,
-    /// `--iptables-forward-rules`: accept forwarding to and from the cluster network.
-    pub forward: bool,
-    /// Masquerade with `--random-fully` / `fully-random` (not
-    /// `--ip-masq-fully-random-disable`); dropped anyway when the tool lacks it.
-    pub fully_random: bool,
+pub enum Scope {
+    /// Every rule of both families, whoever's (`weft cleanup` without `--network`).
+    All,
+    /// Only these networks' rules ([`Rule::owned_by`]): the chains, jumps and tables stay while
+    /// other networks' rules are in them. A family without a network here is left alone.
+    Networks {
+        v4: Option<Ipv4Net>,
+        v6: Option<Ipv6Net>,
+    },
 }
 
-/// An address match: `[!] -s/-d <net>` or `ip saddr/daddr [!=] <net>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AddrMatch {
-    pub negated: bool,
-    pub net: Ipv4Net,
-}
-
-impl AddrMatch {
-    pub fn is(net: Ipv4Net) -> AddrMatch {
-        AddrMatch {
-            negated: false,
-            net,
+impl Scope {
+    /// Only `network`'s rules, in its family; the other family is left alone.
+    pub fn only(network: IpNet) -> Scope {
+        match network {
+            IpNet::V4(n) => Scope::Networks {
+                v4: Some(n),
+                v6: None,
+            },
+            IpNet::V6(n) => Scope::Networks {
+                v4: None,
+                v6: Some(n),
+            },
         }
     }
 
-    pub fn not(net: Ipv4Net) -> AddrMatch {
-        AddrMatch { negated: true, net }
-    }
-}
-
-/// What a matching packet gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Accept,
-    Return,
-    Masquerade { fully_random: bool },
-}
-
-/// One rule of weft's model: optional mark / source / destination matches and a verdict. Both
-/// modes render it; the nftables read-back parses into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule {
-    /// Masked mark match: `mark & m == m`.
-    pub mark: Option<u32>,
-    pub src: Option<AddrMatch>,
-    pub dst: Option<AddrMatch>,
-    pub verdict: Verdict,
-}
-
-impl Rule {
-    /// Whether this rule is the one of the daemon of `network` (None: every rule is): one of
-    /// its address matches lies inside the network, or it has none (the kube-proxy mark rule,
-    /// which every network's set begins with). Several flannel networks on one host share the
-    /// chains (as flanneld's daemons do); each daemon writes and removes only its own rules.
-    pub fn owned_by(&self, network: Option<Ipv4Net>) -> bool {
-        owned_by(
-            [self.src, self.dst].into_iter().flatten().map(|m| m.net),
-            network,
-        )
-    }
-
-    fn new(src: Option<AddrMatch>, dst: Option<AddrMatch>, verdict: Verdict) -> Rule {
-        Rule {
-            mark: None,
-            src,
-            dst,
-            verdict,
+    /// What a cleanup does in `family`: `None` = nothing, `Some(None)` = removes every rule,
+    /// `Some(Some(net))` = removes `net`'s rules.
+    fn owner(self, family: Family) -> Option<Option<IpNet>> {
+        match (self, family) {
+            (Scope::All, _) => Some(None),
+            (Scope::Networks { v4, .. }, Family::V4) => v4.map(|n| Some(IpNet::V4(n))),
+            (Scope::Networks { v6, .. }, Family::V6) => v6.map(|n| Some(IpNet::V6(n))),
         }
     }
-}
-
-/// A rule with these address matches is the daemon's of `network` (see [`Rule::owned_by`]).
-pub(crate) fn owned_by(nets: impl Iterator<Item = Ipv4Net>, network: Option<Ipv4Net>) -> bool {
-    let Some(network) = network else {
-        return true;
-    };
-    let mut any = false;
-    for n in nets {
-        if network.contains(&n) {
-            return true;
-        }
-        any = true;
-    }
-    !any
-}
-
-/// The rules one mode wants: `None` for a part that is switched off (and must be absent).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleSet {
-    pub masq: Option<Vec<Rule>>,
-    pub forward: Option<Vec<Rule>>,
-    /// The network whose rules these are: other networks' rules in the same chains stay.
-    pub network: Ipv4Net,
-}
-
-impl RuleSet {
-    /// flanneld's rules (docs/flannel-compat.md §6.1 for iptables, §6.2 for nftables, which differ
-    /// in the fourth masquerade rule).
-    pub fn new(mode: Mode, s: &Settings) -> RuleSet {
-        let net = s.network.trunc();
-        let pod = s.subnet.trunc();
-        let masq = s.ip_masq.then(|| {
-            let m = Verdict::Masquerade {
-                fully_random: s.fully_random,
-            };
-            let fourth = match mode {
-                // Traffic from outside the cluster to this node's pods.
-                Mode::Iptables => Rule::new(
-                    Some(AddrMatch::not(net)),
-                    Some(AddrMatch::is(pod)),
-                    Verdict::Return,
-                ),
-                // flanneld's nftables rule: anything but our pods to the cluster network.
-                Mode::Nftables => Rule::new(
-                    Some(AddrMatch::not(pod)),
-                    Some(AddrMatch::is(net)),
-                    Verdict::Return,
-                ),
-            };
-            vec![
-                Rule {
-                    mark: Some(KUBE_PROXY_MARK),
-                    ..Rule::new(None, None, Verdict::Return)
-                },
-                Rule::new(
-                    Some(AddrMatch::is(pod)),
-                    Some(AddrMatch::is(net)),
-                    Verdict::Return,
-                ),
-                Rule::new(
-                    Some(AddrMatch::is(net)),
-                    Some(AddrMatch::is(pod)),
-                    Verdict::Return,
-                ),
-                fourth,
-                Rule::new(Some(AddrMatch::is(net)), Some(AddrMatch::not(MULTICAST)), m),
-                Rule::new(Some(AddrMatch::not(net)), Some(AddrMatch::is(net)), m),
-            ]
-        });
-        let forward = s.forward.then(|| {
-            vec![
-                Rule::new(Some(AddrMatch::is(net)), None, Verdict::Accept),
-                Rule::new(None, Some(AddrMatch::is(net)), Verdict::Accept),
-            ]
-        });
-        RuleSet {
-            masq,
-            forward,
-            network: net,
-        }
-    }
-
-    /// True when some part is switched on (there is something to keep in place).
-    pub fn is_active(&self) -> bool {
-        self.masq.is_some() || self.forward.is_some()
-    }
-
-    /// The same rule set with only the parts that are switched on: what an audit checks.
-    fn active_only(&self) -> Parts<'_> {
-        Parts {
-            masq: self.masq.as_deref().map(Some),
-            forward: self.forward.as_deref().map(Some),
-            owner: Some(self.network),
-        }
-    }
-
-    /// Every part, switched-off ones as "must be absent": what start-up enforces.
-    fn all(&self) -> Parts<'_> {
-        Parts {
-            masq: Some(self.masq.as_deref()),
-            forward: Some(self.forward.as_deref()),
-            owner: Some(self.network),
-        }
-    }
-}
-
-/// Which parts one pass looks at: `None` = leave alone, `Some(None)` = must be absent,
-/// `Some(Some(rules))` = must be exactly these rules. Only the rules of `owner`'s network count
-/// ([`Rule::owned_by`]; None: every rule): others' rules in the chains are kept as they are.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Parts<'a> {
-    pub masq: Option<Option<&'a [Rule]>>,
-    pub forward: Option<Option<&'a [Rule]>>,
-    pub owner: Option<Ipv4Net>,
-}
-
-impl Parts<'_> {
-    /// Both parts must be absent: every rule (`owner` None), or `owner`'s network's.
-    pub(crate) fn absent(owner: Option<Ipv4Net>) -> Parts<'static> {
-        Parts {
-            masq: Some(None),
-            forward: Some(None),
-            owner,
-        }
-    }
-}
-
-#[cfg(test)]
-impl Parts<'_> {
-    /// Both parts must be absent, whoever's rules they are.
-    pub(crate) const ABSENT: Parts<'static> = Parts {
-        masq: Some(None),
-        forward: Some(None),
-        owner: None,
-    };
 }
 
 /// What a pass found.
@@ -323,10 +153,13 @@ pub enum Outcome {
     Repaired(Vec<String>),
 }
 
-/// The masquerade / forward rules of one node, kept in place.
+/// The masquerade / forward rules of one node in one family (the family of
+/// `Settings.network`), kept in place. A dual-stack network has two, one per family; each
+/// leaves the other's rules alone.
 #[derive(Debug, Clone)]
 pub struct Firewall {
     mode: Mode,
+    family: Family,
     /// The rules live in nf_tables (nftables mode, or iptables-nft), so [`ChangeWatch`] sees
     /// every change to them.
     in_nf_tables: bool,
@@ -336,26 +169,37 @@ pub struct Firewall {
 }
 
 impl Firewall {
-    /// Builds the rule set. With masquerading on and fully-random wanted, asks the tool once
-    /// whether it supports it (`iptables -j MASQUERADE -h`, or `nft --check` of a test rule)
-    /// and drops it with a warning if not. Nothing is written yet: see [`Firewall::apply`].
-    pub async fn new(mode: Mode, mut settings: Settings) -> Firewall {
+    /// Builds the rule set for the family of `settings.network` (an error when
+    /// `settings.subnet` is of the other family). With masquerading on and fully-random
+    /// wanted, asks the tool once whether it supports it (`iptables -j MASQUERADE -h` /
+    /// `ip6tables …`, or `nft --check` of a test rule) and drops it with a warning if not.
+    /// Nothing is written yet: see [`Firewall::apply`].
+    pub async fn new(mode: Mode, mut settings: Settings) -> Result<Firewall> {
+        let family = Family::of(&settings.network);
+        if Family::of(&settings.subnet) != family {
+            bail!(
+                "firewall: subnet {} is not of the family of network {}",
+                settings.subnet,
+                settings.network
+            );
+        }
+        let label = label(mode, family);
         if settings.ip_masq && settings.fully_random {
             let supported = match mode {
-                Mode::Iptables => iptables::probe_random_fully().await,
-                Mode::Nftables => nftables::probe_fully_random().await,
+                Mode::Iptables => iptables::probe_random_fully(family).await,
+                Mode::Nftables => nftables::probe_fully_random(family).await,
             };
             match supported {
                 Ok(true) => {}
                 Ok(false) => {
                     warn!(
-                        "{mode}: masquerade fully-random is not supported; masquerading without it"
+                        "{label}: masquerade fully-random is not supported; masquerading without it"
                     );
                     settings.fully_random = false;
                 }
                 Err(e) => {
                     warn!(
-                        "{mode}: could not tell whether masquerade fully-random is supported ({e:#}); masquerading without it"
+                        "{label}: could not tell whether masquerade fully-random is supported ({e:#}); masquerading without it"
                     );
                     settings.fully_random = false;
                 }
@@ -364,33 +208,51 @@ impl Firewall {
         let in_nf_tables = match mode {
             Mode::Nftables => true,
             Mode::Iptables if settings.ip_masq || settings.forward => {
-                match iptables::is_nf_tables_flavour().await {
+                match iptables::is_nf_tables_flavour(family).await {
                     Ok(nft) => nft,
                     Err(e) => {
-                        warn!("iptables --version: {e:#}");
+                        warn!("{label} --version: {e:#}");
                         false
                     }
                 }
             }
             Mode::Iptables => false,
         };
-        Firewall {
+        Ok(Firewall {
             mode,
+            family,
             in_nf_tables,
             settings,
             rules: RuleSet::new(mode, &settings),
-        }
+        })
     }
 
     /// The node's subnet changed (lease lost and re-acquired elsewhere): rebuilds the rules;
-    /// [`Firewall::apply`] then writes them.
-    pub fn set_subnet(&mut self, subnet: Ipv4Net) {
+    /// [`Firewall::apply`] then writes them. An error (rules unchanged) when `subnet` is not
+    /// of this firewall's family.
+    pub fn set_subnet(&mut self, subnet: IpNet) -> Result<()> {
+        if Family::of(&subnet) != self.family {
+            bail!(
+                "firewall: subnet {subnet} is not of the family of network {}",
+                self.settings.network
+            );
+        }
         self.settings.subnet = subnet;
         self.rules = RuleSet::new(self.mode, &self.settings);
+        Ok(())
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// How logs name this firewall: `iptables`, `ip6tables`, `nftables`, `nftables ip6`.
+    pub fn label(&self) -> &'static str {
+        label(self.mode, self.family)
     }
 
     pub fn rules(&self) -> &RuleSet {
@@ -412,10 +274,11 @@ impl Firewall {
     /// Agent start: removes what the other mode left (flanneld does the same; a failure there
     /// is only logged), then [`Firewall::apply`].
     pub async fn start(&self) -> Result<Outcome> {
-        if let Err(e) = cleanup(self.mode.other(), Some(self.rules.network)).await {
+        let other = self.mode.other();
+        if let Err(e) = cleanup(other, Scope::only(self.rules.network)).await {
             warn!(
                 "removing {} rules of an earlier run: {e:#}",
-                self.mode.other()
+                label(other, self.family)
             );
         }
         self.apply().await
@@ -426,7 +289,7 @@ impl Firewall {
     pub async fn apply(&self) -> Result<Outcome> {
         let outcome = self.reconcile(self.rules.all()).await?;
         if let Outcome::Repaired(diffs) = &outcome {
-            info!("{}: rules written ({})", self.mode, diffs.join("; "));
+            info!("{}: rules written ({})", self.label(), diffs.join("; "));
         }
         Ok(outcome)
     }
@@ -441,7 +304,7 @@ impl Firewall {
         if let Outcome::Repaired(diffs) = &outcome {
             warn!(
                 "{}: rules were changed by someone else, re-applied ({})",
-                self.mode,
+                self.label(),
                 diffs.join("; ")
             );
         }
@@ -450,11 +313,11 @@ impl Firewall {
 
     async fn reconcile(&self, parts: Parts<'_>) -> Result<Outcome> {
         let diffs = match self.mode {
-            Mode::Iptables => iptables::reconcile(parts).await?,
-            Mode::Nftables => nftables::reconcile(parts).await?,
+            Mode::Iptables => iptables::reconcile(self.family, parts).await?,
+            Mode::Nftables => nftables::reconcile(self.family, parts).await?,
         };
         if diffs.is_empty() {
-            debug!("{}: rules in place", self.mode);
+            debug!("{}: rules in place", self.label());
             Ok(Outcome::InSync)
         } else {
             Ok(Outcome::Repaired(diffs))
@@ -462,16 +325,24 @@ impl Firewall {
     }
 }
 
-/// Removes every rule `mode` may have left (iptables: the jumps and both chains; nftables: the
-/// tables `ip flannel-ipv4` and `ip6 flannel-ipv6`), or with `network` only that network's rules
-/// (the chains, jumps and table stay while other networks' rules are in them). Idempotent; a
-/// tool that is not installed means there is nothing of that mode to remove. Keeps going after
-/// a failure and reports every one.
-pub async fn cleanup(mode: Mode, network: Option<Ipv4Net>) -> Result<()> {
-    let errors = match mode {
-        Mode::Iptables => iptables::cleanup(network).await,
-        Mode::Nftables => nftables::cleanup(network).await,
-    };
+/// How logs name `mode`'s rules of `family` (IPv4: the mode's name, as before IPv6).
+fn label(mode: Mode, family: Family) -> &'static str {
+    match (mode, family) {
+        (Mode::Iptables, Family::V4) => "iptables",
+        (Mode::Iptables, Family::V6) => "ip6tables",
+        (Mode::Nftables, Family::V4) => "nftables",
+        (Mode::Nftables, Family::V6) => "nftables ip6",
+    }
+}
+
+/// Removes the rules `mode` may have left in `scope`: iptables, the jumps and both chains of
+/// `iptables` and `ip6tables`; nftables, the tables `ip flannel-ipv4` and `ip6 flannel-ipv6`.
+/// With a network in the scope, only that network's rules go (the chains, jumps and table stay
+/// while other networks' rules are in them). Idempotent; a tool that is not installed means
+/// there is nothing of that mode and family to remove. Keeps going after a failure and reports
+/// every one.
+pub async fn cleanup(mode: Mode, scope: Scope) -> Result<()> {
+    let errors = cleanup_mode(mode, scope).await;
     if errors.is_empty() {
         Ok(())
     } else {
@@ -479,15 +350,30 @@ pub async fn cleanup(mode: Mode, network: Option<Ipv4Net>) -> Result<()> {
     }
 }
 
-/// Removes both modes' rules, or with `network` only that network's (`weft cleanup
-/// [--network]`); reports every failure of both.
-pub async fn cleanup_all(network: Option<Ipv4Net>) -> Result<()> {
-    let mut errors = iptables::cleanup(network).await;
-    errors.extend(nftables::cleanup(network).await);
+/// Removes both modes' rules of both families in `scope` (`weft cleanup [--network]`);
+/// reports every failure.
+pub async fn cleanup_all(scope: Scope) -> Result<()> {
+    let mut errors = cleanup_mode(Mode::Iptables, scope).await;
+    errors.extend(cleanup_mode(Mode::Nftables, scope).await);
     if errors.is_empty() {
         Ok(())
     } else {
         bail!("firewall cleanup failed:\n- {}", errors.join("\n- "))
+    }
+}
+
+async fn cleanup_mode(mode: Mode, scope: Scope) -> Vec<String> {
+    match mode {
+        Mode::Iptables => {
+            let mut errors = Vec::new();
+            for family in Family::BOTH {
+                if let Some(owner) = scope.owner(family) {
+                    errors.extend(iptables::cleanup(family, owner).await);
+                }
+            }
+            errors
+        }
+        Mode::Nftables => nftables::cleanup(scope.owner(Family::V4), scope.owner(Family::V6)).await,
     }
 }
 
@@ -536,45 +422,47 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn parts_follow_the_flags() {
+    /// The IPv6 half of a dual-stack network beside [`settings`].
+    pub(crate) fn settings_v6() -> Settings {
+        Settings {
+            network: "fd00:10:244::/56".parse().unwrap(),
+            subnet: "fd00:10:244:1::/64".parse().unwrap(),
+            ..settings()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mixed_family_is_refused() {
         let mut s = settings();
-        let r = RuleSet::new(Mode::Iptables, &s);
-        assert_eq!(r.masq.as_ref().map(Vec::len), Some(6));
-        assert_eq!(r.forward.as_ref().map(Vec::len), Some(2));
+        s.subnet = settings_v6().subnet;
+        let e = Firewall::new(Mode::Iptables, s).await.unwrap_err();
+        assert!(e.to_string().contains("not of the family"), "{e}");
+        // Without masquerading and forwarding, no tool is asked: builds anywhere.
+        let mut s = settings_v6();
         s.ip_masq = false;
-        let r = RuleSet::new(Mode::Iptables, &s);
-        assert!(r.masq.is_none() && r.forward.is_some() && r.is_active());
         s.forward = false;
-        assert!(!RuleSet::new(Mode::Nftables, &s).is_active());
+        let mut fw = Firewall::new(Mode::Iptables, s).await.unwrap();
+        assert_eq!((fw.family(), fw.label()), (Family::V6, "ip6tables"));
+        assert!(fw.set_subnet(settings().subnet).is_err());
+        assert_eq!(fw.settings.subnet, settings_v6().subnet);
+        fw.set_subnet("fd00:10:244:7::/64".parse().unwrap())
+            .unwrap();
+        assert_eq!(fw.rules().network, settings_v6().network);
     }
 
     #[test]
-    fn subnet_host_bits_are_dropped() {
-        let mut s = settings();
-        s.subnet = "10.244.1.1/24".parse().unwrap();
-        assert_eq!(
-            RuleSet::new(Mode::Iptables, &s),
-            RuleSet::new(Mode::Iptables, &settings())
-        );
-    }
-
-    #[test]
-    fn fully_random_off_reaches_every_masquerade_rule() {
-        let mut s = settings();
-        s.fully_random = false;
-        let r = RuleSet::new(Mode::Nftables, &s);
-        let masq: Vec<_> = r
-            .masq
-            .unwrap()
-            .into_iter()
-            .filter(|r| matches!(r.verdict, Verdict::Masquerade { .. }))
-            .collect();
-        assert_eq!(masq.len(), 2);
-        assert!(masq.iter().all(|r| r.verdict
-            == Verdict::Masquerade {
-                fully_random: false
-            }));
+    fn scope_per_family() {
+        let v4: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let v6: Ipv6Net = "fd00:10:244::/56".parse().unwrap();
+        assert_eq!(Scope::All.owner(Family::V6), Some(None));
+        let only = Scope::only(IpNet::V4(v4));
+        assert_eq!(only.owner(Family::V4), Some(Some(IpNet::V4(v4))));
+        assert_eq!(only.owner(Family::V6), None);
+        let both = Scope::Networks {
+            v4: Some(v4),
+            v6: Some(v6),
+        };
+        assert_eq!(both.owner(Family::V6), Some(Some(IpNet::V6(v6))));
     }
 
     #[test]
@@ -604,3 +492,5 @@ pub(crate) mod tests {
 
 #[cfg(test)]
 mod netns_tests;
+#[cfg(test)]
+mod netns_v6_tests;

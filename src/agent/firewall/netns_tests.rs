@@ -9,7 +9,7 @@ use std::process::Command;
 use super::tests::settings;
 use super::*;
 
-fn in_netns<F, Fut>(name: &str, f: F)
+pub(super) fn in_netns<F, Fut>(name: &str, f: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
@@ -34,7 +34,7 @@ where
 }
 
 /// `<tool> <args>` in the current thread's namespace; stdout, or panic with stderr.
-fn sh(tool: &str, args: &[&str]) -> String {
+pub(super) fn sh(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool).args(args).output().expect("run tool");
     assert!(
         out.status.success(),
@@ -46,15 +46,25 @@ fn sh(tool: &str, args: &[&str]) -> String {
 
 /// The `-A` lines of `iptables-save -t <table>`.
 fn rules_in(table: &str) -> Vec<String> {
-    sh("iptables-save", &["-t", table])
+    rules_of(Family::V4, table)
+}
+
+fn chains_in(table: &str) -> Vec<String> {
+    chains_of(Family::V4, table)
+}
+
+/// The `-A` lines of `iptables-save -t <table>` (`ip6tables-save` for IPv6).
+pub(super) fn rules_of(family: Family, table: &str) -> Vec<String> {
+    sh(iptables::tools(family).1, &["-t", table])
         .lines()
         .filter(|l| l.starts_with("-A "))
         .map(str::to_owned)
         .collect()
 }
 
-fn chains_in(table: &str) -> Vec<String> {
-    sh("iptables-save", &["-t", table])
+/// The chains `iptables-save -t <table>` (`ip6tables-save`) declares.
+pub(super) fn chains_of(family: Family, table: &str) -> Vec<String> {
+    sh(iptables::tools(family).1, &["-t", table])
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split_whitespace().next())
@@ -63,26 +73,32 @@ fn chains_in(table: &str) -> Vec<String> {
 }
 
 /// What iptables mode must leave: flanneld's golden lines, nothing else of ours.
-fn expected_lines(chain: &iptables::Chain, rules: &[Rule]) -> Vec<String> {
+pub(super) fn expected_lines(chain: &iptables::Chain, rules: &[Rule]) -> Vec<String> {
     let mut v = vec![iptables::jump_line(chain)];
     v.extend(rules.iter().map(|r| iptables::rule_line(chain, r)));
     v
 }
 
 fn nft_table() -> Option<nftables::ObservedTable> {
+    nft_table_of(Family::V4)
+}
+
+/// `nft -j list table` of `family`'s table, parsed; `None` when it does not exist.
+pub(super) fn nft_table_of(family: Family) -> Option<nftables::ObservedTable> {
+    let t = nftables::Table::of(family);
     let out = Command::new("nft")
-        .args(["-j", "list", "table", "ip", "flannel-ipv4"])
+        .args(["-j", "list", "table", t.family, t.name])
         .output()
         .unwrap();
     out.status
         .success()
-        .then(|| nftables::parse_list(&String::from_utf8_lossy(&out.stdout)).unwrap())
+        .then(|| nftables::parse_list(&t, &String::from_utf8_lossy(&out.stdout)).unwrap())
 }
 
 #[test]
 fn iptables_rules_are_flannels_and_repaired_after_out_of_band_deletes() {
     in_netns("fw-iptables", || async {
-        let fw = Firewall::new(Mode::Iptables, settings()).await;
+        let fw = Firewall::new(Mode::Iptables, settings()).await.unwrap();
         // iptables 1.8.9 supports --random-fully: the probe must keep it.
         assert_eq!(fw.rules(), &RuleSet::new(Mode::Iptables, &settings()));
         let rules = fw.rules().clone();
@@ -167,7 +183,7 @@ fn iptables_rules_are_flannels_and_repaired_after_out_of_band_deletes() {
 #[test]
 fn iptables_parts_switched_off_are_removed_and_others_kept() {
     in_netns("fw-iptables-off", || async {
-        let fw = Firewall::new(Mode::Iptables, settings()).await;
+        let fw = Firewall::new(Mode::Iptables, settings()).await.unwrap();
         fw.apply().await.unwrap();
         sh(
             "iptables",
@@ -187,7 +203,7 @@ fn iptables_parts_switched_off_are_removed_and_others_kept() {
         let mut s = settings();
         s.ip_masq = false;
         s.fully_random = false;
-        let fw = Firewall::new(Mode::Iptables, s).await;
+        let fw = Firewall::new(Mode::Iptables, s).await.unwrap();
         assert_eq!(
             fw.apply().await.unwrap(),
             Outcome::Repaired(vec![
@@ -205,7 +221,7 @@ fn iptables_parts_switched_off_are_removed_and_others_kept() {
         // --ip-masq with --ip-masq-fully-random-disable: no --random-fully anywhere.
         let mut s = settings();
         s.fully_random = false;
-        let fw = Firewall::new(Mode::Iptables, s).await;
+        let fw = Firewall::new(Mode::Iptables, s).await.unwrap();
         fw.apply().await.unwrap();
         let nat = rules_in("nat");
         assert_eq!(
@@ -216,7 +232,7 @@ fn iptables_parts_switched_off_are_removed_and_others_kept() {
 
         // A new subnet after a lost lease: the chain is rewritten, the jump stays single.
         let mut fw = fw;
-        fw.set_subnet("10.244.7.0/24".parse().unwrap());
+        fw.set_subnet("10.244.7.0/24".parse().unwrap()).unwrap();
         assert!(matches!(fw.apply().await.unwrap(), Outcome::Repaired(_)));
         let nat = rules_in("nat");
         assert!(!nat.iter().any(|l| l.contains("10.244.1.0/24")), "{nat:?}");
@@ -236,7 +252,7 @@ fn iptables_parts_switched_off_are_removed_and_others_kept() {
 #[test]
 fn nftables_table_is_one_transaction_and_repaired() {
     in_netns("fw-nft", || async {
-        let fw = Firewall::new(Mode::Nftables, settings()).await;
+        let fw = Firewall::new(Mode::Nftables, settings()).await.unwrap();
         assert_eq!(fw.rules(), &RuleSet::new(Mode::Nftables, &settings()));
         assert!(matches!(fw.apply().await.unwrap(), Outcome::Repaired(_)));
         let want = fw.rules().clone();
@@ -326,7 +342,7 @@ fn nftables_table_is_one_transaction_and_repaired() {
         // Masquerading switched off at the next start: only the forward chain stays.
         let mut s = settings();
         s.ip_masq = false;
-        let fw = Firewall::new(Mode::Nftables, s).await;
+        let fw = Firewall::new(Mode::Nftables, s).await.unwrap();
         fw.apply().await.unwrap();
         let t = nft_table().unwrap();
         assert_eq!(t.chains.keys().collect::<Vec<_>>(), ["forward"]);
@@ -338,11 +354,13 @@ fn cleanup_removes_both_modes_and_is_idempotent() {
     in_netns("fw-cleanup", || async {
         Firewall::new(Mode::Iptables, settings())
             .await
+            .unwrap()
             .apply()
             .await
             .unwrap();
         Firewall::new(Mode::Nftables, settings())
             .await
+            .unwrap()
             .apply()
             .await
             .unwrap();
@@ -353,20 +371,20 @@ fn cleanup_removes_both_modes_and_is_idempotent() {
         );
 
         // Start in nftables mode: the iptables mode is cleaned, FLANNEL-FWD in filter too.
-        cleanup(Mode::Iptables, None).await.unwrap();
+        cleanup(Mode::Iptables, Scope::All).await.unwrap();
         assert!(!chains_in("nat").contains(&"FLANNEL-POSTRTG".to_owned()));
         assert!(!chains_in("filter").contains(&"FLANNEL-FWD".to_owned()));
         assert_eq!(rules_in("filter"), ["-A FORWARD -s 192.0.2.0/24 -j DROP"]);
         assert!(rules_in("nat").is_empty());
         assert!(nft_table().is_some(), "the nftables mode is not touched");
 
-        cleanup_all(None).await.unwrap();
+        cleanup_all(Scope::All).await.unwrap();
         assert!(nft_table().is_none());
         let tables = sh("nft", &["list", "tables"]);
         assert!(!tables.contains("flannel"), "{tables}");
         assert_eq!(rules_in("filter"), ["-A FORWARD -s 192.0.2.0/24 -j DROP"]);
         // Again, with nothing left.
-        cleanup_all(None).await.unwrap();
+        cleanup_all(Scope::All).await.unwrap();
     });
 }
 
@@ -377,36 +395,37 @@ fn two_networks_share_the_chains_without_a_fight() {
         b.network = "10.245.0.0/16".parse().unwrap();
         b.subnet = "10.245.1.0/24".parse().unwrap();
         for mode in [Mode::Iptables, Mode::Nftables] {
-            let fw_a = Firewall::new(mode, settings()).await;
-            let fw_b = Firewall::new(mode, b).await;
+            let fw_a = Firewall::new(mode, settings()).await.unwrap();
+            let fw_b = Firewall::new(mode, b).await.unwrap();
             assert!(matches!(fw_a.start().await.unwrap(), Outcome::Repaired(_)));
             assert!(matches!(fw_b.start().await.unwrap(), Outcome::Repaired(_)));
             // Each sees its own rules in place: no repair loop between the two daemons.
             assert_eq!(fw_a.check().await.unwrap(), Outcome::InSync, "{mode}");
             assert_eq!(fw_b.check().await.unwrap(), Outcome::InSync, "{mode}");
             // `weft cleanup --network` of B: A's rules stay as they are.
-            cleanup(mode, Some(b.network)).await.unwrap();
+            cleanup(mode, Scope::only(b.network)).await.unwrap();
             assert_eq!(fw_a.check().await.unwrap(), Outcome::InSync, "{mode}");
             assert!(matches!(fw_b.check().await.unwrap(), Outcome::Repaired(_)));
-            cleanup_all(None).await.unwrap();
+            cleanup_all(Scope::All).await.unwrap();
         }
         // Mixed modes: B in nftables mode starts after A in iptables mode; B's start removes
         // only B's own iptables rules (none), not A's.
-        let fw_a = Firewall::new(Mode::Iptables, settings()).await;
+        let fw_a = Firewall::new(Mode::Iptables, settings()).await.unwrap();
         fw_a.start().await.unwrap();
         Firewall::new(Mode::Nftables, b)
             .await
+            .unwrap()
             .start()
             .await
             .unwrap();
         assert_eq!(fw_a.check().await.unwrap(), Outcome::InSync);
         assert!(chains_in("nat").contains(&"FLANNEL-POSTRTG".to_owned()));
-        cleanup_all(None).await.unwrap();
+        cleanup_all(Scope::All).await.unwrap();
     });
 }
 
 /// Waits up to `secs` for the watch to fire.
-async fn fired(w: &mut ChangeWatch, ms: u64) -> Option<String> {
+pub(super) async fn fired(w: &mut ChangeWatch, ms: u64) -> Option<String> {
     tokio::time::timeout(std::time::Duration::from_millis(ms), w.changed())
         .await
         .ok()
@@ -417,7 +436,7 @@ fn change_watch_fires_for_our_rules_only() {
     in_netns("fw-watch", || async {
         let mut w = ChangeWatch::open();
         assert!(w.is_live());
-        let fw = Firewall::new(Mode::Iptables, settings()).await;
+        let fw = Firewall::new(Mode::Iptables, settings()).await.unwrap();
         assert!(fw.in_nf_tables, "Debian's iptables is iptables-nft");
         fw.apply().await.unwrap();
         // Our own batch is seen (one read follows in the agent), then all is quiet.
@@ -445,7 +464,7 @@ fn change_watch_fires_for_our_rules_only() {
         assert!(fired(&mut w, 2000).await.is_some(), "our repair is seen");
         assert_eq!(fw.check().await.unwrap(), Outcome::InSync);
 
-        let fw = Firewall::new(Mode::Nftables, settings()).await;
+        let fw = Firewall::new(Mode::Nftables, settings()).await.unwrap();
         fw.apply().await.unwrap();
         assert!(fired(&mut w, 2000).await.is_some());
         sh("nft", &["delete", "table", "ip", "flannel-ipv4"]);

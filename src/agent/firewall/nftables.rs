@@ -1,5 +1,7 @@
 //! nftables mode: weft's own table `ip flannel-ipv4` (flanneld's name), written as ONE
-//! `nft -f -` transaction and read back with `nft -j list table ip flannel-ipv4`.
+//! `nft -f -` transaction and read back with `nft -j list table ip flannel-ipv4`. For IPv6
+//! the table is `ip6 flannel-ipv6`, with the same chains and rules matching `ip6 saddr` /
+//! `ip6 daddr` (multicast `ff00::/8`); [`parse`] reads either back.
 //!
 //! ```text
 //! add table ip flannel-ipv4 { comment "rules for flannel-ipv4" ; }
@@ -12,21 +14,59 @@
 //! swaps the old rules for the new ones atomically. No policy is ever set on the base chains
 //! (accept): a drop policy here would drop every packet weft does not know about.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-
-use anyhow::{Context as _, Result, anyhow};
-use ipnet::Ipv4Net;
-use serde_json::Value;
+use anyhow::Result;
+use ipnet::IpNet;
 use tracing::{debug, info};
 
 use super::exec::{self, ToolError};
-use super::{AddrMatch, Parts, Rule, Verdict};
+use super::{Family, Parts, Rule, Verdict};
 
-pub const FAMILY: &str = "ip";
-pub const TABLE: &str = "flannel-ipv4";
-/// flanneld's IPv6 table; weft does not create it but removes it on cleanup.
-pub const TABLE_V6: &str = "flannel-ipv6";
+pub mod parse;
+
+pub use parse::{ObservedChain, ObservedTable, parse_list};
+
+/// One of flanneld's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// The nftables family (`ip`, `ip6`), which is also the protocol of its address matches.
+    pub family: &'static str,
+    pub name: &'static str,
+    /// The addresses its rules match.
+    pub addrs: Family,
+}
+
+/// `ip flannel-ipv4`.
+pub const TABLE_V4: Table = Table {
+    family: "ip",
+    name: "flannel-ipv4",
+    addrs: Family::V4,
+};
+
+/// `ip6 flannel-ipv6`.
+pub const TABLE_V6: Table = Table {
+    family: "ip6",
+    name: "flannel-ipv6",
+    addrs: Family::V6,
+};
+
+/// Both tables, IPv4 first.
+pub const TABLES: [Table; 2] = [TABLE_V4, TABLE_V6];
+
+impl Table {
+    /// The table of `family`'s rules.
+    pub fn of(family: Family) -> Table {
+        match family {
+            Family::V4 => TABLE_V4,
+            Family::V6 => TABLE_V6,
+        }
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.family, self.name)
+    }
+}
 
 /// One of our base chains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +98,7 @@ pub const MASQ_CHAIN: ChainSpec = ChainSpec {
 };
 
 /// A rule's statement: `[meta mark & 0x4000 == 0x4000] [ip saddr [!=] …] [ip daddr [!=] …]
-/// accept|return|masquerade [fully-random]`.
+/// accept|return|masquerade [fully-random]`, with `ip6 saddr`/`ip6 daddr` for IPv6 prefixes.
 pub fn rule_text(rule: &Rule) -> String {
     let mut parts = Vec::new();
     if let Some(mark) = rule.mark {
@@ -67,7 +107,8 @@ pub fn rule_text(rule: &Rule) -> String {
     for (field, m) in [("saddr", rule.src), ("daddr", rule.dst)] {
         if let Some(m) = m {
             let not = if m.negated { "!= " } else { "" };
-            parts.push(format!("ip {field} {not}{}", m.net));
+            let proto = Table::of(Family::of(&m.net)).family;
+            parts.push(format!("{proto} {field} {not}{}", m.net));
         }
     }
     parts.push(
@@ -84,158 +125,16 @@ pub fn rule_text(rule: &Rule) -> String {
     parts.join(" ")
 }
 
-fn chain_decl(c: &ChainSpec) -> String {
+fn chain_decl(t: &Table, c: &ChainSpec) -> String {
     format!(
-        "add chain {FAMILY} {TABLE} {} {{ type {} hook {} priority {} ; }}",
+        "add chain {t} {} {{ type {} hook {} priority {} ; }}",
         c.name, c.kind, c.hook, c.priority
     )
 }
 
-/// What `nft -j list table ip flannel-ipv4` shows of one chain.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObservedChain {
-    pub kind: Option<String>,
-    pub hook: Option<String>,
-    pub prio: Option<i64>,
-    pub policy: Option<String>,
-    /// Each rule in order; `None` for a rule weft would never write.
-    pub rules: Vec<Option<Rule>>,
-}
-
-impl ObservedChain {
-    fn is(&self, spec: &ChainSpec) -> bool {
-        self.kind.as_deref() == Some(spec.kind)
-            && self.hook.as_deref() == Some(spec.hook)
-            && self.prio == Some(spec.prio)
-            && self.policy.as_deref().is_none_or(|p| p == "accept")
-    }
-}
-
-/// Our table's chains by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObservedTable {
-    pub chains: BTreeMap<String, ObservedChain>,
-}
-
-/// Parses `nft -j list table ip flannel-ipv4`.
-pub fn parse_list(json: &str) -> Result<ObservedTable> {
-    let v: Value = serde_json::from_str(json).context("nft -j output is not JSON")?;
-    let items = v["nftables"]
-        .as_array()
-        .ok_or_else(|| anyhow!("nft -j output has no \"nftables\" array"))?;
-    let ours = |o: &Value| o["family"] == FAMILY && o["table"] == TABLE;
-    let mut table = ObservedTable::default();
-    for item in items {
-        if let Some(c) = item.get("chain").filter(|c| ours(c)) {
-            let name = c["name"].as_str().unwrap_or_default().to_owned();
-            let entry = table.chains.entry(name).or_default();
-            entry.kind = c["type"].as_str().map(str::to_owned);
-            entry.hook = c["hook"].as_str().map(str::to_owned);
-            entry.prio = c["prio"].as_i64();
-            entry.policy = c["policy"].as_str().map(str::to_owned);
-        } else if let Some(r) = item.get("rule").filter(|r| ours(r)) {
-            let name = r["chain"].as_str().unwrap_or_default().to_owned();
-            let rule = r["expr"].as_array().and_then(|e| parse_rule(e));
-            table.chains.entry(name).or_default().rules.push(rule);
-        }
-    }
-    Ok(table)
-}
-
-/// One rule's `expr` array back into weft's model; `None` for anything weft does not write.
-fn parse_rule(expr: &[Value]) -> Option<Rule> {
-    let mut rule = Rule {
-        mark: None,
-        src: None,
-        dst: None,
-        verdict: Verdict::Accept,
-    };
-    let mut verdict = None;
-    for e in expr {
-        let obj = e.as_object().filter(|o| o.len() == 1)?;
-        let (key, v) = obj.iter().next()?;
-        if verdict.is_some() {
-            // Nothing follows the verdict in weft's rules.
-            return None;
-        }
-        match key.as_str() {
-            "match" => {
-                let negated = match v["op"].as_str()? {
-                    "==" => false,
-                    "!=" => true,
-                    _ => return None,
-                };
-                let (left, right) = (&v["left"], &v["right"]);
-                if let Some(p) = left.get("payload") {
-                    if p["protocol"] != "ip" {
-                        return None;
-                    }
-                    let m = Some(AddrMatch {
-                        negated,
-                        net: parse_net(right)?,
-                    });
-                    let slot = match p["field"].as_str()? {
-                        "saddr" => &mut rule.src,
-                        "daddr" => &mut rule.dst,
-                        _ => return None,
-                    };
-                    if slot.is_some() {
-                        return None;
-                    }
-                    *slot = m;
-                } else if let Some(and) = left.get("&").and_then(Value::as_array) {
-                    // meta mark & M == M
-                    let [meta, mask] = and.as_slice() else {
-                        return None;
-                    };
-                    let mask = u32::try_from(mask.as_u64()?).ok()?;
-                    if negated
-                        || meta["meta"]["key"] != "mark"
-                        || right.as_u64() != Some(u64::from(mask))
-                        || rule.mark.is_some()
-                    {
-                        return None;
-                    }
-                    rule.mark = Some(mask);
-                } else {
-                    return None;
-                }
-            }
-            "accept" if v.is_null() => verdict = Some(Verdict::Accept),
-            "return" if v.is_null() => verdict = Some(Verdict::Return),
-            "masquerade" => {
-                let fully_random = match v {
-                    Value::Null => false,
-                    Value::Object(o) if o.len() == 1 => match &o["flags"] {
-                        Value::String(f) if f == "fully-random" => true,
-                        Value::Array(a) if a.len() == 1 && a[0] == "fully-random" => true,
-                        _ => return None,
-                    },
-                    _ => return None,
-                };
-                verdict = Some(Verdict::Masquerade { fully_random });
-            }
-            _ => return None,
-        }
-    }
-    rule.verdict = verdict?;
-    Some(rule)
-}
-
-/// `"10.0.0.1"` or `{"prefix": {"addr": "10.0.0.0", "len": 8}}`.
-fn parse_net(v: &Value) -> Option<Ipv4Net> {
-    if let Some(s) = v.as_str() {
-        return Ipv4Net::new(s.parse::<Ipv4Addr>().ok()?, 32).ok();
-    }
-    let p = v.get("prefix")?;
-    let addr: Ipv4Addr = p["addr"].as_str()?.parse().ok()?;
-    let len = u8::try_from(p["len"].as_u64()?).ok()?;
-    Ipv4Net::new(addr, len).ok()
-}
-
 /// One chain's rules split by owner: this network's (and the ones weft would never write,
 /// which a rewrite drops), and other networks' (kept; see [`super::Rule::owned_by`]).
-fn split(c: &ObservedChain, owner: Option<Ipv4Net>) -> (Vec<Option<Rule>>, Vec<Rule>) {
+fn split(c: &ObservedChain, owner: Option<IpNet>) -> (Vec<Option<Rule>>, Vec<Rule>) {
     let mut ours = Vec::new();
     let mut others = Vec::new();
     for r in &c.rules {
@@ -252,11 +151,12 @@ fn shared(r: &Option<Rule>) -> bool {
     r.is_some_and(|r| r.src.is_none() && r.dst.is_none())
 }
 
-/// What to write: `None` when the table is as wanted, else the differences found and the one
-/// `nft -f -` transaction that fixes them. `seen`: `None` when the table does not exist. Only
-/// the rules of `parts.owner`'s network count; other networks' rules in the chains stay (after
-/// ours on a rewrite), and so do the chains and the table while they hold any.
+/// What to write in `table`: `None` when it is as wanted, else the differences found and the
+/// one `nft -f -` transaction that fixes them. `seen`: `None` when the table does not exist.
+/// Only the rules of `parts.owner`'s network count; other networks' rules in the chains stay
+/// (after ours on a rewrite), and so do the chains and the table while they hold any.
 pub(crate) fn plan(
+    table: &Table,
     parts: Parts<'_>,
     seen: Option<&ObservedTable>,
 ) -> Option<(Vec<String>, String)> {
@@ -268,18 +168,16 @@ pub(crate) fn plan(
         if !any_rules {
             return None;
         }
-        diffs.push(format!("table {FAMILY} {TABLE} missing"));
-        return Some((diffs, ensure_script(&wanted, None, parts.owner)));
+        diffs.push(format!("table {table} missing"));
+        return Some((diffs, ensure_script(table, &wanted, None, parts.owner)));
     };
     let others_anywhere = seen
         .chains
         .values()
         .any(|c| !split(c, parts.owner).1.is_empty());
     if all_absent && !others_anywhere {
-        diffs.push(format!(
-            "table {FAMILY} {TABLE} present but not wanted, removed"
-        ));
-        return Some((diffs, format!("delete table {FAMILY} {TABLE}\n")));
+        diffs.push(format!("table {table} present but not wanted, removed"));
+        return Some((diffs, format!("delete table {table}\n")));
     }
     for (spec, want) in &wanted {
         let Some(want) = want else { continue };
@@ -323,7 +221,10 @@ pub(crate) fn plan(
     if diffs.is_empty() {
         return None;
     }
-    Some((diffs, ensure_script(&wanted, Some(seen), parts.owner)))
+    Some((
+        diffs,
+        ensure_script(table, &wanted, Some(seen), parts.owner),
+    ))
 }
 
 type Wanted<'a> = [(ChainSpec, Option<Option<&'a [Rule]>>); 2];
@@ -331,20 +232,22 @@ type Wanted<'a> = [(ChainSpec, Option<Option<&'a [Rule]>>); 2];
 /// The transaction: the table, then per chain either (re)declare + flush + our rules + other
 /// networks' rules, or remove (or, while other networks' rules are in it, keep only theirs).
 fn ensure_script(
+    table: &Table,
     wanted: &Wanted<'_>,
     seen: Option<&ObservedTable>,
-    owner: Option<Ipv4Net>,
+    owner: Option<IpNet>,
 ) -> String {
     let mut s = vec![format!(
-        "add table {FAMILY} {TABLE} {{ comment \"rules for {TABLE}\" ; }}"
+        "add table {table} {{ comment \"rules for {}\" ; }}",
+        table.name
     )];
     for (spec, want) in wanted {
         let Some(want) = want else { continue };
         let existing = seen.and_then(|t| t.chains.get(spec.name));
         let (ours, others) = existing.map(|c| split(c, owner)).unwrap_or_default();
-        let flush = format!("flush chain {FAMILY} {TABLE} {}", spec.name);
-        let delete = format!("delete chain {FAMILY} {TABLE} {}", spec.name);
-        let add = |r: &Rule| format!("add rule {FAMILY} {TABLE} {} {}", spec.name, rule_text(r));
+        let flush = format!("flush chain {table} {}", spec.name);
+        let delete = format!("delete chain {table} {}", spec.name);
+        let add = |r: &Rule| format!("add rule {table} {} {}", spec.name, rule_text(r));
         match want {
             Some(rules) => {
                 if existing.is_some_and(|c| !c.is(spec)) {
@@ -352,7 +255,7 @@ fn ensure_script(
                     s.push(flush.clone());
                     s.push(delete);
                 }
-                s.push(chain_decl(spec));
+                s.push(chain_decl(table, spec));
                 s.push(flush);
                 s.extend(rules.iter().chain(&others).map(add));
             }
@@ -372,13 +275,21 @@ fn ensure_script(
     s.join("\n") + "\n"
 }
 
-/// `nft -j list table ip flannel-ipv4`; `None` when the table does not exist.
-async fn list() -> Result<Option<ObservedTable>, ToolError> {
-    match exec::run("nft", &["-j", "list", "table", FAMILY, TABLE], None).await {
-        Ok(json) => parse_list(&json).map(Some).map_err(|e| ToolError::Io {
-            cmd: format!("nft -j list table {FAMILY} {TABLE}"),
-            reason: format!("{e:#}"),
-        }),
+/// `nft -j list table <table>`; `None` when the table does not exist.
+async fn list(table: &Table) -> Result<Option<ObservedTable>, ToolError> {
+    match exec::run(
+        "nft",
+        &["-j", "list", "table", table.family, table.name],
+        None,
+    )
+    .await
+    {
+        Ok(json) => parse_list(table, &json)
+            .map(Some)
+            .map_err(|e| ToolError::Io {
+                cmd: format!("nft -j list table {table}"),
+                reason: format!("{e:#}"),
+            }),
         Err(e)
             if e.stderr()
                 .is_some_and(|s| s.contains("No such file or directory")) =>
@@ -389,11 +300,12 @@ async fn list() -> Result<Option<ObservedTable>, ToolError> {
     }
 }
 
-/// Reads the table and writes one transaction if it differs. Returns what differed.
-pub(crate) async fn reconcile(parts: Parts<'_>) -> Result<Vec<String>> {
-    let seen = list().await?;
-    let Some((diffs, script)) = plan(parts, seen.as_ref()) else {
-        debug!("nft table {FAMILY} {TABLE}: in place");
+/// Reads `family`'s table and writes one transaction if it differs. Returns what differed.
+pub(crate) async fn reconcile(family: Family, parts: Parts<'_>) -> Result<Vec<String>> {
+    let table = Table::of(family);
+    let seen = list(&table).await?;
+    let Some((diffs, script)) = plan(&table, parts, seen.as_ref()) else {
+        debug!("nft table {table}: in place");
         return Ok(Vec::new());
     };
     exec::run("nft", &["-f", "-"], Some(&script)).await?;
@@ -401,38 +313,52 @@ pub(crate) async fn reconcile(parts: Parts<'_>) -> Result<Vec<String>> {
     Ok(diffs)
 }
 
-/// Deletes `ip flannel-ipv4` and `ip6 flannel-ipv6` if they exist (with `owner`: that
-/// network's rules of `ip flannel-ipv4`, and the table once no other network's rules are in
-/// it); returns every failure.
-pub(crate) async fn cleanup(owner: Option<Ipv4Net>) -> Vec<String> {
-    if owner.is_some() {
-        return match reconcile(Parts::absent(owner)).await {
-            Ok(_) => Vec::new(),
-            Err(e)
-                if e.downcast_ref::<ToolError>()
-                    .is_some_and(ToolError::is_not_found) =>
-            {
-                debug!("nftables cleanup: {e}; nothing to remove");
-                Vec::new()
-            }
-            Err(e) => vec![format!("{e:#}")],
-        };
+/// Cleans `ip flannel-ipv4` as `v4` says and `ip6 flannel-ipv6` as `v6` says: `None` leaves
+/// the table alone, `Some(None)` deletes it if it exists, `Some(Some(net))` removes `net`'s
+/// rules (and the table once no other network's rules are in it). Returns every failure.
+pub(crate) async fn cleanup(v4: Option<Option<IpNet>>, v6: Option<Option<IpNet>>) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut whole = Vec::new();
+    for (table, owner) in [(TABLE_V4, v4), (TABLE_V6, v6)] {
+        match owner {
+            None => {}
+            Some(None) => whole.push(table),
+            Some(Some(net)) => match reconcile(table.addrs, Parts::absent(Some(net))).await {
+                Ok(_) => {}
+                Err(e)
+                    if e.downcast_ref::<ToolError>()
+                        .is_some_and(ToolError::is_not_found) =>
+                {
+                    debug!("nftables cleanup: {e}; nothing to remove");
+                    return errors;
+                }
+                Err(e) => errors.push(format!("{e:#}")),
+            },
+        }
+    }
+    if whole.is_empty() {
+        return errors;
     }
     let tables = match exec::run("nft", &["-j", "list", "tables"], None).await {
         Ok(json) => json,
         Err(e) if e.is_not_found() => {
             debug!("nftables cleanup: {e}; nothing to remove");
-            return Vec::new();
+            return errors;
         }
-        Err(e) => return vec![e.to_string()],
+        Err(e) => {
+            errors.push(e.to_string());
+            return errors;
+        }
     };
-    let present = match present_tables(&tables) {
+    let present = match parse::present_tables(&tables) {
         Ok(p) => p,
-        Err(e) => return vec![format!("nft -j list tables: {e:#}")],
+        Err(e) => {
+            errors.push(format!("nft -j list tables: {e:#}"));
+            return errors;
+        }
     };
-    let mut errors = Vec::new();
-    for (family, name) in present {
-        let cmd = format!("delete table {family} {name}\n");
+    for table in present.into_iter().filter(|t| whole.contains(t)) {
+        let cmd = format!("delete table {table}\n");
         match exec::run("nft", &["-f", "-"], Some(&cmd)).await {
             Ok(_) => info!("nft {}", cmd.trim_end()),
             Err(e) => errors.push(e.to_string()),
@@ -441,29 +367,16 @@ pub(crate) async fn cleanup(owner: Option<Ipv4Net>) -> Vec<String> {
     errors
 }
 
-/// Which of flanneld's tables `nft -j list tables` shows.
-fn present_tables(json: &str) -> Result<Vec<(&'static str, &'static str)>> {
-    let v: Value = serde_json::from_str(json).context("nft -j output is not JSON")?;
-    let items = v["nftables"]
-        .as_array()
-        .ok_or_else(|| anyhow!("nft -j output has no \"nftables\" array"))?;
-    Ok([("ip", TABLE), ("ip6", TABLE_V6)]
-        .into_iter()
-        .filter(|(family, name)| {
-            items
-                .iter()
-                .any(|i| i["table"]["family"] == *family && i["table"]["name"] == *name)
-        })
-        .collect())
-}
-
-/// Whether this nft and kernel accept `masquerade fully-random` (`nft --check`, nothing is
-/// committed).
-pub(crate) async fn probe_fully_random() -> Result<bool> {
-    let probe = "add table ip weft-probe\n\
-                 add chain ip weft-probe p { type nat hook postrouting priority srcnat ; }\n\
-                 add rule ip weft-probe p masquerade fully-random\n";
-    match exec::run("nft", &["--check", "-f", "-"], Some(probe)).await {
+/// Whether this nft and kernel accept `masquerade fully-random` in `family` (`nft --check`,
+/// nothing is committed).
+pub(crate) async fn probe_fully_random(family: Family) -> Result<bool> {
+    let f = Table::of(family).family;
+    let probe = format!(
+        "add table {f} weft-probe\n\
+         add chain {f} weft-probe p {{ type nat hook postrouting priority srcnat ; }}\n\
+         add rule {f} weft-probe p masquerade fully-random\n"
+    );
+    match exec::run("nft", &["--check", "-f", "-"], Some(&probe)).await {
         Ok(_) => Ok(true),
         Err(e @ ToolError::Failed { .. }) => {
             debug!("fully-random probe: {e}");
@@ -476,8 +389,9 @@ pub(crate) async fn probe_fully_random() -> Result<bool> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::parse::tests::{LISTED, LISTED_V6};
     use super::*;
-    use crate::agent::firewall::tests::settings;
+    use crate::agent::firewall::tests::{settings, settings_v6};
     use crate::agent::firewall::{Mode, RuleSet};
 
     /// docs/flannel-compat.md §6.2: the rules for network 10.244.0.0/16, pod subnet 10.244.1.0/24
@@ -513,7 +427,7 @@ ip daddr 10.244.0.0/16 accept";
     #[test]
     fn missing_table_gets_one_transaction() {
         let r = RuleSet::new(Mode::Nftables, &settings());
-        let (diffs, script) = plan(r.all(), None).unwrap();
+        let (diffs, script) = plan(&TABLE_V4, r.all(), None).unwrap();
         assert_eq!(diffs, ["table ip flannel-ipv4 missing"]);
         let mut expected = vec![
             "add table ip flannel-ipv4 { comment \"rules for flannel-ipv4\" ; }".to_owned(),
@@ -538,40 +452,7 @@ ip daddr 10.244.0.0/16 accept";
         );
         assert_eq!(script, expected.join("\n") + "\n");
         // Nothing wanted and nothing there: nothing to do.
-        assert_eq!(plan(Parts::ABSENT, None), None);
-    }
-
-    /// `nft -j list table ip flannel-ipv4` as nft 1.0.6 printed it after our transaction
-    /// (abridged to the shapes weft writes).
-    const LISTED: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
-{"table": {"family": "ip", "name": "flannel-ipv4", "handle": 1}},
-{"chain": {"family": "ip", "table": "flannel-ipv4", "name": "forward", "handle": 1, "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
-{"chain": {"family": "ip", "table": "flannel-ipv4", "name": "postrtg", "handle": 4, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
-{"rule": {"family": "ip", "table": "flannel-ipv4", "chain": "forward", "handle": 2, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"accept": null}]}},
-{"rule": {"family": "ip", "table": "flannel-ipv4", "chain": "forward", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"accept": null}]}},
-{"rule": {"family": "ip", "table": "flannel-ipv4", "chain": "postrtg", "handle": 5, "expr": [{"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, 16384]}, "right": 16384}}, {"return": null}]}},
-{"rule": {"family": "ip", "table": "flannel-ipv4", "chain": "postrtg", "handle": 7, "expr": [{"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"return": null}]}},
-{"rule": {"family": "ip", "table": "flannel-ipv4", "chain": "postrtg", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}}, {"masquerade": {"flags": "fully-random"}}]}},
-{"rule": {"family": "ip", "table": "flannel-ipv4", "chain": "postrtg", "handle": 9, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "mark"}}, "right": 16384}}, {"masquerade": null}]}}
-]}"#;
-
-    #[test]
-    fn listing_parses_into_the_model() {
-        let t = parse_list(LISTED).unwrap();
-        assert_eq!(t.chains.len(), 2);
-        let fwd = &t.chains["forward"];
-        assert!(fwd.is(&FORWARD_CHAIN) && !fwd.is(&MASQ_CHAIN));
-        let r = RuleSet::new(Mode::Nftables, &settings());
-        let want_fwd: Vec<_> = r.forward.unwrap().into_iter().map(Some).collect();
-        assert_eq!(fwd.rules, want_fwd);
-        let post = &t.chains["postrtg"];
-        assert!(post.is(&MASQ_CHAIN));
-        let masq = r.masq.unwrap();
-        assert_eq!(post.rules[0], Some(masq[0]));
-        assert_eq!(post.rules[1], Some(masq[3]));
-        assert_eq!(post.rules[2], Some(masq[4]));
-        // flanneld's exact mark match is not weft's rule: it gets rewritten.
-        assert_eq!(post.rules[3], None);
+        assert_eq!(plan(&TABLE_V4, Parts::ABSENT, None), None);
     }
 
     #[test]
@@ -579,32 +460,32 @@ ip daddr 10.244.0.0/16 accept";
         let mut s = settings();
         s.ip_masq = false;
         let r = RuleSet::new(Mode::Nftables, &s);
-        let seen = parse_list(LISTED).unwrap();
+        let seen = parse_list(&TABLE_V4, LISTED).unwrap();
         // The audit looks at the forward chain only: in place.
-        assert_eq!(plan(r.active_only(), Some(&seen)), None);
+        assert_eq!(plan(&TABLE_V4, r.active_only(), Some(&seen)), None);
         // Start-up also removes the masquerade chain, which is off.
-        let (diffs, script) = plan(r.all(), Some(&seen)).unwrap();
+        let (diffs, script) = plan(&TABLE_V4, r.all(), Some(&seen)).unwrap();
         assert_eq!(diffs, ["chain postrtg present but not wanted, removed"]);
         assert!(script.contains(
             "flush chain ip flannel-ipv4 postrtg\ndelete chain ip flannel-ipv4 postrtg\n"
         ));
         // With masquerading on, the listed postrtg differs (4 rules, flanneld's mark).
         let r = RuleSet::new(Mode::Nftables, &settings());
-        let (diffs, _) = plan(r.all(), Some(&seen)).unwrap();
+        let (diffs, _) = plan(&TABLE_V4, r.all(), Some(&seen)).unwrap();
         assert_eq!(diffs, ["chain postrtg: 4 rules differ from the 6 wanted"]);
         // Cleanup deletes the whole table.
-        let (_, script) = plan(Parts::ABSENT, Some(&seen)).unwrap();
+        let (_, script) = plan(&TABLE_V4, Parts::ABSENT, Some(&seen)).unwrap();
         assert_eq!(script, "delete table ip flannel-ipv4\n");
     }
 
     #[test]
     fn a_chain_with_the_wrong_hook_is_recreated() {
-        let mut seen = parse_list(LISTED).unwrap();
+        let mut seen = parse_list(&TABLE_V4, LISTED).unwrap();
         seen.chains.get_mut("forward").unwrap().policy = Some("drop".into());
         let mut s = settings();
         s.ip_masq = false;
         let r = RuleSet::new(Mode::Nftables, &s);
-        let (diffs, script) = plan(r.active_only(), Some(&seen)).unwrap();
+        let (diffs, script) = plan(&TABLE_V4, r.active_only(), Some(&seen)).unwrap();
         assert_eq!(
             diffs,
             ["chain forward is not type filter hook forward priority filter policy accept"]
@@ -612,38 +493,88 @@ ip daddr 10.244.0.0/16 accept";
         assert!(script.contains("delete chain ip flannel-ipv4 forward\nadd chain"));
     }
 
+    /// The same rules for the IPv6 half of the network (fd00:10:244::/56, pod subnet
+    /// fd00:10:244:1::/64): `ip6` matches, multicast `ff00::/8`.
+    const GOLDEN_POSTRTG_V6: &str = "meta mark & 0x4000 == 0x4000 return
+ip6 saddr fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return
+ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return
+ip6 saddr != fd00:10:244:1::/64 ip6 daddr fd00:10:244::/56 return
+ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random
+ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random";
+
+    const GOLDEN_FORWARD_V6: &str = "ip6 saddr fd00:10:244::/56 accept
+ip6 daddr fd00:10:244::/56 accept";
+
     #[test]
-    fn foreign_rule_shapes_are_not_ours() {
-        let parse = |s: &str| {
-            parse_rule(
-                serde_json::from_str::<Value>(s)
-                    .unwrap()
-                    .as_array()
-                    .unwrap(),
-            )
-        };
-        assert_eq!(
-            parse(r#"[{"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]"#),
-            None
+    fn v6_rules_and_transaction() {
+        let r = RuleSet::new(Mode::Nftables, &settings_v6());
+        assert_eq!(text(r.masq.as_ref().unwrap()), GOLDEN_POSTRTG_V6);
+        assert_eq!(text(r.forward.as_ref().unwrap()), GOLDEN_FORWARD_V6);
+        let (diffs, script) = plan(&TABLE_V6, r.all(), None).unwrap();
+        assert_eq!(diffs, ["table ip6 flannel-ipv6 missing"]);
+        let mut expected = vec![
+            "add table ip6 flannel-ipv6 { comment \"rules for flannel-ipv6\" ; }".to_owned(),
+            "add chain ip6 flannel-ipv6 postrtg { type nat hook postrouting priority srcnat ; }"
+                .to_owned(),
+            "flush chain ip6 flannel-ipv6 postrtg".to_owned(),
+        ];
+        expected.extend(
+            GOLDEN_POSTRTG_V6
+                .lines()
+                .map(|l| format!("add rule ip6 flannel-ipv6 postrtg {l}")),
         );
-        assert_eq!(parse(r#"[{"accept": null}, {"accept": null}]"#), None);
-        assert_eq!(parse(r#"[]"#), None);
-        assert_eq!(
-            parse(
-                r#"[{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "10.0.0.1"}}, {"masquerade": {"flags": ["fully-random"]}}]"#
-            ),
-            Some(Rule {
-                mark: None,
-                src: Some(AddrMatch::is("10.0.0.1/32".parse().unwrap())),
-                dst: None,
-                verdict: Verdict::Masquerade { fully_random: true },
-            })
+        expected.push(
+            "add chain ip6 flannel-ipv6 forward { type filter hook forward priority filter ; }"
+                .to_owned(),
         );
+        expected.push("flush chain ip6 flannel-ipv6 forward".to_owned());
+        expected.extend(
+            GOLDEN_FORWARD_V6
+                .lines()
+                .map(|l| format!("add rule ip6 flannel-ipv6 forward {l}")),
+        );
+        assert_eq!(script, expected.join("\n") + "\n");
     }
 
     #[test]
-    fn present_tables_are_found() {
-        let j = r#"{"nftables": [{"metainfo": {}}, {"table": {"family": "ip", "name": "nat", "handle": 1}}, {"table": {"family": "ip6", "name": "flannel-ipv6", "handle": 2}}]}"#;
-        assert_eq!(present_tables(j).unwrap(), [("ip6", "flannel-ipv6")]);
+    fn v6_plan_repairs_and_keeps_other_networks() {
+        let seen = parse_list(&TABLE_V6, LISTED_V6).unwrap();
+        let r = RuleSet::new(Mode::Nftables, &settings_v6());
+        // The forward chain is in place; postrtg lacks two rules and holds a foreign host rule
+        // (2001:db8::1, outside the network: another network's, kept after ours).
+        let (diffs, script) = plan(&TABLE_V6, r.all(), Some(&seen)).unwrap();
+        assert_eq!(diffs, ["chain postrtg: 4 rules differ from the 6 wanted"]);
+        assert!(
+            script.ends_with(
+                "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random\n\
+                 add rule ip6 flannel-ipv6 postrtg ip6 saddr 2001:db8::1/128 masquerade\n\
+                 add chain ip6 flannel-ipv6 forward { type filter hook forward priority filter ; }\n\
+                 flush chain ip6 flannel-ipv6 forward\n\
+                 add rule ip6 flannel-ipv6 forward ip6 saddr fd00:10:244::/56 accept\n\
+                 add rule ip6 flannel-ipv6 forward ip6 daddr fd00:10:244::/56 accept\n"
+            ),
+            "{script}"
+        );
+        assert!(!script.contains(" ip "), "{script}");
+        // This network's removal keeps the table for the foreign rule (and the shared mark rule).
+        let (_, script) = plan(&TABLE_V6, Parts::absent(Some(r.network)), Some(&seen)).unwrap();
+        assert_eq!(
+            script,
+            "add table ip6 flannel-ipv6 { comment \"rules for flannel-ipv6\" ; }\n\
+             flush chain ip6 flannel-ipv6 postrtg\n\
+             add rule ip6 flannel-ipv6 postrtg meta mark & 0x4000 == 0x4000 return\n\
+             add rule ip6 flannel-ipv6 postrtg ip6 saddr 2001:db8::1/128 masquerade\n\
+             flush chain ip6 flannel-ipv6 forward\n\
+             delete chain ip6 flannel-ipv6 forward\n"
+        );
+        // The IPv4 network owns nothing here: its removal leaves the table alone.
+        let v4 = RuleSet::new(Mode::Nftables, &settings());
+        assert_eq!(
+            plan(&TABLE_V6, Parts::absent(Some(v4.network)), Some(&seen)),
+            None
+        );
+        // Cleanup of every network deletes the whole table.
+        let (_, script) = plan(&TABLE_V6, Parts::ABSENT, Some(&seen)).unwrap();
+        assert_eq!(script, "delete table ip6 flannel-ipv6\n");
     }
 }

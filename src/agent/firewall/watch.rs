@@ -9,6 +9,10 @@
 //! `flannel-ipv4`), a changed or deleted chain of ours, rules added or deleted in our chains,
 //! and rules deleted from the chains holding our jumps (`POSTROUTING`, `FORWARD`). kube-proxy's
 //! own chains never do. Our own writes wake it once, for one read that finds all in place.
+//!
+//! Both families are watched: `ip` (iptables-nft, `ip flannel-ipv4`) and `ip6` (ip6tables-nft's
+//! `nat`/`filter`, `ip6 flannel-ipv6`); an IPv6 event is described with an `ip6 ` prefix
+//! (`DELRULE ip6 nat FLANNEL-POSTRTG`). One watch serves both firewalls of a dual-stack network.
 
 use std::io;
 use std::time::Duration;
@@ -21,8 +25,10 @@ use tracing::{debug, warn};
 const NFNLGRP_NFTABLES: u32 = 7;
 /// `NFNL_SUBSYS_NFTABLES`: the high byte of an nf_tables message type.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-/// `NFPROTO_IPV4`: the `ip` family (iptables-nft's tables and ours).
+/// `NFPROTO_IPV4`: the `ip` family (iptables-nft's tables and `ip flannel-ipv4`).
 const NFPROTO_IPV4: u8 = 2;
+/// `NFPROTO_IPV6`: the `ip6` family (ip6tables-nft's tables and `ip6 flannel-ipv6`).
+const NFPROTO_IPV6: u8 = 10;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
@@ -33,23 +39,36 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// …but a steady stream of events is acted on after this long anyway.
 const MAX_SETTLE: Duration = Duration::from_secs(1);
 
-/// Chains whose changes matter: (table, chain, holds only our jump).
-const WATCHED: [(&str, &str, bool); 6] = [
+/// Chains whose changes matter in both families: (table, chain, holds only our jump).
+const WATCHED: [(&str, &str, bool); 4] = [
     ("nat", "FLANNEL-POSTRTG", false),
     ("filter", "FLANNEL-FWD", false),
     ("nat", "POSTROUTING", true),
     ("filter", "FORWARD", true),
-    (
-        super::nftables::TABLE,
-        super::nftables::MASQ_CHAIN.name,
-        false,
-    ),
-    (
-        super::nftables::TABLE,
-        super::nftables::FORWARD_CHAIN.name,
-        false,
-    ),
 ];
+
+/// Our nftables table of a family (`flannel-ipv4` for `ip`, `flannel-ipv6` for `ip6`), whose
+/// chains `postrtg` and `forward` are watched too.
+fn our_table(family: u8) -> Option<&'static str> {
+    use super::nftables::{TABLE_V4, TABLE_V6};
+    match family {
+        NFPROTO_IPV4 => Some(TABLE_V4.name),
+        NFPROTO_IPV6 => Some(TABLE_V6.name),
+        _ => None,
+    }
+}
+
+/// Whether `chain` of `table` (any chain: `None`) is watched in `family`; `jump_only` chains
+/// count only when `delrule`.
+fn watched(family: u8, table: &str, chain: Option<&str>, delrule: bool) -> bool {
+    use super::nftables::{FORWARD_CHAIN, MASQ_CHAIN};
+    if our_table(family) == Some(table) {
+        return chain.is_none_or(|c| c == MASQ_CHAIN.name || c == FORWARD_CHAIN.name);
+    }
+    WATCHED.iter().any(|&(t, c, jump_only)| {
+        t == table && chain.is_none_or(|chain| c == chain && (!jump_only || delrule))
+    })
+}
 
 /// A subscription to nf_tables changes. When the socket cannot be opened (no nf_tables in the
 /// kernel, no permission) it stays quiet forever and the audit timer does the work.
@@ -191,24 +210,22 @@ fn relevant_message(ty: u16, body: &[u8]) -> Option<String> {
         _ => return None,
     };
     // struct nfgenmsg { u8 family; u8 version; be16 res_id; }
-    if *body.first()? != NFPROTO_IPV4 {
-        return None;
-    }
+    let family = *body.first()?;
+    let prefix = match family {
+        NFPROTO_IPV4 => "",
+        NFPROTO_IPV6 => "ip6 ",
+        _ => return None,
+    };
     let attrs = body.get(4..)?;
     let table = string_attr(attrs, table_attr)?;
     let chain = match chain_attr {
         Some(a) => Some(string_attr(attrs, a)?),
         None => None,
     };
-    let hit = match chain {
-        None => WATCHED.iter().any(|(t, _, _)| *t == table),
-        Some(chain) => WATCHED.iter().any(|&(t, c, jump_only)| {
-            t == table && c == chain && (!jump_only || kind == NFT_MSG_DELRULE)
-        }),
-    };
+    let hit = watched(family, table, chain, kind == NFT_MSG_DELRULE);
     hit.then(|| match chain {
-        Some(c) => format!("{name} {table} {c}"),
-        None => format!("{name} {table}"),
+        Some(c) => format!("{name} {prefix}{table} {c}"),
+        None => format!("{name} {prefix}{table}"),
     })
 }
 
@@ -294,13 +311,13 @@ mod tests {
             relevant(&chain).as_deref(),
             Some("DELCHAIN filter FLANNEL-FWD")
         );
-        // ip6 family, other subsystems and truncated messages are ignored.
-        let v6 = message(
+        // Other families (inet, bridge), other subsystems and truncated messages are ignored.
+        let inet = message(
             NFT_MSG_DELRULE,
-            10,
+            1,
             &[attr(1, "nat"), attr(2, "POSTROUTING")],
         );
-        assert!(relevant(&v6).is_none());
+        assert!(relevant(&inet).is_none());
         let mut buf = rule(NFT_MSG_DELRULE, "nat", "FLANNEL-POSTRTG");
         buf[5] = 1; // subsystem 1: conntrack
         assert!(relevant(&buf).is_none());
@@ -313,5 +330,40 @@ mod tests {
             relevant(&two).as_deref(),
             Some("DELRULE filter FLANNEL-FWD")
         );
+    }
+
+    fn rule6(kind: u16, table: &str, chain: &str) -> Vec<u8> {
+        message(kind, NFPROTO_IPV6, &[attr(1, table), attr(2, chain)])
+    }
+
+    #[test]
+    fn ipv6_changes_count_too() {
+        let del = |t, c| relevant(&rule6(NFT_MSG_DELRULE, t, c));
+        assert_eq!(
+            del("nat", "FLANNEL-POSTRTG").as_deref(),
+            Some("DELRULE ip6 nat FLANNEL-POSTRTG")
+        );
+        assert!(del("nat", "POSTROUTING").is_some());
+        assert!(del("filter", "FORWARD").is_some());
+        assert_eq!(
+            del("flannel-ipv6", "postrtg").as_deref(),
+            Some("DELRULE ip6 flannel-ipv6 postrtg")
+        );
+        assert!(del("flannel-ipv6", "forward").is_some());
+        assert!(del("flannel-ipv6", "other").is_none());
+        assert!(del("nat", "KUBE-SERVICES").is_none());
+        assert!(relevant(&rule6(NFT_MSG_NEWRULE, "nat", "POSTROUTING")).is_none());
+        // Each family's own table: `ip6 flannel-ipv4` and `ip flannel-ipv6` are not ours.
+        assert!(del("flannel-ipv4", "postrtg").is_none());
+        assert!(relevant(&rule(NFT_MSG_DELRULE, "flannel-ipv6", "postrtg")).is_none());
+        let table = message(NFT_MSG_DELTABLE, NFPROTO_IPV6, &[attr(1, "flannel-ipv6")]);
+        assert_eq!(
+            relevant(&table).as_deref(),
+            Some("DELTABLE ip6 flannel-ipv6")
+        );
+        let table = message(NFT_MSG_DELTABLE, NFPROTO_IPV6, &[attr(1, "nat")]);
+        assert_eq!(relevant(&table).as_deref(), Some("DELTABLE ip6 nat"));
+        let table = message(NFT_MSG_DELTABLE, NFPROTO_IPV6, &[attr(1, "other")]);
+        assert!(relevant(&table).is_none());
     }
 }
