@@ -246,8 +246,8 @@ impl IpIp {
             }
         }
         Ok(Route {
-            dst: subnet,
-            gateway: ip,
+            dst: subnet.into(),
+            gateway: ip.into(),
             oif: dev.index,
             onlink: true,
         })

@@ -105,8 +105,8 @@ pub(crate) fn direct_route(
         .iter()
         .any(|p| p.contains(&ip))
         .then_some(Route {
-            dst: subnet,
-            gateway: ip,
+            dst: subnet.into(),
+            gateway: ip.into(),
             oif: ext.index,
             onlink: false,
         })

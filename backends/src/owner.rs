@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 use std::ops::Range;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 /// Ids per network: 2^20 (a million distinct hops, far more than nodes in any cluster).
 const RANGE_BITS: u32 = 20;
@@ -55,8 +55,12 @@ impl Ownership {
     }
 
     /// A protocol-87 route to `dst` in table main is this daemon's.
-    pub fn owns_dst(&self, dst: &Ipv4Net) -> bool {
-        self.network.is_none_or(|n| n.contains(dst))
+    pub fn owns_dst(&self, dst: &IpNet) -> bool {
+        match (self.network, dst) {
+            (None, _) => true,
+            (Some(n), IpNet::V4(d)) => n.contains(d),
+            (Some(_), IpNet::V6(_)) => false,
+        }
     }
 
     /// A link with a weft device name is this daemon's: `wanted` by its backends, or carrying
@@ -110,16 +114,20 @@ mod tests {
         s.parse().expect("net")
     }
 
+    fn dst(s: &str) -> IpNet {
+        s.parse().expect("dst")
+    }
+
     #[test]
     fn routes_inside_the_network_only() {
         let o = Ownership::network(net("10.244.0.0/16"));
-        assert!(o.owns_dst(&net("10.244.3.0/24")));
-        assert!(!o.owns_dst(&net("10.245.3.0/24")));
+        assert!(o.owns_dst(&dst("10.244.3.0/24")));
+        assert!(!o.owns_dst(&dst("10.245.3.0/24")));
         assert!(
-            !o.owns_dst(&net("10.0.0.0/8")),
+            !o.owns_dst(&dst("10.0.0.0/8")),
             "a wider route is not inside"
         );
-        assert!(Ownership::everything().owns_dst(&net("192.0.2.0/24")));
+        assert!(Ownership::everything().owns_dst(&dst("192.0.2.0/24")));
     }
 
     #[test]

@@ -357,8 +357,8 @@ impl Vxlan {
             dst: ip,
         });
         out.state.add_route(Route {
-            dst: subnet,
-            gateway: gw,
+            dst: subnet.into(),
+            gateway: gw.into(),
             oif: dev.index,
             onlink: true,
         });

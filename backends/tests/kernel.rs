@@ -292,7 +292,7 @@ fn apply_writes_once_then_nothing() {
         let dst = "10.244.2.0/24".parse().unwrap();
         nl.route_del(&Route {
             dst,
-            gateway: Ipv4Addr::new(198, 18, 0, 2),
+            gateway: Ipv4Addr::new(198, 18, 0, 2).into(),
             oif: eth0,
             onlink: false,
         })
@@ -310,7 +310,7 @@ fn routes_share_a_nexthop_per_hop() {
         let gw = Ipv4Addr::new(198, 18, 0, 2);
         let route = |dst: &str| Route {
             dst: dst.parse().unwrap(),
-            gateway: gw,
+            gateway: gw.into(),
             oif: eth0,
             onlink: false,
         };
@@ -439,7 +439,7 @@ fn onlink_route_is_written_and_read_back() {
         // A gateway outside every connected subnet is accepted only with onlink.
         let route = Route {
             dst: "10.244.5.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 244, 5, 0),
+            gateway: Ipv4Addr::new(10, 244, 5, 0).into(),
             oif: eth0,
             onlink: true,
         };
@@ -462,7 +462,7 @@ fn onlink_route_is_written_and_read_back() {
         // The same on a nexthop object: `ip nexthop add id 9 via 10.244.6.0 dev eth0 onlink
         // proto 87`, `ip route replace 10.244.6.0/24 nhid 9 proto 87`.
         let hop = Hop {
-            gateway: Ipv4Addr::new(10, 244, 6, 0),
+            gateway: Ipv4Addr::new(10, 244, 6, 0).into(),
             oif: eth0,
             onlink: true,
         };
@@ -498,7 +498,7 @@ fn onlink_route_is_written_and_read_back() {
         assert_eq!(on_nh.nhid, Some(9));
         // A taken id is refused, never replaced.
         let other = Hop {
-            gateway: Ipv4Addr::new(198, 18, 0, 7),
+            gateway: Ipv4Addr::new(198, 18, 0, 7).into(),
             oif: eth0,
             onlink: false,
         };
@@ -869,13 +869,13 @@ fn failed_op_is_reported_and_retried() {
         let want = KernelState::from_routes([
             Route {
                 dst: "10.244.2.0/24".parse().unwrap(),
-                gateway: Ipv4Addr::new(198, 18, 0, 2),
+                gateway: Ipv4Addr::new(198, 18, 0, 2).into(),
                 oif: eth0,
                 onlink: false,
             },
             Route {
                 dst: "10.244.7.0/24".parse().unwrap(),
-                gateway: Ipv4Addr::new(198, 18, 7, 2),
+                gateway: Ipv4Addr::new(198, 18, 7, 2).into(),
                 oif: eth0,
                 onlink: false,
             },

@@ -1,10 +1,10 @@
 //! Routes: `ip route` replace, delete, dump and get, and weft's blackhole route, built with
 //! rtnetlink's route messages. Split from `nl` by concern; the nexthop side of routes
 //! (`nhid`) is in [`super::nexthop`].
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
@@ -25,8 +25,8 @@ pub struct RouteGet {
     pub prefsrc: Option<Ipv4Addr>,
 }
 
-/// An IPv4 route seen in a notification or a dump, with the attributes that decide whether it
-/// is weft's.
+/// An IPv4 or IPv6 route seen in a notification or a dump, with the attributes that decide
+/// whether it is weft's.
 ///
 /// For a route on a nexthop object (`nhid N`), `route` has the gateway and device only where the
 /// kernel adds them (`net.ipv4.nexthop_compat_mode=1`, the default); else they are `0.0.0.0` and
@@ -46,10 +46,12 @@ pub struct RouteEvent {
 }
 
 impl RouteEvent {
-    /// True when the route sits where weft's routes sit: table main, metric 0 (whatever its
-    /// protocol). Such a route with weft's destination replaces weft's route.
+    /// True when the route sits where weft's routes sit: table main, weft's metric for the
+    /// family (0 for IPv4, 1024 for IPv6: [`crate::plan::route_metric`]), whatever its
+    /// protocol. Such a route with weft's destination replaces weft's route.
     pub fn in_weft_slot(&self) -> bool {
-        self.table == u32::from(RouteHeader::RT_TABLE_MAIN) && self.priority == 0
+        self.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+            && self.priority == crate::plan::route_metric(&self.route.dst)
     }
 
     /// True when it is weft's blackhole route (`--ip-blackhole-route`): `blackhole <dst> proto 87
@@ -172,19 +174,25 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip route replace <dst> via <gw> dev <oif> [onlink] proto 87` (table main, metric 0).
+    /// `ip route replace <dst> via <gw> dev <oif> [onlink] proto 87` (table main, metric 0), or
+    /// for IPv6 `ip -6 route replace ... proto 87 metric 1024` ([`crate::plan::V6_METRIC`]).
     pub async fn route_replace(&self, r: &Route) -> Result<(), BackendError> {
+        let mut msg = route_msg(r);
+        if let IpNet::V6(_) = r.dst {
+            msg.attributes
+                .push(RouteAttribute::Priority(crate::plan::V6_METRIC));
+        }
         self.handle
             .route()
-            .add(route_msg(r))
+            .add(msg)
             .replace()
             .execute()
             .await
-            .map_err(|e| nl_err(format!("ip route replace {r} proto {RTPROT_WEFT}"), e))
+            .map_err(|e| nl_err(KernelOp::RouteReplace(r.clone()).to_string(), e))
     }
 
     /// `ip route replace blackhole <dst> proto 87 metric 4096` (table main).
-    pub async fn blackhole_replace(&self, dst: Ipv4Net) -> Result<(), BackendError> {
+    pub async fn blackhole_replace(&self, dst: IpNet) -> Result<(), BackendError> {
         self.handle
             .route()
             .add(blackhole_msg(dst))
@@ -195,7 +203,7 @@ impl Netlink {
     }
 
     /// `ip route del blackhole <dst> proto 87 metric 4096`; "already gone" is success.
-    pub async fn blackhole_del(&self, dst: Ipv4Net) -> Result<(), BackendError> {
+    pub async fn blackhole_del(&self, dst: IpNet) -> Result<(), BackendError> {
         match self.handle.route().del(blackhole_msg(dst)).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
@@ -225,12 +233,14 @@ impl Netlink {
 
     /// `ip route del <dst> via <gw> dev <oif> proto 87`: the kernel only removes a route that
     /// matches all of these, so a route someone else put at the same destination stays.
-    /// "Already gone" (ENOENT/ESRCH) is success.
+    /// "Already gone" (ENOENT/ESRCH) is success. No metric is sent, for IPv6 either: the kernel
+    /// then matches a route at any metric (a stale protocol-87 route written at another metric
+    /// is purged too).
     pub async fn route_del(&self, r: &Route) -> Result<(), BackendError> {
         match self.handle.route().del(route_msg(r)).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
-            Err(e) => Err(nl_err(format!("ip route del {r} proto {RTPROT_WEFT}"), e)),
+            Err(e) => Err(nl_err(KernelOp::RouteDel(r.clone()).to_string(), e)),
         }
     }
 
@@ -262,28 +272,41 @@ fn route_msg(r: &Route) -> RouteMessage {
     route_msg_proto(r, RTPROT_WEFT)
 }
 
-fn route_msg_proto(r: &Route, protocol: u8) -> RouteMessage {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix_len())
-        .protocol(RouteProtocol::from(protocol));
-    if !r.gateway.is_unspecified() {
-        b = b.gateway(r.gateway);
+/// A route message to `dst` in table main with `protocol` (no metric: see the callers), of the
+/// family of `dst`.
+fn dst_msg(dst: IpNet, protocol: u8) -> RouteMessage {
+    let protocol = RouteProtocol::from(protocol);
+    match dst {
+        IpNet::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .protocol(protocol)
+            .build(),
+        IpNet::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .protocol(protocol)
+            .build(),
     }
-    if r.oif != 0 {
-        b = b.output_interface(r.oif);
-    }
-    if r.onlink {
-        b = b.onlink();
-    }
-    b.build()
 }
 
-fn blackhole_msg(dst: Ipv4Net) -> RouteMessage {
-    let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst.network(), dst.prefix_len())
-        .protocol(RouteProtocol::from(RTPROT_WEFT))
-        .priority(crate::plan::BLACKHOLE_METRIC)
-        .build();
+fn route_msg_proto(r: &Route, protocol: u8) -> RouteMessage {
+    let mut m = dst_msg(r.dst, protocol);
+    if !r.gateway.is_unspecified() {
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(r.gateway)));
+    }
+    if r.oif != 0 {
+        m.attributes.push(RouteAttribute::Oif(r.oif));
+    }
+    if r.onlink {
+        m.header.flags |= RouteFlags::Onlink;
+    }
+    m
+}
+
+fn blackhole_msg(dst: IpNet) -> RouteMessage {
+    let mut m = dst_msg(dst, RTPROT_WEFT);
+    m.attributes
+        .push(RouteAttribute::Priority(crate::plan::BLACKHOLE_METRIC));
     m.header.kind = RouteType::BlackHole;
     m.header.scope = RouteScope::Universe;
     m
@@ -299,36 +322,47 @@ fn table_of(m: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(m.header.table))
 }
 
-/// A unicast IPv4 route message as a [`RouteEvent`]; None for other families and kinds
-/// (local, broadcast, blackhole, ...) and for cloned cache entries.
+/// A unicast or blackhole IPv4 route message as a [`RouteEvent`]; None for other families and
+/// kinds (local, broadcast, ...) and for cloned cache entries.
 pub(super) fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
     let blackhole = match m.header.kind {
         RouteType::Unicast => false,
         RouteType::BlackHole => true,
         _ => return None,
     };
-    if m.header.address_family != AddressFamily::Inet {
-        return None;
-    }
+    let v6 = match m.header.address_family {
+        AddressFamily::Inet => false,
+        _ => return None,
+    };
     if m.header.flags.contains(RouteFlags::Cloned) {
         return None;
     }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut gateway = Ipv4Addr::UNSPECIFIED;
+    let mut dst: Option<IpAddr> = None;
+    let mut gateway: Option<IpAddr> = None;
     let mut oif = 0;
     let mut priority = 0;
     let mut nhid = None;
     for a in &m.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = *g,
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some((*d).into()),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some((*d).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some((*g).into()),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some((*g).into()),
             RouteAttribute::Oif(i) => oif = *i,
             RouteAttribute::Priority(p) => priority = *p,
             RouteAttribute::NhId(id) => nhid = Some(*id),
             _ => {}
         }
     }
-    let dst = Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
+    let len = m.header.destination_prefix_length;
+    let dst = match (v6, dst) {
+        (false, None) => IpNet::V4(Ipv4Net::new(Ipv4Addr::UNSPECIFIED, len).ok()?),
+        (true, None) => IpNet::V6(Ipv6Net::new(Ipv6Addr::UNSPECIFIED, len).ok()?),
+        (false, Some(IpAddr::V4(d))) => IpNet::V4(Ipv4Net::new(d, len).ok()?),
+        (true, Some(IpAddr::V6(d))) => IpNet::V6(Ipv6Net::new(d, len).ok()?),
+        _ => return None,
+    };
+    let gateway = gateway.unwrap_or_else(|| crate::plan::unspecified_for(&dst));
     Some(RouteEvent {
         route: Route {
             dst,
