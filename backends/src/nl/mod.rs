@@ -90,11 +90,12 @@ impl AddrInfo {
     }
 }
 
-/// Kernel notifications (multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR,
-/// RTNLGRP_NEIGH) turned into events; see [`subscribe`].
+/// Kernel notifications (multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE,
+/// RTNLGRP_IPV4_IFADDR, RTNLGRP_NEIGH, RTNLGRP_NEXTHOP) turned into events; see [`subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
-    /// RTM_NEWROUTE: an IPv4 unicast route was added or replaced (any table, any protocol).
+    /// RTM_NEWROUTE: an IPv4 or IPv6 unicast (or blackhole) route was added or replaced (any
+    /// table, any protocol).
     RouteAdded(RouteEvent),
     /// RTM_DELROUTE. The kernel sends none for IPv4 routes it flushes because their link went
     /// down or lost its addresses: watch the link and address events too.
@@ -531,7 +532,8 @@ fn neigh_event(m: &NeighbourMessage, added: bool) -> Option<KernelEvent> {
     }
 }
 
-/// `ip monitor route link address neigh nexthop` (IPv4): a separate multicast connection in the
+/// `ip monitor route link address neigh nexthop` (routes of both families; IPv4 addresses and
+/// neighbours): a separate multicast connection in the
 /// calling thread's network namespace, spawned on the current runtime. The stream ends if the
 /// socket fails; subscribe again and `refresh` then. On a kernel without nexthop objects the
 /// nexthop group cannot be joined; the other events still come.
@@ -551,6 +553,7 @@ pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, Bac
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Neigh,
     ]

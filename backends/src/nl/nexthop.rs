@@ -709,6 +709,35 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_nexthop_round_trip() {
+        let hop = Hop {
+            gateway: "fd00:18::2".parse().expect("gw"),
+            oif: 3,
+            onlink: false,
+        };
+        let msg = nexthop_add_msg(9, &hop);
+        assert_eq!(msg.family, AF_INET6);
+        // 8 (nhmsg) + id and oif (8 each) + a 16-byte gateway (20).
+        assert_eq!(RtMessage::Nexthop(msg.clone()).buffer_len(), 44);
+        let nh = roundtrip(&msg).nexthop().expect("nexthop");
+        assert_eq!(nh.hop(), Some(hop));
+        assert_eq!(nh.to_string(), "id 9 via fd00:18::2 dev 3 proto 87");
+        // A family that is not the gateway's is no hop of weft's.
+        let odd = Nexthop {
+            family: AF_INET,
+            ..nh.clone()
+        };
+        assert_eq!(odd.hop(), None);
+        let route = nhid_route_msg("fd00:244:2::/64".parse().expect("dst"), 9);
+        assert!(route.attributes.contains(&RouteAttribute::NhId(9)));
+        assert!(
+            route
+                .attributes
+                .contains(&RouteAttribute::Priority(crate::plan::V6_METRIC))
+        );
+    }
+
+    #[test]
     fn groups_blackholes_and_padding() {
         // A group of 5 and 6 (two struct nexthop_grp), then a flag attribute (no value) and an
         // attribute whose value needs padding.

@@ -128,15 +128,16 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip -4 route show table all`: every IPv4 unicast route, any table, any protocol.
+    /// `ip -4 route show table all` and `ip -6 route show table all`: every IPv4 and IPv6
+    /// unicast and blackhole route, any table, any protocol.
     pub async fn dump_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
-        self.dump_routes_where("ip -4 route show table all", |_| true)
+        self.dump_routes_where("ip route show table all", |_| true)
             .await
     }
 
-    /// `ip route show table main proto 87`: every route weft owns, as written (plain, or on a
-    /// nexthop object: see [`RouteEvent`]). A weft route without a gateway (only someone else can
-    /// make one) shows with gateway `0.0.0.0` so it can be purged.
+    /// `ip route show table main proto 87` (IPv4 and IPv6): every route weft owns, as written
+    /// (plain, or on a nexthop object: see [`RouteEvent`]). A weft route without a gateway (only
+    /// someone else can make one) shows with gateway `0.0.0.0` (`::`) so it can be purged.
     pub async fn dump_owned_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
         self.dump_routes_where(
             &format!("ip route show table main proto {RTPROT_WEFT}"),
@@ -145,31 +146,35 @@ impl Netlink {
         .await
     }
 
-    /// The IPv4 unicast routes (`ip -4 route show table all`) that `keep` wants, each turned
-    /// into a [`RouteEvent`] as it arrives (a dump of 20,000 routes is not held as messages).
-    /// `op` names the dump in errors.
+    /// The IPv4 and IPv6 unicast and blackhole routes (`ip -4 route show table all`, then
+    /// `ip -6 route show table all`: one dump per family, so no other family's tables come
+    /// along) that `keep` wants, each turned into a [`RouteEvent`] as it arrives (a dump of
+    /// 20,000 routes is not held as messages). `op` names the dump in errors.
     pub async fn dump_routes_where(
         &self,
         op: &str,
         mut keep: impl FnMut(&RouteEvent) -> bool,
     ) -> Result<Vec<RouteEvent>, BackendError> {
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.kind = RouteType::Unspec;
-        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
         let mut out = Vec::new();
-        dump::dump_each(
-            op,
-            RtMessage::Route(RouteNetlinkMessage::GetRoute(msg)),
-            |m| {
-                if let RtMessage::Route(RouteNetlinkMessage::NewRoute(m)) = m {
-                    if let Some(ev) = route_event(&m).filter(|ev| keep(ev)) {
-                        out.push(ev);
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+            msg.header.address_family = family;
+            msg.header.protocol = RouteProtocol::Unspec;
+            msg.header.kind = RouteType::Unspec;
+            msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+            dump::dump_each(
+                op,
+                RtMessage::Route(RouteNetlinkMessage::GetRoute(msg)),
+                |m| {
+                    if let RtMessage::Route(RouteNetlinkMessage::NewRoute(m)) = m {
+                        if let Some(ev) = route_event(&m).filter(|ev| keep(ev)) {
+                            out.push(ev);
+                        }
                     }
-                }
-            },
-        )
-        .await?;
+                },
+            )
+            .await?;
+        }
         out.shrink_to_fit();
         Ok(out)
     }
@@ -322,8 +327,8 @@ fn table_of(m: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(m.header.table))
 }
 
-/// A unicast or blackhole IPv4 route message as a [`RouteEvent`]; None for other families and
-/// kinds (local, broadcast, ...) and for cloned cache entries.
+/// A unicast or blackhole IPv4 or IPv6 route message as a [`RouteEvent`]; None for other
+/// families and kinds (local, broadcast, multicast, ...) and for cloned cache entries.
 pub(super) fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
     let blackhole = match m.header.kind {
         RouteType::Unicast => false,
@@ -332,6 +337,7 @@ pub(super) fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
     };
     let v6 = match m.header.address_family {
         AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
         _ => return None,
     };
     if m.header.flags.contains(RouteFlags::Cloned) {

@@ -38,6 +38,10 @@
 //! per route. Callers that execute operations themselves go through [`Reconciler::execute`]
 //! and end with [`Reconciler::drop_unused_nexthops`].
 //!
+//! **IPv6.** Routes of both families go through the same cache, diff and nexthop table (an IPv6
+//! gateway gets an AF_INET6 nexthop). IPv6 routes are written, dumped and compared at metric
+//! 1024 ([`plan::V6_METRIC`]), not 0: the kernel turns an IPv6 metric 0 into 1024 anyway.
+//!
 //! Kernel quirks: IPv4 routes flushed because their link went down or away, or lost its last
 //! address, produce no RTM_DELROUTE; nexthops dropped with their link (down, deleted, or without
 //! carrier) produce no RTM_DELNEXTHOP, and the routes on them go silently; `ip nexthop del`

@@ -235,6 +235,27 @@ pub fn underlay() -> u32 {
         .unwrap() as u32
 }
 
+/// The IPv6 side of the dual-stack underlay: eth0's address and prefix.
+pub const V6_ADDR: &str = "fd00:18::1";
+pub const V6_PREFIX: &str = "fd00:18::/64";
+
+/// [`underlay`] with an IPv6 prefix beside the IPv4 one: `fd00:18::1/64` on eth0, `nodad` so
+/// the address (and the gateways in its prefix) are usable at once. Waits (with a deadline)
+/// until the kernel has the prefix route; returns eth0's index.
+pub fn underlay_dual() -> u32 {
+    let index = underlay();
+    ip(&format!("-6 addr add {V6_ADDR}/64 dev eth0 nodad"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ip_json(&format!("-6 route show {V6_PREFIX} dev eth0")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no IPv6 prefix route on eth0"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    index
+}
+
 /// The external interface [`underlay`] makes, at ifindex `index`.
 pub fn ext(index: u32) -> ExternalInterface {
     ExternalInterface {
