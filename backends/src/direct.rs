@@ -112,6 +112,7 @@ mod tests {
             ext_addr: Ipv4Addr::new(198, 18, 0, 1),
             mtu: 1500,
             prefixes: vec!["198.18.0.0/24".parse().expect("prefix")],
+            v6: None,
         }
     }
 

@@ -1185,6 +1185,7 @@ mod tests {
             ext_addr: Ipv4Addr::new(198, 18, 0, 1),
             mtu: 1500,
             prefixes: vec![],
+            v6: None,
         };
         Device {
             index,
@@ -1384,6 +1385,7 @@ mod tests {
             ext_addr: "198.18.0.1".parse().unwrap(),
             mtu: 1500,
             prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+            v6: None,
         };
         let conf = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
             .unwrap()

@@ -265,6 +265,7 @@ pub fn ext(index: u32) -> ExternalInterface {
         ext_addr: Ipv4Addr::new(198, 18, 0, 1),
         mtu: 1500,
         prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+        v6: None,
     }
 }
 
