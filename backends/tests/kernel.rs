@@ -21,8 +21,8 @@ use net_conf::{LeaseAttrs, SubnetKey};
 use serde_json::Value;
 
 use common::{
-    Mode, WeftRoute, assert_written, ext, in_netns, in_netns_each_mode, ip, ip_json, nexthops,
-    underlay, weft_nexthop_ids, weft_route_list,
+    Mode, WeftRoute, assert_written, drive_until, ext, in_netns, in_netns_each_mode, ip, ip_json,
+    nexthops, own_writes_are_quiet, underlay, weft_nexthop_ids, weft_route_list,
 };
 
 /// (dst, gateway, dev, protocol) of each route `ip -j route show <filter>` lists (other
@@ -82,44 +82,6 @@ fn desired(index: u32, peers: &[Peer]) -> KernelState {
 /// A reconciler writing routes the `mode` way.
 fn reconciler(mode: Mode) -> Reconciler {
     Reconciler::new(Netlink::connect().unwrap()).with_route_nexthops(mode.nexthops())
-}
-
-/// Feeds kernel events to the reconciler and re-applies like the daemon does (re-apply when
-/// `observe` says so; retry failed operations on the next event or after 100 ms) until `done`
-/// holds or the deadline passes.
-async fn drive_until(
-    rec: &mut Reconciler,
-    events: &mut (impl futures::Stream<Item = KernelEvent> + Unpin),
-    want: &KernelState,
-    what: &str,
-    done: impl Fn(&Reconciler) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut retry = false;
-    while !done(rec) {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        let ev = tokio::time::timeout(Duration::from_millis(100), events.next()).await;
-        let changed = match ev {
-            Ok(Some(ev)) => rec.observe(&ev),
-            Ok(None) => panic!("notification stream ended"),
-            Err(_) => false,
-        };
-        if changed || retry {
-            let report = rec.apply(want).await;
-            retry = !report.is_ok();
-        }
-    }
-}
-
-/// Reads the notifications of weft's own writes for 300 ms: none may count as drift.
-async fn own_writes_are_quiet(
-    rec: &mut Reconciler,
-    events: &mut (impl futures::Stream<Item = KernelEvent> + Unpin),
-) {
-    let deadline = Instant::now() + Duration::from_millis(300);
-    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), events.next()).await {
-        assert!(!rec.observe(&ev), "own write reported as drift: {ev:?}");
-    }
 }
 
 #[test]

@@ -256,6 +256,18 @@ pub fn underlay_dual() -> u32 {
     index
 }
 
+/// The external interface [`underlay_dual`] makes (IPv4 and IPv6), at ifindex `index`.
+pub fn ext_dual(index: u32) -> ExternalInterface {
+    ExternalInterface {
+        v6: Some(backends::ExternalV6 {
+            iface_addr: V6_ADDR.parse().unwrap(),
+            ext_addr: V6_ADDR.parse().unwrap(),
+            prefixes: vec![V6_PREFIX.parse().unwrap()],
+        }),
+        ..ext(index)
+    }
+}
+
 /// The external interface [`underlay`] makes, at ifindex `index`.
 pub fn ext(index: u32) -> ExternalInterface {
     ExternalInterface {
@@ -283,5 +295,52 @@ pub fn vxlan_peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
             backend_data: Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
             backend_v6_data: None,
         },
+    }
+}
+
+/// Feeds kernel events to the reconciler and re-applies like the daemon does (re-apply when
+/// `observe` says so; retry failed operations on the next event or after 100 ms) until `done`
+/// holds or the deadline passes.
+pub async fn drive_until(
+    rec: &mut backends::Reconciler,
+    events: &mut (impl futures::Stream<Item = backends::KernelEvent> + Unpin),
+    want: &backends::KernelState,
+    what: &str,
+    done: impl Fn(&backends::Reconciler) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut retry = false;
+    while !done(rec) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        let ev = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            futures::StreamExt::next(events),
+        )
+        .await;
+        let changed = match ev {
+            Ok(Some(ev)) => rec.observe(&ev),
+            Ok(None) => panic!("notification stream ended"),
+            Err(_) => false,
+        };
+        if changed || retry {
+            let report = rec.apply(want).await;
+            retry = !report.is_ok();
+        }
+    }
+}
+
+/// Reads the notifications of weft's own writes for 300 ms: none may count as drift.
+pub async fn own_writes_are_quiet(
+    rec: &mut backends::Reconciler,
+    events: &mut (impl futures::Stream<Item = backends::KernelEvent> + Unpin),
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while let Ok(Some(ev)) =
+        tokio::time::timeout_at(deadline.into(), futures::StreamExt::next(events)).await
+    {
+        assert!(!rec.observe(&ev), "own write reported as drift: {ev:?}");
     }
 }
