@@ -67,8 +67,8 @@ pub(crate) fn direct_route(
         None => crate::direct_route(ext, subnet, ip)?.oif,
     };
     Some(Route {
-        dst: subnet,
-        gateway: ip,
+        dst: subnet.into(),
+        gateway: ip.into(),
         oif,
         onlink: false,
     })
@@ -112,6 +112,7 @@ mod tests {
             ext_addr: Ipv4Addr::new(198, 18, 0, 1),
             mtu: 1500,
             prefixes: vec!["198.18.0.0/24".parse().expect("prefix")],
+            v6: None,
         }
     }
 
@@ -134,7 +135,7 @@ mod tests {
         assert!(paths.set(routed, None));
         assert!(!paths.set(routed, None), "the same answer is no change");
         let r = direct_route(&ext(), &paths, subnet, on_link).expect("direct");
-        assert_eq!((r.gateway, r.oif, r.onlink), (on_link, 5, false));
+        assert_eq!((r.gateway, r.oif, r.onlink), (on_link.into(), 5, false));
         assert_eq!(direct_route(&ext(), &paths, subnet, adjacent), None);
         assert_eq!(direct_route(&ext(), &paths, subnet, routed), None);
         paths.retain(|ip| *ip == on_link);

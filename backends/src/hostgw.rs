@@ -3,12 +3,18 @@
 //!
 //! Unlike flannel, a peer whose PublicIP is not on a directly connected subnet of the external
 //! interface is skipped up front with a reason, instead of failing in the kernel ("network is
-//! unreachable") and being retried forever. IPv4 only for now (no PublicIPv6 routes).
+//! unreachable") and being retried forever.
+//!
+//! Dual stack: on a node whose external interface has an IPv6 side ([`ExternalInterface::v6`]),
+//! a peer with an IPv6 subnet and a PublicIPv6 also gets `<peer IPv6 subnet> via <peer
+//! PublicIPv6> dev <ext iface>` (metric 1024: [`crate::plan::V6_METRIC`]), under the same
+//! checks against the interface's IPv6 prefixes. A peer without IPv6 parts gets its IPv4 route
+//! only.
 use ipnet::Ipv4Net;
 use net_conf::LeaseAttrs;
 
 use crate::nl::Netlink;
-use crate::{Backend, BackendError, Desired, ExternalInterface, Peer, Route};
+use crate::{Backend, BackendError, Desired, ExternalInterface, ExternalV6, Peer, Route};
 
 /// The lease `BackendType` of host-gw.
 pub const HOST_GW: &str = "host-gw";
@@ -28,8 +34,9 @@ impl Backend for HostGw {
         HOST_GW
     }
 
-    /// Refuses NAT (the published address must be the interface's own) and returns the lease
-    /// attributes `{"PublicIP": <ext_addr>, "BackendType": "host-gw"}`.
+    /// Refuses NAT (the published address must be the interface's own, for IPv6 too) and returns
+    /// the lease attributes `{"PublicIP": <ext_addr>, "BackendType": "host-gw"}`, with
+    /// `"PublicIPv6": <v6 ext_addr>` on a dual-stack interface.
     async fn prepare(
         &mut self,
         _nl: &Netlink,
@@ -42,9 +49,18 @@ impl Backend for HostGw {
                     .to_string(),
             ));
         }
+        if let Some(v6) = &ext.v6 {
+            if v6.ext_addr != v6.iface_addr {
+                return Err(BackendError::Unsupported(
+                    "your PublicIPv6 differs from interface IPv6, meaning that probably you're on \
+                     a NAT, which is not supported by host-gw backend"
+                        .to_string(),
+                ));
+            }
+        }
         Ok(LeaseAttrs {
             public_ip: ext.ext_addr,
-            public_ipv6: None,
+            public_ipv6: ext.v6.as_ref().map(|v6| v6.ext_addr),
             backend_type: HOST_GW.to_string(),
             backend_data: None,
             backend_v6_data: None,
@@ -59,15 +75,65 @@ impl Backend for HostGw {
     fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired {
         let mut out = Desired::default();
         for peer in peers {
-            match route_for(ext, peer) {
-                Ok(route) => {
-                    out.state.routes.insert(route.dst, route);
+            if let Err(reason) = crate::usable_peer(ext, peer, HOST_GW) {
+                out.skipped.push((peer.key, reason));
+                continue;
+            }
+            let v6 = ext.v6.as_ref().and_then(|v6| route_v6_for(ext, v6, peer));
+            for route in [Some(route_for(ext, peer)), v6].into_iter().flatten() {
+                match route {
+                    Ok(route) => {
+                        out.state.routes.insert(route.dst, route);
+                    }
+                    Err(reason) => out.skipped.push((peer.key, reason)),
                 }
-                Err(reason) => out.skipped.push((peer.key, reason)),
             }
         }
         out
     }
+}
+
+/// The IPv6 route to a peer that passed [`crate::usable_peer`], on this node's IPv6 side `v6`:
+/// None when the peer has no IPv6 subnet (an IPv4-only peer), else the route or why there is
+/// none.
+fn route_v6_for(
+    ext: &ExternalInterface,
+    v6: &ExternalV6,
+    peer: &Peer,
+) -> Option<Result<Route, String>> {
+    let subnet = peer.key.v6?.trunc();
+    let Some(ip) = peer.attrs.public_ipv6 else {
+        return Some(Err(format!(
+            "peer {subnet} has an IPv6 subnet but no PublicIPv6"
+        )));
+    };
+    if ip.is_unspecified() {
+        return Some(Err(format!("peer {subnet} has no PublicIPv6 (::)")));
+    }
+    if ip == v6.ext_addr || ip == v6.iface_addr {
+        return Some(Err(format!(
+            "peer {subnet} has this node's own address {ip} as PublicIPv6"
+        )));
+    }
+    if !v6.prefixes.iter().any(|p| p.contains(&ip)) {
+        let prefixes = v6
+            .prefixes
+            .iter()
+            .map(|p| p.trunc().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Some(Err(format!(
+            "peer {subnet} via {ip}: {ip} is not on a directly connected IPv6 subnet of {} \
+             ({prefixes}): host-gw needs the nodes on one L2 segment",
+            ext.name
+        )));
+    }
+    Some(Ok(Route {
+        dst: subnet.into(),
+        gateway: ip.into(),
+        oif: ext.index,
+        onlink: false,
+    }))
 }
 
 /// The route to one peer, or why there is none.
@@ -104,6 +170,7 @@ mod tests {
             ext_addr: Ipv4Addr::new(198, 18, 0, 1),
             mtu: 1500,
             prefixes: vec!["198.18.0.1/24".parse().expect("prefix")],
+            v6: None,
         }
     }
 
@@ -199,6 +266,120 @@ mod tests {
         assert_eq!(d.state.routes.len(), 1);
     }
 
+    fn ext_dual() -> ExternalInterface {
+        ExternalInterface {
+            v6: Some(ExternalV6 {
+                iface_addr: "fd00:18::1".parse().expect("ip"),
+                ext_addr: "fd00:18::1".parse().expect("ip"),
+                prefixes: vec!["fd00:18::1/64".parse().expect("prefix")],
+            }),
+            ..ext()
+        }
+    }
+
+    fn dual_peer(subnet: &str, ip: &str, subnet6: &str, ip6: Option<&str>) -> Peer {
+        let mut p = peer(subnet, ip, "host-gw");
+        p.key.v6 = Some(subnet6.parse().expect("subnet6"));
+        p.attrs.public_ipv6 = ip6.map(|i| i.parse().expect("ip6"));
+        p
+    }
+
+    #[test]
+    fn routes_dual_stack_peers_in_both_families() {
+        let peers = [
+            dual_peer(
+                "10.244.2.0/24",
+                "198.18.0.2",
+                "fd00:244:0:2::/64",
+                Some("fd00:18::2"),
+            ),
+            // IPv4 only: its IPv4 route, nothing else.
+            peer("10.244.3.0/24", "198.18.0.3", "host-gw"),
+        ];
+        let d = HostGw::new().desired(&ext_dual(), &peers);
+        assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        let routes: Vec<String> = d.state.routes.values().map(ToString::to_string).collect();
+        assert_eq!(
+            routes,
+            [
+                "10.244.2.0/24 via 198.18.0.2 dev 3",
+                "10.244.3.0/24 via 198.18.0.3 dev 3",
+                "fd00:244:0:2::/64 via fd00:18::2 dev 3",
+            ]
+        );
+        // An IPv4-only node routes the same peers over IPv4 only, without complaint.
+        let d = HostGw::new().desired(&ext(), &peers);
+        assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        assert_eq!(d.state.routes.len(), 2);
+        assert!(
+            d.state
+                .routes
+                .keys()
+                .all(|k| matches!(k, ipnet::IpNet::V4(_)))
+        );
+    }
+
+    #[test]
+    fn ipv6_skips_with_reasons_keep_the_ipv4_route() {
+        let peers = [
+            dual_peer("10.244.2.0/24", "198.18.0.2", "fd00:244:0:2::/64", None),
+            dual_peer(
+                "10.244.3.0/24",
+                "198.18.0.3",
+                "fd00:244:0:3::/64",
+                Some("fd00:99::3"),
+            ),
+            dual_peer(
+                "10.244.4.0/24",
+                "198.18.0.4",
+                "fd00:244:0:4::/64",
+                Some("fd00:18::1"),
+            ),
+            dual_peer(
+                "10.244.5.0/24",
+                "198.18.0.5",
+                "fd00:244:0:5::/64",
+                Some("::"),
+            ),
+        ];
+        let d = HostGw::new().desired(&ext_dual(), &peers);
+        assert_eq!(d.state.routes.len(), 4, "every IPv4 route stays");
+        assert!(
+            d.state
+                .routes
+                .keys()
+                .all(|k| matches!(k, ipnet::IpNet::V4(_)))
+        );
+        let reasons: Vec<(String, &str)> = d
+            .skipped
+            .iter()
+            .map(|(k, r)| (k.v4.to_string(), r.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert_eq!(
+            reasons[0].1,
+            "peer fd00:244:0:2::/64 has an IPv6 subnet but no PublicIPv6"
+        );
+        assert_eq!(
+            reasons[1].1,
+            "peer fd00:244:0:3::/64 via fd00:99::3: fd00:99::3 is not on a directly connected \
+             IPv6 subnet of eth0 (fd00:18::/64): host-gw needs the nodes on one L2 segment"
+        );
+        assert!(reasons[2].1.contains("own address"), "{}", reasons[2].1);
+        assert!(reasons[3].1.contains("no PublicIPv6"), "{}", reasons[3].1);
+        // A peer refused over IPv4 (another backend) gets no IPv6 route either, one reason.
+        let mut vx = dual_peer(
+            "10.244.6.0/24",
+            "198.18.0.6",
+            "fd00:244:0:6::/64",
+            Some("fd00:18::6"),
+        );
+        vx.attrs.backend_type = "vxlan".into();
+        let d = HostGw::new().desired(&ext_dual(), &[vx]);
+        assert!(d.state.routes.is_empty());
+        assert_eq!(d.skipped.len(), 1);
+    }
+
     #[test]
     fn no_peers_no_routes() {
         let d = HostGw::new().desired(&ext(), &[]);
@@ -233,6 +414,20 @@ mod tests {
             let attrs = HostGw::new().prepare(&nl, &ext()).await.expect("prepare");
             assert_eq!(attrs.public_ip, Ipv4Addr::new(198, 18, 0, 1));
             assert_eq!(attrs.public_ipv6, None);
+            let attrs = HostGw::new()
+                .prepare(&nl, &ext_dual())
+                .await
+                .expect("prepare dual stack");
+            assert_eq!(attrs.public_ipv6, Some("fd00:18::1".parse().expect("ip6")));
+            let mut nat6 = ext_dual();
+            if let Some(v6) = nat6.v6.as_mut() {
+                v6.ext_addr = "2001:db8::7".parse().expect("ip6");
+            }
+            let err = HostGw::new()
+                .prepare(&nl, &nat6)
+                .await
+                .expect_err("IPv6 NAT must be refused");
+            assert!(err.to_string().contains("PublicIPv6 differs"), "{err}");
             assert_eq!(attrs.backend_type, "host-gw");
             assert_eq!(attrs.backend_data, None);
             let mtu = HostGw::new()

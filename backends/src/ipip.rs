@@ -246,8 +246,8 @@ impl IpIp {
             }
         }
         Ok(Route {
-            dst: subnet,
-            gateway: ip,
+            dst: subnet.into(),
+            gateway: ip.into(),
             oif: dev.index,
             onlink: true,
         })
@@ -270,6 +270,7 @@ mod tests {
             ext_addr: Ipv4Addr::new(198, 18, 0, 1),
             mtu: 1500,
             prefixes: vec!["198.18.0.0/24".parse().expect("prefix")],
+            v6: None,
         }
     }
 

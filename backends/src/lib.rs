@@ -19,9 +19,9 @@ pub mod reconcile;
 pub mod vxlan;
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use net_conf::{LeaseAttrs, SubnetKey};
 
 pub use any::AnyBackend;
@@ -48,6 +48,20 @@ pub struct ExternalInterface {
     pub mtu: u32,
     /// The IPv4 prefixes configured on the interface (its directly connected subnets).
     pub prefixes: Vec<Ipv4Net>,
+    /// The interface's IPv6 side on a dual-stack node (flannel requires both families on one
+    /// interface); None on an IPv4-only node. Only host-gw uses it for now.
+    pub v6: Option<ExternalV6>,
+}
+
+/// The IPv6 side of the [`ExternalInterface`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalV6 {
+    /// The interface's own IPv6 address.
+    pub iface_addr: Ipv6Addr,
+    /// The address published in the lease as `PublicIPv6` (`--public-ipv6` or `iface_addr`).
+    pub ext_addr: Ipv6Addr,
+    /// The IPv6 prefixes configured on the interface (its directly connected subnets).
+    pub prefixes: Vec<Ipv6Net>,
 }
 
 /// One other node's lease, as the backends see it.
@@ -105,8 +119,8 @@ pub(crate) fn direct_route(
         .iter()
         .any(|p| p.contains(&ip))
         .then_some(Route {
-            dst: subnet,
-            gateway: ip,
+            dst: subnet.into(),
+            gateway: ip.into(),
             oif: ext.index,
             onlink: false,
         })

@@ -11,7 +11,7 @@
 //! without the doubling reallocation of a hash table (the agent's peak RSS is a target).
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::nl::{Hop, Nexthop};
 use crate::owner::Ownership;
@@ -26,7 +26,7 @@ pub(crate) struct NexthopTable {
     /// Ids of other owners' nexthops the kernel holds: never allocated.
     theirs: BTreeSet<u32>,
     /// Which nexthop each cached route written on one uses (weft's or someone else's).
-    route_nh: BTreeMap<Ipv4Net, u32>,
+    route_nh: BTreeMap<IpNet, u32>,
     /// weft's nexthops that someone else's route or group uses: never deleted (until a dump
     /// shows them free).
     pinned: BTreeSet<u32>,
@@ -145,13 +145,13 @@ impl NexthopTable {
     }
 
     /// The nexthop the cached route to `dst` is written on; None for a plain route.
-    pub fn route_nh(&self, dst: &Ipv4Net) -> Option<u32> {
+    pub fn route_nh(&self, dst: &IpNet) -> Option<u32> {
         self.route_nh.get(dst).copied()
     }
 
     /// True when the cached route to `dst` is not written the way weft writes routes now: in
     /// nexthop mode on a nexthop of weft's (with a hop), else plain.
-    pub fn misfit(&self, dst: &Ipv4Net, nexthop_mode: bool) -> bool {
+    pub fn misfit(&self, dst: &IpNet, nexthop_mode: bool) -> bool {
         match self.route_nh.get(dst) {
             Some(id) => !nexthop_mode || self.hop_of(*id).is_none(),
             None => nexthop_mode,
@@ -213,7 +213,7 @@ impl NexthopTable {
     }
 
     /// Records how the cached route to `dst` is written now: on nexthop `nh`, or plain (None).
-    pub fn set_route(&mut self, dst: Ipv4Net, nh: Option<u32>) {
+    pub fn set_route(&mut self, dst: IpNet, nh: Option<u32>) {
         let old = match nh {
             Some(id) => self.route_nh.insert(dst, id),
             None => self.route_nh.remove(&dst),
@@ -272,7 +272,7 @@ impl NexthopTable {
     /// weft's nexthop `id` is gone from the kernel (deleted, or dropped with its device): forgets
     /// it and returns the destinations of the cached routes that used it (the kernel removed
     /// them too). `still_taken`: the id now holds someone else's nexthop (replaced under us).
-    pub fn removed(&mut self, id: u32, still_taken: bool) -> Vec<Ipv4Net> {
+    pub fn removed(&mut self, id: u32, still_taken: bool) -> Vec<IpNet> {
         let Some(owned) = self.ours.remove(&id) else {
             if !still_taken {
                 self.theirs.remove(&id);
@@ -303,7 +303,7 @@ impl NexthopTable {
         if owned.users == 0 {
             return Vec::new();
         }
-        let gone: Vec<Ipv4Net> = self
+        let gone: Vec<IpNet> = self
             .route_nh
             .iter()
             .filter(|(_, nh)| **nh == id)
@@ -330,7 +330,7 @@ mod tests {
 
     fn hop(last: u8, oif: u32) -> Hop {
         Hop {
-            gateway: Ipv4Addr::new(198, 18, 0, last),
+            gateway: Ipv4Addr::new(198, 18, 0, last).into(),
             oif,
             onlink: false,
         }
@@ -350,7 +350,7 @@ mod tests {
         }
     }
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().expect("net")
     }
 
@@ -420,7 +420,7 @@ mod tests {
         );
         t.doubt(id);
         assert!(t.unused()[0].doubtful);
-        assert_eq!(t.removed(id, false), Vec::<Ipv4Net>::new());
+        assert_eq!(t.removed(id, false), Vec::<IpNet>::new());
         assert!(t.unused().is_empty() && t.id_for(&a).is_none() && t.len() == 0);
     }
 
@@ -481,7 +481,7 @@ mod tests {
 
     #[test]
     fn a_network_allocates_in_its_range_and_adopts_only_what_the_caller_says() {
-        let owner = Ownership::network(net("10.244.0.0/16"));
+        let owner = Ownership::network("10.244.0.0/16".parse().expect("net"));
         let range = owner.nexthop_ids().expect("range");
         let mut t = NexthopTable::with_owner(owner);
         let other = range.end + 7;

@@ -4,20 +4,23 @@
 //!
 //! A daemon scoped to its network ([`Ownership::network`]) owns:
 //! - **routes** with weft's protocol 87 in table main whose destination lies inside its
-//!   `Network` (networks on one host are disjoint, so no two daemons claim one route);
-//! - **devices** with a weft device name that its backends want now, or that carry an IPv4
-//!   address inside its `Network` (the device of its previous backend or VNI, or flanneld's
-//!   device of the same network); another network's `flannel.2` is left alone;
+//!   `Network`, or (IPv6 routes) inside its `IPv6Network` when it has one
+//!   ([`Ownership::with_ipv6_network`]; without one it owns no IPv6 route) — networks on one
+//!   host are disjoint, so no two daemons claim one route;
+//! - **devices** with a weft device name that its backends want now, or that carry an address
+//!   inside its `Network` or `IPv6Network` (the device of its previous backend or VNI, or
+//!   flanneld's device of the same network); another network's `flannel.2` is left alone;
 //! - **nexthop objects** with protocol 87 whose id lies in the network's id range
 //!   ([`Ownership::nexthop_ids`]: 2^20 ids chosen by a hash of the network), plus protocol-87
 //!   nexthops outside every range that only its own routes use (those an older weft made).
+//!   The range comes from the IPv4 `Network` alone: IPv6 nexthops share it.
 //!
 //! [`Ownership::everything`] owns every route, device and nexthop of weft's protocol and names,
 //! whatever network: `weft cleanup` without `--network`, and `weft status`.
 use std::net::IpAddr;
 use std::ops::Range;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Ids per network: 2^20 (a million distinct hops, far more than nodes in any cluster).
 const RANGE_BITS: u32 = 20;
@@ -28,6 +31,8 @@ const RANGES: u32 = (u32::MAX >> RANGE_BITS) - 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ownership {
     network: Option<Ipv4Net>,
+    /// The IPv6 network owned beside `network` (only with `network`).
+    network_v6: Option<Ipv6Net>,
 }
 
 impl Ownership {
@@ -35,12 +40,29 @@ impl Ownership {
     pub fn network(network: Ipv4Net) -> Self {
         Ownership {
             network: Some(network.trunc()),
+            network_v6: None,
+        }
+    }
+
+    /// Also owns the IPv6 objects of `network` (a dual-stack config's `IPv6Network`): its
+    /// protocol-87 IPv6 routes and devices with an IPv6 address inside it. No change to
+    /// [`everything`](Self::everything), which owns every IPv6 route already.
+    pub fn with_ipv6_network(self, network: Ipv6Net) -> Self {
+        if self.network.is_none() {
+            return self;
+        }
+        Ownership {
+            network_v6: Some(network.trunc()),
+            ..self
         }
     }
 
     /// Owns every object of weft's protocol and names.
     pub fn everything() -> Self {
-        Ownership { network: None }
+        Ownership {
+            network: None,
+            network_v6: None,
+        }
     }
 
     /// [`network`](Self::network) when there is one (a config's IPv4 `Network`, `weft cleanup
@@ -54,13 +76,24 @@ impl Ownership {
         self.network
     }
 
-    /// A protocol-87 route to `dst` in table main is this daemon's.
-    pub fn owns_dst(&self, dst: &Ipv4Net) -> bool {
-        self.network.is_none_or(|n| n.contains(dst))
+    /// The IPv6 network owned beside [`scope`](Self::scope), if any.
+    pub fn scope_v6(&self) -> Option<Ipv6Net> {
+        self.network_v6
+    }
+
+    /// A protocol-87 route to `dst` in table main is this daemon's: inside its network of the
+    /// family of `dst` (a daemon scoped to a network without an IPv6 network owns no IPv6
+    /// route), or any when it owns everything.
+    pub fn owns_dst(&self, dst: &IpNet) -> bool {
+        match (self.network, dst) {
+            (None, _) => true,
+            (Some(n), IpNet::V4(d)) => n.contains(d),
+            (Some(_), IpNet::V6(d)) => self.network_v6.is_some_and(|n| n.contains(d)),
+        }
     }
 
     /// A link with a weft device name is this daemon's: `wanted` by its backends, or carrying
-    /// an IPv4 address inside the network.
+    /// an address inside the network (IPv4) or the IPv6 network.
     pub fn owns_device<'a>(
         &self,
         wanted: bool,
@@ -70,9 +103,10 @@ impl Ownership {
             return true;
         };
         wanted
-            || addrs
-                .into_iter()
-                .any(|a| matches!(a, IpAddr::V4(v4) if net.contains(v4)))
+            || addrs.into_iter().any(|a| match a {
+                IpAddr::V4(v4) => net.contains(v4),
+                IpAddr::V6(v6) => self.network_v6.is_some_and(|n| n.contains(v6)),
+            })
     }
 
     /// The nexthop ids this daemon allocates and owns; None: every id (owns every protocol-87
@@ -110,16 +144,54 @@ mod tests {
         s.parse().expect("net")
     }
 
+    fn dst(s: &str) -> IpNet {
+        s.parse().expect("dst")
+    }
+
     #[test]
     fn routes_inside_the_network_only() {
         let o = Ownership::network(net("10.244.0.0/16"));
-        assert!(o.owns_dst(&net("10.244.3.0/24")));
-        assert!(!o.owns_dst(&net("10.245.3.0/24")));
+        assert!(o.owns_dst(&dst("10.244.3.0/24")));
+        assert!(!o.owns_dst(&dst("10.245.3.0/24")));
         assert!(
-            !o.owns_dst(&net("10.0.0.0/8")),
+            !o.owns_dst(&dst("10.0.0.0/8")),
             "a wider route is not inside"
         );
-        assert!(Ownership::everything().owns_dst(&net("192.0.2.0/24")));
+        assert!(Ownership::everything().owns_dst(&dst("192.0.2.0/24")));
+    }
+
+    #[test]
+    fn ipv6_routes_inside_the_ipv6_network_only() {
+        let v4_only = Ownership::network(net("10.244.0.0/16"));
+        assert!(
+            !v4_only.owns_dst(&dst("fd00:244:0:1::/64")),
+            "no IPv6 network: no IPv6 route"
+        );
+        let dual = v4_only.with_ipv6_network("fd00:244::/56".parse().expect("net"));
+        assert_eq!(dual.scope(), v4_only.scope());
+        assert_eq!(dual.scope_v6(), Some("fd00:244::/56".parse().expect("net")));
+        assert!(dual.owns_dst(&dst("fd00:244:0:1::/64")));
+        assert!(!dual.owns_dst(&dst("fd00:245:0:1::/64")));
+        assert!(
+            !dual.owns_dst(&dst("fd00::/8")),
+            "a wider route is not inside"
+        );
+        // IPv4 ownership and the nexthop ids are unchanged by the IPv6 network.
+        assert!(dual.owns_dst(&dst("10.244.3.0/24")));
+        assert!(!dual.owns_dst(&dst("10.245.3.0/24")));
+        assert_eq!(dual.nexthop_ids(), v4_only.nexthop_ids());
+        // Everything owns every IPv6 route, and stays everything.
+        let all = Ownership::everything();
+        assert!(all.owns_dst(&dst("2001:db8::/64")));
+        let all = all.with_ipv6_network("fd00:244::/56".parse().expect("net"));
+        assert_eq!(all, Ownership::everything());
+        assert!(all.owns_dst(&dst("2001:db8::/64")));
+        // A device with an address of the IPv6 network is this daemon's.
+        let ours: IpAddr = "fd00:244:0:1::".parse().expect("ip");
+        let theirs: IpAddr = "fd00:245:0:1::".parse().expect("ip");
+        assert!(dual.owns_device(false, [&ours]));
+        assert!(!dual.owns_device(false, [&theirs]));
+        assert!(!v4_only.owns_device(false, [&ours]));
     }
 
     #[test]

@@ -357,8 +357,8 @@ impl Vxlan {
             dst: ip,
         });
         out.state.add_route(Route {
-            dst: subnet,
-            gateway: gw,
+            dst: subnet.into(),
+            gateway: gw.into(),
             oif: dev.index,
             onlink: true,
         });
@@ -396,6 +396,7 @@ mod tests {
             ext_addr: Ipv4Addr::new(198, 18, 0, 1),
             mtu: 1500,
             prefixes: vec!["198.18.0.0/24".parse().expect("prefix")],
+            v6: None,
         }
     }
 

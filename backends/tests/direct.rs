@@ -83,10 +83,10 @@ fn direct_routing_follows_the_kernels_route_to_each_peer() {
                 .configure(&ext, "10.244.1.0/24".parse().unwrap())
                 .unwrap();
             let guess = plain.desired(&ext, &peers);
-            let dst: ipnet::Ipv4Net = "10.244.3.0/24".parse().unwrap();
+            let dst: ipnet::IpNet = "10.244.3.0/24".parse().unwrap();
             assert_eq!(
                 guess.state.routes[&dst].gateway,
-                Ipv4Addr::new(10, 244, 3, 0)
+                std::net::IpAddr::from(Ipv4Addr::new(10, 244, 3, 0))
             );
         },
     );

@@ -21,8 +21,8 @@ use net_conf::{LeaseAttrs, SubnetKey};
 use serde_json::Value;
 
 use common::{
-    Mode, WeftRoute, assert_written, ext, in_netns, in_netns_each_mode, ip, ip_json, nexthops,
-    underlay, weft_nexthop_ids, weft_route_list,
+    Mode, WeftRoute, assert_written, drive_until, ext, in_netns, in_netns_each_mode, ip, ip_json,
+    nexthops, own_writes_are_quiet, underlay, weft_nexthop_ids, weft_route_list,
 };
 
 /// (dst, gateway, dev, protocol) of each route `ip -j route show <filter>` lists (other
@@ -82,44 +82,6 @@ fn desired(index: u32, peers: &[Peer]) -> KernelState {
 /// A reconciler writing routes the `mode` way.
 fn reconciler(mode: Mode) -> Reconciler {
     Reconciler::new(Netlink::connect().unwrap()).with_route_nexthops(mode.nexthops())
-}
-
-/// Feeds kernel events to the reconciler and re-applies like the daemon does (re-apply when
-/// `observe` says so; retry failed operations on the next event or after 100 ms) until `done`
-/// holds or the deadline passes.
-async fn drive_until(
-    rec: &mut Reconciler,
-    events: &mut (impl futures::Stream<Item = KernelEvent> + Unpin),
-    want: &KernelState,
-    what: &str,
-    done: impl Fn(&Reconciler) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut retry = false;
-    while !done(rec) {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        let ev = tokio::time::timeout(Duration::from_millis(100), events.next()).await;
-        let changed = match ev {
-            Ok(Some(ev)) => rec.observe(&ev),
-            Ok(None) => panic!("notification stream ended"),
-            Err(_) => false,
-        };
-        if changed || retry {
-            let report = rec.apply(want).await;
-            retry = !report.is_ok();
-        }
-    }
-}
-
-/// Reads the notifications of weft's own writes for 300 ms: none may count as drift.
-async fn own_writes_are_quiet(
-    rec: &mut Reconciler,
-    events: &mut (impl futures::Stream<Item = KernelEvent> + Unpin),
-) {
-    let deadline = Instant::now() + Duration::from_millis(300);
-    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline.into(), events.next()).await {
-        assert!(!rec.observe(&ev), "own write reported as drift: {ev:?}");
-    }
 }
 
 #[test]
@@ -292,7 +254,7 @@ fn apply_writes_once_then_nothing() {
         let dst = "10.244.2.0/24".parse().unwrap();
         nl.route_del(&Route {
             dst,
-            gateway: Ipv4Addr::new(198, 18, 0, 2),
+            gateway: Ipv4Addr::new(198, 18, 0, 2).into(),
             oif: eth0,
             onlink: false,
         })
@@ -310,7 +272,7 @@ fn routes_share_a_nexthop_per_hop() {
         let gw = Ipv4Addr::new(198, 18, 0, 2);
         let route = |dst: &str| Route {
             dst: dst.parse().unwrap(),
-            gateway: gw,
+            gateway: gw.into(),
             oif: eth0,
             onlink: false,
         };
@@ -439,7 +401,7 @@ fn onlink_route_is_written_and_read_back() {
         // A gateway outside every connected subnet is accepted only with onlink.
         let route = Route {
             dst: "10.244.5.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 244, 5, 0),
+            gateway: Ipv4Addr::new(10, 244, 5, 0).into(),
             oif: eth0,
             onlink: true,
         };
@@ -462,7 +424,7 @@ fn onlink_route_is_written_and_read_back() {
         // The same on a nexthop object: `ip nexthop add id 9 via 10.244.6.0 dev eth0 onlink
         // proto 87`, `ip route replace 10.244.6.0/24 nhid 9 proto 87`.
         let hop = Hop {
-            gateway: Ipv4Addr::new(10, 244, 6, 0),
+            gateway: Ipv4Addr::new(10, 244, 6, 0).into(),
             oif: eth0,
             onlink: true,
         };
@@ -498,7 +460,7 @@ fn onlink_route_is_written_and_read_back() {
         assert_eq!(on_nh.nhid, Some(9));
         // A taken id is refused, never replaced.
         let other = Hop {
-            gateway: Ipv4Addr::new(198, 18, 0, 7),
+            gateway: Ipv4Addr::new(198, 18, 0, 7).into(),
             oif: eth0,
             onlink: false,
         };
@@ -869,13 +831,13 @@ fn failed_op_is_reported_and_retried() {
         let want = KernelState::from_routes([
             Route {
                 dst: "10.244.2.0/24".parse().unwrap(),
-                gateway: Ipv4Addr::new(198, 18, 0, 2),
+                gateway: Ipv4Addr::new(198, 18, 0, 2).into(),
                 oif: eth0,
                 onlink: false,
             },
             Route {
                 dst: "10.244.7.0/24".parse().unwrap(),
-                gateway: Ipv4Addr::new(198, 18, 7, 2),
+                gateway: Ipv4Addr::new(198, 18, 7, 2).into(),
                 oif: eth0,
                 onlink: false,
             },

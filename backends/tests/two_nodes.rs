@@ -67,6 +67,7 @@ fn ext_of(index: u32, addr: Ipv4Addr) -> ExternalInterface {
         ext_addr: addr,
         mtu: 1500,
         prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+        v6: None,
     }
 }
 

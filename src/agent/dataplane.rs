@@ -160,7 +160,7 @@ impl DataPlane {
         // with a route to its subnet).
         let mut skipped = BTreeMap::new();
         for peer in &peers {
-            if state.routes.contains_key(&peer.key.v4) {
+            if state.routes.contains_key(&ipnet::IpNet::V4(peer.key.v4)) {
                 continue;
             }
             let reason = reasons.remove(&peer.key).unwrap_or_else(|| {
@@ -173,7 +173,7 @@ impl DataPlane {
             skipped.insert(peer.key, reason);
         }
         if self.blackhole_route {
-            state.blackholes.extend(self.own);
+            state.blackholes.extend(self.own.map(ipnet::IpNet::V4));
         }
         Plan {
             state,

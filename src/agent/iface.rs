@@ -66,6 +66,7 @@ impl From<Selection> for backends::ExternalInterface {
             ext_addr: s.ext_addr,
             mtu: s.mtu,
             prefixes: s.prefixes,
+            v6: None,
         }
     }
 }

@@ -192,7 +192,7 @@ async fn boot_from_cache(
         .collect();
     let mut state = backend.desired(&ext, &peers).state;
     if opts.ip_blackhole_route {
-        state.blackholes.insert(own.v4);
+        state.blackholes.insert(own.v4.into());
     }
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;

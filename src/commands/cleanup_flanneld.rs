@@ -38,7 +38,7 @@ pub fn flanneld_routes(
                 && ev.nhid.is_none()
                 && !ev.route.gateway.is_unspecified()
                 && ev.route.dst.prefix_len() == subnet_len
-                && network.contains(&ev.route.dst)
+                && matches!(ev.route.dst, ipnet::IpNet::V4(dst) if network.contains(&dst))
         })
         .map(|ev| (ev.route.clone(), ev.protocol))
         .collect()

@@ -295,7 +295,7 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<std::net::IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub onlink: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -326,7 +326,7 @@ impl Entry {
     }
 
     /// weft's blackhole route (`--ip-blackhole-route`), as `ip route` shows it.
-    fn blackhole(dst: ipnet::Ipv4Net) -> Entry {
+    fn blackhole(dst: ipnet::IpNet) -> Entry {
         let text = format!(
             "blackhole {dst} proto {} metric {}",
             backends::RTPROT_WEFT,
@@ -396,7 +396,7 @@ impl Entry {
 pub fn classify(
     required: &KernelState,
     current: &KernelState,
-    nhid: &dyn Fn(&ipnet::Ipv4Net) -> Option<u32>,
+    nhid: &dyn Fn(&ipnet::IpNet) -> Option<u32>,
     names: &dyn Fn(u32) -> String,
 ) -> Drift {
     let mut d = Drift::default();
@@ -730,7 +730,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         desired
             .state
             .blackholes
-            .extend(own.as_ref().map(|o| o.key.v4));
+            .extend(own.as_ref().map(|o| ipnet::IpNet::V4(o.key.v4)));
     }
     let device = match desired.state.devices.values().next() {
         Some(want) => {
@@ -746,7 +746,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
             ..missing_device(&name)
         }),
     };
-    let route_nexthops: BTreeMap<ipnet::Ipv4Net, u32> = current
+    let route_nexthops: BTreeMap<ipnet::IpNet, u32> = current
         .routes
         .keys()
         .filter_map(|dst| Some((*dst, reconciler.route_nexthop(dst)?)))
@@ -911,13 +911,13 @@ pub struct BuildInput<'a> {
     pub desired: &'a Desired,
     pub current: &'a KernelState,
     /// The nexthop object each kernel route on one uses (`nhid`).
-    pub route_nexthops: &'a BTreeMap<ipnet::Ipv4Net, u32>,
+    pub route_nexthops: &'a BTreeMap<ipnet::IpNet, u32>,
     pub device: Option<DeviceInfo>,
 }
 
 /// Assembles the report (pure).
 pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
-    let nhid = |dst: &ipnet::Ipv4Net| i.route_nexthops.get(dst).copied();
+    let nhid = |dst: &ipnet::IpNet| i.route_nexthops.get(dst).copied();
     let drift = classify(&i.desired.state, i.current, &nhid, names);
     let device_ok = i.device.as_ref().is_none_or(|d| d.problems.is_empty());
     Report {
@@ -1154,7 +1154,7 @@ mod tests {
         // route (always plain in meaning) does not.
         have.routes.remove(&"10.244.2.0/24".parse().unwrap());
         have.add_route(route("10.244.2.0/24", "10.244.2.9", 7, true));
-        let on_nh = |dst: &ipnet::Ipv4Net| (dst.to_string() != "10.244.3.0/24").then_some(5);
+        let on_nh = |dst: &ipnet::IpNet| (dst.to_string() != "10.244.3.0/24").then_some(5);
         let d = classify(&want, &have, &on_nh, &names);
         assert_eq!(
             texts(&d.extra)[0],
@@ -1185,6 +1185,7 @@ mod tests {
             ext_addr: Ipv4Addr::new(198, 18, 0, 1),
             mtu: 1500,
             prefixes: vec![],
+            v6: None,
         };
         Device {
             index,
@@ -1384,6 +1385,7 @@ mod tests {
             ext_addr: "198.18.0.1".parse().unwrap(),
             mtu: 1500,
             prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+            v6: None,
         };
         let conf = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#)
             .unwrap()

@@ -2,9 +2,9 @@
 //!
 //! One function per kernel operation; each doc comment gives the equivalent `ip` command. Errors
 //! are [`BackendError::Netlink`] with `op` spelled like that command and the kernel's errno kept.
-//! Weft's routes carry protocol [`RTPROT_WEFT`] (87), so a dump filtered on it finds exactly the
+//! Weft's routes carry protocol [`RTPROT_WEFT`](crate::RTPROT_WEFT) (87), so a dump filtered on it finds exactly the
 //! routes weft wrote and nobody else's; so do its nexthop objects ([`nexthop`]: messages that
-//! rtnetlink 0.24 does not know, built and parsed there).
+//! rtnetlink 0.24 does not know, built and parsed there). Route messages are in `route`.
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::{Stream, StreamExt, TryStreamExt, future};
@@ -20,25 +20,22 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
-};
+use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
-use rtnetlink::{
-    AddressMessageBuilder, Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup,
-    RouteMessageBuilder,
-};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkIpIp, LinkUnspec, LinkVxlan, MulticastGroup};
 
 use crate::device::{Device, DeviceKind, VxlanParams, is_device_name};
 use crate::plan::{Fdb, Mac, Neigh};
-use crate::{BackendError, KernelOp, RTPROT_WEFT, Route};
+use crate::{BackendError, KernelOp};
 
 mod dump;
 mod nexthop;
+mod route;
 
 use nexthop::RtMessage;
 pub use nexthop::{EEXIST, Hop, Nexthop, nexthops_unsupported};
+use route::route_event;
+pub use route::{RouteEvent, RouteGet};
 
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
@@ -93,62 +90,12 @@ impl AddrInfo {
     }
 }
 
-/// The answer of `ip route get <dst>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteGet {
-    pub oif: u32,
-    /// None when `dst` is directly connected.
-    pub gateway: Option<Ipv4Addr>,
-    pub prefsrc: Option<Ipv4Addr>,
-}
-
-/// An IPv4 route seen in a notification or a dump, with the attributes that decide whether it
-/// is weft's.
-///
-/// For a route on a nexthop object (`nhid N`), `route` has the gateway and device only where the
-/// kernel adds them (`net.ipv4.nexthop_compat_mode=1`, the default); else they are `0.0.0.0` and
-/// 0. The meaning is the nexthop's: resolve `nhid` through [`Netlink::dump_nexthops`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteEvent {
-    pub route: Route,
-    /// `nhid`: the nexthop object the route uses (RTA_NH_ID), None for a plain route.
-    pub nhid: Option<u32>,
-    /// Route protocol (`proto`): 87 for weft's routes, 4 for `static`, ...
-    pub protocol: u8,
-    pub table: u32,
-    /// Metric (`metric N`), 0 when absent.
-    pub priority: u32,
-    /// A `blackhole` route (no gateway, no device), not a unicast one.
-    pub blackhole: bool,
-}
-
-impl RouteEvent {
-    /// True when the route sits where weft's routes sit: table main, metric 0 (whatever its
-    /// protocol). Such a route with weft's destination replaces weft's route.
-    pub fn in_weft_slot(&self) -> bool {
-        self.table == u32::from(RouteHeader::RT_TABLE_MAIN) && self.priority == 0
-    }
-
-    /// True when it is weft's blackhole route (`--ip-blackhole-route`): `blackhole <dst> proto 87
-    /// metric` [`crate::plan::BLACKHOLE_METRIC`] in table main.
-    pub fn is_weft_blackhole(&self) -> bool {
-        self.blackhole
-            && self.table == u32::from(RouteHeader::RT_TABLE_MAIN)
-            && self.priority == crate::plan::BLACKHOLE_METRIC
-            && self.protocol == RTPROT_WEFT
-    }
-
-    /// True when it is a route weft owns: [`in_weft_slot`](Self::in_weft_slot) and protocol 87.
-    pub fn is_weft(&self) -> bool {
-        self.in_weft_slot() && self.protocol == RTPROT_WEFT
-    }
-}
-
-/// Kernel notifications (multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV4_IFADDR,
-/// RTNLGRP_NEIGH) turned into events; see [`subscribe`].
+/// Kernel notifications (multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE,
+/// RTNLGRP_IPV4_IFADDR, RTNLGRP_NEIGH, RTNLGRP_NEXTHOP) turned into events; see [`subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
-    /// RTM_NEWROUTE: an IPv4 unicast route was added or replaced (any table, any protocol).
+    /// RTM_NEWROUTE: an IPv4 or IPv6 unicast (or blackhole) route was added or replaced (any
+    /// table, any protocol).
     RouteAdded(RouteEvent),
     /// RTM_DELROUTE. The kernel sends none for IPv4 routes it flushes because their link went
     /// down or lost its addresses: watch the link and address events too.
@@ -305,281 +252,6 @@ impl Netlink {
             .collect();
         Ok(Some(link))
     }
-
-    /// `ip route show table main default`: the output interface of the first IPv4 default route
-    /// (for a multipath default, of its first next hop); `None` without a default route.
-    pub async fn default_route_ifindex(&self) -> Result<Option<u32>, BackendError> {
-        let routes = self
-            .dump_v4_routes("ip route show table main default")
-            .await?;
-        Ok(routes
-            .iter()
-            .filter(|m| m.header.destination_prefix_length == 0 && table_of(m) == MAIN)
-            .filter(|m| m.header.kind == RouteType::Unicast)
-            .find_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    RouteAttribute::MultiPath(hops) => hops.first().map(|h| h.interface_index),
-                    _ => None,
-                })
-            }))
-    }
-
-    /// `ip route get <dst>`: how the kernel would send a packet to `dst`.
-    pub async fn route_get(&self, dst: Ipv4Addr) -> Result<RouteGet, BackendError> {
-        let op = format!("ip route get {dst}");
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, 32)
-            .build();
-        // A lookup, not a route: clear what the builder preset for adding routes.
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.kind = RouteType::Unspec;
-        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
-        let reply = self
-            .handle
-            .route()
-            .get(msg)
-            .execute()
-            .try_next()
-            .await
-            .map_err(|e| nl_err(op.clone(), e))?
-            .ok_or_else(|| BackendError::Netlink {
-                op,
-                errno: None,
-                message: "kernel sent no route".into(),
-            })?;
-        let mut out = RouteGet {
-            oif: 0,
-            gateway: None,
-            prefsrc: None,
-        };
-        for a in &reply.attributes {
-            match a {
-                RouteAttribute::Oif(i) => out.oif = *i,
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => out.gateway = Some(*g),
-                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => out.prefsrc = Some(*s),
-                _ => {}
-            }
-        }
-        Ok(out)
-    }
-
-    /// `ip -4 route show table all`: every IPv4 unicast route, any table, any protocol.
-    pub async fn dump_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
-        self.dump_routes_where("ip -4 route show table all", |_| true)
-            .await
-    }
-
-    /// `ip route show table main proto 87`: every route weft owns, as written (plain, or on a
-    /// nexthop object: see [`RouteEvent`]). A weft route without a gateway (only someone else can
-    /// make one) shows with gateway `0.0.0.0` so it can be purged.
-    pub async fn dump_owned_routes(&self) -> Result<Vec<RouteEvent>, BackendError> {
-        self.dump_routes_where(
-            &format!("ip route show table main proto {RTPROT_WEFT}"),
-            |ev| ev.table == MAIN && ev.protocol == RTPROT_WEFT,
-        )
-        .await
-    }
-
-    /// The IPv4 unicast routes (`ip -4 route show table all`) that `keep` wants, each turned
-    /// into a [`RouteEvent`] as it arrives (a dump of 20,000 routes is not held as messages).
-    /// `op` names the dump in errors.
-    pub async fn dump_routes_where(
-        &self,
-        op: &str,
-        mut keep: impl FnMut(&RouteEvent) -> bool,
-    ) -> Result<Vec<RouteEvent>, BackendError> {
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.kind = RouteType::Unspec;
-        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
-        let mut out = Vec::new();
-        dump::dump_each(
-            op,
-            RtMessage::Route(RouteNetlinkMessage::GetRoute(msg)),
-            |m| {
-                if let RtMessage::Route(RouteNetlinkMessage::NewRoute(m)) = m {
-                    if let Some(ev) = route_event(&m).filter(|ev| keep(ev)) {
-                        out.push(ev);
-                    }
-                }
-            },
-        )
-        .await?;
-        out.shrink_to_fit();
-        Ok(out)
-    }
-
-    /// `ip route replace <dst> via <gw> dev <oif> [onlink] proto 87` (table main, metric 0).
-    pub async fn route_replace(&self, r: &Route) -> Result<(), BackendError> {
-        self.handle
-            .route()
-            .add(route_msg(r))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("ip route replace {r} proto {RTPROT_WEFT}"), e))
-    }
-
-    /// `ip route replace blackhole <dst> proto 87 metric 4096` (table main).
-    pub async fn blackhole_replace(&self, dst: Ipv4Net) -> Result<(), BackendError> {
-        self.handle
-            .route()
-            .add(blackhole_msg(dst))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(KernelOp::BlackholeReplace(dst).to_string(), e))
-    }
-
-    /// `ip route del blackhole <dst> proto 87 metric 4096`; "already gone" is success.
-    pub async fn blackhole_del(&self, dst: Ipv4Net) -> Result<(), BackendError> {
-        match self.handle.route().del(blackhole_msg(dst)).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
-            Err(e) => Err(nl_err(KernelOp::BlackholeDel(dst).to_string(), e)),
-        }
-    }
-
-    /// `ip route del <dst> via <gw> dev <oif> proto <protocol>` for a route weft did not write
-    /// (flanneld's, `proto boot`: see `weft cleanup`). "Already gone" is success.
-    pub async fn route_del_with_protocol(
-        &self,
-        r: &Route,
-        protocol: u8,
-    ) -> Result<(), BackendError> {
-        match self
-            .handle
-            .route()
-            .del(route_msg_proto(r, protocol))
-            .execute()
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
-            Err(e) => Err(nl_err(format!("ip route del {r} proto {protocol}"), e)),
-        }
-    }
-
-    /// `ip route del <dst> via <gw> dev <oif> proto 87`: the kernel only removes a route that
-    /// matches all of these, so a route someone else put at the same destination stays.
-    /// "Already gone" (ENOENT/ESRCH) is success.
-    pub async fn route_del(&self, r: &Route) -> Result<(), BackendError> {
-        match self.handle.route().del(route_msg(r)).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
-            Err(e) => Err(nl_err(format!("ip route del {r} proto {RTPROT_WEFT}"), e)),
-        }
-    }
-
-    /// `ip -4 route show table all`: the raw IPv4 route dump (filtered by the callers).
-    async fn dump_v4_routes(&self, op: &str) -> Result<Vec<RouteMessage>, BackendError> {
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.kind = RouteType::Unspec;
-        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(msg)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(op, e))?;
-        Ok(routes
-            .into_iter()
-            .filter(|m| m.header.address_family == AddressFamily::Inet)
-            .collect())
-    }
-}
-
-const MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
-
-/// The message for [`Netlink::route_replace`] / [`Netlink::route_del`].
-fn route_msg(r: &Route) -> RouteMessage {
-    route_msg_proto(r, RTPROT_WEFT)
-}
-
-fn route_msg_proto(r: &Route, protocol: u8) -> RouteMessage {
-    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.dst.network(), r.dst.prefix_len())
-        .protocol(RouteProtocol::from(protocol));
-    if !r.gateway.is_unspecified() {
-        b = b.gateway(r.gateway);
-    }
-    if r.oif != 0 {
-        b = b.output_interface(r.oif);
-    }
-    if r.onlink {
-        b = b.onlink();
-    }
-    b.build()
-}
-
-fn blackhole_msg(dst: Ipv4Net) -> RouteMessage {
-    let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst.network(), dst.prefix_len())
-        .protocol(RouteProtocol::from(RTPROT_WEFT))
-        .priority(crate::plan::BLACKHOLE_METRIC)
-        .build();
-    m.header.kind = RouteType::BlackHole;
-    m.header.scope = RouteScope::Universe;
-    m
-}
-
-fn table_of(m: &RouteMessage) -> u32 {
-    m.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(m.header.table))
-}
-
-/// A unicast IPv4 route message as a [`RouteEvent`]; None for other families and kinds
-/// (local, broadcast, blackhole, ...) and for cloned cache entries.
-fn route_event(m: &RouteMessage) -> Option<RouteEvent> {
-    let blackhole = match m.header.kind {
-        RouteType::Unicast => false,
-        RouteType::BlackHole => true,
-        _ => return None,
-    };
-    if m.header.address_family != AddressFamily::Inet {
-        return None;
-    }
-    if m.header.flags.contains(RouteFlags::Cloned) {
-        return None;
-    }
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut gateway = Ipv4Addr::UNSPECIFIED;
-    let mut oif = 0;
-    let mut priority = 0;
-    let mut nhid = None;
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = *g,
-            RouteAttribute::Oif(i) => oif = *i,
-            RouteAttribute::Priority(p) => priority = *p,
-            RouteAttribute::NhId(id) => nhid = Some(*id),
-            _ => {}
-        }
-    }
-    let dst = Ipv4Net::new(dst, m.header.destination_prefix_length).ok()?;
-    Some(RouteEvent {
-        route: Route {
-            dst,
-            gateway,
-            oif,
-            onlink: m.header.flags.contains(RouteFlags::Onlink),
-        },
-        nhid,
-        protocol: u8::from(m.header.protocol),
-        table: table_of(m),
-        priority,
-        blackhole,
-    })
 }
 
 fn link_name(m: &LinkMessage) -> String {
@@ -860,7 +532,8 @@ fn neigh_event(m: &NeighbourMessage, added: bool) -> Option<KernelEvent> {
     }
 }
 
-/// `ip monitor route link address neigh nexthop` (IPv4): a separate multicast connection in the
+/// `ip monitor route link address neigh nexthop` (routes of both families; IPv4 addresses and
+/// neighbours): a separate multicast connection in the
 /// calling thread's network namespace, spawned on the current runtime. The stream ends if the
 /// socket fails; subscribe again and `refresh` then. On a kernel without nexthop objects the
 /// nexthop group cannot be joined; the other events still come.
@@ -880,6 +553,7 @@ pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, Bac
     let groups = [
         MulticastGroup::Link,
         MulticastGroup::Ipv4Route,
+        MulticastGroup::Ipv6Route,
         MulticastGroup::Ipv4Ifaddr,
         MulticastGroup::Neigh,
     ]

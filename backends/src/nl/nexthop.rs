@@ -6,10 +6,10 @@
 //! weft's nexthops carry protocol [`RTPROT_WEFT`] (87) in `nhmsg.nh_protocol`, like its routes,
 //! so a dump finds exactly the nexthops weft made.
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_core::{
     DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -38,6 +38,7 @@ const NHA_FDB: u16 = 11;
 const RTNH_F_ONLINK: u32 = 4;
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 /// `sizeof(struct nhmsg)`: family, scope, protocol, reserved (one byte each), flags (u32).
 const NHMSG_LEN: usize = 8;
 /// `sizeof(struct nexthop_grp)`: id (u32), weight, weight_high (u8 each), reserved (u16).
@@ -50,7 +51,8 @@ pub const EEXIST: i32 = 17;
 /// ([`Route`] without its destination): the key of weft's nexthop objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hop {
-    pub gateway: Ipv4Addr,
+    /// IPv4 or IPv6: the nexthop object's family (AF_INET / AF_INET6) is the gateway's.
+    pub gateway: IpAddr,
     pub oif: u32,
     pub onlink: bool,
 }
@@ -66,7 +68,7 @@ impl Hop {
     }
 
     /// The route to `dst` through this hop.
-    pub fn route(self, dst: Ipv4Net) -> Route {
+    pub fn route(self, dst: IpNet) -> Route {
         Route {
             dst,
             gateway: self.gateway,
@@ -115,8 +117,8 @@ pub struct Nexthop {
     pub protocol: u8,
     /// `AF_INET` (2), `AF_INET6` (10), or `AF_UNSPEC` (0) for groups and blackholes.
     pub family: u8,
-    /// The IPv4 gateway (`via`), if it has one.
-    pub gateway: Option<Ipv4Addr>,
+    /// The gateway (`via`), IPv4 or IPv6, if it has one.
+    pub gateway: Option<IpAddr>,
     /// `dev`: 0 when none (groups, blackholes).
     pub oif: u32,
     pub onlink: bool,
@@ -128,11 +130,12 @@ pub struct Nexthop {
 }
 
 impl Nexthop {
-    /// The next hop when this is a plain IPv4 gateway nexthop (`via <gw> dev <dev> [onlink]`),
-    /// the only kind weft makes; None for groups, blackholes, fdb, IPv6 or device-only nexthops.
+    /// The next hop when this is a plain gateway nexthop (`via <gw> dev <dev> [onlink]`) whose
+    /// family is its gateway's (AF_INET with an IPv4 gateway, AF_INET6 with an IPv6 one), the
+    /// only kind weft makes; None for groups, blackholes, fdb or device-only nexthops.
     pub fn hop(&self) -> Option<Hop> {
         let gateway = self.gateway?;
-        (self.family == AF_INET
+        (self.family == family_of(&gateway)
             && self.oif != 0
             && !self.blackhole
             && !self.fdb
@@ -256,9 +259,18 @@ impl NexthopMessage {
     /// The nexthop this RTM_NEWNEXTHOP/RTM_DELNEXTHOP describes; None without an id.
     pub fn nexthop(&self) -> Option<Nexthop> {
         let id = self.u32_attr(NHA_ID)?;
+        // NHA_GATEWAY is 4 bytes (AF_INET) or 16 (AF_INET6).
         let gateway = self.attrs.iter().find_map(|(k, v)| {
             (*k == NHA_GATEWAY)
-                .then(|| <[u8; 4]>::try_from(v.as_slice()).ok().map(Ipv4Addr::from))
+                .then(|| match v.len() {
+                    4 => <[u8; 4]>::try_from(v.as_slice())
+                        .ok()
+                        .map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+                    16 => <[u8; 16]>::try_from(v.as_slice())
+                        .ok()
+                        .map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+                    _ => None,
+                })
                 .flatten()
         });
         let group = self
@@ -281,6 +293,22 @@ impl NexthopMessage {
             fdb: self.has(NHA_FDB),
             group,
         })
+    }
+}
+
+/// The nexthop family of a gateway: AF_INET or AF_INET6.
+fn family_of(gateway: &IpAddr) -> u8 {
+    match gateway {
+        IpAddr::V4(_) => AF_INET,
+        IpAddr::V6(_) => AF_INET6,
+    }
+}
+
+/// A gateway's bytes as NHA_GATEWAY carries them (4 or 16).
+fn gateway_bytes(gateway: &IpAddr) -> Vec<u8> {
+    match gateway {
+        IpAddr::V4(g) => g.octets().to_vec(),
+        IpAddr::V6(g) => g.octets().to_vec(),
     }
 }
 
@@ -487,7 +515,7 @@ impl Netlink {
         &self,
         id: u32,
         hop: &Hop,
-        dst: Ipv4Net,
+        dst: IpNet,
     ) -> (Result<(), BackendError>, Result<(), BackendError>) {
         let nh_op = format!("ip nexthop add id {id} {hop} proto {RTPROT_WEFT}");
         let route_op = format!("ip route replace {dst} nhid {id} proto {RTPROT_WEFT}");
@@ -554,7 +582,7 @@ impl Netlink {
     }
 
     /// `ip route replace <dst> nhid <id> proto 87` (table main, metric 0).
-    pub async fn route_replace_nhid(&self, dst: Ipv4Net, id: u32) -> Result<(), BackendError> {
+    pub async fn route_replace_nhid(&self, dst: IpNet, id: u32) -> Result<(), BackendError> {
         self.handle
             .route()
             .add(nhid_route_msg(dst, id))
@@ -573,7 +601,7 @@ impl Netlink {
     /// uses nexthop `id`. Ok(false) when no such route was there ("already gone"), also when
     /// nexthop `id` itself is gone (the kernel then answers EINVAL, "Nexthop id does not
     /// exist": no route can use it).
-    pub async fn route_del_nhid(&self, dst: Ipv4Net, id: u32) -> Result<bool, BackendError> {
+    pub async fn route_del_nhid(&self, dst: IpNet, id: u32) -> Result<bool, BackendError> {
         match self
             .handle
             .route()
@@ -600,151 +628,36 @@ impl Netlink {
 fn nexthop_add_msg(id: u32, hop: &Hop) -> NexthopMessage {
     NexthopMessage {
         kind: RTM_NEWNEXTHOP,
-        family: AF_INET,
+        family: family_of(&hop.gateway),
         scope: 0,
         protocol: RTPROT_WEFT,
         flags: if hop.onlink { RTNH_F_ONLINK } else { 0 },
         attrs: vec![
             (NHA_ID, id.to_ne_bytes().to_vec()),
             (NHA_OIF, hop.oif.to_ne_bytes().to_vec()),
-            (NHA_GATEWAY, hop.gateway.octets().to_vec()),
+            (NHA_GATEWAY, gateway_bytes(&hop.gateway)),
         ],
     }
 }
 
-/// The message for [`Netlink::route_replace_nhid`] / [`Netlink::route_del_nhid`].
-fn nhid_route_msg(dst: Ipv4Net, id: u32) -> RouteMessage {
-    let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst.network(), dst.prefix_len())
-        .protocol(RouteProtocol::Other(RTPROT_WEFT))
-        .build();
+/// The message for [`Netlink::route_replace_nhid`] / [`Netlink::route_del_nhid`]: table main,
+/// protocol 87, at weft's metric for the family ([`crate::plan::route_metric`]).
+fn nhid_route_msg(dst: IpNet, id: u32) -> RouteMessage {
+    let mut msg = match dst {
+        IpNet::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
+            .build(),
+        IpNet::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
+            .priority(crate::plan::V6_METRIC)
+            .build(),
+    };
     msg.attributes.push(RouteAttribute::NhId(id));
     msg
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn roundtrip(msg: &NexthopMessage) -> NexthopMessage {
-        let m = RtMessage::Nexthop(msg.clone());
-        let mut buf = vec![0xaa; m.buffer_len()];
-        m.serialize(&mut buf);
-        let mut header = NetlinkHeader::default();
-        header.message_type = msg.kind;
-        match RtMessage::deserialize(&header, &buf).expect("parse") {
-            RtMessage::Nexthop(n) => n,
-            RtMessage::Route(r) => panic!("parsed as a route: {r:?}"),
-        }
-    }
-
-    #[test]
-    fn nexthop_message_round_trip() {
-        let hop = Hop {
-            gateway: Ipv4Addr::new(10, 244, 2, 0),
-            oif: 7,
-            onlink: true,
-        };
-        let msg = NexthopMessage {
-            kind: RTM_NEWNEXTHOP,
-            family: AF_INET,
-            scope: 0,
-            protocol: RTPROT_WEFT,
-            flags: RTNH_F_ONLINK,
-            attrs: vec![
-                (NHA_ID, 5u32.to_ne_bytes().to_vec()),
-                (NHA_OIF, 7u32.to_ne_bytes().to_vec()),
-                (NHA_GATEWAY, hop.gateway.octets().to_vec()),
-            ],
-        };
-        // 8 (nhmsg) + 3 attributes of 8 bytes.
-        assert_eq!(RtMessage::Nexthop(msg.clone()).buffer_len(), 32);
-        let back = roundtrip(&msg);
-        assert_eq!(back, msg);
-        let nh = back.nexthop().expect("nexthop");
-        assert_eq!(nh.hop(), Some(hop));
-        assert!(nh.is_weft());
-        assert_eq!(nh.to_string(), "id 5 via 10.244.2.0 dev 7 onlink proto 87");
-        assert_eq!(hop.to_string(), "via 10.244.2.0 dev 7 onlink");
-        assert_eq!(
-            hop.display_with(Some("flannel.1")).to_string(),
-            "via 10.244.2.0 dev flannel.1 onlink"
-        );
-    }
-
-    #[test]
-    fn groups_blackholes_and_padding() {
-        // A group of 5 and 6 (two struct nexthop_grp), then a flag attribute (no value) and an
-        // attribute whose value needs padding.
-        let mut group = Vec::new();
-        for id in [5u32, 6] {
-            group.extend_from_slice(&id.to_ne_bytes());
-            group.extend_from_slice(&[1, 0, 0, 0]);
-        }
-        let msg = NexthopMessage {
-            kind: RTM_NEWNEXTHOP,
-            family: AF_UNSPEC,
-            protocol: 4,
-            attrs: vec![
-                (NHA_ID, 9u32.to_ne_bytes().to_vec()),
-                (NHA_GROUP, group),
-                (3, vec![0, 0]),
-            ],
-            ..Default::default()
-        };
-        let back = roundtrip(&msg);
-        assert_eq!(back, msg);
-        let nh = back.nexthop().expect("nexthop");
-        assert_eq!(nh.group, vec![5, 6]);
-        assert_eq!(nh.hop(), None);
-        assert!(!nh.is_weft());
-        assert_eq!(nh.to_string(), "id 9 group 5/6 proto 4");
-
-        let blackhole = NexthopMessage {
-            kind: RTM_NEWNEXTHOP,
-            attrs: vec![
-                (NHA_ID, 3u32.to_ne_bytes().to_vec()),
-                (NHA_BLACKHOLE, vec![]),
-            ],
-            ..Default::default()
-        };
-        let nh = roundtrip(&blackhole).nexthop().expect("nexthop");
-        assert!(nh.blackhole);
-        assert_eq!(nh.hop(), None);
-
-        // No id: not a nexthop weft can name.
-        let anon = NexthopMessage {
-            kind: RTM_NEWNEXTHOP,
-            ..Default::default()
-        };
-        assert_eq!(roundtrip(&anon).nexthop(), None);
-    }
-
-    #[test]
-    fn malformed_messages_are_errors() {
-        let mut header = NetlinkHeader::default();
-        header.message_type = RTM_NEWNEXTHOP;
-        assert!(RtMessage::deserialize(&header, &[2, 0, 87]).is_err());
-        // nhmsg, then an attribute claiming 12 bytes in 6.
-        let mut bad = vec![2, 0, 87, 0, 0, 0, 0, 0];
-        bad.extend_from_slice(&12u16.to_ne_bytes());
-        bad.extend_from_slice(&NHA_ID.to_ne_bytes());
-        bad.extend_from_slice(&[1, 0]);
-        assert!(RtMessage::deserialize(&header, &bad).is_err());
-    }
-
-    #[test]
-    fn unsupported_errnos() {
-        let e = |errno| BackendError::Netlink {
-            op: "ip nexthop show".into(),
-            errno,
-            message: String::new(),
-        };
-        for errno in [95, 22, 2, 93, 38] {
-            assert!(nexthops_unsupported(&e(Some(errno))), "{errno}");
-        }
-        for errno in [Some(1), Some(105), None] {
-            assert!(!nexthops_unsupported(&e(errno)), "{errno:?}");
-        }
-    }
-}
+#[path = "nexthop_tests.rs"]
+mod tests;

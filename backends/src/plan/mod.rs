@@ -9,23 +9,24 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::RTPROT_WEFT;
 pub use crate::device::{Addr, Device, DeviceDiff, DeviceKind, VxlanParams};
 
-/// An IPv4 route in table main with protocol [`RTPROT_WEFT`] and metric 0: the only kind of route
-/// weft writes.
+/// An IPv4 or IPv6 route in table main with protocol [`RTPROT_WEFT`] at weft's metric
+/// ([`route_metric`]: 0 for IPv4, [`V6_METRIC`] for IPv6): the only kind of route weft writes.
+/// `gateway` is of the family of `dst`.
 ///
-/// `gateway` is `0.0.0.0` only for a weft-protocol route found in the kernel without a gateway
-/// (weft never writes one; it shows up so it can be purged). `oif` is 0 when the kernel route has
-/// no output interface.
+/// `gateway` is unspecified (`0.0.0.0`, `::`) only for a weft-protocol route found in the kernel
+/// without a gateway (weft never writes one; it shows up so it can be purged). `oif` is 0 when
+/// the kernel route has no output interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
-    pub dst: Ipv4Net,
-    pub gateway: Ipv4Addr,
+    pub dst: IpNet,
+    pub gateway: IpAddr,
     pub oif: u32,
     pub onlink: bool,
 }
@@ -66,6 +67,29 @@ impl fmt::Display for RouteDisplay<'_> {
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.display_with(None).fmt(f)
+    }
+}
+
+/// The metric of weft's IPv6 routes: what the kernel gives an IPv6 route written without one
+/// (`ip -6 route add` shows `metric 1024`; IPv6 has no metric 0, the kernel turns 0 into 1024).
+/// weft writes it explicitly and finds its IPv6 routes at it, so a dump compares equal to what
+/// weft wrote. IPv4 routes stay at metric 0, as flanneld writes them.
+pub const V6_METRIC: u32 = 1024;
+
+/// The metric weft writes a route to `dst` with: 0 for IPv4, [`V6_METRIC`] for IPv6.
+pub fn route_metric(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => V6_METRIC,
+    }
+}
+
+/// The unspecified address of `dst`'s family (`0.0.0.0` or `::`): the gateway of a route that
+/// has none.
+pub fn unspecified_for(dst: &IpNet) -> IpAddr {
+    match dst {
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -133,7 +157,7 @@ impl fmt::Display for Fdb {
 
 /// The kernel objects weft owns (or wants to own), keyed so that two objects with one key cannot
 /// coexist in the kernel: devices by name, their addresses by device name and address, routes by
-/// destination (table main, metric 0), neighbours by device and IP, FDB entries by device and
+/// destination (table main, at weft's metric for the family: [`route_metric`]), neighbours by device and IP, FDB entries by device and
 /// MAC.
 ///
 /// Devices and addresses belong to the backends, not to peers: the per-peer operations
@@ -143,12 +167,12 @@ impl fmt::Display for Fdb {
 pub struct KernelState {
     pub devices: BTreeMap<String, Device>,
     pub addrs: BTreeSet<Addr>,
-    pub routes: BTreeMap<Ipv4Net, Route>,
+    pub routes: BTreeMap<IpNet, Route>,
     pub neighs: BTreeMap<(u32, Ipv4Addr), Neigh>,
     pub fdb: BTreeMap<(u32, Mac), Fdb>,
     /// `blackhole <dst> proto 87 metric` [`BLACKHOLE_METRIC`] routes in table main (the node's
     /// own subnet with `--ip-blackhole-route`).
-    pub blackholes: BTreeSet<Ipv4Net>,
+    pub blackholes: BTreeSet<IpNet>,
 }
 
 impl KernelState {
@@ -382,9 +406,9 @@ pub enum KernelOp {
     /// `bridge fdb del <mac> dev <dev> dst <ip> self` ("already gone" is success).
     FdbDel(Fdb),
     /// `ip route replace blackhole <dst> proto 87 metric 4096` ([`BLACKHOLE_METRIC`]).
-    BlackholeReplace(Ipv4Net),
+    BlackholeReplace(IpNet),
     /// `ip route del blackhole <dst> proto 87 metric 4096` ("already gone" is success).
-    BlackholeDel(Ipv4Net),
+    BlackholeDel(IpNet),
 }
 
 impl KernelOp {
@@ -417,10 +441,16 @@ impl KernelOp {
                     "replace"
                 };
                 let name = name_of(r.oif);
-                format!(
-                    "ip route {verb} {} proto {RTPROT_WEFT}",
-                    r.display_with(name.as_deref())
-                )
+                match r.dst {
+                    IpNet::V4(_) => format!(
+                        "ip route {verb} {} proto {RTPROT_WEFT}",
+                        r.display_with(name.as_deref())
+                    ),
+                    IpNet::V6(_) => format!(
+                        "ip -6 route {verb} {} proto {RTPROT_WEFT} metric {V6_METRIC}",
+                        r.display_with(name.as_deref())
+                    ),
+                }
             }
             KernelOp::NeighReplace(n) => format!(
                 "ip neigh replace {} lladdr {} dev {} nud permanent",

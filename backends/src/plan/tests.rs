@@ -543,8 +543,8 @@ proptest::proptest! {
 
 #[test]
 fn blackholes_are_added_removed_and_recorded() {
-    let own: Ipv4Net = "10.244.1.0/24".parse().expect("net");
-    let old: Ipv4Net = "10.244.7.0/24".parse().expect("net");
+    let own: IpNet = "10.244.1.0/24".parse().expect("net");
+    let old: IpNet = "10.244.7.0/24".parse().expect("net");
     let a = route("10.244.2.0/24", "198.18.0.2", 2);
     let mut desired = state([a.clone()]);
     desired.blackholes.insert(own);
@@ -570,4 +570,43 @@ fn blackholes_are_added_removed_and_recorded() {
     merged.merge(state([]));
     merged.merge(current);
     assert!(merged.blackholes.contains(&own));
+}
+
+#[test]
+fn ipv6_routes_beside_ipv4() {
+    let v4 = route("10.244.2.0/24", "198.18.0.2", 2);
+    let v6 = route("fd00:244:2::/64", "fd00:18::2", 2);
+    assert_eq!(v6.to_string(), "fd00:244:2::/64 via fd00:18::2 dev 2");
+    assert_eq!(route_metric(&v4.dst), 0);
+    assert_eq!(route_metric(&v6.dst), V6_METRIC);
+    assert_eq!(
+        KernelOp::RouteReplace(v6.clone()).to_string(),
+        "ip -6 route replace fd00:244:2::/64 via fd00:18::2 dev 2 proto 87 metric 1024"
+    );
+    assert_eq!(
+        KernelOp::RouteReplace(v4.clone()).to_string(),
+        "ip route replace 10.244.2.0/24 via 198.18.0.2 dev 2 proto 87"
+    );
+    // One state holds both families; IPv4 keys sort first.
+    let want = state([v6.clone(), v4.clone()]);
+    assert_eq!(
+        want.routes
+            .keys()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.244.2.0/24", "fd00:244:2::/64"]
+    );
+    assert_eq!(
+        diff(&want, &state([v4.clone()])),
+        vec![KernelOp::RouteReplace(v6.clone())]
+    );
+    assert_eq!(
+        diff(&state([v4.clone()]), &want),
+        vec![KernelOp::RouteDel(v6)]
+    );
+    assert!(diff(&want, &want.clone()).is_empty());
+    assert_eq!(
+        unspecified_for(&"fd00::/8".parse().expect("net")).to_string(),
+        "::"
+    );
 }

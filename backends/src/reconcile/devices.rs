@@ -98,7 +98,7 @@ impl Reconciler {
                 self.misfits.remove(&dst);
             }
         }
-        let gone: Vec<ipnet::Ipv4Net> = self
+        let gone: Vec<ipnet::IpNet> = self
             .cache
             .routes
             .values()

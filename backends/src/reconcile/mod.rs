@@ -38,6 +38,10 @@
 //! per route. Callers that execute operations themselves go through [`Reconciler::execute`]
 //! and end with [`Reconciler::drop_unused_nexthops`].
 //!
+//! **IPv6.** Routes of both families go through the same cache, diff and nexthop table (an IPv6
+//! gateway gets an AF_INET6 nexthop). IPv6 routes are written, dumped and compared at metric
+//! 1024 ([`plan::V6_METRIC`]), not 0: the kernel turns an IPv6 metric 0 into 1024 anyway.
+//!
 //! Kernel quirks: IPv4 routes flushed because their link went down or away, or lost its last
 //! address, produce no RTM_DELROUTE; nexthops dropped with their link (down, deleted, or without
 //! carrier) produce no RTM_DELNEXTHOP, and the routes on them go silently; `ip nexthop del`
@@ -51,8 +55,6 @@
 //! carrier but keeps plain routes there (`linkdown`): a route for such a link is written plain
 //! and moved onto a nexthop once the carrier is back.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
-
 use tracing::{debug, info, warn};
 
 use crate::nhtable::NexthopTable;
@@ -92,7 +94,7 @@ pub struct Reconciler {
     nh: NexthopTable,
     /// Cached routes written the other way than weft writes routes now (plain in nexthop mode,
     /// or the reverse): rewritten by the next apply when they are desired as they are.
-    misfits: BTreeSet<ipnet::Ipv4Net>,
+    misfits: BTreeSet<ipnet::IpNet>,
     /// Links down or without carrier as far as weft knows: the kernel refuses nexthops there.
     links_down: BTreeSet<u32>,
     /// Which routes, devices and nexthops are this daemon's ([`crate::owner`]).
@@ -602,7 +604,7 @@ impl Reconciler {
         Ok(())
     }
 
-    fn log_route_replace(&self, dst: ipnet::Ipv4Net, id: u32, hop: &Hop) {
+    fn log_route_replace(&self, dst: ipnet::IpNet, id: u32, hop: &Hop) {
         info!(
             "ip route replace {dst} nhid {id} proto {RTPROT_WEFT}  # {}",
             hop.display_with(self.name(hop.oif))
@@ -616,7 +618,7 @@ impl Reconciler {
     async fn add_nexthop_with_route(
         &mut self,
         hop: Hop,
-        dst: ipnet::Ipv4Net,
+        dst: ipnet::IpNet,
         report: &mut ApplyReport,
     ) -> Result<u32, BackendError> {
         let mut last = None;
@@ -765,11 +767,11 @@ impl Reconciler {
     }
 
     /// The nexthop the cached route to `dst` is written on (`nhid`), None for a plain route.
-    pub fn route_nexthop(&self, dst: &ipnet::Ipv4Net) -> Option<u32> {
+    pub fn route_nexthop(&self, dst: &ipnet::IpNet) -> Option<u32> {
         self.nh.route_nh(dst)
     }
 
-    fn update_misfit(&mut self, dst: ipnet::Ipv4Net) {
+    fn update_misfit(&mut self, dst: ipnet::IpNet) {
         if self.cache.routes.contains_key(&dst) && self.nh.misfit(&dst, self.uses_nexthops()) {
             self.misfits.insert(dst);
         } else {
@@ -822,14 +824,14 @@ fn resolve_dumped(ev: &RouteEvent, nexthops: &[Nexthop]) -> Route {
             Some(hop) => hop.route(ev.route.dst),
             None => Route {
                 dst: ev.route.dst,
-                gateway: Ipv4Addr::UNSPECIFIED,
+                gateway: plan::unspecified_for(&ev.route.dst),
                 oif: n.oif,
                 onlink: false,
             },
         },
         None => Route {
             dst: ev.route.dst,
-            gateway: Ipv4Addr::UNSPECIFIED,
+            gateway: plan::unspecified_for(&ev.route.dst),
             oif: 0,
             onlink: false,
         },

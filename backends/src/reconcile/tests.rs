@@ -9,7 +9,7 @@ use crate::owner::Ownership;
 fn route(dst: &str, gw: [u8; 4], oif: u32) -> Route {
     Route {
         dst: dst.parse().expect("dst"),
-        gateway: Ipv4Addr::from(gw),
+        gateway: Ipv4Addr::from(gw).into(),
         oif,
         onlink: false,
     }
@@ -262,7 +262,7 @@ fn observe_device_events() {
 fn observe_blackhole_events() {
     let (_rt, mut rec) = with_cache(&[]);
     rec.owner = Ownership::network("10.244.0.0/16".parse().expect("net"));
-    let own: ipnet::Ipv4Net = "10.244.1.0/24".parse().expect("net");
+    let own: ipnet::IpNet = "10.244.1.0/24".parse().expect("net");
     rec.last_desired.blackholes.insert(own);
     let hole = |dst: &str, protocol: u8, metric: u32| RouteEvent {
         blackhole: true,

@@ -235,6 +235,39 @@ pub fn underlay() -> u32 {
         .unwrap() as u32
 }
 
+/// The IPv6 side of the dual-stack underlay: eth0's address and prefix.
+pub const V6_ADDR: &str = "fd00:18::1";
+pub const V6_PREFIX: &str = "fd00:18::/64";
+
+/// [`underlay`] with an IPv6 prefix beside the IPv4 one: `fd00:18::1/64` on eth0, `nodad` so
+/// the address (and the gateways in its prefix) are usable at once. Waits (with a deadline)
+/// until the kernel has the prefix route; returns eth0's index.
+pub fn underlay_dual() -> u32 {
+    let index = underlay();
+    ip(&format!("-6 addr add {V6_ADDR}/64 dev eth0 nodad"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while ip_json(&format!("-6 route show {V6_PREFIX} dev eth0")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no IPv6 prefix route on eth0"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    index
+}
+
+/// The external interface [`underlay_dual`] makes (IPv4 and IPv6), at ifindex `index`.
+pub fn ext_dual(index: u32) -> ExternalInterface {
+    ExternalInterface {
+        v6: Some(backends::ExternalV6 {
+            iface_addr: V6_ADDR.parse().unwrap(),
+            ext_addr: V6_ADDR.parse().unwrap(),
+            prefixes: vec![V6_PREFIX.parse().unwrap()],
+        }),
+        ..ext(index)
+    }
+}
+
 /// The external interface [`underlay`] makes, at ifindex `index`.
 pub fn ext(index: u32) -> ExternalInterface {
     ExternalInterface {
@@ -244,6 +277,7 @@ pub fn ext(index: u32) -> ExternalInterface {
         ext_addr: Ipv4Addr::new(198, 18, 0, 1),
         mtu: 1500,
         prefixes: vec!["198.18.0.0/24".parse().unwrap()],
+        v6: None,
     }
 }
 
@@ -261,5 +295,52 @@ pub fn vxlan_peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
             backend_data: Some(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
             backend_v6_data: None,
         },
+    }
+}
+
+/// Feeds kernel events to the reconciler and re-applies like the daemon does (re-apply when
+/// `observe` says so; retry failed operations on the next event or after 100 ms) until `done`
+/// holds or the deadline passes.
+pub async fn drive_until(
+    rec: &mut backends::Reconciler,
+    events: &mut (impl futures::Stream<Item = backends::KernelEvent> + Unpin),
+    want: &backends::KernelState,
+    what: &str,
+    done: impl Fn(&backends::Reconciler) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut retry = false;
+    while !done(rec) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        let ev = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            futures::StreamExt::next(events),
+        )
+        .await;
+        let changed = match ev {
+            Ok(Some(ev)) => rec.observe(&ev),
+            Ok(None) => panic!("notification stream ended"),
+            Err(_) => false,
+        };
+        if changed || retry {
+            let report = rec.apply(want).await;
+            retry = !report.is_ok();
+        }
+    }
+}
+
+/// Reads the notifications of weft's own writes for 300 ms: none may count as drift.
+pub async fn own_writes_are_quiet(
+    rec: &mut backends::Reconciler,
+    events: &mut (impl futures::Stream<Item = backends::KernelEvent> + Unpin),
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    while let Ok(Some(ev)) =
+        tokio::time::timeout_at(deadline.into(), futures::StreamExt::next(events)).await
+    {
+        assert!(!rec.observe(&ev), "own write reported as drift: {ev:?}");
     }
 }
