@@ -27,6 +27,11 @@ impl SubnetKey {
         SubnetKey { v4, v6: None }
     }
 
+    /// The key's subnets: the IPv4 one, then the IPv6 one if any.
+    pub fn nets(&self) -> impl Iterator<Item = ipnet::IpNet> + use<> {
+        std::iter::once(ipnet::IpNet::V4(self.v4)).chain(self.v6.map(ipnet::IpNet::V6))
+    }
+
     /// Parses a full etcd key `<prefix>/subnets/<key>`; `prefix` is the etcd prefix
     /// (`/coreos.com/network`, a trailing `/` is allowed).
     pub fn from_etcd_key(key: &str, prefix: &str) -> Result<SubnetKey, LeaseError> {

@@ -16,10 +16,30 @@ pub fn parse_config(text: &str) -> Result<NetConf> {
         warn!("network config: {w}");
     }
     let conf = parsed.conf;
-    if !conf.enable_ipv4 || conf.enable_ipv6 {
+    if !conf.enable_ipv4 {
         return Err(anyhow!(
-            "network config: weft supports IPv4 networks only for now (EnableIPv4 must be true, EnableIPv6 false)"
+            "network config: EnableIPv4 false: IPv6-only networks are not supported by weft yet \
+             (EnableIPv4 must be true; a dual-stack network adds EnableIPv6)"
         ));
+    }
+    if conf.enable_ipv6 {
+        match &conf.backend {
+            net_conf::BackendConf::HostGw => {}
+            net_conf::BackendConf::IpIp(_) => {
+                return Err(anyhow!(
+                    "network config: Backend.Type \"ipip\" is IPv4-only (as in flannel) but \
+                     EnableIPv6 is true: use host-gw for a dual-stack network, or set EnableIPv6 \
+                     to false"
+                ));
+            }
+            net_conf::BackendConf::Vxlan(_) => {
+                return Err(anyhow!(
+                    "network config: Backend.Type \"vxlan\" with EnableIPv6 true: weft does not \
+                     program IPv6 over vxlan yet; use host-gw for a dual-stack network, or set \
+                     EnableIPv6 to false"
+                ));
+            }
+        }
     }
     Ok(conf)
 }
@@ -274,5 +294,28 @@ mod tests {
         }
         let v6 = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"vxlan"}}"#;
         assert!(matches!(classify(&running(), v6), ConfigChange::Refused(_)));
+    }
+
+    #[test]
+    fn dual_stack_is_accepted_with_host_gw_only() {
+        let with = |ty: &str| {
+            format!(
+                r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{{"Type":"{ty}"}}}}"#
+            )
+        };
+        let conf = parse_config(&with("host-gw")).expect("dual-stack host-gw");
+        assert!(conf.enable_ipv6 && conf.ipv6_network.is_some());
+        for (ty, says) in [("ipip", "IPv4-only"), ("vxlan", "IPv6 over vxlan")] {
+            let e = parse_config(&with(ty)).expect_err(ty).to_string();
+            assert!(e.contains(says) && e.contains("EnableIPv6"), "{ty}: {e}");
+        }
+        let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"host-gw"}}"#;
+        let e = parse_config(v6_only).expect_err("v6-only").to_string();
+        assert!(e.contains("EnableIPv4"), "{e}");
+        // A v4-only node's config becoming dual-stack is refused while it runs.
+        assert!(matches!(
+            classify(&running(), &with("host-gw")),
+            ConfigChange::Refused(_)
+        ));
     }
 }

@@ -91,12 +91,12 @@ impl<S: LeaseSource> Agent<S> {
                 what = fw_watch.changed(), if self.firewall.is_active() => {
                     debug!("nf_tables changed ({what}); checking our rules");
                     if let Err(e) = self.firewall.check().await {
-                        warn!("{} rules check: {e:#}", self.firewall.mode());
+                        warn!("{} rules check: {e:#}", self.firewall.label());
                     }
                 }
                 _ = fw_audit.tick(), if self.firewall.is_active() => {
                     if let Err(e) = self.firewall.check().await {
-                        warn!("{} rules audit: {e:#}", self.firewall.mode());
+                        warn!("{} rules audit: {e:#}", self.firewall.label());
                     }
                 }
                 _ = beat.tick() => {}
@@ -228,7 +228,7 @@ impl<S: LeaseSource> Agent<S> {
         self.config_text = text.to_string();
         self.cache.mark_dirty();
         if firewall {
-            match start_firewall(&self.opts, &new, self.leases.own().key.v4).await {
+            match start_firewall(&self.opts, &new, self.leases.own().key).await {
                 Ok(fw) => self.firewall = fw,
                 Err(e) => error!(
                     "switching the masquerade rules to EnableNFTables={}: {e:#}",
@@ -274,12 +274,12 @@ impl<S: LeaseSource> Agent<S> {
     /// subnet.env follow it.
     async fn take_new_subnet(&mut self) {
         let own = self.leases.own().key;
-        if let Err(e) = self.firewall.set_subnet(own.v4.into()) {
-            error!("{} rules for {own}: {e:#}", self.firewall.mode());
+        if let Err(e) = self.firewall.set_subnet(own) {
+            error!("{} rules for {own}: {e:#}", self.firewall.label());
         } else if let Err(e) = self.firewall.apply().await {
-            error!("{} rules for {own}: {e:#}", self.firewall.mode());
+            error!("{} rules for {own}: {e:#}", self.firewall.label());
         }
-        match self.dp.move_to(own.v4) {
+        match self.dp.move_to(own) {
             Ok(mtu) => self
                 .write_subnet_env(mtu)
                 .await

@@ -67,8 +67,8 @@ pub struct DataPlane {
     pending_retry: bool,
     /// `--ip-blackhole-route`: `blackhole <own subnet>` is part of the desired state.
     blackhole_route: bool,
-    /// The node's own subnet (the blackhole's destination).
-    own: Option<Ipv4Net>,
+    /// The node's own subnets (the blackholes' destinations).
+    own: Option<SubnetKey>,
 }
 
 impl DataPlane {
@@ -99,7 +99,7 @@ impl DataPlane {
     /// With `on` (`--ip-blackhole-route`), the desired state holds `blackhole <own>` (weft's
     /// metric: `backends::plan::BLACKHOLE_METRIC`), which follows the subnet when it moves;
     /// without, a blackhole an earlier run left is removed.
-    pub fn with_blackhole_route(mut self, own: Ipv4Net, on: bool) -> Self {
+    pub fn with_blackhole_route(mut self, own: SubnetKey, on: bool) -> Self {
         self.blackhole_route = on;
         self.own = Some(own);
         self
@@ -157,10 +157,15 @@ impl DataPlane {
             }
         }
         // A peer counts as skipped only when no active backend serves it (each serves a peer
-        // with a route to its subnet).
+        // with a route to its subnet; a dual-stack peer of a dual-stack node with a route to
+        // each of its subnets).
         let mut skipped = BTreeMap::new();
         for peer in &peers {
-            if state.routes.contains_key(&ipnet::IpNet::V4(peer.key.v4)) {
+            let v6_served = match (peer.key.v6, &self.ext.v6) {
+                (Some(v6), Some(_)) => state.routes.contains_key(&ipnet::IpNet::V6(v6.trunc())),
+                _ => true,
+            };
+            if state.routes.contains_key(&ipnet::IpNet::V4(peer.key.v4)) && v6_served {
                 continue;
             }
             let reason = reasons.remove(&peer.key).unwrap_or_else(|| {
@@ -173,7 +178,9 @@ impl DataPlane {
             skipped.insert(peer.key, reason);
         }
         if self.blackhole_route {
-            state.blackholes.extend(self.own.map(ipnet::IpNet::V4));
+            state
+                .blackholes
+                .extend(self.own.iter().flat_map(SubnetKey::nets));
         }
         Plan {
             state,
@@ -471,9 +478,9 @@ impl DataPlane {
 
     /// After our lease moved to another subnet: the primary's device address follows it (with
     /// the next reconcile). Returns the MTU for subnet.env.
-    pub fn move_to(&mut self, own: Ipv4Net) -> Result<u32, backends::BackendError> {
+    pub fn move_to(&mut self, own: SubnetKey) -> Result<u32, backends::BackendError> {
         self.own = Some(own);
-        self.primary.configure(&self.ext, own)
+        self.primary.configure(&self.ext, own.v4)
     }
 
     /// Gives the backends the ifindexes of their devices as the reconciler knows them (a device

@@ -43,10 +43,20 @@ use tokio_util::sync::CancellationToken;
 use self::cache_writer::CacheWriter;
 use self::config_watch::FileStamp;
 use self::dataplane::DataPlane;
-use self::firewall::Firewall;
+use self::firewall::Firewalls;
 use self::http::Health;
 use self::leases::Leases;
 use crate::cli::Options;
+
+/// What this daemon owns in the kernel: its network's objects, of both families for a
+/// dual-stack network (other flannel networks on the host are left alone).
+pub(crate) fn ownership(conf: &NetConf) -> backends::Ownership {
+    let owner = backends::Ownership::of(conf.network);
+    match conf.ipv6_network.filter(|_| conf.enable_ipv6) {
+        Some(v6) => owner.with_ipv6_network(v6),
+        None => owner,
+    }
+}
 use crate::lease::LeaseSource;
 
 pub use start::run;
@@ -81,6 +91,6 @@ struct Agent<S: LeaseSource> {
     cache: CacheWriter,
     /// Masquerade / forward rules (iptables or nftables), checked on nf_tables change
     /// notifications and on a slow audit timer.
-    firewall: Firewall,
+    firewall: Firewalls,
     shutdown: CancellationToken,
 }

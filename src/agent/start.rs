@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use backends::nl::Netlink;
 use backends::reconcile::Reconciler;
-use backends::{AnyBackend, Backend, ExternalInterface, Ownership, Peer};
+use backends::{AnyBackend, Backend, ExternalInterface, Peer};
 use net_conf::{BackendConf, NetConf, SubnetEnv, SubnetKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use super::cache_writer::CacheWriter;
 use super::config_watch::{FileStamp, parse_config};
 use super::dataplane::DataPlane;
-use super::firewall::{self, Firewall};
+use super::firewall::{self, Firewalls};
 use super::http::Health;
 use super::leases::{Leases, RETRY_MAX};
 use super::metrics::ReconcileReason;
@@ -176,14 +176,14 @@ async fn boot_from_cache(
 ) -> Result<()> {
     let conf = parse_config(&cache.config)?;
     let (own, own_attrs) = cache.own()?;
-    let ext = iface::select_interface(nl, opts).await?;
+    let ext = iface::select_interface(nl, opts, conf.enable_ipv6).await?;
     let mut backend = AnyBackend::from_conf(&conf.backend)?;
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
     let mtu = backend.configure(&ext, own.v4)?;
     let mut reconciler = Reconciler::new(nl.clone())
         .with_route_nexthops(opts.route_nexthops)
-        .with_ownership(Ownership::of(conf.network));
+        .with_ownership(super::ownership(&conf));
     reconciler.refresh().await?;
     let peers: Vec<Peer> = cache
         .peers()
@@ -196,7 +196,7 @@ async fn boot_from_cache(
     }
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;
-    start_firewall(opts, &conf, own.v4).await?;
+    start_firewall(opts, &conf, own).await?;
     write_subnet_env(opts, &conf, own, mtu).await?;
     warn!(
         "etcd is unreachable: programmed {} cached peers from {} ({} writes, {} failures) and wrote {}; waiting for etcd",
@@ -210,23 +210,18 @@ async fn boot_from_cache(
 }
 
 /// Installs the masquerade (`--ip-masq`) and forward (`--iptables-forward-rules`) rules in the
-/// mode the config selects (`EnableNFTables`), after removing the other mode's. A failure is
-/// fatal with `--ip-masq` (pods would reach the outside unmasqueraded); the forward rules alone
-/// are logged and retried by the audit.
+/// mode the config selects (`EnableNFTables`), for each IP family of the network, after removing
+/// the other mode's. A failure is fatal with `--ip-masq` (pods would reach the outside
+/// unmasqueraded); the forward rules alone are logged and retried by the audit.
 pub(super) async fn start_firewall(
     opts: &Options,
     conf: &NetConf,
-    subnet: ipnet::Ipv4Net,
-) -> Result<Firewall> {
-    let network = conf
-        .network
-        .ok_or_else(|| anyhow!("network config: no Network to build the masquerade rules from"))?;
-    let mode = firewall::Mode::from_config(conf.enable_nftables);
-    let fw = Firewall::new(
-        mode,
-        firewall::Settings {
-            network: network.into(),
-            subnet: subnet.into(),
+    own: SubnetKey,
+) -> Result<Firewalls> {
+    let fw = Firewalls::new(
+        conf,
+        own,
+        firewall::Flags {
             ip_masq: opts.ip_masq,
             forward: opts.iptables_forward_rules,
             fully_random: !opts.ip_masq_fully_random_disable,
@@ -234,11 +229,17 @@ pub(super) async fn start_firewall(
     )
     .await?;
     match fw.start().await {
-        Ok(_) => {}
+        Ok(()) => {}
         Err(e) if opts.ip_masq => {
-            return Err(e.context(format!("--ip-masq: installing the {mode} masquerade rules")));
+            return Err(e.context(format!(
+                "--ip-masq: installing the {} masquerade rules",
+                fw.label()
+            )));
         }
-        Err(e) => error!("installing the {mode} forward rules: {e:#}; retrying at the next audit"),
+        Err(e) => error!(
+            "installing the {} forward rules: {e:#}; retrying at the next audit",
+            fw.label()
+        ),
     }
     Ok(fw)
 }
@@ -357,7 +358,7 @@ impl Start {
             }
             BackendConf::HostGw => {}
         }
-        let ext = iface::select_interface(&nl, &opts).await?;
+        let ext = iface::select_interface(&nl, &opts, conf.enable_ipv6).await?;
         Ok(Start {
             opts,
             conf,
@@ -446,7 +447,7 @@ impl Start {
         // The device and its address come with the initial sync (as does the removal of devices
         // a previous backend left, which no backend wants now).
         let mtu = primary.configure(&ext, own.key.v4)?;
-        let firewall = start_firewall(&opts, &conf, own.key.v4).await?;
+        let firewall = start_firewall(&opts, &conf, own.key).await?;
 
         let starter =
             (opts.kube_subnet_mgr && opts.set_node_network_unavailable).then(|| source.clone());
@@ -466,9 +467,9 @@ impl Start {
             ext,
             primary,
             opts.route_nexthops,
-            Ownership::of(conf.network),
+            super::ownership(&conf),
         )
-        .with_blackhole_route(own.key.v4, opts.ip_blackhole_route);
+        .with_blackhole_route(own.key, opts.ip_blackhole_route);
         let mut agent = Agent {
             cache: CacheWriter::new(opts.peer_cache_file.clone()),
             opts,

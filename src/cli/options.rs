@@ -143,10 +143,10 @@ pub struct Options {
           value_parser = parse_iface_regex)]
     pub iface_regex: Vec<Regex>,
 
-    /// Use the interface (and source address) of the route to this IPv4 address
+    /// Use the interface (and source address) of the route to this IPv4 or IPv6 address
     #[arg(long, env = "FLANNELD_IFACE_CAN_REACH", value_name = "IP", default_value = "",
-          hide_default_value = true, value_parser = parse_optional_ipv4)]
-    pub iface_can_reach: ::std::option::Option<Ipv4Addr>,
+          hide_default_value = true, value_parser = parse_optional_ip)]
+    pub iface_can_reach: ::std::option::Option<IpAddr>,
 
     /// File where the subnet, MTU, ... are written for the CNI plugin
     #[arg(long, env = "FLANNELD_SUBNET_FILE", value_name = "PATH",
@@ -518,6 +518,13 @@ fn parse_optional_ipv4(v: &str) -> Result<Option<Ipv4Addr>, String> {
         IpAddr::V4(a) => Ok(Some(a)),
         IpAddr::V6(_) => Err("not an IPv4 address".to_string()),
     }
+}
+
+fn parse_optional_ip(v: &str) -> Result<Option<IpAddr>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    parse_ip(v).map(Some)
 }
 
 fn parse_optional_ipv6(v: &str) -> Result<Option<Ipv6Addr>, String> {

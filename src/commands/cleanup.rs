@@ -281,7 +281,7 @@ async fn release_own_lease(nl: Option<&Netlink>, opts: &Options, out: &mut Outco
         Some(ip) => ip,
         None => {
             let nl = nl.context("no netlink socket to find the external interface")?;
-            crate::agent::iface::select_interface(nl, opts)
+            crate::agent::iface::select_interface(nl, opts, false)
                 .await
                 .context("find this node's public IP (or pass --public-ip)")?
                 .ext_addr

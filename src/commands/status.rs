@@ -699,7 +699,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     let previous = crate::agent::subnet_file::read_previous(&opts.subnet_file)
         .as_deref()
         .and_then(net_conf::subnet_env::previous_subnet);
-    let (ext, own, found_by) = find_node(&nl, opts, &snapshot, previous).await?;
+    let (ext, own, found_by) = find_node(&nl, opts, &snapshot, previous, conf.enable_ipv6).await?;
     let own = own.cloned();
 
     let mut names: HashMap<u32, String> = nl
@@ -713,8 +713,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     table.reset(&snapshot);
     let peers = table.peers();
     // Only this network's objects: other flannel networks on the host are not drift.
-    let mut reconciler =
-        Reconciler::new(nl.clone()).with_ownership(backends::Ownership::of(conf.network));
+    let mut reconciler = Reconciler::new(nl.clone()).with_ownership(crate::agent::ownership(&conf));
     reconciler
         .refresh()
         .await
@@ -730,7 +729,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         desired
             .state
             .blackholes
-            .extend(own.as_ref().map(|o| ipnet::IpNet::V4(o.key.v4)));
+            .extend(own.iter().flat_map(|o| o.key.nets()));
     }
     let device = match desired.state.devices.values().next() {
         Some(want) => {
@@ -974,13 +973,14 @@ async fn find_node<'s>(
     opts: &Options,
     snapshot: &'s Snapshot,
     previous: Option<ipnet::Ipv4Net>,
+    ipv6: bool,
 ) -> Result<(ExternalInterface, Option<&'s LeaseEntry>, FoundBy)> {
     let flags = !opts.iface.is_empty()
         || !opts.iface_regex.is_empty()
         || opts.iface_can_reach.is_some()
         || opts.public_ip.is_some();
     if flags {
-        let ext = crate::agent::iface::select_interface(nl, opts).await?;
+        let ext = crate::agent::iface::select_interface(nl, opts, ipv6).await?;
         let own = find_own(snapshot, ext.ext_addr, previous);
         return Ok((ext, own, FoundBy::Flags));
     }
@@ -1001,7 +1001,7 @@ async fn find_node<'s>(
             public_ip: Some(lease.attrs.public_ip),
             ..opts.clone()
         };
-        let ext = crate::agent::iface::select_interface(nl, &by_ip)
+        let ext = crate::agent::iface::select_interface(nl, &by_ip, ipv6)
             .await
             .with_context(|| {
                 format!(
@@ -1011,7 +1011,7 @@ async fn find_node<'s>(
             })?;
         return Ok((ext, Some(lease), found_by));
     }
-    let ext = crate::agent::iface::select_interface(nl, opts)
+    let ext = crate::agent::iface::select_interface(nl, opts, ipv6)
         .await
         .context(
             "no lease in etcd matches the subnet file or an address of this node, \

@@ -63,15 +63,24 @@ pub fn route_protocol_is(route: &serde_json::Value, protocol: u64) -> bool {
 /// `gateway`, `dev` and `onlink` flag from `ip -j nexthop show` (the route itself carries them
 /// only in `net.ipv4.nexthop_compat_mode`), and the nexthop's protocol as `nh_protocol`.
 pub fn routes_in(ns: &str) -> Result<Vec<serde_json::Value>, String> {
+    routes_of(ns, "-4")
+}
+
+/// [`routes_in`] for IPv6: `ip -6 -j route show` with `ip -6 -j nexthop show`.
+pub fn routes6_in(ns: &str) -> Result<Vec<serde_json::Value>, String> {
+    routes_of(ns, "-6")
+}
+
+fn routes_of(ns: &str, family: &str) -> Result<Vec<serde_json::Value>, String> {
     let json = |args: &[&str]| -> Result<Vec<serde_json::Value>, String> {
         let out = std::process::Command::new("ip")
-            .args(["-n", ns, "-j"])
+            .args(["-n", ns, family, "-j"])
             .args(args)
             .output()
-            .map_err(|e| format!("ip -n {ns} -j {}: {e}", args.join(" ")))?;
+            .map_err(|e| format!("ip -n {ns} {family} -j {}: {e}", args.join(" ")))?;
         if !out.status.success() {
             return Err(format!(
-                "ip -n {ns} -j {}: {}",
+                "ip -n {ns} {family} -j {}: {}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             ));
@@ -80,7 +89,7 @@ pub fn routes_in(ns: &str) -> Result<Vec<serde_json::Value>, String> {
             return Ok(Vec::new());
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("ip -n {ns} -j {}: bad JSON: {e}", args.join(" ")))?;
+            .map_err(|e| format!("ip -n {ns} {family} -j {}: bad JSON: {e}", args.join(" ")))?;
         Ok(v.as_array().cloned().unwrap_or_default())
     };
     let mut routes = json(&["route", "show"])?;
@@ -168,6 +177,36 @@ pub fn hostgw_routes_ok(lab: &weft_testkit::lab::Lab, k: usize) -> Result<(), St
     if ours != expected {
         return Err(format!(
             "node {k}: weft routes (dst, via, dev) {ours:?}, expected {expected:?}; all routes: {routes:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// [`hostgw_routes_ok`] for IPv6 in a dual-stack lab: one `<peer IPv6 subnet> via <peer
+/// fd00:198:18::j> dev eth0 proto 87` per other node, no other IPv6 route with proto 87.
+pub fn hostgw_routes6_ok(lab: &weft_testkit::lab::Lab, k: usize) -> Result<(), String> {
+    let ns = lab.node_ns(k).map_err(|e| e.to_string())?;
+    let routes = routes6_in(ns)?;
+    let mut expected = Vec::new();
+    for j in (1..=lab.nodes()).filter(|&j| j != k) {
+        let env = lab.subnet_env(j).map_err(|e| format!("{e:#}"))?;
+        let net = env
+            .ipv6_subnet
+            .ok_or_else(|| format!("node {j}'s subnet.env has no FLANNEL_IPV6_SUBNET"))?;
+        let via = lab.node_ip6(j).map_err(|e| e.to_string())?;
+        expected.push((net.trunc().to_string(), via.to_string(), "eth0".to_owned()));
+    }
+    let field = |r: &serde_json::Value, name: &str| r[name].as_str().unwrap_or("-").to_owned();
+    let mut ours: Vec<(String, String, String)> = routes
+        .iter()
+        .filter(|r| route_protocol_is(r, WEFT_ROUTE_PROTOCOL) && r["type"] != "blackhole")
+        .map(|r| (field(r, "dst"), field(r, "gateway"), field(r, "dev")))
+        .collect();
+    ours.sort();
+    expected.sort();
+    if ours != expected {
+        return Err(format!(
+            "node {k}: weft IPv6 routes (dst, via, dev) {ours:?}, expected {expected:?}; all: {routes:?}"
         ));
     }
     Ok(())

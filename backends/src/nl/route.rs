@@ -73,9 +73,23 @@ impl Netlink {
     /// `ip route show table main default`: the output interface of the first IPv4 default route
     /// (for a multipath default, of its first next hop); `None` without a default route.
     pub async fn default_route_ifindex(&self) -> Result<Option<u32>, BackendError> {
-        let routes = self
-            .dump_v4_routes("ip route show table main default")
-            .await?;
+        self.default_route_ifindex_of(AddressFamily::Inet, "ip route show table main default")
+            .await
+    }
+
+    /// [`default_route_ifindex`](Self::default_route_ifindex) of the IPv6 default route (`::/0`,
+    /// `ip -6 route show table main default`).
+    pub async fn default_route6_ifindex(&self) -> Result<Option<u32>, BackendError> {
+        self.default_route_ifindex_of(AddressFamily::Inet6, "ip -6 route show table main default")
+            .await
+    }
+
+    async fn default_route_ifindex_of(
+        &self,
+        family: AddressFamily,
+        op: &str,
+    ) -> Result<Option<u32>, BackendError> {
+        let routes = self.dump_family_routes(family, op).await?;
         Ok(routes
             .iter()
             .filter(|m| m.header.destination_prefix_length == 0 && table_of(m) == MAIN)
@@ -91,27 +105,12 @@ impl Netlink {
 
     /// `ip route get <dst>`: how the kernel would send a packet to `dst`.
     pub async fn route_get(&self, dst: Ipv4Addr) -> Result<RouteGet, BackendError> {
-        let op = format!("ip route get {dst}");
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, 32)
             .build();
-        // A lookup, not a route: clear what the builder preset for adding routes.
-        msg.header.protocol = RouteProtocol::Unspec;
-        msg.header.kind = RouteType::Unspec;
-        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
         let reply = self
-            .handle
-            .route()
-            .get(msg)
-            .execute()
-            .try_next()
-            .await
-            .map_err(|e| nl_err(op.clone(), e))?
-            .ok_or_else(|| BackendError::Netlink {
-                op,
-                errno: None,
-                message: "kernel sent no route".into(),
-            })?;
+            .route_lookup(msg, format!("ip route get {dst}"))
+            .await?;
         let mut out = RouteGet {
             oif: 0,
             gateway: None,
@@ -126,6 +125,50 @@ impl Netlink {
             }
         }
         Ok(out)
+    }
+
+    /// `ip -6 route get <dst>`: the output interface and preferred source address
+    /// (`--iface-can-reach` with an IPv6 address).
+    pub async fn route_get6(&self, dst: Ipv6Addr) -> Result<(u32, Option<Ipv6Addr>), BackendError> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst, 128)
+            .build();
+        let reply = self
+            .route_lookup(msg, format!("ip -6 route get {dst}"))
+            .await?;
+        let mut out = (0, None);
+        for a in &reply.attributes {
+            match a {
+                RouteAttribute::Oif(i) => out.0 = *i,
+                RouteAttribute::PrefSource(RouteAddress::Inet6(s)) => out.1 = Some(*s),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends one RTM_GETROUTE lookup and returns the kernel's answer.
+    async fn route_lookup(
+        &self,
+        mut msg: RouteMessage,
+        op: String,
+    ) -> Result<RouteMessage, BackendError> {
+        // A lookup, not a route: clear what the builder preset for adding routes.
+        msg.header.protocol = RouteProtocol::Unspec;
+        msg.header.kind = RouteType::Unspec;
+        msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        self.handle
+            .route()
+            .get(msg)
+            .execute()
+            .try_next()
+            .await
+            .map_err(|e| nl_err(op.clone(), e))?
+            .ok_or_else(|| BackendError::Netlink {
+                op,
+                errno: None,
+                message: "kernel sent no route".into(),
+            })
     }
 
     /// `ip -4 route show table all` and `ip -6 route show table all`: every IPv4 and IPv6
@@ -249,9 +292,15 @@ impl Netlink {
         }
     }
 
-    /// `ip -4 route show table all`: the raw IPv4 route dump (filtered by the callers).
-    async fn dump_v4_routes(&self, op: &str) -> Result<Vec<RouteMessage>, BackendError> {
+    /// `ip -4 route show table all` (or `-6`): the raw route dump of one family (filtered by
+    /// the callers).
+    async fn dump_family_routes(
+        &self,
+        family: AddressFamily,
+        op: &str,
+    ) -> Result<Vec<RouteMessage>, BackendError> {
         let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        msg.header.address_family = family;
         msg.header.protocol = RouteProtocol::Unspec;
         msg.header.kind = RouteType::Unspec;
         msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
@@ -265,7 +314,7 @@ impl Netlink {
             .map_err(|e| nl_err(op, e))?;
         Ok(routes
             .into_iter()
-            .filter(|m| m.header.address_family == AddressFamily::Inet)
+            .filter(|m| m.header.address_family == family)
             .collect())
     }
 }

@@ -49,11 +49,13 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{debug, info, warn};
 
 pub mod exec;
+mod families;
 pub mod iptables;
 pub mod nftables;
 mod rules;
 pub mod watch;
 
+pub use families::{Firewalls, Flags};
 pub use rules::{
     AddrMatch, FORWARD_COMMENT, Family, KUBE_PROXY_MARK, MASQ_COMMENT, Rule, RuleSet, Settings,
     Verdict,

@@ -192,7 +192,7 @@ pub(super) fn node_ip(k: usize) -> Result<Ipv4Addr> {
 
 /// fd00:198:18::k, node k's underlay IPv6 address in a dual-stack lab.
 pub(super) fn node_ip6(k: usize) -> Result<Ipv6Addr> {
-    let b = u16::try_from(u8::from(node_ip(k)?.octets()[3]))?;
+    let b = u16::from(node_ip(k)?.octets()[3]);
     Ok(Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, b))
 }
 

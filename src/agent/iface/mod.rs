@@ -9,6 +9,10 @@
 //! the first match wins and a non-match of all of them is an error. With none of these flags:
 //! `--public-ip` selects the interface holding it, else the default-route interface is used.
 
+mod v6;
+
+pub use v6::{CandidateAddr6, Request6, Selection6, select_v6};
+
 use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
 
@@ -55,6 +59,8 @@ pub struct Selection {
     /// The interface's IPv4 networks (each address masked to its prefix), in kernel order,
     /// without duplicates.
     pub prefixes: Vec<Ipv4Net>,
+    /// The IPv6 side, for a dual-stack network ([`select_v6`]).
+    pub v6: Option<Selection6>,
 }
 
 impl From<Selection> for backends::ExternalInterface {
@@ -66,7 +72,11 @@ impl From<Selection> for backends::ExternalInterface {
             ext_addr: s.ext_addr,
             mtu: s.mtu,
             prefixes: s.prefixes,
-            v6: None,
+            v6: s.v6.map(|v6| backends::ExternalV6 {
+                iface_addr: v6.iface_addr,
+                ext_addr: v6.ext_addr,
+                prefixes: v6.prefixes,
+            }),
         }
     }
 }
@@ -112,6 +122,21 @@ pub enum IfaceError {
     NoAddress { name: String },
     #[error("interface {name} has MTU 0")]
     ZeroMtu { name: String },
+    #[error(
+        "no IPv6 default route found for the dual-stack network (interface {name} was chosen by \
+         the IPv4 default route): add one, or use --iface to choose the external interface"
+    )]
+    NoDefaultRoute6 { name: String },
+    /// flannel's text.
+    #[error(
+        "v6 default route interface {v6} must be the same with v4 default route interface {v4}"
+    )]
+    DefaultRoutesDiffer { v6: String, v4: String },
+    #[error(
+        "interface {name} has no usable IPv6 address (link-local, temporary and deprecated \
+         addresses are not used)"
+    )]
+    NoAddress6 { name: String },
 }
 
 /// Choose the external interface; see the module documentation for the rules. Logs flannel's
@@ -168,6 +193,7 @@ pub fn select(cands: &[IfaceCandidate], req: &IfaceRequest<'_>) -> Result<Select
         ext_addr,
         mtu: cand.mtu,
         prefixes: prefixes(cand),
+        v6: None,
     })
 }
 
@@ -329,14 +355,17 @@ impl fmt::Display for Seen<'_> {
 }
 
 /// Picks the external interface as flanneld does (docs/flannel-compat.md §1.1): gathers the
-/// snapshot (links and their IPv4 addresses, the default route, `ip route get` for
-/// `--iface-can-reach`) over netlink and applies [`select`]. Read-only; shared by the agent, `weft
+/// snapshot (links and their addresses, the default routes, `ip route get` for
+/// `--iface-can-reach`) over netlink and applies [`select`], and with `ipv6` (a dual-stack
+/// network) [`select_v6`] on the chosen interface. Read-only; shared by the agent, `weft
 /// status` and `weft cleanup`.
 pub async fn select_interface(
     nl: &backends::Netlink,
     opts: &crate::cli::Options,
+    ipv6: bool,
 ) -> anyhow::Result<backends::ExternalInterface> {
     use anyhow::Context as _;
+    use std::net::IpAddr;
     let links = nl.links().await.context("list interfaces")?;
     let cands: Vec<IfaceCandidate> = links
         .iter()
@@ -349,33 +378,42 @@ pub async fn select_interface(
                 .addrs
                 .iter()
                 .filter_map(|a| match a.addr {
-                    std::net::IpAddr::V4(v4) => Some(CandidateAddr {
+                    IpAddr::V4(v4) => Some(CandidateAddr {
                         addr: v4,
                         prefix_len: a.prefix_len,
                         permanent: a.permanent,
                         deprecated: a.deprecated,
                         scope_global: a.scope_global,
                     }),
-                    std::net::IpAddr::V6(_) => None,
+                    IpAddr::V6(_) => None,
                 })
                 .collect(),
         })
         .collect();
-    let can_reach = match opts.iface_can_reach {
-        Some(ip) => {
+    // `--iface-can-reach` with an IPv6 address chooses the interface by the IPv6 route; its
+    // source address is then the IPv6 side's.
+    let (can_reach, prefsrc6) = match opts.iface_can_reach {
+        Some(IpAddr::V4(ip)) => {
             let r = nl
                 .route_get(ip)
                 .await
                 .with_context(|| format!("ip route get {ip}"))?;
-            Some((r.oif, r.prefsrc))
+            (Some((r.oif, r.prefsrc)), None)
         }
-        None => None,
+        Some(IpAddr::V6(ip)) => {
+            let (oif, src) = nl
+                .route_get6(ip)
+                .await
+                .with_context(|| format!("ip -6 route get {ip}"))?;
+            (Some((oif, None)), src)
+        }
+        None => (None, None),
     };
     let default_route_ifindex = nl
         .default_route_ifindex()
         .await
         .context("read the default route")?;
-    let sel = select(
+    let mut sel = select(
         &cands,
         &IfaceRequest {
             iface: &opts.iface,
@@ -385,6 +423,46 @@ pub async fn select_interface(
             default_route_ifindex,
         },
     )?;
+    if ipv6 {
+        let addrs: Vec<CandidateAddr6> = links
+            .iter()
+            .filter(|l| l.index == sel.index)
+            .flat_map(|l| &l.addrs)
+            .filter_map(|a| match a.addr {
+                IpAddr::V6(v6) => Some(CandidateAddr6 {
+                    addr: v6,
+                    prefix_len: a.prefix_len,
+                    permanent: a.permanent,
+                    deprecated: a.deprecated,
+                    temporary: a.temporary,
+                }),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        let default_route6_ifindex = nl
+            .default_route6_ifindex()
+            .await
+            .context("read the IPv6 default route")?;
+        let name_of = |i: u32| -> Option<String> {
+            links.iter().find(|l| l.index == i).map(|l| l.name.clone())
+        };
+        let by_default_route = opts.iface.is_empty()
+            && opts.iface_regex.is_empty()
+            && opts.iface_can_reach.is_none()
+            && opts.public_ip.is_none();
+        sel.v6 = Some(select_v6(
+            sel.index,
+            &sel.name,
+            &addrs,
+            &Request6 {
+                by_default_route,
+                default_route6_ifindex,
+                public_ipv6: opts.public_ipv6,
+                prefer: prefsrc6,
+            },
+            &name_of,
+        )?);
+    }
     Ok(sel.into())
 }
 

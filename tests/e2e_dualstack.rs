@@ -1,0 +1,271 @@
+//! End to end on a dual-stack underlay (issue 13): the real weft binary on three nodes whose
+//! `eth0` has 198.18.0.k and fd00:198:18::k, a network with `EnableIPv6`, pods with an address of
+//! each family behind `cni0`; checked by flannel's lease keys and values in etcd, subnet.env,
+//! the kernel's IPv4 and IPv6 routes, and ping / ping -6 between every pair of pods.
+#[path = "common/lab.rs"]
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{hostgw_routes_ok, hostgw_routes6_ok, route_protocol_is, routes6_in, wait_until};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
+
+/// Agents are debug builds on a shared 2-core machine: generous, still bounded.
+const READY: Duration = Duration::from_secs(30);
+const CONVERGE: Duration = Duration::from_secs(15);
+const V6_NETWORK: &str = "fd00:10:244::/56";
+
+fn spec(nodes: usize) -> LabSpec {
+    let mut spec = LabSpec::new(nodes, common::weft_bin());
+    spec.ipv6_network = Some(V6_NETWORK.to_owned());
+    spec
+}
+
+/// Every node's subnet.env and host-gw routes of both families in place.
+fn converge(lab: &mut Lab, nodes: &[usize]) {
+    for &k in nodes {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    for &k in nodes {
+        wait_until(CONVERGE, || hostgw_routes_ok(lab, k)).expect("IPv4 host-gw routes");
+        wait_until(CONVERGE, || hostgw_routes6_ok(lab, k)).expect("IPv6 host-gw routes");
+    }
+}
+
+fn assert_pods_ping_over_both_families(lab: &Lab) {
+    for (family, matrix) in [
+        ("IPv4", lab.ping_matrix().expect("ping matrix")),
+        ("IPv6", lab.ping6_matrix().expect("ping6 matrix")),
+    ] {
+        let n = lab.nodes();
+        assert_eq!(matrix.len(), n * (n - 1));
+        let failed: Vec<_> = matrix.iter().filter(|&&(_, _, ok)| !ok).collect();
+        assert!(
+            failed.is_empty(),
+            "{family}: pod pairs without replies: {failed:?}"
+        );
+    }
+}
+
+fn weft(lab: &Lab, k: usize, args: &[&str]) -> Output {
+    let ns = lab.node_ns(k).expect("ns");
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(common::weft_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run weft")
+}
+
+#[test]
+fn dual_stack_host_gw_leases_subnet_env_routes_and_pings() {
+    if !common::need::root("dual_stack_host_gw_leases_subnet_env_routes_and_pings") {
+        return;
+    }
+    let mut lab = Lab::build(spec(3)).expect("build lab");
+    lab.start_all().expect("start agents");
+    converge(&mut lab, &[1, 2, 3]);
+
+    for k in 1..=3 {
+        // subnet.env as flanneld writes it for a dual-stack network.
+        let env = lab.subnet_env(k).expect("subnet.env");
+        let v4 = env.subnet.expect("FLANNEL_SUBNET");
+        let v6 = env.ipv6_subnet.expect("FLANNEL_IPV6_SUBNET");
+        assert_eq!(v6.prefix_len(), 64, "node {k}");
+        let text = lab.subnet_env_text(k).expect("text");
+        let first6 = std::net::Ipv6Addr::from(u128::from(v6.trunc().network()) + 1);
+        assert!(
+            text.contains(&format!(
+                "FLANNEL_IPV6_NETWORK={V6_NETWORK}\nFLANNEL_IPV6_SUBNET={first6}/64\n"
+            )),
+            "node {k}: {text}"
+        );
+        // The lease: flannel's dual-stack key and value.
+        let key = format!(
+            "10.244.{}.0-24&{}-64",
+            v4.addr().octets()[2],
+            v6.trunc().addr()
+        );
+        let value = lab
+            .etcdctl(&[
+                "get",
+                &format!("/coreos.com/network/subnets/{key}"),
+                "--print-value-only",
+            ])
+            .expect("etcdctl get");
+        assert_eq!(
+            value.trim(),
+            format!(
+                r#"{{"PublicIP":"198.18.0.{k}","PublicIPv6":"fd00:198:18::{k}","BackendType":"host-gw"}}"#
+            ),
+            "node {k}'s lease {key}"
+        );
+    }
+    lab.add_pods().expect("pods");
+    assert_pods_ping_over_both_families(&lab);
+
+    // An IPv6 route deleted out of band is put back.
+    let ns1 = lab.node_ns(1).expect("ns").to_owned();
+    let peer6 = lab
+        .subnet_env(2)
+        .expect("env")
+        .ipv6_subnet
+        .expect("v6")
+        .trunc();
+    let out = Command::new("ip")
+        .args(["-n", &ns1, "-6", "route", "del", &peer6.to_string()])
+        .output()
+        .expect("ip route del");
+    assert!(out.status.success(), "{out:?}");
+    wait_until(CONVERGE, || hostgw_routes6_ok(&lab, 1)).expect("IPv6 route repaired");
+    assert!(lab.ping6(1, 2, 3, Duration::from_secs(5)).expect("ping6"));
+
+    // `weft cleanup` on a stopped node leaves no IPv6 route of weft's behind.
+    lab.stop_node(3, Signal::SIGTERM).expect("stop node 3");
+    let endpoint = lab.etcd_endpoint().expect("endpoint");
+    let out = weft(
+        &lab,
+        3,
+        &[
+            "cleanup",
+            &format!("--etcd-endpoints={endpoint}"),
+            &format!(
+                "--subnet-file={}",
+                lab.subnet_file(3).expect("path").display()
+            ),
+            &format!(
+                "--peer-cache-file={}",
+                lab.peer_cache_file(3).expect("path").display()
+            ),
+        ],
+    );
+    assert!(out.status.success(), "weft cleanup: {out:?}");
+    let ns3 = lab.node_ns(3).expect("ns").to_owned();
+    let left: Vec<_> = routes6_in(&ns3)
+        .expect("routes")
+        .into_iter()
+        .filter(|r| route_protocol_is(r, common::WEFT_ROUTE_PROTOCOL))
+        .collect();
+    assert!(left.is_empty(), "IPv6 routes left by cleanup: {left:?}");
+}
+
+/// A node programmed as flanneld does for a dual-stack host-gw network (its lease written with
+/// flanneld's key and value, its routes by hand) and weft nodes reach each other over both
+/// families.
+#[test]
+fn dual_stack_host_gw_beside_a_flanneld_node() {
+    if !common::need::root("dual_stack_host_gw_beside_a_flanneld_node") {
+        return;
+    }
+    let mut lab = Lab::build(spec(3)).expect("build lab");
+    // Node 3 is "flanneld": its lease as flanneld writes it (beyond the 100 candidates a weft
+    // node picks from, so no weft node can take it first).
+    let (v4, v6) = ("10.244.200.0/24", "fd00:10:244:c8::/64");
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.244.200.0-24&fd00:10:244:c8::-64",
+        r#"{"PublicIP":"198.18.0.3","PublicIPv6":"fd00:198:18::3","BackendType":"host-gw"}"#,
+    ])
+    .expect("put node 3's lease");
+    std::fs::write(
+        lab.subnet_file(3).expect("path"),
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\n\
+             FLANNEL_IPV6_NETWORK={V6_NETWORK}\nFLANNEL_IPV6_SUBNET=fd00:10:244:c8::1/64\n\
+             FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
+        ),
+    )
+    .expect("node 3's subnet.env");
+    lab.start_node(1).expect("start node 1");
+    lab.start_node(2).expect("start node 2");
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    // flanneld's routes on node 3 to the weft nodes, as its host-gw backend adds them.
+    let ns3 = lab.node_ns(3).expect("ns").to_owned();
+    for k in 1..=2 {
+        let env = lab.subnet_env(k).expect("env");
+        let sub = env.subnet.expect("v4").trunc().to_string();
+        let sub6 = env.ipv6_subnet.expect("v6").trunc().to_string();
+        for args in [
+            vec![
+                "route",
+                "add",
+                &sub,
+                "via",
+                &format!("198.18.0.{k}"),
+                "dev",
+                "eth0",
+            ],
+            vec![
+                "-6",
+                "route",
+                "add",
+                &sub6,
+                "via",
+                &format!("fd00:198:18::{k}"),
+                "dev",
+                "eth0",
+            ],
+        ] {
+            let out = Command::new("ip")
+                .args(["-n", &ns3])
+                .args(&args)
+                .output()
+                .expect("ip");
+            assert!(out.status.success(), "ip {}: {out:?}", args.join(" "));
+        }
+    }
+    // The weft nodes route node 3's subnets through its addresses.
+    for k in 1..=2 {
+        wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("IPv4 routes");
+        wait_until(CONVERGE, || hostgw_routes6_ok(&lab, k)).expect("IPv6 routes");
+    }
+    let ns1 = lab.node_ns(1).expect("ns").to_owned();
+    assert!(
+        routes6_in(&ns1)
+            .expect("routes")
+            .iter()
+            .any(|r| r["dst"] == v6 && r["gateway"] == "fd00:198:18::3"),
+        "node 1 has no route to {v6} via node 3"
+    );
+    let _ = v4;
+    lab.add_pods().expect("pods");
+    assert_pods_ping_over_both_families(&lab);
+}
+
+/// Kube mode: Nodes with an IPv4 and an IPv6 podCIDR; each agent publishes `public-ipv6`, the
+/// others route both families to it.
+#[test]
+fn dual_stack_kube_mode_routes_both_pod_cidrs() {
+    if !common::need::root("dual_stack_kube_mode_routes_both_pod_cidrs") {
+        return;
+    }
+    let mut lab = Lab::build(spec(3).kube()).expect("build lab");
+    lab.start_all().expect("start agents");
+    converge(&mut lab, &[1, 2, 3]);
+    for k in 1..=3 {
+        let env = lab.subnet_env(k).expect("env");
+        assert_eq!(
+            env.ipv6_subnet.expect("v6").trunc().to_string(),
+            format!("fd00:10:244:{k}::/64"),
+            "node {k}: the Node's IPv6 podCIDR"
+        );
+        let node = lab
+            .kube()
+            .expect("kube")
+            .node(&Lab::node_name(k))
+            .expect("node");
+        assert_eq!(
+            node["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ipv6"],
+            format!("fd00:198:18::{k}"),
+            "node {k}'s annotations: {}",
+            node["metadata"]["annotations"]
+        );
+    }
+    lab.add_pods().expect("pods");
+    assert_pods_ping_over_both_families(&lab);
+}
