@@ -269,3 +269,125 @@ fn dual_stack_kube_mode_routes_both_pod_cidrs() {
     lab.add_pods().expect("pods");
     assert_pods_ping_over_both_families(&lab);
 }
+
+/// flanneld's nat chain for IPv6 (flannel-reference §6.1: IPv4's with `ff00::/8`), as
+/// `ip6tables-save -t nat` prints it.
+fn golden_nat6(subnet: &str) -> Vec<String> {
+    let c = r#"-m comment --comment "flanneld masq""#;
+    let n = V6_NETWORK;
+    vec![
+        format!("-A POSTROUTING {c} -j FLANNEL-POSTRTG"),
+        format!("-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {subnet} -d {n} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {n} -d {subnet} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG ! -s {n} -d {subnet} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {n} ! -d ff00::/8 {c} -j MASQUERADE --random-fully"),
+        format!("-A FLANNEL-POSTRTG ! -s {n} -d {n} {c} -j MASQUERADE --random-fully"),
+    ]
+}
+
+/// `ip netns exec <ns> <prog> <args>`: stdout, or an error with stderr.
+fn exec_in(ns: &str, prog: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, prog])
+        .args(args)
+        .output()
+        .map_err(|e| format!("{prog} {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{prog} {} in {ns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nat6_rules(ns: &str) -> Result<Vec<String>, String> {
+    Ok(exec_in(ns, "ip6tables-save", &["-t", "nat"])?
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `--ip-masq` on a dual-stack network: flanneld's IPv6 nat chain beside the IPv4 one; a pod
+/// reaches an IPv6 host outside the cluster (which has no route to the pods) only masqueraded
+/// to its node's address; a deleted IPv6 rule is written back.
+#[test]
+fn dual_stack_ip_masq_masquerades_ipv6_too() {
+    if !common::need::root("dual_stack_ip_masq_masquerades_ipv6_too") {
+        return;
+    }
+    let mut spec = spec(2);
+    spec.extra_flags = vec!["--ip-masq".to_owned()];
+    spec.agent_env = vec![("WEFT_FIREWALL_AUDIT_SECS".to_owned(), "1".to_owned())];
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.start_all().expect("start agents");
+    converge(&mut lab, &[1, 2]);
+    let ns1 = lab.node_ns(1).expect("ns").to_owned();
+    let sub6 = lab
+        .subnet_env(1)
+        .expect("env")
+        .ipv6_subnet
+        .expect("v6")
+        .trunc()
+        .to_string();
+    wait_until(CONVERGE, || {
+        let got = nat6_rules(&ns1)?;
+        (got == golden_nat6(&sub6))
+            .then_some(())
+            .ok_or(format!("ip6tables nat: {got:#?}"))
+    })
+    .expect("flanneld's IPv6 nat chain");
+    let v4_nat = exec_in(&ns1, "iptables-save", &["-t", "nat"]).expect("iptables-save");
+    assert!(
+        v4_nat.contains("-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4"),
+        "{v4_nat}"
+    );
+
+    lab.add_pods().expect("pods");
+    let x = lab.add_external().expect("external host");
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &x,
+            "addr",
+            "add",
+            "fd00:198:18::fa/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .output()
+        .expect("ip addr add");
+    assert!(out.status.success(), "{out:?}");
+    let pod1 = lab.pod_ns(1).expect("pod").to_owned();
+    assert!(
+        common::ping_replies(&pod1, "fd00:198:18::fa", 3) > 0,
+        "pod 1 cannot reach the IPv6 host outside the cluster (not masqueraded?)"
+    );
+
+    // A rule deleted out of band comes back.
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns1,
+            "ip6tables",
+            "-t",
+            "nat",
+            "-F",
+            "FLANNEL-POSTRTG",
+        ])
+        .output()
+        .expect("ip6tables -F");
+    assert!(out.status.success(), "{out:?}");
+    wait_until(CONVERGE, || {
+        let got = nat6_rules(&ns1)?;
+        (got == golden_nat6(&sub6))
+            .then_some(())
+            .ok_or(format!("ip6tables nat: {got:#?}"))
+    })
+    .expect("the IPv6 nat chain written back");
+}
