@@ -4,6 +4,8 @@
 #[path = "../benches/agent/bench.rs"]
 #[allow(dead_code)]
 mod bench;
+#[path = "../benches/agent/dual.rs"]
+mod dual;
 #[path = "../benches/agent/kube.rs"]
 mod kube;
 
@@ -32,6 +34,7 @@ fn bench_runs_every_measurement_with_50_peers() {
         iperf_rounds: 1,
         underlay_gro: true,
         kube: true,
+        dual: true,
     };
     let report = bench::run(&cfg).expect("benchmark run");
     println!("{}", bench::markdown(&cfg, &report));
@@ -51,6 +54,16 @@ fn bench_runs_every_measurement_with_50_peers() {
             c.start_rpcs.get("Range").copied().unwrap_or(0) >= 1,
             "{c:?}"
         );
+    }
+    // Dual-stack at the detail size: every IPv4 and IPv6 route, against ip -batch of both.
+    assert_eq!(report.dual.len(), 1);
+    for r in &report.dual {
+        assert_eq!(r.peers, 50);
+        assert!(
+            r.programmed >= r.ready && r.ip_batch > Duration::ZERO,
+            "{r:?}"
+        );
+        assert!(r.vm_hwm_kib > 0, "{r:?}");
     }
     assert_eq!(report.detail.len(), 2);
     for d in &report.detail {

@@ -96,6 +96,8 @@ pub struct Config {
     pub underlay_gro: bool,
     /// Also run kube mode at the detail size (`--kube`).
     pub kube: bool,
+    /// Run the dual-stack scenario at the detail size (host-gw).
+    pub dual: bool,
 }
 
 // ===== results =====
@@ -242,6 +244,8 @@ pub struct Report {
     pub detail: Vec<Detail>,
     /// Kube mode beside etcd mode, at the detail size.
     pub kube: Vec<kube::KubeRun>,
+    /// Dual-stack, at the detail size (host-gw).
+    pub dual: Vec<crate::dual::DualRun>,
     pub throughput: Option<Throughput>,
 }
 
@@ -307,6 +311,13 @@ pub fn run(cfg: &Config) -> Result<Report> {
                     .with_context(|| format!("kube mode, {} with {n} Nodes", kind.name()))?;
                 kube::print(&run);
                 report.kube.push(run);
+            }
+            if cfg.dual && kind == Kind::HostGw && n == cfg.detail_at {
+                println!("## {} with {n} dual-stack peers", kind.name());
+                let run = crate::dual::scenario(cfg, n, nexthops)
+                    .with_context(|| format!("dual-stack, {} with {n} peers", kind.name()))?;
+                crate::dual::print(&run);
+                report.dual.push(run);
             }
             report.cold.push(cold);
             if let Some(d) = detail {
@@ -471,7 +482,7 @@ pub(crate) fn config_json(kind: Kind) -> String {
 
 // ===== namespaces and commands =====
 
-fn run_cmd(prog: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run_cmd(prog: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -647,14 +658,14 @@ fn ip_batch(kind: Kind, n: usize, nexthops: bool) -> Result<Duration> {
 
 type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &mut Client) + Send>;
 
-struct Etcd {
+pub(crate) struct Etcd {
     tx: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
     port: u16,
 }
 
 impl Etcd {
-    fn connect(ns: &str, endpoint: String, port: u16) -> Result<Etcd> {
+    pub(crate) fn connect(ns: &str, endpoint: String, port: u16) -> Result<Etcd> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let ns = ns.to_owned();
@@ -711,9 +722,22 @@ impl Etcd {
 
     /// Writes the config and leases `0..n` in transactions of 128 puts, all on one etcd lease.
     fn load(&self, kind: Kind, n: usize) -> Result<()> {
+        let entries = (0..n)
+            .map(|i| (lease_key(i), lease_value(kind, i)))
+            .collect();
+        self.load_entries(config_json(kind), entries)
+    }
+
+    /// Writes `config` and the `(key, value)` leases in transactions of 128 puts, all on one
+    /// etcd lease.
+    pub(crate) fn load_entries(
+        &self,
+        config: String,
+        entries: Vec<(String, String)>,
+    ) -> Result<()> {
         self.call(move |rt, c| {
             rt.block_on(async {
-                c.put(format!("{PREFIX}/config"), config_json(kind), None)
+                c.put(format!("{PREFIX}/config"), config, None)
                     .await
                     .context("put config")?;
                 let lease = c
@@ -721,14 +745,13 @@ impl Etcd {
                     .await
                     .context("lease grant")?
                     .id();
-                let keys: Vec<usize> = (0..n).collect();
-                for chunk in keys.chunks(TXN_OPS) {
+                for chunk in entries.chunks(TXN_OPS) {
                     let ops: Vec<TxnOp> = chunk
                         .iter()
-                        .map(|&i| {
+                        .map(|(key, value)| {
                             TxnOp::put(
-                                lease_key(i),
-                                lease_value(kind, i),
+                                key.as_str(),
+                                value.as_str(),
                                 Some(PutOptions::new().with_lease(lease)),
                             )
                         })
@@ -1970,6 +1993,7 @@ pub fn markdown(cfg: &Config, r: &Report) -> String {
         cold_tables(&mut s, cfg, r);
     }
     kube::markdown(&mut s, &r.kube);
+    crate::dual::markdown(&mut s, &r.dual);
     if let Some(t) = &r.throughput {
         let _ = writeln!(
             s,

@@ -1,6 +1,6 @@
 //! `cargo bench --bench agent -- [--quick | --smoke] [--sizes 100,1000 | --sizes none]
 //! [--backends host-gw,vxlan] [--detail-at N] [--events N] [--idle SECS] [--iperf SECS]
-//! [--iperf-rounds N] [--underlay-gro] [--no-kube] [--weft PATH]`
+//! [--iperf-rounds N] [--underlay-gro] [--no-kube] [--no-dual] [--weft PATH]`
 //!
 //! Kube mode (the test API server instead of etcd) runs beside etcd mode at the detail size
 //! unless `--no-kube`.
@@ -13,6 +13,7 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod dual;
 mod kube;
 
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ fn real_main() -> Result<()> {
         iperf_rounds: 5,
         underlay_gro: false,
         kube: true,
+        dual: true,
     };
     let mut args = std::env::args().skip(1);
     let mut detail_set = false;
@@ -109,6 +111,7 @@ fn real_main() -> Result<()> {
             }
             "--underlay-gro" => cfg.underlay_gro = true,
             "--no-kube" => cfg.kube = false,
+            "--no-dual" => cfg.dual = false,
             "--weft" => cfg.weft_bin = PathBuf::from(val("--weft")?),
             other => bail!("unknown argument {other:?}"),
         }
