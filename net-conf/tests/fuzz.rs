@@ -227,6 +227,17 @@ proptest! {
         prop_assert_eq!(SubnetKey::from_etcd_key(&full, "/coreos.com/network").ok(), Some(key));
     }
 
+    /// A dual-stack key with its IPv6 part in upper case is not flannel's (its parser takes
+    /// lower-case hex only, and Go writes lower case): refused, never read as another subnet.
+    #[test]
+    fn dual_stack_keys_with_upper_case_hex_are_refused(v4 in v4_net(), v6 in v6_net()) {
+        let key = SubnetKey { v4, v6: Some(v6) };
+        let text = key.to_string();
+        let upper = text.to_uppercase();
+        prop_assume!(upper != text);
+        prop_assert!(upper.parse::<SubnetKey>().is_err(), "{} was accepted", upper);
+    }
+
     #[test]
     fn subnet_key_parse_never_panics_and_is_canonical(text in "[0-9a-f.:&/-]{0,60}") {
         if let Ok(key) = text.parse::<SubnetKey>() {
