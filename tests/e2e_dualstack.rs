@@ -123,9 +123,33 @@ fn dual_stack_host_gw_leases_subnet_env_routes_and_pings() {
     wait_until(CONVERGE, || hostgw_routes6_ok(&lab, 1)).expect("IPv6 route repaired");
     assert!(lab.ping6(1, 2, 3, Duration::from_secs(5)).expect("ping6"));
 
+    // `weft status` lists both subnets of each lease and finds the IPv6 routes in sync.
+    let endpoint = lab.etcd_endpoint().expect("endpoint");
+    let subnet_file = format!(
+        "--subnet-file={}",
+        lab.subnet_file(2).expect("path").display()
+    );
+    let out = weft(
+        &lab,
+        2,
+        &[
+            "status",
+            &format!("--etcd-endpoints={endpoint}"),
+            &subnet_file,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("status:  in sync"),
+        "weft status: {out:?}"
+    );
+    assert!(
+        text.contains(&format!("{peer6}")) && text.contains("fd00:198:18::1"),
+        "weft status does not show node 1's IPv6 side:\n{text}"
+    );
+
     // `weft cleanup` on a stopped node leaves no IPv6 route of weft's behind.
     lab.stop_node(3, Signal::SIGTERM).expect("stop node 3");
-    let endpoint = lab.etcd_endpoint().expect("endpoint");
     let out = weft(
         &lab,
         3,

@@ -208,8 +208,13 @@ pub struct ConfigInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseInfo {
     pub subnet: String,
+    /// The IPv6 subnet of a dual-stack lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
     pub key: String,
     pub public_ip: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     pub backend: String,
     pub vni: Option<u32>,
     pub vtep_mac: Option<String>,
@@ -455,8 +460,10 @@ pub fn lease_info(e: &LeaseEntry, prefix: &str, ttl: Option<i64>, now: SystemTim
     let expires_unix = ttl.map(|t| now_unix.saturating_add(t));
     LeaseInfo {
         subnet: e.key.v4.to_string(),
+        subnet6: e.key.v6.map(|s| s.to_string()),
         key: e.key.etcd_key(prefix),
         public_ip: e.attrs.public_ip,
+        public_ipv6: e.attrs.public_ipv6,
         backend: e.attrs.backend_type.clone(),
         vni,
         vtep_mac,
@@ -466,6 +473,24 @@ pub fn lease_info(e: &LeaseEntry, prefix: &str, ttl: Option<i64>, now: SystemTim
         expires_at: expires_unix.map(rfc3339),
         expires_at_unix: expires_unix,
         node: false,
+    }
+}
+
+impl LeaseInfo {
+    /// The subnet, and the IPv6 one of a dual-stack lease after it.
+    fn subnets(&self) -> String {
+        match &self.subnet6 {
+            Some(v6) => format!("{} {v6}", self.subnet),
+            None => self.subnet.clone(),
+        }
+    }
+
+    /// The public IP, and the PublicIPv6 after it.
+    fn public_ips(&self) -> String {
+        match self.public_ipv6 {
+            Some(v6) => format!("{} {v6}", self.public_ip),
+            None => self.public_ip.to_string(),
+        }
     }
 }
 
@@ -556,8 +581,8 @@ impl Report {
                 let _ = writeln!(
                     o,
                     "lease:   {} public IP {} backend {} VTEP MAC {} expires {}",
-                    l.subnet,
-                    l.public_ip,
+                    l.subnets(),
+                    l.public_ips(),
                     l.backend,
                     l.vtep_mac.as_deref().unwrap_or("-"),
                     expiry(l)
@@ -578,8 +603,8 @@ impl Report {
                 .iter()
                 .map(|l| {
                     [
-                        l.subnet.clone(),
-                        l.public_ip.to_string(),
+                        l.subnets(),
+                        l.public_ips(),
                         l.backend.clone(),
                         l.vtep_mac.clone().unwrap_or_else(|| "-".into()),
                         expiry(l),
@@ -952,7 +977,9 @@ pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
             .skipped
             .iter()
             .map(|(k, r)| SkippedInfo {
-                subnet: k.v4.to_string(),
+                subnet: k
+                    .v6
+                    .map_or_else(|| k.v4.to_string(), |v6| format!("{} {v6}", k.v4)),
                 reason: r.clone(),
             })
             .collect(),
