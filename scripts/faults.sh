@@ -9,7 +9,8 @@
 # command and the date (RELIABILITY.md holds the last full run).
 #
 #   (default)  full sizes: etcd down 10 min, agents down 5 s per restart, etcd down 90 s at a
-#              start, a 20,000-write storm, 50 nodes, 10,000 cases per property. About 14 minutes.
+#              start, a 20,000-write storm, 50 nodes, 2 min behind a slow link, a 30-min churn
+#              soak after a 5-min warm-up, 10,000 cases per property. About 50 minutes.
 #   --quick    the CI sizes (etcd down 10 s, 2 s, 500 writes, 50 nodes, 256 cases): about a minute.
 #   --out FILE also write the report to FILE.
 #
