@@ -195,10 +195,7 @@ fn typed_values() {
     );
     assert_eq!(o.public_ip, Some(Ipv4Addr::new(198, 18, 0, 5)));
     assert_eq!(o.public_ipv6, Some("fd00::5".parse().unwrap()));
-    assert_eq!(
-        o.iface_can_reach,
-        Some(Ipv4Addr::new(198, 18, 0, 9).into())
-    );
+    assert_eq!(o.iface_can_reach, Some(Ipv4Addr::new(198, 18, 0, 9).into()));
     // An IPv6 address is taken too (the route to it chooses the interface).
     let o6 = run(&["--iface-can-reach=fd00::9"]);
     assert_eq!(o6.iface_can_reach, Some("fd00::9".parse().unwrap()));
