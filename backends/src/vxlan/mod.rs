@@ -373,3 +373,5 @@ async fn plan_device(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v6;
