@@ -1,7 +1,6 @@
 //! [`AnyBackend`]: the built-in backends behind one type, so the agent can hold the backend the
 //! config asks for next to the one it is switching away from (static dispatch, no boxing).
-use ipnet::Ipv4Net;
-use net_conf::{BackendConf, LeaseAttrs};
+use net_conf::{BackendConf, LeaseAttrs, SubnetKey};
 
 use crate::hostgw::HostGw;
 use crate::ipip::IpIp;
@@ -60,7 +59,7 @@ impl Backend for AnyBackend {
         }
     }
 
-    fn configure(&mut self, ext: &ExternalInterface, own: Ipv4Net) -> Result<u32, BackendError> {
+    fn configure(&mut self, ext: &ExternalInterface, own: &SubnetKey) -> Result<u32, BackendError> {
         match self {
             AnyBackend::HostGw(b) => b.configure(ext, own),
             AnyBackend::Vxlan(b) => b.configure(ext, own),

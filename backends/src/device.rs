@@ -14,9 +14,9 @@
 //! network) that no backend wants is deleted, a link of the wrong kind under a wanted name is
 //! replaced, and another network's device on the same host is left alone.
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::plan::{Mac, fmt_mac};
 
@@ -36,8 +36,9 @@ pub struct VxlanParams {
     pub vni: u32,
     /// `dev`: the underlay interface index (0: none).
     pub link: u32,
-    /// `local` (0.0.0.0: none).
-    pub local: Ipv4Addr,
+    /// `local`: IPv4 (IFLA_VXLAN_LOCAL) on `flannel.<VNI>`, IPv6 (IFLA_VXLAN_LOCAL6) on
+    /// `flannel-v6.<VNI>` (unspecified: none).
+    pub local: IpAddr,
     /// `dstport`, as the kernel reports it (8472 for the kernel's default).
     pub port: u16,
     pub learning: bool,
@@ -206,15 +207,15 @@ impl Device {
     }
 }
 
-/// An IPv4 address on a weft device (`ip addr add 10.244.1.0/32 dev flannel.1`): weft's
-/// devices carry exactly one, `<own subnet network>/32`, the source of host → pod traffic that
-/// adds no connected route. Keyed by device name, since an address is wanted before the device
+/// An address on a weft device (`ip addr add 10.244.1.0/32 dev flannel.1`): weft's devices
+/// carry exactly one, `<own subnet network>/32` (`/128` on `flannel-v6.<VNI>`), the source of
+/// host → pod traffic that adds no connected route. Keyed by device name, since an address is wanted before the device
 /// has an index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr {
     pub dev: String,
     /// The address with its prefix length (`10.244.1.0/32`, not truncated).
-    pub addr: Ipv4Net,
+    pub addr: IpNet,
 }
 
 impl fmt::Display for Addr {
@@ -232,7 +233,7 @@ pub(crate) fn test_vxlan(name: &str, index: u32) -> Device {
         kind: DeviceKind::Vxlan(VxlanParams {
             vni: 1,
             link: 2,
-            local: Ipv4Addr::new(198, 18, 0, 1),
+            local: Ipv4Addr::new(198, 18, 0, 1).into(),
             port: 8472,
             learning: false,
             gbp: false,

@@ -10,8 +10,7 @@
 //! PublicIPv6> dev <ext iface>` (metric 1024: [`crate::plan::V6_METRIC`]), under the same
 //! checks against the interface's IPv6 prefixes. A peer without IPv6 parts gets its IPv4 route
 //! only.
-use ipnet::Ipv4Net;
-use net_conf::LeaseAttrs;
+use net_conf::{LeaseAttrs, SubnetKey};
 
 use crate::nl::Netlink;
 use crate::{Backend, BackendError, Desired, ExternalInterface, ExternalV6, Peer, Route};
@@ -68,7 +67,11 @@ impl Backend for HostGw {
     }
 
     /// No device to configure; the pod MTU is the external interface's.
-    fn configure(&mut self, ext: &ExternalInterface, _own: Ipv4Net) -> Result<u32, BackendError> {
+    fn configure(
+        &mut self,
+        ext: &ExternalInterface,
+        _own: &SubnetKey,
+    ) -> Result<u32, BackendError> {
         Ok(ext.mtu)
     }
 
@@ -431,7 +434,10 @@ mod tests {
             assert_eq!(attrs.backend_type, "host-gw");
             assert_eq!(attrs.backend_data, None);
             let mtu = HostGw::new()
-                .configure(&ext(), "10.244.1.0/24".parse().expect("own"))
+                .configure(
+                    &ext(),
+                    &net_conf::SubnetKey::new("10.244.1.0/24".parse().expect("own")),
+                )
                 .expect("configure");
             assert_eq!(mtu, 1500);
         });

@@ -31,7 +31,7 @@
 //! a peer of another backend type is skipped with a reason.
 
 use ipnet::Ipv4Net;
-use net_conf::{IpIpConf, LeaseAttrs};
+use net_conf::{IpIpConf, LeaseAttrs, SubnetKey};
 use tracing::{info, warn};
 
 use crate::device::{Device, DeviceKind};
@@ -200,11 +200,15 @@ impl Backend for IpIp {
 
     /// Takes the node's subnet (the device gets `<network>/32`: the source for host → pod
     /// traffic; /32 adds no connected route) and returns the device MTU for subnet.env.
-    fn configure(&mut self, _ext: &ExternalInterface, own: Ipv4Net) -> Result<u32, BackendError> {
+    fn configure(
+        &mut self,
+        _ext: &ExternalInterface,
+        own: &SubnetKey,
+    ) -> Result<u32, BackendError> {
         let dev = self.dev.as_ref().ok_or_else(|| {
             BackendError::Unsupported("ipip: configure called before prepare".into())
         })?;
-        self.own = Some(own);
+        self.own = Some(own.v4);
         Ok(dev.mtu)
     }
 

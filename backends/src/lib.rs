@@ -49,7 +49,8 @@ pub struct ExternalInterface {
     /// The IPv4 prefixes configured on the interface (its directly connected subnets).
     pub prefixes: Vec<Ipv4Net>,
     /// The interface's IPv6 side on a dual-stack node (flannel requires both families on one
-    /// interface); None on an IPv4-only node. Only host-gw uses it for now.
+    /// interface); None on an IPv4-only node. host-gw routes over it; vxlan makes
+    /// `flannel-v6.<VNI>` on it.
     pub v6: Option<ExternalV6>,
 }
 
@@ -141,9 +142,10 @@ pub trait Backend {
         ext: &ExternalInterface,
     ) -> impl Future<Output = Result<LeaseAttrs, BackendError>>;
 
-    /// Takes the node's own subnet (the address of the devices in [`Backend::desired`]); returns
-    /// the MTU for subnet.env. Pure.
-    fn configure(&mut self, ext: &ExternalInterface, own: Ipv4Net) -> Result<u32, BackendError>;
+    /// Takes the node's own subnets (the addresses of the devices in [`Backend::desired`]: the
+    /// IPv4 subnet's, and the IPv6 subnet's on vxlan's `flannel-v6.<VNI>`); returns the MTU for
+    /// subnet.env. Pure.
+    fn configure(&mut self, ext: &ExternalInterface, own: &SubnetKey) -> Result<u32, BackendError>;
 
     /// Takes the ifindexes of the backend's devices as the reconciler knows them
     /// ([`Reconciler::device_index`]), so the next [`Backend::desired`] plans its entries on them.

@@ -34,8 +34,11 @@ fn direct_routing_follows_the_kernels_route_to_each_peer() {
             };
             let mut vx = AnyBackend::from_conf(&BackendConf::Vxlan(conf)).unwrap();
             vx.prepare(&nl, &ext).await.unwrap();
-            vx.configure(&ext, "10.244.1.0/24".parse().unwrap())
-                .unwrap();
+            vx.configure(
+                &ext,
+                &net_conf::SubnetKey::new("10.244.1.0/24".parse().unwrap()),
+            )
+            .unwrap();
             let peers = [
                 vxlan_peer("10.244.2.0/24", "198.18.0.2", "0a:00:00:00:00:02"),
                 vxlan_peer("10.244.3.0/24", "192.0.2.7", "0a:00:00:00:00:03"),
@@ -80,7 +83,10 @@ fn direct_routing_follows_the_kernels_route_to_each_peer() {
             });
             plain.prepare(&nl, &ext).await.unwrap();
             plain
-                .configure(&ext, "10.244.1.0/24".parse().unwrap())
+                .configure(
+                    &ext,
+                    &net_conf::SubnetKey::new("10.244.1.0/24".parse().unwrap()),
+                )
                 .unwrap();
             let guess = plain.desired(&ext, &peers);
             let dst: ipnet::IpNet = "10.244.3.0/24".parse().unwrap();

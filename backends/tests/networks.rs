@@ -46,8 +46,11 @@ fn reconciler(mode: Mode, network: &str) -> Reconciler {
 async fn desired_a(nl: &Netlink, eth0: u32) -> KernelState {
     let mut vx = Vxlan::new(VxlanConf::default());
     vx.prepare(nl, &ext(eth0)).await.unwrap();
-    vx.configure(&ext(eth0), "10.244.1.0/24".parse().unwrap())
-        .unwrap();
+    vx.configure(
+        &ext(eth0),
+        &net_conf::SubnetKey::new("10.244.1.0/24".parse().unwrap()),
+    )
+    .unwrap();
     let p = peer(
         "10.244.2.0/24",
         "vxlan",

@@ -94,7 +94,9 @@ fn spawn_node<B: Backend + Send + 'static>(
             let eth0 = nl.link_by_name("eth0").await.unwrap().unwrap();
             let ext = ext_of(eth0.index, addr);
             let attrs = backend.prepare(&nl, &ext).await.unwrap();
-            backend.configure(&ext, own).unwrap();
+            backend
+                .configure(&ext, &net_conf::SubnetKey::new(own))
+                .unwrap();
             publish
                 .send(Peer {
                     key: SubnetKey { v4: own, v6: None },

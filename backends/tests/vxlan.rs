@@ -78,7 +78,8 @@ fn s3<A: Into<String>, B: Into<String>, C: Into<String>>(
 async fn planned(nl: &Netlink, eth0: u32, own: &str) -> (Vxlan, LeaseAttrs) {
     let mut vx = Vxlan::new(VxlanConf::default());
     let attrs = vx.prepare(nl, &ext(eth0)).await.unwrap();
-    vx.configure(&ext(eth0), own.parse().unwrap()).unwrap();
+    vx.configure(&ext(eth0), &net_conf::SubnetKey::new(own.parse().unwrap()))
+        .unwrap();
     (vx, attrs)
 }
 
@@ -172,7 +173,10 @@ fn device_created_reused_and_recreated() {
         fresh.adopt_previous(&attrs);
         assert_eq!(fresh.prepare(&nl, &ext(eth0)).await.unwrap(), attrs);
         fresh
-            .configure(&ext(eth0), "10.244.1.0/24".parse().unwrap())
+            .configure(
+                &ext(eth0),
+                &net_conf::SubnetKey::new("10.244.1.0/24".parse().unwrap()),
+            )
             .unwrap();
         let mut rec = Reconciler::new(nl.clone());
         let report = rec.apply(&fresh.desired(&ext(eth0), &[]).state).await;

@@ -24,18 +24,11 @@ pub fn parse_config(text: &str) -> Result<NetConf> {
     }
     if conf.enable_ipv6 {
         match &conf.backend {
-            net_conf::BackendConf::HostGw => {}
+            net_conf::BackendConf::HostGw | net_conf::BackendConf::Vxlan(_) => {}
             net_conf::BackendConf::IpIp(_) => {
                 return Err(anyhow!(
                     "network config: Backend.Type \"ipip\" is IPv4-only (as in flannel) but \
-                     EnableIPv6 is true: use host-gw for a dual-stack network, or set EnableIPv6 \
-                     to false"
-                ));
-            }
-            net_conf::BackendConf::Vxlan(_) => {
-                return Err(anyhow!(
-                    "network config: Backend.Type \"vxlan\" with EnableIPv6 true: weft does not \
-                     program IPv6 over vxlan yet; use host-gw for a dual-stack network, or set \
+                     EnableIPv6 is true: use host-gw or vxlan for a dual-stack network, or set \
                      EnableIPv6 to false"
                 ));
             }
@@ -297,18 +290,21 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_is_accepted_with_host_gw_only() {
+    fn dual_stack_is_accepted_with_host_gw_and_vxlan_only() {
         let with = |ty: &str| {
             format!(
                 r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{{"Type":"{ty}"}}}}"#
             )
         };
-        let conf = parse_config(&with("host-gw")).expect("dual-stack host-gw");
-        assert!(conf.enable_ipv6 && conf.ipv6_network.is_some());
-        for (ty, says) in [("ipip", "IPv4-only"), ("vxlan", "IPv6 over vxlan")] {
-            let e = parse_config(&with(ty)).expect_err(ty).to_string();
-            assert!(e.contains(says) && e.contains("EnableIPv6"), "{ty}: {e}");
+        for ty in ["host-gw", "vxlan"] {
+            let conf = parse_config(&with(ty)).expect(ty);
+            assert!(conf.enable_ipv6 && conf.ipv6_network.is_some(), "{ty}");
         }
+        let e = parse_config(&with("ipip")).expect_err("ipip").to_string();
+        assert!(
+            e.contains("IPv4-only") && e.contains("EnableIPv6"),
+            "ipip: {e}"
+        );
         let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"host-gw"}}"#;
         let e = parse_config(v6_only).expect_err("v6-only").to_string();
         assert!(e.contains("EnableIPv4"), "{e}");

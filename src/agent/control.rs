@@ -247,7 +247,7 @@ impl<S: LeaseSource> Agent<S> {
             new.backend.type_name(),
             self.leases.own().key
         );
-        let own = self.leases.own().key.v4;
+        let own = self.leases.own().key;
         let running = self.conf.backend.clone();
         match self
             .dp

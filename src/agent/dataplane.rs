@@ -19,7 +19,6 @@ use anyhow::Result;
 use backends::nl::{KernelEvent, Netlink};
 use backends::reconcile::{ApplyReport, Reconciler};
 use backends::{AnyBackend, Backend, ExternalInterface, KernelState, Ownership, Peer};
-use ipnet::Ipv4Net;
 use net_conf::{BackendConf, LeaseAttrs, SubnetKey};
 use tracing::{debug, info, warn};
 
@@ -406,7 +405,7 @@ impl DataPlane {
         new: &BackendConf,
         running: BackendConf,
         attrs: &LeaseAttrs,
-        own: Ipv4Net,
+        own: SubnetKey,
     ) -> Result<(LeaseAttrs, u32), String> {
         let from = self.primary.type_name();
         let to = new.type_name();
@@ -426,7 +425,7 @@ impl DataPlane {
             .await
             .map_err(|e| format!("cannot bring up the {to} backend: {e}; staying on {from}"))?;
         let mtu = next
-            .configure(&self.ext, own)
+            .configure(&self.ext, &own)
             .map_err(|e| format!("cannot configure the {to} backend: {e}; staying on {from}"))?;
         let old = std::mem::replace(&mut self.primary, next);
         if old.type_name() == to {
@@ -480,7 +479,7 @@ impl DataPlane {
     /// the next reconcile). Returns the MTU for subnet.env.
     pub fn move_to(&mut self, own: SubnetKey) -> Result<u32, backends::BackendError> {
         self.own = Some(own);
-        self.primary.configure(&self.ext, own.v4)
+        self.primary.configure(&self.ext, &own)
     }
 
     /// Gives the backends the ifindexes of their devices as the reconciler knows them (a device

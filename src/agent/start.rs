@@ -180,7 +180,7 @@ async fn boot_from_cache(
     let mut backend = AnyBackend::from_conf(&conf.backend)?;
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
-    let mtu = backend.configure(&ext, own.v4)?;
+    let mtu = backend.configure(&ext, &own)?;
     let mut reconciler = Reconciler::new(nl.clone())
         .with_route_nexthops(opts.route_nexthops)
         .with_ownership(super::ownership(&conf));
@@ -446,7 +446,7 @@ impl Start {
         };
         // The device and its address come with the initial sync (as does the removal of devices
         // a previous backend left, which no backend wants now).
-        let mtu = primary.configure(&ext, own.key.v4)?;
+        let mtu = primary.configure(&ext, &own.key)?;
         let firewall = start_firewall(&opts, &conf, own.key).await?;
 
         let starter =

@@ -304,7 +304,7 @@ pub struct Entry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub onlink: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<std::net::IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lladdr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

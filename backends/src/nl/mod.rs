@@ -5,7 +5,7 @@
 //! Weft's routes carry protocol [`RTPROT_WEFT`](crate::RTPROT_WEFT) (87), so a dump filtered on it finds exactly the
 //! routes weft wrote and nobody else's; so do its nexthop objects ([`nexthop`]: messages that
 //! rtnetlink 0.24 does not know, built and parsed there). Route messages are in `route`.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::{Stream, StreamExt, TryStreamExt, future};
 use ipnet::Ipv4Net;
@@ -91,7 +91,7 @@ impl AddrInfo {
 }
 
 /// Kernel notifications (multicast groups RTNLGRP_LINK, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE,
-/// RTNLGRP_IPV4_IFADDR, RTNLGRP_NEIGH, RTNLGRP_NEXTHOP) turned into events; see [`subscribe`].
+/// RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR, RTNLGRP_NEIGH, RTNLGRP_NEXTHOP) turned into events; see [`subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     /// RTM_NEWROUTE: an IPv4 or IPv6 unicast (or blackhole) route was added or replaced (any
@@ -125,9 +125,18 @@ pub enum KernelEvent {
         addr: Ipv4Addr,
         prefix_len: u8,
     },
-    /// RTM_NEWNEIGH of an IPv4 neighbour (`permanent` = NUD_PERMANENT).
+    /// RTM_NEWADDR / RTM_DELADDR (`added`) of a global IPv6 address (weft's `flannel-v6.<VNI>`
+    /// carries one). Link-local addresses are not reported; IPv6 routes are not flushed with an
+    /// address, so this says nothing about routes.
+    Address6Changed {
+        index: u32,
+        addr: Ipv6Addr,
+        prefix_len: u8,
+        added: bool,
+    },
+    /// RTM_NEWNEIGH of an IPv4 or IPv6 neighbour (`permanent` = NUD_PERMANENT).
     NeighAdded { neigh: Neigh, permanent: bool },
-    /// RTM_DELNEIGH of an IPv4 neighbour.
+    /// RTM_DELNEIGH of an IPv4 or IPv6 neighbour.
     NeighDeleted(Neigh),
     /// RTM_NEWNEIGH of an FDB entry with a `dst` (`owned_kind` = `self permanent`).
     FdbAdded { entry: Fdb, owned_kind: bool },
@@ -313,7 +322,7 @@ fn device_of(m: &LinkMessage) -> Option<Device> {
                                 "vxlan" => DeviceKind::Vxlan(VxlanParams {
                                     vni: 0,
                                     link: 0,
-                                    local: Ipv4Addr::UNSPECIFIED,
+                                    local: Ipv4Addr::UNSPECIFIED.into(),
                                     port: 0,
                                     learning: true,
                                     gbp: false,
@@ -373,7 +382,8 @@ fn read_vxlan(attrs: &[InfoVxlan], v: &mut VxlanParams) {
         match a {
             InfoVxlan::Id(id) => v.vni = *id,
             InfoVxlan::Link(l) => v.link = *l,
-            InfoVxlan::Local(ip) => v.local = *ip,
+            InfoVxlan::Local(ip) => v.local = (*ip).into(),
+            InfoVxlan::Local6(ip) => v.local = (*ip).into(),
             InfoVxlan::Group(ip) => v.group = Some(*ip).filter(|g| !g.is_unspecified()),
             InfoVxlan::Port(p) => v.port = *p,
             InfoVxlan::Learning(b) => v.learning = *b,
@@ -437,25 +447,44 @@ fn kernel_event(msg: NetlinkMessage<RtMessage>) -> Option<KernelEvent> {
             }),
             RouteNetlinkMessage::NewNeighbour(m) => neigh_event(&m, true),
             RouteNetlinkMessage::DelNeighbour(m) => neigh_event(&m, false),
-            RouteNetlinkMessage::NewAddress(m) => match addr_info(&m)?.addr {
-                IpAddr::V4(addr) => Some(KernelEvent::AddressAdded {
+            RouteNetlinkMessage::NewAddress(m) => match addr_info(&m)? {
+                AddrInfo {
+                    addr: IpAddr::V4(addr),
+                    ..
+                } => Some(KernelEvent::AddressAdded {
                     index: m.header.index,
                     addr,
                     prefix_len: m.header.prefix_len,
                 }),
-                IpAddr::V6(_) => None,
+                a => address6_event(&m, &a, true),
             },
-            RouteNetlinkMessage::DelAddress(m) => match addr_info(&m)?.addr {
-                IpAddr::V4(addr) => Some(KernelEvent::AddressDeleted {
+            RouteNetlinkMessage::DelAddress(m) => match addr_info(&m)? {
+                AddrInfo {
+                    addr: IpAddr::V4(addr),
+                    ..
+                } => Some(KernelEvent::AddressDeleted {
                     index: m.header.index,
                     addr,
                     prefix_len: m.header.prefix_len,
                 }),
-                IpAddr::V6(_) => None,
+                a => address6_event(&m, &a, false),
             },
             _ => None,
         },
         NetlinkPayload::Overrun(_) => Some(KernelEvent::Overrun),
+        _ => None,
+    }
+}
+
+/// A global IPv6 address added or deleted; None for link-local and host-scope ones.
+fn address6_event(m: &AddressMessage, a: &AddrInfo, added: bool) -> Option<KernelEvent> {
+    match a.addr {
+        IpAddr::V6(addr) if a.scope_global => Some(KernelEvent::Address6Changed {
+            index: m.header.index,
+            addr,
+            prefix_len: m.header.prefix_len,
+            added,
+        }),
         _ => None,
     }
 }
@@ -475,16 +504,40 @@ fn is_permanent(state: NeighbourState) -> bool {
 
 const NUD_PERMANENT: u16 = 0x80;
 
-/// NDA_DST as IPv4. In AF_BRIDGE messages the packet crate cannot tell the address family from
-/// the header and yields the raw bytes (`Other`), so 4 raw bytes count too.
-fn neigh_dst(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+/// NDA_DST, IPv4 or IPv6. In AF_BRIDGE messages the packet crate cannot tell the address family
+/// from the header and yields the raw bytes (`Other`): 4 raw bytes are IPv4, 16 are IPv6 (the
+/// `dst` of an FDB entry of `flannel-v6.<VNI>`).
+fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
         NeighbourAttribute::Destination(NeighbourAddress::Other(raw)) => {
-            <[u8; 4]>::try_from(raw.as_slice()).ok().map(Ipv4Addr::from)
+            if let Ok(b) = <[u8; 4]>::try_from(raw.as_slice()) {
+                Some(IpAddr::V4(Ipv4Addr::from(b)))
+            } else {
+                <[u8; 16]>::try_from(raw.as_slice())
+                    .ok()
+                    .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
+            }
         }
         _ => None,
     })
+}
+
+/// NDA_DST of a request: the address as its family's.
+fn neigh_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+/// The neighbour family of `ip` (AF_INET or AF_INET6).
+fn inet_family(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
 }
 
 fn neigh_mac(m: &NeighbourMessage) -> Option<Mac> {
@@ -500,7 +553,9 @@ fn neigh_event(m: &NeighbourMessage, added: bool) -> Option<KernelEvent> {
     let mac = neigh_mac(m);
     let permanent = is_permanent(m.header.state);
     match m.header.family {
-        AddressFamily::Inet => {
+        AddressFamily::Inet | AddressFamily::Inet6
+            if ip.is_ipv4() == (m.header.family == AddressFamily::Inet) =>
+        {
             // A deleted or unresolved entry may come without a link-layer address.
             let neigh = Neigh {
                 ifindex,
@@ -532,8 +587,8 @@ fn neigh_event(m: &NeighbourMessage, added: bool) -> Option<KernelEvent> {
     }
 }
 
-/// `ip monitor route link address neigh nexthop` (routes of both families; IPv4 addresses and
-/// neighbours): a separate multicast connection in the
+/// `ip monitor route link address neigh nexthop` (routes, addresses and neighbours of both
+/// families): a separate multicast connection in the
 /// calling thread's network namespace, spawned on the current runtime. The stream ends if the
 /// socket fails; subscribe again and `refresh` then. On a kernel without nexthop objects the
 /// nexthop group cannot be joined; the other events still come.
@@ -555,6 +610,7 @@ pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, Bac
         MulticastGroup::Ipv4Route,
         MulticastGroup::Ipv6Route,
         MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
         MulticastGroup::Neigh,
     ]
     .iter()
@@ -576,11 +632,11 @@ pub fn subscribe() -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, Bac
 // ===== neighbours, FDB, vxlan devices, addresses =====
 
 impl Netlink {
-    /// `ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`.
+    /// `ip [-6] neigh replace <ip> lladdr <mac> dev <dev> nud permanent`.
     pub async fn neigh_replace(&self, n: &Neigh) -> Result<(), BackendError> {
         self.handle
             .neighbours()
-            .add(n.ifindex, IpAddr::V4(n.ip))
+            .add(n.ifindex, n.ip)
             .link_layer_address(&n.mac)
             .state(NeighbourState::Permanent)
             .kind(RouteType::Unicast)
@@ -590,15 +646,13 @@ impl Netlink {
             .map_err(|e| nl_err(KernelOp::NeighReplace(n.clone()).to_string(), e))
     }
 
-    /// `ip neigh del <ip> dev <dev>`; "already gone" is success.
+    /// `ip [-6] neigh del <ip> dev <dev>`; "already gone" is success.
     pub async fn neigh_del(&self, n: &Neigh) -> Result<(), BackendError> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = inet_family(n.ip);
         msg.header.ifindex = n.ifindex;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                n.ip,
-            )));
+            .push(NeighbourAttribute::Destination(neigh_address(n.ip)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH | ENODEV)) => Ok(()),
@@ -606,23 +660,26 @@ impl Netlink {
         }
     }
 
-    /// `ip neigh show dev <dev> nud permanent` (IPv4): the ARP entries weft owns on its device.
+    /// `ip neigh show dev <dev> nud permanent` and `ip -6 neigh show …`: the ARP and NDP entries
+    /// weft owns on its device.
     pub async fn dump_permanent_neighs(&self, ifindex: u32) -> Result<Vec<Neigh>, BackendError> {
         let mut out = Vec::new();
-        dump::dump_each(
-            &format!("ip neigh show dev {ifindex} nud permanent"),
-            neigh_dump_msg(AddressFamily::Inet),
-            |m| {
-                if let RtMessage::Route(RouteNetlinkMessage::NewNeighbour(m)) = m {
-                    if m.header.ifindex == ifindex && is_permanent(m.header.state) {
-                        if let (Some(ip), Some(mac)) = (neigh_dst(&m), neigh_mac(&m)) {
-                            out.push(Neigh { ifindex, ip, mac });
+        for (flag, family) in [("", AddressFamily::Inet), ("-6 ", AddressFamily::Inet6)] {
+            dump::dump_each(
+                &format!("ip {flag}neigh show dev {ifindex} nud permanent"),
+                neigh_dump_msg(family),
+                |m| {
+                    if let RtMessage::Route(RouteNetlinkMessage::NewNeighbour(m)) = m {
+                        if m.header.ifindex == ifindex && is_permanent(m.header.state) {
+                            if let (Some(ip), Some(mac)) = (neigh_dst(&m), neigh_mac(&m)) {
+                                out.push(Neigh { ifindex, ip, mac });
+                            }
                         }
                     }
-                }
-            },
-        )
-        .await?;
+                },
+            )
+            .await?;
+        }
         Ok(out)
     }
 
@@ -631,7 +688,7 @@ impl Netlink {
         self.handle
             .neighbours()
             .add_bridge(e.ifindex, &e.mac)
-            .destination(IpAddr::V4(e.dst))
+            .destination(e.dst)
             .flags(NeighbourFlags::Own)
             .state(NeighbourState::Permanent)
             .replace()
@@ -651,9 +708,7 @@ impl Netlink {
         msg.attributes
             .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                e.dst,
-            )));
+            .push(NeighbourAttribute::Destination(neigh_address(e.dst)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(err) if matches!(errno_of(&err), Some(ENOENT | ESRCH | ENODEV)) => Ok(()),
@@ -714,12 +769,12 @@ impl Netlink {
         let op = || format!("ip link add {}", dev.spec_with(&|_| None));
         let msg = match &dev.kind {
             DeviceKind::Vxlan(v) => {
-                let mut b = LinkVxlan::new(&dev.name, v.vni)
-                    .dev(v.link)
-                    .local(v.local)
-                    .learning(v.learning)
-                    .port(v.port)
-                    .mtu(dev.mtu);
+                let mut b = LinkVxlan::new(&dev.name, v.vni).dev(v.link);
+                b = match v.local {
+                    IpAddr::V4(ip) => b.local(ip),
+                    IpAddr::V6(ip) => b.local6(ip),
+                };
+                let mut b = b.learning(v.learning).port(v.port).mtu(dev.mtu);
                 if let Some(mac) = dev.mac {
                     b = b.address(mac.to_vec());
                 }
@@ -782,12 +837,12 @@ impl Netlink {
     pub async fn addr_replace(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix_len: u8,
     ) -> Result<(), BackendError> {
         self.handle
             .address()
-            .add(index, IpAddr::V4(ip), prefix_len)
+            .add(index, ip, prefix_len)
             .replace()
             .execute()
             .await
@@ -798,13 +853,19 @@ impl Netlink {
     pub async fn addr_del(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         prefix_len: u8,
     ) -> Result<(), BackendError> {
-        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(index)
-            .address(ip, prefix_len)
-            .build();
+        let msg = match ip {
+            IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(index)
+                .address(ip, prefix_len)
+                .build(),
+            IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(index)
+                .address(ip, prefix_len)
+                .build(),
+        };
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if matches!(errno_of(&e), Some(EADDRNOTAVAIL | ENODEV)) => Ok(()),

@@ -15,6 +15,9 @@ use ipnet::IpNet;
 
 use crate::RTPROT_WEFT;
 pub use crate::device::{Addr, Device, DeviceDiff, DeviceKind, VxlanParams};
+pub use neigh::{Fdb, Mac, Neigh, fmt_mac};
+
+mod neigh;
 
 /// An IPv4 or IPv6 route in table main with protocol [`RTPROT_WEFT`] at weft's metric
 /// ([`route_metric`]: 0 for IPv4, [`V6_METRIC`] for IPv6): the only kind of route weft writes.
@@ -102,59 +105,6 @@ pub fn unspecified_for(dst: &IpNet) -> IpAddr {
 /// no pod holds), so that traffic is dropped instead of following the default route.
 pub const BLACKHOLE_METRIC: u32 = 4096;
 
-/// A MAC address.
-pub type Mac = [u8; 6];
-
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn fmt_mac(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A permanent IPv4 neighbour (ARP) entry on a weft device:
-/// `10.244.2.0 lladdr 02:00:00:00:00:02 dev flannel.1 nud permanent`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Neigh {
-    pub ifindex: u32,
-    pub ip: Ipv4Addr,
-    pub mac: Mac,
-}
-
-impl fmt::Display for Neigh {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} lladdr {} dev {}",
-            self.ip,
-            fmt_mac(&self.mac),
-            self.ifindex
-        )
-    }
-}
-
-/// A permanent forwarding entry of a vxlan device, one per remote VTEP MAC:
-/// `02:00:00:00:00:02 dev flannel.1 dst 198.18.0.2 self permanent`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Fdb {
-    pub ifindex: u32,
-    pub mac: Mac,
-    pub dst: Ipv4Addr,
-}
-
-impl fmt::Display for Fdb {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} dev {} dst {}",
-            fmt_mac(&self.mac),
-            self.ifindex,
-            self.dst
-        )
-    }
-}
-
 /// The kernel objects weft owns (or wants to own), keyed so that two objects with one key cannot
 /// coexist in the kernel: devices by name, their addresses by device name and address, routes by
 /// destination (table main, at weft's metric for the family: [`route_metric`]), neighbours by device and IP, FDB entries by device and
@@ -168,7 +118,7 @@ pub struct KernelState {
     pub devices: BTreeMap<String, Device>,
     pub addrs: BTreeSet<Addr>,
     pub routes: BTreeMap<IpNet, Route>,
-    pub neighs: BTreeMap<(u32, Ipv4Addr), Neigh>,
+    pub neighs: BTreeMap<(u32, IpAddr), Neigh>,
     pub fdb: BTreeMap<(u32, Mac), Fdb>,
     /// `blackhole <dst> proto 87 metric` [`BLACKHOLE_METRIC`] routes in table main (the node's
     /// own subnet with `--ip-blackhole-route`).
@@ -223,7 +173,7 @@ impl KernelState {
                 r.oif = to;
             }
         }
-        let keys: Vec<(u32, Ipv4Addr)> = self
+        let keys: Vec<(u32, IpAddr)> = self
             .neighs
             .keys()
             .filter(|k| k.0 == from)
@@ -453,12 +403,18 @@ impl KernelOp {
                 }
             }
             KernelOp::NeighReplace(n) => format!(
-                "ip neigh replace {} lladdr {} dev {} nud permanent",
+                "ip {}neigh replace {} lladdr {} dev {} nud permanent",
+                family_flag(&n.ip),
                 n.ip,
                 fmt_mac(&n.mac),
                 dev(n.ifindex)
             ),
-            KernelOp::NeighDel(n) => format!("ip neigh del {} dev {}", n.ip, dev(n.ifindex)),
+            KernelOp::NeighDel(n) => format!(
+                "ip {}neigh del {} dev {}",
+                family_flag(&n.ip),
+                n.ip,
+                dev(n.ifindex)
+            ),
             KernelOp::FdbReplace(e) => format!(
                 "bridge fdb replace {} dev {} dst {} self permanent",
                 fmt_mac(&e.mac),
@@ -479,6 +435,11 @@ impl KernelOp {
             ),
         }
     }
+}
+
+/// `-6 ` for an IPv6 address (`ip -6 neigh …`), nothing for IPv4.
+fn family_flag(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv6() { "-6 " } else { "" }
 }
 
 /// `ip route replace 10.244.2.0/24 via 198.18.0.2 dev 3 proto 87`.

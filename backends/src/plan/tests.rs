@@ -88,13 +88,13 @@ fn diff_orders_kinds_for_onlink_routes() {
     let old_mac = [2, 0, 0, 0, 0, 9];
     let n = Neigh {
         ifindex: 7,
-        ip: Ipv4Addr::new(10, 244, 2, 0),
+        ip: Ipv4Addr::new(10, 244, 2, 0).into(),
         mac,
     };
     let e = Fdb {
         ifindex: 7,
         mac,
-        dst: Ipv4Addr::new(198, 18, 0, 2),
+        dst: Ipv4Addr::new(198, 18, 0, 2).into(),
     };
     let old_e = Fdb {
         mac: old_mac,
@@ -106,7 +106,7 @@ fn diff_orders_kinds_for_onlink_routes() {
     };
     let gone = route("10.244.3.0/24", "10.244.3.0", 7);
     let gone_n = Neigh {
-        ip: Ipv4Addr::new(10, 244, 3, 0),
+        ip: Ipv4Addr::new(10, 244, 3, 0).into(),
         ..n.clone()
     };
     let mut desired = KernelState::from_routes([rt.clone()]);
@@ -211,13 +211,13 @@ fn slots_state(slots: &[(Option<u8>, bool)], pick: impl Fn(usize) -> Option<u8>)
         ));
         s.add_neigh(Neigh {
             ifindex: 7,
-            ip: Ipv4Addr::new(10, 244, i, 0),
+            ip: Ipv4Addr::new(10, 244, i, 0).into(),
             mac: [2, 0, 0, 0, i, v],
         });
         s.add_fdb(Fdb {
             ifindex: 7,
             mac: [2, 0, 0, 0, 0, i],
-            dst: Ipv4Addr::new(198, 18, 0, v),
+            dst: Ipv4Addr::new(198, 18, 0, v).into(),
         });
     }
     s
@@ -280,13 +280,13 @@ fn peer_on(index: u32, i: u8) -> (Neigh, Fdb, Route) {
     (
         Neigh {
             ifindex: index,
-            ip: Ipv4Addr::new(10, 244, i, 0),
+            ip: Ipv4Addr::new(10, 244, i, 0).into(),
             mac,
         },
         Fdb {
             ifindex: index,
             mac,
-            dst: Ipv4Addr::new(198, 18, 0, i),
+            dst: Ipv4Addr::new(198, 18, 0, i).into(),
         },
         Route {
             onlink: true,

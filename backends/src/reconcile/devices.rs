@@ -3,7 +3,7 @@
 //! following link notifications, which are re-read before they are trusted (a notification can
 //! be a late echo of weft's own write).
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use tracing::{debug, warn};
 
@@ -172,11 +172,16 @@ impl Reconciler {
     }
 
     /// The address as weft's when `index` is one of weft's devices.
-    pub(super) fn owned_addr(&self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Option<Addr> {
+    pub(super) fn owned_addr(
+        &self,
+        index: u32,
+        addr: impl Into<IpAddr>,
+        prefix_len: u8,
+    ) -> Option<Addr> {
         let dev = self.cache.device_at(index)?;
         Some(Addr {
             dev: dev.name.clone(),
-            addr: ipnet::Ipv4Net::new(addr, prefix_len).ok()?,
+            addr: ipnet::IpNet::new(addr.into(), prefix_len).ok()?,
         })
     }
 }

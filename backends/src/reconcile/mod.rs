@@ -289,9 +289,11 @@ impl Reconciler {
                 debug!(device = %dev.name, "a weft-named device of another network; left alone");
                 continue;
             }
+            // IPv4 addresses, and global IPv6 ones (`flannel-v6.<VNI>`'s /128): the kernel's
+            // link-local fe80:: addresses are not weft's.
             for a in &link.addrs {
-                if let std::net::IpAddr::V4(ip) = a.addr {
-                    if let Ok(addr) = ipnet::Ipv4Net::new(ip, a.prefix_len) {
+                if a.addr.is_ipv4() || a.scope_global {
+                    if let Ok(addr) = ipnet::IpNet::new(a.addr, a.prefix_len) {
                         state.add_addr(Addr {
                             dev: dev.name.clone(),
                             addr,

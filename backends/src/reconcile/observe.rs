@@ -201,6 +201,23 @@ impl Reconciler {
                 };
                 routes || wanted
             }
+            KernelEvent::Address6Changed {
+                index,
+                addr,
+                prefix_len,
+                added,
+            } => match self.owned_addr(*index, *addr, *prefix_len) {
+                Some(a) if *added => {
+                    let unwanted = !self.last_desired.addrs.contains(&a);
+                    self.cache.add_addr(a);
+                    unwanted
+                }
+                Some(a) if self.cache.addrs.remove(&a) && self.last_desired.addrs.contains(&a) => {
+                    warn!("ip addr: {a} was removed by someone else; restoring it");
+                    true
+                }
+                _ => false,
+            },
             KernelEvent::NeighAdded { neigh, permanent } => {
                 if !self.owns_index(neigh.ifindex) {
                     return false;
