@@ -483,3 +483,66 @@ async fn dual_stack_leases_have_flannels_key_and_value() {
         "{stored:?}"
     );
 }
+
+/// Two nodes that listed at the same moment can create dual-stack keys that differ but share
+/// a subnet (the compare-and-swap guards one exact key). The later creator sees the earlier
+/// lease when it checks after creating, gives its key up and picks again.
+#[tokio::test]
+async fn a_dual_stack_lease_overlapping_one_created_just_before_is_given_up() {
+    let etcd = start_etcd();
+    let conf = conf(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#,
+    );
+    let mut m = manager(&etcd.endpoint(), LeaseTiming::default()).await;
+    // The list this node decides on: before the other node's create.
+    let stale = m.registry().list_leases().await.expect("list");
+    etcd.etcdctl(&[
+        "put",
+        &format!("{PREFIX}/subnets/10.244.177.0-24&fd00:10:244:99::-64"),
+        r#"{"PublicIP":"198.18.0.2","PublicIPv6":"fd00:198:18::2","BackendType":"host-gw"}"#,
+    ])
+    .expect("the other node's lease");
+    let attrs = net_conf::LeaseAttrs {
+        public_ipv6: Some("fd00:198:18::1".parse().expect("v6")),
+        ..attrs(node_ip(1))
+    };
+    let (own, _) = m
+        .acquire_from(
+            &conf,
+            &attrs,
+            Previous {
+                v4: Some(net("10.244.177.0/24")),
+                v6: Some("fd00:10:244:b1::/64".parse().expect("v6")),
+            },
+            Some(stale),
+        )
+        .await
+        .expect("acquire");
+    assert_ne!(
+        own.key.v4,
+        net("10.244.177.0/24"),
+        "kept an overlapping subnet"
+    );
+    assert_eq!(
+        own.key.v6,
+        Some("fd00:10:244:b1::/64".parse().expect("v6")),
+        "the IPv6 subnet did not collide and is kept"
+    );
+    let stored = etcd
+        .etcdctl(&[
+            "get",
+            &format!("{PREFIX}/subnets/"),
+            "--prefix",
+            "--keys-only",
+        ])
+        .expect("list");
+    let keys: Vec<&str> = stored.split_whitespace().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.contains("10.244.177.0-24"))
+            .count(),
+        1,
+        "{keys:?}"
+    );
+}

@@ -291,7 +291,10 @@ impl SubnetManager {
                 previous_v4,
                 previous_v6,
             }) => {
-                let lease = self.create(&key, attrs).await?;
+                let (lease, created_at) = self.create_at(&key, attrs).await?;
+                if key.v6.is_some() {
+                    self.yield_if_overlapped(&lease, created_at).await?;
+                }
                 if previous_v4 && (previous_v6 || key.v6.is_none()) {
                     tracing::info!("Found previously leased subnet ({key}), reusing");
                 } else {
@@ -305,18 +308,67 @@ impl SubnetManager {
         }
     }
 
-    async fn create(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<OwnLease> {
-        let (lease_id, ttl, _rev) = self
+    /// Creates `key` (compare-and-swap on the key); returns the lease and the revision that
+    /// created it.
+    async fn create_at(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<(OwnLease, i64)> {
+        let (lease_id, ttl, rev) = self
             .reg
             .create_lease(key, attrs, self.ttl_secs())
             .await
             .with_context(|| format!("creating lease {key}"))?;
-        Ok(OwnLease {
-            key: *key,
-            lease_id,
-            expires: Some(expiry(ttl)),
-            granted_ttl: ttl,
+        Ok((
+            OwnLease {
+                key: *key,
+                lease_id,
+                expires: Some(expiry(ttl)),
+                granted_ttl: ttl,
+            },
+            rev,
+        ))
+    }
+
+    /// A dual-stack key's compare-and-swap guards only that exact key: another node that
+    /// listed at the same moment can create a key with the same IPv4 and another IPv6 subnet
+    /// (or the other way round). So after creating one, list the keys again; if a lease created
+    /// earlier overlaps either part, ours is deleted and the caller lists and picks again (the
+    /// later creator always sees the earlier one, so exactly one of two yields).
+    async fn yield_if_overlapped(&self, own: &OwnLease, created_at: i64) -> Result<()> {
+        let keys = self
+            .reg
+            .lease_create_revisions()
+            .await
+            .context("listing subnet keys after creating a dual-stack lease")?;
+        let overlaps = |a: &SubnetKey, b: &SubnetKey| {
+            let v4 = a.v4.contains(&b.v4.network()) || b.v4.contains(&a.v4.network());
+            let v6 = match (a.v6, b.v6) {
+                (Some(x), Some(y)) => x.contains(&y.network()) || y.contains(&x.network()),
+                _ => false,
+            };
+            v4 || v6
+        };
+        let Some((first, _)) = keys
+            .iter()
+            .filter(|(k, rev)| *k != own.key && *rev < created_at && overlaps(k, &own.key))
+            .min_by_key(|(_, rev)| *rev)
+        else {
+            return Ok(());
+        };
+        tracing::info!(
+            "lease {} overlaps {first}, created just before it by another node: giving it up",
+            own.key
+        );
+        self.reg
+            .delete_lease(&own.key, None)
+            .await
+            .with_context(|| format!("deleting overlapping lease {}", own.key))?;
+        if let Err(e) = self.reg.revoke(own.lease_id).await {
+            tracing::warn!("revoking the etcd lease of {}: {e}", own.key);
+        }
+        Err(RegistryError::Conflict {
+            key: own.key.to_string(),
+            what: "overlaps a lease created just before it",
         })
+        .context("creating a dual-stack lease")
     }
 
     /// Keeps a lease that carries our public IP: a reservation stays one; a leased key keeps

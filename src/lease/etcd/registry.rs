@@ -278,6 +278,33 @@ impl Registry {
         }
     }
 
+    /// Every lease key that parses, with the revision that created it (one keys-only Range):
+    /// which of two overlapping leases came first.
+    pub async fn lease_create_revisions(&self) -> Result<Vec<(SubnetKey, i64)>> {
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        let resp = timed(
+            &self.creds,
+            "list subnet keys",
+            kv.get(
+                self.subnets_prefix(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+        )
+        .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                let key = SubnetKey::from_etcd_key(key, &self.prefix).ok()?;
+                Some((key, kv.create_revision()))
+            })
+            .collect())
+    }
+
     /// The mod revision of one lease key, or `None` when it does not exist (one Get; for a
     /// compare-and-swap on a key whose value could not be parsed).
     pub async fn lease_mod_revision(&self, key: &SubnetKey) -> Result<Option<i64>> {
