@@ -415,3 +415,163 @@ fn dual_stack_ip_masq_masquerades_ipv6_too() {
     })
     .expect("the IPv6 nat chain written back");
 }
+
+const VXLAN6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+const HOST_GW6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
+
+/// Node `k` tunnels IPv6 to every peer over `flannel-v6.1`: `<peer IPv6 subnet> via <its
+/// network address> dev flannel-v6.1 onlink`, and the device carries its own subnet's
+/// network address /128.
+fn vxlan6_ok(lab: &Lab, k: usize) -> Result<(), String> {
+    let ns = lab.node_ns(k).map_err(|e| e.to_string())?;
+    let routes = routes6_in(ns)?;
+    for j in (1..=lab.nodes()).filter(|&j| j != k) {
+        let sub6 = lab
+            .subnet_env(j)
+            .map_err(|e| format!("{e:#}"))?
+            .ipv6_subnet
+            .ok_or("no FLANNEL_IPV6_SUBNET")?
+            .trunc();
+        let found = routes.iter().any(|r| {
+            r["dst"] == sub6.to_string()
+                && r["dev"] == "flannel-v6.1"
+                && r["gateway"] == sub6.network().to_string()
+        });
+        if !found {
+            return Err(format!(
+                "node {k}: no route {sub6} via {} dev flannel-v6.1; routes: {routes:?}",
+                sub6.network()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Nodes `1..=n` have no device named `dev`.
+fn no_device(lab: &Lab, dev: &str) -> Result<(), String> {
+    for k in 1..=lab.nodes() {
+        let ns = lab.node_ns(k).map_err(|e| e.to_string())?;
+        let out = Command::new("ip")
+            .args(["-n", ns, "link", "show", dev])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Err(format!("node {k} still has {dev}"));
+        }
+    }
+    Ok(())
+}
+
+/// `ping -i 0.1` from pod `from` to `to` until stopped.
+fn start_ping(lab: &Lab, from: usize, to: String) -> std::process::Child {
+    Command::new("ip")
+        .args(["netns", "exec", lab.pod_ns(from).expect("pod ns")])
+        .args(["ping", "-n", "-i", "0.1", "-W", "1", "-w", "600", &to])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ping")
+}
+
+/// Stops a ping started by [`start_ping`]: (sent, received) and its output.
+fn stop_ping(child: std::process::Child) -> (u32, u32, String) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, Signal::SIGINT).expect("stop ping");
+    let out = child.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in:\n{text}"));
+    let mut nums = line
+        .split(',')
+        .filter_map(|part| part.split_whitespace().next()?.parse::<u32>().ok());
+    let sent = nums.next().expect("sent");
+    let received = nums.next().expect("received");
+    (sent, received, text)
+}
+
+/// vxlan on a dual-stack network: `flannel-v6.1` beside `flannel.1`, pods ping over both
+/// families, and a live switch to host-gw and back loses no ping on either family.
+#[test]
+fn dual_stack_vxlan_and_a_live_switch_to_host_gw_and_back_lose_no_ping() {
+    if !common::need::root("dual_stack_vxlan_and_a_live_switch_to_host_gw_and_back_lose_no_ping") {
+        return;
+    }
+    let mut spec = spec(3);
+    spec.backend = "vxlan".to_owned();
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.start_all().expect("start agents");
+    for k in 1..=3 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    for k in 1..=3 {
+        wait_until(CONVERGE, || vxlan6_ok(&lab, k)).expect("IPv6 over flannel-v6.1");
+    }
+    // The IPv6 device: MTU 70 below the underlay's (an IPv6 outer header), its subnet's /128.
+    let ns1 = lab.node_ns(1).expect("ns").to_owned();
+    let link = common::json_in(&ns1, "ip", &["-d", "link", "show", "flannel-v6.1"]).expect("link");
+    assert_eq!(link[0]["mtu"], 1430, "{link:?}");
+    let sub6 = lab
+        .subnet_env(1)
+        .expect("env")
+        .ipv6_subnet
+        .expect("v6")
+        .trunc();
+    let addrs = exec_in(&ns1, "ip", &["-6", "addr", "show", "dev", "flannel-v6.1"]).expect("addr");
+    assert!(
+        addrs.contains(&format!("{}/128", sub6.network())),
+        "{addrs}"
+    );
+    // The lease carries the IPv6 VTEP as flanneld writes it.
+    let v4 = lab.subnet(1).expect("subnet");
+    let key = format!(
+        "/coreos.com/network/subnets/{}-24&{}-64",
+        v4.network(),
+        sub6.network()
+    );
+    let value = lab
+        .etcdctl(&["get", &key, "--print-value-only"])
+        .expect("get");
+    assert!(
+        value.contains(r#""PublicIPv6":"fd00:198:18::1""#)
+            && value.contains(r#""BackendV6Data":{"VNI":1,"VtepMAC":""#),
+        "{value}"
+    );
+    lab.add_pods().expect("pods");
+    assert_pods_ping_over_both_families(&lab);
+
+    let ping4 = start_ping(&lab, 1, lab.pod_ip(3).expect("pod").to_string());
+    let ping6 = start_ping(&lab, 1, lab.pod_ip6(3).expect("pod").to_string());
+    lab.put_config(HOST_GW6).expect("config host-gw");
+    let to_hostgw = wait_until(CONVERGE, || {
+        (1..=3).try_for_each(|k| {
+            hostgw_routes_ok(&lab, k)?;
+            hostgw_routes6_ok(&lab, k)
+        })?;
+        no_device(&lab, "flannel-v6.1")?;
+        no_device(&lab, "flannel.1")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    lab.put_config(VXLAN6).expect("config vxlan");
+    let back = wait_until(CONVERGE, || (1..=3).try_for_each(|k| vxlan6_ok(&lab, k)));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (sent4, got4, text4) = stop_ping(ping4);
+    let (sent6, got6, text6) = stop_ping(ping6);
+    to_hostgw.expect("every node on host-gw, both families, no vxlan device left");
+    back.unwrap_or_else(|e| {
+        panic!(
+            "every node back on vxlan over both families: {e}\nnode 1's links:\n{}\nnode 1's log:\n{}",
+            lab.ip(1, &["-o", "link"]).unwrap_or_default(),
+            lab.log_tail(1, 60)
+        )
+    });
+    eprintln!("dual-stack switch round trip: IPv4 {got4}/{sent4}, IPv6 {got6}/{sent6} replies");
+    assert!(
+        sent4 >= 10 && sent6 >= 10,
+        "too few pings:\n{text4}\n{text6}"
+    );
+    assert_eq!(sent4 - got4, 0, "IPv4 pings lost:\n{text4}");
+    assert_eq!(sent6 - got6, 0, "IPv6 pings lost:\n{text6}");
+    assert_pods_ping_over_both_families(&lab);
+}

@@ -882,3 +882,5 @@ impl Netlink {
 /// The kernel's errno when it does not know a link kind (`ip link add t0 type ipip` on a kernel
 /// without CONFIG_NET_IPIP and no module to load: iproute2 prints "Unknown device type").
 pub const EOPNOTSUPP: i32 = 95;
+/// EINVAL: the kernel refuses the request's values.
+pub const EINVAL: i32 = 22;

@@ -279,6 +279,22 @@ impl Netlink {
         }
     }
 
+    /// `ip route del <dst> proto 87` (table main), whatever its next hop (a route on a nexthop
+    /// object too); "already gone" is success.
+    pub async fn route_del_dst(&self, dst: IpNet) -> Result<(), BackendError> {
+        match self
+            .handle
+            .route()
+            .del(dst_msg(dst, RTPROT_WEFT))
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno_of(&e), Some(ENOENT | ESRCH)) => Ok(()),
+            Err(e) => Err(nl_err(format!("ip route del {dst} proto {RTPROT_WEFT}"), e)),
+        }
+    }
+
     /// `ip route del <dst> via <gw> dev <oif> proto 87`: the kernel only removes a route that
     /// matches all of these, so a route someone else put at the same destination stays.
     /// "Already gone" (ENOENT/ESRCH) is success. No metric is sent, for IPv6 either: the kernel

@@ -545,6 +545,31 @@ impl Reconciler {
         r: &Route,
         report: &mut ApplyReport,
     ) -> Result<(), BackendError> {
+        match self.replace_route_once(r, report).await {
+            // The kernel checks an IPv6 onlink gateway against its routes: when the route being
+            // replaced goes through another device and covers the gateway (host-gw's route to
+            // a peer's subnet while switching to vxlan, whose gateway is in that subnet), the
+            // new route or nexthop is refused ("Nexthop has invalid gateway or device
+            // mismatch"). The old route goes first, then ours is written: a gap of one request.
+            Err(e) if errno(&e) == Some(nl::EINVAL) && r.onlink && r.dst.addr().is_ipv6() => {
+                let Some(old) = self.cache.routes.get(&r.dst).filter(|o| o.oif != r.oif) else {
+                    return Err(e);
+                };
+                let old = old.display_with(self.name(old.oif)).to_string();
+                self.nl.route_del_dst(r.dst).await?;
+                info!("ip -6 route del {old} proto {RTPROT_WEFT}  # in the way of {r}");
+                self.nh.set_route(r.dst, None);
+                self.replace_route_once(r, report).await
+            }
+            other => other,
+        }
+    }
+
+    async fn replace_route_once(
+        &mut self,
+        r: &Route,
+        report: &mut ApplyReport,
+    ) -> Result<(), BackendError> {
         if self.uses_nexthops() && !self.links_down.contains(&r.oif) {
             match self.replace_on_nexthop(r, report).await {
                 Ok(()) => return Ok(()),
