@@ -56,7 +56,7 @@ fn bench_runs_every_measurement_with_50_peers() {
         );
     }
     // Dual-stack at the detail size: every IPv4 and IPv6 route, against ip -batch of both.
-    assert_eq!(report.dual.len(), 1);
+    assert_eq!(report.dual.len(), 2);
     for r in &report.dual {
         assert_eq!(r.peers, 50);
         assert!(

@@ -96,7 +96,7 @@ pub struct Config {
     pub underlay_gro: bool,
     /// Also run kube mode at the detail size (`--kube`).
     pub kube: bool,
-    /// Run the dual-stack scenario at the detail size (host-gw).
+    /// Run the dual-stack scenario at the detail size.
     pub dual: bool,
 }
 
@@ -244,7 +244,7 @@ pub struct Report {
     pub detail: Vec<Detail>,
     /// Kube mode beside etcd mode, at the detail size.
     pub kube: Vec<kube::KubeRun>,
-    /// Dual-stack, at the detail size (host-gw).
+    /// Dual-stack, at the detail size.
     pub dual: Vec<crate::dual::DualRun>,
     pub throughput: Option<Throughput>,
 }
@@ -312,9 +312,9 @@ pub fn run(cfg: &Config) -> Result<Report> {
                 kube::print(&run);
                 report.kube.push(run);
             }
-            if cfg.dual && kind == Kind::HostGw && n == cfg.detail_at {
+            if cfg.dual && n == cfg.detail_at {
                 println!("## {} with {n} dual-stack peers", kind.name());
-                let run = crate::dual::scenario(cfg, n, nexthops)
+                let run = crate::dual::scenario(cfg, kind, n, nexthops)
                     .with_context(|| format!("dual-stack, {} with {n} peers", kind.name()))?;
                 crate::dual::print(&run);
                 report.dual.push(run);
@@ -875,7 +875,7 @@ impl Listener {
         let stop2 = stop.clone();
         let ns = ns.to_owned();
         let thread = std::thread::spawn(move || {
-            let sock = match open_listener(&ns) {
+            let sock = match open_listener(&ns, &[3, 7]) {
                 Ok(s) => {
                     let _ = ready_tx.send(Ok(()));
                     s
@@ -932,7 +932,9 @@ impl Drop for Listener {
     }
 }
 
-fn open_listener(ns: &str) -> Result<rtnetlink::sys::Socket> {
+/// A netlink socket in `ns` joined to `groups` (RTNLGRP_NEIGH = 3, RTNLGRP_IPV4_ROUTE = 7,
+/// RTNLGRP_IPV6_ROUTE = 11), with a large buffer and a 100 ms receive timeout.
+pub(crate) fn open_listener(ns: &str, groups: &[u32]) -> Result<rtnetlink::sys::Socket> {
     use nix::sys::socket::{setsockopt, sockopt};
     use rtnetlink::sys::{Socket, protocols::NETLINK_ROUTE};
     enter(ns)?;
@@ -946,9 +948,10 @@ fn open_listener(ns: &str) -> Result<rtnetlink::sys::Socket> {
         &nix::sys::time::TimeVal::new(0, 100_000),
     )
     .context("SO_RCVTIMEO")?;
-    // RTNLGRP_NEIGH = 3, RTNLGRP_IPV4_ROUTE = 7.
-    sock.add_membership(3).context("join RTNLGRP_NEIGH")?;
-    sock.add_membership(7).context("join RTNLGRP_IPV4_ROUTE")?;
+    for &g in groups {
+        sock.add_membership(g)
+            .with_context(|| format!("join netlink group {g}"))?;
+    }
     Ok(sock)
 }
 
