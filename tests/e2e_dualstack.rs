@@ -574,4 +574,41 @@ fn dual_stack_vxlan_and_a_live_switch_to_host_gw_and_back_lose_no_ping() {
     assert_eq!(sent4 - got4, 0, "IPv4 pings lost:\n{text4}");
     assert_eq!(sent6 - got6, 0, "IPv6 pings lost:\n{text6}");
     assert_pods_ping_over_both_families(&lab);
+
+    // `weft cleanup` on a stopped node removes both vxlan devices and every IPv6 entry.
+    lab.stop_node(3, Signal::SIGTERM).expect("stop node 3");
+    let endpoint = lab.etcd_endpoint().expect("endpoint");
+    let out = weft(
+        &lab,
+        3,
+        &[
+            "cleanup",
+            &format!("--etcd-endpoints={endpoint}"),
+            &format!(
+                "--subnet-file={}",
+                lab.subnet_file(3).expect("path").display()
+            ),
+            &format!(
+                "--peer-cache-file={}",
+                lab.peer_cache_file(3).expect("path").display()
+            ),
+        ],
+    );
+    assert!(out.status.success(), "weft cleanup: {out:?}");
+    let ns3 = lab.node_ns(3).expect("ns").to_owned();
+    for dev in ["flannel.1", "flannel-v6.1"] {
+        let out = Command::new("ip")
+            .args(["-n", &ns3, "link", "show", dev])
+            .output()
+            .expect("ip link");
+        assert!(!out.status.success(), "{dev} left by cleanup");
+    }
+    let left: Vec<_> = routes6_in(&ns3)
+        .expect("routes")
+        .into_iter()
+        .filter(|r| route_protocol_is(r, common::WEFT_ROUTE_PROTOCOL))
+        .collect();
+    assert!(left.is_empty(), "IPv6 routes left by cleanup: {left:?}");
+    let neigh = exec_in(&ns3, "ip", &["-6", "neigh", "show", "nud", "permanent"]).expect("neigh");
+    assert!(neigh.trim().is_empty(), "IPv6 neighbours left: {neigh}");
 }
