@@ -612,3 +612,158 @@ fn dual_stack_vxlan_and_a_live_switch_to_host_gw_and_back_lose_no_ping() {
     let neigh = exec_in(&ns3, "ip", &["-6", "neigh", "show", "nud", "permanent"]).expect("neigh");
     assert!(neigh.trim().is_empty(), "IPv6 neighbours left: {neigh}");
 }
+
+/// `ip -n <ns> <args>`, asserting success.
+fn ip_ok(ns: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip {}: {out:?}", args.join(" "));
+}
+
+/// A node programmed as flanneld does for dual-stack vxlan (its devices, its lease with
+/// `BackendV6Data`, its entries to the weft nodes by hand) and weft nodes reach each other's
+/// pods over both families.
+#[test]
+fn dual_stack_vxlan_beside_a_flanneld_node() {
+    if !common::need::root("dual_stack_vxlan_beside_a_flanneld_node") {
+        return;
+    }
+    let mut spec = spec(3);
+    spec.backend = "vxlan".to_owned();
+    let mut lab = Lab::build(spec).expect("build lab");
+    let ns3 = lab.node_ns(3).expect("ns").to_owned();
+    // flanneld's two devices and addresses (flanneld asks for underlay − 50 on both; over an
+    // IPv6 underlay the kernel refuses more than underlay − 70, its default, which stays).
+    for (dev, local, addr) in [
+        ("flannel.1", "198.18.0.3", "10.244.200.0/32"),
+        ("flannel-v6.1", "fd00:198:18::3", "fd00:10:244:c8::/128"),
+    ] {
+        ip_ok(
+            &ns3,
+            &[
+                "link",
+                "add",
+                dev,
+                "type",
+                "vxlan",
+                "id",
+                "1",
+                "local",
+                local,
+                "dev",
+                "eth0",
+                "dstport",
+                "8472",
+                "nolearning",
+            ],
+        );
+        ip_ok(&ns3, &["link", "set", dev, "up"]);
+        ip_ok(&ns3, &["addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    let mac_of = |dev: &str| -> String {
+        common::json_in(&ns3, "ip", &["link", "show", dev]).expect("link")[0]["address"]
+            .as_str()
+            .expect("mac")
+            .to_owned()
+    };
+    let (mac4, mac6) = (mac_of("flannel.1"), mac_of("flannel-v6.1"));
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.244.200.0-24&fd00:10:244:c8::-64",
+        &format!(
+            r#"{{"PublicIP":"198.18.0.3","PublicIPv6":"fd00:198:18::3","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac4}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+        ),
+    ])
+    .expect("put node 3's lease");
+    std::fs::write(
+        lab.subnet_file(3).expect("path"),
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\n\
+             FLANNEL_IPV6_NETWORK={V6_NETWORK}\nFLANNEL_IPV6_SUBNET=fd00:10:244:c8::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        ),
+    )
+    .expect("node 3's subnet.env");
+    lab.start_node(1).expect("start node 1");
+    lab.start_node(2).expect("start node 2");
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    // flanneld's entries on node 3 for each weft node, from the weft node's lease.
+    for k in 1..=2 {
+        let env = lab.subnet_env(k).expect("env");
+        let (sub, sub6) = (
+            env.subnet.expect("v4").trunc(),
+            env.ipv6_subnet.expect("v6").trunc(),
+        );
+        let key = format!(
+            "/coreos.com/network/subnets/{}-24&{}-64",
+            sub.network(),
+            sub6.network()
+        );
+        let value: serde_json::Value = serde_json::from_str(
+            lab.etcdctl(&["get", &key, "--print-value-only"])
+                .expect("get")
+                .trim(),
+        )
+        .expect("lease JSON");
+        let vtep4 = value["BackendData"]["VtepMAC"].as_str().expect("VtepMAC");
+        let vtep6 = value["BackendV6Data"]["VtepMAC"]
+            .as_str()
+            .unwrap_or_else(|| panic!("node {k}'s lease has no BackendV6Data: {value}"));
+        for (fam, dev, gw, net, mac, public) in [
+            (
+                "-4",
+                "flannel.1",
+                sub.network().to_string(),
+                sub.to_string(),
+                vtep4,
+                format!("198.18.0.{k}"),
+            ),
+            (
+                "-6",
+                "flannel-v6.1",
+                sub6.network().to_string(),
+                sub6.to_string(),
+                vtep6,
+                format!("fd00:198:18::{k}"),
+            ),
+        ] {
+            ip_ok(
+                &ns3,
+                &[
+                    fam,
+                    "neigh",
+                    "replace",
+                    &gw,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ],
+            );
+            let out = Command::new("bridge")
+                .args(["-n", &ns3, "fdb", "replace", mac, "dev", dev])
+                .args(["dst", &public, "self", "permanent"])
+                .output()
+                .expect("bridge");
+            assert!(out.status.success(), "bridge fdb: {out:?}");
+            ip_ok(
+                &ns3,
+                &[
+                    fam, "route", "replace", &net, "via", &gw, "dev", dev, "onlink",
+                ],
+            );
+        }
+    }
+    for k in 1..=2 {
+        wait_until(CONVERGE, || vxlan6_ok(&lab, k)).expect("IPv6 to node 3 over flannel-v6.1");
+    }
+    lab.add_pods().expect("pods");
+    assert_pods_ping_over_both_families(&lab);
+}
