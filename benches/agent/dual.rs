@@ -3,9 +3,10 @@
 //! every IPv4 and IPv6 entry in the kernel against `ip -batch` of the same entries of both
 //! families in a fresh namespace of the same run, and VmHWM.
 //!
-//! The routes are timed by a netlink listener on both route groups (the first and the last
-//! protocol-87 route of either family), as the IPv4 scenarios time theirs; a peer's route is
-//! written after its neighbour and FDB entries, so the last route is the last entry. The
+//! The entries are timed by a netlink listener on both route groups and the neighbour group
+//! (the first new entry of any kind, the last protocol-87 route of either family), as the IPv4
+//! scenarios time theirs; a peer's route is written after its neighbour and FDB entries, so
+//! the last route is the last entry. The
 //! ratio is the programming phase (first → last entry) against `ip -batch`, as for IPv4; start →
 //! last entry is reported too.
 use std::collections::HashSet;
@@ -30,6 +31,8 @@ const NETWORK6: &str = "fd00:10::/48";
 /// This node's IPv6 underlay address; peer i is `fd00:198:18::<i + 2>` on the same /64.
 const OWN_IP6: &str = "fd00:198:18::1/64";
 const PROTO: &str = "87";
+/// `NUD_PERMANENT`: weft's neighbour and FDB entries.
+const NUD_PERMANENT: u16 = 0x80;
 /// How long the agent may take to program every entry.
 const DEADLINE: Duration = Duration::from_secs(300);
 
@@ -130,7 +133,8 @@ fn routes(ns: &Netns, family: &str) -> Result<usize> {
     .count())
 }
 
-/// Protocol-87 routes of both families as the kernel announces them: (when, IPv6, dst).
+/// Protocol-87 routes of both families as the kernel announces them: (when, IPv6, dst); a new
+/// neighbour or FDB entry comes as an empty dst.
 struct RouteListener {
     rx: mpsc::Receiver<(Instant, bool, String)>,
     stop: Arc<AtomicBool>,
@@ -145,7 +149,7 @@ impl RouteListener {
         let sock = {
             let ns = ns.to_owned();
             // The socket is made on a thread that entered the namespace.
-            std::thread::spawn(move || crate::bench::open_listener(&ns, &[7, 11]))
+            std::thread::spawn(move || crate::bench::open_listener(&ns, &[3, 7, 11]))
                 .join()
                 .map_err(|_| anyhow::anyhow!("listener setup thread died"))??
         };
@@ -168,8 +172,20 @@ impl RouteListener {
                     if len < 16 || off + len > buf.len() {
                         break;
                     }
-                    if let Ok(msg) =
-                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len])
+                    let msg =
+                        NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len]);
+                    // A new permanent neighbour or FDB entry (vxlan writes them before a peer's
+                    // route) marks the start of programming: reported with an empty dst.
+                    if let Ok(NetlinkMessage {
+                        payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)),
+                        ..
+                    }) = &msg
+                        && u16::from(n.header.state) & NUD_PERMANENT != 0
+                        && tx.send((now, false, String::new())).is_err()
+                    {
+                        return;
+                    }
+                    if let Ok(msg) = msg
                         && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)) =
                             msg.payload
                         && u8::from(m.header.protocol) == 87
@@ -347,7 +363,13 @@ pub fn scenario(cfg: &Config, kind: Kind, n: usize, nexthops: bool) -> Result<Du
         }
         let mut at = None;
         while let Ok((when, v6, dst)) = listener.rx.recv_timeout(Duration::from_millis(5)) {
+            if ready.is_none() && subnet_env.exists() {
+                ready = Some(started.elapsed());
+            }
             first.get_or_insert(when);
+            if dst.is_empty() {
+                continue;
+            }
             if v6 {
                 seen6.insert(dst)
             } else {
