@@ -148,13 +148,32 @@ fn dual_stack_host_gw_leases_subnet_env_routes_and_pings() {
         "weft status does not show node 1's IPv6 side:\n{text}"
     );
 
-    // `weft cleanup` on a stopped node leaves no IPv6 route of weft's behind.
+    // `weft cleanup --network --ipv6-network` on a stopped node leaves no IPv6 route of this
+    // network behind, and another flannel network's IPv6 route on the host alone.
     lab.stop_node(3, Signal::SIGTERM).expect("stop node 3");
+    let ns3 = lab.node_ns(3).expect("ns").to_owned();
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &ns3,
+            "-6",
+            "route",
+            "add",
+            "fd00:99::/64",
+            "via",
+            "fd00:198:18::2",
+        ])
+        .args(["dev", "eth0", "proto", "87", "metric", "1024"])
+        .output()
+        .expect("ip route add");
+    assert!(out.status.success(), "{out:?}");
     let out = weft(
         &lab,
         3,
         &[
             "cleanup",
+            "--network=10.244.0.0/16",
+            &format!("--ipv6-network={V6_NETWORK}"),
             &format!("--etcd-endpoints={endpoint}"),
             &format!(
                 "--subnet-file={}",
@@ -167,13 +186,17 @@ fn dual_stack_host_gw_leases_subnet_env_routes_and_pings() {
         ],
     );
     assert!(out.status.success(), "weft cleanup: {out:?}");
-    let ns3 = lab.node_ns(3).expect("ns").to_owned();
-    let left: Vec<_> = routes6_in(&ns3)
+    let left: Vec<String> = routes6_in(&ns3)
         .expect("routes")
         .into_iter()
         .filter(|r| route_protocol_is(r, common::WEFT_ROUTE_PROTOCOL))
+        .map(|r| r["dst"].as_str().unwrap_or("-").to_owned())
         .collect();
-    assert!(left.is_empty(), "IPv6 routes left by cleanup: {left:?}");
+    assert_eq!(
+        left,
+        ["fd00:99::/64"],
+        "cleanup left this network's IPv6 routes or took another network's"
+    );
 }
 
 /// A node programmed as flanneld does for a dual-stack host-gw network (its lease written with

@@ -55,6 +55,12 @@ pub struct CleanupArgs {
     #[arg(long, value_name = "CIDR", value_parser = parse_network, help_heading = "Cleanup flags")]
     pub network: Option<ipnet::Ipv4Net>,
 
+    /// With --network, also that dual-stack network's IPv6Network (its IPv6 routes, entries and
+    /// rules); without it, a dual-stack network's IPv6 objects stay
+    #[arg(long, value_name = "CIDR", value_parser = parse_network6, requires = "network",
+          help_heading = "Cleanup flags")]
+    pub ipv6_network: Option<ipnet::Ipv6Net>,
+
     #[command(flatten)]
     pub opts: Options,
 }
@@ -63,6 +69,19 @@ fn parse_network(s: &str) -> Result<ipnet::Ipv4Net, String> {
     let net: ipnet::Ipv4Net = s
         .parse()
         .map_err(|e| format!("{s:?} is not an IPv4 network such as 10.244.0.0/16: {e}"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{s:?} has host bits set: did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_network6(s: &str) -> Result<ipnet::Ipv6Net, String> {
+    let net: ipnet::Ipv6Net = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not an IPv6 network such as fd00:10:244::/56: {e}"))?;
     if net.trunc() != net {
         return Err(format!(
             "{s:?} has host bits set: did you mean {}?",

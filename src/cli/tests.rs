@@ -671,10 +671,12 @@ fn cleanup_args() {
             release_lease,
             remove_subnet_env,
             network,
+            ipv6_network,
             opts,
         })) => {
             assert!(release_lease && remove_subnet_env);
             assert_eq!(network, None, "every network by default");
+            assert_eq!(ipv6_network, None);
             assert_eq!(opts.subnet_file, std::path::Path::new("/tmp/x.env"));
         }
         other => panic!("{other:?}"),
@@ -690,6 +692,29 @@ fn cleanup_args() {
         .to_string();
     assert!(err.contains("did you mean 10.245.0.0/16"), "{err}");
     assert!(parse_sub("cleanup", &["--network=10.245.0.0"], &env).is_err());
+    // A dual-stack network's IPv6 part comes with its IPv4 network, never alone.
+    match parse_sub(
+        "cleanup",
+        &["--network=10.245.0.0/16", "--ipv6-network=fd00:10:245::/56"],
+        &env,
+    ) {
+        Ok(Command::Cleanup(CleanupArgs { ipv6_network, .. })) => {
+            assert_eq!(ipv6_network, Some("fd00:10:245::/56".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(parse_sub("cleanup", &["--ipv6-network=fd00:10:245::/56"], &env).is_err());
+    let err = parse_sub(
+        "cleanup",
+        &[
+            "--network=10.245.0.0/16",
+            "--ipv6-network=fd00:10:245::1/56",
+        ],
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("did you mean fd00:10:245::/56"), "{err}");
     match parse_sub("cleanup", &[], &env) {
         Ok(Command::Cleanup(CleanupArgs {
             release_lease,

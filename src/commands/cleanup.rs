@@ -1,11 +1,13 @@
-//! `weft cleanup [--release-lease] [--remove-subnet-env] [--network CIDR] [flanneld flags…]`:
+//! `weft cleanup [--release-lease] [--remove-subnet-env] [--network CIDR [--ipv6-network CIDR]]
+//! [flanneld flags…]`:
 //! removes the kernel state weft (or flanneld) made on this node, for uninstalling or migrating
 //! away. Stop the agent first: a running agent re-creates what this removes.
 //!
 //! With `--network`, only that flannel network's objects go (a host running several networks,
 //! one daemon each): routes to destinations inside it, the devices that are its (wanted by
 //! none now, so those carrying an address inside it), its nexthops, and its masquerade and
-//! forward rules; other networks' objects, chains and tables stay (`backends::owner`).
+//! forward rules; other networks' objects, chains and tables stay (`backends::owner`). A
+//! dual-stack network's IPv6 objects go with `--ipv6-network` too.
 //!
 //! What goes, in this order, each logged like the `ip` command:
 //! 1. weft's kernel state, by the agent's own reconciler applying the empty desired state
@@ -22,7 +24,7 @@
 //! 2. masquerade and forward rules of both modes and both families (iptables and ip6tables
 //!    chains `FLANNEL-POSTRTG` and `FLANNEL-FWD` with the jumps to them; nftables tables
 //!    `ip flannel-ipv4`/`ip6 flannel-ipv6`), logged by the firewall module; with `--network`
-//!    (an IPv4 network) only that network's IPv4 rules;
+//!    only that network's IPv4 rules (and with `--ipv6-network` its IPv6 rules);
 //! 3. with `--release-lease`: this node's lease in etcd (the key whose PublicIP is this node's,
 //!    found by `--public-ip` or by interface selection as the agent does), deleted by
 //!    compare-and-swap on the mod revision read, then its etcd lease revoked;
@@ -81,6 +83,7 @@ pub fn run_command(args: CleanupArgs) -> u8 {
         release_lease,
         remove_subnet_env,
         network,
+        ipv6_network,
         opts,
     } = args;
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -93,7 +96,13 @@ pub fn run_command(args: CleanupArgs) -> u8 {
             return EXIT_FAILED;
         }
     };
-    let outcome = rt.block_on(run(&opts, network, release_lease, remove_subnet_env));
+    let outcome = rt.block_on(run(
+        &opts,
+        network,
+        ipv6_network,
+        release_lease,
+        remove_subnet_env,
+    ));
     if outcome.removed.is_empty() && outcome.failures.is_empty() {
         println!("weft cleanup: nothing to do");
     } else {
@@ -109,14 +118,19 @@ pub fn run_command(args: CleanupArgs) -> u8 {
     outcome.exit_code()
 }
 
-/// Runs every step; never stops early. `network`: only that network's objects.
+/// Runs every step; never stops early. `network`: only that network's objects (with
+/// `ipv6_network`, its IPv6 objects too).
 pub async fn run(
     opts: &Options,
     network: Option<Ipv4Net>,
+    ipv6_network: Option<ipnet::Ipv6Net>,
     release_lease: bool,
     remove_subnet_env: bool,
 ) -> Outcome {
-    let owner = Ownership::of(network);
+    let owner = match (network, ipv6_network) {
+        (Some(_), Some(v6)) => Ownership::of(network).with_ipv6_network(v6),
+        _ => Ownership::of(network),
+    };
     let mut out = Outcome::default();
     let nl = match Netlink::connect() {
         Ok(nl) => Some(nl),
@@ -129,7 +143,7 @@ pub async fn run(
         kernel_cleanup(nl, owner, &mut out).await;
         super::cleanup_flanneld::remove(nl, opts, network, &mut out).await;
     }
-    firewall_cleanup(network, &mut out).await;
+    firewall_cleanup(network, ipv6_network, &mut out).await;
     if release_lease {
         match release_own_lease(nl.as_ref(), opts, &mut out).await {
             // A node without a lease must not boot into its old peers from the cache.
@@ -255,13 +269,16 @@ async fn weft_nexthops(nl: &Netlink, out: &mut Outcome) -> Vec<Nexthop> {
 /// nftables tables `flannel-ipv4`/`flannel-ipv6`). The firewall module logs each removal
 /// itself; they are not counted in the summary. A missing tool means nothing of that mode to
 /// remove.
-async fn firewall_cleanup(network: Option<Ipv4Net>, out: &mut Outcome) {
+async fn firewall_cleanup(
+    network: Option<Ipv4Net>,
+    ipv6_network: Option<ipnet::Ipv6Net>,
+    out: &mut Outcome,
+) {
     use crate::agent::firewall::{Scope, cleanup_all};
-    // With `--network` (an IPv4 network), that network's IPv4 rules; its IPv6 rules, if it is
-    // dual-stack, are left alone (the IPv6 network is not known here).
+    // With `--network`, that network's IPv4 rules, and its IPv6 rules with `--ipv6-network`.
     let scope = network.map_or(Scope::All, |n| Scope::Networks {
         v4: Some(n),
-        v6: None,
+        v6: ipv6_network,
     });
     if let Err(e) = cleanup_all(scope).await {
         out.failed(format!("{e:#}"));
