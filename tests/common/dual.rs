@@ -1,0 +1,75 @@
+//! Helpers of the dual-stack end-to-end tests (`tests/e2e_dualstack*.rs`, included with
+//! `#[path = "common/dual.rs"] mod dual;` beside `common/lab.rs` as `common`).
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::common::{hostgw_routes_ok, hostgw_routes6_ok, wait_until};
+use weft_testkit::lab::{Lab, LabSpec};
+
+/// Agents are debug builds on a shared 2-core machine: generous, still bounded.
+pub const READY: Duration = Duration::from_secs(30);
+pub const CONVERGE: Duration = Duration::from_secs(15);
+pub const V6_NETWORK: &str = "fd00:10:244::/56";
+
+pub fn spec(nodes: usize) -> LabSpec {
+    let mut spec = LabSpec::new(nodes, crate::common::weft_bin());
+    spec.ipv6_network = Some(V6_NETWORK.to_owned());
+    spec
+}
+
+/// Every node's subnet.env and host-gw routes of both families in place.
+pub fn converge(lab: &mut Lab, nodes: &[usize]) {
+    for &k in nodes {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    for &k in nodes {
+        wait_until(CONVERGE, || hostgw_routes_ok(lab, k)).expect("IPv4 host-gw routes");
+        wait_until(CONVERGE, || hostgw_routes6_ok(lab, k)).expect("IPv6 host-gw routes");
+    }
+}
+
+pub fn assert_pods_ping_over_both_families(lab: &Lab) {
+    for (family, matrix) in [
+        ("IPv4", lab.ping_matrix().expect("ping matrix")),
+        ("IPv6", lab.ping6_matrix().expect("ping6 matrix")),
+    ] {
+        let n = lab.nodes();
+        assert_eq!(matrix.len(), n * (n - 1));
+        let failed: Vec<_> = matrix.iter().filter(|&&(_, _, ok)| !ok).collect();
+        assert!(
+            failed.is_empty(),
+            "{family}: pod pairs without replies: {failed:?}"
+        );
+    }
+}
+
+pub fn weft(lab: &Lab, k: usize, args: &[&str]) -> Output {
+    let ns = lab.node_ns(k).expect("ns");
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(crate::common::weft_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run weft")
+}
+
+/// `ip netns exec <ns> <prog> <args>`: stdout, or an error with stderr.
+pub fn exec_in(ns: &str, prog: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, prog])
+        .args(args)
+        .output()
+        .map_err(|e| format!("{prog} {}: {e}", args.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{prog} {} in {ns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
