@@ -378,3 +378,46 @@ fn dual_stack_ip_masq_masquerades_ipv6_too() {
     })
     .expect("the IPv6 nat chain written back");
 }
+
+/// An IPv4 flannel network in a dual-stack Kubernetes cluster (Nodes with an IPv6 podCIDR too):
+/// the Nodes' leases are IPv4 ones, the node never mistakes its own Node for a peer, and no
+/// IPv6 route is written.
+#[test]
+fn ipv4_network_in_a_dual_stack_kube_cluster_ignores_the_ipv6_pod_cidrs() {
+    if !common::need::root("ipv4_network_in_a_dual_stack_kube_cluster_ignores_the_ipv6_pod_cidrs") {
+        return;
+    }
+    let mut spec = spec(3).kube();
+    spec.config = Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#.to_owned());
+    let mut lab = Lab::build(spec).expect("build lab");
+    lab.start_all().expect("start agents");
+    for k in 1..=3 {
+        let env = lab.wait_subnet_env(k, READY).expect("subnet.env");
+        assert_eq!(
+            env.ipv6_subnet, None,
+            "node {k}: an IPv6 subnet on an IPv4 network"
+        );
+    }
+    for k in 1..=3 {
+        wait_until(CONVERGE, || hostgw_routes_ok(&lab, k)).expect("IPv4 host-gw routes");
+        let ns = lab.node_ns(k).expect("ns").to_owned();
+        let v6: Vec<_> = routes6_in(&ns)
+            .expect("routes")
+            .into_iter()
+            .filter(|r| route_protocol_is(r, common::WEFT_ROUTE_PROTOCOL))
+            .collect();
+        assert!(
+            v6.is_empty(),
+            "node {k}: IPv6 routes on an IPv4 network: {v6:?}"
+        );
+        let log = lab.log(k).expect("log");
+        assert!(
+            !log.contains("own address"),
+            "node {k} took its own Node for a peer:\n{}",
+            lab.log_tail(k, 30)
+        );
+    }
+    lab.add_pods().expect("pods");
+    let matrix = lab.ping_matrix().expect("ping matrix");
+    assert!(matrix.iter().all(|&(_, _, ok)| ok), "{matrix:?}");
+}

@@ -51,7 +51,7 @@ impl NodeLite {
     }
 
     /// The first IPv4 and the first IPv6 entry of the pod CIDRs.
-    fn pod_cidrs(&self) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
+    pub fn pod_cidrs(&self) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
         let mut all: Vec<&str> = self.spec.pod_cidrs.iter().map(String::as_str).collect();
         if all.is_empty()
             && let Some(single) = self.spec.pod_cidr.as_deref().filter(|s| !s.is_empty())

@@ -82,6 +82,46 @@ impl KubeSource {
         &self.ann
     }
 
+    /// Whether the network this source leases for is dual-stack (known once acquired).
+    fn ipv6(&self) -> bool {
+        lock(&self.held)
+            .as_ref()
+            .is_some_and(|(networks, _)| networks.v6.is_some())
+    }
+
+    /// A Node as a lease, its key of the network's families: a Node's IPv6 podCIDR (and IPv6
+    /// annotations) count only on a dual-stack network, so on an IPv4 network a dual-stack
+    /// cluster's Nodes have the same keys as the node's own claim.
+    pub fn lease_of(&self, node: &NodeLite) -> NodeLease {
+        let mut lease = self.ann.as_lease(node);
+        if !self.ipv6() {
+            match &mut lease {
+                NodeLease::Lease(l) => {
+                    l.key.v6 = None;
+                    l.attrs.public_ipv6 = None;
+                    l.attrs.backend_v6_data = None;
+                }
+                NodeLease::Malformed(m) => {
+                    if let Some(k) = &mut m.subnet {
+                        k.v6 = None;
+                    }
+                }
+                NodeLease::NotALease => {}
+            }
+        }
+        lease
+    }
+
+    /// The key a Node's podCIDRs stand for (as [`lease_of`](Self::lease_of) keys it), if it
+    /// has an IPv4 one: what its removal deletes.
+    pub fn key_of(&self, node: &NodeLite) -> Option<SubnetKey> {
+        let (v4, v6) = node.pod_cidrs().ok()?;
+        Some(SubnetKey {
+            v4: v4?,
+            v6: v6.filter(|_| self.ipv6()),
+        })
+    }
+
     pub fn node_name(&self) -> &str {
         &self.node
     }
@@ -141,7 +181,7 @@ impl KubeSource {
                     snapshot.revision = page.metadata.resource_version.parse().unwrap_or(0);
                 }
                 for node in &page.items {
-                    match self.ann.as_lease(node) {
+                    match self.lease_of(node) {
                         NodeLease::Lease(l) => snapshot.leases.push(l),
                         NodeLease::Malformed(m) => {
                             warn!("skipping {}: {}", m.key, m.reason);

@@ -146,7 +146,7 @@ async fn watch_once(
             KubeEvent::Deleted(n) => {
                 *rv = n.metadata.resource_version.clone();
                 debug!("node {} deleted", n.metadata.name);
-                delete_of(&n)
+                delete_of(source, &n)
             }
             KubeEvent::Bookmark(b) => {
                 *rv = b.metadata.resource_version;
@@ -173,7 +173,7 @@ async fn watch_once(
 /// has a podCIDR is a delete of that subnet (a no-op for the agent when it held no lease
 /// there); a malformed one is reported and never removes anything.
 fn put(source: &KubeSource, node: &NodeLite) -> Option<WatchEvent> {
-    match source.annotations().as_lease(node) {
+    match source.lease_of(node) {
         NodeLease::Lease(l) => Some(WatchEvent::Put(l)),
         NodeLease::Malformed(m) => {
             warn!(
@@ -186,14 +186,11 @@ fn put(source: &KubeSource, node: &NodeLite) -> Option<WatchEvent> {
                 subnet: m.subnet,
             })
         }
-        NodeLease::NotALease => delete_of(node),
+        NodeLease::NotALease => delete_of(source, node),
     }
 }
 
-/// The delete of the subnet a Node held (its podCIDR), if it had one.
-fn delete_of(node: &NodeLite) -> Option<WatchEvent> {
-    node.pod_cidr_v4()
-        .ok()
-        .flatten()
-        .map(|c| WatchEvent::Delete(net_conf::SubnetKey::new(c)))
+/// The delete of the subnet a Node held (its podCIDRs), if it had one.
+fn delete_of(source: &KubeSource, node: &NodeLite) -> Option<WatchEvent> {
+    source.key_of(node).map(WatchEvent::Delete)
 }
