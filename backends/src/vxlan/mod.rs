@@ -22,7 +22,7 @@
 //! the MAC changes (it is keyed by MAC and no longer desired); a peer advertising another VNI is
 //! skipped with a reason instead of programmed into a tunnel that cannot reach it; an existing
 //! device with the right configuration but another MTU gets its MTU set instead of keeping it.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 use net_conf::{LeaseAttrs, SubnetKey, VxlanConf};
@@ -311,23 +311,14 @@ impl Vxlan {
                 other.dst
             ));
         }
-        let gw: Ipv4Addr = subnet.network();
-        out.state.add_neigh(Neigh {
-            ifindex: dev.index,
-            ip: gw.into(),
+        add_tunnel_entries(
+            &mut out.state,
+            dev.index,
             mac,
-        });
-        out.state.add_fdb(Fdb {
-            ifindex: dev.index,
-            mac,
-            dst: ip.into(),
-        });
-        out.state.add_route(Route {
-            dst: subnet.into(),
-            gateway: gw.into(),
-            oif: dev.index,
-            onlink: true,
-        });
+            subnet.into(),
+            IpAddr::V4(subnet.network()),
+            ip.into(),
+        );
         Ok(())
     }
 
@@ -369,6 +360,35 @@ async fn plan_device(
     }
     want.mac = Some(mac.or(fallback).unwrap_or_else(random_mac));
     Ok(want)
+}
+
+/// One peer's entries on a vxlan device of either family: the permanent neighbour of `gw`
+/// (the peer subnet's network address) at `mac`, the FDB entry `mac dst <public>`, and the
+/// route `<dst> via <gw> dev <ifindex> onlink`.
+pub(crate) fn add_tunnel_entries(
+    state: &mut crate::KernelState,
+    ifindex: u32,
+    mac: Mac,
+    dst: IpNet,
+    gw: IpAddr,
+    public: IpAddr,
+) {
+    state.add_neigh(Neigh {
+        ifindex,
+        ip: gw,
+        mac,
+    });
+    state.add_fdb(Fdb {
+        ifindex,
+        mac,
+        dst: public,
+    });
+    state.add_route(Route {
+        dst,
+        gateway: gw,
+        oif: ifindex,
+        onlink: true,
+    });
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
 //! Unit tests of the vxlan backend's IPv4 side (IPv6: `tests_v6.rs`).
+use std::net::Ipv4Addr;
+
 use net_conf::SubnetKey;
 
 use super::data::{parse_canonical, random_mac};

@@ -1,5 +1,5 @@
 //! Unit tests of the vxlan backend's IPv6 side (`flannel-v6.<VNI>`).
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use net_conf::SubnetKey;
 

@@ -31,8 +31,8 @@ use tracing::{info, warn};
 
 use super::{VXLAN, Vxlan, parse_backend_data};
 use crate::device::{Addr, Device};
-use crate::plan::{Fdb, Mac, Neigh, fmt_mac};
-use crate::{BackendError, Desired, ExternalInterface, ExternalV6, Peer, Route};
+use crate::plan::{Mac, fmt_mac};
+use crate::{BackendError, Desired, ExternalInterface, ExternalV6, Peer};
 
 /// Bytes a VXLAN header adds over IPv6 (outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const ENCAP_OVERHEAD_V6: u32 = 70;
@@ -176,23 +176,14 @@ impl Vxlan {
             ));
         }
         debug_assert_eq!(peer.attrs.backend_type, VXLAN);
-        let gw = subnet.network();
-        out.state.add_neigh(Neigh {
-            ifindex: dev.index,
-            ip: gw.into(),
+        super::add_tunnel_entries(
+            &mut out.state,
+            dev.index,
             mac,
-        });
-        out.state.add_fdb(Fdb {
-            ifindex: dev.index,
-            mac,
-            dst: ip.into(),
-        });
-        out.state.add_route(Route {
-            dst: subnet.into(),
-            gateway: gw.into(),
-            oif: dev.index,
-            onlink: true,
-        });
+            subnet.into(),
+            IpAddr::V6(subnet.network()),
+            ip.into(),
+        );
         Ok(())
     }
 
