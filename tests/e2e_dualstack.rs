@@ -165,29 +165,13 @@ fn dual_stack_host_gw_beside_a_flanneld_node() {
         return;
     }
     let mut lab = Lab::build(spec(3)).expect("build lab");
-    // Node 3 is "flanneld": its lease as flanneld writes it (beyond the 100 candidates a weft
-    // node picks from, so no weft node can take it first).
+    // Node 3 is "flanneld": its lease as flanneld writes it.
     let (v4, v6) = ("10.244.200.0/24", "fd00:10:244:c8::/64");
-    lab.etcdctl(&[
-        "put",
-        "/coreos.com/network/subnets/10.244.200.0-24&fd00:10:244:c8::-64",
+    dual::flanneld_node3_and_two_weft_nodes(
+        &mut lab,
         r#"{"PublicIP":"198.18.0.3","PublicIPv6":"fd00:198:18::3","BackendType":"host-gw"}"#,
-    ])
-    .expect("put node 3's lease");
-    std::fs::write(
-        lab.subnet_file(3).expect("path"),
-        format!(
-            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\n\
-             FLANNEL_IPV6_NETWORK={V6_NETWORK}\nFLANNEL_IPV6_SUBNET=fd00:10:244:c8::1/64\n\
-             FLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
-        ),
-    )
-    .expect("node 3's subnet.env");
-    lab.start_node(1).expect("start node 1");
-    lab.start_node(2).expect("start node 2");
-    for k in 1..=2 {
-        lab.wait_subnet_env(k, READY).expect("subnet.env");
-    }
+        1500,
+    );
     // flanneld's routes on node 3 to the weft nodes, as its host-gw backend adds them.
     let ns3 = lab.node_ns(3).expect("ns").to_owned();
     for k in 1..=2 {

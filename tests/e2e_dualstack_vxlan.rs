@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{hostgw_routes_ok, hostgw_routes6_ok, route_protocol_is, routes6_in, wait_until};
-use dual::{CONVERGE, READY, V6_NETWORK, assert_pods_ping_over_both_families, exec_in, spec, weft};
+use dual::{CONVERGE, READY, assert_pods_ping_over_both_families, exec_in, spec, weft};
 use weft_testkit::lab::{Lab, Signal};
 
 const VXLAN6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
@@ -268,28 +268,13 @@ fn dual_stack_vxlan_beside_a_flanneld_node() {
             .to_owned()
     };
     let (mac4, mac6) = (mac_of("flannel.1"), mac_of("flannel-v6.1"));
-    lab.etcdctl(&[
-        "put",
-        "/coreos.com/network/subnets/10.244.200.0-24&fd00:10:244:c8::-64",
+    dual::flanneld_node3_and_two_weft_nodes(
+        &mut lab,
         &format!(
             r#"{{"PublicIP":"198.18.0.3","PublicIPv6":"fd00:198:18::3","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac4}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
         ),
-    ])
-    .expect("put node 3's lease");
-    std::fs::write(
-        lab.subnet_file(3).expect("path"),
-        format!(
-            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\n\
-             FLANNEL_IPV6_NETWORK={V6_NETWORK}\nFLANNEL_IPV6_SUBNET=fd00:10:244:c8::1/64\n\
-             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
-        ),
-    )
-    .expect("node 3's subnet.env");
-    lab.start_node(1).expect("start node 1");
-    lab.start_node(2).expect("start node 2");
-    for k in 1..=2 {
-        lab.wait_subnet_env(k, READY).expect("subnet.env");
-    }
+        1450,
+    );
     // flanneld's entries on node 3 for each weft node, from the weft node's lease.
     for k in 1..=2 {
         let env = lab.subnet_env(k).expect("env");

@@ -73,3 +73,30 @@ pub fn exec_in(ns: &str, prog: &str, args: &[&str]) -> Result<String, String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Makes node 3 "flanneld": its lease `value` under flanneld's dual-stack key for
+/// 10.244.200.0/24 and fd00:10:244:c8::/64 (beyond the 100 candidates a weft node picks from,
+/// so no weft node can take them first) and its subnet.env with `mtu`; then starts the weft
+/// agents of nodes 1 and 2 and waits for their subnet.env.
+pub fn flanneld_node3_and_two_weft_nodes(lab: &mut Lab, value: &str, mtu: u32) {
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.244.200.0-24&fd00:10:244:c8::-64",
+        value,
+    ])
+    .expect("put node 3's lease");
+    std::fs::write(
+        lab.subnet_file(3).expect("path"),
+        format!(
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.200.1/24\n\
+             FLANNEL_IPV6_NETWORK={V6_NETWORK}\nFLANNEL_IPV6_SUBNET=fd00:10:244:c8::1/64\n\
+             FLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n"
+        ),
+    )
+    .expect("node 3's subnet.env");
+    lab.start_node(1).expect("start node 1");
+    lab.start_node(2).expect("start node 2");
+    for k in 1..=2 {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+}
