@@ -21,7 +21,7 @@ async fn acquire_creates_a_leased_key_in_flannel_format() {
     assert!(snap.leases.is_empty());
     assert!(snap.revision > 0);
     assert!(own.lease_id != 0);
-    let net = own.key.v4;
+    let net = own.key.v4.expect("an IPv4 subnet");
     assert_eq!(net.prefix_len(), 24);
     assert!(net.addr() >= node_ip(0).min("10.244.1.0".parse().expect("ip")));
     assert!(net.addr().octets()[..2] == [10, 244] && net.addr().octets()[2] >= 1);
@@ -460,7 +460,7 @@ async fn dual_stack_leases_have_flannels_key_and_value() {
         )
         .await
         .expect("acquire");
-    assert_eq!(third.key.v4, net("10.244.233.0/24"));
+    assert_eq!(third.key.v4, Some(net("10.244.233.0/24")));
     assert!(third.key.v6.is_some());
     // The list the last decision was made on: the old key deleted, the two others.
     let keys: BTreeSet<String> = snap.leases.iter().map(|l| l.key.to_string()).collect();
@@ -520,7 +520,7 @@ async fn a_dual_stack_lease_overlapping_one_created_just_before_is_given_up() {
         .expect("acquire");
     assert_ne!(
         own.key.v4,
-        net("10.244.177.0/24"),
+        Some(net("10.244.177.0/24")),
         "kept an overlapping subnet"
     );
     assert_eq!(

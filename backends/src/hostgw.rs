@@ -9,7 +9,8 @@
 //! a peer with an IPv6 subnet and a PublicIPv6 also gets `<peer IPv6 subnet> via <peer
 //! PublicIPv6> dev <ext iface>` (metric 1024: [`crate::plan::V6_METRIC`]), under the same
 //! checks against the interface's IPv6 prefixes. A peer without IPv6 parts gets its IPv4 route
-//! only.
+//! only. On an IPv6-only network (kube mode; the interface has no IPv4 side) only the IPv6 routes
+//! exist.
 use net_conf::{LeaseAttrs, SubnetKey};
 
 use crate::nl::Netlink;
@@ -78,12 +79,20 @@ impl Backend for HostGw {
     fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired {
         let mut out = Desired::default();
         for peer in peers {
-            if let Err(reason) = crate::usable_peer(ext, peer, HOST_GW) {
+            // On a node with IPv4 every check of the IPv4 route comes first: a peer failing
+            // them gets no IPv6 route either. An IPv6-only node checks the backend type only.
+            let checked = if ext.has_v4() {
+                crate::usable_peer(ext, peer, HOST_GW).map(|_| ())
+            } else {
+                crate::same_backend(peer, HOST_GW)
+            };
+            if let Err(reason) = checked {
                 out.skipped.push((peer.key, reason));
                 continue;
             }
+            let v4 = ext.has_v4().then(|| route_for(ext, peer));
             let v6 = ext.v6.as_ref().and_then(|v6| route_v6_for(ext, v6, peer));
-            for route in [Some(route_for(ext, peer)), v6].into_iter().flatten() {
+            for route in [v4, v6].into_iter().flatten() {
                 match route {
                     Ok(route) => {
                         out.state.routes.insert(route.dst, route);
@@ -96,7 +105,8 @@ impl Backend for HostGw {
     }
 }
 
-/// The IPv6 route to a peer that passed [`crate::usable_peer`], on this node's IPv6 side `v6`:
+/// The IPv6 route to a peer that passed the checks of [`HostGw::desired`], on this node's IPv6
+/// side `v6`:
 /// None when the peer has no IPv6 subnet (an IPv4-only peer), else the route or why there is
 /// none.
 fn route_v6_for(
@@ -179,10 +189,7 @@ mod tests {
 
     fn peer(subnet: &str, ip: &str, backend: &str) -> Peer {
         Peer {
-            key: SubnetKey {
-                v4: subnet.parse().expect("subnet"),
-                v6: None,
-            },
+            key: SubnetKey::new(subnet.parse().expect("subnet")),
             attrs: LeaseAttrs {
                 public_ip: ip.parse().expect("ip"),
                 public_ipv6: None,
@@ -241,7 +248,7 @@ mod tests {
         let reasons: Vec<(String, &str)> = d
             .skipped
             .iter()
-            .map(|(k, r)| (k.v4.to_string(), r.as_str()))
+            .map(|(k, r)| (k.first().to_string(), r.as_str()))
             .collect();
         assert_eq!(reasons.len(), 5, "{reasons:?}");
         assert_eq!(reasons[0].0, "10.244.2.0/24");
@@ -356,7 +363,7 @@ mod tests {
         let reasons: Vec<(String, &str)> = d
             .skipped
             .iter()
-            .map(|(k, r)| (k.v4.to_string(), r.as_str()))
+            .map(|(k, r)| (k.first().to_string(), r.as_str()))
             .collect();
         assert_eq!(reasons.len(), 4, "{reasons:?}");
         assert_eq!(
@@ -381,6 +388,27 @@ mod tests {
         let d = HostGw::new().desired(&ext_dual(), &[vx]);
         assert!(d.state.routes.is_empty());
         assert_eq!(d.skipped.len(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_only_node_routes_ipv6_only_peers() {
+        let ext = ExternalInterface {
+            iface_addr: Ipv4Addr::UNSPECIFIED,
+            ext_addr: Ipv4Addr::UNSPECIFIED,
+            prefixes: vec![],
+            ..ext_dual()
+        };
+        let v6_only = |n: u8, backend: &str| {
+            let mut p = peer("10.244.0.0/24", "0.0.0.0", backend);
+            p.key = SubnetKey::v6_only(format!("fd00:244:0:{n}::/64").parse().expect("net"));
+            p.attrs.public_ipv6 = Some(format!("fd00:18::{n}").parse().expect("ip6"));
+            p
+        };
+        let d = HostGw::new().desired(&ext, &[v6_only(2, "host-gw"), v6_only(3, "vxlan")]);
+        let routes: Vec<String> = d.state.routes.values().map(ToString::to_string).collect();
+        assert_eq!(routes, ["fd00:244:0:2::/64 via fd00:18::2 dev 3"]);
+        assert_eq!(d.skipped.len(), 1, "{:?}", d.skipped);
+        assert!(d.skipped[0].1.contains("\"vxlan\""), "{:?}", d.skipped);
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl Backend for IpIp {
         let dev = self.dev.as_ref().ok_or_else(|| {
             BackendError::Unsupported("ipip: configure called before prepare".into())
         })?;
-        self.own = Some(own.v4);
+        self.own = own.v4;
         Ok(dev.mtu)
     }
 
@@ -287,10 +287,7 @@ mod tests {
 
     fn peer(subnet: &str, ip: &str, backend: &str) -> Peer {
         Peer {
-            key: SubnetKey {
-                v4: subnet.parse().expect("subnet"),
-                v6: None,
-            },
+            key: SubnetKey::new(subnet.parse().expect("subnet")),
             attrs: LeaseAttrs {
                 public_ip: ip.parse().expect("ip"),
                 public_ipv6: None,
@@ -367,7 +364,7 @@ mod tests {
         let reasons: Vec<(String, String)> = d
             .skipped
             .iter()
-            .map(|(k, r)| (k.v4.to_string(), r.clone()))
+            .map(|(k, r)| (k.first().to_string(), r.clone()))
             .collect();
         let want = [
             ("10.244.2.0/24", "\"host-gw\", not \"ipip\""),

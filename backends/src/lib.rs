@@ -41,17 +41,28 @@ pub const RTPROT_WEFT: u8 = 87;
 pub struct ExternalInterface {
     pub name: String,
     pub index: u32,
-    /// The interface's own IPv4 address.
+    /// The interface's own IPv4 address; `0.0.0.0` on an IPv6-only network, which has no IPv4
+    /// side ([`ExternalInterface::has_v4`]).
     pub iface_addr: Ipv4Addr,
-    /// The address published in the lease (`--public-ip` or `iface_addr`).
+    /// The address published in the lease (`--public-ip` or `iface_addr`); `0.0.0.0` on an
+    /// IPv6-only network, as flannel's lease `PublicIP` is then.
     pub ext_addr: Ipv4Addr,
     pub mtu: u32,
-    /// The IPv4 prefixes configured on the interface (its directly connected subnets).
+    /// The IPv4 prefixes configured on the interface (its directly connected subnets); empty on
+    /// an IPv6-only network.
     pub prefixes: Vec<Ipv4Net>,
-    /// The interface's IPv6 side on a dual-stack node (flannel requires both families on one
-    /// interface); None on an IPv4-only node. host-gw routes over it; vxlan makes
-    /// `flannel-v6.<VNI>` on it.
+    /// The interface's IPv6 side on a dual-stack or IPv6-only node (flannel requires both
+    /// families on one interface); None on an IPv4-only node. host-gw routes over it; vxlan
+    /// makes `flannel-v6.<VNI>` on it.
     pub v6: Option<ExternalV6>,
+}
+
+impl ExternalInterface {
+    /// Whether this node runs IPv4 on the interface (false on an IPv6-only network): the IPv4
+    /// device, address and peer entries exist only then.
+    pub fn has_v4(&self) -> bool {
+        !self.ext_addr.is_unspecified()
+    }
 }
 
 /// The IPv6 side of the [`ExternalInterface`].
@@ -80,23 +91,31 @@ pub struct Desired {
     pub skipped: Vec<(SubnetKey, String)>,
 }
 
-/// The checks every backend makes before programming a peer: its lease is of `backend_type`,
-/// it has a PublicIP, and that address is not this node's own. Returns the peer's subnet and
-/// PublicIP, or why the peer is skipped.
+/// The check every backend makes first: the peer's lease is of `backend_type`.
+pub(crate) fn same_backend(peer: &Peer, backend_type: &str) -> Result<(), String> {
+    if peer.attrs.backend_type == backend_type {
+        return Ok(());
+    }
+    Err(format!(
+        "peer {} uses backend type {:?}, not \"{backend_type}\": mixed-backend peers are not \
+         routed",
+        peer.key, peer.attrs.backend_type
+    ))
+}
+
+/// The checks every backend makes before programming a peer over IPv4: its lease is of
+/// `backend_type`, it has an IPv4 subnet and a PublicIP, and that address is not this node's
+/// own. Returns the peer's subnet and PublicIP, or why the peer is skipped.
 pub(crate) fn usable_peer(
     ext: &ExternalInterface,
     peer: &Peer,
     backend_type: &str,
 ) -> Result<(Ipv4Net, Ipv4Addr), String> {
-    let subnet = peer.key.v4.trunc();
+    same_backend(peer, backend_type)?;
+    let Some(subnet) = peer.key.v4.map(|n| n.trunc()) else {
+        return Err(format!("peer {} has no IPv4 subnet", peer.key));
+    };
     let ip = peer.attrs.public_ip;
-    if peer.attrs.backend_type != backend_type {
-        return Err(format!(
-            "peer {subnet} ({ip}) uses backend type {:?}, not \"{backend_type}\": mixed-backend \
-             peers are not routed",
-            peer.attrs.backend_type
-        ));
-    }
     if ip.is_unspecified() {
         return Err(format!("peer {subnet} has no PublicIP (0.0.0.0)"));
     }

@@ -13,7 +13,9 @@
 //! - **nexthop objects** with protocol 87 whose id lies in the network's id range
 //!   ([`Ownership::nexthop_ids`]: 2^20 ids chosen by a hash of the network), plus protocol-87
 //!   nexthops outside every range that only its own routes use (those an older weft made).
-//!   The range comes from the IPv4 `Network` alone: IPv6 nexthops share it.
+//!   The range comes from the IPv4 `Network` alone: IPv6 nexthops share it. An IPv6-only
+//!   network ([`Ownership::ipv6_only`], kube mode) owns no IPv4 route, and its range comes from
+//!   its `IPv6Network`.
 //!
 //! [`Ownership::everything`] owns every route, device and nexthop of weft's protocol and names,
 //! whatever network: `weft cleanup` without `--network`, and `weft status`.
@@ -31,7 +33,8 @@ const RANGES: u32 = (u32::MAX >> RANGE_BITS) - 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ownership {
     network: Option<Ipv4Net>,
-    /// The IPv6 network owned beside `network` (only with `network`).
+    /// The IPv6 network owned beside `network`, or alone on an IPv6-only network. Neither
+    /// set: everything.
     network_v6: Option<Ipv6Net>,
 }
 
@@ -57,6 +60,20 @@ impl Ownership {
         }
     }
 
+    /// Owns only the objects of an IPv6-only network (`EnableIPv4: false`): its protocol-87
+    /// IPv6 routes inside `network`, devices with an IPv6 address in it, no IPv4 route.
+    pub fn ipv6_only(network: Ipv6Net) -> Self {
+        Ownership {
+            network: None,
+            network_v6: Some(network.trunc()),
+        }
+    }
+
+    /// Whether this owns every object ([`everything`](Self::everything)).
+    pub fn is_everything(&self) -> bool {
+        self.network.is_none() && self.network_v6.is_none()
+    }
+
     /// Owns every object of weft's protocol and names.
     pub fn everything() -> Self {
         Ownership {
@@ -71,7 +88,7 @@ impl Ownership {
         network.map_or_else(Ownership::everything, Ownership::network)
     }
 
-    /// The network owned, None for everything.
+    /// The IPv4 network owned: None for everything or an IPv6-only network.
     pub fn scope(&self) -> Option<Ipv4Net> {
         self.network
     }
@@ -85,10 +102,12 @@ impl Ownership {
     /// family of `dst` (a daemon scoped to a network without an IPv6 network owns no IPv6
     /// route), or any when it owns everything.
     pub fn owns_dst(&self, dst: &IpNet) -> bool {
-        match (self.network, dst) {
-            (None, _) => true,
-            (Some(n), IpNet::V4(d)) => n.contains(d),
-            (Some(_), IpNet::V6(d)) => self.network_v6.is_some_and(|n| n.contains(d)),
+        if self.is_everything() {
+            return true;
+        }
+        match dst {
+            IpNet::V4(d) => self.network.is_some_and(|n| n.contains(d)),
+            IpNet::V6(d) => self.network_v6.is_some_and(|n| n.contains(d)),
         }
     }
 
@@ -99,12 +118,12 @@ impl Ownership {
         wanted: bool,
         addrs: impl IntoIterator<Item = &'a IpAddr>,
     ) -> bool {
-        let Some(net) = self.network else {
+        if self.is_everything() {
             return true;
-        };
+        }
         wanted
             || addrs.into_iter().any(|a| match a {
-                IpAddr::V4(v4) => net.contains(v4),
+                IpAddr::V4(v4) => self.network.is_some_and(|n| n.contains(v4)),
                 IpAddr::V6(v6) => self.network_v6.is_some_and(|n| n.contains(v6)),
             })
     }
@@ -112,14 +131,23 @@ impl Ownership {
     /// The nexthop ids this daemon allocates and owns; None: every id (owns every protocol-87
     /// nexthop).
     pub fn nexthop_ids(&self) -> Option<Range<u32>> {
-        let net = self.network?;
+        // The IPv4 network's bytes, else (IPv6-only) the IPv6 network's.
+        let bytes: Vec<u8> = match (self.network, self.network_v6) {
+            (Some(net), _) => u32::from(net.network())
+                .to_be_bytes()
+                .into_iter()
+                .chain([net.prefix_len()])
+                .collect(),
+            (None, Some(net)) => u128::from(net.network())
+                .to_be_bytes()
+                .into_iter()
+                .chain([net.prefix_len()])
+                .collect(),
+            (None, None) => return None,
+        };
         // FNV-1a over the network address and prefix length: stable across releases and hosts.
         let mut h: u32 = 0x811c_9dc5;
-        for b in u32::from(net.network())
-            .to_be_bytes()
-            .into_iter()
-            .chain([net.prefix_len()])
-        {
+        for b in bytes {
             h ^= u32::from(b);
             h = h.wrapping_mul(0x0100_0193);
         }
@@ -192,6 +220,31 @@ mod tests {
         assert!(dual.owns_device(false, [&ours]));
         assert!(!dual.owns_device(false, [&theirs]));
         assert!(!v4_only.owns_device(false, [&ours]));
+    }
+
+    #[test]
+    fn an_ipv6_only_network_owns_its_ipv6_objects_only() {
+        let o = Ownership::ipv6_only("fd00:244::/56".parse().expect("net"));
+        assert!(!o.is_everything());
+        assert_eq!(o.scope(), None);
+        assert!(o.owns_dst(&dst("fd00:244:0:1::/64")));
+        assert!(!o.owns_dst(&dst("fd00:245:0:1::/64")));
+        assert!(!o.owns_dst(&dst("10.244.3.0/24")), "no IPv4 route");
+        let ours: IpAddr = "fd00:244:0:1::".parse().expect("ip");
+        let theirs: IpAddr = "fd00:245:0:1::".parse().expect("ip");
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 0));
+        assert!(o.owns_device(false, [&ours]));
+        assert!(!o.owns_device(false, [&theirs, &v4]));
+        assert!(o.owns_device(true, [&theirs]));
+        // Its own nexthop id range, not everything's and not an IPv4 network's.
+        let ids = o.nexthop_ids().expect("a range");
+        assert_eq!(ids.len(), 1 << RANGE_BITS);
+        assert!(ids.start >= 1 << RANGE_BITS);
+        assert_ne!(
+            Some(ids),
+            Ownership::network(net("10.244.0.0/16")).nexthop_ids()
+        );
+        assert!(!o.owns_nexthop_id(5));
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn v6(dst: &str, gw: &str, mode: Mode) -> String {
 fn dual_peer(n: u8) -> Peer {
     Peer {
         key: SubnetKey {
-            v4: format!("10.244.{n}.0/24").parse().unwrap(),
+            v4: Some(format!("10.244.{n}.0/24").parse().unwrap()),
             v6: Some(format!("fd00:244:0:{n}::/64").parse().unwrap()),
         },
         attrs: LeaseAttrs {

@@ -59,10 +59,7 @@ fn r(dst: &str, gw: &str, dev: &str, proto: &str) -> (String, String, String, St
 
 fn peer(subnet: &str, ip: &str) -> Peer {
     Peer {
-        key: SubnetKey {
-            v4: subnet.parse().unwrap(),
-            v6: None,
-        },
+        key: SubnetKey::new(subnet.parse().unwrap()),
         attrs: LeaseAttrs {
             public_ip: ip.parse().unwrap(),
             public_ipv6: None,

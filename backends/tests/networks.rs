@@ -22,10 +22,7 @@ const NET_B: &str = "10.245.0.0/16";
 
 fn peer(subnet: &str, backend: &str, data: Option<&str>) -> Peer {
     Peer {
-        key: SubnetKey {
-            v4: subnet.parse().unwrap(),
-            v6: None,
-        },
+        key: SubnetKey::new(subnet.parse().unwrap()),
         attrs: LeaseAttrs {
             public_ip: "198.18.0.2".parse().unwrap(),
             public_ipv6: None,

@@ -99,7 +99,7 @@ fn spawn_node<B: Backend + Send + 'static>(
                 .unwrap();
             publish
                 .send(Peer {
-                    key: SubnetKey { v4: own, v6: None },
+                    key: SubnetKey::new(own),
                     attrs,
                 })
                 .unwrap();

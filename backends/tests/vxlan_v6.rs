@@ -108,10 +108,10 @@ fn v6_device_entries_written_once_repaired_and_removed() {
             let mut vx = Vxlan::new(VxlanConf::default());
             let attrs = vx.prepare(&nl, &ext).await.unwrap();
             assert_eq!(attrs.public_ipv6, Some("fd00:18::1".parse().unwrap()));
-            let own = SubnetKey {
-                v4: "10.244.1.0/24".parse().unwrap(),
-                v6: Some("fd00:244:0:1::/64".parse().unwrap()),
-            };
+            let own = SubnetKey::dual(
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00:244:0:1::/64".parse().unwrap(),
+            );
             assert_eq!(vx.configure(&ext, &own).unwrap(), 1450);
             let mut rec = Reconciler::new(nl.clone());
             let peers = [dual_peer(2), dual_peer(3)];

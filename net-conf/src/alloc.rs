@@ -74,7 +74,7 @@ impl Previous {
     /// The parts of `key`.
     pub fn of(key: SubnetKey) -> Self {
         Previous {
-            v4: Some(key.v4),
+            v4: key.v4,
             v6: key.v6,
         }
     }
@@ -128,7 +128,7 @@ pub fn is_compatible_v6(conf: &NetConf, subnet: Ipv6Net) -> bool {
 /// it must have one that fits. A v4-only lease of a node whose network became dual-stack is
 /// therefore deleted and made again, keeping its IPv4 subnet through subnet.env.
 pub fn is_key_compatible(conf: &NetConf, key: &SubnetKey) -> bool {
-    if !is_compatible(conf, key.v4) {
+    if !key.v4.is_some_and(|v4| is_compatible(conf, v4)) {
         return false;
     }
     match (conf.enable_ipv6, key.v6) {
@@ -140,6 +140,11 @@ pub fn is_key_compatible(conf: &NetConf, key: &SubnetKey) -> bool {
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Whether lease key `key` has an IPv4 part overlapping `b`.
+fn key_overlaps(key: &SubnetKey, b: Ipv4Net) -> bool {
+    key.v4.is_some_and(|a| overlaps(a, b))
 }
 
 fn overlaps_v6(a: Ipv6Net, b: Ipv6Net) -> bool {
@@ -277,7 +282,7 @@ pub fn previous_refusal(
             conf.subnet_max,
             prev.addr()
         )
-    } else if let Some(other) = existing.iter().find(|l| overlaps(l.key.v4, prev)) {
+    } else if let Some(other) = existing.iter().find(|l| key_overlaps(&l.key, prev)) {
         match other.public_ip {
             Some(ip) => format!("is held by the lease of {ip} ({})", other.key),
             None => format!("is held by another lease ({})", other.key),
@@ -316,12 +321,13 @@ pub fn choose(
     }
     let (v4, previous_v4) = match previous.v4 {
         Some(prev)
-            if is_compatible(conf, prev) && !existing.iter().any(|l| overlaps(l.key.v4, prev)) =>
+            if is_compatible(conf, prev)
+                && !existing.iter().any(|l| key_overlaps(&l.key, prev)) =>
         {
             (prev, true)
         }
         _ => {
-            let taken: Vec<Ipv4Net> = existing.iter().map(|l| l.key.v4).collect();
+            let taken: Vec<Ipv4Net> = existing.iter().filter_map(|l| l.key.v4).collect();
             let candidates = free_subnets(conf, &taken, MAX_CANDIDATES);
             if candidates.is_empty() {
                 return Err(AllocError::OutOfSubnets);
@@ -353,7 +359,7 @@ pub fn choose(
         }
     };
     Ok(Choice::Create(NewLease {
-        key: SubnetKey { v4, v6 },
+        key: SubnetKey { v4: Some(v4), v6 },
         previous_v4,
         previous_v6,
     }))

@@ -58,8 +58,9 @@ fn v6_net() -> impl Strategy<Value = Ipv6Net> {
     (ipv6(), 0u8..=128).prop_map(|(ip, len)| Ipv6Net::new(ip, len).unwrap().trunc())
 }
 
+/// An etcd key: IPv4, or dual-stack.
 fn subnet_key() -> impl Strategy<Value = SubnetKey> {
-    (v4_net(), proptest::option::of(v6_net())).prop_map(|(v4, v6)| SubnetKey { v4, v6 })
+    (v4_net(), proptest::option::of(v6_net())).prop_map(|(v4, v6)| SubnetKey { v4: Some(v4), v6 })
 }
 
 /// Text that looks like JSON: the tokens a lease or config is made of, in random order, so
@@ -227,11 +228,21 @@ proptest! {
         prop_assert_eq!(SubnetKey::from_etcd_key(&full, "/coreos.com/network").ok(), Some(key));
     }
 
+    /// A kube-mode IPv6-only key round-trips too, and is never taken for an etcd key.
+    #[test]
+    fn ipv6_only_key_round_trips_and_is_no_etcd_key(v6 in v6_net()) {
+        let key = SubnetKey::v6_only(v6);
+        let text = key.to_string();
+        prop_assert_eq!(text.parse::<SubnetKey>().ok(), Some(key), "{}", text);
+        let full = key.etcd_key("/coreos.com/network");
+        prop_assert!(SubnetKey::from_etcd_key(&full, "/coreos.com/network").is_err(), "{}", full);
+    }
+
     /// A dual-stack key with its IPv6 part in upper case is not flannel's (its parser takes
     /// lower-case hex only, and Go writes lower case): refused, never read as another subnet.
     #[test]
     fn dual_stack_keys_with_upper_case_hex_are_refused(v4 in v4_net(), v6 in v6_net()) {
-        let key = SubnetKey { v4, v6: Some(v6) };
+        let key = SubnetKey::dual(v4, v6);
         let text = key.to_string();
         let upper = text.to_uppercase();
         prop_assume!(upper != text);
@@ -373,7 +384,7 @@ fn dual_leases() -> impl Strategy<Value = Vec<ExistingLease>> {
                         .unwrap()
                         .trunc();
                     ExistingLease {
-                        key: SubnetKey { v4, v6: Some(v6) },
+                        key: SubnetKey::dual(v4, v6),
                         public_ip: Some(ip),
                     }
                 })
@@ -400,7 +411,8 @@ proptest! {
                 let v6 = new.key.v6.expect("a v6 part");
                 prop_assert!(is_key_compatible(&conf, &new.key), "{}", new.key);
                 for l in &existing {
-                    prop_assert!(!(l.key.v4.contains(&new.key.v4.network()) || new.key.v4.contains(&l.key.v4.network())), "{} overlaps {}", new.key, l.key);
+                    let (a, b) = (l.key.v4.unwrap(), new.key.v4.unwrap());
+                    prop_assert!(!(a.contains(&b.network()) || b.contains(&a.network())), "{} overlaps {}", new.key, l.key);
                     let o = l.key.v6.unwrap();
                     prop_assert!(!(o.contains(&v6.network()) || v6.contains(&o.network())), "{} overlaps {}", new.key, l.key);
                 }

@@ -1,4 +1,5 @@
-//! Subnet keys `10.244.1.0-24` and `10.244.1.0-24&fd00:10:244:1::-64`.
+//! Subnet keys `10.244.1.0-24`, `10.244.1.0-24&fd00:10:244:1::-64` and (kube mode)
+//! IPv6-only `fd00:10:244:1::-64`.
 use ipnet::{Ipv4Net, Ipv6Net};
 use net_conf::{LeaseError, SubnetKey};
 
@@ -27,9 +28,47 @@ fn v4_key_round_trips() {
 #[test]
 fn dual_stack_key_round_trips() {
     let k = key("10.244.1.0-24&fd00:10:244:1::-64");
-    assert_eq!(k.v4, v4("10.244.1.0/24"));
+    assert_eq!(k.v4, Some(v4("10.244.1.0/24")));
     assert_eq!(k.v6, Some(v6("fd00:10:244:1::/64")));
     assert_eq!(k.to_string(), "10.244.1.0-24&fd00:10:244:1::-64");
+    assert_eq!(
+        k,
+        SubnetKey::dual(v4("10.244.1.0/24"), v6("fd00:10:244:1::/64"))
+    );
+}
+
+#[test]
+fn ipv6_only_key_round_trips() {
+    let k = key("fd00:10:244:1::-64");
+    assert_eq!(k, SubnetKey::v6_only(v6("fd00:10:244:1::/64")));
+    assert_eq!(k.v4, None);
+    assert_eq!(k.to_string(), "fd00:10:244:1::-64");
+    assert_eq!(
+        k.nets().map(|n| n.to_string()).collect::<Vec<_>>(),
+        ["fd00:10:244:1::/64"]
+    );
+    assert_eq!(k.first().to_string(), "fd00:10:244:1::/64");
+    let dual = key("10.244.1.0-24&fd00:10:244:1::-64");
+    assert_eq!(dual.first().to_string(), "10.244.1.0/24");
+    // Strict as the IPv6 part of a dual-stack key.
+    for (s, reason) in [
+        (
+            "fd00::1-64",
+            "fd00::1/64 has host bits set (the subnet is fd00::/64)",
+        ),
+        ("FD00::-64", "\"FD00::\" is not a lower-case IPv6 address"),
+        ("fd00::", "\"fd00::\" has no -<prefix length>"),
+        ("&fd00::-64", "\"\" has no -<prefix length>"),
+    ] {
+        assert_eq!(
+            s.parse::<SubnetKey>(),
+            Err(LeaseError::Key {
+                key: s.to_string(),
+                reason: reason.to_string()
+            }),
+            "{s}"
+        );
+    }
 }
 
 #[test]
@@ -37,16 +76,10 @@ fn ipv6_written_in_canonical_form() {
     // A non-compressed spelling parses and is written back compressed, as Go writes it.
     let k = key("10.244.1.0-24&fd00:0010:0244:0001:0000:0000:0000:0000-64");
     assert_eq!(k.to_string(), "10.244.1.0-24&fd00:10:244:1::-64");
-    let k = SubnetKey {
-        v4: v4("10.42.0.0/24"),
-        v6: Some(v6("2001:cafe:42::/64")),
-    };
+    let k = SubnetKey::dual(v4("10.42.0.0/24"), v6("2001:cafe:42::/64"));
     assert_eq!(k.to_string(), "10.42.0.0-24&2001:cafe:42::-64");
     // A single zero group is not compressed (RFC 5952, as Go).
-    let k = SubnetKey {
-        v4: v4("10.42.0.0/24"),
-        v6: Some(v6("2001:db8:0:1:1:1:1:0/127")),
-    };
+    let k = SubnetKey::dual(v4("10.42.0.0/24"), v6("2001:db8:0:1:1:1:1:0/127"));
     assert_eq!(k.to_string(), "10.42.0.0-24&2001:db8:0:1:1:1:1:0-127");
 }
 
@@ -158,6 +191,10 @@ fn from_etcd_key_checks_the_prefix() {
         (
             "/coreos.com/network/subnets/10.244.1.0-40",
             "prefix length 40 is greater than 32",
+        ),
+        (
+            "/coreos.com/network/subnets/fd00::-64",
+            "an IPv6-only key: flannel's etcd keys always start with the IPv4 subnet",
         ),
     ] {
         assert_eq!(

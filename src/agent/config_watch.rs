@@ -10,31 +10,39 @@ use net_conf::NetConf;
 use tracing::warn;
 
 /// Parses and checks a config text; warnings (unknown keys, defaulted backend) are logged.
+/// An IPv6-only config (`EnableIPv4: false`) passes here; etcd mode refuses it
+/// ([`refuse_ipv6_only_in_etcd`]).
 pub fn parse_config(text: &str) -> Result<NetConf> {
     let parsed = NetConf::parse(text).map_err(|e| anyhow!("network config: {e}"))?;
     for w in &parsed.warnings {
         warn!("network config: {w}");
     }
     let conf = parsed.conf;
-    if !conf.enable_ipv4 {
-        return Err(anyhow!(
-            "network config: EnableIPv4 false: IPv6-only networks are not supported by weft yet \
-             (EnableIPv4 must be true; a dual-stack network adds EnableIPv6)"
-        ));
-    }
     if conf.enable_ipv6 {
         match &conf.backend {
             net_conf::BackendConf::HostGw | net_conf::BackendConf::Vxlan(_) => {}
             net_conf::BackendConf::IpIp(_) => {
                 return Err(anyhow!(
                     "network config: Backend.Type \"ipip\" is IPv4-only (as in flannel) but \
-                     EnableIPv6 is true: use host-gw or vxlan for a dual-stack network, or set \
+                     EnableIPv6 is true: use host-gw or vxlan for a network with IPv6, or set \
                      EnableIPv6 to false"
                 ));
             }
         }
     }
     Ok(conf)
+}
+
+/// etcd mode cannot lease an IPv6-only network: flannel's etcd keys always hold an IPv4 subnet
+/// (flanneld's etcd mode does not support it either). kube mode can.
+pub fn refuse_ipv6_only_in_etcd(conf: &NetConf) -> Result<()> {
+    if conf.enable_ipv4 {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "network config: EnableIPv4 false: an IPv6-only network needs --kube-subnet-mgr \
+         (flannel's etcd lease keys always hold an IPv4 subnet); enable IPv4 for etcd mode"
+    ))
 }
 
 /// A field of a config as text, to compare and to show.
@@ -305,9 +313,23 @@ mod tests {
             e.contains("IPv4-only") && e.contains("EnableIPv6"),
             "ipip: {e}"
         );
+        // IPv6-only: parsed (kube mode runs it), refused for etcd mode with a reason.
         let v6_only = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","Backend":{"Type":"host-gw"}}"#;
-        let e = parse_config(v6_only).expect_err("v6-only").to_string();
-        assert!(e.contains("EnableIPv4"), "{e}");
+        let conf = parse_config(v6_only).expect("v6-only");
+        assert!(!conf.enable_ipv4 && conf.network.is_none());
+        assert_eq!(conf.ipv6_network, Some("fd00::/56".parse().expect("net")));
+        let e = refuse_ipv6_only_in_etcd(&conf)
+            .expect_err("etcd")
+            .to_string();
+        assert!(
+            e.contains("EnableIPv4 false") && e.contains("--kube-subnet-mgr"),
+            "{e}"
+        );
+        refuse_ipv6_only_in_etcd(&parse_config(&with("vxlan")).expect("dual")).expect("dual");
+        let e = parse_config(&v6_only.replace("host-gw", "ipip"))
+            .expect_err("ipip v6-only")
+            .to_string();
+        assert!(e.contains("IPv4-only"), "{e}");
         // A v4-only node's config becoming dual-stack is refused while it runs.
         assert!(matches!(
             classify(&running(), &with("host-gw")),

@@ -164,7 +164,11 @@ impl DataPlane {
                 (Some(v6), Some(_)) => state.routes.contains_key(&ipnet::IpNet::V6(v6.trunc())),
                 _ => true,
             };
-            if state.routes.contains_key(&ipnet::IpNet::V4(peer.key.v4)) && v6_served {
+            let v4_served = match (peer.key.v4, self.ext.has_v4()) {
+                (Some(v4), true) => state.routes.contains_key(&ipnet::IpNet::V4(v4)),
+                _ => true,
+            };
+            if v4_served && v6_served {
                 continue;
             }
             let reason = reasons.remove(&peer.key).unwrap_or_else(|| {

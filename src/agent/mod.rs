@@ -49,12 +49,14 @@ use self::leases::Leases;
 use crate::cli::Options;
 
 /// What this daemon owns in the kernel: its network's objects, of both families for a
-/// dual-stack network (other flannel networks on the host are left alone).
+/// dual-stack network, of IPv6 alone for an IPv6-only one (other flannel networks on the host
+/// are left alone).
 pub(crate) fn ownership(conf: &NetConf) -> backends::Ownership {
-    let owner = backends::Ownership::of(conf.network);
-    match conf.ipv6_network.filter(|_| conf.enable_ipv6) {
-        Some(v6) => owner.with_ipv6_network(v6),
-        None => owner,
+    let v4 = conf.network.filter(|_| conf.enable_ipv4);
+    match (v4, conf.ipv6_network.filter(|_| conf.enable_ipv6)) {
+        (None, Some(v6)) => backends::Ownership::ipv6_only(v6),
+        (v4, Some(v6)) => backends::Ownership::of(v4).with_ipv6_network(v6),
+        (v4, None) => backends::Ownership::of(v4),
     }
 }
 use crate::lease::LeaseSource;

@@ -176,7 +176,7 @@ async fn boot_from_cache(
 ) -> Result<()> {
     let conf = parse_config(&cache.config)?;
     let (own, own_attrs) = cache.own()?;
-    let ext = iface::select_interface(nl, opts, conf.enable_ipv6).await?;
+    let ext = iface::select_interface(nl, opts, iface::Stack::of(&conf)).await?;
     let mut backend = AnyBackend::from_conf(&conf.backend)?;
     backend.adopt_previous(&own_attrs);
     backend.prepare(nl, &ext).await?;
@@ -192,7 +192,7 @@ async fn boot_from_cache(
         .collect();
     let mut state = backend.desired(&ext, &peers).state;
     if opts.ip_blackhole_route {
-        state.blackholes.insert(own.v4.into());
+        state.blackholes.extend(own.nets());
     }
     state.merge(reconciler.current().clone());
     let report = reconciler.apply(&state).await;
@@ -245,18 +245,18 @@ pub(super) async fn start_firewall(
 }
 
 /// Writes subnet.env (atomically, with its fsyncs) for the subnets of `own` in `conf`'s
-/// networks, on a blocking thread: never on the runtime's. The IPv6 lines are written when the
-/// network is dual-stack, as flanneld writes them.
+/// networks, on a blocking thread: never on the runtime's. The IPv4 lines are written when the
+/// network has IPv4, the IPv6 lines when it has IPv6, as flanneld writes them.
 pub(super) async fn write_subnet_env(
     opts: &Options,
     conf: &NetConf,
     own: SubnetKey,
     mtu: u32,
 ) -> Result<()> {
-    let v6 = conf.enable_ipv6;
+    let (v4, v6) = (conf.enable_ipv4, conf.enable_ipv6);
     let env = SubnetEnv {
-        network: conf.network,
-        subnet: Some(own.v4),
+        network: conf.network.filter(|_| v4),
+        subnet: own.v4.filter(|_| v4),
         ipv6_network: conf.ipv6_network.filter(|_| v6),
         ipv6_subnet: own.v6.filter(|_| v6),
         more_networks: Vec::new(),
@@ -345,6 +345,9 @@ impl Start {
         shutdown: CancellationToken,
     ) -> Result<Start> {
         let conf = parse_config(&text)?;
+        if !opts.kube_subnet_mgr {
+            super::config_watch::refuse_ipv6_only_in_etcd(&conf)?;
+        }
         info!(
             "Found network config - Backend type: {}, Network: {}",
             conf.backend.type_name(),
@@ -358,7 +361,7 @@ impl Start {
             }
             BackendConf::HostGw => {}
         }
-        let ext = iface::select_interface(&nl, &opts, conf.enable_ipv6).await?;
+        let ext = iface::select_interface(&nl, &opts, iface::Stack::of(&conf)).await?;
         Ok(Start {
             opts,
             conf,

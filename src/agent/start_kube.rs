@@ -12,7 +12,7 @@ use super::sd_notify::Notifier;
 use super::start::{FIRST_CONTACT, Start, boot_from_cache_if_any};
 use crate::cli::Options;
 use crate::lease::Snapshot;
-use crate::lease::kube::node::{NodeLease, NodeLite};
+use crate::lease::kube::node::{Families, NodeLease, NodeLite};
 use crate::lease::kube::{Fatal, KubeSource, api_error, client};
 use crate::lease::retry_until;
 
@@ -75,7 +75,10 @@ pub(super) async fn run(
     // Node for it.
     let own_only = Snapshot {
         revision: node.resource_version(),
-        leases: match source.annotations().as_lease(&node) {
+        leases: match source.annotations().as_lease(
+            &node,
+            Families::of_cidrs(node.pod_cidrs().unwrap_or_default()),
+        ) {
             NodeLease::Lease(l) => vec![l],
             _ => Vec::new(),
         },

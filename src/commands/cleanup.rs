@@ -298,7 +298,7 @@ async fn release_own_lease(nl: Option<&Netlink>, opts: &Options, out: &mut Outco
         Some(ip) => ip,
         None => {
             let nl = nl.context("no netlink socket to find the external interface")?;
-            crate::agent::iface::select_interface(nl, opts, false)
+            crate::agent::iface::select_interface(nl, opts, crate::agent::iface::Stack::V4)
                 .await
                 .context("find this node's public IP (or pass --public-ip)")?
                 .ext_addr

@@ -207,6 +207,7 @@ pub struct ConfigInfo {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LeaseInfo {
+    /// The IPv4 subnet (an IPv6-only lease's: its IPv6 subnet).
     pub subnet: String,
     /// The IPv6 subnet of a dual-stack lease.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -459,8 +460,12 @@ pub fn lease_info(e: &LeaseEntry, prefix: &str, ttl: Option<i64>, now: SystemTim
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let expires_unix = ttl.map(|t| now_unix.saturating_add(t));
     LeaseInfo {
-        subnet: e.key.v4.to_string(),
-        subnet6: e.key.v6.map(|s| s.to_string()),
+        subnet: e.key.first().to_string(),
+        subnet6: e
+            .key
+            .v6
+            .filter(|_| e.key.v4.is_some())
+            .map(|s| s.to_string()),
         key: e.key.etcd_key(prefix),
         public_ip: e.attrs.public_ip,
         public_ipv6: e.attrs.public_ipv6,
@@ -497,7 +502,7 @@ impl LeaseInfo {
 /// A kube-mode lease (a Node: no etcd key, no TTL).
 pub fn node_lease_info(e: &LeaseEntry) -> LeaseInfo {
     let mut info = lease_info(e, "", None, UNIX_EPOCH);
-    info.key = format!("Node with podCIDR {}", e.key.v4);
+    info.key = format!("Node with podCIDR {}", e.key.first());
     info.reservation = false;
     info.lease_id = None;
     info.node = true;
@@ -724,7 +729,14 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     let previous = crate::agent::subnet_file::read_previous(&opts.subnet_file)
         .as_deref()
         .and_then(net_conf::subnet_env::previous_subnet);
-    let (ext, own, found_by) = find_node(&nl, opts, &snapshot, previous, conf.enable_ipv6).await?;
+    let (ext, own, found_by) = find_node(
+        &nl,
+        opts,
+        &snapshot,
+        previous,
+        crate::agent::iface::Stack::of(&conf),
+    )
+    .await?;
     let own = own.cloned();
 
     let mut names: HashMap<u32, String> = nl
@@ -787,7 +799,7 @@ pub async fn gather(opts: &Options) -> Result<Report> {
         .filter(|e| Some(e.key) != own.as_ref().map(|o| o.key))
         .collect();
     // By subnet (etcd lists keys in byte order: 10.244.100.0 before 10.244.20.0).
-    peer_entries.sort_by_key(|e| e.key.v4);
+    peer_entries.sort_by_key(|e| e.key);
     let peer_infos = peer_entries.into_iter().map(info).collect();
     Ok(build(
         BuildInput {
@@ -849,8 +861,8 @@ fn planned_backend(
             match backend.spec(ext, mac) {
                 Ok(dev) => {
                     let mut b = backend.with_device(bound(dev));
-                    if let Some(own) = own {
-                        b = b.with_own(own.key.v4);
+                    if let Some(v4) = own.and_then(|o| o.key.v4) {
+                        b = b.with_own(v4);
                     }
                     (AnyBackend::Vxlan(b), None)
                 }
@@ -860,8 +872,8 @@ fn planned_backend(
         BackendConf::IpIp(c) => match IpIp::spec(ext) {
             Ok(dev) => {
                 let mut b = IpIp::new(c.clone()).with_device(bound(dev));
-                if let Some(own) = own {
-                    b = b.with_own(own.key.v4);
+                if let Some(v4) = own.and_then(|o| o.key.v4) {
+                    b = b.with_own(v4);
                 }
                 (AnyBackend::IpIp(b), None)
             }
@@ -978,8 +990,10 @@ pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
             .iter()
             .map(|(k, r)| SkippedInfo {
                 subnet: k
-                    .v6
-                    .map_or_else(|| k.v4.to_string(), |v6| format!("{} {v6}", k.v4)),
+                    .nets()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 reason: r.clone(),
             })
             .collect(),
@@ -1000,15 +1014,15 @@ async fn find_node<'s>(
     opts: &Options,
     snapshot: &'s Snapshot,
     previous: Option<ipnet::Ipv4Net>,
-    ipv6: bool,
+    stack: crate::agent::iface::Stack,
 ) -> Result<(ExternalInterface, Option<&'s LeaseEntry>, FoundBy)> {
     let flags = !opts.iface.is_empty()
         || !opts.iface_regex.is_empty()
         || opts.iface_can_reach.is_some()
         || opts.public_ip.is_some();
     if flags {
-        let ext = crate::agent::iface::select_interface(nl, opts, ipv6).await?;
-        let own = find_own(snapshot, ext.ext_addr, previous);
+        let ext = crate::agent::iface::select_interface(nl, opts, stack).await?;
+        let own = find_own(snapshot, &ext, previous);
         return Ok((ext, own, FoundBy::Flags));
     }
     let addrs: Vec<Ipv4Addr> = nl
@@ -1028,7 +1042,7 @@ async fn find_node<'s>(
             public_ip: Some(lease.attrs.public_ip),
             ..opts.clone()
         };
-        let ext = crate::agent::iface::select_interface(nl, &by_ip, ipv6)
+        let ext = crate::agent::iface::select_interface(nl, &by_ip, stack)
             .await
             .with_context(|| {
                 format!(
@@ -1038,13 +1052,13 @@ async fn find_node<'s>(
             })?;
         return Ok((ext, Some(lease), found_by));
     }
-    let ext = crate::agent::iface::select_interface(nl, opts, ipv6)
+    let ext = crate::agent::iface::select_interface(nl, opts, stack)
         .await
         .context(
             "no lease in etcd matches the subnet file or an address of this node, \
          and the agent's default choice failed",
         )?;
-    let own = find_own(snapshot, ext.ext_addr, previous);
+    let own = find_own(snapshot, &ext, previous);
     Ok((ext, own, FoundBy::DefaultRoute))
 }
 
@@ -1062,7 +1076,7 @@ pub fn own_lease_without_flags<'s>(
         if let Some(e) = leases
             .iter()
             .filter(local)
-            .find(|e| e.key.v4.trunc() == prev.trunc())
+            .find(|e| e.key.v4.map(|n| n.trunc()) == Some(prev.trunc()))
         {
             return Some((e, FoundBy::SubnetFile));
         }
@@ -1070,20 +1084,23 @@ pub fn own_lease_without_flags<'s>(
     leases.iter().find(local).map(|e| (e, FoundBy::Address))
 }
 
-/// The lease this node holds: the one whose PublicIP is ours; among several, the one of the
-/// subnet in subnet.env, else the first.
-fn find_own(
-    snapshot: &Snapshot,
-    public_ip: Ipv4Addr,
+/// The lease this node holds: the one whose PublicIP (IPv6-only: PublicIPv6) is ours; among
+/// several, the one of the subnet in subnet.env, else the first.
+fn find_own<'s>(
+    snapshot: &'s Snapshot,
+    ext: &ExternalInterface,
     previous: Option<ipnet::Ipv4Net>,
-) -> Option<&LeaseEntry> {
-    let mine: Vec<&LeaseEntry> = snapshot
-        .leases
-        .iter()
-        .filter(|e| e.attrs.public_ip == public_ip)
-        .collect();
+) -> Option<&'s LeaseEntry> {
+    // An IPv6-only network's leases all have PublicIP 0.0.0.0: ours is the one of our
+    // PublicIPv6.
+    let ours = |e: &&LeaseEntry| match (ext.has_v4(), &ext.v6) {
+        (true, _) => e.attrs.public_ip == ext.ext_addr,
+        (false, Some(v6)) => e.attrs.public_ipv6 == Some(v6.ext_addr),
+        (false, None) => false,
+    };
+    let mine: Vec<&LeaseEntry> = snapshot.leases.iter().filter(ours).collect();
     mine.iter()
-        .find(|e| Some(e.key.v4.trunc()) == previous)
+        .find(|e| e.key.v4.map(|n| n.trunc()) == previous)
         .or(mine.first())
         .copied()
 }
@@ -1368,11 +1385,53 @@ mod tests {
             ],
             malformed: vec![],
         };
-        let me: Ipv4Addr = "198.18.0.1".parse().unwrap();
-        assert_eq!(find_own(&snap, me, None).unwrap().lease_id, 1);
+        let me = ext_at("198.18.0.1");
+        assert_eq!(find_own(&snap, &me, None).unwrap().lease_id, 1);
         let prev = Some("10.244.4.0/24".parse().unwrap());
-        assert_eq!(find_own(&snap, me, prev).unwrap().lease_id, 3);
-        assert!(find_own(&snap, "198.18.0.9".parse().unwrap(), None).is_none());
+        assert_eq!(find_own(&snap, &me, prev).unwrap().lease_id, 3);
+        assert!(find_own(&snap, &ext_at("198.18.0.9"), None).is_none());
+    }
+
+    fn ext_at(ip: &str) -> ExternalInterface {
+        ExternalInterface {
+            name: "eth0".into(),
+            index: 2,
+            iface_addr: ip.parse().unwrap(),
+            ext_addr: ip.parse().unwrap(),
+            mtu: 1500,
+            prefixes: vec![],
+            v6: None,
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_nodes_own_lease_is_found_by_its_public_ipv6() {
+        let v6_only = |subnet: &str, ip6: &str, id: i64| {
+            let mut e = entry("10.0.0.0/8", "0.0.0.0", id, None);
+            e.key = net_conf::SubnetKey::v6_only(subnet.parse().unwrap());
+            e.attrs.public_ipv6 = Some(ip6.parse().unwrap());
+            e
+        };
+        let snap = Snapshot {
+            revision: 9,
+            leases: vec![
+                v6_only("fd00:244:0:2::/64", "fd00:18::2", 1),
+                v6_only("fd00:244:0:1::/64", "fd00:18::1", 2),
+            ],
+            malformed: vec![],
+        };
+        let mut me = ext_at("0.0.0.0");
+        me.v6 = Some(backends::ExternalV6 {
+            iface_addr: "fd00:18::1".parse().unwrap(),
+            ext_addr: "fd00:18::1".parse().unwrap(),
+            prefixes: vec![],
+        });
+        assert!(!me.has_v4());
+        assert_eq!(find_own(&snap, &me, None).unwrap().lease_id, 2);
+        let info = node_lease_info(&snap.leases[1]);
+        assert_eq!(info.subnet, "fd00:244:0:1::/64");
+        assert_eq!(info.subnet6, None);
+        assert_eq!(info.key, "Node with podCIDR fd00:244:0:1::/64");
     }
 
     #[test]

@@ -207,10 +207,7 @@ mod tests {
     use crate::lease::etcd::registry::{LeaseEntry, Malformed};
 
     fn key(third: u8) -> SubnetKey {
-        SubnetKey {
-            v4: Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).expect("valid net"),
-            v6: None,
-        }
+        SubnetKey::new(Ipv4Net::new(Ipv4Addr::new(10, 244, third, 0), 24).expect("valid net"))
     }
 
     fn attrs(last: u8) -> LeaseAttrs {

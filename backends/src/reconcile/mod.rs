@@ -157,8 +157,8 @@ impl Reconciler {
     /// so daemons of other flannel networks on this host keep theirs). Without this call the
     /// reconciler owns every object of weft's protocol and device names.
     pub fn with_ownership(mut self, owner: Ownership) -> Self {
-        if let Some(net) = owner.scope() {
-            debug!(network = %net, nexthop_ids = ?owner.nexthop_ids(), "owning the kernel objects of one network");
+        if !owner.is_everything() {
+            debug!(network = ?owner.scope(), ipv6_network = ?owner.scope_v6(), nexthop_ids = ?owner.nexthop_ids(), "owning the kernel objects of one network");
         }
         self.owner = owner;
         self.nh = NexthopTable::with_owner(owner);
@@ -346,7 +346,7 @@ impl Reconciler {
         // A device wanted now that the last dump neither found nor took as wanted (a dump before
         // the first apply, or before a backend switch) may exist without an address of our
         // network: dump again, so it is adopted instead of made a second time (EEXIST).
-        if self.owner.scope().is_some()
+        if !self.owner.is_everything()
             && self.last_desired.devices.keys().any(|name| {
                 !self.wanted_at_refresh.contains(name) && !self.cache.devices.contains_key(name)
             })

@@ -18,6 +18,9 @@
 //! [`Backend::prepare`] only reads: it keeps the MAC of an existing compatible device (else the
 //! MAC of the previous lease, else a random one), so the VTEP MAC is stable across restarts.
 //!
+//! A dual-stack node also has `flannel-v6.<VNI>` ([`v6`]); an IPv6-only node (kube mode) has only
+//! that device, no `BackendData`, and its pod MTU is the IPv6 device's.
+//!
 //! Differences from flannel, on purpose: the FDB entry of a peer's previous MAC is removed when
 //! the MAC changes (it is keyed by MAC and no longer desired); a peer advertising another VNI is
 //! skipped with a reason instead of programmed into a tunnel that cannot reach it; an existing
@@ -206,15 +209,30 @@ impl Backend for Vxlan {
         nl: &Netlink,
         ext: &ExternalInterface,
     ) -> Result<LeaseAttrs, BackendError> {
-        let want = self.spec(ext, None)?;
-        let want = plan_device(nl, want, self.mac).await?;
-        let mac = want.mac.unwrap_or_else(random_mac);
+        if !ext.has_v4() && ext.v6.is_none() {
+            return Err(BackendError::Unsupported(format!(
+                "vxlan: interface {} has neither an IPv4 nor an IPv6 side",
+                ext.name
+            )));
+        }
         let mut attrs = LeaseAttrs {
             public_ip: ext.ext_addr,
             public_ipv6: None,
             backend_type: VXLAN.to_string(),
-            backend_data: Some(backend_data(self.conf.vni, &mac)),
+            backend_data: None,
             backend_v6_data: None,
+        };
+        // An IPv6-only network has no `flannel.<VNI>` (and no BackendData, as flannel).
+        let want = match ext.has_v4() {
+            true => {
+                let want = self.spec(ext, None)?;
+                let want = plan_device(nl, want, self.mac).await?;
+                let mac = want.mac.unwrap_or_else(random_mac);
+                attrs.backend_data = Some(backend_data(self.conf.vni, &mac));
+                self.mac = Some(mac);
+                Some(want)
+            }
+            false => None,
         };
         let want6 = match &ext.v6 {
             Some(v6) => {
@@ -227,44 +245,53 @@ impl Backend for Vxlan {
             }
             None => None,
         };
-        self.mac = Some(mac);
-        self.dev = Some(want);
+        self.dev = want;
         self.v6.set_device(want6);
         Ok(attrs)
     }
 
     /// Takes the node's subnets (the device gets `<network>/32`, `flannel-v6.<VNI>` gets
     /// `<IPv6 network>/128`: the source for host → pod traffic; a single address avoids a
-    /// broadcast or connected route) and returns the IPv4 device's MTU for subnet.env.
+    /// broadcast or connected route) and returns the IPv4 device's MTU for subnet.env (the
+    /// IPv6 device's on an IPv6-only network).
     fn configure(
         &mut self,
         _ext: &ExternalInterface,
         own: &SubnetKey,
     ) -> Result<u32, BackendError> {
-        let dev = self.dev.as_ref().ok_or_else(|| {
+        let dev = self.dev.as_ref().or(self.v6.dev.as_ref()).ok_or_else(|| {
             BackendError::Unsupported("vxlan: configure called before prepare".into())
         })?;
-        self.own = Some(own.v4);
+        let mtu = dev.mtu;
+        self.own = own.v4;
         self.v6.own = own.v6;
-        Ok(dev.mtu)
+        Ok(mtu)
     }
 
     fn desired(&self, ext: &ExternalInterface, peers: &[Peer]) -> Desired {
         let mut out = Desired::default();
-        let Some(dev) = &self.dev else {
+        if self.dev.is_none() && self.v6.dev.is_none() {
             for p in peers {
                 out.skipped
                     .push((p.key, "the vxlan device is not prepared yet".to_string()));
             }
             return out;
-        };
-        out.state.add_device(dev.clone());
-        if let Some(own) = self.own {
-            out.state.add_addr(own_addr(&dev.name, own));
+        }
+        if let Some(dev) = &self.dev {
+            out.state.add_device(dev.clone());
+            if let Some(own) = self.own {
+                out.state.add_addr(own_addr(&dev.name, own));
+            }
         }
         self.v6.add_device(&mut out);
         for peer in peers {
-            if let Err(reason) = self.add_peer(ext, dev, peer, &mut out) {
+            // The IPv4 entries' checks come first: a peer failing them gets no IPv6 entries
+            // either. An IPv6-only node checks the backend type only.
+            let v4 = match &self.dev {
+                Some(dev) => self.add_peer(ext, dev, peer, &mut out),
+                None => crate::same_backend(peer, VXLAN),
+            };
+            if let Err(reason) = v4 {
                 out.skipped.push((peer.key, reason));
                 continue;
             }

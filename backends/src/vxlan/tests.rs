@@ -32,10 +32,7 @@ fn dev() -> Device {
 
 fn peer(subnet: &str, ip: &str, backend: &str, data: Option<&str>) -> Peer {
     Peer {
-        key: SubnetKey {
-            v4: subnet.parse().expect("subnet"),
-            v6: None,
-        },
+        key: SubnetKey::new(subnet.parse().expect("subnet")),
         attrs: LeaseAttrs {
             public_ip: ip.parse().expect("ip"),
             public_ipv6: None,
@@ -186,7 +183,7 @@ fn skips_with_reasons() {
     let reasons: Vec<(String, String)> = d
         .skipped
         .iter()
-        .map(|(k, r)| (k.v4.to_string(), r.clone()))
+        .map(|(k, r)| (k.first().to_string(), r.clone()))
         .collect();
     let want = [
         ("10.244.2.0/24", "\"host-gw\""),

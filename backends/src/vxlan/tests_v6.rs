@@ -48,7 +48,7 @@ fn vx() -> Vxlan {
 fn peer(n: u8, v6: Option<(&str, Option<&str>)>) -> Peer {
     Peer {
         key: SubnetKey {
-            v4: format!("10.244.{n}.0/24").parse().expect("subnet"),
+            v4: Some(format!("10.244.{n}.0/24").parse().expect("subnet")),
             v6: v6.map(|_| format!("fd00:244:0:{n}::/64").parse().expect("subnet6")),
         },
         attrs: LeaseAttrs {
@@ -185,7 +185,7 @@ fn peers_without_a_usable_v6_part_keep_their_v4_entries() {
     let reasons: Vec<(String, String)> = d
         .skipped
         .iter()
-        .map(|(k, r)| (k.v4.to_string(), r.clone()))
+        .map(|(k, r)| (k.first().to_string(), r.clone()))
         .collect();
     let want = [
         ("10.244.3.0/24", "no PublicIPv6"),
@@ -315,4 +315,78 @@ fn prepare_publishes_backend_v6_data_and_public_ipv6() {
     assert_eq!(attrs.public_ipv6, None);
     assert_eq!(attrs.backend_v6_data, None);
     assert!(b.device_v6().is_none());
+}
+
+/// An IPv6-only node: the interface has no IPv4 side.
+fn ext_v6_only() -> ExternalInterface {
+    ExternalInterface {
+        iface_addr: Ipv4Addr::UNSPECIFIED,
+        ext_addr: Ipv4Addr::UNSPECIFIED,
+        prefixes: vec![],
+        ..ext()
+    }
+}
+
+/// An IPv6-only peer `fd00:244:0:<n>::/64` at `fd00:18::<n>` with `BackendV6Data` `data6`.
+fn v6_only_peer(n: u8, data6: &str) -> Peer {
+    let mut p = peer(n, Some(("fd00:18::2", Some(data6))));
+    p.key = SubnetKey::v6_only(format!("fd00:244:0:{n}::/64").parse().expect("subnet6"));
+    p.attrs.public_ip = Ipv4Addr::UNSPECIFIED;
+    p.attrs.public_ipv6 = Some(format!("fd00:18::{n}").parse().expect("ip6"));
+    p.attrs.backend_data = None;
+    p
+}
+
+#[test]
+fn an_ipv6_only_node_has_the_v6_device_and_entries_only() {
+    let e = ext_v6_only();
+    assert!(!e.has_v4());
+    let b = Vxlan::new(VxlanConf::default());
+    let dev6 = Device {
+        index: 10,
+        ..b.spec_v6(&e, e.v6.as_ref().expect("v6"), Some(MAC16))
+            .expect("spec")
+    };
+    let mut b = b.with_device_v6(dev6);
+    let mtu = b
+        .configure(
+            &e,
+            &SubnetKey::v6_only("fd00:244:0:1::/64".parse().expect("own")),
+        )
+        .expect("configure");
+    assert_eq!(mtu, 1430, "the pod MTU is the IPv6 device's");
+    let d = b.desired(
+        &e,
+        &[
+            v6_only_peer(2, DATA2_6),
+            // Another backend's peer is skipped, as on an IPv4 node.
+            Peer {
+                attrs: LeaseAttrs {
+                    backend_type: "host-gw".into(),
+                    ..v6_only_peer(3, DATA2_6).attrs
+                },
+                ..v6_only_peer(3, DATA2_6)
+            },
+        ],
+    );
+    assert_eq!(
+        d.state.devices.keys().collect::<Vec<_>>(),
+        vec!["flannel-v6.1"]
+    );
+    assert_eq!(
+        strings(&d.state.addrs),
+        vec!["fd00:244:0:1::/128 dev flannel-v6.1"]
+    );
+    assert_eq!(
+        strings(d.state.routes.values()),
+        vec!["fd00:244:0:2::/64 via fd00:244:0:2:: dev 10 onlink"]
+    );
+    assert_eq!(d.state.neighs.len(), 1);
+    assert_eq!(d.state.fdb.len(), 1);
+    assert_eq!(d.skipped.len(), 1, "{:?}", d.skipped);
+    assert!(
+        d.skipped[0].1.contains("backend type \"host-gw\""),
+        "{:?}",
+        d.skipped
+    );
 }

@@ -1,6 +1,6 @@
 //! vxlan's IPv6 side on a dual-stack node (docs/flannel-compat.md §5.1, "IPv6: identical with
 //! `flannel-v6.<VNI>`"): a second vxlan device whose underlay is IPv6, and per dual-stack peer
-//! the same three entries as for IPv4, in IPv6.
+//! the same three entries as for IPv4, in IPv6. On an IPv6-only node it is the only device.
 //!
 //! Device: `flannel-v6.<VNI> type vxlan id <VNI> dev <ext> local <PublicIPv6> dstport <port>
 //! nolearning [gbp] mtu <ext mtu − 70>`, up, with its own VTEP MAC (kept like the IPv4 device's:
@@ -130,7 +130,8 @@ impl Vxlan {
         })
     }
 
-    /// The IPv6 entries of a peer whose IPv4 entries were planned: nothing for a peer without
+    /// The IPv6 entries of a peer whose IPv4 entries were planned (on an IPv6-only node: whose
+    /// backend type was checked): nothing for a peer without
     /// an IPv6 subnet or on an IPv4-only node, else its neighbour, FDB entry and route on
     /// `flannel-v6.<VNI>`, or why not.
     pub(super) fn add_peer_v6(

@@ -284,10 +284,7 @@ pub fn ext(index: u32) -> ExternalInterface {
 /// A vxlan peer (VNI 1) with lease subnet `subnet`, PublicIP `public_ip`, VTEP MAC `mac`.
 pub fn vxlan_peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
     Peer {
-        key: SubnetKey {
-            v4: subnet.parse().unwrap(),
-            v6: None,
-        },
+        key: SubnetKey::new(subnet.parse().unwrap()),
         attrs: LeaseAttrs {
             public_ip: public_ip.parse().unwrap(),
             public_ipv6: None,

@@ -1,7 +1,8 @@
 //! The node's rules for each IP family of its network: one [`Firewall`] for IPv4 and, for a
 //! dual-stack network, one for IPv6 (ip6tables chains or the `ip6 flannel-ipv6` table), kept in
-//! step: built, checked, applied and moved to a new subnet together.
-use anyhow::{Result, anyhow, bail};
+//! step: built, checked, applied and moved to a new subnet together. An IPv6-only network has
+//! the IPv6 one only.
+use anyhow::{Result, bail};
 use net_conf::{NetConf, SubnetKey};
 
 use super::{ChangeWatch, Firewall, Mode, Settings};
@@ -9,7 +10,7 @@ use super::{ChangeWatch, Firewall, Mode, Settings};
 /// See the module doc.
 #[derive(Debug, Clone)]
 pub struct Firewalls {
-    v4: Firewall,
+    v4: Option<Firewall>,
     v6: Option<Firewall>,
 }
 
@@ -27,9 +28,6 @@ impl Firewalls {
     /// selects (`EnableNFTables`). Nothing is written yet: see [`Firewalls::start`].
     pub async fn new(conf: &NetConf, own: SubnetKey, flags: Flags) -> Result<Firewalls> {
         let mode = Mode::from_config(conf.enable_nftables);
-        let network = conf.network.ok_or_else(|| {
-            anyhow!("network config: no Network to build the masquerade rules from")
-        })?;
         let settings = |network: ipnet::IpNet, subnet: ipnet::IpNet| Settings {
             network,
             subnet,
@@ -37,7 +35,16 @@ impl Firewalls {
             forward: flags.forward,
             fully_random: flags.fully_random,
         };
-        let v4 = Firewall::new(mode, settings(network.into(), own.v4.into())).await?;
+        let v4 = match (conf.enable_ipv4, conf.network, own.v4) {
+            (false, _, _) => None,
+            (true, Some(net), Some(sub)) => {
+                Some(Firewall::new(mode, settings(net.into(), sub.into())).await?)
+            }
+            (true, net, sub) => bail!(
+                "masquerade rules need the Network and this node's IPv4 subnet (Network {net:?}, \
+                 subnet {sub:?})"
+            ),
+        };
         let v6 = match (conf.enable_ipv6, conf.ipv6_network, own.v6) {
             (false, _, _) => None,
             (true, Some(net6), Some(sub6)) => {
@@ -48,16 +55,27 @@ impl Firewalls {
                  (IPv6Network {net6:?}, subnet {sub6:?})"
             ),
         };
+        if v4.is_none() && v6.is_none() {
+            bail!("network config: neither IPv4 nor IPv6 is enabled");
+        }
         Ok(Firewalls { v4, v6 })
     }
 
     fn each(&self) -> impl Iterator<Item = &Firewall> {
-        std::iter::once(&self.v4).chain(&self.v6)
+        self.v4.iter().chain(&self.v6)
+    }
+
+    /// The first family's firewall (IPv4, else IPv6): [`Firewalls::new`] makes at least one.
+    fn first(&self) -> &Firewall {
+        match (&self.v4, &self.v6) {
+            (Some(fw), _) | (None, Some(fw)) => fw,
+            (None, None) => unreachable!("Firewalls::new refuses a network without a family"),
+        }
     }
 
     /// The mode both firewalls are in.
     pub fn mode(&self) -> Mode {
-        self.v4.mode()
+        self.first().mode()
     }
 
     /// `iptables`, or `iptables and ip6tables` for a dual-stack network (for log lines).
@@ -70,7 +88,7 @@ impl Firewalls {
 
     /// Whether any rule is wanted (both families follow the same flags).
     pub fn is_active(&self) -> bool {
-        self.v4.is_active()
+        self.first().is_active()
     }
 
     /// The audit period (the same for both families: one [`ChangeWatch`] covers both).
@@ -79,7 +97,7 @@ impl Firewalls {
         iptables_resync_secs: u32,
         watch: &ChangeWatch,
     ) -> Result<std::time::Duration> {
-        self.v4.audit_period(iptables_resync_secs, watch)
+        self.first().audit_period(iptables_resync_secs, watch)
     }
 
     /// Removes the other mode's rules of each family and writes ours.
@@ -124,7 +142,11 @@ impl Firewalls {
     /// This node's subnets moved to `own`: each family's rules follow (written by the next
     /// [`apply`](Self::apply)).
     pub fn set_subnet(&mut self, own: SubnetKey) -> Result<()> {
-        self.v4.set_subnet(own.v4.into())?;
+        match (&mut self.v4, own.v4) {
+            (Some(fw), Some(sub)) => fw.set_subnet(sub.into())?,
+            (Some(_), None) => bail!("the lease {own} has no IPv4 subnet"),
+            (None, _) => {}
+        }
         match (&mut self.v6, own.v6) {
             (Some(fw), Some(sub6)) => fw.set_subnet(sub6.into()),
             (Some(_), None) => bail!("the lease {own} has no IPv6 subnet"),

@@ -8,10 +8,15 @@
 //! against every interface's addresses first, then against names), then `--iface-can-reach`;
 //! the first match wins and a non-match of all of them is an error. With none of these flags:
 //! `--public-ip` selects the interface holding it, else the default-route interface is used.
+//!
+//! A dual-stack network adds the IPv6 side of the chosen interface (`v6.rs`); an IPv6-only
+//! network chooses by IPv6 alone (`v6_only.rs`).
 
 mod v6;
+mod v6_only;
 
 pub use v6::{CandidateAddr6, Request6, Selection6, select_v6};
+pub use v6_only::{Iface6, Request6Only, select_v6_only};
 
 use std::fmt::{self, Write as _};
 use std::net::Ipv4Addr;
@@ -137,6 +142,36 @@ pub enum IfaceError {
          addresses are not used)"
     )]
     NoAddress6 { name: String },
+    #[error(
+        "no IPv6 default route found for the IPv6-only network: use --iface, --iface-regex or --iface-can-reach to choose the external interface (interfaces seen: {seen})"
+    )]
+    NoDefaultRoute6Only { seen: String },
+    #[error(
+        "no interface holds --public-ipv6 {ip}: use --iface to choose the external interface (interfaces seen: {seen})"
+    )]
+    PublicIpv6NotLocal {
+        ip: std::net::Ipv6Addr,
+        seen: String,
+    },
+}
+
+/// The address families of the network, which decide how the interface is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    V4,
+    Dual,
+    V6,
+}
+
+impl Stack {
+    /// The stack of a config (`EnableIPv4`, `EnableIPv6`).
+    pub fn of(conf: &net_conf::NetConf) -> Stack {
+        match (conf.enable_ipv4, conf.enable_ipv6) {
+            (true, true) => Stack::Dual,
+            (false, true) => Stack::V6,
+            _ => Stack::V4,
+        }
+    }
 }
 
 /// Choose the external interface; see the module documentation for the rules. Logs flannel's
@@ -356,17 +391,21 @@ impl fmt::Display for Seen<'_> {
 
 /// Picks the external interface as flanneld does (docs/flannel-compat.md §1.1): gathers the
 /// snapshot (links and their addresses, the default routes, `ip route get` for
-/// `--iface-can-reach`) over netlink and applies [`select`], and with `ipv6` (a dual-stack
-/// network) [`select_v6`] on the chosen interface. Read-only; shared by the agent, `weft
-/// status` and `weft cleanup`.
+/// `--iface-can-reach`) over netlink and applies [`select`], and for a dual-stack network
+/// [`select_v6`] on the chosen interface; an IPv6-only network uses [`select_v6_only`].
+/// Read-only; shared by the agent, `weft status` and `weft cleanup`.
 pub async fn select_interface(
     nl: &backends::Netlink,
     opts: &crate::cli::Options,
-    ipv6: bool,
+    stack: Stack,
 ) -> anyhow::Result<backends::ExternalInterface> {
     use anyhow::Context as _;
     use std::net::IpAddr;
     let links = nl.links().await.context("list interfaces")?;
+    if stack == Stack::V6 {
+        return select_interface_v6_only(nl, opts, &links).await;
+    }
+    let ipv6 = stack == Stack::Dual;
     let cands: Vec<IfaceCandidate> = links
         .iter()
         .map(|l| IfaceCandidate {
@@ -463,6 +502,68 @@ pub async fn select_interface(
             &name_of,
         )?);
     }
+    Ok(sel.into())
+}
+
+/// [`select_interface`] for an IPv6-only network.
+async fn select_interface_v6_only(
+    nl: &backends::Netlink,
+    opts: &crate::cli::Options,
+    links: &[backends::nl::LinkInfo],
+) -> anyhow::Result<backends::ExternalInterface> {
+    use anyhow::Context as _;
+    use std::net::IpAddr;
+    let cands: Vec<Iface6> = links
+        .iter()
+        .map(|l| Iface6 {
+            index: l.index,
+            name: l.name.clone(),
+            mtu: l.mtu,
+            up: l.up,
+            addrs: l
+                .addrs
+                .iter()
+                .filter_map(|a| match a.addr {
+                    IpAddr::V6(v6) => Some(CandidateAddr6 {
+                        addr: v6,
+                        prefix_len: a.prefix_len,
+                        permanent: a.permanent,
+                        deprecated: a.deprecated,
+                        temporary: a.temporary,
+                    }),
+                    IpAddr::V4(_) => None,
+                })
+                .collect(),
+        })
+        .collect();
+    let can_reach = match opts.iface_can_reach {
+        Some(IpAddr::V6(ip)) => Some(
+            nl.route_get6(ip)
+                .await
+                .with_context(|| format!("ip -6 route get {ip}"))?,
+        ),
+        Some(IpAddr::V4(ip)) => anyhow::bail!(
+            "--iface-can-reach {ip}: an IPv6-only network needs an IPv6 address to reach"
+        ),
+        None => None,
+    };
+    if let Some(ip) = opts.public_ip {
+        tracing::warn!("--public-ip {ip} is not used: the network is IPv6-only");
+    }
+    let default_route6_ifindex = nl
+        .default_route6_ifindex()
+        .await
+        .context("read the IPv6 default route")?;
+    let sel = select_v6_only(
+        &cands,
+        &Request6Only {
+            iface: &opts.iface,
+            iface_regex: &opts.iface_regex,
+            can_reach,
+            public_ipv6: opts.public_ipv6,
+            default_route6_ifindex,
+        },
+    )?;
     Ok(sel.into())
 }
 

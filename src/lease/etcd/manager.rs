@@ -339,7 +339,10 @@ impl SubnetManager {
             .await
             .context("listing subnet keys after creating a dual-stack lease")?;
         let overlaps = |a: &SubnetKey, b: &SubnetKey| {
-            let v4 = a.v4.contains(&b.v4.network()) || b.v4.contains(&a.v4.network());
+            let v4 = match (a.v4, b.v4) {
+                (Some(x), Some(y)) => x.contains(&y.network()) || y.contains(&x.network()),
+                _ => false,
+            };
             let v6 = match (a.v6, b.v6) {
                 (Some(x), Some(y)) => x.contains(&y.network()) || y.contains(&x.network()),
                 _ => false,

@@ -108,8 +108,12 @@ impl Annotations {
         }
     }
 
-    /// What a Node says as a lease.
-    pub fn as_lease(&self, node: &NodeLite) -> NodeLease {
+    /// What a Node says as a lease on a network of `families`, read as flanneld reads it: the
+    /// IPv4 podCIDR, `public-ip` and `backend-data` only when IPv4 is on; the IPv6 podCIDR,
+    /// `public-ipv6` and `backend-v6-data` only when IPv6 is on (and the Node has an IPv6
+    /// podCIDR). A Node without the podCIDR of the network's first family (IPv4, else IPv6)
+    /// has none assigned yet: not a lease.
+    pub fn as_lease(&self, node: &NodeLite, families: Families) -> NodeLease {
         let a = &node.metadata.annotations;
         if a.get(&self.subnet_manager).map(String::as_str) != Some("true") {
             return NodeLease::NotALease;
@@ -121,45 +125,21 @@ impl Annotations {
                 subnet,
             })
         };
-        // A dual-stack node's key has both parts, as an etcd lease's (no IPv4 part: not a
-        // lease weft can use, as etcd keys always have one).
         let subnet = match node.pod_cidrs() {
-            Ok((Some(v4), v6)) => SubnetKey { v4, v6 },
-            Ok((None, _)) => return NodeLease::NotALease,
+            Ok(cidrs) => match families.key(cidrs) {
+                Some(key) => key,
+                None => return NodeLease::NotALease,
+            },
             Err(e) => return malformed(e, None),
         };
-        // An admin-set overwrite replaces the advertised address (NAT).
-        let (ip_key, ip_text) = match a.get(&self.public_ip_overwrite).filter(|s| !s.is_empty()) {
-            Some(v) => (&self.public_ip_overwrite, Some(v)),
-            None => (&self.public_ip, a.get(&self.public_ip)),
+        let (public_ip, data) = match subnet.v4 {
+            Some(_) => match self.v4_side(a) {
+                Ok(side) => side,
+                Err(reason) => return malformed(reason, Some(subnet)),
+            },
+            // An IPv6-only lease: flannel's `PublicIP` is then 0.0.0.0 and it has no BackendData.
+            None => (Ipv4Addr::UNSPECIFIED, "null"),
         };
-        let Some(ip_text) = ip_text else {
-            return malformed(format!("annotation {ip_key} is missing"), Some(subnet));
-        };
-        let public_ip: Ipv4Addr = match ip_text.parse() {
-            Ok(ip) => ip,
-            Err(_) => {
-                return malformed(
-                    format!("annotation {ip_key} {ip_text:?} is not an IPv4 address"),
-                    Some(subnet),
-                );
-            }
-        };
-        // Through the lease value's own parser, so the same rules hold as for etcd leases.
-        let data = a
-            .get(&self.backend_data)
-            .map(String::as_str)
-            .unwrap_or("null");
-        if serde_json::from_str::<Value>(data).is_err() {
-            return malformed(
-                format!(
-                    "annotation {} {:?} is not JSON",
-                    self.backend_data,
-                    net_conf::excerpt(data, 200)
-                ),
-                Some(subnet),
-            );
-        }
         // The IPv6 side, for a node with an IPv6 pod CIDR: `public-ipv6` and `backend-v6-data`.
         let mut v6_fields = String::new();
         if subnet.v6.is_some() {
@@ -206,22 +186,58 @@ impl Annotations {
         }
     }
 
+    /// A Node's IPv4 side: its public IP (`public-ip-overwrite` if an admin set it, else
+    /// `public-ip`) and its `backend-data` (`null` when absent), or why it cannot be read.
+    fn v4_side<'a>(&self, a: &'a BTreeMap<String, String>) -> Result<(Ipv4Addr, &'a str), String> {
+        // An admin-set overwrite replaces the advertised address (NAT).
+        let (ip_key, ip_text) = match a.get(&self.public_ip_overwrite).filter(|s| !s.is_empty()) {
+            Some(v) => (&self.public_ip_overwrite, Some(v)),
+            None => (&self.public_ip, a.get(&self.public_ip)),
+        };
+        let ip_text = ip_text.ok_or_else(|| format!("annotation {ip_key} is missing"))?;
+        let public_ip: Ipv4Addr = ip_text
+            .parse()
+            .map_err(|_| format!("annotation {ip_key} {ip_text:?} is not an IPv4 address"))?;
+        // Through the lease value's own parser later, so the same rules hold as for etcd
+        // leases; here only whether it is JSON at all.
+        let data = a
+            .get(&self.backend_data)
+            .map(String::as_str)
+            .unwrap_or("null");
+        if serde_json::from_str::<Value>(data).is_err() {
+            return Err(format!(
+                "annotation {} {:?} is not JSON",
+                self.backend_data,
+                net_conf::excerpt(data, 200)
+            ));
+        }
+        Ok((public_ip, data))
+    }
+
     /// The annotations this node publishes for `attrs`, as flanneld writes them
     /// (`backend-data` is `null` when the backend has none); a dual-stack node adds
-    /// `backend-v6-data` (`null` likewise) and `public-ipv6`.
+    /// `backend-v6-data` (`null` likewise) and `public-ipv6`. An IPv6-only node (`PublicIP`
+    /// 0.0.0.0 with a `PublicIPv6`) publishes no `backend-data` and no `public-ip`, which no
+    /// reader of an IPv6-only network looks at (flanneld's vxlan writes none either).
     pub fn own(&self, attrs: &LeaseAttrs) -> Vec<(String, String)> {
+        let v6_only = attrs.public_ip.is_unspecified() && attrs.public_ipv6.is_some();
         let mut out = vec![
-            (
-                self.backend_data.clone(),
-                attrs
-                    .backend_data
-                    .clone()
-                    .unwrap_or_else(|| "null".to_string()),
-            ),
             (self.backend_type.clone(), attrs.backend_type.clone()),
             (self.subnet_manager.clone(), "true".to_string()),
-            (self.public_ip.clone(), attrs.public_ip.to_string()),
         ];
+        if !v6_only {
+            out.insert(
+                0,
+                (
+                    self.backend_data.clone(),
+                    attrs
+                        .backend_data
+                        .clone()
+                        .unwrap_or_else(|| "null".to_string()),
+                ),
+            );
+            out.push((self.public_ip.clone(), attrs.public_ip.to_string()));
+        }
         if let Some(v6) = attrs.public_ipv6 {
             out.push((
                 self.backend_v6_data.clone(),
@@ -279,6 +295,43 @@ pub fn network_available_patch(now: &str) -> Value {
     }]}})
 }
 
+/// The address families of the network Nodes are read for (`EnableIPv4`, `EnableIPv6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    /// An IPv4 network (the default before the config is known).
+    pub const V4: Families = Families {
+        v4: true,
+        v6: false,
+    };
+
+    /// The families of what a Node has: every podCIDR it carries counts (its own Node read at
+    /// start, before the config is).
+    pub fn of_cidrs(cidrs: (Option<Ipv4Net>, Option<Ipv6Net>)) -> Families {
+        Families {
+            v4: cidrs.0.is_some(),
+            v6: cidrs.1.is_some(),
+        }
+    }
+
+    /// The key of podCIDRs `(v4, v6)` on this network: only its families' parts; None while
+    /// the part of its first family (IPv4, else IPv6) is not assigned.
+    pub fn key(self, (v4, v6): (Option<Ipv4Net>, Option<Ipv6Net>)) -> Option<SubnetKey> {
+        let key = SubnetKey {
+            v4: v4.filter(|_| self.v4),
+            v6: v6.filter(|_| self.v6),
+        };
+        match (self.v4, key.v4, key.v6) {
+            (true, None, _) | (false, _, None) => None,
+            _ => Some(key),
+        }
+    }
+}
+
 /// What one Node is as a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeLease {
@@ -309,6 +362,11 @@ mod tests {
     }
 
     const P: &str = "flannel.alpha.coreos.com";
+    const DUAL: Families = Families { v4: true, v6: true };
+    const V6: Families = Families {
+        v4: false,
+        v6: true,
+    };
 
     fn flannel_node(extra: &[(&str, &str)]) -> NodeLite {
         let mut a = vec![
@@ -327,10 +385,10 @@ mod tests {
     #[test]
     fn a_flannel_node_is_a_lease_with_its_pod_cidr_and_annotations() {
         let ann = Annotations::new(P);
-        let NodeLease::Lease(l) = ann.as_lease(&flannel_node(&[])) else {
+        let NodeLease::Lease(l) = ann.as_lease(&flannel_node(&[]), Families::V4) else {
             panic!("not a lease")
         };
-        assert_eq!(l.key.v4.to_string(), "10.244.2.0/24");
+        assert_eq!(l.key.to_string(), "10.244.2.0-24");
         assert_eq!(l.attrs.public_ip.to_string(), "198.18.0.2");
         assert_eq!(l.attrs.backend_type, "vxlan");
         assert_eq!(
@@ -339,10 +397,13 @@ mod tests {
         );
         assert_eq!(l.mod_revision, 42);
         // The admin's overwrite wins.
-        let NodeLease::Lease(l) = ann.as_lease(&flannel_node(&[(
-            "flannel.alpha.coreos.com/public-ip-overwrite",
-            "203.0.113.9",
-        )])) else {
+        let NodeLease::Lease(l) = ann.as_lease(
+            &flannel_node(&[(
+                "flannel.alpha.coreos.com/public-ip-overwrite",
+                "203.0.113.9",
+            )]),
+            Families::V4,
+        ) else {
             panic!("not a lease")
         };
         assert_eq!(l.attrs.public_ip.to_string(), "203.0.113.9");
@@ -352,22 +413,22 @@ mod tests {
     fn nodes_without_the_marker_or_a_pod_cidr_are_ignored_and_bad_ones_malformed() {
         let ann = Annotations::new(P);
         assert_eq!(
-            ann.as_lease(&node(&[], &["10.244.2.0/24"])),
+            ann.as_lease(&node(&[], &["10.244.2.0/24"]), Families::V4),
             NodeLease::NotALease
         );
         let mut n = flannel_node(&[]);
         n.spec = Spec::default();
-        assert_eq!(ann.as_lease(&n), NodeLease::NotALease);
+        assert_eq!(ann.as_lease(&n, Families::V4), NodeLease::NotALease);
         for (k, v) in [
             ("flannel.alpha.coreos.com/public-ip", "not-an-ip"),
             ("flannel.alpha.coreos.com/backend-data", "{broken"),
         ] {
             let mut n = flannel_node(&[]);
             n.metadata.annotations.insert(k.to_string(), v.to_string());
-            let NodeLease::Malformed(m) = ann.as_lease(&n) else {
+            let NodeLease::Malformed(m) = ann.as_lease(&n, Families::V4) else {
                 panic!("{k}={v} is not malformed")
             };
-            assert_eq!(m.subnet.unwrap().v4.to_string(), "10.244.2.0/24");
+            assert_eq!(m.subnet.unwrap().to_string(), "10.244.2.0-24");
             assert!(m.key.contains("n2") && m.reason.contains(k), "{m:?}");
         }
         let mut n = flannel_node(&[]);
@@ -375,11 +436,13 @@ mod tests {
             .annotations
             .remove("flannel.alpha.coreos.com/public-ip");
         assert!(
-            matches!(ann.as_lease(&n), NodeLease::Malformed(m) if m.reason.contains("missing"))
+            matches!(ann.as_lease(&n, Families::V4), NodeLease::Malformed(m) if m.reason.contains("missing"))
         );
         let mut n = flannel_node(&[]);
         n.spec.pod_cidrs = vec!["nonsense".into()];
-        assert!(matches!(ann.as_lease(&n), NodeLease::Malformed(m) if m.subnet.is_none()));
+        assert!(
+            matches!(ann.as_lease(&n, Families::V4), NodeLease::Malformed(m) if m.subnet.is_none())
+        );
     }
 
     #[test]
@@ -423,7 +486,7 @@ mod tests {
             ),
         ]);
         n.spec.pod_cidrs = vec!["10.244.2.0/24".into(), "fd00:10:244:2::/64".into()];
-        let NodeLease::Lease(l) = ann.as_lease(&n) else {
+        let NodeLease::Lease(l) = ann.as_lease(&n, DUAL) else {
             panic!("not a lease")
         };
         assert_eq!(l.key.to_string(), "10.244.2.0-24&fd00:10:244:2::-64");
@@ -437,7 +500,7 @@ mod tests {
             "flannel.alpha.coreos.com/public-ipv6".into(),
             "10.0.0.1".into(),
         );
-        let NodeLease::Malformed(m) = ann.as_lease(&n) else {
+        let NodeLease::Malformed(m) = ann.as_lease(&n, DUAL) else {
             panic!("not malformed")
         };
         assert!(
@@ -446,11 +509,92 @@ mod tests {
         );
         // A v4-only node's v6 annotations are not read.
         let v4_only = flannel_node(&[("flannel.alpha.coreos.com/public-ipv6", "junk")]);
-        let NodeLease::Lease(l) = ann.as_lease(&v4_only) else {
+        let NodeLease::Lease(l) = ann.as_lease(&v4_only, DUAL) else {
             panic!("not a lease")
         };
         assert_eq!(l.key.v6, None);
         assert_eq!(l.attrs.public_ipv6, None);
+    }
+
+    #[test]
+    fn an_ipv6_only_network_reads_and_writes_the_ipv6_side_only() {
+        let ann = Annotations::new(P);
+        // flanneld's vxlan on an IPv6-only network writes no backend-data and no public-ip.
+        let n = node(
+            &[
+                ("flannel.alpha.coreos.com/backend-type", "vxlan"),
+                ("flannel.alpha.coreos.com/kube-subnet-manager", "true"),
+                ("flannel.alpha.coreos.com/public-ipv6", "fd00:198:18::2"),
+                (
+                    "flannel.alpha.coreos.com/backend-v6-data",
+                    r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e4"}"#,
+                ),
+            ],
+            &["10.244.2.0/24", "fd00:10:244:2::/64"],
+        );
+        let NodeLease::Lease(l) = ann.as_lease(&n, V6) else {
+            panic!("not a lease")
+        };
+        assert_eq!(
+            l.key,
+            SubnetKey::v6_only("fd00:10:244:2::/64".parse().unwrap())
+        );
+        assert!(l.attrs.public_ip.is_unspecified());
+        assert_eq!(l.attrs.backend_data, None);
+        assert_eq!(l.attrs.public_ipv6, Some("fd00:198:18::2".parse().unwrap()));
+        assert_eq!(
+            l.attrs.vxlan_v6_data().unwrap().unwrap().vtep_mac_string(),
+            "12:c6:65:89:b4:e4"
+        );
+        // The same Node on an IPv4 network needs its public-ip: malformed there, not here.
+        assert!(matches!(
+            ann.as_lease(&n, Families::V4),
+            NodeLease::Malformed(m) if m.reason.contains("public-ip")
+        ));
+        // A bad IPv4 annotation does not matter to an IPv6-only network.
+        let mut junk = n.clone();
+        junk.metadata
+            .annotations
+            .insert("flannel.alpha.coreos.com/public-ip".into(), "junk".into());
+        assert!(matches!(ann.as_lease(&junk, V6), NodeLease::Lease(_)));
+        // No IPv6 podCIDR yet: not a lease (and no key to delete).
+        let v4_only = node(&n_annotations(&n), &["10.244.2.0/24"]);
+        assert_eq!(ann.as_lease(&v4_only, V6), NodeLease::NotALease);
+        assert_eq!(V6.key(v4_only.pod_cidrs().unwrap()), None);
+
+        // What an IPv6-only node publishes: its IPv6 side only.
+        let attrs = LeaseAttrs {
+            public_ipv6: Some("fd00:198:18::1".parse().unwrap()),
+            backend_v6_data: Some(r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e5"}"#.into()),
+            ..LeaseAttrs::vxlan(
+                std::net::Ipv4Addr::UNSPECIFIED,
+                VxlanData {
+                    vni: 1,
+                    vtep_mac: [0; 6],
+                },
+            )
+        };
+        let attrs = LeaseAttrs {
+            backend_data: None,
+            ..attrs
+        };
+        assert_eq!(
+            ann.patch(&attrs),
+            json!({"metadata": {"annotations": {
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/backend-v6-data": r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e5"}"#,
+                "flannel.alpha.coreos.com/public-ipv6": "fd00:198:18::1"
+            }}})
+        );
+    }
+
+    fn n_annotations(n: &NodeLite) -> Vec<(&str, &str)> {
+        n.metadata
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 
     #[test]

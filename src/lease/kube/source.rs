@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::node::{Annotations, NodeLease, NodeLite, network_available_patch};
+use super::node::{Annotations, Families, NodeLease, NodeLite, network_available_patch};
 use super::{Fatal, api_error, status_code};
 use crate::lease::{LeaseSource, OwnLease, Reacquired, RenewalEnd, Snapshot, WatchEvent};
 
@@ -33,7 +33,7 @@ pub struct KubeSource {
     held: Arc<Mutex<Option<Held>>>,
     /// A list of every Node started early (at start-up, while the backend is prepared), taken
     /// by the first acquire.
-    prefetched: Arc<Mutex<Option<tokio::task::JoinHandle<Result<Snapshot>>>>>,
+    prefetched: Arc<Mutex<Option<tokio::task::JoinHandle<Result<RawList>>>>>,
 }
 
 /// The network and attributes of the last acquire.
@@ -44,6 +44,13 @@ type Held = (Networks, LeaseAttrs);
 struct Networks {
     v4: Option<Ipv4Net>,
     v6: Option<ipnet::Ipv6Net>,
+}
+
+/// Every Node of a list, as read, at the list's resourceVersion.
+#[derive(Default)]
+struct RawList {
+    revision: i64,
+    nodes: Vec<NodeLite>,
 }
 
 #[derive(Deserialize)]
@@ -82,44 +89,29 @@ impl KubeSource {
         &self.ann
     }
 
-    /// Whether the network this source leases for is dual-stack (known once acquired).
-    fn ipv6(&self) -> bool {
+    /// The families of the network this source leases for (known once acquired; an IPv4
+    /// network until then).
+    fn families(&self) -> Families {
         lock(&self.held)
             .as_ref()
-            .is_some_and(|(networks, _)| networks.v6.is_some())
+            .map_or(Families::V4, |(networks, _)| Families {
+                v4: networks.v4.is_some(),
+                v6: networks.v6.is_some(),
+            })
     }
 
     /// A Node as a lease, its key of the network's families: a Node's IPv6 podCIDR (and IPv6
-    /// annotations) count only on a dual-stack network, so on an IPv4 network a dual-stack
-    /// cluster's Nodes have the same keys as the node's own claim.
+    /// annotations) count only on a network with IPv6, its IPv4 ones only on a network with
+    /// IPv4, so on a single-family network of a dual-stack cluster the Nodes have the same keys
+    /// as the node's own claim.
     pub fn lease_of(&self, node: &NodeLite) -> NodeLease {
-        let mut lease = self.ann.as_lease(node);
-        if !self.ipv6() {
-            match &mut lease {
-                NodeLease::Lease(l) => {
-                    l.key.v6 = None;
-                    l.attrs.public_ipv6 = None;
-                    l.attrs.backend_v6_data = None;
-                }
-                NodeLease::Malformed(m) => {
-                    if let Some(k) = &mut m.subnet {
-                        k.v6 = None;
-                    }
-                }
-                NodeLease::NotALease => {}
-            }
-        }
-        lease
+        self.ann.as_lease(node, self.families())
     }
 
     /// The key a Node's podCIDRs stand for (as [`lease_of`](Self::lease_of) keys it), if it
-    /// has an IPv4 one: what its removal deletes.
+    /// has the one of the network's first family: what its removal deletes.
     pub fn key_of(&self, node: &NodeLite) -> Option<SubnetKey> {
-        let (v4, v6) = node.pod_cidrs().ok()?;
-        Some(SubnetKey {
-            v4: v4?,
-            v6: v6.filter(|_| self.ipv6()),
-        })
+        self.families().key(node.pod_cidrs().ok()?)
     }
 
     pub fn node_name(&self) -> &str {
@@ -157,11 +149,16 @@ impl KubeSource {
             .map_err(|e| anyhow!(api_error(&what, &e)))
     }
 
+    /// Every Node as a lease of this network (see [`list_raw`](Self::list_raw)).
+    pub async fn list_nodes(&self) -> Result<Snapshot> {
+        Ok(self.snapshot_of(self.list_raw().await?))
+    }
+
     /// Every Node, paged, at one resourceVersion; a page whose continue token expired restarts
     /// the list.
-    pub async fn list_nodes(&self) -> Result<Snapshot> {
+    async fn list_raw(&self) -> Result<RawList> {
         'list: loop {
-            let mut snapshot = Snapshot::default();
+            let mut raw = RawList::default();
             let mut cont: Option<String> = None;
             loop {
                 let mut lp = ListParams::default().limit(PAGE);
@@ -178,33 +175,45 @@ impl KubeSource {
                     Err(e) => return Err(anyhow!(api_error("list nodes", &e))),
                 };
                 if cont.is_none() {
-                    snapshot.revision = page.metadata.resource_version.parse().unwrap_or(0);
+                    raw.revision = page.metadata.resource_version.parse().unwrap_or(0);
                 }
-                for node in &page.items {
-                    match self.lease_of(node) {
-                        NodeLease::Lease(l) => snapshot.leases.push(l),
-                        NodeLease::Malformed(m) => {
-                            warn!("skipping {}: {}", m.key, m.reason);
-                            snapshot.malformed.push(m);
-                        }
-                        NodeLease::NotALease => {}
-                    }
-                }
+                raw.nodes.extend(page.items);
                 match page.metadata.continue_.filter(|c| !c.is_empty()) {
                     Some(c) => cont = Some(c),
-                    None => return Ok(snapshot),
+                    None => return Ok(raw),
                 }
             }
         }
     }
 
+    /// The Nodes of a list as leases of this network; malformed ones are logged and kept
+    /// aside (never removed as peers).
+    fn snapshot_of(&self, raw: RawList) -> Snapshot {
+        let mut snapshot = Snapshot {
+            revision: raw.revision,
+            ..Snapshot::default()
+        };
+        for node in &raw.nodes {
+            match self.lease_of(node) {
+                NodeLease::Lease(l) => snapshot.leases.push(l),
+                NodeLease::Malformed(m) => {
+                    warn!("skipping {}: {}", m.key, m.reason);
+                    snapshot.malformed.push(m);
+                }
+                NodeLease::NotALease => {}
+            }
+        }
+        snapshot
+    }
+
     /// Starts listing every Node in the background, for the first acquire: at 5,000 Nodes the
     /// list (about 20 MB of JSON) is most of kube mode's start, and it need not wait for the
     /// backend's device. The list may predate our own annotations; the watch from it brings
-    /// them.
+    /// them. The Nodes are kept as read and made leases at the acquire, once the network's
+    /// families are known.
     pub fn prefetch_list(&self) {
         let me = self.clone();
-        *lock(&self.prefetched) = Some(tokio::spawn(async move { me.list_nodes().await }));
+        *lock(&self.prefetched) = Some(tokio::spawn(async move { me.list_raw().await }));
     }
 
     /// The prefetched list if there is one and it worked, else a new list.
@@ -213,7 +222,7 @@ impl KubeSource {
         if let Some(mut task) = pending {
             // Bounded: a list stuck on a server that accepted and never answered is dropped.
             match tokio::time::timeout(std::time::Duration::from_secs(30), &mut task).await {
-                Ok(Ok(Ok(snapshot))) => return Ok(snapshot),
+                Ok(Ok(Ok(raw))) => return Ok(self.snapshot_of(raw)),
                 Ok(Ok(Err(e))) => {
                     warn!("the early list of the Nodes failed ({e:#}); listing again")
                 }
@@ -235,28 +244,32 @@ impl KubeSource {
             .get_node(&self.node)
             .await
             .map_err(|e| anyhow!(api_error(&format!("get node {:?}", &*self.node), &e)))?;
-        let network = networks.v4;
-        let cidr = match node.pod_cidr_v4() {
-            Ok(Some(c)) => c,
-            Ok(None) => {
-                return Err(anyhow!(
-                    "node \"{}\" pod cidr not assigned (waiting for the controller manager to \
-                     assign spec.podCIDR)",
-                    &*self.node
-                ));
+        // The IPv4 podCIDR, on a network with IPv4 (IPv6-only: none).
+        let v4 = match networks.v4 {
+            None => None,
+            Some(net) => {
+                let cidr = match node.pod_cidr_v4() {
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        return Err(anyhow!(
+                            "node \"{}\" pod cidr not assigned (waiting for the controller \
+                             manager to assign spec.podCIDR)",
+                            &*self.node
+                        ));
+                    }
+                    Err(e) => return Err(Fatal(format!("node \"{}\": {e}", &*self.node)).into()),
+                };
+                if !net.contains(&cidr) {
+                    return Err(Fatal(format!(
+                        "subnet \"{net}\" specified in the flannel net config doesn't contain \
+                         \"{cidr}\" PodCIDR of the \"{}\" node",
+                        &*self.node
+                    ))
+                    .into());
+                }
+                Some(cidr)
             }
-            Err(e) => return Err(Fatal(format!("node \"{}\": {e}", &*self.node)).into()),
         };
-        if let Some(net) = network
-            && !net.contains(&cidr)
-        {
-            return Err(Fatal(format!(
-                "subnet \"{net}\" specified in the flannel net config doesn't contain \"{cidr}\" \
-                 PodCIDR of the \"{}\" node",
-                &*self.node
-            ))
-            .into());
-        }
         let v6 = match networks.v6 {
             None => None,
             Some(net6) => {
@@ -265,7 +278,7 @@ impl KubeSource {
                     Ok(None) => {
                         return Err(anyhow!(
                             "node \"{}\" has no IPv6 pod cidr (waiting for the controller manager \
-                             to assign an IPv6 entry of spec.podCIDRs: the network is dual-stack)",
+                             to assign an IPv6 entry of spec.podCIDRs: the network has IPv6)",
                             &*self.node
                         ));
                     }
@@ -282,12 +295,16 @@ impl KubeSource {
                 Some(cidr6)
             }
         };
-        let key = SubnetKey { v4: cidr, v6 };
+        let key = SubnetKey { v4, v6 };
         if !self.ann.carries(&node, attrs) {
             self.patch_status(self.ann.patch(attrs)).await?;
+            let public = match (v4, attrs.public_ipv6) {
+                (None, Some(ip6)) => ip6.to_string(),
+                _ => attrs.public_ip.to_string(),
+            };
             info!(
-                "published {key} on node {} (backend {}, public IP {})",
-                &*self.node, attrs.backend_type, attrs.public_ip
+                "published {key} on node {} (backend {}, public IP {public})",
+                &*self.node, attrs.backend_type
             );
         }
         Ok(key)
@@ -359,7 +376,7 @@ impl LeaseSource for KubeSource {
         _listed: Option<Snapshot>,
     ) -> Result<(OwnLease, Snapshot)> {
         let networks = Networks {
-            v4: conf.network,
+            v4: conf.network.filter(|_| conf.enable_ipv4),
             v6: conf.ipv6_network.filter(|_| conf.enable_ipv6),
         };
         let key = self.claim(networks, attrs).await?;
@@ -390,7 +407,7 @@ impl LeaseSource for KubeSource {
             Err(e) if status_code(&e) == Some(404) => return Ok(false),
             Err(e) => return Err(anyhow!(api_error("get own node", &e))),
         };
-        if node.pod_cidr_v4().ok().flatten() != Some(own.key.v4) {
+        if self.key_of(&node) != Some(own.key) {
             return Ok(false);
         }
         if !self.ann.carries(&node, attrs) {
