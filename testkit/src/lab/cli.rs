@@ -40,6 +40,10 @@ struct CliArgs {
     /// addresses too and the ping matrix runs over both families
     #[arg(long, value_name = "CIDR")]
     ipv6_network: Option<String>,
+    /// IPv6-only (with --kube and --ipv6-network): EnableIPv4 false; Nodes get an IPv6
+    /// podCIDR only and pods an IPv6 address only
+    #[arg(long, requires_all = ["kube", "ipv6_network"])]
+    ipv6_only: bool,
     /// Kube mode: a test Kubernetes API server instead of etcd, one Node per node with its
     /// podCIDR, agents with --kube-subnet-mgr and the config in net-conf.json
     #[arg(long)]
@@ -66,6 +70,7 @@ impl Default for CliArgs {
             backend: "host-gw".to_owned(),
             network: DEFAULT_NETWORK.to_owned(),
             ipv6_network: None,
+            ipv6_only: false,
             kube: false,
             keep: false,
             weft: None,
@@ -157,6 +162,7 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
     spec.network = args.network.clone();
     spec.kube = args.kube;
     spec.ipv6_network = args.ipv6_network.clone();
+    spec.ipv6_only = args.ipv6_only;
     eprintln!(
         "weft-lab: building {} node(s), backend {}, network {}{}{}",
         spec.nodes,
@@ -166,7 +172,11 @@ pub fn run_cli(args: &[String]) -> Result<i32> {
             .as_deref()
             .map(|v6| format!(" and {v6}"))
             .unwrap_or_default(),
-        if args.kube { ", kube mode" } else { "" }
+        match (args.kube, args.ipv6_only) {
+            (true, true) => ", kube mode, IPv6 only",
+            (true, false) => ", kube mode",
+            _ => "",
+        }
     );
     let mut lab = Lab::build(spec)?;
     eprintln!(
@@ -224,9 +234,10 @@ fn exercise(lab: &mut Lab) -> Result<bool> {
     lab.add_pods()?;
 
     let dual = lab.spec().ipv6_network.is_some();
+    let v4 = !lab.spec().ipv6_only;
     let until = Instant::now() + PING_DEADLINE;
     let (matrix, matrix6) = loop {
-        let matrix = lab.ping_matrix()?;
+        let matrix = if v4 { lab.ping_matrix()? } else { Vec::new() };
         let matrix6 = if dual {
             lab.ping6_matrix()?
         } else {
@@ -246,13 +257,19 @@ fn exercise(lab: &mut Lab) -> Result<bool> {
             "== node {k}: namespace {}, eth0 {}, pod {} in {}",
             lab.node_ns(k)?,
             lab.node_ip(k)?,
-            lab.pod_ip(k)?,
+            if v4 {
+                lab.pod_ip(k)?.to_string()
+            } else {
+                lab.pod_ip6(k)?.to_string()
+            },
             lab.pod_ns(k)?
         );
         println!("-- {}", path.display());
         print!("{env}");
-        println!("-- ip route");
-        print!("{}", lab.routes_text(k)?);
+        if v4 {
+            println!("-- ip route");
+            print!("{}", lab.routes_text(k)?);
+        }
         if dual {
             println!("-- ip -6 route");
             print!("{}", lab.routes6_text(k)?);

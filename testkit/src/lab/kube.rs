@@ -75,13 +75,14 @@ impl Lab {
     }
 
     /// Creates Node `node<k>` with its podCIDR (and, dual-stack, its IPv6 podCIDR second, as
-    /// the controller manager lists them), as kubelet and the controller manager would.
+    /// the controller manager lists them; IPv6-only, that one alone), as kubelet and the
+    /// controller manager would.
     pub fn register_node(&self, k: usize) -> Result<()> {
-        let cidr = pod_cidr(&self.spec.network, k)?;
         let ip = super::topology::node_ip(k)?;
-        let mut node = NodeSpec::new(&Self::node_name(k))
-            .pod_cidr(&cidr.to_string())
-            .internal_ip(ip);
+        let mut node = NodeSpec::new(&Self::node_name(k)).internal_ip(ip);
+        if !self.spec.ipv6_only {
+            node = node.pod_cidr(&pod_cidr(&self.spec.network, k)?.to_string());
+        }
         if let Some(v6) = &self.spec.ipv6_network {
             node = node.pod_cidr(&pod_cidr6(v6, k)?.to_string());
         }

@@ -114,6 +114,9 @@ pub struct LabSpec {
     /// get IPv6 too (`br0` [`UNDERLAY_GATEWAY6`], node k `fd00:198:18::k`, an IPv6 default
     /// route, forwarding), and pods an IPv6 address from `FLANNEL_IPV6_SUBNET`.
     pub ipv6_network: Option<String>,
+    /// IPv6-only (kube mode, with `ipv6_network`): the config has `EnableIPv4: false`, Nodes
+    /// get their IPv6 podCIDR only and pods an IPv6 address only. The underlay keeps IPv4 too.
+    pub ipv6_only: bool,
 }
 
 impl LabSpec {
@@ -132,6 +135,7 @@ impl LabSpec {
             kube: false,
             agent_prefix: Vec::new(),
             ipv6_network: None,
+            ipv6_only: false,
         }
     }
 
@@ -142,6 +146,8 @@ impl LabSpec {
             return raw.clone();
         }
         match &self.ipv6_network {
+            Some(v6) if self.ipv6_only => serde_json::json!({"EnableIPv4": false,
+                "EnableIPv6": true, "IPv6Network": v6, "Backend": {"Type": self.backend}}),
             None => {
                 serde_json::json!({"Network": self.network, "Backend": {"Type": self.backend}})
             }
@@ -161,6 +167,9 @@ impl LabSpec {
         if let Some(v6) = &self.ipv6_network {
             v6.parse::<ipnet::Ipv6Net>()
                 .with_context(|| format!("ipv6_network={v6:?} is not an IPv6 CIDR"))?;
+        }
+        if self.ipv6_only && !(self.kube && self.ipv6_network.is_some()) {
+            bail!("ipv6_only needs kube mode and an ipv6_network (etcd mode leases IPv4 keys)");
         }
         if !self.weft_bin.is_file() {
             bail!(
@@ -185,7 +194,8 @@ struct Node {
 #[derive(Debug, Clone)]
 struct Pod {
     ns: String,
-    ip: Ipv4Addr,
+    /// None in an IPv6-only lab.
+    ip: Option<Ipv4Addr>,
     /// The pod's IPv6 address in a dual-stack lab.
     ip6: Option<Ipv6Addr>,
 }
@@ -261,7 +271,9 @@ impl Lab {
 
     /// Node k's pod address (its subnet's .2), once [`Lab::add_pod`] made it.
     pub fn pod_ip(&self, k: usize) -> Result<Ipv4Addr> {
-        Ok(self.pod(k)?.ip)
+        self.pod(k)?
+            .ip
+            .ok_or_else(|| anyhow::anyhow!("node {k}'s pod has no IPv4 address (IPv6-only lab)"))
     }
 
     /// Node k's pod's IPv6 address (a dual-stack lab).

@@ -14,14 +14,22 @@ impl Lab {
     /// namespace `<name>-p<k>` with `eth0` (veth into `cni0`) on .2 and a default route via
     /// .1; MTU from FLANNEL_MTU. This is what the bridge CNI plugin would build.
     pub fn add_pod(&mut self, k: usize) -> Result<Ipv4Addr> {
+        self.add_pod_any(k)?
+            .ok_or_else(|| anyhow!("node {k}'s pod has no IPv4 address (IPv6-only lab)"))
+    }
+
+    /// [`Lab::add_pod`] for any lab: the pod's IPv4 address, None in an IPv6-only lab (whose
+    /// subnet.env has no FLANNEL_SUBNET: the pod gets its IPv6 address only).
+    fn add_pod_any(&mut self, k: usize) -> Result<Option<Ipv4Addr>> {
         if self.node(k)?.pod.is_some() {
             bail!("node {k} already has a pod");
         }
         let env = self.subnet_env(k)?;
-        let subnet = env
-            .subnet
-            .ok_or_else(|| anyhow!("node {k}'s subnet.env has no FLANNEL_SUBNET"))?;
-        let (gw, pod) = pod_addresses(subnet)?;
+        let v4 = match env.subnet {
+            Some(subnet) => Some(pod_addresses(subnet)?),
+            None if env.ipv6_subnet.is_some() => None,
+            None => bail!("node {k}'s subnet.env has no FLANNEL_SUBNET"),
+        };
         let mtu = env.mtu.to_string();
         let n = self.node(k)?.ns.clone();
         let p = format!("{}-p{k}", self.name);
@@ -35,19 +43,15 @@ impl Lab {
         // Registered before configuring, so a failure below still gets it deleted.
         self.node_mut(k)?.pod = Some(Pod {
             ns: p.clone(),
-            ip: pod.addr(),
+            ip: v4.map(|(_, pod)| pod.addr()),
             ip6: v6.map(|(_, pod6)| pod6.addr()),
         });
-        let gw_s = gw.to_string();
-        let pod_s = pod.to_string();
-        let gw_ip = gw.addr().to_string();
         let has_cni0 = sys::output(&mut sys::ip_cmd(Some(&n), &["link", "show", "cni0"]))?
             .status
             .success();
         if !has_cni0 {
             sys::ip(Some(&n), &["link", "add", "cni0", "type", "bridge"])?;
         }
-        sys::ip(Some(&n), &["addr", "replace", &gw_s, "dev", "cni0"])?;
         sys::ip(Some(&n), &["link", "set", "cni0", "mtu", &mtu, "up"])?;
         sys::ip(Some(&p), &["link", "set", "lo", "up"])?;
         sys::ip(
@@ -58,12 +62,16 @@ impl Lab {
             ],
         )?;
         sys::ip(Some(&n), &["link", "set", "vpod", "master", "cni0", "up"])?;
-        sys::ip(Some(&p), &["addr", "add", &pod_s, "dev", "eth0"])?;
         sys::ip(Some(&p), &["link", "set", "eth0", "up"])?;
-        sys::ip(
-            Some(&p),
-            &["route", "add", "default", "via", &gw_ip, "dev", "eth0"],
-        )?;
+        if let Some((gw, pod)) = v4 {
+            let (gw_s, pod_s, gw_ip) = (gw.to_string(), pod.to_string(), gw.addr().to_string());
+            sys::ip(Some(&n), &["addr", "replace", &gw_s, "dev", "cni0"])?;
+            sys::ip(Some(&p), &["addr", "add", &pod_s, "dev", "eth0"])?;
+            sys::ip(
+                Some(&p),
+                &["route", "add", "default", "via", &gw_ip, "dev", "eth0"],
+            )?;
+        }
         if let Some((gw6, pod6)) = v6 {
             let (gw6_s, pod6_s, gw6_ip) =
                 (gw6.to_string(), pod6.to_string(), gw6.addr().to_string());
@@ -79,14 +87,14 @@ impl Lab {
                 ],
             )?;
         }
-        tracing::info!(node = k, pod = %pod, "pod added in {p}");
-        Ok(pod.addr())
+        tracing::info!(node = k, pod = ?v4.map(|(_, p)| p), pod6 = ?v6.map(|(_, p)| p), "pod added in {p}");
+        Ok(v4.map(|(_, pod)| pod.addr()))
     }
 
     /// Adds a pod to every node (each needs its subnet.env).
     pub fn add_pods(&mut self) -> Result<()> {
         for k in 1..=self.nodes.len() {
-            self.add_pod(k)?;
+            self.add_pod_any(k)?;
         }
         Ok(())
     }

@@ -58,7 +58,7 @@ impl Lab {
             };
             if fresh {
                 if let Ok(env) = self.subnet_env(k) {
-                    if env.subnet.is_some() {
+                    if env.subnet.is_some() || env.ipv6_subnet.is_some() {
                         return Ok(env);
                     }
                 }
