@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{hostgw_routes6_ok, route_protocol_is, routes_in, routes6_in, wait_until};
 use dual::{CONVERGE, READY, V6_NETWORK, exec_in, spec};
-use weft_testkit::lab::{Lab, LabSpec};
+use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 const ANN: &str = "flannel.alpha.coreos.com";
 
@@ -143,6 +143,44 @@ fn ipv6_only_host_gw_kube_mode() {
         "node 1 took its own Node for a peer:\n{}",
         lab.log_tail(1, 30)
     );
+
+    // `weft cleanup --ipv6-network` on a stopped node: this network's IPv6 routes go; another
+    // network's routes of weft's protocol, IPv4 or IPv6, stay.
+    lab.stop_node(1, Signal::SIGTERM).expect("stop node 1");
+    for (family, dst, via) in [
+        ("-4", "10.250.0.0/24", "198.18.0.2"),
+        ("-6", "fd00:99:0:1::/64", "fd00:198:18::2"),
+    ] {
+        exec_in(
+            &n1,
+            "ip",
+            &[
+                family, "route", "add", dst, "via", via, "dev", "eth0", "proto", "87",
+            ],
+        )
+        .expect("another network's route");
+    }
+    let out = dual::weft(&lab, 1, &["cleanup", "--ipv6-network", V6_NETWORK]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "weft cleanup --ipv6-network: {text}");
+    let v6: Vec<String> = routes6_in(&n1)
+        .expect("routes")
+        .iter()
+        .filter(|r| route_protocol_is(r, common::WEFT_ROUTE_PROTOCOL))
+        .filter_map(|r| r["dst"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(v6, ["fd00:99:0:1::/64"], "{text}");
+    let v4: Vec<String> = routes_in(&n1)
+        .expect("routes")
+        .iter()
+        .filter(|r| route_protocol_is(r, common::WEFT_ROUTE_PROTOCOL))
+        .filter_map(|r| r["dst"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(v4, ["10.250.0.0/24"], "{text}");
 }
 
 /// vxlan: `flannel-v6.1` only (no `flannel.1`), MTU the underlay's − 70, its MAC in

@@ -56,8 +56,9 @@ pub struct CleanupArgs {
     pub network: Option<ipnet::Ipv4Net>,
 
     /// With --network, also that dual-stack network's IPv6Network (its IPv6 routes, entries and
-    /// rules); without it, a dual-stack network's IPv6 objects stay
-    #[arg(long, value_name = "CIDR", value_parser = parse_network6, requires = "network",
+    /// rules; without it, a dual-stack network's IPv6 objects stay); alone, an IPv6-only
+    /// network's objects only
+    #[arg(long, value_name = "CIDR", value_parser = parse_network6,
           help_heading = "Cleanup flags")]
     pub ipv6_network: Option<ipnet::Ipv6Net>,
 

@@ -692,7 +692,7 @@ fn cleanup_args() {
         .to_string();
     assert!(err.contains("did you mean 10.245.0.0/16"), "{err}");
     assert!(parse_sub("cleanup", &["--network=10.245.0.0"], &env).is_err());
-    // A dual-stack network's IPv6 part comes with its IPv4 network, never alone.
+    // A dual-stack network's IPv6 part comes with its IPv4 network.
     match parse_sub(
         "cleanup",
         &["--network=10.245.0.0/16", "--ipv6-network=fd00:10:245::/56"],
@@ -703,7 +703,18 @@ fn cleanup_args() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(parse_sub("cleanup", &["--ipv6-network=fd00:10:245::/56"], &env).is_err());
+    // Alone: an IPv6-only network's objects.
+    match parse_sub("cleanup", &["--ipv6-network=fd00:10:245::/56"], &env) {
+        Ok(Command::Cleanup(CleanupArgs {
+            network,
+            ipv6_network,
+            ..
+        })) => {
+            assert_eq!(network, None);
+            assert_eq!(ipv6_network, Some("fd00:10:245::/56".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
     let err = parse_sub(
         "cleanup",
         &[

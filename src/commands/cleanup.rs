@@ -1,4 +1,4 @@
-//! `weft cleanup [--release-lease] [--remove-subnet-env] [--network CIDR [--ipv6-network CIDR]]
+//! `weft cleanup [--release-lease] [--remove-subnet-env] [--network CIDR] [--ipv6-network CIDR]
 //! [flanneld flags…]`:
 //! removes the kernel state weft (or flanneld) made on this node, for uninstalling or migrating
 //! away. Stop the agent first: a running agent re-creates what this removes.
@@ -7,7 +7,8 @@
 //! one daemon each): routes to destinations inside it, the devices that are its (wanted by
 //! none now, so those carrying an address inside it), its nexthops, and its masquerade and
 //! forward rules; other networks' objects, chains and tables stay (`backends::owner`). A
-//! dual-stack network's IPv6 objects go with `--ipv6-network` too.
+//! dual-stack network's IPv6 objects go with `--ipv6-network` too. `--ipv6-network` alone
+//! scopes to an IPv6-only network (its IPv6 objects; no IPv4 route is touched).
 //!
 //! What goes, in this order, each logged like the `ip` command:
 //! 1. weft's kernel state, by the agent's own reconciler applying the empty desired state
@@ -24,7 +25,8 @@
 //! 2. masquerade and forward rules of both modes and both families (iptables and ip6tables
 //!    chains `FLANNEL-POSTRTG` and `FLANNEL-FWD` with the jumps to them; nftables tables
 //!    `ip flannel-ipv4`/`ip6 flannel-ipv6`), logged by the firewall module; with `--network`
-//!    only that network's IPv4 rules (and with `--ipv6-network` its IPv6 rules);
+//!    only that network's IPv4 rules (and with `--ipv6-network` its IPv6 rules; with
+//!    `--ipv6-network` alone, only those);
 //! 3. with `--release-lease`: this node's lease in etcd (the key whose PublicIP is this node's,
 //!    found by `--public-ip` or by interface selection as the agent does), deleted by
 //!    compare-and-swap on the mod revision read, then its etcd lease revoked;
@@ -129,6 +131,7 @@ pub async fn run(
 ) -> Outcome {
     let owner = match (network, ipv6_network) {
         (Some(_), Some(v6)) => Ownership::of(network).with_ipv6_network(v6),
+        (None, Some(v6)) => Ownership::ipv6_only(v6),
         _ => Ownership::of(network),
     };
     let mut out = Outcome::default();
@@ -141,7 +144,11 @@ pub async fn run(
     };
     if let Some(nl) = &nl {
         kernel_cleanup(nl, owner, &mut out).await;
-        super::cleanup_flanneld::remove(nl, opts, network, &mut out).await;
+        // flanneld's own peer routes are IPv4 ones (no protocol to tell its IPv6 ones by); an
+        // IPv6-only network's cleanup has none to look for.
+        if network.is_some() || ipv6_network.is_none() {
+            super::cleanup_flanneld::remove(nl, opts, network, &mut out).await;
+        }
     }
     firewall_cleanup(network, ipv6_network, &mut out).await;
     if release_lease {
@@ -275,11 +282,12 @@ async fn firewall_cleanup(
     out: &mut Outcome,
 ) {
     use crate::agent::firewall::{Scope, cleanup_all};
-    // With `--network`, that network's IPv4 rules, and its IPv6 rules with `--ipv6-network`.
-    let scope = network.map_or(Scope::All, |n| Scope::Networks {
-        v4: Some(n),
-        v6: ipv6_network,
-    });
+    // With `--network`, that network's IPv4 rules, and its IPv6 rules with `--ipv6-network`
+    // (alone: an IPv6-only network's).
+    let scope = match (network, ipv6_network) {
+        (None, None) => Scope::All,
+        (v4, v6) => Scope::Networks { v4, v6 },
+    };
     if let Err(e) = cleanup_all(scope).await {
         out.failed(format!("{e:#}"));
     }
