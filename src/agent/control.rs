@@ -32,6 +32,14 @@ impl<S: LeaseSource> Agent<S> {
         } else {
             firewall::ChangeWatch::disabled()
         };
+        // The start-up write came before this subscription: a change made in between (another
+        // tool, or another network's daemon starting at the same moment) was announced to
+        // no one and would wait for the backstop audit. One read now; later changes are seen.
+        if fw_watch.is_live()
+            && let Err(e) = self.firewall.check().await
+        {
+            warn!("{} rules check: {e:#}", self.firewall.label());
+        }
         let mut fw_audit = tokio::time::interval(
             self.firewall
                 .audit_period(self.opts.iptables_resync, &fw_watch)?,

@@ -16,7 +16,9 @@
 //! Several flannel networks on one host share the chains (as flanneld's daemons do): only the
 //! lines of this daemon's network ([`super::Rule::owned_by`]) are compared; a rewrite puts this
 //! network's rules first and keeps every other network's line after them, in their order, and
-//! a removal keeps the chain and its jump while other networks' rules are in it.
+//! a removal keeps the chain and its jump while other networks' rules are in it. The read and
+//! the write of one chain happen under the lock of [`super::lock`], so the other networks'
+//! lines written back are the ones in the chain at the write, not an older read's.
 
 use std::net::IpAddr;
 
@@ -24,6 +26,7 @@ use ipnet::IpNet;
 use tracing::{debug, info};
 
 use super::exec::{self, ToolError};
+use super::lock;
 use super::{FORWARD_COMMENT, Family, MASQ_COMMENT, Parts, Rule, Verdict};
 
 /// The tools of one family: (`iptables`, `iptables-save`, `iptables-restore`) or the
@@ -256,6 +259,8 @@ async fn sync_chain(
     owner: Option<IpNet>,
 ) -> Result<Vec<String>, ToolError> {
     let (cmd, save, restore) = tools(family);
+    // From the read to the write: other weft processes write this chain too (lock.rs).
+    let _lock = lock::exclusive().await?;
     let saved = exec::run(save, &["-t", chain.table], None).await?;
     let seen = observe(&saved, chain);
     let Some((diffs, batch)) = plan(chain, want, &seen, owner) else {

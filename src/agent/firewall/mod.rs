@@ -25,6 +25,14 @@
 //! differs (all pure, unit-tested against the spec's golden text); this file's [`Firewall`] and
 //! [`cleanup`] are the only code that runs the tools (through [`exec`]).
 //!
+//! Several weft processes on one host write the same chains and tables: one daemon per flannel
+//! network (each keeps the other networks' rules, [`Rule::owned_by`]) and `weft cleanup
+//! --network`. Every read-modify-write (read back, plan, write one batch) holds the host-wide
+//! lock of [`lock`] (`/run/flannel/weft-firewall.lock`) from the read to the write: a batch
+//! re-declares (flushes) the chain and writes the other networks' lines back as read, so two
+//! writers whose reads came before either write would undo each other (seen: two daemons
+//! starting together, the second batch dropped the first one's forward rules).
+//!
 //! Drift repair: [`Firewall::check`] reads the rules back once (one exec per table in iptables
 //! mode, one in nftables mode) and re-applies only what differs. The agent calls it when
 //! nf_tables announces a change to our tables or chains ([`ChangeWatch`], which covers
@@ -51,6 +59,7 @@ use tracing::{debug, info, warn};
 pub mod exec;
 mod families;
 pub mod iptables;
+mod lock;
 pub mod nftables;
 mod rules;
 pub mod watch;

@@ -424,6 +424,133 @@ fn two_networks_share_the_chains_without_a_fight() {
     });
 }
 
+/// Two writers of the shared chains at the same moment, as two daemons starting together or a
+/// daemon's repair beside `weft cleanup --network` (concurrent tasks here, separate processes
+/// on a host; the lock is a file lock either way): each reads before the other writes, so
+/// without the lock (lock.rs) the second batch, made from its stale read, undoes the first.
+#[test]
+fn concurrent_writers_of_two_networks_keep_each_others_rules() {
+    in_netns("fw-race", || async {
+        let mut b = settings();
+        b.network = "10.245.0.0/16".parse().unwrap();
+        b.subnet = "10.245.1.0/24".parse().unwrap();
+        let fwd = |n: &str| {
+            let (s, d) = (format!("-s {n} "), format!("-d {n} "));
+            rules_in("filter")
+                .iter()
+                .filter(|l| l.starts_with("-A FLANNEL-FWD") && (l.contains(&s) || l.contains(&d)))
+                .count()
+        };
+        // nftables: the rules with an address inside network `n` (not the shared mark rule).
+        let nft_rules = |n: &str| {
+            let net = n.parse().unwrap();
+            nft_table().map_or(0, |t| {
+                t.chains
+                    .values()
+                    .flat_map(|c| &c.rules)
+                    .flatten()
+                    .filter(|r| (r.src.is_some() || r.dst.is_some()) && r.owned_by(Some(net)))
+                    .count()
+            })
+        };
+        let (net_a, net_b) = ("10.244.0.0/16", "10.245.0.0/16");
+        for mode in [Mode::Iptables, Mode::Nftables] {
+            let fw_a = Firewall::new(mode, settings()).await.unwrap();
+            let fw_b = Firewall::new(mode, b).await.unwrap();
+            // The rules of a network in this mode: iptables' forward chain, or nft's table.
+            let count = |n: &str| match mode {
+                Mode::Iptables => fwd(n),
+                Mode::Nftables => nft_rules(n),
+            };
+            let (full_a, full_b) = match mode {
+                Mode::Iptables => (2, 2),
+                Mode::Nftables => {
+                    let n = |fw: &Firewall| {
+                        let r = fw.rules();
+                        r.masq
+                            .iter()
+                            .chain(&r.forward)
+                            .flatten()
+                            .filter(|r| r.src.is_some() || r.dst.is_some())
+                            .count()
+                    };
+                    (n(&fw_a), n(&fw_b))
+                }
+            };
+            for round in 0..5 {
+                // Both daemons start at once on an empty host.
+                let (ra, rb) = tokio::join!(fw_a.apply(), fw_b.apply());
+                ra.unwrap();
+                rb.unwrap();
+                assert_eq!(
+                    (count(net_a), count(net_b)),
+                    (full_a, full_b),
+                    "{mode} round {round}: both started"
+                );
+                if mode == Mode::Iptables {
+                    let jumps = rules_in("filter")
+                        .iter()
+                        .filter(|l| l.starts_with("-A FORWARD") && l.ends_with("FLANNEL-FWD"))
+                        .count();
+                    assert_eq!(jumps, 1, "{mode} round {round}: one jump");
+                }
+                // A's repair (one of its rules deleted by someone) beside B's cleanup.
+                match mode {
+                    Mode::Iptables => sh(
+                        "iptables",
+                        &[
+                            "-D",
+                            "FLANNEL-FWD",
+                            "-s",
+                            net_a,
+                            "-m",
+                            "comment",
+                            "--comment",
+                            "flanneld forward",
+                            "-j",
+                            "ACCEPT",
+                        ],
+                    ),
+                    Mode::Nftables => {
+                        let listed = sh(
+                            "nft",
+                            &["-a", "list", "chain", "ip", "flannel-ipv4", "forward"],
+                        );
+                        let handle = listed
+                            .lines()
+                            .find(|l| l.contains(&format!("ip saddr {net_a} accept")))
+                            .and_then(|l| l.rsplit("# handle ").next())
+                            .unwrap()
+                            .trim()
+                            .to_owned();
+                        sh(
+                            "nft",
+                            &[
+                                "delete",
+                                "rule",
+                                "ip",
+                                "flannel-ipv4",
+                                "forward",
+                                "handle",
+                                &handle,
+                            ],
+                        )
+                    }
+                };
+                let (ra, rb) = tokio::join!(fw_a.check(), cleanup(mode, Scope::only(b.network)));
+                ra.unwrap();
+                rb.unwrap();
+                assert_eq!(
+                    (count(net_a), count(net_b)),
+                    (full_a, 0),
+                    "{mode} round {round}: A repaired, B cleaned up"
+                );
+                cleanup_all(Scope::All).await.unwrap();
+            }
+        }
+    });
+}
+
 /// Waits up to `secs` for the watch to fire.
 pub(super) async fn fired(w: &mut ChangeWatch, ms: u64) -> Option<String> {
     tokio::time::timeout(std::time::Duration::from_millis(ms), w.changed())

@@ -12,13 +12,16 @@
 //! ```
 //! `add` is idempotent and `flush` empties the chain inside the same transaction, so the kernel
 //! swaps the old rules for the new ones atomically. No policy is ever set on the base chains
-//! (accept): a drop policy here would drop every packet weft does not know about.
+//! (accept): a drop policy here would drop every packet weft does not know about. The read and
+//! the transaction made from it happen under the lock of [`super::lock`]: other networks'
+//! daemons rewrite this table too.
 
 use anyhow::Result;
 use ipnet::IpNet;
 use tracing::{debug, info};
 
 use super::exec::{self, ToolError};
+use super::lock;
 use super::{Family, Parts, Rule, Verdict};
 
 pub mod parse;
@@ -303,6 +306,8 @@ async fn list(table: &Table) -> Result<Option<ObservedTable>, ToolError> {
 /// Reads `family`'s table and writes one transaction if it differs. Returns what differed.
 pub(crate) async fn reconcile(family: Family, parts: Parts<'_>) -> Result<Vec<String>> {
     let table = Table::of(family);
+    // From the read to the write: other weft processes write this table too (lock.rs).
+    let _lock = lock::exclusive().await?;
     let seen = list(&table).await?;
     let Some((diffs, script)) = plan(&table, parts, seen.as_ref()) else {
         debug!("nft table {table}: in place");
@@ -339,6 +344,14 @@ pub(crate) async fn cleanup(v4: Option<Option<IpNet>>, v6: Option<Option<IpNet>>
     if whole.is_empty() {
         return errors;
     }
+    // No daemon's rewrite between our list and our delete (it would bring the table back).
+    let _lock = match lock::exclusive().await {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push(e.to_string());
+            return errors;
+        }
+    };
     let tables = match exec::run("nft", &["-j", "list", "tables"], None).await {
         Ok(json) => json,
         Err(e) if e.is_not_found() => {
