@@ -226,14 +226,34 @@ fn dual_stack_host_gw_beside_a_flanneld_node() {
 }
 
 /// Kube mode: Nodes with an IPv4 and an IPv6 podCIDR; each agent publishes `public-ipv6`, the
-/// others route both families to it.
+/// others route both families to it. Node 3 starts once the others are settled, so its first
+/// list of the Nodes (made before its own lease) is all it hears of them: their IPv6 side must
+/// be in it.
 #[test]
 fn dual_stack_kube_mode_routes_both_pod_cidrs() {
     if !common::need::root("dual_stack_kube_mode_routes_both_pod_cidrs") {
         return;
     }
     let mut lab = Lab::build(spec(3).kube()).expect("build lab");
-    lab.start_all().expect("start agents");
+    lab.start_node(1).expect("start node 1");
+    lab.start_node(2).expect("start node 2");
+    for k in [1, 2] {
+        lab.wait_subnet_env(k, READY).expect("subnet.env");
+    }
+    // Settled: each has the other's IPv6 route, so both Nodes carry their IPv6 annotations.
+    for (k, j) in [(1, 2), (2, 1)] {
+        let ns = lab.node_ns(k).expect("ns").to_owned();
+        wait_until(CONVERGE, || {
+            let routes = routes6_in(&ns)?;
+            routes
+                .iter()
+                .any(|r| r["dst"] == format!("fd00:10:244:{j}::/64"))
+                .then_some(())
+                .ok_or(format!("node {k}: no IPv6 route to node {j}: {routes:?}"))
+        })
+        .expect("nodes 1 and 2 settled");
+    }
+    lab.start_node(3).expect("start node 3");
     converge(&mut lab, &[1, 2, 3]);
     for k in 1..=3 {
         let env = lab.subnet_env(k).expect("env");
