@@ -11,7 +11,9 @@ mod dual;
 
 use std::time::Duration;
 
-use common::{hostgw_routes6_ok, route_protocol_is, routes_in, routes6_in, wait_until};
+use common::{
+    hostgw_routes6_ok, kube_status, route_protocol_is, routes_in, routes6_in, wait_until,
+};
 use dual::{CONVERGE, READY, V6_NETWORK, exec_in, spec};
 use weft_testkit::lab::{Lab, LabSpec, Signal};
 
@@ -131,6 +133,39 @@ fn ipv6_only_host_gw_kube_mode() {
         assert!(v4.trim().is_empty(), "pod {k} has IPv4: {v4}");
     }
     assert_pods_ping6(&lab);
+
+    // `weft status` reads the Nodes as the agent does: node 1's own lease by its PublicIPv6,
+    // both peers, in sync.
+    let (code, report) = wait_until(CONVERGE, || {
+        let (code, report) = kube_status(&lab, 1);
+        (code == 0)
+            .then_some((code, report.clone()))
+            .ok_or(format!("exit {code}: {report}"))
+    })
+    .expect("status in sync");
+    assert_eq!(code, 0);
+    assert_eq!(
+        report["own_lease"]["subnet"], "fd00:10:244:1::/64",
+        "{report}"
+    );
+    assert_eq!(
+        report["own_lease"]["public_ipv6"], "fd00:198:18::1",
+        "{report}"
+    );
+    assert_eq!(report["node"]["public_ipv6"], "fd00:198:18::1", "{report}");
+    assert_eq!(report["config"]["ipv6_network"], V6_NETWORK, "{report}");
+    assert_eq!(report["required"]["routes"], 2, "{report}");
+    let peers: Vec<&str> = report["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .filter_map(|p| p["subnet"].as_str())
+        .collect();
+    assert_eq!(
+        peers,
+        ["fd00:10:244:2::/64", "fd00:10:244:3::/64"],
+        "{report}"
+    );
 
     // Drift: node 1's route to node 2 deleted behind weft's back comes back.
     let n1 = lab.node_ns(1).expect("ns").to_owned();

@@ -6,10 +6,10 @@ mod common;
 #[path = "common/kube.rs"]
 mod kube;
 
-use common::{VxlanPeer, vxlan_peer_present, wait_until};
+use common::{VxlanPeer, kube_status, vxlan_peer_present, wait_until};
 use kube::*;
 use serde_json::json;
-use weft_testkit::lab::{Lab, Signal, pod_cidr};
+use weft_testkit::lab::{Signal, pod_cidr};
 
 #[test]
 fn a_configmap_update_switches_the_backend_live_and_republishes_the_annotations() {
@@ -57,38 +57,6 @@ fn a_configmap_update_switches_the_backend_live_and_republishes_the_annotations(
     let after: Vec<_> = (1..=2).map(|k| lab.subnet(k).expect("subnet")).collect();
     assert_eq!(subnets, after, "the podCIDRs stay the subnets");
     assert_pings(&lab);
-}
-
-/// `weft status --json` in node k, in kube mode: (exit code, report).
-fn kube_status(lab: &Lab, k: usize) -> (i32, serde_json::Value) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", lab.node_ns(k).expect("ns")])
-        .arg(common::weft_bin())
-        .args(["status", "--json", "--kube-subnet-mgr"])
-        .arg(format!(
-            "--kubeconfig-file={}",
-            lab.kubeconfig_path().display()
-        ))
-        .arg(format!(
-            "--net-config-path={}",
-            lab.net_conf_path().display()
-        ))
-        .arg(format!(
-            "--subnet-file={}",
-            lab.subnet_file(k).expect("path").display()
-        ))
-        .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("weft status");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}):\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), report)
 }
 
 #[test]

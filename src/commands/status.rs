@@ -35,9 +35,11 @@
 //!   "in_sync": bool,                       // exit code 0 iff true
 //!   "node": {"interface": "eth0", "ifindex": 2, "iface_addr": "198.18.0.1",
 //!            "public_ip": "198.18.0.1", "mtu": 1500,
+//!            "iface_addr6": "fd00::1", "public_ipv6": "fd00::1",  // only with IPv6
 //!            "found_by": "flags" | "subnet_file" | "address" | "default_route"},
 //!   "config": {"source": "etcd /coreos.com/network/config" | "file <path>",
 //!              "network": "10.244.0.0/16" | null, "backend": "vxlan",
+//!              "ipv6_network": "fd00:10:244::/56",  // only with IPv6
 //!              "options": {...the config's Backend object as written...}},
 //!   "own_lease": null | Lease,             // the lease whose PublicIP is this node's
 //!   "peers": [Lease],                      // every other well-formed lease, by subnet
@@ -161,6 +163,11 @@ pub struct NodeInfo {
     pub iface_addr: Ipv4Addr,
     pub public_ip: Ipv4Addr,
     pub mtu: u32,
+    /// The interface's IPv6 address and PublicIPv6 (a network with IPv6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface_addr6: Option<std::net::Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// How the interface and the own lease were found.
     pub found_by: FoundBy,
 }
@@ -201,6 +208,9 @@ impl FoundBy {
 pub struct ConfigInfo {
     pub source: String,
     pub network: Option<String>,
+    /// The IPv6Network of a network with IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<String>,
     pub backend: String,
     pub options: Value,
 }
@@ -560,18 +570,27 @@ impl Report {
         use std::fmt::Write as _;
         let mut o = String::new();
         let c = &self.config;
+        let v6_net = c
+            .ipv6_network
+            .as_deref()
+            .map(|n| format!(" and {n}"))
+            .unwrap_or_default();
         let _ = writeln!(
             o,
-            "config:  network {}, backend {} {} ({})",
+            "config:  network {}{v6_net}, backend {} {} ({})",
             c.network.as_deref().unwrap_or("-"),
             c.backend,
             c.options,
             c.source
         );
         let n = &self.node;
+        let v6_addrs = match (n.iface_addr6, n.public_ipv6) {
+            (Some(a), Some(p)) => format!(", IPv6 address {a}, public IPv6 {p}"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "node:    {} (index {}, mtu {}) address {}, public IP {}",
+            "node:    {} (index {}, mtu {}) address {}, public IP {}{v6_addrs}",
             n.interface, n.ifindex, n.mtu, n.iface_addr, n.public_ip
         );
         let _ = writeln!(o, "found:   {}", n.found_by.describe());
@@ -965,11 +984,18 @@ pub fn build(i: BuildInput<'_>, names: &dyn Fn(u32) -> String) -> Report {
             iface_addr: i.ext.iface_addr,
             public_ip: i.ext.ext_addr,
             mtu: i.ext.mtu,
+            iface_addr6: i.ext.v6.as_ref().map(|v6| v6.iface_addr),
+            public_ipv6: i.ext.v6.as_ref().map(|v6| v6.ext_addr),
             found_by: i.found_by,
         },
         config: ConfigInfo {
             source: i.source,
             network: i.conf.network.map(|n| n.to_string()),
+            ipv6_network: i
+                .conf
+                .ipv6_network
+                .filter(|_| i.conf.enable_ipv6)
+                .map(|n| n.to_string()),
             backend: i.conf.backend.type_name().to_string(),
             options: i.options,
         },

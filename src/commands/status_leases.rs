@@ -9,6 +9,7 @@ use anyhow::{Context as _, Result, anyhow};
 use crate::cli::Options;
 use crate::lease::Snapshot;
 use crate::lease::etcd::registry::Registry;
+use crate::lease::kube::node::Families;
 use crate::lease::kube::{KubeSource, client};
 
 /// What status reads from the lease source.
@@ -78,7 +79,19 @@ async fn read_kube(opts: &Options) -> Result<Read> {
         .map_err(|e| anyhow!("{e:#}"))?;
     // The node's name is not needed: its lease is found by address, as in etcd mode.
     let source = KubeSource::new(client, "", &opts.kube_annotation_prefix, path.clone());
-    let snapshot = source.list_nodes().await.context("list the nodes")?;
+    // The Nodes read as the agent reads them: the network's families decide which podCIDRs
+    // and annotations count.
+    let families = match net_conf::NetConf::parse(&text) {
+        Ok(p) => Families {
+            v4: p.conf.enable_ipv4,
+            v6: p.conf.enable_ipv6,
+        },
+        Err(_) => Families::V4,
+    };
+    let snapshot = source
+        .list_nodes_as(families)
+        .await
+        .context("list the nodes")?;
     Ok(Read {
         source: format!("file {} (kube subnet manager)", path.display()),
         text,

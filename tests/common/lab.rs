@@ -666,3 +666,35 @@ pub fn free_subnets(lab: &weft_testkit::lab::Lab, n: usize) -> Vec<String> {
         .take(n)
         .collect()
 }
+
+/// `weft status --json` in node k, in kube mode: (exit code, report).
+pub fn kube_status(lab: &weft_testkit::lab::Lab, k: usize) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.node_ns(k).expect("ns")])
+        .arg(weft_bin())
+        .args(["status", "--json", "--kube-subnet-mgr"])
+        .arg(format!(
+            "--kubeconfig-file={}",
+            lab.kubeconfig_path().display()
+        ))
+        .arg(format!(
+            "--net-config-path={}",
+            lab.net_conf_path().display()
+        ))
+        .arg(format!(
+            "--subnet-file={}",
+            lab.subnet_file(k).expect("path").display()
+        ))
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("weft status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}

@@ -154,6 +154,12 @@ impl KubeSource {
         Ok(self.snapshot_of(self.list_raw().await?))
     }
 
+    /// Every Node as a lease of a network of `families`, for a reader that acquires nothing
+    /// (`weft status`).
+    pub async fn list_nodes_as(&self, families: Families) -> Result<Snapshot> {
+        Ok(self.snapshot_as(self.list_raw().await?, families))
+    }
+
     /// Every Node, paged, at one resourceVersion; a page whose continue token expired restarts
     /// the list.
     async fn list_raw(&self) -> Result<RawList> {
@@ -189,12 +195,16 @@ impl KubeSource {
     /// The Nodes of a list as leases of this network; malformed ones are logged and kept
     /// aside (never removed as peers).
     fn snapshot_of(&self, raw: RawList) -> Snapshot {
+        self.snapshot_as(raw, self.families())
+    }
+
+    fn snapshot_as(&self, raw: RawList, families: Families) -> Snapshot {
         let mut snapshot = Snapshot {
             revision: raw.revision,
             ..Snapshot::default()
         };
         for node in &raw.nodes {
-            match self.lease_of(node) {
+            match self.ann.as_lease(node, families) {
                 NodeLease::Lease(l) => snapshot.leases.push(l),
                 NodeLease::Malformed(m) => {
                     warn!("skipping {}: {}", m.key, m.reason);
