@@ -505,6 +505,21 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_gets_one_ipv6_range_set_and_network() {
+        let e = env(
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+        );
+        let d = build_delegate(&conf(r#"{"name":"n"}"#), &e).unwrap();
+        assert_eq!(
+            d["ipam"]["ranges"],
+            json!([[{"subnet": "fd00:10:244:3::/64"}]])
+        );
+        assert_eq!(d["ipam"]["routes"], json!([{"dst": "fd00:10:244::/56"}]));
+        assert_eq!(d["mtu"], 1430);
+    }
+
+    #[test]
     fn dual_stack_gets_two_range_sets_and_both_networks() {
         let e = env(
             "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\n\
