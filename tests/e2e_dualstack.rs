@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::{hostgw_routes_ok, hostgw_routes6_ok, route_protocol_is, routes6_in, wait_until};
 use dual::{
-    CONVERGE, READY, V6_NETWORK, assert_pods_ping_over_both_families, converge, exec_in, spec, weft,
+    CONVERGE, READY, V6_NETWORK, assert_pods_ping_over_both_families, converge, exec_in, spec,
+    weft, weft_cleanup,
 };
 use weft_testkit::lab::{Lab, Signal};
 
@@ -124,22 +125,12 @@ fn dual_stack_host_gw_leases_subnet_env_routes_and_pings() {
         .output()
         .expect("ip route add");
     assert!(out.status.success(), "{out:?}");
-    let out = weft(
+    let out = weft_cleanup(
         &lab,
         3,
         &[
-            "cleanup",
             "--network=10.244.0.0/16",
             &format!("--ipv6-network={V6_NETWORK}"),
-            &format!("--etcd-endpoints={endpoint}"),
-            &format!(
-                "--subnet-file={}",
-                lab.subnet_file(3).expect("path").display()
-            ),
-            &format!(
-                "--peer-cache-file={}",
-                lab.peer_cache_file(3).expect("path").display()
-            ),
         ],
     );
     assert!(out.status.success(), "weft cleanup: {out:?}");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{hostgw_routes_ok, hostgw_routes6_ok, route_protocol_is, routes6_in, wait_until};
-use dual::{CONVERGE, READY, assert_pods_ping_over_both_families, exec_in, spec, weft};
+use dual::{CONVERGE, READY, assert_pods_ping_over_both_families, exec_in, spec, weft_cleanup};
 use weft_testkit::lab::{Lab, Signal};
 
 const VXLAN6: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
@@ -175,23 +175,7 @@ fn dual_stack_vxlan_and_a_live_switch_to_host_gw_and_back_lose_no_ping() {
 
     // `weft cleanup` on a stopped node removes both vxlan devices and every IPv6 entry.
     lab.stop_node(3, Signal::SIGTERM).expect("stop node 3");
-    let endpoint = lab.etcd_endpoint().expect("endpoint");
-    let out = weft(
-        &lab,
-        3,
-        &[
-            "cleanup",
-            &format!("--etcd-endpoints={endpoint}"),
-            &format!(
-                "--subnet-file={}",
-                lab.subnet_file(3).expect("path").display()
-            ),
-            &format!(
-                "--peer-cache-file={}",
-                lab.peer_cache_file(3).expect("path").display()
-            ),
-        ],
-    );
+    let out = weft_cleanup(&lab, 3, &[]);
     assert!(out.status.success(), "weft cleanup: {out:?}");
     let ns3 = lab.node_ns(3).expect("ns").to_owned();
     for dev in ["flannel.1", "flannel-v6.1"] {

@@ -57,6 +57,25 @@ pub fn weft(lab: &Lab, k: usize, args: &[&str]) -> Output {
         .expect("run weft")
 }
 
+/// `weft cleanup <scope…>` on etcd-mode lab node k, with the node's etcd endpoint, subnet file
+/// and peer cache (as its agent ran).
+pub fn weft_cleanup(lab: &Lab, k: usize, scope: &[&str]) -> Output {
+    let endpoint = lab.etcd_endpoint().expect("endpoint");
+    let mut args: Vec<String> = vec!["cleanup".into()];
+    args.extend(scope.iter().map(|s| s.to_string()));
+    args.push(format!("--etcd-endpoints={endpoint}"));
+    args.push(format!(
+        "--subnet-file={}",
+        lab.subnet_file(k).expect("path").display()
+    ));
+    args.push(format!(
+        "--peer-cache-file={}",
+        lab.peer_cache_file(k).expect("path").display()
+    ));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    weft(lab, k, &args)
+}
+
 /// `ip netns exec <ns> <prog> <args>`: stdout, or an error with stderr.
 pub fn exec_in(ns: &str, prog: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new("ip")
