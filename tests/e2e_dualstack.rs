@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::{hostgw_routes_ok, hostgw_routes6_ok, route_protocol_is, routes6_in, wait_until};
 use dual::{
-    CONVERGE, READY, V6_NETWORK, assert_pods_ping_over_both_families, converge, exec_in, spec,
-    weft, weft_cleanup,
+    CONVERGE, READY, V6_NETWORK, assert_pods_ping_over_both_families, converge, exec_in,
+    golden_nat6, nat6_rules, spec, weft, weft_cleanup,
 };
 use weft_testkit::lab::{Lab, Signal};
 
@@ -267,30 +267,6 @@ fn dual_stack_kube_mode_routes_both_pod_cidrs() {
     }
     lab.add_pods().expect("pods");
     assert_pods_ping_over_both_families(&lab);
-}
-
-/// flanneld's nat chain for IPv6 (flannel-reference §6.1: IPv4's with `ff00::/8`), as
-/// `ip6tables-save -t nat` prints it.
-fn golden_nat6(subnet: &str) -> Vec<String> {
-    let c = r#"-m comment --comment "flanneld masq""#;
-    let n = V6_NETWORK;
-    vec![
-        format!("-A POSTROUTING {c} -j FLANNEL-POSTRTG"),
-        format!("-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN"),
-        format!("-A FLANNEL-POSTRTG -s {subnet} -d {n} {c} -j RETURN"),
-        format!("-A FLANNEL-POSTRTG -s {n} -d {subnet} {c} -j RETURN"),
-        format!("-A FLANNEL-POSTRTG ! -s {n} -d {subnet} {c} -j RETURN"),
-        format!("-A FLANNEL-POSTRTG -s {n} ! -d ff00::/8 {c} -j MASQUERADE --random-fully"),
-        format!("-A FLANNEL-POSTRTG ! -s {n} -d {n} {c} -j MASQUERADE --random-fully"),
-    ]
-}
-
-fn nat6_rules(ns: &str) -> Result<Vec<String>, String> {
-    Ok(exec_in(ns, "ip6tables-save", &["-t", "nat"])?
-        .lines()
-        .filter(|l| l.starts_with("-A "))
-        .map(str::to_owned)
-        .collect())
 }
 
 /// `--ip-masq` on a dual-stack network: flanneld's IPv6 nat chain beside the IPv4 one; a pod

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{
     hostgw_routes6_ok, kube_status, route_protocol_is, routes_in, routes6_in, wait_until,
 };
-use dual::{CONVERGE, READY, V6_NETWORK, exec_in, spec};
+use dual::{CONVERGE, READY, V6_NETWORK, exec_in, golden_nat6, nat6_rules, spec};
 use weft_testkit::lab::{Lab, LabSpec, Signal};
 
 const ANN: &str = "flannel.alpha.coreos.com";
@@ -218,14 +218,17 @@ fn ipv6_only_host_gw_kube_mode() {
     assert_eq!(v4, ["10.250.0.0/24"], "{text}");
 }
 
-/// vxlan: `flannel-v6.1` only (no `flannel.1`), MTU the underlay's − 70, its MAC in
-/// `backend-v6-data`, per peer an onlink route through it; ping -6 between every pair.
+/// vxlan with `--ip-masq`: `flannel-v6.1` only (no `flannel.1`), MTU the underlay's − 70, its
+/// MAC in `backend-v6-data`, per peer an onlink route through it, flanneld's IPv6 nat chain and
+/// no IPv4 one; ping -6 between every pair.
 #[test]
 fn ipv6_only_vxlan_kube_mode() {
     if !common::need::root("ipv6_only_vxlan_kube_mode") {
         return;
     }
-    let mut lab = Lab::build(v6_only_spec("vxlan")).expect("build lab");
+    let mut spec = v6_only_spec("vxlan");
+    spec.extra_flags = vec!["--ip-masq".into()];
+    let mut lab = Lab::build(spec).expect("build lab");
     lab.start_all().expect("start agents");
     for k in 1..=3 {
         let mtu = assert_ipv6_only_subnet_env(&mut lab, k);
@@ -251,6 +254,17 @@ fn ipv6_only_vxlan_kube_mode() {
         assert_eq!(data["VNI"], 1, "{data}");
         assert_eq!(data["VtepMAC"], mac.trim(), "node {k}: {data}");
         no_ipv4_routes_of_weft(&lab, k);
+        // --ip-masq: flanneld's IPv6 nat chain, and no IPv4 chain at all.
+        let subnet = format!("fd00:10:244:{k}::/64");
+        wait_until(CONVERGE, || {
+            let have = nat6_rules(&ns)?;
+            (have == golden_nat6(&subnet))
+                .then_some(())
+                .ok_or(format!("node {k}: ip6tables nat {have:?}"))
+        })
+        .expect("IPv6 masquerade rules");
+        let nat4 = exec_in(&ns, "iptables-save", &["-t", "nat"]).expect("iptables-save");
+        assert!(!nat4.contains("FLANNEL"), "node {k}: IPv4 rules: {nat4}");
         // An onlink route to each peer's IPv6 subnet through flannel-v6.1.
         wait_until(CONVERGE, || {
             let routes = routes6_in(&ns)?;

@@ -119,3 +119,27 @@ pub fn flanneld_node3_and_two_weft_nodes(lab: &mut Lab, value: &str, mtu: u32) {
         lab.wait_subnet_env(k, READY).expect("subnet.env");
     }
 }
+
+/// flanneld's nat chain for IPv6 (flannel-reference §6.1: IPv4's with `ff00::/8`), as
+/// `ip6tables-save -t nat` prints it.
+pub fn golden_nat6(subnet: &str) -> Vec<String> {
+    let c = r#"-m comment --comment "flanneld masq""#;
+    let n = V6_NETWORK;
+    vec![
+        format!("-A POSTROUTING {c} -j FLANNEL-POSTRTG"),
+        format!("-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {subnet} -d {n} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {n} -d {subnet} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG ! -s {n} -d {subnet} {c} -j RETURN"),
+        format!("-A FLANNEL-POSTRTG -s {n} ! -d ff00::/8 {c} -j MASQUERADE --random-fully"),
+        format!("-A FLANNEL-POSTRTG ! -s {n} -d {n} {c} -j MASQUERADE --random-fully"),
+    ]
+}
+
+pub fn nat6_rules(ns: &str) -> Result<Vec<String>, String> {
+    Ok(exec_in(ns, "ip6tables-save", &["-t", "nat"])?
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_owned)
+        .collect())
+}
