@@ -16,13 +16,13 @@ use super::nexthop::RtMessage;
 use super::{ENOENT, ESRCH, Netlink, dump, errno_of, nl_err};
 use crate::{BackendError, KernelOp, RTPROT_WEFT, Route};
 
-/// The answer of `ip route get <dst>`.
+/// The answer of `ip route get <dst>` (`ip -6 route get <dst>`: `RouteGet<Ipv6Addr>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteGet {
+pub struct RouteGet<A = Ipv4Addr> {
     pub oif: u32,
     /// None when `dst` is directly connected.
-    pub gateway: Option<Ipv4Addr>,
-    pub prefsrc: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
+    pub prefsrc: Option<A>,
 }
 
 /// An IPv4 or IPv6 route seen in a notification or a dump, with the attributes that decide
@@ -127,20 +127,25 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip -6 route get <dst>`: the output interface and preferred source address
-    /// (`--iface-can-reach` with an IPv6 address).
-    pub async fn route_get6(&self, dst: Ipv6Addr) -> Result<(u32, Option<Ipv6Addr>), BackendError> {
+    /// `ip -6 route get <dst>`: the output interface, gateway and preferred source address
+    /// (`--iface-can-reach` with an IPv6 address, DirectRouting to a peer's PublicIPv6).
+    pub async fn route_get6(&self, dst: Ipv6Addr) -> Result<RouteGet<Ipv6Addr>, BackendError> {
         let msg = RouteMessageBuilder::<Ipv6Addr>::new()
             .destination_prefix(dst, 128)
             .build();
         let reply = self
             .route_lookup(msg, format!("ip -6 route get {dst}"))
             .await?;
-        let mut out = (0, None);
+        let mut out = RouteGet {
+            oif: 0,
+            gateway: None,
+            prefsrc: None,
+        };
         for a in &reply.attributes {
             match a {
-                RouteAttribute::Oif(i) => out.0 = *i,
-                RouteAttribute::PrefSource(RouteAddress::Inet6(s)) => out.1 = Some(*s),
+                RouteAttribute::Oif(i) => out.oif = *i,
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => out.gateway = Some(*g),
+                RouteAttribute::PrefSource(RouteAddress::Inet6(s)) => out.prefsrc = Some(*s),
                 _ => {}
             }
         }

@@ -440,11 +440,11 @@ pub async fn select_interface(
             (Some((r.oif, r.prefsrc)), None)
         }
         Some(IpAddr::V6(ip)) => {
-            let (oif, src) = nl
+            let r = nl
                 .route_get6(ip)
                 .await
                 .with_context(|| format!("ip -6 route get {ip}"))?;
-            (Some((oif, None)), src)
+            (Some((r.oif, None)), r.prefsrc)
         }
         None => (None, None),
     };
@@ -537,11 +537,13 @@ async fn select_interface_v6_only(
         })
         .collect();
     let can_reach = match opts.iface_can_reach {
-        Some(IpAddr::V6(ip)) => Some(
-            nl.route_get6(ip)
+        Some(IpAddr::V6(ip)) => {
+            let r = nl
+                .route_get6(ip)
                 .await
-                .with_context(|| format!("ip -6 route get {ip}"))?,
-        ),
+                .with_context(|| format!("ip -6 route get {ip}"))?;
+            Some((r.oif, r.prefsrc))
+        }
         Some(IpAddr::V4(ip)) => anyhow::bail!(
             "--iface-can-reach {ip}: an IPv6-only network needs an IPv6 address to reach"
         ),
