@@ -207,16 +207,17 @@ impl DataPlane {
         let started = std::time::Instant::now();
         // DirectRouting is re-decided for each changed peer (as flanneld does per event); a
         // new answer changes more than the peer's own keys: plan everything.
-        let changed_ips = changes.iter().filter_map(|c| match c {
-            Change::Added(p) | Change::Updated { new: p, .. } => Some(p.attrs.public_ip),
+        let changed_peers = changes.iter().filter_map(|c| match c {
+            Change::Added(p) | Change::Updated { new: p, .. } => Some(&p.attrs),
             Change::Removed(_) => None,
         });
-        let ips: Vec<std::net::Ipv4Addr> = changed_ips.collect();
         let path_changed = match self.primary.direct_paths_mut() {
             Some(paths) => {
-                let known: Vec<bool> = ips.iter().map(|ip| paths.contains(*ip)).collect();
-                backends::direct::look_up(&self.nl, paths, ips.iter().copied()).await
-                    && known.iter().any(|k| *k)
+                // Each changed peer's PublicIP, and its PublicIPv6 where IPv6 is decided too.
+                let ips: Vec<std::net::IpAddr> =
+                    changed_peers.flat_map(|a| paths.peer_ips(a)).collect();
+                let known = ips.iter().any(|ip| paths.contains(*ip));
+                backends::direct::look_up(&self.nl, paths, ips).await && known
             }
             None => false,
         };
@@ -453,27 +454,28 @@ impl DataPlane {
         same.into_iter().map(|l| l.backend).collect()
     }
 
-    /// DirectRouting: `ip route get` for the peers of the primary's type not looked up yet (every
-    /// one on an audit), and forgets the answers for peers that left.
+    /// DirectRouting: `ip route get` (and `ip -6 route get` for PublicIPv6 where the backend
+    /// decides IPv6 too) for the peers of the primary's type not looked up yet (every one on an
+    /// audit), and forgets the answers for peers that left.
     async fn look_up_paths(&mut self, table: &LeaseTable, all: bool) {
         let own_type = self.primary.type_name();
         let Some(paths) = self.primary.direct_paths_mut() else {
             return;
         };
-        let peers: BTreeSet<std::net::Ipv4Addr> = table
+        let peers: BTreeSet<std::net::IpAddr> = table
             .peers()
             .iter()
             .filter(|p| p.attrs.backend_type == own_type)
-            .map(|p| p.attrs.public_ip)
+            .flat_map(|p| paths.peer_ips(&p.attrs))
             .collect();
         paths.retain(|ip| peers.contains(ip));
-        let todo: Vec<std::net::Ipv4Addr> = peers
+        let todo: Vec<std::net::IpAddr> = peers
             .into_iter()
             .filter(|ip| all || !paths.contains(*ip))
             .collect();
         if backends::direct::look_up(&self.nl, paths, todo).await {
             debug!(
-                peers = paths.len(),
+                addresses = paths.len(),
                 "DirectRouting: looked up the paths to the peers"
             );
         }

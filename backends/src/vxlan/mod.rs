@@ -247,6 +247,7 @@ impl Backend for Vxlan {
         };
         self.dev = want;
         self.v6.set_device(want6);
+        self.paths.set_v6(self.v6.dev.is_some());
         Ok(attrs)
     }
 

@@ -28,8 +28,12 @@ fn ext() -> ExternalInterface {
 }
 
 fn vx() -> Vxlan {
+    vx_with(VxlanConf::default())
+}
+
+fn vx_with(conf: VxlanConf) -> Vxlan {
     let e = ext();
-    let b = Vxlan::new(VxlanConf::default());
+    let b = Vxlan::new(conf);
     let dev = Device {
         index: 9,
         ..b.spec(&e, Some(MAC1)).expect("spec")
@@ -389,4 +393,144 @@ fn an_ipv6_only_node_has_the_v6_device_and_entries_only() {
         "{:?}",
         d.skipped
     );
+}
+
+/// `BackendV6Data` of peer `n`: VNI 1, IPv6 VTEP MAC `02:00:00:00:16:<n>`.
+fn data6(n: u8) -> String {
+    format!(r#"{{"VNI":1,"VtepMAC":"02:00:00:00:16:{n:02}"}}"#)
+}
+
+fn direct_vx() -> Vxlan {
+    vx_with(VxlanConf {
+        direct_routing: true,
+        ..VxlanConf::default()
+    })
+}
+
+#[test]
+fn direct_routing_for_adjacent_v6_peers_only() {
+    let (d2, d3) = (data6(2), data6(3));
+    let peers = [
+        peer(2, Some(("fd00:18::2", Some(&d2)))), // on eth0's IPv6 prefix
+        peer(3, Some(("2001:db8::3", Some(&d3)))), // elsewhere
+    ];
+    let d = direct_vx().desired(&ext(), &peers);
+    assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+    assert_eq!(
+        strings(d.state.routes.values()),
+        vec![
+            "10.244.2.0/24 via 198.18.0.2 dev 3",
+            "10.244.3.0/24 via 198.18.0.3 dev 3",
+            "fd00:244:0:2::/64 via fd00:18::2 dev 3",
+            "fd00:244:0:3::/64 via fd00:244:0:3:: dev 10 onlink",
+        ],
+        "without lookups the interface's prefixes decide, each family on its own"
+    );
+    assert_eq!(
+        strings(d.state.neighs.values()),
+        vec!["fd00:244:0:3:: lladdr 02:00:00:00:16:03 dev 10"],
+        "only the tunnelled IPv6 peer has NDP and FDB entries"
+    );
+    assert_eq!(
+        strings(d.state.fdb.values()),
+        vec!["02:00:00:00:16:03 dev 10 dst 2001:db8::3"]
+    );
+    // The command, as the logs show it: metric 1024 like every IPv6 route of weft's.
+    let r6 = d.state.routes.values().nth(2).expect("route").clone();
+    let names = |i: u32| (i == 3).then(|| "eth0".to_string());
+    assert_eq!(
+        KernelOp::RouteReplace(r6).command(names),
+        "ip -6 route replace fd00:244:0:2::/64 via fd00:18::2 dev eth0 proto 87 metric 1024"
+    );
+    // Without DirectRouting both families tunnel.
+    let d = vx().desired(&ext(), &peers);
+    assert_eq!(d.state.neighs.len(), 4);
+    assert!(d.state.routes.values().all(|r| r.onlink));
+}
+
+#[test]
+fn the_kernels_answers_decide_v6_peers_each_family_on_its_own() {
+    let (d2, d3) = (data6(2), data6(3));
+    let peers = [
+        peer(2, Some(("fd00:18::2", Some(&d2)))),
+        peer(3, Some(("2001:db8::3", Some(&d3)))),
+    ];
+    let mut b = direct_vx();
+    let paths = b.direct_paths_mut().expect("DirectRouting is on");
+    // The agent looks up both families' addresses of a dual-stack peer.
+    assert_eq!(
+        strings(paths.peer_ips(&peers[0].attrs)),
+        vec!["198.18.0.2", "fd00:18::2"]
+    );
+    // fd00:18::2 behind a router after all; 2001:db8::3 on-link through device 7; the IPv4
+    // answer of peer 2 (a gateway) does not touch its IPv6 one.
+    paths.set("fd00:18::2".parse::<Ipv6Addr>().expect("ip"), None);
+    paths.set("2001:db8::3".parse::<Ipv6Addr>().expect("ip"), Some(7));
+    paths.set(Ipv4Addr::new(198, 18, 0, 2), None);
+    let d = b.desired(&ext(), &peers);
+    assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+    assert_eq!(
+        strings(d.state.routes.values()),
+        vec![
+            "10.244.2.0/24 via 10.244.2.0 dev 9 onlink",
+            "10.244.3.0/24 via 198.18.0.3 dev 3",
+            "fd00:244:0:2::/64 via fd00:244:0:2:: dev 10 onlink",
+            "fd00:244:0:3::/64 via 2001:db8::3 dev 7",
+        ]
+    );
+    assert_eq!(
+        strings(d.state.fdb.values()),
+        vec![
+            "02:00:00:00:00:02 dev 9 dst 198.18.0.2",
+            "02:00:00:00:16:02 dev 10 dst fd00:18::2",
+        ]
+    );
+}
+
+#[test]
+fn direct_routing_on_an_ipv6_only_node() {
+    let e = ext_v6_only();
+    let b = Vxlan::new(VxlanConf {
+        direct_routing: true,
+        ..VxlanConf::default()
+    });
+    let dev6 = Device {
+        index: 10,
+        ..b.spec_v6(&e, e.v6.as_ref().expect("v6"), Some(MAC16))
+            .expect("spec")
+    };
+    let mut b = b
+        .with_device_v6(dev6)
+        .with_own_v6("fd00:244:0:1::/64".parse().expect("own"));
+    let peers = [v6_only_peer(2, &data6(2)), v6_only_peer(3, &data6(3))];
+    let paths = b.direct_paths_mut().expect("DirectRouting is on");
+    // An IPv6-only peer's PublicIP is 0.0.0.0: nothing to look up there.
+    assert_eq!(strings(paths.peer_ips(&peers[0].attrs)), vec!["fd00:18::2"]);
+    paths.set("fd00:18::3".parse::<Ipv6Addr>().expect("ip"), None);
+    let d = b.desired(&e, &peers);
+    assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+    assert_eq!(
+        strings(d.state.routes.values()),
+        vec![
+            "fd00:244:0:2::/64 via fd00:18::2 dev 3",
+            "fd00:244:0:3::/64 via fd00:244:0:3:: dev 10 onlink",
+        ]
+    );
+}
+
+#[test]
+fn an_ipv4_only_node_looks_up_no_ipv6_address() {
+    let b = Vxlan::new(VxlanConf {
+        direct_routing: true,
+        ..VxlanConf::default()
+    });
+    let mut b = b.with_device(Device {
+        index: 9,
+        ..Vxlan::new(VxlanConf::default())
+            .spec(&ext(), Some(MAC1))
+            .expect("spec")
+    });
+    let p = peer(2, Some(("fd00:18::2", Some(DATA2_6))));
+    let paths = b.direct_paths_mut().expect("DirectRouting is on");
+    assert_eq!(strings(paths.peer_ips(&p.attrs)), vec!["198.18.0.2"]);
 }

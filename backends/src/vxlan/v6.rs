@@ -156,6 +156,12 @@ impl Vxlan {
                 "peer {subnet} has this node's own address {ip} as PublicIPv6"
             ));
         }
+        if self.conf.direct_routing {
+            if let Some(route) = crate::direct::direct_route6(ext, v6, &self.paths, subnet, ip) {
+                out.state.add_route(route);
+                return Ok(());
+            }
+        }
         let data = peer
             .attrs
             .backend_v6_data
@@ -192,6 +198,7 @@ impl Vxlan {
     /// [`crate::Backend::prepare`] would set it on a dual-stack interface).
     pub fn with_device_v6(mut self, dev: Device) -> Self {
         self.v6.set_device(Some(dev));
+        self.paths.set_v6(true);
         self
     }
 
