@@ -14,7 +14,9 @@
 //! network) that no backend wants is deleted, a link of the wrong kind under a wanted name is
 //! replaced, and another network's device on the same host is left alone.
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 
 use ipnet::IpNet;
 
@@ -224,6 +226,50 @@ impl fmt::Display for Addr {
     }
 }
 
+impl Device {
+    /// Whether router advertisements are turned off on this device (`accept_ra = 0`, as
+    /// flanneld sets it): the vxlan device over IPv6, `flannel-v6.<VNI>`. It is `nolearning`
+    /// with no router on the overlay, so this only keeps a stray advertisement from adding
+    /// addresses or a default route through it.
+    pub fn wants_accept_ra_off(&self) -> bool {
+        matches!(&self.kind, DeviceKind::Vxlan(p) if p.local.is_ipv6())
+    }
+}
+
+/// Where the kernel's sysctls are. `/proc/sys/net` is the network namespace's of the thread
+/// that opens a file there: the agent's own.
+const PROC_SYS: &str = "/proc/sys";
+
+/// `net.ipv6.conf.<dev>.accept_ra = 0`: reads `/proc/sys/net/ipv6/conf/<dev>/accept_ra` and
+/// writes `0` unless it holds that already. True when it wrote.
+pub fn accept_ra_off(dev: &str) -> io::Result<bool> {
+    set_sysctl(
+        Path::new(PROC_SYS),
+        &format!("net/ipv6/conf/{dev}/accept_ra"),
+        "0",
+    )
+}
+
+/// The command [`accept_ra_off`] stands for, as `sysctl` takes it (a dot in the device name is
+/// written `/`: `sysctl -w net.ipv6.conf.flannel-v6/1.accept_ra=0`).
+pub fn accept_ra_off_command(dev: &str) -> String {
+    format!(
+        "sysctl -w net.ipv6.conf.{}.accept_ra=0",
+        dev.replace('.', "/")
+    )
+}
+
+/// Sets the sysctl file `key` under `root` to `value` unless it holds it already (whitespace
+/// aside); true when it wrote.
+fn set_sysctl(root: &Path, key: &str, value: &str) -> io::Result<bool> {
+    let path = root.join(key);
+    if std::fs::read_to_string(&path)?.trim() == value {
+        return Ok(false);
+    }
+    std::fs::write(&path, value)?;
+    Ok(true)
+}
+
 /// A vxlan device `flannel.1` as weft makes it on ifindex 2 (for tests).
 #[cfg(test)]
 pub(crate) fn test_vxlan(name: &str, index: u32) -> Device {
@@ -360,5 +406,49 @@ mod tests {
             "flannel.1 type vxlan id 1 dev eth0 local 198.18.0.1 dstport 8472 nolearning mtu 1450 \
              address 02:00:00:00:00:01"
         );
+    }
+
+    #[test]
+    fn accept_ra_goes_to_the_ipv6_vxlan_device_only() {
+        let v4 = vxlan("flannel.1", 3);
+        assert!(!v4.wants_accept_ra_off());
+        let mut v6 = vxlan("flannel-v6.1", 4);
+        if let DeviceKind::Vxlan(p) = &mut v6.kind {
+            p.local = "fd00:18::1".parse().expect("ip");
+        }
+        assert!(v6.wants_accept_ra_off());
+        let ipip = Device {
+            kind: DeviceKind::IpIp {
+                local: Ipv4Addr::new(198, 18, 0, 1),
+                remote: None,
+            },
+            ..vxlan("flannel.ipip", 5)
+        };
+        assert!(!ipip.wants_accept_ra_off());
+        assert_eq!(
+            accept_ra_off_command("flannel-v6.1"),
+            "sysctl -w net.ipv6.conf.flannel-v6/1.accept_ra=0"
+        );
+    }
+
+    #[test]
+    fn a_sysctl_is_written_once() {
+        let root = std::env::temp_dir().join(format!("weft-sysctl-{}", std::process::id()));
+        let dir = root.join("net/ipv6/conf/flannel-v6.1");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = "net/ipv6/conf/flannel-v6.1/accept_ra";
+        std::fs::write(dir.join("accept_ra"), "1\n").expect("write");
+        assert!(set_sysctl(&root, key, "0").expect("set"), "1 -> 0");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("accept_ra")).expect("read"),
+            "0"
+        );
+        std::fs::write(dir.join("accept_ra"), "0\n").expect("write");
+        assert!(!set_sysctl(&root, key, "0").expect("set"), "already 0");
+        assert!(
+            set_sysctl(&root, "net/ipv6/conf/gone/accept_ra", "0").is_err(),
+            "no such device"
+        );
+        std::fs::remove_dir_all(&root).expect("clean up");
     }
 }

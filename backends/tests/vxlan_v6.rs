@@ -1,7 +1,8 @@
 //! vxlan over IPv6 (`flannel-v6.<VNI>`) kernel tests, each in its own network namespace with a
 //! dual-stack underlay (see `common`): the IPv6 device is created with flannel's attributes and
 //! its /128, a second apply writes nothing, the per-peer NDP/FDB/route entries are applied,
-//! repaired from notifications after an out-of-band delete, and removed with the peer. Skipped
+//! repaired from notifications after an out-of-band delete, and removed with the peer; the
+//! device gets `accept_ra = 0` as flanneld sets it, when made, adopted or made again. Skipped
 //! (with a message) when not root.
 #![allow(clippy::unwrap_used)]
 
@@ -216,6 +217,74 @@ fn v6_device_entries_written_once_repaired_and_removed() {
             assert_eq!(neighs6("flannel-v6.1"), BTreeSet::from([n6(3)]));
             assert_eq!(fdb("flannel-v6.1"), BTreeSet::from([f6(3)]));
             assert_eq!(routes6(), BTreeSet::from([r6(3)]));
+        },
+    );
+}
+
+/// `net.ipv6.conf.<dev>.accept_ra` in this thread's network namespace (None: no such device).
+fn accept_ra(dev: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{dev}/accept_ra"))
+        .ok()
+        .map(|v| v.trim().to_string())
+}
+
+#[test]
+fn v6_device_gets_accept_ra_0_when_made_adopted_or_made_again() {
+    in_netns(
+        "v6_device_gets_accept_ra_0_when_made_adopted_or_made_again",
+        || async {
+            let eth0 = underlay_dual();
+            let ext = ext_dual(eth0);
+            let nl = Netlink::connect().unwrap();
+            let mut events = nl::subscribe().unwrap();
+            let mut vx = Vxlan::new(VxlanConf::default());
+            vx.prepare(&nl, &ext).await.unwrap();
+            let own = SubnetKey::dual(
+                "10.244.1.0/24".parse().unwrap(),
+                "fd00:244:0:1::/64".parse().unwrap(),
+            );
+            vx.configure(&ext, &own).unwrap();
+            let peers = [dual_peer(2)];
+            let want = vx.desired(&ext, &peers).state;
+            // Made by the reconciler: 0 (the namespace's default for a new link is 1).
+            assert_eq!(accept_ra("default").as_deref(), Some("1"));
+            let mut rec = Reconciler::new(nl.clone());
+            let report = rec.apply(&want).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(accept_ra("flannel-v6.1").as_deref(), Some("0"));
+            assert_eq!(
+                accept_ra("flannel.1").as_deref(),
+                Some("1"),
+                "the IPv4 device is left as it is"
+            );
+
+            // Adopted: a restarted agent finds the device with router advertisements on.
+            ip("link set flannel-v6.1 down");
+            std::fs::write("/proc/sys/net/ipv6/conf/flannel-v6.1/accept_ra", "1").unwrap();
+            ip("link set flannel-v6.1 up");
+            let mut vx = Vxlan::new(VxlanConf::default());
+            vx.prepare(&nl, &ext).await.unwrap();
+            vx.configure(&ext, &own).unwrap();
+            let want = vx.desired(&ext, &peers).state;
+            let mut rec = Reconciler::new(nl.clone());
+            let report = rec.apply(&want).await;
+            assert!(report.is_ok(), "{report:?}");
+            assert_eq!(accept_ra("flannel-v6.1").as_deref(), Some("0"));
+            vx.bind(&|name| rec.device_index(name));
+            let want = vx.desired(&ext, &peers).state;
+            let report = rec.apply(&want).await;
+            assert!(report.is_ok() && report.writes == 0, "{report:?}");
+
+            // Made again after an out-of-band delete: the new link gets 0 too.
+            ip("link del flannel-v6.1");
+            drive_until(
+                &mut rec,
+                &mut events,
+                &want,
+                "flannel-v6.1 made again with accept_ra 0",
+                |_| accept_ra("flannel-v6.1").as_deref() == Some("0"),
+            )
+            .await;
         },
     );
 }

@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::Reconciler;
 use crate::BackendError;
+use crate::device;
 use crate::plan::{self, Addr};
 
 impl Reconciler {
@@ -51,6 +52,31 @@ impl Reconciler {
             }
             if let Some(d) = self.last_desired.devices.get_mut(&name) {
                 d.index = to;
+            }
+        }
+    }
+
+    /// `accept_ra = 0` on the wanted devices that ask for it ([`Device::wants_accept_ra_off`])
+    /// and are in the kernel, once per ifindex (a device made again has a new one). A device
+    /// that holds 0 already is left alone; a failure is a warning only, as flanneld ignores it.
+    ///
+    /// [`Device::wants_accept_ra_off`]: crate::device::Device::wants_accept_ra_off
+    pub(super) fn tune_devices(&mut self) {
+        for want in self.last_desired.devices.values() {
+            if !want.wants_accept_ra_off() {
+                continue;
+            }
+            let Some(have) = self.cache.devices.get(&want.name) else {
+                continue;
+            };
+            if !self.ra_off.insert(have.index) {
+                continue;
+            }
+            let cmd = device::accept_ra_off_command(&want.name);
+            match device::accept_ra_off(&want.name) {
+                Ok(true) => info!("{cmd}"),
+                Ok(false) => debug!(device = %want.name, "accept_ra is 0 already"),
+                Err(e) => warn!("{cmd} failed: {e}; router advertisements stay accepted"),
             }
         }
     }
@@ -111,6 +137,7 @@ impl Reconciler {
             self.misfits.remove(&dst);
         }
         self.links_down.remove(&index);
+        self.ra_off.remove(&index);
     }
 
     /// A notified weft-named link. A notification can be a late echo of weft's own writes (a

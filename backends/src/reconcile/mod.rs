@@ -38,6 +38,12 @@
 //! per route. Callers that execute operations themselves go through [`Reconciler::execute`]
 //! and end with [`Reconciler::drop_unused_nexthops`].
 //!
+//! **Device sysctls.** A wanted device that asks for it ([`Device::wants_accept_ra_off`](
+//! crate::device::Device::wants_accept_ra_off): `flannel-v6.<VNI>`) gets `accept_ra = 0`, as
+//! flanneld sets it, once it is in the kernel, whether the apply made it or found it (adopted
+//! at start, or made again after a delete: a new ifindex is tuned again). Read first, written
+//! only when not 0, logged like the `sysctl` command; a failure is a warning only.
+//!
 //! **IPv6.** Routes of both families go through the same cache, diff and nexthop table (an IPv6
 //! gateway gets an AF_INET6 nexthop). IPv6 routes are written, dumped and compared at metric
 //! 1024 ([`plan::V6_METRIC`]), not 0: the kernel turns an IPv6 metric 0 into 1024 anyway.
@@ -99,6 +105,9 @@ pub struct Reconciler {
     links_down: BTreeSet<u32>,
     /// Which routes, devices and nexthops are this daemon's ([`crate::owner`]).
     owner: Ownership,
+    /// The ifindexes of wanted devices whose `accept_ra` was seen to be 0 (or could not be
+    /// set: tried once per device, as flanneld tries once): [`Reconciler::tune_devices`].
+    ra_off: BTreeSet<u32>,
 }
 
 /// What one [`Reconciler::apply`] did.
@@ -150,6 +159,7 @@ impl Reconciler {
             misfits: BTreeSet::new(),
             links_down: BTreeSet::new(),
             owner: Ownership::everything(),
+            ra_off: BTreeSet::new(),
         }
     }
 
@@ -322,6 +332,8 @@ impl Reconciler {
             "read weft's routes from the kernel"
         );
         self.nh = table;
+        self.ra_off
+            .retain(|i| state.devices.values().any(|d| d.index == *i));
         self.cache = state;
         self.stale_devices.clear();
         self.wanted_at_refresh = self.last_desired.devices.keys().cloned().collect();
@@ -371,6 +383,7 @@ impl Reconciler {
                 self.execute(op, &mut report).await;
             }
             self.bind_devices();
+            self.tune_devices();
             let missing = self.missing_devices();
             let mut ops = plan::diff_entries(&self.last_desired, &self.cache);
             ops.extend(self.conversions());
