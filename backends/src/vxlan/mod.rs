@@ -19,7 +19,9 @@
 //! MAC of the previous lease, else a random one), so the VTEP MAC is stable across restarts.
 //!
 //! A dual-stack node also has `flannel-v6.<VNI>` ([`v6`]); an IPv6-only node (kube mode) has only
-//! that device, no `BackendData`, and its pod MTU is the IPv6 device's.
+//! that device, no `BackendData`, and its pod MTU is the IPv6 device's. DirectRouting decides
+//! each family on its own: a peer's IPv6 subnet goes `via <PublicIPv6> dev <ext>` when `ip -6
+//! route get` reaches it without a gateway.
 //!
 //! Differences from flannel, on purpose: the FDB entry of a peer's previous MAC is removed when
 //! the MAC changes (it is keyed by MAC and no longer desired); a peer advertising another VNI is

@@ -15,14 +15,17 @@
 //! bridge fdb replace M6 dev flannel-v6.v dst P6 self permanent
 //! ip -6 route replace S6 via <S6.network> dev flannel-v6.v onlink proto 87 metric 1024
 //! ```
+//! With `DirectRouting`, a peer whose PublicIPv6 the kernel reaches without a gateway (`ip -6
+//! route get`, as for IPv4 and as flanneld decides each family: [`crate::direct`]) gets `ip -6
+//! route replace S6 via P6 dev <ext> proto 87 metric 1024` instead; its IPv4 side is decided on
+//! its own. The device gets `accept_ra = 0` as flanneld sets it (the reconciler, when it makes or
+//! finds the device: [`crate::device::Device::wants_accept_ra_off`]).
 //!
 //! Differences from flannel, on purpose: the MTU is the underlay's minus 70, not 50 (flannel
 //! subtracts its IPv4 overhead for both devices, so full-size pod packets over IPv6 exceed the
 //! underlay MTU: the outer IPv6 header is 40 bytes, not 20); `FLANNEL_MTU` stays the IPv4
 //! device's (a pod's interface serves both families, so the IPv6 path can fragment at the pod
-//! for the last 20 bytes, which IPv6 pods do by PMTU discovery). DirectRouting is IPv4 only:
-//! IPv6 peers always go through the tunnel. flannel's `accept_ra = 0` sysctl on the device is
-//! not set (the device is `nolearning` with no router on the overlay to advertise anything).
+//! for the last 20 bytes, which IPv6 pods do by PMTU discovery).
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv6Net};
