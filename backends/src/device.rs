@@ -228,11 +228,11 @@ impl fmt::Display for Addr {
 
 impl Device {
     /// Whether router advertisements are turned off on this device (`accept_ra = 0`, as
-    /// flanneld sets it): the vxlan device over IPv6, `flannel-v6.<VNI>`. It is `nolearning`
-    /// with no router on the overlay, so this only keeps a stray advertisement from adding
-    /// addresses or a default route through it.
+    /// flanneld sets it on each vxlan device it makes): `flannel.<VNI>` and
+    /// `flannel-v6.<VNI>`. They are `nolearning` with no router on the overlay, so this only
+    /// keeps a stray advertisement from adding addresses or a default route through them.
     pub fn wants_accept_ra_off(&self) -> bool {
-        matches!(&self.kind, DeviceKind::Vxlan(p) if p.local.is_ipv6())
+        matches!(&self.kind, DeviceKind::Vxlan(_))
     }
 }
 
@@ -409,9 +409,9 @@ mod tests {
     }
 
     #[test]
-    fn accept_ra_goes_to_the_ipv6_vxlan_device_only() {
+    fn accept_ra_goes_to_the_vxlan_devices_only() {
         let v4 = vxlan("flannel.1", 3);
-        assert!(!v4.wants_accept_ra_off());
+        assert!(v4.wants_accept_ra_off());
         let mut v6 = vxlan("flannel-v6.1", 4);
         if let DeviceKind::Vxlan(p) = &mut v6.kind {
             p.local = "fd00:18::1".parse().expect("ip");

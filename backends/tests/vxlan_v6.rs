@@ -254,8 +254,8 @@ fn v6_device_gets_accept_ra_0_when_made_adopted_or_made_again() {
             assert_eq!(accept_ra("flannel-v6.1").as_deref(), Some("0"));
             assert_eq!(
                 accept_ra("flannel.1").as_deref(),
-                Some("1"),
-                "the IPv4 device is left as it is"
+                Some("0"),
+                "the IPv4 device too, as flanneld sets it on each vxlan device"
             );
 
             // Adopted: a restarted agent finds the device with router advertisements on.

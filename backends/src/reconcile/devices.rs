@@ -76,6 +76,10 @@ impl Reconciler {
             match device::accept_ra_off(&want.name) {
                 Ok(true) => info!("{cmd}"),
                 Ok(false) => debug!(device = %want.name, "accept_ra is 0 already"),
+                // A kernel without IPv6 (`ipv6.disable=1`) has no such sysctl: nothing to turn off.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    debug!(device = %want.name, "no IPv6 sysctls ({e}); accept_ra not set")
+                }
                 Err(e) => warn!("{cmd} failed: {e}; router advertisements stay accepted"),
             }
         }

@@ -39,7 +39,7 @@
 //! and end with [`Reconciler::drop_unused_nexthops`].
 //!
 //! **Device sysctls.** A wanted device that asks for it ([`Device::wants_accept_ra_off`](
-//! crate::device::Device::wants_accept_ra_off): `flannel-v6.<VNI>`) gets `accept_ra = 0`, as
+//! crate::device::Device::wants_accept_ra_off): the vxlan devices) gets `accept_ra = 0`, as
 //! flanneld sets it, once it is in the kernel, whether the apply made it or found it (adopted
 //! at start, or made again after a delete: a new ifindex is tuned again). Read first, written
 //! only when not 0, logged like the `sysctl` command; a failure is a warning only.

@@ -14,7 +14,8 @@
 //! The device is part of the desired state too ([`crate::device`]): `flannel.<VNI>` with the
 //! attributes flannel gives it (`id <VNI> dev <ext> local <public ip> dstport <Port or 8472>
 //! nolearning [gbp] mtu <ext mtu − 50> address <VTEP MAC>`, up) and the address
-//! `<own subnet network>/32`; the reconciler creates it, fixes it in place or replaces it.
+//! `<own subnet network>/32`; the reconciler creates it, fixes it in place or replaces it, and
+//! sets its `accept_ra` to 0 as flanneld does.
 //! [`Backend::prepare`] only reads: it keeps the MAC of an existing compatible device (else the
 //! MAC of the previous lease, else a random one), so the VTEP MAC is stable across restarts.
 //!
