@@ -1,6 +1,6 @@
-//! Kernel tests of IPv6 routes beside IPv4 ones, in fresh network namespaces (see `kernel.rs`):
-//! the netlink calls for IPv6 routes and nexthops, and the reconciler applying host-gw's
-//! desired state for dual-stack peers, with plain routes and on nexthop objects.
+//! Kernel tests of IPv6 routes beside IPv4 ones, in fresh network namespaces (see
+//! `kernel_apply.rs`): the netlink calls for IPv6 routes and nexthops, and the reconciler applying
+//! host-gw's desired state for dual-stack peers, with plain routes and on nexthop objects.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -87,7 +87,7 @@ fn desired(index: u32, peers: &[Peer]) -> KernelState {
     d.state
 }
 
-/// The IPv4 routes weft wrote, as `dst via gateway` (their shape is `kernel.rs`'s business).
+/// The IPv4 routes weft wrote, as `dst via gateway` (their shape is `kernel_apply.rs`'s business).
 fn v4_routes() -> BTreeSet<String> {
     weft_route_list()
         .into_iter()

@@ -5,6 +5,8 @@
 /// every test crate.
 pub use weft_testkit::need;
 
+pub mod routes;
+
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::process::Command;
