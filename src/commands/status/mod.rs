@@ -205,7 +205,11 @@ pub async fn gather(opts: &Options) -> Result<Report> {
     let (mut backend, spec_problem) = planned_backend(&conf, &ext, &current, own.as_ref());
     // DirectRouting decided as the agent decides it: by the kernel's route to each peer.
     if let Some(paths) = backend.direct_paths_mut() {
-        backends::direct::look_up(&nl, paths, peers.iter().map(|p| p.attrs.public_ip)).await;
+        let ips: Vec<std::net::IpAddr> = peers
+            .iter()
+            .flat_map(|p| paths.peer_ips(&p.attrs))
+            .collect();
+        backends::direct::look_up(&nl, paths, ips).await;
     }
     let mut desired = backend.desired(&ext, &peers);
     if opts.ip_blackhole_route {
