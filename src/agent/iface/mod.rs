@@ -466,17 +466,7 @@ pub async fn select_interface(
         let addrs: Vec<CandidateAddr6> = links
             .iter()
             .filter(|l| l.index == sel.index)
-            .flat_map(|l| &l.addrs)
-            .filter_map(|a| match a.addr {
-                IpAddr::V6(v6) => Some(CandidateAddr6 {
-                    addr: v6,
-                    prefix_len: a.prefix_len,
-                    permanent: a.permanent,
-                    deprecated: a.deprecated,
-                    temporary: a.temporary,
-                }),
-                IpAddr::V4(_) => None,
-            })
+            .flat_map(candidate_addrs6)
             .collect();
         let default_route6_ifindex = nl
             .default_route6_ifindex()
@@ -505,6 +495,23 @@ pub async fn select_interface(
     Ok(sel.into())
 }
 
+/// A link's IPv6 addresses as the IPv6 rules see them.
+fn candidate_addrs6(l: &backends::nl::LinkInfo) -> Vec<CandidateAddr6> {
+    l.addrs
+        .iter()
+        .filter_map(|a| match a.addr {
+            std::net::IpAddr::V6(v6) => Some(CandidateAddr6 {
+                addr: v6,
+                prefix_len: a.prefix_len,
+                permanent: a.permanent,
+                deprecated: a.deprecated,
+                temporary: a.temporary,
+            }),
+            std::net::IpAddr::V4(_) => None,
+        })
+        .collect()
+}
+
 /// [`select_interface`] for an IPv6-only network.
 async fn select_interface_v6_only(
     nl: &backends::Netlink,
@@ -520,20 +527,7 @@ async fn select_interface_v6_only(
             name: l.name.clone(),
             mtu: l.mtu,
             up: l.up,
-            addrs: l
-                .addrs
-                .iter()
-                .filter_map(|a| match a.addr {
-                    IpAddr::V6(v6) => Some(CandidateAddr6 {
-                        addr: v6,
-                        prefix_len: a.prefix_len,
-                        permanent: a.permanent,
-                        deprecated: a.deprecated,
-                        temporary: a.temporary,
-                    }),
-                    IpAddr::V4(_) => None,
-                })
-                .collect(),
+            addrs: candidate_addrs6(l),
         })
         .collect();
     let can_reach = match opts.iface_can_reach {
